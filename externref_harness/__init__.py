@@ -1,0 +1,1 @@
+"""externref-harness: drivers, catalogues and the command line around `model`, `impl` and `specs`."""

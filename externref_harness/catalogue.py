@@ -1,0 +1,24 @@
+"""Every seeded bug of every layer, in one catalogue (`externref-harness mutants`)."""
+
+from __future__ import annotations
+
+from model.mutants import MODEL_MUTANTS, Mutant
+
+
+def all_mutants() -> tuple[Mutant, ...]:
+    return MODEL_MUTANTS
+
+
+def mutant_names() -> list[str]:
+    return [m.name for m in all_mutants()]
+
+
+class UnknownMutant(ValueError):
+    pass
+
+
+def find(name: str) -> Mutant:
+    for m in all_mutants():
+        if m.name == name:
+            return m
+    raise UnknownMutant(f"unknown mutant {name!r}; `externref-harness mutants` lists them")

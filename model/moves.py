@@ -1,0 +1,251 @@
+"""The well-formed operations available in a state, under bounds.
+
+One enumerator serves every driver: the hypothesis state machines pick among these moves, and the
+explorer takes all of them. Moves never include API misuse (see `misuse_moves` for those), so a
+violation found through them is a bug in the runtime, not in its caller.
+
+Moves are grouped by kind (`Op.TAG`) so a random driver can pick a kind first and an instance
+second; otherwise the many slot-to-slot moves of a frame would crowd out a rare `gc`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from model import ops
+from model.state import Config, HostFrame, Scalar, State, Uninit, WasmFrame
+
+_Add = Callable[[ops.Op], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """Limits that keep the reachable state space finite."""
+
+    #: Allocations (`VMExternRef::new`) over the whole run.
+    refs: int = 3
+    #: Live host handles at once.
+    handles: int = 3
+    #: Live raw pointers at once (0: never take raw pointers).
+    raws: int = 1
+    #: Wasm frames on the stack at once.
+    frames: int = 2
+    #: Refs passed in one call.
+    args: int = 2
+    #: Value layouts `New` may use.
+    layouts: tuple[tuple[int, int], ...] = ((8, 8),)
+    #: Include operations that only observe (they never change the state).
+    observers: bool = True
+    #: Include `set_gc_okay` (which makes GC-capable operations misuse while it is false).
+    gc_okay_toggles: bool = True
+    #: Include `SCALAR` spills into Wasm slots.
+    scalars: bool = True
+    #: Include host frames without unwind info (the walk stops there; the canary is not found).
+    opaque_host_frames: bool = True
+    #: Include instantiation and teardown of the externref globals.
+    globals: bool = True
+
+
+def moves(cfg: Config, bounds: Bounds, state: State) -> dict[str, list[ops.Op]]:
+    """Every well-formed move from `state`, grouped by kind. Empty when the state has panicked."""
+    if state.panic is not None:
+        return {}
+    out: dict[str, list[ops.Op]] = {}
+
+    def add(op: ops.Op) -> None:
+        out.setdefault(op.TAG, []).append(op)
+
+    top = state.frames[-1]
+    n_wasm = sum(isinstance(f, WasmFrame) for f in state.frames)
+    if isinstance(top, HostFrame):
+        _host_moves(cfg, bounds, state, top, n_wasm, add)
+    else:
+        _wasm_moves(cfg, bounds, state, top, n_wasm, add)
+    return out
+
+
+#: Kinds in the order a random driver should prefer them: what changes the state first, pure
+#: observers last (Hypothesis shrinks towards the front of the list).
+KIND_ORDER: tuple[str, ...] = (
+    "new", "call_wasm", "wasm_call_host", "gc", "wasm_global_get", "wasm_call_wasm",
+    "wasm_return", "return_to_wasm", "wasm_move", "wasm_null", "wasm_scalar", "wasm_global_set",
+    "init_globals", "host_global_set", "host_global_get", "teardown_globals", "clone", "drop",
+    "insert_with_gc", "insert_without_gc", "try_insert", "as_raw", "into_raw", "from_raw",
+    "clone_from_raw", "set_gc_okay", "set_stack_canary", "strong_count", "deref", "eq", "cmp",
+    "elements", "bump_capacity_remaining", "num_filled_in_bump_chunk", "stack_canary",
+)  # fmt: skip
+
+
+def ordered_kinds(groups: dict[str, list[ops.Op]]) -> list[str]:
+    return sorted(groups, key=KIND_ORDER.index)
+
+
+def flat_moves(cfg: Config, bounds: Bounds, state: State) -> list[ops.Op]:
+    return [op for group in moves(cfg, bounds, state).values() for op in group]
+
+
+def _host_moves(
+    cfg: Config, bounds: Bounds, state: State, top: HostFrame, n_wasm: int, add: _Add
+) -> None:
+    live = [h for h, r in enumerate(state.handles) if r is not None]
+    room = len(live) < bounds.handles
+    live_raws = [p for p, raw in enumerate(state.raws) if raw is not None]
+    raw_room = len(live_raws) < bounds.raws
+    table = state.table
+    # With `gc_okay` false, a debug build refuses anything that may GC: that is misuse.
+    may_gc = table.gc_okay or not cfg.debug
+
+    if len(state.heap) < bounds.refs and room:
+        for size, align in bounds.layouts:
+            add(ops.New(size, align))
+    for h in live:
+        if room:
+            add(ops.Clone(h))
+        add(ops.Drop(h))
+        if raw_room:
+            add(ops.AsRaw(h))
+            add(ops.IntoRaw(h))
+        add(ops.TryInsert(h))
+        if may_gc:
+            add(ops.InsertWithGc(h))
+        add(ops.InsertWithoutGc(h))
+        if bounds.observers:
+            add(ops.StrongCount(h))
+            add(ops.Deref(h))
+    if bounds.observers:
+        for a, b in itertools.combinations(live, 2):
+            add(ops.Eq(a, b))
+            add(ops.Cmp(a, b))
+        add(ops.BumpCapacityRemaining())
+        add(ops.NumFilledInBumpChunk())
+        add(ops.Elements())
+        add(ops.StackCanary())
+    for p in live_raws:
+        raw = state.raws[p]
+        assert raw is not None
+        if raw.owned:
+            add(ops.FromRaw(p))
+        if room and not state.heap[raw.ref].freed:
+            add(ops.CloneFromRaw(p))
+    if bounds.gc_okay_toggles and cfg.debug:
+        add(ops.SetGcOkay(not table.gc_okay))
+    if may_gc:
+        add(ops.Gc())
+
+    if bounds.globals and state.globals:
+        if all(isinstance(g, Uninit) for g in state.globals):
+            for count in range(len(state.globals) + 1):
+                add(ops.InitGlobals(count))
+        elif n_wasm == 0:
+            add(ops.TeardownGlobals())
+        for g, value in enumerate(state.globals):
+            if isinstance(value, Uninit):
+                continue
+            add(ops.HostGlobalSet(g, None))
+            for h in live:
+                add(ops.HostGlobalSet(g, h))
+            if room:
+                add(ops.HostGlobalGet(g))
+
+    if n_wasm < bounds.frames and may_gc:
+        for k in range(min(bounds.args, cfg.slots, len(live)) + 1):
+            for args in itertools.combinations(live, k):
+                add(ops.CallWasm(args))
+    if top.called_from_wasm and may_gc:
+        add(ops.ReturnToWasm(None))
+        for h in live:
+            add(ops.ReturnToWasm(h))
+
+
+def _wasm_moves(
+    cfg: Config, bounds: Bounds, state: State, top: WasmFrame, n_wasm: int, add: _Add
+) -> None:
+    n = len(top.slots)
+    slots = range(n)
+    live = sum(r is not None for r in state.handles)
+    for src in slots:
+        for dst in slots:
+            if src != dst and top.slots[src] != top.slots[dst]:
+                add(ops.WasmMove(src, dst))
+    for dst in slots:
+        if top.slots[dst] is not None:
+            add(ops.WasmNull(dst))
+        if bounds.scalars and not isinstance(top.slots[dst], Scalar):
+            add(ops.WasmScalar(dst))
+    for g, value in enumerate(state.globals if bounds.globals else ()):
+        if isinstance(value, Uninit):
+            continue
+        for i in slots:
+            add(ops.WasmGlobalGet(g, i))
+            if not isinstance(top.slots[i], Scalar):
+                add(ops.WasmGlobalSet(g, i))
+    arg_sets = [
+        args for k in range(min(bounds.args, n) + 1) for args in itertools.combinations(slots, k)
+    ]
+    if n_wasm < bounds.frames:
+        for args in arg_sets:
+            for ret in slots:
+                add(ops.WasmCallWasm(args, ret))
+    ref_args = sum(isinstance(top.slots[i], int) for i in slots)
+    if live + ref_args <= bounds.handles + bounds.args:
+        for args in arg_sets:
+            for ret in slots:
+                add(ops.WasmCallHost(args, ret))
+                if bounds.opaque_host_frames:
+                    add(ops.WasmCallHost(args, ret, unwind_info=False))
+    add(ops.WasmReturn(None))
+    for i in slots:
+        add(ops.WasmReturn(i))
+
+
+def misuse_moves(cfg: Config, state: State) -> list[ops.Op]:
+    """Operations that break the API contract in this state; each must be refused as `Misuse`."""
+    out: list[ops.Op] = []
+    top = state.frames[-1]
+    dead = [h for h, r in enumerate(state.handles) if r is None]
+    if isinstance(top, HostFrame):
+        for h in dead[:2]:
+            out += [ops.Clone(h), ops.Drop(h), ops.InsertWithGc(h)]
+        out.append(ops.Clone(len(state.handles)))
+        for p, raw in enumerate(state.raws):
+            if raw is not None and not raw.owned:
+                out.append(ops.FromRaw(p))
+            if raw is not None and state.heap[raw.ref].freed:
+                out.append(ops.CloneFromRaw(p))
+        out.append(ops.WasmNull(0))
+        if not state.table.gc_okay and cfg.debug:
+            out.append(ops.Gc())
+            out += [ops.InsertWithGc(h) for h, r in enumerate(state.handles) if r is not None][:1]
+    else:
+        out += [ops.Gc(), ops.WasmMove(0, cfg.slots), ops.Drop(0)]
+    return out
+
+
+def next_quiesce_op(state: State) -> ops.Op | None:
+    """One step towards quiescence: unwind every frame, drop everything the host holds, then GC.
+
+    Repeated until it returns None, it leaves no handles, no raws, no globals, no Wasm frames and an
+    empty table, where `I5` (no leak) has teeth. Used by every driver's teardown.
+    """
+    if state.panic is not None:
+        return None
+    top = state.frames[-1]
+    if isinstance(top, WasmFrame):
+        return ops.WasmReturn(None)
+    if top.called_from_wasm:
+        return ops.ReturnToWasm(None)
+    if not state.table.gc_okay:
+        return ops.SetGcOkay(True)
+    for h, r in enumerate(state.handles):
+        if r is not None:
+            return ops.Drop(h)
+    for p, raw in enumerate(state.raws):
+        if raw is not None and raw.owned:
+            return ops.FromRaw(p)
+    if any(not isinstance(g, Uninit) for g in state.globals):
+        return ops.TeardownGlobals()
+    if state.table.next or state.table.over_approximated_stack_roots:
+        return ops.Gc()
+    return None

@@ -1,0 +1,446 @@
+"""The world the seed assumes: host handles, raw pointers, globals, the native stack, the compiler's
+stack maps and the module registry's lookup, and every operation of `model.ops` on top of them.
+
+Ground truth and stack maps are separate. A Wasm frame's `slots` say what each word really holds;
+the stack map is what the compiler *registered* for the safepoint the frame is suspended at,
+derived from the slots by `emit_stack_map` when the frame makes a call. A compiler bug changes only
+what is registered, so the invariants (which read the ground truth) catch it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from model import layout, ops, protocol
+from model.observation import (
+    BAD_FRAME,
+    BAD_GLOBAL,
+    BAD_LAYOUT,
+    BAD_SLOT,
+    DROPPED_HANDLE,
+    FREED_RAW,
+    NO_SUCH_HANDLE,
+    NO_SUCH_RAW,
+    UNINIT_GLOBAL,
+    UNOWNED_RAW,
+    WRONG_FRAME,
+    Err,
+    Ok,
+    Result,
+)
+from model.runtime import (
+    CVE_2021_39218,
+    CVE_2022_23636,
+    CVE_2022_24791,
+    CVE_2022_31146,
+    FAULT_USE_AFTER_FREE,
+    FAULT_WILD_POINTER,
+    MisuseError,
+    SeedRuntime,
+    WalkedFrame,
+)
+from model.state import (
+    SCALAR,
+    Config,
+    Frame,
+    GlobalValue,
+    HostFrame,
+    RawPtr,
+    Scalar,
+    Slot,
+    StackMap,
+    State,
+    Uninit,
+    WasmFrame,
+    frame_sps,
+)
+
+#: Largest value the harness will allocate for real (the implementation allocates every value).
+MAX_VALUE_SIZE = 1 << 16
+MAX_VALUE_ALIGN = 1 << 12
+
+
+def emit_stack_map(cfg: Config, slots: tuple[Slot, ...], at_wasm_call: bool) -> StackMap | None:
+    """What the compiler registers for a safepoint: the live ref slots, or no map if there are none."""
+    live = tuple(i for i, s in enumerate(slots) if isinstance(s, int))
+    if cfg.mutant == CVE_2022_24791 and at_wasm_call:
+        return None
+    if cfg.mutant == CVE_2022_31146 and len(live) >= 2:
+        live = live[:-1]
+    return live or None
+
+
+def lookup_stack_map(cfg: Config, frame: WasmFrame) -> StackMap | None:
+    """`ModuleInfo::lookup_stack_map(pc)` for the pc `frame` is suspended at."""
+    if frame.stack_map is None and cfg.mutant == CVE_2021_39218:
+        return frame.previous_stack_map
+    return frame.stack_map
+
+
+class Machine(SeedRuntime):
+    """A `State` thawed for one transition: the seed's runtime plus the world around it."""
+
+    def __init__(self, cfg: Config, state: State) -> None:
+        super().__init__(cfg, state)
+        self.handles: list[int | None] = list(state.handles)
+        self.raws: list[RawPtr | None] = list(state.raws)
+        self.globals: list[GlobalValue] = list(state.globals)
+        self.frames: list[Frame] = list(state.frames)
+
+    def freeze(self) -> State:
+        return State(
+            heap=tuple(self.heap),
+            table=self.frozen_table(),
+            handles=tuple(self.handles),
+            raws=tuple(self.raws),
+            globals=tuple(self.globals),
+            frames=tuple(self.frames),
+            faults=tuple(self.faults),
+        )
+
+    # --- the stack, as gc sees it ---------------------------------------------------------------
+
+    def walk_stack(self) -> Iterator[WalkedFrame]:
+        frames = tuple(self.frames)
+        sps = frame_sps(frames)
+        for frame, sp in zip(reversed(frames), reversed(sps), strict=True):
+            if isinstance(frame, WasmFrame):
+                stack_map = lookup_stack_map(self.cfg, frame)
+                words = None if stack_map is None else tuple(frame.slots[i] for i in stack_map)
+                yield WalkedFrame(sp=sp, is_wasm=True, mapped_words=words)
+            else:
+                yield WalkedFrame(sp=sp, is_wasm=False, mapped_words=None)
+                if not frame.unwind_info:
+                    self.event("gc:unwinder-stopped")
+                    return
+
+    def youngest_sp(self) -> int:
+        return frame_sps(tuple(self.frames))[-1]
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def _host_frame(self) -> HostFrame:
+        top = self.frames[-1]
+        if not isinstance(top, HostFrame):
+            raise MisuseError(WRONG_FRAME, "host code runs only in a host frame")
+        return top
+
+    def _wasm_frame(self) -> WasmFrame:
+        top = self.frames[-1]
+        if not isinstance(top, WasmFrame):
+            raise MisuseError(WRONG_FRAME, "compiled code runs only in a Wasm frame")
+        return top
+
+    def _handle(self, h: int) -> int:
+        if not 0 <= h < len(self.handles):
+            raise MisuseError(NO_SUCH_HANDLE, f"handle {h}")
+        r = self.handles[h]
+        if r is None:
+            raise MisuseError(DROPPED_HANDLE, f"handle {h} was dropped or moved")
+        return r
+
+    def _take(self, h: int) -> int:
+        r = self._handle(h)
+        self.handles[h] = None
+        return r
+
+    def _new_handle(self, r: int) -> int:
+        self.handles.append(r)
+        return len(self.handles) - 1
+
+    def _raw(self, p: int) -> RawPtr:
+        if not 0 <= p < len(self.raws):
+            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p}")
+        raw = self.raws[p]
+        if raw is None:
+            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p} was already consumed by from_raw")
+        return raw
+
+    def _slot(self, frame: WasmFrame, i: int) -> None:
+        if not 0 <= i < len(frame.slots):
+            raise MisuseError(BAD_SLOT, f"slot {i} of a frame with {len(frame.slots)}")
+
+    def _global(self, g: int) -> GlobalValue:
+        if not 0 <= g < len(self.globals):
+            raise MisuseError(BAD_GLOBAL, f"global {g}")
+        value = self.globals[g]
+        if isinstance(value, Uninit):
+            raise MisuseError(UNINIT_GLOBAL, f"global {g} was never initialised")
+        return value
+
+    def _set_top(self, frame: Frame) -> None:
+        self.frames[-1] = frame
+
+    def _safepoint(self, frame: WasmFrame, at_wasm_call: bool) -> WasmFrame:
+        """The youngest Wasm frame calls out: its pc becomes this safepoint, with this stack map."""
+        previous = frame.stack_map if frame.stack_map is not None else frame.previous_stack_map
+        frame = replace(
+            frame,
+            stack_map=emit_stack_map(self.cfg, frame.slots, at_wasm_call),
+            previous_stack_map=previous,
+        )
+        self._set_top(frame)
+        return frame
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def apply(self, op: ops.Op) -> Result:
+        if op.WASM:
+            self._wasm_frame()
+        else:
+            self._host_frame()
+        handler: Callable[[Any], Result] = getattr(self, "op_" + type(op).__name__)
+        return handler(op)
+
+    # VMExternRef
+
+    def op_New(self, op: ops.New) -> Result:
+        if not layout.rust_type_layout_admissible(op.size, op.align):
+            raise MisuseError(BAD_LAYOUT, f"no Rust type has size {op.size}, align {op.align}")
+        if op.size > MAX_VALUE_SIZE or op.align > MAX_VALUE_ALIGN:
+            raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
+        return Ok(self._new_handle(self.new_with(op.size, op.align)))
+
+    def op_Clone(self, op: ops.Clone) -> Result:
+        return Ok(self._new_handle(self.clone(self._handle(op.h))))
+
+    def op_Drop(self, op: ops.Drop) -> Result:
+        self.drop(self._take(op.h))
+        return Ok()
+
+    def op_AsRaw(self, op: ops.AsRaw) -> Result:
+        self.raws.append(RawPtr(self._handle(op.h), owned=False))
+        return Ok(len(self.raws) - 1)
+
+    def op_IntoRaw(self, op: ops.IntoRaw) -> Result:
+        self.raws.append(RawPtr(self._take(op.h), owned=True))
+        return Ok(len(self.raws) - 1)
+
+    def op_FromRaw(self, op: ops.FromRaw) -> Result:
+        raw = self._raw(op.p)
+        if not raw.owned:
+            raise MisuseError(UNOWNED_RAW, f"raw pointer {op.p} came from as_raw; nobody owns it")
+        self.raws[op.p] = None
+        return Ok(self._new_handle(raw.ref))
+
+    def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> Result:
+        raw = self._raw(op.p)
+        if self.heap[raw.ref].freed:
+            raise MisuseError(FREED_RAW, f"raw pointer {op.p} points at freed ref {raw.ref}")
+        return Ok(self._new_handle(self.clone(raw.ref)))
+
+    def op_StrongCount(self, op: ops.StrongCount) -> Result:
+        return Ok(self.strong_count(self._handle(op.h)))
+
+    def op_Eq(self, op: ops.Eq) -> Result:
+        return Ok(self._handle(op.a) == self._handle(op.b))
+
+    def op_Cmp(self, op: ops.Cmp) -> Result:
+        return Ok(self._handle(op.a) == self._handle(op.b))
+
+    def op_Deref(self, op: ops.Deref) -> Result:
+        r = self._handle(op.h)
+        box = self.heap[r]
+        if box.freed:
+            self.fault(FAULT_USE_AFTER_FREE, f"deref of freed ref {r}")
+        return Ok((r, box.size, box.align))
+
+    # VMExternRefActivationsTable
+
+    def op_TryInsert(self, op: ops.TryInsert) -> Result:
+        r = self._handle(op.h)
+        if not self.try_insert(r):
+            return Err("chunk-full")
+        self.handles[op.h] = None
+        return Ok()
+
+    def op_InsertWithGc(self, op: ops.InsertWithGc) -> Result:
+        self.insert_with_gc(self._take(op.h))
+        return Ok()
+
+    def op_InsertWithoutGc(self, op: ops.InsertWithoutGc) -> Result:
+        self.insert_without_gc(self._take(op.h))
+        return Ok()
+
+    def op_BumpCapacityRemaining(self, op: ops.BumpCapacityRemaining) -> Result:
+        return Ok(self.bump_capacity_remaining())
+
+    def op_NumFilledInBumpChunk(self, op: ops.NumFilledInBumpChunk) -> Result:
+        return Ok(self.num_filled_in_bump_chunk())
+
+    def op_Elements(self, op: ops.Elements) -> Result:
+        return Ok(tuple(sorted(self.elements())))
+
+    def op_SetStackCanary(self, op: ops.SetStackCanary) -> Result:
+        if op.frame is None:
+            self.set_stack_canary(None)
+            return Ok()
+        if not 0 <= op.frame < len(self.frames):
+            raise MisuseError(BAD_FRAME, f"frame {op.frame} of {len(self.frames)}")
+        self.set_stack_canary(frame_sps(tuple(self.frames))[op.frame])
+        return Ok()
+
+    def op_StackCanary(self, op: ops.StackCanary) -> Result:
+        return Ok(self.stack_canary())
+
+    def op_SetGcOkay(self, op: ops.SetGcOkay) -> Result:
+        return Ok(self.set_gc_okay(op.okay))
+
+    def op_Gc(self, op: ops.Gc) -> Result:
+        self.gc()
+        return Ok()
+
+    # globals and the embedder protocol
+
+    def op_InitGlobals(self, op: ops.InitGlobals) -> Result:
+        if not all(isinstance(g, Uninit) for g in self.globals):
+            raise MisuseError(BAD_GLOBAL, "the instance is already instantiated")
+        if not 0 <= op.count <= len(self.globals):
+            raise MisuseError(BAD_GLOBAL, f"{op.count} of {len(self.globals)} globals")
+        for g in range(op.count):
+            self.globals[g] = None
+        return Ok()
+
+    def op_HostGlobalSet(self, op: ops.HostGlobalSet) -> Result:
+        old = self._global(op.g)
+        new = None if op.h is None else self._handle(op.h)
+        protocol.global_set(self, _ref(old), new)
+        self.globals[op.g] = new
+        return Ok()
+
+    def op_HostGlobalGet(self, op: ops.HostGlobalGet) -> Result:
+        value = _ref(self._global(op.g))
+        return Ok(None if value is None else self._new_handle(self.clone(value)))
+
+    def op_TeardownGlobals(self, op: ops.TeardownGlobals) -> Result:
+        for g, value in enumerate(self.globals):
+            if isinstance(value, int):
+                self.drop(value)
+            elif isinstance(value, Uninit) and self.cfg.mutant == CVE_2022_23636:
+                self.fault(FAULT_WILD_POINTER, f"teardown dropped uninitialised global {g}")
+            self.globals[g] = Uninit()
+        return Ok()
+
+    def op_CallWasm(self, op: ops.CallWasm) -> Result:
+        if len(op.args) > self.cfg.slots:
+            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
+        if len(set(op.args)) != len(op.args):
+            raise MisuseError(DROPPED_HANDLE, "the same handle moved twice")
+        refs = [self._take(h) for h in op.args]
+        protocol.move_refs_into_table(self, refs, self.cfg.mutant)
+        resets = protocol.enter_wasm(self, self.youngest_sp())
+        slots: tuple[Slot, ...] = (*refs, *([None] * (self.cfg.slots - len(refs))))
+        self.frames.append(WasmFrame(slots=slots, resets_canary=resets))
+        return Ok()
+
+    def op_ReturnToWasm(self, op: ops.ReturnToWasm) -> Result:
+        top = self._host_frame()
+        if not top.called_from_wasm:
+            raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
+        r = None if op.h is None else self._take(op.h)
+        if r is not None:
+            protocol.move_refs_into_table(self, [r], self.cfg.mutant)
+        self.frames.pop()
+        caller = self._wasm_frame()
+        assert top.ret_slot is not None
+        self._set_top(_write(caller, top.ret_slot, r))
+        return Ok()
+
+    # compiled Wasm code
+
+    def op_WasmMove(self, op: ops.WasmMove) -> Result:
+        frame = self._wasm_frame()
+        self._slot(frame, op.src)
+        self._slot(frame, op.dst)
+        self._set_top(_write(frame, op.dst, frame.slots[op.src]))
+        return Ok()
+
+    def op_WasmNull(self, op: ops.WasmNull) -> Result:
+        frame = self._wasm_frame()
+        self._slot(frame, op.dst)
+        self._set_top(_write(frame, op.dst, None))
+        return Ok()
+
+    def op_WasmScalar(self, op: ops.WasmScalar) -> Result:
+        frame = self._wasm_frame()
+        self._slot(frame, op.dst)
+        self._set_top(_write(frame, op.dst, SCALAR))
+        return Ok()
+
+    def op_WasmGlobalGet(self, op: ops.WasmGlobalGet) -> Result:
+        frame = self._wasm_frame()
+        self._slot(frame, op.dst)
+        value = _ref(self._global(op.g))
+        self._safepoint(frame, at_wasm_call=False)
+        self.frames.append(HostFrame())  # the libcall's own frame
+        got = protocol.libcall_global_get(self, value)
+        self.frames.pop()
+        self._set_top(_write(self._wasm_frame(), op.dst, got))
+        return Ok()
+
+    def op_WasmGlobalSet(self, op: ops.WasmGlobalSet) -> Result:
+        frame = self._wasm_frame()
+        self._slot(frame, op.src)
+        old = self._global(op.g)
+        new = frame.slots[op.src]
+        if isinstance(new, Scalar):
+            raise MisuseError(BAD_SLOT, f"slot {op.src} holds no externref")
+        protocol.global_set(self, _ref(old), new)
+        self.globals[op.g] = new
+        return Ok()
+
+    def op_WasmCallWasm(self, op: ops.WasmCallWasm) -> Result:
+        frame = self._wasm_frame()
+        for i in (*op.args, op.ret_slot):
+            self._slot(frame, i)
+        if len(op.args) > self.cfg.slots:
+            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
+        frame = self._safepoint(frame, at_wasm_call=True)
+        args = tuple(frame.slots[i] for i in op.args)
+        slots: tuple[Slot, ...] = (*args, *([None] * (self.cfg.slots - len(args))))
+        self.frames.append(WasmFrame(slots=slots, called_from_wasm=True, ret_slot=op.ret_slot))
+        return Ok()
+
+    def op_WasmCallHost(self, op: ops.WasmCallHost) -> Result:
+        frame = self._wasm_frame()
+        for i in (*op.args, op.ret_slot):
+            self._slot(frame, i)
+        frame = self._safepoint(frame, at_wasm_call=False)
+        self.frames.append(
+            HostFrame(unwind_info=op.unwind_info, called_from_wasm=True, ret_slot=op.ret_slot)
+        )
+        # `Func::invoke` reads each externref argument with `clone_from_raw`.
+        got: list[int | None] = []
+        for i in op.args:
+            word = frame.slots[i]
+            got.append(self._new_handle(self.clone(word)) if isinstance(word, int) else None)
+        return Ok(tuple(got))
+
+    def op_WasmReturn(self, op: ops.WasmReturn) -> Result:
+        frame = self._wasm_frame()
+        if op.slot is not None:
+            self._slot(frame, op.slot)
+        value = None if op.slot is None else frame.slots[op.slot]
+        self.frames.pop()
+        if frame.called_from_wasm:
+            caller = self._wasm_frame()
+            assert frame.ret_slot is not None
+            self._set_top(_write(caller, frame.ret_slot, value))
+            return Ok()
+        protocol.exit_wasm(self, frame.resets_canary)
+        if isinstance(value, int):
+            # The host takes the result out of the table's borrow: `clone_from_raw`.
+            return Ok(self._new_handle(self.clone(value)))
+        return Ok(None)
+
+
+def _ref(value: GlobalValue) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _write(frame: WasmFrame, i: int, value: Slot) -> WasmFrame:
+    slots = list(frame.slots)
+    slots[i] = value
+    return replace(frame, slots=tuple(slots))

@@ -1,0 +1,1 @@
+"""The specification: numbered invariants over model states (`SPEC.md`) and z3 proofs."""
