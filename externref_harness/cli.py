@@ -12,6 +12,7 @@ import sys
 from types import ModuleType
 
 from externref_harness.catalogue import UnknownMutant
+from externref_harness.errors import UsageError
 from externref_harness.trace import TraceFormatError
 
 #: (name, module, one-line help)
@@ -19,10 +20,6 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check", "externref_harness.cmd_check", "run every check (the main job)"),
     ("mutants", "externref_harness.cmd_mutants", "list the seeded bugs"),
 )
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from externref_harness import catalogue, profiles
 from externref_harness.checks import CHECKS, CheckOptions
-from externref_harness.cli import UsageError
+from externref_harness.errors import UsageError
 from externref_harness.trace import failures_dir
 
 

@@ -10,21 +10,24 @@ and saved as a JSON trace for `externref-harness replay`.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from hypothesis import Verbosity, event, settings
+from hypothesis import Phase, Verbosity, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness import trace as tracefile
 from externref_harness.report import format_failure
+from externref_harness.shrink import model_failure, shrink_model_trace
 from model.moves import Bounds, misuse_moves, moves, next_quiesce_op, ordered_kinds
 from model.observation import Misuse, Observation
 from model.ops import Op
 from model.state import Config, State
-from model.transition import step
+from model.transition import run, step
 from specs.invariants import first_violation
 
 #: Configuration of the model-only machine: tiny chunk, so every slow path is near.
@@ -57,6 +60,13 @@ REQUIRED_EVENTS = (
     "misuse",
 )
 MISUSE = "misuse"
+T = TypeVar("T")
+
+#: How many times more often than others a driver picks these kinds: the moves that lead to a
+#: GC with Wasm frames on the stack (calls out of Wasm, and the GC itself).
+KIND_WEIGHTS = {
+    "gc": 3, "call_wasm": 2, "wasm_call_host": 2, "wasm_call_wasm": 2, "new": 2, "wasm_scalar": 2,
+}  # fmt: skip
 
 
 @dataclass
@@ -64,10 +74,17 @@ class RunStats:
     examples: int = 0
     steps: int = 0
     events: Counter[str] = field(default_factory=Counter)
+    #: The example (1-based) in which the first failure showed, before any shrinking.
+    first_failing_example: int | None = None
 
 
 class InvariantViolation(AssertionError):
-    pass
+    """A failing example, with its (unshrunk) steps so the driver can shrink and save them."""
+
+    def __init__(self, message: str, steps: tuple[Op, ...] = (), problem: str = "") -> None:
+        super().__init__(message)
+        self.steps = steps
+        self.problem = problem
 
 
 def _labels(op: Op, obs: Observation) -> list[str]:
@@ -81,11 +98,49 @@ def _labels(op: Op, obs: Observation) -> list[str]:
     return labels
 
 
+def record_step(op: Op, obs: Observation, stats: RunStats) -> None:
+    """Count one step and label the paths it took (shared by every machine over the model)."""
+    stats.steps += 1
+    for label in _labels(op, obs):
+        event(label)
+        stats.events[label] += 1
+
+
+def misuse_problem(op: Op, obs: Observation, expect_misuse: bool) -> str | None:
+    """Misuse must be refused, and a well-formed move must not be."""
+    if expect_misuse and not isinstance(obs.result, Misuse):
+        return f"misuse {op} was not refused: {obs}"
+    if isinstance(obs.result, Misuse) and not expect_misuse:
+        return f"a well-formed move was refused: {obs}"
+    return None
+
+
+def draw_move(
+    data: st.DataObject, cfg: Config, bounds: Bounds, state: State
+) -> tuple[Op, bool] | None:
+    """A kind first, then one move of that kind; the flag says the move is misuse."""
+    groups = moves(cfg, bounds, state)
+    misuse = misuse_moves(cfg, state)
+    kinds = ordered_kinds(groups) + ([MISUSE] if misuse else [])
+    if not kinds:
+        return None
+    weighted = tuple(k for k in kinds for _ in range(KIND_WEIGHTS.get(k, 1)))
+    kind = data.draw(_choice(weighted), label="kind")
+    options = misuse if kind == MISUSE else groups[kind]
+    return data.draw(_choice(tuple(options)), label="op"), kind == MISUSE
+
+
+@functools.lru_cache(maxsize=8192)
+def _choice(options: tuple[T, ...]) -> st.SearchStrategy[T]:
+    """`sampled_from`, built once per distinct option list (building and validating a strategy
+    on every draw cost more than the model step itself)."""
+    return st.sampled_from(options)
+
+
 def make_model_machine(
     cfg: Config = MACHINE_CONFIG,
     bounds: Bounds = MACHINE_BOUNDS,
     stats: RunStats | None = None,
-    save_as: Path | None = None,
 ) -> type[RuleBasedStateMachine]:
     """A fresh machine class bound to one config (and so to at most one mutant)."""
     run_stats = stats if stats is not None else RunStats()
@@ -104,15 +159,8 @@ def make_model_machine(
             self.state, obs = step(cfg, before, op)
             self.steps.append(op)
             self.observations.append(obs)
-            run_stats.steps += 1
-            for label in _labels(op, obs):
-                event(label)
-                run_stats.events[label] += 1
-            problem = None
-            if expect_misuse and not isinstance(obs.result, Misuse):
-                problem = f"misuse {op} was not refused: {obs}"
-            elif isinstance(obs.result, Misuse) and not expect_misuse:
-                problem = f"a well-formed move was refused: {obs}"
+            record_step(op, obs, run_stats)
+            problem = misuse_problem(op, obs, expect_misuse)
             violation = first_violation(cfg, self.state)
             if violation is not None:
                 inv, message = violation
@@ -122,10 +170,8 @@ def make_model_machine(
 
         def fail(self, problem: str, before: State) -> None:
             self.failed = True
-            saved = None
-            if save_as is not None:
-                tracefile.save(tracefile.Trace(cfg, tuple(self.steps), problem), save_as)
-                saved = str(save_as)
+            if run_stats.first_failing_example is None:
+                run_stats.first_failing_example = run_stats.examples
             raise InvariantViolation(
                 format_failure(
                     f"Model check failed ({cfg.build} build, mutant={cfg.mutant}): {problem}",
@@ -133,21 +179,16 @@ def make_model_machine(
                     self.observations,
                     before,
                     self.state,
-                    saved,
-                )
+                ),
+                tuple(self.steps),
+                problem,
             )
 
         @rule(data=st.data())
         def step(self, data: st.DataObject) -> None:
-            groups = moves(cfg, bounds, self.state)
-            misuse = misuse_moves(cfg, self.state)
-            kinds = ordered_kinds(groups) + ([MISUSE] if misuse else [])
-            if not kinds:
-                return
-            kind = data.draw(st.sampled_from(kinds), label="kind")
-            options = misuse if kind == MISUSE else groups[kind]
-            op = data.draw(st.sampled_from(options), label="op")
-            self.apply(op, expect_misuse=kind == MISUSE)
+            drawn = draw_move(data, cfg, bounds, self.state)
+            if drawn is not None:
+                self.apply(*drawn)
 
         def teardown(self) -> None:
             if self.failed:
@@ -177,12 +218,46 @@ def run_model_check(
     save_as: Path | None = None,
 ) -> CheckOutcome:
     stats = RunStats()
-    machine = make_model_machine(cfg, bounds, stats, save_as)
-    quiet = settings(
-        hypothesis_settings or settings(), report_multiple_bugs=False, verbosity=Verbosity.quiet
-    )
+    machine = make_model_machine(cfg, bounds, stats)
     try:
-        run_state_machine_as_test(machine, settings=quiet)
+        run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
     except InvariantViolation as e:
-        return CheckOutcome("model", False, stats, str(e))
+        return CheckOutcome("model", False, stats, report_model_failure(cfg, e, save_as))
     return CheckOutcome("model", True, stats)
+
+
+def search_settings(base: settings | None) -> settings:
+    """The profile's budget for the search, with Hypothesis's own shrinking replaced by ours.
+
+    `shrink.shrink_model_trace` shrinks a failing trace by pure replays (seconds, where the
+    re-run-everything shrinker took minutes per failure), and it runs on every failure found here.
+    """
+    return settings(
+        base or settings(),
+        report_multiple_bugs=False,
+        verbosity=Verbosity.quiet,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    )
+
+
+def report_model_failure(cfg: Config, failure: InvariantViolation, save_as: Path | None) -> str:
+    """Shrink the failing steps, print them with the state diff, and save them for replay."""
+    steps = shrink_model_trace(cfg, failure.steps)
+    found = model_failure(cfg, steps)
+    problem = str(found) if found is not None else failure.problem
+    results = run(cfg, steps)
+    observations = [obs for _, obs in results]
+    states = [State.initial(cfg), *(s for s, _ in results)]
+    saved = None
+    if save_as is not None:
+        tracefile.save(tracefile.Trace(cfg, tuple(steps), problem), save_as)
+        saved = str(save_as)
+    return format_failure(
+        f"Model check failed ({cfg.build} build, mutant={cfg.mutant}): {problem}"
+        f" (shrunk from {len(failure.steps)} to {len(steps)} steps)",
+        steps,
+        observations,
+        states[-2] if len(states) >= 2 else states[-1],
+        states[-1],
+        saved,
+    )

@@ -14,17 +14,17 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {
-    "deadline": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-    "stateful_step_count": 60,
-}
+_common = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    stateful_step_count=60,
+)
 
 settings.register_profile(
-    "ci", derandomize=True, database=None, max_examples=150, print_blob=True, **_COMMON
+    "ci", _common, derandomize=True, database=None, max_examples=300, print_blob=True
 )
-settings.register_profile("dev", max_examples=100, **_COMMON)
-settings.register_profile("thorough", max_examples=2000, **{**_COMMON, "stateful_step_count": 120})
+settings.register_profile("dev", _common, max_examples=100)
+settings.register_profile("thorough", _common, max_examples=2000, stateful_step_count=120)
 
 PROFILES = ("ci", "dev", "thorough")
 

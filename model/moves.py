@@ -129,7 +129,7 @@ def _host_moves(
             add(ops.FromRaw(p))
         if room and not state.heap[raw.ref].freed:
             add(ops.CloneFromRaw(p))
-    if bounds.gc_okay_toggles and cfg.debug:
+    if bounds.gc_okay_toggles:
         add(ops.SetGcOkay(not table.gc_okay))
     if may_gc:
         add(ops.Gc())

@@ -1,0 +1,8 @@
+"""Registers the project's Hypothesis profiles and loads the default one.
+
+`pytest --hypothesis-profile NAME` overrides the default (`ci` when CI is set, else `dev`).
+"""
+
+from externref_harness import profiles
+
+profiles.load_default()
