@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from impl.mutants import IMPL_MUTANTS
 from model.mutants import MODEL_MUTANTS, Mutant
 
 
 def all_mutants() -> tuple[Mutant, ...]:
-    return MODEL_MUTANTS
+    return MODEL_MUTANTS + IMPL_MUTANTS
 
 
 def mutant_names() -> list[str]:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from hypothesis import settings
 
-from externref_harness.model_check import MACHINE_BOUNDS, MACHINE_CONFIG, run_model_check
+from externref_harness.model_check import (
+    MACHINE_BOUNDS,
+    MACHINE_CONFIG,
+    REQUIRED_EVENTS,
+    RunStats,
+    run_model_check,
+)
 from externref_harness.trace import failures_dir
 from model.mutants import model_mutant_names
 from model.state import Build
@@ -40,19 +46,34 @@ class Check:
 def _model(opts: CheckOptions) -> CheckResult:
     from dataclasses import replace
 
-    from externref_harness.model_check import REQUIRED_EVENTS
-
     mutant = opts.mutant if opts.mutant in model_mutant_names() else None
     cfg = replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
     save_as = opts.failures / f"model-{mutant or 'seed'}-{opts.build}.json"
     out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as)
-    covered = sum(1 for e in REQUIRED_EVENTS if out.stats.events[e])
-    figures = {
-        "examples": str(out.stats.examples),
-        "steps": str(out.stats.steps),
+    return CheckResult("model state machine", out.passed, _machine_figures(out.stats), out.failure)
+
+
+def _machine_figures(stats: RunStats) -> dict[str, str]:
+    """Examples, steps, and how many of the required paths the run reached."""
+    covered = sum(1 for e in REQUIRED_EVENTS if stats.events[e])
+    return {
+        "examples": str(stats.examples),
+        "steps": str(stats.steps),
         "paths": f"{covered}/{len(REQUIRED_EVENTS)}",
     }
-    return CheckResult("model state machine", out.passed, figures, out.failure)
 
 
-CHECKS: list[Check] = [Check("model", _model)]
+def _lockstep(opts: CheckOptions) -> CheckResult:
+    """The ctypes implementation against the model; a mutant of any layer applies (the model
+    ignores the implementation's)."""
+    from dataclasses import replace
+
+    from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, run_lockstep_check
+
+    cfg = replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
+    save_as = opts.failures / f"lockstep-{opts.mutant or 'seed'}-{opts.build}.json"
+    out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, opts.hypothesis_settings, save_as)
+    return CheckResult("lockstep model vs ctypes impl", out.passed, _machine_figures(out.stats), out.failure)
+
+
+CHECKS: list[Check] = [Check("model", _model), Check("lockstep", _lockstep)]

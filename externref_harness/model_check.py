@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -85,6 +86,25 @@ class InvariantViolation(AssertionError):
         super().__init__(message)
         self.steps = steps
         self.problem = problem
+
+
+def example_failure(
+    what: str,
+    cfg: Config,
+    stats: RunStats,
+    steps: Sequence[Op],
+    observations: Sequence[Observation],
+    before: State,
+    after: State,
+    problem: str,
+) -> InvariantViolation:
+    """A machine's failing example (shared by every machine): counted, printed, steps kept."""
+    if stats.first_failing_example is None:
+        stats.first_failing_example = stats.examples
+    title = f"{what} failed ({cfg.build} build, mutant={cfg.mutant}): {problem}"
+    return InvariantViolation(
+        format_failure(title, steps, observations, before, after), tuple(steps), problem
+    )
 
 
 def _labels(op: Op, obs: Observation) -> list[str]:
@@ -170,18 +190,8 @@ def make_model_machine(
 
         def fail(self, problem: str, before: State) -> None:
             self.failed = True
-            if run_stats.first_failing_example is None:
-                run_stats.first_failing_example = run_stats.examples
-            raise InvariantViolation(
-                format_failure(
-                    f"Model check failed ({cfg.build} build, mutant={cfg.mutant}): {problem}",
-                    self.steps,
-                    self.observations,
-                    before,
-                    self.state,
-                ),
-                tuple(self.steps),
-                problem,
+            raise example_failure(
+                "Model check", cfg, run_stats, self.steps, self.observations, before, self.state, problem
             )
 
         @rule(data=st.data())

@@ -1,0 +1,220 @@
+"""The narrow interface through which the lockstep machine drives an implementation: plain data only.
+
+An implementation is started with a plain config, given operations as plain tuples
+(`("New", 8, 8)`, `("CallWasm", (0, 1))`), and answers with `StepOutcome`s; `probe()` reports the
+raw memory facts the lockstep checks (footer words, table words, stack words), and `finish()` tears
+it down and returns what the checking heap found. Nothing but ints, strings, bools, None and tuples
+crosses, so the same machine can drive an implementation in another process through a C ABI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
+
+from impl.heap import LIVE, CheckingHeap, Report
+from impl.world import World
+from model import layout
+from model.ops import OPS_BY_NAME, Op
+from model.state import Config
+
+PlainOp = tuple[Any, ...]
+#: `(kind, address, access, detail)`, see `impl.heap.Report`.
+PlainReport = tuple[str, int, str, str]
+
+_FIELDS: dict[type[Op], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in OPS_BY_NAME.values()
+}
+
+
+def plain_op(op: Op) -> PlainOp:
+    return (type(op).__name__, *(getattr(op, name) for name in _FIELDS[type(op)]))
+
+
+def op_from_plain(plain: PlainOp) -> Op:
+    return OPS_BY_NAME[plain[0]](*plain[1:])
+
+
+def plain_config(cfg: Config) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
+
+
+def plain_report(report: Report) -> PlainReport:
+    return (report.kind, report.address, report.access, report.detail)
+
+
+def format_report(report: PlainReport) -> str:
+    return str(Report(*report))
+
+
+class StepOutcome(NamedTuple):
+    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` or `("panic", message)`.
+    result: tuple[Any, ...]
+    #: Addresses of the values whose destructor ran during the step, in order.
+    dropped: tuple[int, ...]
+    #: `(footer, value)` addresses of every ref the step created, in order.
+    allocated: tuple[tuple[int, int], ...]
+    #: What the checking heap reported during the step.
+    reports: tuple[PlainReport, ...]
+
+
+class RefFacts(NamedTuple):
+    """One allocation as memory shows it. The words are read at the canonical footer offsets."""
+
+    footer: int
+    value: int
+    #: `impl.heap` status of the footer's block: live, freed, ...
+    status: str
+    ref_count: int
+    value_ptr_data: int
+    value_ptr_vtable: int
+    #: `size` and `align` read from the vtable `value_ptr` points at (0, 0: not a vtable).
+    vtable_size: int
+    vtable_align: int
+    block_start: int
+    block_size: int
+    block_align: int
+
+
+class TableFacts(NamedTuple):
+    next: int
+    end: int
+    chunk_ptr: int
+    chunk_len: int
+    chunk_words: tuple[int, ...]
+
+
+class FrameFacts(NamedTuple):
+    wasm: bool
+    sp: int
+    words: tuple[int, ...]
+    ref_typed: tuple[bool, ...]
+
+
+class Probe(NamedTuple):
+    stack_top: int
+    canary: int | None
+    table: TableFacts
+    refs: tuple[RefFacts, ...]
+    handles: tuple[int | None, ...]
+    #: `VMExternRef::hash` of each live handle.
+    hashes: tuple[int | None, ...]
+    raws: tuple[tuple[int, bool] | None, ...]
+    #: Each global's word; None for one instantiation never wrote.
+    globals: tuple[int | None, ...]
+    frames: tuple[FrameFacts, ...]
+
+
+class ImplAdapter(Protocol):
+    """What the lockstep machine needs from an implementation."""
+
+    def start(self, config: Mapping[str, Any]) -> None: ...
+    def step(self, op: PlainOp) -> StepOutcome: ...
+    def probe(self) -> Probe: ...
+    def finish(self) -> tuple[PlainReport, ...]:
+        """Drop the runtime (table, chunk), check the heap is empty, and free everything."""
+        ...
+
+    def close(self) -> None:
+        """Free everything without checks (after a failure). Idempotent."""
+        ...
+
+
+class InProcessImpl:
+    """The ctypes implementation of `impl/`, in this process, on a fresh checking heap."""
+
+    def __init__(self) -> None:
+        self._heap: CheckingHeap | None = None
+        self._world: World | None = None
+        self._reported = 0
+        self._dropped = 0
+        self._allocated = 0
+
+    @property
+    def world(self) -> World:
+        if self._world is None:
+            raise RuntimeError("start() the implementation first")
+        return self._world
+
+    def start(self, config: Mapping[str, Any]) -> None:
+        self.close()
+        self._heap = CheckingHeap()
+        self._world = World(Config(**config), self._heap)
+        self._reported = self._dropped = self._allocated = 0
+
+    def step(self, op: PlainOp) -> StepOutcome:
+        world = self.world
+        result = world.apply(op_from_plain(op))
+        world.heap.verify()
+        dropped = world.values.dropped[self._dropped :]
+        allocated = world.allocations[self._allocated :]
+        self._dropped += len(dropped)
+        self._allocated += len(allocated)
+        return StepOutcome(result, tuple(dropped), tuple(allocated), self._new_reports())
+
+    def _new_reports(self) -> tuple[PlainReport, ...]:
+        reports = self.world.heap.reports[self._reported :]
+        self._reported += len(reports)
+        return tuple(plain_report(r) for r in reports)
+
+    def probe(self) -> Probe:
+        world = self.world
+        heap = world.heap
+        alloc = world.table.alloc
+        chunk_ptr, chunk_len = int(alloc.chunk.ptr), int(alloc.chunk.len)
+        chunk_words = tuple(heap.peek(chunk_ptr + 8 * i) for i in range(chunk_len))
+        refs = []
+        for footer, value in world.allocations:
+            block = heap.block_at(footer)
+            status = heap.status(footer)
+            words = (0, 0, 0)
+            size = align = 0
+            if status == LIVE and block is not None:
+                words = (
+                    heap.peek(footer + layout.REF_COUNT_OFFSET),
+                    heap.peek(footer + layout.VALUE_PTR_OFFSET),
+                    heap.peek(footer + layout.VALUE_PTR_OFFSET + 8),
+                )
+                vtable = world.values.vtable_at(words[2])
+                if vtable is not None:
+                    size, align = vtable.size, vtable.align
+            start, bsize, balign = (block.start, block.size, block.align) if block else (0, 0, 0)
+            refs.append(RefFacts(footer, value, status, *words, size, align, start, bsize, balign))
+        frames = tuple(
+            FrameFacts(
+                f.wasm,
+                f.sp,
+                tuple(world.stack.load(f.sp + 8 * i) for i in range(len(f.ref_typed))),
+                tuple(f.ref_typed),
+            )
+            for f in world.stack.frames
+        )
+        return Probe(
+            stack_top=world.stack.top,
+            canary=world.stack_canary(),
+            table=TableFacts(int(alloc.next), int(alloc.end), chunk_ptr, chunk_len, chunk_words),
+            refs=tuple(refs),
+            handles=tuple(world.handles),
+            hashes=tuple(None if r is None else world.hash(r) for r in world.handles),
+            raws=tuple(world.raws),
+            globals=tuple(
+                int(world.globals_memory[g]) if init else None
+                for g, init in enumerate(world.global_initialised)
+            ),
+            frames=frames,
+        )
+
+    def finish(self) -> tuple[PlainReport, ...]:
+        world = self.world
+        world.drop_table()
+        world.heap.verify()
+        reports = self._new_reports() + tuple(plain_report(r) for r in world.heap.leaks())
+        self.close()
+        return reports
+
+    def close(self) -> None:
+        if self._heap is not None:
+            self._heap.release()
+        self._heap = None
+        self._world = None

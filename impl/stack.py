@@ -1,0 +1,196 @@
+"""The native stack in real memory, the compiled code's pcs, and the stack maps registered by pc.
+
+The stack is a ctypes region growing downward, carved into frames of the model's sizes
+(`model.state.frame_bytes`), so a frame's distance below the top of the stack is the same on both
+sides. Every frame ends with a saved frame pointer and a return address, as on x86-64:
+
+    high ┌──────────────────────┐ <- caller's sp
+         │ return address (pc)  │ fp + 8
+         │ saved fp             │ fp = sp + bytes - 16
+         │ slot n-1 ... slot 0  │ Wasm: slot i at sp + i * 8; host: two local words
+    low  └──────────────────────┘ <- sp
+
+`walk()` is the stand-in for `backtrace::trace`: from the youngest frame's registers it follows the
+saved frame pointers in memory, youngest first, and stops after a host frame whose code has no
+unwind info. `CodeRegistry` is `ModuleInfoLookup` / `ModuleInfo`: a pc in Wasm code may have a
+stack map, stored in memory as `[mapped_words, bitmap words...]`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+
+from model.state import WORD, Config, HostFrame, StackMap, WasmFrame, frame_bytes
+from model.world import lookup_stack_map
+
+#: Host code the unwinder has unwind info for.
+HOST_CODE = 0x5555_5555_0000
+#: Host code without unwind info: the walk cannot step past a frame suspended here.
+OPAQUE_HOST_CODE = 0x5555_5556_0000
+#: Compiled Wasm code: every function entry and every safepoint gets a fresh pc here.
+WASM_CODE = 0x7E00_0000_0000
+WASM_PC_STEP = 4
+
+STACK_BYTES = 1 << 16
+#: The two words every frame ends with: saved frame pointer, return address.
+LINK_BYTES = 2 * WORD
+
+HOST_BYTES = frame_bytes(HostFrame())
+if HOST_BYTES < LINK_BYTES or HOST_BYTES % WORD:
+    raise ImportError(f"a host frame of {HOST_BYTES} bytes cannot hold its frame link")
+
+
+@cache
+def wasm_frame_bytes(slots: int) -> int:
+    size = frame_bytes(WasmFrame(slots=(None,) * slots))
+    if size - slots * WORD != LINK_BYTES:
+        raise ValueError(f"a Wasm frame's overhead must be its frame link ({LINK_BYTES} bytes)")
+    return size
+
+
+class StackOverflow(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class Frame:
+    """The host's bookkeeping of one frame; its words live in the stack region."""
+
+    wasm: bool
+    sp: int
+    fp: int
+    #: Where this frame is suspended (for the youngest, where it runs).
+    pc: int
+    called_from_wasm: bool = False
+    ret_slot: int | None = None
+    #: This call set the canary (the RAII guard of `invoke_wasm_and_catch_traps`).
+    resets_canary: bool = False
+    #: The compiler's static type of each slot: True for externref, False for i64.
+    ref_typed: list[bool] = field(default_factory=list)
+
+
+class NativeStack:
+    def __init__(self, size: int = STACK_BYTES) -> None:
+        self._region = (ctypes.c_uint64 * (size // WORD))()
+        self.base = ctypes.addressof(self._region)
+        self.top = self.base + size
+        self.frames: list[Frame] = []
+        self._push(wasm=False, nbytes=HOST_BYTES, pc=HOST_CODE, words=(0, 0))
+
+    def load(self, address: int) -> int:
+        self._bounds(address)
+        return ctypes.c_uint64.from_address(address).value
+
+    def store(self, address: int, value: int) -> None:
+        self._bounds(address)
+        ctypes.c_uint64.from_address(address).value = value
+
+    def _bounds(self, address: int) -> None:
+        if not (self.base <= address <= self.top - WORD and address % WORD == 0):
+            raise IndexError(f"{address:#x} is not a word of the stack region")
+
+    @property
+    def youngest(self) -> Frame:
+        return self.frames[-1]
+
+    def push_host(self, unwind_info: bool, called_from_wasm: bool, ret_slot: int | None) -> Frame:
+        pc = HOST_CODE if unwind_info else OPAQUE_HOST_CODE
+        frame = self._push(wasm=False, nbytes=HOST_BYTES, pc=pc, words=(0, 0))
+        frame.called_from_wasm, frame.ret_slot = called_from_wasm, ret_slot
+        return frame
+
+    def push_wasm(self, words: list[int], ref_typed: list[bool], entry_pc: int) -> Frame:
+        frame = self._push(wasm=True, nbytes=wasm_frame_bytes(len(words)), pc=entry_pc, words=words)
+        frame.ref_typed = ref_typed
+        return frame
+
+    def _push(self, wasm: bool, nbytes: int, pc: int, words: tuple[int, ...] | list[int]) -> Frame:
+        caller = self.frames[-1] if self.frames else None
+        sp = (caller.sp if caller else self.top) - nbytes
+        if sp < self.base:
+            raise StackOverflow(f"the {len(self.frames)}-frame stack outgrew {self.top - self.base} bytes")
+        fp = sp + nbytes - LINK_BYTES
+        for i, word in enumerate(words):
+            self.store(sp + i * WORD, word)
+        self.store(fp, caller.fp if caller else 0)
+        self.store(fp + WORD, caller.pc if caller else 0)
+        frame = Frame(wasm=wasm, sp=sp, fp=fp, pc=pc)
+        self.frames.append(frame)
+        return frame
+
+    def pop(self) -> Frame:
+        return self.frames.pop()
+
+    def walk(self, has_unwind_info: Callable[[int], bool]) -> Iterator[tuple[int, int]]:
+        """`backtrace::trace`: `(pc, sp)` of every frame it can reach, youngest first."""
+        top = self.frames[-1]
+        pc, sp, fp = top.pc, top.sp, top.fp
+        while True:
+            yield pc, sp
+            if not has_unwind_info(pc):
+                return
+            ret = self.load(fp + WORD)
+            if ret == 0:
+                return
+            pc, sp, fp = ret, fp + LINK_BYTES, self.load(fp)
+
+
+class CodeRegistry:
+    """`ModuleInfoLookup` over the compiled code, with the stack maps the compiler registered."""
+
+    def __init__(self) -> None:
+        self._next_pc = WASM_CODE
+        #: pc -> (stack map record address or 0, the previous safepoint's record address or 0)
+        self._entries: dict[int, tuple[int, int]] = {}
+        self._records: list[ctypes.Array[ctypes.c_uint64]] = []
+
+    @staticmethod
+    def has_unwind_info(pc: int) -> bool:
+        return pc != OPAQUE_HOST_CODE
+
+    def is_wasm(self, pc: int) -> bool:
+        """`ModuleInfoLookup::lookup(pc).is_some()`."""
+        return WASM_CODE <= pc < self._next_pc
+
+    def fresh_pc(self) -> int:
+        pc = self._next_pc
+        self._next_pc += WASM_PC_STEP
+        return pc
+
+    def register_safepoint(self, stack_map: StackMap | None, mapped_words: int, pc: int) -> int:
+        """A new safepoint after the one at `pc`: its own map (if any) and a link to the last map."""
+        record, previous = self._entries.get(pc, (0, 0))
+        if stack_map is not None:
+            bits = [0] * ((mapped_words + 63) // 64)
+            for i in stack_map:
+                bits[i // 64] |= 1 << (i % 64)
+            array = (ctypes.c_uint64 * (1 + len(bits)))(mapped_words, *bits)
+            self._records.append(array)
+            new_record = ctypes.addressof(array)
+        else:
+            new_record = 0
+        new_pc = self.fresh_pc()
+        self._entries[new_pc] = (new_record, record or previous)
+        return new_pc
+
+    def lookup_stack_map(self, cfg: Config, pc: int) -> int | None:
+        """`ModuleInfo::lookup_stack_map(pc)`: the record address, by the registry's one rule."""
+        record, previous = self._entries.get(pc, (0, 0))
+        frame = WasmFrame(
+            slots=(),
+            stack_map=(record,) if record else None,
+            previous_stack_map=(previous,) if previous else None,
+        )
+        chosen = lookup_stack_map(cfg, frame)
+        return None if chosen is None else chosen[0]
+
+
+def stack_map_bits(record: int) -> Iterator[int]:
+    """The set bits of the stack map stored at `record`, lowest first (`get_bit(i)` for each `i`)."""
+    words = ctypes.c_uint64.from_address(record).value
+    for i in range(words):
+        if ctypes.c_uint64.from_address(record + WORD * (1 + i // 64)).value >> (i % 64) & 1:
+            yield i

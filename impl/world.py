@@ -1,0 +1,377 @@
+"""The host around the ctypes runtime: its handle table, raw pointers, the instance's globals in memory,
+and compiled Wasm code working on real stack slots.
+
+This is the embedder's side, so it does the embedder's bookkeeping: which handles are live, which raw
+pointers it owns, which globals instantiation wrote. It refuses misuse with the kinds of
+`model.observation`, and runs the embedder protocol (`model.protocol`) and the compiler's stack maps
+(`model.world.emit_stack_map`) by their one rule.
+
+A step's result is plain data: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` or
+`("panic", message)`. Refs in results are addresses: footers, or a value's address for `Deref`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from typing import Any
+
+from impl.externref import Runtime
+from impl.heap import FREED, CheckingHeap
+from impl.stack import Frame
+from model import layout, ops, protocol
+from model.observation import (
+    BAD_FRAME,
+    BAD_GLOBAL,
+    BAD_LAYOUT,
+    BAD_SLOT,
+    DROPPED_HANDLE,
+    FREED_RAW,
+    NO_SUCH_HANDLE,
+    NO_SUCH_RAW,
+    UNINIT_GLOBAL,
+    UNOWNED_RAW,
+    WRONG_FRAME,
+)
+from model.runtime import CVE_2022_23636, DebugAssertion, MisuseError
+from model.state import SCALAR, WORD, Config, Slot
+from model.world import MAX_VALUE_ALIGN, MAX_VALUE_SIZE, emit_stack_map
+
+#: An i64 the register allocator spilled into a slot: odd, so never a footer, and in no block.
+SCALAR_WORD = 0x0BAD_5CA1_A12F_0001
+#: The bytes of a `VMGlobalDefinition` instantiation never wrote.
+UNINIT_GLOBAL_WORD = 0xBEBE_BEBE_BEBE_BEBE
+
+PlainResult = tuple[Any, ...]
+
+
+class SeedErr(Exception):
+    """The seed's own `Err` (only `try_insert`'s chunk full)."""
+
+
+class World(Runtime):
+    def __init__(self, cfg: Config, heap: CheckingHeap) -> None:
+        super().__init__(cfg, heap)
+        self.handles: list[int | None] = []
+        self.raws: list[tuple[int, bool] | None] = []
+        n = cfg.n_globals
+        self.globals_memory = (ctypes.c_uint64 * max(n, 1))(*[UNINIT_GLOBAL_WORD] * n)
+        self.global_initialised = [False] * n
+        self.panic: str | None = None
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def apply(self, op: ops.Op) -> PlainResult:
+        if self.panic is not None:
+            return ("panic", self.panic)
+        saved = (list(self.handles), list(self.raws), list(self.global_initialised))
+        try:
+            if op.WASM:
+                self._wasm_frame()
+            else:
+                self._host_frame()
+            handler: Callable[[Any], Any] = getattr(self, "op_" + type(op).__name__)
+            return ("ok", handler(op))
+        except MisuseError as e:
+            self.handles, self.raws, self.global_initialised = saved
+            return ("misuse", e.kind, e.detail)
+        except SeedErr as e:
+            return ("err", str(e))
+        except DebugAssertion as e:
+            self.panic = str(e)
+            return ("panic", self.panic)
+
+    # --- the host's bookkeeping -----------------------------------------------------------------
+
+    def _host_frame(self) -> Frame:
+        top = self.stack.youngest
+        if top.wasm:
+            raise MisuseError(WRONG_FRAME, "host code runs only in a host frame")
+        return top
+
+    def _wasm_frame(self) -> Frame:
+        top = self.stack.youngest
+        if not top.wasm:
+            raise MisuseError(WRONG_FRAME, "compiled code runs only in a Wasm frame")
+        return top
+
+    def _handle(self, h: int) -> int:
+        if not 0 <= h < len(self.handles):
+            raise MisuseError(NO_SUCH_HANDLE, f"handle {h}")
+        r = self.handles[h]
+        if r is None:
+            raise MisuseError(DROPPED_HANDLE, f"handle {h} was dropped or moved")
+        return r
+
+    def _take(self, h: int) -> int:
+        r = self._handle(h)
+        self.handles[h] = None
+        return r
+
+    def _new_handle(self, r: int) -> int:
+        self.handles.append(r)
+        return len(self.handles) - 1
+
+    def _raw(self, p: int) -> tuple[int, bool]:
+        if not 0 <= p < len(self.raws):
+            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p}")
+        raw = self.raws[p]
+        if raw is None:
+            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p} was already consumed by from_raw")
+        return raw
+
+    def _global(self, g: int) -> int | None:
+        """The externref in global `g` (None: null)."""
+        if not 0 <= g < len(self.global_initialised):
+            raise MisuseError(BAD_GLOBAL, f"global {g}")
+        if not self.global_initialised[g]:
+            raise MisuseError(UNINIT_GLOBAL, f"global {g} was never initialised")
+        return self.globals_memory[g] or None
+
+    def _slot(self, frame: Frame, i: int) -> None:
+        if not 0 <= i < len(frame.ref_typed):
+            raise MisuseError(BAD_SLOT, f"slot {i} of a frame with {len(frame.ref_typed)}")
+
+    def _read(self, frame: Frame, i: int) -> tuple[int, bool]:
+        """Slot `i`'s word and whether the compiler typed it externref."""
+        return self.stack.load(frame.sp + i * WORD), frame.ref_typed[i]
+
+    def _write(self, frame: Frame, i: int, word: int, is_ref: bool) -> None:
+        self.stack.store(frame.sp + i * WORD, word)
+        frame.ref_typed[i] = is_ref
+
+    def _safepoint(self, frame: Frame, at_wasm_call: bool) -> None:
+        """The youngest Wasm frame calls out: its pc becomes a safepoint with the compiler's map."""
+        view: list[Slot] = []
+        for i in range(len(frame.ref_typed)):
+            word, is_ref = self._read(frame, i)
+            view.append((word or None) if is_ref else SCALAR)
+        stack_map = emit_stack_map(self.cfg, tuple(view), at_wasm_call)
+        frame.pc = self.registry.register_safepoint(stack_map, len(view), frame.pc)
+
+    def _enter_wasm_frame(self, words: list[int], ref_typed: list[bool]) -> Frame:
+        padding = self.cfg.slots - len(words)
+        return self.stack.push_wasm(
+            words + [0] * padding, ref_typed + [True] * padding, self.registry.fresh_pc()
+        )
+
+    # --- VMExternRef ----------------------------------------------------------------------------
+
+    def op_New(self, op: ops.New) -> int:
+        if not layout.rust_type_layout_admissible(op.size, op.align):
+            raise MisuseError(BAD_LAYOUT, f"no Rust type has size {op.size}, align {op.align}")
+        if op.size > MAX_VALUE_SIZE or op.align > MAX_VALUE_ALIGN:
+            raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
+        return self._new_handle(self.new_with(op.size, op.align))
+
+    def op_Clone(self, op: ops.Clone) -> int:
+        return self._new_handle(self.clone(self._handle(op.h)))
+
+    def op_Drop(self, op: ops.Drop) -> None:
+        self.drop(self._take(op.h))
+
+    def op_AsRaw(self, op: ops.AsRaw) -> int:
+        self.raws.append((self._handle(op.h), False))
+        return len(self.raws) - 1
+
+    def op_IntoRaw(self, op: ops.IntoRaw) -> int:
+        self.raws.append((self._take(op.h), True))
+        return len(self.raws) - 1
+
+    def op_FromRaw(self, op: ops.FromRaw) -> int:
+        r, owned = self._raw(op.p)
+        if not owned:
+            raise MisuseError(UNOWNED_RAW, f"raw pointer {op.p} came from as_raw; nobody owns it")
+        self.raws[op.p] = None
+        return self._new_handle(r)
+
+    def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> int:
+        r, _ = self._raw(op.p)
+        if self.heap.status(r) == FREED:
+            raise MisuseError(FREED_RAW, f"raw pointer {op.p} points at a freed block")
+        return self._new_handle(self.clone(r))
+
+    def op_StrongCount(self, op: ops.StrongCount) -> int | None:
+        return self.strong_count(self._handle(op.h))
+
+    def op_Eq(self, op: ops.Eq) -> bool:
+        """`VMExternRef::eq`: pointer equality."""
+        return self._handle(op.a) == self._handle(op.b)
+
+    def op_Cmp(self, op: ops.Cmp) -> int:
+        """`VMExternRef::cmp`: address order, as -1, 0 or 1."""
+        a, b = self._handle(op.a), self._handle(op.b)
+        return (a > b) - (a < b)
+
+    def op_Deref(self, op: ops.Deref) -> tuple[int, int, int] | None:
+        return self.deref(self._handle(op.h))
+
+    # --- VMExternRefActivationsTable ----------------------------------------------------------
+
+    def op_TryInsert(self, op: ops.TryInsert) -> None:
+        if not self.try_insert(self._handle(op.h)):
+            raise SeedErr("chunk-full")
+        self.handles[op.h] = None
+
+    def op_InsertWithGc(self, op: ops.InsertWithGc) -> None:
+        self.insert_with_gc(self._take(op.h))
+
+    def op_InsertWithoutGc(self, op: ops.InsertWithoutGc) -> None:
+        self.insert_without_gc(self._take(op.h))
+
+    def op_BumpCapacityRemaining(self, op: ops.BumpCapacityRemaining) -> int:
+        return self.bump_capacity_remaining()
+
+    def op_NumFilledInBumpChunk(self, op: ops.NumFilledInBumpChunk) -> int:
+        return self.num_filled_in_bump_chunk()
+
+    def op_Elements(self, op: ops.Elements) -> tuple[int, ...]:
+        return tuple(sorted(self.elements()))
+
+    def op_SetStackCanary(self, op: ops.SetStackCanary) -> None:
+        if op.frame is None:
+            self.set_stack_canary(None)
+            return
+        frames = self.stack.frames
+        if not 0 <= op.frame < len(frames):
+            raise MisuseError(BAD_FRAME, f"frame {op.frame} of {len(frames)}")
+        self.set_stack_canary(frames[op.frame].sp)
+
+    def op_StackCanary(self, op: ops.StackCanary) -> int | None:
+        return self.stack_canary()
+
+    def op_SetGcOkay(self, op: ops.SetGcOkay) -> bool:
+        return self.set_gc_okay(op.okay)
+
+    def op_Gc(self, op: ops.Gc) -> None:
+        self.gc()
+
+    # --- globals and the embedder protocol ----------------------------------------------------
+
+    def op_InitGlobals(self, op: ops.InitGlobals) -> None:
+        if any(self.global_initialised):
+            raise MisuseError(BAD_GLOBAL, "the instance is already instantiated")
+        if not 0 <= op.count <= len(self.global_initialised):
+            raise MisuseError(BAD_GLOBAL, f"{op.count} of {len(self.global_initialised)} globals")
+        for g in range(op.count):
+            self.globals_memory[g] = 0
+            self.global_initialised[g] = True
+
+    def op_HostGlobalSet(self, op: ops.HostGlobalSet) -> None:
+        old = self._global(op.g)
+        new = None if op.h is None else self._handle(op.h)
+        protocol.global_set(self, old, new)
+        self.globals_memory[op.g] = new or 0
+
+    def op_HostGlobalGet(self, op: ops.HostGlobalGet) -> int | None:
+        value = self._global(op.g)
+        return None if value is None else self._new_handle(self.clone(value))
+
+    def op_TeardownGlobals(self, op: ops.TeardownGlobals) -> None:
+        """The instance is dropped, and with it every externref global it holds."""
+        for g, initialised in enumerate(self.global_initialised):
+            word = self.globals_memory[g]
+            if (initialised and word) or (not initialised and self.mutant == CVE_2022_23636):
+                self.drop(word)
+            self.globals_memory[g] = UNINIT_GLOBAL_WORD
+            self.global_initialised[g] = False
+
+    def op_CallWasm(self, op: ops.CallWasm) -> None:
+        if len(op.args) > self.cfg.slots:
+            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
+        if len(set(op.args)) != len(op.args):
+            raise MisuseError(DROPPED_HANDLE, "the same handle moved twice")
+        refs = [self._take(h) for h in op.args]
+        protocol.move_refs_into_table(self, refs, self.mutant)
+        resets = protocol.enter_wasm(self, self.stack.youngest.sp)
+        frame = self._enter_wasm_frame(refs, [True] * len(refs))
+        frame.resets_canary = resets
+
+    def op_ReturnToWasm(self, op: ops.ReturnToWasm) -> None:
+        top = self._host_frame()
+        if not top.called_from_wasm:
+            raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
+        r = None if op.h is None else self._take(op.h)
+        if r is not None:
+            protocol.move_refs_into_table(self, [r], self.mutant)
+        self.stack.pop()
+        caller = self._wasm_frame()
+        assert top.ret_slot is not None
+        self._write(caller, top.ret_slot, r or 0, True)
+
+    # --- compiled Wasm code ---------------------------------------------------------------------
+
+    def op_WasmMove(self, op: ops.WasmMove) -> None:
+        frame = self._wasm_frame()
+        self._slot(frame, op.src)
+        self._slot(frame, op.dst)
+        self._write(frame, op.dst, *self._read(frame, op.src))
+
+    def op_WasmNull(self, op: ops.WasmNull) -> None:
+        frame = self._wasm_frame()
+        self._slot(frame, op.dst)
+        self._write(frame, op.dst, 0, True)
+
+    def op_WasmScalar(self, op: ops.WasmScalar) -> None:
+        frame = self._wasm_frame()
+        self._slot(frame, op.dst)
+        self._write(frame, op.dst, SCALAR_WORD, False)
+
+    def op_WasmGlobalGet(self, op: ops.WasmGlobalGet) -> None:
+        frame = self._wasm_frame()
+        self._slot(frame, op.dst)
+        value = self._global(op.g)
+        self._safepoint(frame, at_wasm_call=False)
+        self.stack.push_host(unwind_info=True, called_from_wasm=False, ret_slot=None)  # libcall
+        got = protocol.libcall_global_get(self, value)
+        self.stack.pop()
+        self._write(frame, op.dst, got or 0, True)
+
+    def op_WasmGlobalSet(self, op: ops.WasmGlobalSet) -> None:
+        frame = self._wasm_frame()
+        self._slot(frame, op.src)
+        old = self._global(op.g)
+        word, is_ref = self._read(frame, op.src)
+        if not is_ref:
+            raise MisuseError(BAD_SLOT, f"slot {op.src} holds no externref")
+        protocol.global_set(self, old, word or None)
+        self.globals_memory[op.g] = word
+
+    def op_WasmCallWasm(self, op: ops.WasmCallWasm) -> None:
+        frame = self._wasm_frame()
+        for i in (*op.args, op.ret_slot):
+            self._slot(frame, i)
+        if len(op.args) > self.cfg.slots:
+            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
+        self._safepoint(frame, at_wasm_call=True)
+        args = [self._read(frame, i) for i in op.args]
+        callee = self._enter_wasm_frame([w for w, _ in args], [t for _, t in args])
+        callee.called_from_wasm, callee.ret_slot = True, op.ret_slot
+
+    def op_WasmCallHost(self, op: ops.WasmCallHost) -> tuple[int | None, ...]:
+        frame = self._wasm_frame()
+        for i in (*op.args, op.ret_slot):
+            self._slot(frame, i)
+        self._safepoint(frame, at_wasm_call=False)
+        self.stack.push_host(op.unwind_info, called_from_wasm=True, ret_slot=op.ret_slot)
+        # `Func::invoke` reads each externref argument with `clone_from_raw`.
+        got: list[int | None] = []
+        for i in op.args:
+            word, is_ref = self._read(frame, i)
+            got.append(self._new_handle(self.clone(word)) if is_ref and word else None)
+        return tuple(got)
+
+    def op_WasmReturn(self, op: ops.WasmReturn) -> int | None:
+        frame = self._wasm_frame()
+        if op.slot is not None:
+            self._slot(frame, op.slot)
+        word, is_ref = (0, True) if op.slot is None else self._read(frame, op.slot)
+        self.stack.pop()
+        if frame.called_from_wasm:
+            caller = self._wasm_frame()
+            assert frame.ret_slot is not None
+            self._write(caller, frame.ret_slot, word, is_ref)
+            return None
+        protocol.exit_wasm(self, frame.resets_canary)
+        # The host takes the result out of the table's borrow: `clone_from_raw`.
+        return self._new_handle(self.clone(word)) if is_ref and word else None
