@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from impl.mutants import IMPL_MUTANTS
 from model.mutants import MODEL_MUTANTS, Mutant
+from specs.mutants import PROOF_MUTANTS
 
 
 def all_mutants() -> tuple[Mutant, ...]:
-    return MODEL_MUTANTS + IMPL_MUTANTS
+    return MODEL_MUTANTS + IMPL_MUTANTS + PROOF_MUTANTS
 
 
 def mutant_names() -> list[str]:

@@ -76,4 +76,20 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
     return CheckResult("lockstep model vs ctypes impl", out.passed, _machine_figures(out.stats), out.failure)
 
 
-CHECKS: list[Check] = [Check("model", _model), Check("lockstep", _lockstep)]
+def _proofs(opts: CheckOptions) -> CheckResult:
+    """`externref-harness prove` for this build, stopping at the first property not proven (a
+    failed cut of the bounded proof only means the properties are decided without it)."""
+    from externref_harness.proofs import DEFAULT_BOUNDS, ProofOptions, run_proofs
+
+    proof_opts = ProofOptions(opts.mutant, DEFAULT_BOUNDS, debug_builds=(opts.build == "debug",))
+    proven = 0
+    for verdict in run_proofs(proof_opts):
+        if not verdict.proven and not verdict.lemma:
+            failure = f"{verdict.name}: {verdict.status}: {verdict.detail}"
+            return CheckResult("z3 proofs", False, {"proven": str(proven)}, failure)
+        proven += verdict.proven
+    figures = {"proven": str(proven), "bounds": str(DEFAULT_BOUNDS).split(" = ")[1]}
+    return CheckResult("z3 proofs", True, figures)
+
+
+CHECKS: list[Check] = [Check("model", _model), Check("lockstep", _lockstep), Check("proofs", _proofs)]

@@ -19,6 +19,7 @@ from externref_harness.trace import TraceFormatError
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check", "externref_harness.cmd_check", "run every check (the main job)"),
     ("mutants", "externref_harness.cmd_mutants", "list the seeded bugs"),
+    ("prove", "externref_harness.cmd_prove", "z3 proofs: layout, offsets, sweep safety"),
 )
 
 
