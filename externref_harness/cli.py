@@ -19,6 +19,8 @@ from externref_harness.trace import TraceFormatError
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("check", "externref_harness.cmd_check", "run every check (the main job)"),
     ("mutants", "externref_harness.cmd_mutants", "list the seeded bugs"),
+    ("explore", "externref_harness.cmd_explore", "exhaustive bounded search of the model's states"),
+    ("replay", "externref_harness.cmd_replay", "replay a saved trace on the model and the impl"),
     ("prove", "externref_harness.cmd_prove", "z3 proofs: layout, offsets, sweep safety"),
 )
 

@@ -69,7 +69,7 @@ class SeedRuntime:
     def __init__(self, cfg: Config, state: State) -> None:
         self.cfg = cfg
         self.heap: list[Box] = list(state.heap)
-        t = state.table
+        t = self._thawed_table = state.table
         self.chunk: list[int | None] = list(t.chunk)
         self.next = t.next
         self.over_approximated_stack_roots: set[int] = set(t.over_approximated_stack_roots)
@@ -87,11 +87,24 @@ class SeedRuntime:
         raise NotImplementedError
 
     def frozen_table(self) -> Table:
+        """The table as a value; the very one thawed when nothing changed (sharing makes `==` cheap)."""
+        t = self._thawed_table
+        chunk = tuple(self.chunk)
+        over, precise = self.over_approximated_stack_roots, self.precise_stack_roots
+        if (
+            chunk == t.chunk
+            and self.next == t.next
+            and over == t.over_approximated_stack_roots
+            and precise == t.precise_stack_roots
+            and self._stack_canary == t.stack_canary
+            and self.gc_okay == t.gc_okay
+        ):
+            return t
         return Table(
-            chunk=tuple(self.chunk),
+            chunk=chunk,
             next=self.next,
-            over_approximated_stack_roots=frozenset(self.over_approximated_stack_roots),
-            precise_stack_roots=frozenset(self.precise_stack_roots),
+            over_approximated_stack_roots=frozenset(over),
+            precise_stack_roots=frozenset(precise),
             stack_canary=self._stack_canary,
             gc_okay=self.gc_okay,
         )

@@ -10,7 +10,6 @@ what is registered, so the invariants (which read the ground truth) catch it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 from model import layout, ops, protocol
@@ -79,25 +78,54 @@ def lookup_stack_map(cfg: Config, frame: WasmFrame) -> StackMap | None:
     return frame.stack_map
 
 
+def live_stack_maps(
+    cfg: Config, frame: WasmFrame, executing: bool
+) -> tuple[StackMap | None, StackMap | None]:
+    """The (stack_map, previous_stack_map) that `lookup_stack_map` can still be asked about.
+
+    Only `gc` reads the maps, and it runs in a host frame, so the executing (youngest) Wasm frame
+    will make a safepoint (`Machine._safepoint`) before any lookup sees it: its own map is dead then,
+    except as the fallback the next safepoint keeps under CVE-2021-39218. A suspended frame's
+    previous map is read only by that mutant, and only while the frame has no map. Frames that
+    agree on this pair and on their slots behave alike in every future, which is what lets the
+    explorer merge states that differ only in dead maps.
+    """
+    fallback = cfg.mutant == CVE_2021_39218
+    if executing:
+        if not fallback:
+            return None, None
+        kept = frame.stack_map if frame.stack_map is not None else frame.previous_stack_map
+        return None, kept
+    if fallback and frame.stack_map is None:
+        return None, frame.previous_stack_map
+    return frame.stack_map, None
+
+
 class Machine(SeedRuntime):
     """A `State` thawed for one transition: the seed's runtime plus the world around it."""
 
     def __init__(self, cfg: Config, state: State) -> None:
         super().__init__(cfg, state)
+        self._thawed = state
         self.handles: list[int | None] = list(state.handles)
         self.raws: list[RawPtr | None] = list(state.raws)
         self.globals: list[GlobalValue] = list(state.globals)
         self.frames: list[Frame] = list(state.frames)
 
     def freeze(self) -> State:
+        """The state after the step; parts that did not change are the thawed state's own objects,
+        so successive states share them and compare fast."""
+        s = self._thawed
+        heap, handles, raws = tuple(self.heap), tuple(self.handles), tuple(self.raws)
+        globals_, frames, faults = tuple(self.globals), tuple(self.frames), tuple(self.faults)
         return State(
-            heap=tuple(self.heap),
-            table=self.frozen_table(),
-            handles=tuple(self.handles),
-            raws=tuple(self.raws),
-            globals=tuple(self.globals),
-            frames=tuple(self.frames),
-            faults=tuple(self.faults),
+            s.heap if heap == s.heap else heap,
+            self.frozen_table(),
+            s.handles if handles == s.handles else handles,
+            s.raws if raws == s.raws else raws,
+            s.globals if globals_ == s.globals else globals_,
+            s.frames if frames == s.frames else frames,
+            s.faults if faults == s.faults else faults,
         )
 
     # --- the stack, as gc sees it ---------------------------------------------------------------
@@ -176,10 +204,13 @@ class Machine(SeedRuntime):
     def _safepoint(self, frame: WasmFrame, at_wasm_call: bool) -> WasmFrame:
         """The youngest Wasm frame calls out: its pc becomes this safepoint, with this stack map."""
         previous = frame.stack_map if frame.stack_map is not None else frame.previous_stack_map
-        frame = replace(
-            frame,
+        frame = WasmFrame(
+            slots=frame.slots,
             stack_map=emit_stack_map(self.cfg, frame.slots, at_wasm_call),
             previous_stack_map=previous,
+            called_from_wasm=frame.called_from_wasm,
+            ret_slot=frame.ret_slot,
+            resets_canary=frame.resets_canary,
         )
         self._set_top(frame)
         return frame
@@ -191,8 +222,11 @@ class Machine(SeedRuntime):
             self._wasm_frame()
         else:
             self._host_frame()
-        handler: Callable[[Any], Result] = getattr(self, "op_" + type(op).__name__)
-        return handler(op)
+        kind = (type(self), type(op))
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            handler = _HANDLERS[kind] = getattr(type(self), "op_" + type(op).__name__)
+        return handler(self, op)
 
     # VMExternRef
 
@@ -443,4 +477,16 @@ def _ref(value: GlobalValue) -> int | None:
 def _write(frame: WasmFrame, i: int, value: Slot) -> WasmFrame:
     slots = list(frame.slots)
     slots[i] = value
-    return replace(frame, slots=tuple(slots))
+    return WasmFrame(
+        slots=tuple(slots),
+        stack_map=frame.stack_map,
+        previous_stack_map=frame.previous_stack_map,
+        called_from_wasm=frame.called_from_wasm,
+        ret_slot=frame.ret_slot,
+        resets_canary=frame.resets_canary,
+    )
+
+
+#: `Machine.apply`'s dispatch: (machine class, operation class) to its `op_<Name>` handler, filled
+#: on first use (a subclass may override a handler).
+_HANDLERS: dict[tuple[type[Machine], type[ops.Op]], Callable[[Machine, Any], Result]] = {}

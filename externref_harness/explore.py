@@ -1,0 +1,471 @@
+"""Exhaustive breadth-first exploration of the model's reachable states, as TLC explores a spec.
+
+The transition relation is the model's own: `model.moves.flat_moves` gives the well-formed moves of
+a state and `model.transition.step` takes one. Every newly reached state is checked against every
+invariant of `specs.invariants`; states are discovered in order of depth, so the first violation
+found is at the end of a shortest trace.
+
+Symmetry reduction. Two states behave alike when they differ only by
+- the names of refs: ids are allocation order and the model compares them only for equality;
+- tombstones: the positions of dropped handles and consumed raw pointers;
+- the order of the filled part of the bump chunk: every reader treats it as a multiset;
+- stack maps no lookup will ever read (`model.world.live_stack_maps`).
+The same moves, up to renumbering, lead from both to states that again differ only that way (a
+bisimulation, checked by `tests/test_explore_symmetry.py`). `canonical` picks one representative
+per class, and the search expands representatives. A violation's trace is then rebuilt on actual
+states: from `State.initial`, each step takes the actual state's own move whose successor falls in
+the next class on the path, so the trace is a sequence of real operations that
+`model.transition.run` and `externref-harness replay` reproduce exactly.
+
+State constraint. `WasmReturn` to the host hands out a new handle whatever `Bounds.handles` says,
+so the reachable space is not finite by itself. Like TLC's CONSTRAINT, a state holding more live
+handles than `Bounds.handles + Bounds.args` (the most any guarded move creates) is checked but not
+expanded.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+from externref_harness.model_check import _labels, misuse_problem
+from model.moves import Bounds, flat_moves
+from model.mutants import model_mutant_names
+from model.observation import Misuse, Ok
+from model.ops import Op
+from model.state import Build, Config, Frame, RawPtr, State, Table, WasmFrame
+from model.transition import step
+from model.world import live_stack_maps
+from specs.invariants import first_violation
+
+#: Pseudo-invariant for a well-formed move the model refuses (a bug in `model.moves` or the model).
+REFUSED = "refused"
+
+
+# --- symmetry reduction ---------------------------------------------------------------------------
+
+
+def canonical(cfg: Config, state: State) -> State:
+    """The representative of `state`'s symmetry class (see the module docstring).
+
+    Refs are renamed in order of first appearance in the ordered parts of the state (handles, raw
+    pointers, globals, Wasm slots); refs held only by the heap or the table are then ordered by
+    everything the state says about them, so equally described refs are interchangeable and any
+    order among them gives the same result. Stack maps no lookup can reach any more are dropped
+    (`model.world.live_stack_maps`). Faults keep only their kind: any fault already violates I3 or
+    I4, and the search stops there.
+    """
+    heap = state.heap
+    n = len(heap)
+    seq = [h for h in state.handles if h is not None]
+    for p in state.raws:
+        if p is not None:
+            seq.append(p.ref)
+    for g in state.globals:
+        if type(g) is int:
+            seq.append(g)
+    for f in state.frames:
+        if type(f) is WasmFrame:
+            seq.extend([s for s in f.slots if type(s) is int])
+    first = list(dict.fromkeys(seq))
+    table = state.table
+    filled = table.chunk[: table.next]
+    if len(first) < n:
+        placed = set(first)
+        rest = [r for r in range(n) if r not in placed]
+        if len(rest) > 1:
+            over = table.over_approximated_stack_roots
+            precise = table.precise_stack_roots
+
+            def described(r: int) -> tuple[int, bool, int, int, int, bool, bool]:
+                box = heap[r]
+                return (
+                    box.ref_count, box.freed, box.size, box.align,
+                    filled.count(r), r in over, r in precise,
+                )  # fmt: skip
+
+            rest.sort(key=described)
+        first += rest
+    identity = first == list(range(n))
+    order = {} if identity else {old: new for new, old in enumerate(first)}
+
+    frames = state.frames
+    youngest = len(frames) - 1
+    rebuilt: list[Frame] | None = None
+    for i, f in enumerate(frames):
+        if type(f) is not WasmFrame:
+            continue
+        stack_map, previous = live_stack_maps(cfg, f, i == youngest)
+        if identity and stack_map == f.stack_map and previous == f.previous_stack_map:
+            continue
+        if rebuilt is None:
+            rebuilt = list(frames)
+        slots = f.slots if identity else tuple(order[s] if type(s) is int else s for s in f.slots)
+        rebuilt[i] = WasmFrame(
+            slots, stack_map, previous, f.called_from_wasm, f.ret_slot, f.resets_canary
+        )
+    if rebuilt is not None:
+        frames = tuple(rebuilt)
+
+    handles = state.handles
+    raws = state.raws
+    globals_ = state.globals
+    new_heap = heap
+    new_filled = filled
+    over_roots = table.over_approximated_stack_roots
+    precise_roots = table.precise_stack_roots
+    if identity:
+        if None in handles:
+            handles = tuple(h for h in handles if h is not None)
+        if None in raws:
+            raws = tuple(p for p in raws if p is not None)
+    else:
+        handles = tuple(order[h] for h in handles if h is not None)
+        raws = tuple(RawPtr(order[p.ref], p.owned) for p in raws if p is not None)
+        globals_ = tuple(order[g] if type(g) is int else g for g in globals_)
+        new_heap = tuple([heap[old] for old in first])
+        new_filled = tuple(None if r is None else order[r] for r in filled)
+        over_roots = frozenset(order[r] for r in over_roots)
+        precise_roots = frozenset(order[r] for r in precise_roots)
+    if len(new_filled) > 1 and None not in new_filled:
+        new_filled = tuple(sorted(new_filled))  # type: ignore[type-var]
+    if not identity or new_filled != filled:
+        table = Table(
+            new_filled + table.chunk[table.next :],
+            table.next,
+            over_roots,
+            precise_roots,
+            table.stack_canary,
+            table.gc_okay,
+        )
+    faults = state.faults
+    if faults:
+        faults = tuple(f.split(":", 1)[0] for f in faults)
+    if (
+        table is state.table
+        and handles is state.handles
+        and raws is state.raws
+        and globals_ is state.globals
+        and frames is state.frames
+        and new_heap is heap
+        and faults is state.faults
+    ):
+        return state
+    return State(new_heap, table, handles, raws, globals_, frames, faults, state.panic)
+
+
+def live_handles(state: State) -> int:
+    return sum(h is not None for h in state.handles)
+
+
+# --- the search -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """One bounded search: the model's config, the move bounds and a depth limit (None: none)."""
+
+    cfg: Config
+    bounds: Bounds
+    depth: int | None = None
+    symmetry: bool = True
+
+    def __post_init__(self) -> None:
+        if self.depth is not None and self.depth < 0:
+            raise ValueError(f"depth must be >= 0, got {self.depth}")
+
+    @property
+    def max_live_handles(self) -> int:
+        """The state constraint (see the module docstring)."""
+        return self.bounds.handles + self.bounds.args
+
+
+#: What `ExploreBounds` accepts for each integer bound: (lowest, highest). The highs only keep a
+#: typo from starting a search that cannot finish.
+LIMITS: dict[str, tuple[int, int]] = {
+    "refs": (1, 8),
+    "chunk": (1, 512),
+    "frames": (1, 4),
+    "slots": (1, 8),
+    "depth": (1, 10_000),
+    "handles": (1, 8),
+    "raws": (0, 4),
+    "args": (0, 8),
+    "globals": (0, 4),
+}
+
+
+#: The opt-in knobs each seeded model bug needs to be reachable at all (beyond the defaults).
+#: `tests/test_explore.py` checks that each is then found, and records its shortest trace.
+MUTANT_KNOBS: dict[str, dict[str, int | bool]] = {
+    "cve-2021-39216": {"args": 2},  # two refs moved into Wasm by one call
+    "cve-2021-39218": {"scalars": True},  # a non-ref word under a stale stack map
+    "cve-2022-23636": {"globals": 2},  # an instantiation that stopped before the last global
+    "sweep-without-canary": {"opaque_frames": True},  # a walk that cannot reach the canary
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ExploreBounds:
+    """The explorer's knobs, mapped onto `Config` and `Bounds` (defaults: the `explore` command's).
+
+    The defaults keep the space of 2 refs, a chunk of 2, 2 frames and 2 slots exhaustible in
+    seconds; the features that multiply it (scalar spills, opaque host frames, `set_gc_okay`
+    toggles, globals, raw pointers) are opt-in. Observers are off: they never change the state,
+    so they add transitions and no states.
+    """
+
+    refs: int = 2
+    chunk: int = 2
+    frames: int = 2
+    slots: int = 2
+    depth: int | None = None
+    handles: int = 2
+    raws: int = 0
+    args: int = 1
+    globals: int = 0
+    scalars: bool = False
+    opaque_frames: bool = False
+    gc_okay_toggles: bool = False
+    observers: bool = False
+    symmetry: bool = True
+    mutant: str | None = None
+    build: Build = "debug"
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name == "depth":
+                continue
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        if self.args > self.slots:
+            raise ValueError(f"args must be at most slots={self.slots}, got {self.args}")
+        if self.mutant is not None and self.mutant not in model_mutant_names():
+            raise ValueError(
+                f"mutant {self.mutant!r} is not a model or protocol mutant; explore runs the model"
+            )
+
+    def search(self) -> Search:
+        cfg = Config(
+            chunk_size=self.chunk,
+            build=self.build,
+            slots=self.slots,
+            n_globals=self.globals,
+            mutant=self.mutant,
+        )
+        bounds = Bounds(
+            refs=self.refs,
+            handles=self.handles,
+            raws=self.raws,
+            frames=self.frames,
+            args=self.args,
+            observers=self.observers,
+            gc_okay_toggles=self.gc_okay_toggles,
+            scalars=self.scalars,
+            opaque_host_frames=self.opaque_frames,
+            globals=self.globals > 0,
+        )
+        return Search(cfg, bounds, self.depth, self.symmetry)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    states: int
+    queue: int
+    depth: int
+    transitions: int
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        return self.states / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Violation:
+    """The first violation reached, with a shortest trace of real operations to it."""
+
+    invariant: str
+    name: str
+    message: str
+    trace: tuple[Op, ...]
+
+    @property
+    def title(self) -> str:
+        return f"{self.invariant} {self.name}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    search: Search
+    #: Distinct states (symmetry classes when `search.symmetry`) reached, the initial one included.
+    states: int
+    transitions: int
+    max_depth: int
+    elapsed: float
+    #: States at the depth limit, reached and checked but not expanded.
+    depth_cut: int
+    #: States beyond the live-handle constraint, reached and checked but not expanded.
+    constrained: int
+    op_counts: dict[str, int] = field(default_factory=dict)
+    path_counts: dict[str, int] = field(default_factory=dict)
+    violation: Violation | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.states / self.elapsed if self.elapsed > 0 else 0.0
+
+
+ProgressHook = Callable[[Progress], None]
+
+
+class UnsoundReduction(AssertionError):
+    """A reported trace could not be realised on actual states: canonicalisation merged states
+    that do not behave alike. Never expected; it means `canonical` must change."""
+
+
+def explore(
+    search: Search, progress: ProgressHook | None = None, every: float = 0.25
+) -> Outcome:
+    """Breadth-first search; stops at the first violation, else when the bounded space is exhausted.
+
+    The search expands canonical representatives (cheaper: fewer tombstones, more successors that
+    are canonical already) and rebuilds the trace of a violation on actual states at the end.
+    """
+    collecting = gc.isenabled()
+    gc.disable()  # states are immutable trees: no cycles to collect, and a full heap to traverse
+    try:
+        return _explore(search, progress, every)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _explore(search: Search, progress: ProgressHook | None, every: float) -> Outcome:
+    cfg, bounds, limit = search.cfg, search.bounds, search.depth
+    symmetric = search.symmetry
+    key = partial(canonical, cfg) if symmetric else _identity
+    max_live = search.max_live_handles
+    started = time.perf_counter()
+    next_report = started + every
+
+    root = key(State.initial(cfg))
+    seen: dict[State, int] = {root: 0}
+    states: list[State] = [root]
+    parents: list[int] = [-1]
+    via: list[Op | None] = [None]
+    op_counts: dict[str, int] = {}
+    path_counts: dict[str, int] = {}
+    transitions = max_depth = depth_cut = constrained = 0
+
+    def outcome(violation: Violation | None) -> Outcome:
+        return Outcome(
+            search, len(states), transitions, max_depth, time.perf_counter() - started,
+            depth_cut, constrained, op_counts, path_counts, violation,
+        )  # fmt: skip
+
+    def found(node: int, refused: Op | None = None) -> Outcome:
+        return outcome(_violation(search, key, states, parents, via, node, refused))
+
+    if first_violation(cfg, root) is not None:
+        return found(0)
+
+    frontier = [0]
+    depth = 0
+    while frontier:
+        if limit is not None and depth >= limit:
+            depth_cut = len(frontier)
+            break
+        child_depth = depth + 1
+        grown: list[int] = []
+        for done, node in enumerate(frontier):
+            state = states[node]
+            if live_handles(state) > max_live:
+                constrained += 1
+                continue
+            for op in flat_moves(cfg, bounds, state):
+                succ, obs = step(cfg, state, op)
+                transitions += 1
+                op_counts[op.TAG] = op_counts.get(op.TAG, 0) + 1
+                if obs.events or obs.dropped or type(obs.result) is not Ok:
+                    if type(obs.result) is Misuse:
+                        return found(node, refused=op)
+                    for label in _labels(op, obs)[1:]:
+                        path_counts[label] = path_counts.get(label, 0) + 1
+                k = canonical(cfg, succ) if symmetric else succ
+                child = len(states)
+                if seen.setdefault(k, child) != child:
+                    continue
+                states.append(k)
+                parents.append(node)
+                via.append(op)
+                max_depth = child_depth
+                if first_violation(cfg, succ) is not None:
+                    return found(child)
+                grown.append(child)
+            if progress is not None and not done & 63:
+                now = time.perf_counter()
+                if now >= next_report:
+                    next_report = now + every
+                    queued = len(frontier) - done + len(grown)
+                    progress(Progress(len(states), queued, depth, transitions, now - started))
+        frontier = grown
+        depth = child_depth
+    return outcome(None)
+
+
+def _identity(state: State) -> State:
+    return state
+
+
+def _violation(
+    search: Search,
+    key: Callable[[State], State],
+    states: list[State],
+    parents: list[int],
+    via: list[Op | None],
+    node: int,
+    refused: Op | None,
+) -> Violation:
+    """Rebuild the path to `node` as real operations from `State.initial`, then name the violation.
+
+    Each step looks, among the actual state's own moves, for one whose successor falls in the next
+    node's class (the op that reached it from the representative first, if the actual state has
+    it too).
+    """
+    cfg, bounds = search.cfg, search.bounds
+    path = []
+    while node > 0:
+        path.append(node)
+        node = parents[node]
+    path.reverse()
+    actual = State.initial(cfg)
+    trace: list[Op] = []
+    for target in path:
+        options = flat_moves(cfg, bounds, actual)
+        preferred = via[target]
+        first = [preferred] if preferred in options else []
+        for op in first + options:
+            succ, _ = step(cfg, actual, op)
+            if key(succ) == states[target]:
+                trace.append(op)
+                actual = succ
+                break
+        else:
+            raise UnsoundReduction(f"no move of the actual state reaches node {target}'s class")
+    if refused is not None:
+        options = flat_moves(cfg, bounds, actual)
+        for op in ([refused] if refused in options else []) + options:
+            _, obs = step(cfg, actual, op)
+            problem = misuse_problem(op, obs, expect_misuse=False)
+            if problem is not None:
+                return Violation(REFUSED, "a well-formed move was refused", problem, (*trace, op))
+        raise UnsoundReduction("the refused move has no counterpart in the actual state")
+    bad = first_violation(cfg, actual)
+    if bad is None:
+        raise UnsoundReduction("the rebuilt trace ends in a state that violates nothing")
+    return Violation(bad[0].id, bad[0].name, bad[1], tuple(trace))
