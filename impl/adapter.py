@@ -197,7 +197,7 @@ class InProcessImpl:
             refs=tuple(refs),
             handles=tuple(world.handles),
             hashes=tuple(None if r is None else world.hash(r) for r in world.handles),
-            raws=tuple(world.raws),
+            raws=tuple(None if p is None else (p.ref, p.owned) for p in world.raws),
             globals=tuple(
                 int(world.globals_memory[g]) if init else None
                 for g, init in enumerate(world.global_initialised)

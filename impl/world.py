@@ -19,23 +19,19 @@ from typing import Any
 from impl.externref import Runtime
 from impl.heap import FREED, CheckingHeap
 from impl.stack import Frame
-from model import layout, ops, protocol
+from model import ops, protocol
+from model.host import HostBookkeeping, check_value_layout
 from model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
-    BAD_LAYOUT,
     BAD_SLOT,
     DROPPED_HANDLE,
-    FREED_RAW,
-    NO_SUCH_HANDLE,
-    NO_SUCH_RAW,
     UNINIT_GLOBAL,
-    UNOWNED_RAW,
     WRONG_FRAME,
 )
 from model.runtime import CVE_2022_23636, DebugAssertion, MisuseError
-from model.state import SCALAR, WORD, Config, Slot
-from model.world import MAX_VALUE_ALIGN, MAX_VALUE_SIZE, emit_stack_map
+from model.state import SCALAR, WORD, Config, RawPtr, Slot
+from model.world import emit_stack_map
 
 #: An i64 the register allocator spilled into a slot: odd, so never a footer, and in no block.
 SCALAR_WORD = 0x0BAD_5CA1_A12F_0001
@@ -49,11 +45,11 @@ class SeedErr(Exception):
     """The seed's own `Err` (only `try_insert`'s chunk full)."""
 
 
-class World(Runtime):
+class World(Runtime, HostBookkeeping):
     def __init__(self, cfg: Config, heap: CheckingHeap) -> None:
         super().__init__(cfg, heap)
         self.handles: list[int | None] = []
-        self.raws: list[tuple[int, bool] | None] = []
+        self.raws: list[RawPtr | None] = []
         n = cfg.n_globals
         self.globals_memory = (ctypes.c_uint64 * max(n, 1))(*[UNINIT_GLOBAL_WORD] * n)
         self.global_initialised = [False] * n
@@ -95,30 +91,8 @@ class World(Runtime):
             raise MisuseError(WRONG_FRAME, "compiled code runs only in a Wasm frame")
         return top
 
-    def _handle(self, h: int) -> int:
-        if not 0 <= h < len(self.handles):
-            raise MisuseError(NO_SUCH_HANDLE, f"handle {h}")
-        r = self.handles[h]
-        if r is None:
-            raise MisuseError(DROPPED_HANDLE, f"handle {h} was dropped or moved")
-        return r
-
-    def _take(self, h: int) -> int:
-        r = self._handle(h)
-        self.handles[h] = None
-        return r
-
-    def _new_handle(self, r: int) -> int:
-        self.handles.append(r)
-        return len(self.handles) - 1
-
-    def _raw(self, p: int) -> tuple[int, bool]:
-        if not 0 <= p < len(self.raws):
-            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p}")
-        raw = self.raws[p]
-        if raw is None:
-            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p} was already consumed by from_raw")
-        return raw
+    def _is_freed(self, r: int) -> bool:
+        return self.heap.status(r) == FREED
 
     def _global(self, g: int) -> int | None:
         """The externref in global `g` (None: null)."""
@@ -158,10 +132,7 @@ class World(Runtime):
     # --- VMExternRef ----------------------------------------------------------------------------
 
     def op_New(self, op: ops.New) -> int:
-        if not layout.rust_type_layout_admissible(op.size, op.align):
-            raise MisuseError(BAD_LAYOUT, f"no Rust type has size {op.size}, align {op.align}")
-        if op.size > MAX_VALUE_SIZE or op.align > MAX_VALUE_ALIGN:
-            raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
+        check_value_layout(op.size, op.align)
         return self._new_handle(self.new_with(op.size, op.align))
 
     def op_Clone(self, op: ops.Clone) -> int:
@@ -171,25 +142,16 @@ class World(Runtime):
         self.drop(self._take(op.h))
 
     def op_AsRaw(self, op: ops.AsRaw) -> int:
-        self.raws.append((self._handle(op.h), False))
-        return len(self.raws) - 1
+        return self._as_raw(op.h)
 
     def op_IntoRaw(self, op: ops.IntoRaw) -> int:
-        self.raws.append((self._take(op.h), True))
-        return len(self.raws) - 1
+        return self._into_raw(op.h)
 
     def op_FromRaw(self, op: ops.FromRaw) -> int:
-        r, owned = self._raw(op.p)
-        if not owned:
-            raise MisuseError(UNOWNED_RAW, f"raw pointer {op.p} came from as_raw; nobody owns it")
-        self.raws[op.p] = None
-        return self._new_handle(r)
+        return self._from_raw(op.p)
 
     def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> int:
-        r, _ = self._raw(op.p)
-        if self.heap.status(r) == FREED:
-            raise MisuseError(FREED_RAW, f"raw pointer {op.p} points at a freed block")
-        return self._new_handle(self.clone(r))
+        return self._new_handle(self.clone(self._clone_from_raw_target(op.p)))
 
     def op_StrongCount(self, op: ops.StrongCount) -> int | None:
         return self.strong_count(self._handle(op.h))

@@ -12,18 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from model import layout, ops, protocol
+from model import ops, protocol
+from model.host import HostBookkeeping, check_value_layout
 from model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
-    BAD_LAYOUT,
     BAD_SLOT,
     DROPPED_HANDLE,
-    FREED_RAW,
-    NO_SUCH_HANDLE,
-    NO_SUCH_RAW,
     UNINIT_GLOBAL,
-    UNOWNED_RAW,
     WRONG_FRAME,
     Err,
     Ok,
@@ -55,10 +51,6 @@ from model.state import (
     WasmFrame,
     frame_sps,
 )
-
-#: Largest value the harness will allocate for real (the implementation allocates every value).
-MAX_VALUE_SIZE = 1 << 16
-MAX_VALUE_ALIGN = 1 << 12
 
 
 def emit_stack_map(cfg: Config, slots: tuple[Slot, ...], at_wasm_call: bool) -> StackMap | None:
@@ -101,7 +93,7 @@ def live_stack_maps(
     return frame.stack_map, None
 
 
-class Machine(SeedRuntime):
+class Machine(SeedRuntime, HostBookkeeping):
     """A `State` thawed for one transition: the seed's runtime plus the world around it."""
 
     def __init__(self, cfg: Config, state: State) -> None:
@@ -161,30 +153,8 @@ class Machine(SeedRuntime):
             raise MisuseError(WRONG_FRAME, "compiled code runs only in a Wasm frame")
         return top
 
-    def _handle(self, h: int) -> int:
-        if not 0 <= h < len(self.handles):
-            raise MisuseError(NO_SUCH_HANDLE, f"handle {h}")
-        r = self.handles[h]
-        if r is None:
-            raise MisuseError(DROPPED_HANDLE, f"handle {h} was dropped or moved")
-        return r
-
-    def _take(self, h: int) -> int:
-        r = self._handle(h)
-        self.handles[h] = None
-        return r
-
-    def _new_handle(self, r: int) -> int:
-        self.handles.append(r)
-        return len(self.handles) - 1
-
-    def _raw(self, p: int) -> RawPtr:
-        if not 0 <= p < len(self.raws):
-            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p}")
-        raw = self.raws[p]
-        if raw is None:
-            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p} was already consumed by from_raw")
-        return raw
+    def _is_freed(self, r: int) -> bool:
+        return self.heap[r].freed
 
     def _slot(self, frame: WasmFrame, i: int) -> None:
         if not 0 <= i < len(frame.slots):
@@ -231,10 +201,7 @@ class Machine(SeedRuntime):
     # VMExternRef
 
     def op_New(self, op: ops.New) -> Result:
-        if not layout.rust_type_layout_admissible(op.size, op.align):
-            raise MisuseError(BAD_LAYOUT, f"no Rust type has size {op.size}, align {op.align}")
-        if op.size > MAX_VALUE_SIZE or op.align > MAX_VALUE_ALIGN:
-            raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
+        check_value_layout(op.size, op.align)
         return Ok(self._new_handle(self.new_with(op.size, op.align)))
 
     def op_Clone(self, op: ops.Clone) -> Result:
@@ -245,25 +212,16 @@ class Machine(SeedRuntime):
         return Ok()
 
     def op_AsRaw(self, op: ops.AsRaw) -> Result:
-        self.raws.append(RawPtr(self._handle(op.h), owned=False))
-        return Ok(len(self.raws) - 1)
+        return Ok(self._as_raw(op.h))
 
     def op_IntoRaw(self, op: ops.IntoRaw) -> Result:
-        self.raws.append(RawPtr(self._take(op.h), owned=True))
-        return Ok(len(self.raws) - 1)
+        return Ok(self._into_raw(op.h))
 
     def op_FromRaw(self, op: ops.FromRaw) -> Result:
-        raw = self._raw(op.p)
-        if not raw.owned:
-            raise MisuseError(UNOWNED_RAW, f"raw pointer {op.p} came from as_raw; nobody owns it")
-        self.raws[op.p] = None
-        return Ok(self._new_handle(raw.ref))
+        return Ok(self._from_raw(op.p))
 
     def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> Result:
-        raw = self._raw(op.p)
-        if self.heap[raw.ref].freed:
-            raise MisuseError(FREED_RAW, f"raw pointer {op.p} points at freed ref {raw.ref}")
-        return Ok(self._new_handle(self.clone(raw.ref)))
+        return Ok(self._new_handle(self.clone(self._clone_from_raw_target(op.p))))
 
     def op_StrongCount(self, op: ops.StrongCount) -> Result:
         return Ok(self.strong_count(self._handle(op.h)))

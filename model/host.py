@@ -1,0 +1,95 @@
+"""The host's bookkeeping, written once for the model and every implementation.
+
+The embedder owns `VMExternRef` handles and raw pointers. Which handles are live, which raw pointers
+it owns, and when a request breaks the API's contract are the same facts whether a ref is a model id
+or a real footer address, so both worlds inherit these methods and refuse misuse with the same
+kinds (`model.observation`).
+"""
+
+from __future__ import annotations
+
+from model import layout
+from model.observation import (
+    BAD_LAYOUT,
+    DROPPED_HANDLE,
+    FREED_RAW,
+    NO_SUCH_HANDLE,
+    NO_SUCH_RAW,
+    UNOWNED_RAW,
+)
+from model.runtime import MisuseError
+from model.state import RawPtr
+
+#: Largest value the harness will allocate for real (the implementation allocates every value).
+MAX_VALUE_SIZE = 1 << 16
+MAX_VALUE_ALIGN = 1 << 12
+
+
+def check_value_layout(size: int, align: int) -> None:
+    """`VMExternRef::new` takes a Rust value: its size and alignment must be a type's."""
+    if not layout.rust_type_layout_admissible(size, align):
+        raise MisuseError(BAD_LAYOUT, f"no Rust type has size {size}, align {align}")
+    if size > MAX_VALUE_SIZE or align > MAX_VALUE_ALIGN:
+        raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
+
+
+class HostBookkeeping:
+    """Handles (`None`: dropped or moved) and raw pointers (`None`: consumed by `from_raw`)."""
+
+    handles: list[int | None]
+    raws: list[RawPtr | None]
+
+    def _is_freed(self, r: int) -> bool:
+        """Whether `r`'s allocation has been freed (asked before `clone_from_raw`)."""
+        raise NotImplementedError
+
+    def _handle(self, h: int) -> int:
+        if not 0 <= h < len(self.handles):
+            raise MisuseError(NO_SUCH_HANDLE, f"handle {h}")
+        r = self.handles[h]
+        if r is None:
+            raise MisuseError(DROPPED_HANDLE, f"handle {h} was dropped or moved")
+        return r
+
+    def _take(self, h: int) -> int:
+        """Move the ref out of handle `h` (it is gone from the host afterwards)."""
+        r = self._handle(h)
+        self.handles[h] = None
+        return r
+
+    def _new_handle(self, r: int) -> int:
+        self.handles.append(r)
+        return len(self.handles) - 1
+
+    def _raw(self, p: int) -> RawPtr:
+        if not 0 <= p < len(self.raws):
+            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p}")
+        raw = self.raws[p]
+        if raw is None:
+            raise MisuseError(NO_SUCH_RAW, f"raw pointer {p} was already consumed by from_raw")
+        return raw
+
+    def _as_raw(self, h: int) -> int:
+        """`as_raw`: a borrowed pointer; no count changes hands."""
+        self.raws.append(RawPtr(self._handle(h), owned=False))
+        return len(self.raws) - 1
+
+    def _into_raw(self, h: int) -> int:
+        """`into_raw`: the handle's count moves into the raw pointer."""
+        self.raws.append(RawPtr(self._take(h), owned=True))
+        return len(self.raws) - 1
+
+    def _from_raw(self, p: int) -> int:
+        """`from_raw`: only a pointer that owns a count (from `into_raw`) may become a handle."""
+        raw = self._raw(p)
+        if not raw.owned:
+            raise MisuseError(UNOWNED_RAW, f"raw pointer {p} came from as_raw; nobody owns it")
+        self.raws[p] = None
+        return self._new_handle(raw.ref)
+
+    def _clone_from_raw_target(self, p: int) -> int:
+        """The ref `clone_from_raw(p)` may increment: refused if its count already reached zero."""
+        raw = self._raw(p)
+        if self._is_freed(raw.ref):
+            raise MisuseError(FREED_RAW, f"raw pointer {p} points at freed ref {raw.ref}")
+        return raw.ref
