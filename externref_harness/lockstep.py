@@ -38,7 +38,7 @@ from externref_harness.model_check import (
     record_step,
     search_settings,
 )
-from externref_harness.report import format_failure
+from externref_harness.report import save_and_format
 from externref_harness.shrink import ddmin
 from impl import heap as checking_heap
 from impl.adapter import (
@@ -584,18 +584,15 @@ def report_lockstep_failure(
     if found is None:
         # Only the machine knew this failure (a misuse expectation): show the steps it ran.
         del driven.steps[len(steps) :], driven.observations[len(steps) :], driven.states[len(steps) + 1 :]
-    saved = None
-    if save_as is not None:
-        tracefile.save(tracefile.Trace(cfg, tuple(steps), problem), save_as)
-        saved = str(save_as)
-    return format_failure(
+    return save_and_format(
         f"Lockstep check failed ({cfg.build} build, mutant={cfg.mutant}; shrunk from "
         f"{len(failure.steps)} to {len(steps)} steps{teardown}): {problem}",
+        cfg,
         driven.steps,
         driven.observations,
-        driven.states[-2] if len(driven.states) >= 2 else driven.states[-1],
-        driven.states[-1],
-        saved,
+        driven.states,
+        problem,
+        save_as,
     )
 
 

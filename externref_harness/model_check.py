@@ -21,8 +21,7 @@ from hypothesis import Phase, Verbosity, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from externref_harness import trace as tracefile
-from externref_harness.report import format_failure
+from externref_harness.report import format_failure, save_and_format
 from externref_harness.shrink import model_failure, shrink_model_trace
 from model.moves import Bounds, misuse_moves, moves, next_quiesce_op, ordered_kinds
 from model.observation import Misuse, Observation
@@ -258,16 +257,13 @@ def report_model_failure(cfg: Config, failure: InvariantViolation, save_as: Path
     results = run(cfg, steps)
     observations = [obs for _, obs in results]
     states = [State.initial(cfg), *(s for s, _ in results)]
-    saved = None
-    if save_as is not None:
-        tracefile.save(tracefile.Trace(cfg, tuple(steps), problem), save_as)
-        saved = str(save_as)
-    return format_failure(
+    return save_and_format(
         f"Model check failed ({cfg.build} build, mutant={cfg.mutant}): {problem}"
         f" (shrunk from {len(failure.steps)} to {len(steps)} steps)",
+        cfg,
         steps,
         observations,
-        states[-2] if len(states) >= 2 else states[-1],
-        states[-1],
-        saved,
+        states,
+        problem,
+        save_as,
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 
+from externref_harness import trace as tracefile
 from model.observation import Observation
 from model.ops import Op
-from model.state import State
+from model.state import Config, State
 
 
 def state_diff(before: State, after: State) -> list[str]:
@@ -60,3 +62,21 @@ def format_failure(
     if saved:
         parts += ["", f"Saved for replay: externref-harness replay {saved}"]
     return "\n".join(parts)
+
+
+def save_and_format(
+    title: str,
+    cfg: Config,
+    steps: Sequence[Op],
+    observations: Sequence[Observation],
+    states: Sequence[State],
+    problem: str,
+    save_as: Path | None,
+) -> str:
+    """Save a shrunk failing trace for replay and print it; `states` starts with the initial one."""
+    saved = None
+    if save_as is not None:
+        tracefile.save(tracefile.Trace(cfg, tuple(steps), problem), save_as)
+        saved = str(save_as)
+    before = states[-2] if len(states) >= 2 else states[-1]
+    return format_failure(title, steps, observations, before, states[-1], saved)

@@ -29,7 +29,7 @@ class ModelFailure:
     message: str
 
     def __str__(self) -> str:
-        return f"step {self.step}: {self.invariant} {self.message}"
+        return f"step {self.step}: {self.invariant}: {self.message}"
 
 
 def model_failure(cfg: Config, steps: Sequence[Op]) -> ModelFailure | None:
