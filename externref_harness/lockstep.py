@@ -39,7 +39,7 @@ from externref_harness.model_check import (
     search_settings,
 )
 from externref_harness.report import save_and_format
-from externref_harness.shrink import ddmin
+from externref_harness.shrink import ddmin, delete_with_renumbering
 from impl import heap as checking_heap
 from impl.adapter import (
     ImplAdapter,
@@ -475,7 +475,7 @@ def shrink_lockstep_trace(
         found = drive(cfg, candidate, adapter_factory(), until_first=True).first
         return found is not None and found.side == original.side
 
-    shrunk = ddmin(steps[: original.step], fails)
+    shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
     final = drive(cfg, shrunk, adapter_factory(), until_first=True).first
     assert final is not None
     return shrunk[: final.step]

@@ -1,4 +1,5 @@
-"""Shrinking failing traces by deleting steps (ddmin), then truncating at the failing step.
+"""Shrinking failing traces by deleting steps (ddmin, then one step at a time with renumbering),
+then truncating at the failing step.
 
 Hypothesis's own shrinker re-runs the whole state machine for every candidate and, on this
 machine's long stateful examples, spent minutes per failure. Deleting steps from the recorded trace
@@ -6,15 +7,21 @@ and replaying it on the model is the same search at a fraction of the cost: each
 pure replay. A candidate counts only if it fails with the *same* invariant, so the shrunk trace
 still shows the bug that was found. Steps that become misuse after a deletion are refused by the
 model without changing the state, and are deleted in turn.
+
+Plain deletion cannot remove a step that creates a host handle (or raw pointer) when later steps
+name handles by index: every later index would point one slot off. The last pass deletes such a
+step and renumbers the later references (`model.ops.HANDLE_FIELDS`), so a trace keeps only the
+allocations its failure needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from model.observation import Misuse
-from model.ops import Op
+from model.ops import HANDLE_FIELDS, RAW_FIELDS, Op
 from model.state import Config, State
 from model.transition import step
 from specs.invariants import first_violation
@@ -74,10 +81,72 @@ def shrink_model_trace(cfg: Config, steps: Sequence[Op]) -> list[Op]:
         found = model_failure(cfg, candidate)
         return found is not None and found.invariant == original.invariant
 
-    shrunk = ddmin(steps[: original.step], fails)
+    shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
     final = model_failure(cfg, shrunk)
     assert final is not None
     return _drop_refused(cfg, shrunk[: final.step], fails)
+
+
+def _created(cfg: Config, steps: Sequence[Op]) -> list[tuple[int, int, int, int]]:
+    """For each step: (handles before, handles after, raws before, raws after)."""
+    state = State.initial(cfg)
+    out = []
+    for op in steps:
+        before = (len(state.handles), len(state.raws))
+        state, _ = step(cfg, state, op)
+        out.append((before[0], len(state.handles), before[1], len(state.raws)))
+    return out
+
+
+def _renumber(op: Op, fields: tuple[str, ...], first: int, removed: int) -> Op | None:
+    """`op` with indices at or past `first + removed` moved down; None if it named a removed one."""
+    changes: dict[str, object] = {}
+    for name in fields:
+        value = getattr(op, name)
+        values = value if isinstance(value, tuple) else (value,)
+        moved = []
+        for v in values:
+            if v is None or v < first:
+                moved.append(v)
+            elif v < first + removed:
+                return None
+            else:
+                moved.append(v - removed)
+        changes[name] = tuple(moved) if isinstance(value, tuple) else moved[0]
+    return dataclasses.replace(op, **changes) if changes else op
+
+
+def without_step(cfg: Config, steps: Sequence[Op], i: int) -> list[Op] | None:
+    """`steps` without step `i`, later handle and raw indices renumbered; None if they used it."""
+    h0, h1, r0, r1 = _created(cfg, steps[: i + 1])[i]
+    out = list(steps[:i])
+    for op in steps[i + 1 :]:
+        renumbered: Op | None = op
+        if h1 > h0:
+            renumbered = _renumber(op, HANDLE_FIELDS.get(type(op), ()), h0, h1 - h0)
+        if renumbered is not None and r1 > r0:
+            renumbered = _renumber(renumbered, RAW_FIELDS.get(type(op), ()), r0, r1 - r0)
+        if renumbered is None:
+            return None
+        out.append(renumbered)
+    return out
+
+
+def delete_with_renumbering(
+    cfg: Config, steps: Sequence[Op], fails: Callable[[Sequence[Op]], bool]
+) -> list[Op]:
+    """Delete single steps, youngest first, renumbering later references, until none can go."""
+    current = list(steps)
+    changed = True
+    while changed:
+        changed = False
+        for i in reversed(range(len(current))):
+            candidate = without_step(cfg, current, i)
+            if candidate is not None and fails(candidate):
+                current = candidate
+                changed = True
+                break
+    return current
 
 
 def _drop_refused(cfg: Config, steps: list[Op], fails: Callable[[Sequence[Op]], bool]) -> list[Op]:

@@ -351,3 +351,14 @@ def op_from_json(obj: object) -> Op:
             raise TraceFormatError(f"{name}.{fname}: expected an int, bool or null, got {v!r}")
         kwargs[fname] = v
     return cls(**kwargs)
+
+
+#: Fields that index the host's handle table, per operation (everything else is a slot, a global,
+#: a frame, a size or a flag). A trace edit that removes a handle renumbers these.
+HANDLE_FIELDS: dict[type[Op], tuple[str, ...]] = {
+    Clone: ("h",), Drop: ("h",), AsRaw: ("h",), IntoRaw: ("h",), StrongCount: ("h",),
+    Eq: ("a", "b"), Cmp: ("a", "b"), Deref: ("h",), TryInsert: ("h",), InsertWithGc: ("h",),
+    InsertWithoutGc: ("h",), HostGlobalSet: ("h",), CallWasm: ("args",), ReturnToWasm: ("h",),
+}  # fmt: skip
+#: Fields that index the host's raw pointers.
+RAW_FIELDS: dict[type[Op], tuple[str, ...]] = {FromRaw: ("p",), CloneFromRaw: ("p",)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from externref_harness.shrink import ddmin, model_failure, shrink_model_trace
+from externref_harness.shrink import ddmin, model_failure, shrink_model_trace, without_step
 from model import ops
 from model.ops import Op
 from model.state import Config
@@ -41,3 +41,22 @@ def test_a_passing_trace_is_left_alone() -> None:
     steps: list[Op] = [ops.New(8, 8), ops.Drop(0), ops.Gc()]
     assert model_failure(cfg, steps) is None
     assert shrink_model_trace(cfg, steps) == steps
+
+
+def test_deleting_a_step_renumbers_the_handles_named_after_it() -> None:
+    cfg = Config(chunk_size=2, slots=2)
+    steps: list[Op] = [ops.New(8, 8), ops.New(16, 8), ops.Clone(1), ops.Drop(2), ops.Drop(1)]
+    assert without_step(cfg, steps, 0) == [ops.New(16, 8), ops.Clone(0), ops.Drop(1), ops.Drop(0)]
+    assert without_step(cfg, steps, 1) is None  # later steps use the handle it created
+
+
+def test_shrinking_removes_allocations_the_failure_does_not_need() -> None:
+    cfg = Config(chunk_size=2, slots=3, mutant="cve-2021-39216")
+    noisy: list[Op] = [
+        ops.New(16, 8), ops.New(16, 8), ops.Clone(1), ops.Clone(1), ops.New(8, 8), ops.Gc(),
+        ops.New(0, 1), ops.New(1, 1), ops.New(8, 8), ops.CallWasm((4, 5, 7)),
+    ]  # fmt: skip
+    shrunk = shrink_model_trace(cfg, noisy)
+    assert model_failure(cfg, shrunk) is not None
+    assert len(shrunk) == 5
+    assert isinstance(shrunk[-1], ops.CallWasm) and shrunk[-1].args == (0, 1, 2)
