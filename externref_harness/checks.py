@@ -41,6 +41,8 @@ class CheckResult:
 class Check:
     name: str
     run: Callable[[CheckOptions], CheckResult]
+    #: Whether a seeded bug changes what this check runs (others run the seed as it is).
+    exercises: Callable[[str], bool]
 
 
 def _model(opts: CheckOptions) -> CheckResult:
@@ -92,4 +94,20 @@ def _proofs(opts: CheckOptions) -> CheckResult:
     return CheckResult("z3 proofs", True, figures)
 
 
-CHECKS: list[Check] = [Check("model", _model), Check("lockstep", _lockstep), Check("proofs", _proofs)]
+def _lockstep_exercises(mutant: str) -> bool:
+    from externref_harness.catalogue import find
+
+    return find(mutant).layer in ("model", "protocol", "impl")
+
+
+def _proofs_exercise(mutant: str) -> bool:
+    from externref_harness.proofs import covers
+
+    return covers(mutant)
+
+
+CHECKS: list[Check] = [
+    Check("model", _model, lambda mutant: mutant in model_mutant_names()),
+    Check("lockstep", _lockstep, _lockstep_exercises),
+    Check("proofs", _proofs, _proofs_exercise),
+]

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, UnknownMutant, TraceFormatError) as e:
         print(f"externref-harness {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"externref-harness {args.command}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("externref-harness: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,7 @@ from rich.table import Table
 from externref_harness import catalogue, profiles
 from externref_harness.checks import CHECKS, CheckOptions
 from externref_harness.errors import UsageError
-from externref_harness.trace import failures_dir
+from externref_harness.trace import ensure_writable, failures_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,12 +40,19 @@ def run(args: argparse.Namespace) -> int:
     for name in args.only or ():
         if name not in names:
             raise UsageError(f"unknown check {name!r}; choose from {sorted(names)}")
+    selected = [c for c in CHECKS if not args.only or c.name in args.only]
+    if args.mutant is not None and not any(c.exercises(args.mutant) for c in selected):
+        raise UsageError(
+            f"mutant {args.mutant!r} is not exercised by the selected checks "
+            f"({', '.join(c.name for c in selected)}); it could not make them fail"
+        )
     if args.max_examples is not None and args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
     profile = args.hypothesis_profile or profiles.default_profile()
     base = settings.get_profile(profile)
     chosen = settings(base, max_examples=args.max_examples or base.max_examples)
     opts = CheckOptions(chosen, args.build, args.mutant, args.failures or failures_dir())
+    ensure_writable(opts.failures, is_dir=True)
 
     console = Console()
     table = Table("check", "result", "figures", "time", title=f"externref-harness check ({profile})")

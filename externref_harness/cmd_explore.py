@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_symmetry and knobs.depth is None:
         raise UsageError("--compare-symmetry needs --depth: without symmetry the space is infinite")
     search = knobs.search()
+    out = args.out or tracefile.failures_dir() / f"explore-{knobs.mutant or 'seed'}-{knobs.build}.json"
+    tracefile.ensure_writable(out)
     console = Console(highlight=False)
     show_progress = console.is_terminal and not args.quiet
 
@@ -120,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
         if hint:
             console.print(f"hint: {knobs.mutant} needs {hint} to be reachable", markup=False)
         return 0
-    out = args.out or tracefile.failures_dir() / f"explore-{knobs.mutant or 'seed'}-{knobs.build}.json"
     console.print(report_violation(outcome, out), markup=False, soft_wrap=True)
     return 1
 

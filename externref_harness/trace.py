@@ -97,3 +97,17 @@ def load(path: Path) -> Trace:
 def failures_dir() -> Path:
     """Where failing examples are saved: `$EXTERNREF_HARNESS_FAILURES` or `./.externref-harness`."""
     return Path(os.environ.get("EXTERNREF_HARNESS_FAILURES", ".externref-harness/failures"))
+
+
+def ensure_writable(path: Path, is_dir: bool = False) -> None:
+    """Fail before a long run, not after it, when its trace could not be saved there."""
+    directory = path if is_dir else path.parent
+    if not is_dir and path.is_dir():
+        raise TraceFormatError(f"{path} is a directory, not a trace file")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".externref-harness-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise TraceFormatError(f"cannot save traces in {directory}: {e.strerror or e}") from None

@@ -232,12 +232,12 @@ def next_quiesce_op(state: State) -> ops.Op | None:
     if state.panic is not None:
         return None
     top = state.frames[-1]
+    if isinstance(top, HostFrame) and not state.table.gc_okay:
+        return ops.SetGcOkay(True)  # returning a result to Wasm may GC
     if isinstance(top, WasmFrame):
         return ops.WasmReturn(None)
     if top.called_from_wasm:
         return ops.ReturnToWasm(None)
-    if not state.table.gc_okay:
-        return ops.SetGcOkay(True)
     for h, r in enumerate(state.handles):
         if r is not None:
             return ops.Drop(h)

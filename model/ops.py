@@ -324,6 +324,29 @@ class TraceFormatError(ValueError):
     """A trace step that does not describe a known operation."""
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _field_value(op: str, field: str, annotation: str, v: object) -> object:
+    """A JSON value checked against the field's annotation (as written in this module)."""
+    where = f"{op}.{field}"
+    if annotation == "bool":
+        if not isinstance(v, bool):
+            raise TraceFormatError(f"{where}: expected true or false, got {v!r}")
+        return v
+    if annotation.startswith("tuple"):
+        if not isinstance(v, list) or not all(_is_int(x) for x in v):
+            raise TraceFormatError(f"{where}: expected a list of ints, got {v!r}")
+        return tuple(v)
+    if v is None and "None" in annotation:
+        return None
+    if not _is_int(v):
+        nullable = " or null" if "None" in annotation else ""
+        raise TraceFormatError(f"{where}: expected an int{nullable}, got {v!r}")
+    return v
+
+
 def op_from_json(obj: object) -> Op:
     """Inverse of `Op.to_json`, with precise errors for malformed input."""
     if not isinstance(obj, dict):
@@ -337,19 +360,12 @@ def op_from_json(obj: object) -> Op:
     extra = set(obj) - set(fields) - {"op"}
     if extra:
         raise TraceFormatError(f"{name}: unexpected field(s) {sorted(extra)}")
-    for fname in fields:
+    for fname, f in fields.items():
         if fname not in obj:
-            if fname == "unwind_info":
+            if f.default is not dataclasses.MISSING:
                 continue
             raise TraceFormatError(f"{name}: missing field {fname!r}")
-        v = obj[fname]
-        if isinstance(v, list):
-            if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-                raise TraceFormatError(f"{name}.{fname}: expected a list of ints")
-            v = tuple(v)
-        elif v is not None and not isinstance(v, int):
-            raise TraceFormatError(f"{name}.{fname}: expected an int, bool or null, got {v!r}")
-        kwargs[fname] = v
+        kwargs[fname] = _field_value(cls.__name__, fname, str(f.type), obj[fname])
     return cls(**kwargs)
 
 

@@ -30,23 +30,28 @@ class RuntimeApi(Protocol[R]):
     def set_stack_canary(self, canary: int | None) -> None: ...
 
 
-def move_refs_into_table(rt: RuntimeApi[R], refs: Sequence[R], mutant: str | None) -> None:
+def move_refs_into_table(rt: RuntimeApi[R], refs: Sequence[R | None], mutant: str | None) -> None:
     """`TypedFunc::_call` / `Func::call_impl` params and `Func::invoke` results.
 
-    Oddity mirrored from the embedder: the number of refs is compared with
-    `bump_capacity_remaining()`, which the seed returns in *bytes*, not slots. That only makes the
-    pre-GC rarer; it stays safe because `insert_without_gc` falls back to the hash set.
+    `refs` holds one entry per externref-typed value, `None` for a null one: the pre-GC check
+    counts the externref *types* (a null result still counts), and only non-null refs are inserted.
+
+    Oddity mirrored from the embedder: that count is compared with `bump_capacity_remaining()`,
+    which the seed returns in *bytes*, not slots. That only makes the pre-GC rarer; it stays safe
+    because `insert_without_gc` falls back to the hash set.
     """
     if mutant == CVE_2021_39216:
         for r in refs:
-            rt.insert_with_gc(r)
+            if r is not None:
+                rt.insert_with_gc(r)
         return
     if len(refs) > rt.bump_capacity_remaining():
         rt.gc()
     # `AutoAssertNoGc`: the refs are held only by the table until Wasm's stack maps see them.
     previous = rt.set_gc_okay(False)
     for r in refs:
-        rt.insert_without_gc(r)
+        if r is not None:
+            rt.insert_without_gc(r)
     rt.set_gc_okay(previous)
 
 

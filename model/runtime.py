@@ -240,8 +240,7 @@ class SeedRuntime:
             raise DebugAssertion("after sweeping the bump chunk, all slots should be `None`")
         if not self.chunk:
             self.event("sweep:lazy-chunk-allocation")
-            if self.cfg.chunk_size < 1:  # `new_chunk`'s assert (size >= CHUNK_SIZE) holds by config
-                raise DebugAssertion("size >= Self::CHUNK_SIZE")
+            # `new_chunk(CHUNK_SIZE)`: its `assert!(size >= CHUNK_SIZE)` holds by construction.
             self.chunk = [None] * self.cfg.chunk_size
         self.next = 0
         self.precise_stack_roots, self.over_approximated_stack_roots = (

@@ -55,6 +55,12 @@ class Config:
     mutant: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("chunk_size", "slots", "n_globals"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        if self.mutant is not None and not isinstance(self.mutant, str):
+            raise ValueError(f"mutant must be a name or null, got {self.mutant!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.build not in ("debug", "release"):

@@ -332,8 +332,8 @@ class Machine(SeedRuntime, HostBookkeeping):
         if not top.called_from_wasm:
             raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
         r = None if op.h is None else self._take(op.h)
-        if r is not None:
-            protocol.move_refs_into_table(self, [r], self.cfg.mutant)
+        # The host function's one externref result counts for the pre-GC even when it is null.
+        protocol.move_refs_into_table(self, [r], self.cfg.mutant)
         self.frames.pop()
         caller = self._wasm_frame()
         assert top.ret_slot is not None

@@ -124,3 +124,47 @@ def test_malformed_traces_are_rejected_with_a_precise_message(
     path.write_text(content)
     with pytest.raises(tracefile.TraceFormatError, match=message):
         tracefile.load(path)
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ('{"op": "Drop", "h": null}', "Drop.h: expected an int, got None"),
+        ('{"op": "Drop", "h": [1]}', "Drop.h: expected an int"),
+        ('{"op": "Drop", "h": true}', "Drop.h: expected an int"),
+        ('{"op": "CallWasm", "args": 5}', "CallWasm.args: expected a list of ints"),
+        ('{"op": "New", "size": null, "align": 8}', "New.size: expected an int"),
+        ('{"op": "SetGcOkay", "okay": 1}', "SetGcOkay.okay: expected true or false"),
+        ('{"op": "WasmCallHost", "args": [], "ret_slot": 0, "unwind_info": 0}', "expected true or false"),
+    ],
+)
+def test_steps_with_mistyped_fields_are_rejected(tmp_path: Path, step: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    header = '"format": "externref-harness-trace", "version": 1, "config": {}'
+    path.write_text(f'{{{header}, "steps": [{step}]}}')
+    with pytest.raises(tracefile.TraceFormatError, match=message):
+        tracefile.load(path)
+
+
+@pytest.mark.parametrize(
+    "config", ['{"chunk_size": 2.5}', '{"slots": true}', '{"chunk_size": "x"}', '{"mutant": 3}']
+)
+def test_configs_with_mistyped_fields_are_rejected(tmp_path: Path, config: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(f'{{"format": "externref-harness-trace", "version": 1, "config": {config}, "steps": []}}')
+    with pytest.raises(tracefile.TraceFormatError, match="must be"):
+        tracefile.load(path)
+
+
+def test_an_unwritable_failures_directory_is_refused_before_the_run() -> None:
+    out = cli("check", "--only", "model", "--failures", "/proc/no-such-dir")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "externref-harness check: error: cannot save traces in /proc/no-such-dir: No such file or directory"
+    ]
+
+
+def test_a_mutant_no_selected_check_exercises_is_refused() -> None:
+    out = cli("check", "--only", "model", "--mutant", "impl-early-free")
+    assert out.returncode == 2
+    assert "not exercised by the selected checks (model)" in out.stderr

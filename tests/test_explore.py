@@ -27,14 +27,14 @@ _EVERY_FEATURE = ExploreBounds(
     raws=1, args=2, globals=2, scalars=True, opaque_frames=True, gc_okay_toggles=True, depth=6
 )  # fmt: skip
 PINNED: dict[str, tuple[ExploreBounds, int, int, int]] = {
-    "defaults": (ExploreBounds(), 72484, 765476, 19),
-    "one-ref": (ExploreBounds(refs=1), 3959, 37410, 15),
+    "defaults": (ExploreBounds(), 63872, 689784, 18),
+    "one-ref": (ExploreBounds(refs=1), 3781, 35958, 14),
     "one-frame-one-slot-chunk-1": (ExploreBounds(frames=1, slots=1, chunk=1), 285, 2055, 10),
     "three-refs-one-frame-one-slot-chunk-1": (
         ExploreBounds(refs=3, handles=3, frames=1, slots=1, chunk=1), 1715, 19693, 13,
     ),
-    "every-feature-to-depth-6": (_EVERY_FEATURE, 25181, 92046, 6),
-    "every-feature-to-depth-6-release": (replace(_EVERY_FEATURE, build="release"), 22440, 87633, 6),
+    "every-feature-to-depth-6": (_EVERY_FEATURE, 25456, 92430, 6),
+    "every-feature-to-depth-6-release": (replace(_EVERY_FEATURE, build="release"), 22715, 88017, 6),
 }
 
 #: Per seeded bug: the invariant a debug build violates first and the length of the shortest trace,

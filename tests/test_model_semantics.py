@@ -147,3 +147,12 @@ def test_teardown_of_uninitialised_globals_is_harmless_on_the_seed() -> None:
     cfg = Config(chunk_size=2, slots=2, n_globals=2)
     state, _ = play(cfg, [ops.InitGlobals(1), ops.TeardownGlobals()])
     assert state.faults == ()
+
+
+def test_a_null_externref_result_still_counts_for_the_pre_gc() -> None:
+    """`Func::invoke` compares the number of externref *results* (types, not values) with the capacity."""
+    cfg = Config(chunk_size=1, slots=2, n_globals=0)
+    steps: list[Op] = [ops.Gc(), ops.New(8, 8), ops.InsertWithoutGc(0), ops.CallWasm(())]
+    steps += [ops.WasmCallHost((), 0), ops.ReturnToWasm(None)]
+    _, obs = play(cfg, steps)
+    assert "gc:canary-found" in obs[-1].events
