@@ -20,12 +20,11 @@ from impl.externref import Runtime
 from impl.heap import FREED, CheckingHeap
 from impl.stack import Frame
 from model import ops, protocol
-from model.host import HostBookkeeping, check_value_layout
+from model.host import HostBookkeeping, check_arity, check_instantiation, check_value_layout
 from model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
     BAD_SLOT,
-    DROPPED_HANDLE,
     UNINIT_GLOBAL,
     WRONG_FRAME,
 )
@@ -211,10 +210,7 @@ class World(Runtime, HostBookkeeping):
     # --- globals and the embedder protocol ----------------------------------------------------
 
     def op_InitGlobals(self, op: ops.InitGlobals) -> None:
-        if any(self.global_initialised):
-            raise MisuseError(BAD_GLOBAL, "the instance is already instantiated")
-        if not 0 <= op.count <= len(self.global_initialised):
-            raise MisuseError(BAD_GLOBAL, f"{op.count} of {len(self.global_initialised)} globals")
+        check_instantiation(op.count, self.global_initialised)
         for g in range(op.count):
             self.globals_memory[g] = 0
             self.global_initialised[g] = True
@@ -239,11 +235,7 @@ class World(Runtime, HostBookkeeping):
             self.global_initialised[g] = False
 
     def op_CallWasm(self, op: ops.CallWasm) -> None:
-        if len(op.args) > self.cfg.slots:
-            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
-        if len(set(op.args)) != len(op.args):
-            raise MisuseError(DROPPED_HANDLE, "the same handle moved twice")
-        refs = [self._take(h) for h in op.args]
+        refs = self._take_args(op.args, self.cfg.slots)
         protocol.move_refs_into_table(self, refs, self.mutant)
         resets = protocol.enter_wasm(self, self.stack.youngest.sp)
         frame = self._enter_wasm_frame(refs, [True] * len(refs))
@@ -303,8 +295,7 @@ class World(Runtime, HostBookkeeping):
         frame = self._wasm_frame()
         for i in (*op.args, op.ret_slot):
             self._slot(frame, i)
-        if len(op.args) > self.cfg.slots:
-            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
+        check_arity(len(op.args), self.cfg.slots)
         self._safepoint(frame, at_wasm_call=True)
         args = [self._read(frame, i) for i in op.args]
         callee = self._enter_wasm_frame([w for w, _ in args], [t for _, t in args])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from model import layout
 from model.observation import (
+    BAD_GLOBAL,
     BAD_LAYOUT,
+    BAD_SLOT,
     DROPPED_HANDLE,
     FREED_RAW,
     NO_SUCH_HANDLE,
@@ -31,6 +33,20 @@ def check_value_layout(size: int, align: int) -> None:
         raise MisuseError(BAD_LAYOUT, f"no Rust type has size {size}, align {align}")
     if size > MAX_VALUE_SIZE or align > MAX_VALUE_ALIGN:
         raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
+
+
+def check_arity(args: int, slots: int) -> None:
+    """A call passes at most as many values as the callee's frame has slots."""
+    if args > slots:
+        raise MisuseError(BAD_SLOT, f"{args} arguments, {slots} slots")
+
+
+def check_instantiation(count: int, initialised: list[bool]) -> None:
+    """Instantiation runs once, and writes a prefix (`count`) of the instance's globals."""
+    if any(initialised):
+        raise MisuseError(BAD_GLOBAL, "the instance is already instantiated")
+    if not 0 <= count <= len(initialised):
+        raise MisuseError(BAD_GLOBAL, f"{count} of {len(initialised)} globals")
 
 
 class HostBookkeeping:
@@ -68,6 +84,13 @@ class HostBookkeeping:
         if raw is None:
             raise MisuseError(NO_SUCH_RAW, f"raw pointer {p} was already consumed by from_raw")
         return raw
+
+    def _take_args(self, args: tuple[int, ...], slots: int) -> list[int]:
+        """`TypedFunc::call` moves each argument handle in; a handle cannot be moved twice."""
+        check_arity(len(args), slots)
+        if len(set(args)) != len(args):
+            raise MisuseError(DROPPED_HANDLE, "the same handle moved twice")
+        return [self._take(h) for h in args]
 
     def _as_raw(self, h: int) -> int:
         """`as_raw`: a borrowed pointer; no count changes hands."""

@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from model import ops, protocol
-from model.host import HostBookkeeping, check_value_layout
+from model.host import HostBookkeeping, check_arity, check_instantiation, check_value_layout
 from model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
     BAD_SLOT,
-    DROPPED_HANDLE,
     UNINIT_GLOBAL,
     WRONG_FRAME,
     Err,
@@ -287,10 +286,7 @@ class Machine(SeedRuntime, HostBookkeeping):
     # globals and the embedder protocol
 
     def op_InitGlobals(self, op: ops.InitGlobals) -> Result:
-        if not all(isinstance(g, Uninit) for g in self.globals):
-            raise MisuseError(BAD_GLOBAL, "the instance is already instantiated")
-        if not 0 <= op.count <= len(self.globals):
-            raise MisuseError(BAD_GLOBAL, f"{op.count} of {len(self.globals)} globals")
+        check_instantiation(op.count, [not isinstance(g, Uninit) for g in self.globals])
         for g in range(op.count):
             self.globals[g] = None
         return Ok()
@@ -316,11 +312,7 @@ class Machine(SeedRuntime, HostBookkeeping):
         return Ok()
 
     def op_CallWasm(self, op: ops.CallWasm) -> Result:
-        if len(op.args) > self.cfg.slots:
-            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
-        if len(set(op.args)) != len(op.args):
-            raise MisuseError(DROPPED_HANDLE, "the same handle moved twice")
-        refs = [self._take(h) for h in op.args]
+        refs = self._take_args(op.args, self.cfg.slots)
         protocol.move_refs_into_table(self, refs, self.cfg.mutant)
         resets = protocol.enter_wasm(self, self.youngest_sp())
         slots: tuple[Slot, ...] = (*refs, *([None] * (self.cfg.slots - len(refs))))
@@ -387,8 +379,7 @@ class Machine(SeedRuntime, HostBookkeeping):
         frame = self._wasm_frame()
         for i in (*op.args, op.ret_slot):
             self._slot(frame, i)
-        if len(op.args) > self.cfg.slots:
-            raise MisuseError(BAD_SLOT, f"{len(op.args)} arguments, {self.cfg.slots} slots")
+        check_arity(len(op.args), self.cfg.slots)
         frame = self._safepoint(frame, at_wasm_call=True)
         args = tuple(frame.slots[i] for i in op.args)
         slots: tuple[Slot, ...] = (*args, *([None] * (self.cfg.slots - len(args))))
