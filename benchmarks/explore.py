@@ -17,10 +17,10 @@ import time
 from dataclasses import replace
 
 from externref_harness.explore import ExploreBounds, canonical, explore
-from model.moves import flat_moves
-from model.ops import Op
-from model.state import State
-from model.transition import step
+from externref_harness.model.moves import flat_moves
+from externref_harness.model.ops import Op
+from externref_harness.model.state import State
+from externref_harness.model.transition import step
 
 FIXED = ExploreBounds()
 

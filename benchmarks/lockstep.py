@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness.lockstep import make_lockstep_machine
-from model.moves import KIND_ORDER
+from externref_harness.model.moves import KIND_ORDER
 
 
 def bench_settings(examples: int) -> settings:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from specs.proving import check_valid
-from specs.sweep_encoding import Bounds, GcState, Switches, gc
-from specs.sweep_proofs import PROPERTIES, VARIANTS, BoundedProof, assumptions
+from externref_harness.specs.proving import check_valid
+from externref_harness.specs.sweep_encoding import Bounds, GcState, Switches, gc
+from externref_harness.specs.sweep_proofs import PROPERTIES, VARIANTS, BoundedProof, assumptions
 
 SIZES = (Bounds(2, 2, 2, 2), Bounds(3, 2, 3, 3), Bounds(3, 3, 3, 3), Bounds(4, 3, 3, 3), Bounds(4, 4, 4, 4))
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from impl.mutants import IMPL_MUTANTS
-from model.mutants import MODEL_MUTANTS, Mutant
-from specs.mutants import PROOF_MUTANTS
+from externref_harness.impl.mutants import IMPL_MUTANTS
+from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
+from externref_harness.specs.mutants import PROOF_MUTANTS
 
 
 def all_mutants() -> tuple[Mutant, ...]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from hypothesis import settings
 
+from externref_harness.model.mutants import model_mutant_names
+from externref_harness.model.state import Build
 from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
@@ -16,8 +18,6 @@ from externref_harness.model_check import (
     run_model_check,
 )
 from externref_harness.trace import failures_dir
-from model.mutants import model_mutant_names
-from model.state import Build
 
 
 @dataclass(frozen=True)

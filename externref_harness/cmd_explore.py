@@ -27,9 +27,9 @@ from externref_harness.explore import (
     ProgressHook,
     explore,
 )
+from externref_harness.model.state import State
+from externref_harness.model.transition import run as run_model
 from externref_harness.report import format_failure
-from model.state import State
-from model.transition import run as run_model
 
 _DEFAULTS = ExploreBounds()
 

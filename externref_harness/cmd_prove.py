@@ -28,10 +28,10 @@ from externref_harness.proofs import (
     replay_counterexamples,
     run_proofs,
 )
+from externref_harness.specs.layout_proofs import ADMISSIBLE, PRECONDITION
+from externref_harness.specs.proving import Verdict
+from externref_harness.specs.sweep_encoding import Bounds
 from externref_harness.trace import failures_dir
-from specs.layout_proofs import ADMISSIBLE, PRECONDITION
-from specs.proving import Verdict
-from specs.sweep_encoding import Bounds
 
 _STYLE = {
     "proven": "[green]proven[/]",

@@ -12,8 +12,8 @@ from pathlib import Path
 from externref_harness import catalogue, lockstep
 from externref_harness import trace as tracefile
 from externref_harness.explore import LIMITS
+from externref_harness.model.transition import run as run_model
 from externref_harness.report import format_steps
-from model.transition import run as run_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -31,15 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from externref_harness.model.moves import Bounds, flat_moves
+from externref_harness.model.mutants import model_mutant_names
+from externref_harness.model.observation import Misuse, Ok
+from externref_harness.model.ops import Op
+from externref_harness.model.state import Build, Config, Frame, RawPtr, State, Table, WasmFrame
+from externref_harness.model.transition import step
+from externref_harness.model.world import live_stack_maps
 from externref_harness.model_check import _labels, misuse_problem
-from model.moves import Bounds, flat_moves
-from model.mutants import model_mutant_names
-from model.observation import Misuse, Ok
-from model.ops import Op
-from model.state import Build, Config, Frame, RawPtr, State, Table, WasmFrame
-from model.transition import step
-from model.world import live_stack_maps
-from specs.invariants import first_violation
+from externref_harness.specs.invariants import first_violation
 
 #: Pseudo-invariant for a well-formed move the model refuses (a bug in `model.moves` or the model).
 REFUSED = "refused"

@@ -26,6 +26,36 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness import trace as tracefile
+from externref_harness.impl import heap as checking_heap
+from externref_harness.impl.adapter import (
+    ImplAdapter,
+    InProcessImpl,
+    Probe,
+    StepOutcome,
+    format_report,
+    plain_config,
+    plain_op,
+)
+from externref_harness.model import layout, ops
+from externref_harness.model.moves import Bounds, next_quiesce_op
+from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
+from externref_harness.model.runtime import (
+    FAULT_DOUBLE_DROP,
+    FAULT_USE_AFTER_FREE,
+    FAULT_WILD_POINTER,
+    SeedRuntime,
+)
+from externref_harness.model.state import (
+    STACK_TOP,
+    Config,
+    RawPtr,
+    Scalar,
+    State,
+    Uninit,
+    WasmFrame,
+    frame_sps,
+)
+from externref_harness.model.transition import step as model_step
 from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
@@ -40,23 +70,7 @@ from externref_harness.model_check import (
 )
 from externref_harness.report import save_and_format
 from externref_harness.shrink import ddmin, delete_with_renumbering
-from impl import heap as checking_heap
-from impl.adapter import (
-    ImplAdapter,
-    InProcessImpl,
-    Probe,
-    StepOutcome,
-    format_report,
-    plain_config,
-    plain_op,
-)
-from model import layout, ops
-from model.moves import Bounds, next_quiesce_op
-from model.observation import Err, Misuse, Observation, Ok, Panic
-from model.runtime import FAULT_DOUBLE_DROP, FAULT_USE_AFTER_FREE, FAULT_WILD_POINTER, SeedRuntime
-from model.state import STACK_TOP, Config, RawPtr, Scalar, State, Uninit, WasmFrame, frame_sps
-from model.transition import step as model_step
-from specs.invariants import first_violation, reachable_refs
+from externref_harness.specs.invariants import first_violation, reachable_refs
 
 LOCKSTEP_CONFIG = MACHINE_CONFIG
 LOCKSTEP_BOUNDS = MACHINE_BOUNDS

@@ -21,14 +21,14 @@ from hypothesis import Phase, Verbosity, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from externref_harness.model.moves import Bounds, misuse_moves, moves, next_quiesce_op, ordered_kinds
+from externref_harness.model.observation import Misuse, Observation
+from externref_harness.model.ops import Op
+from externref_harness.model.state import Config, State
+from externref_harness.model.transition import run, step
 from externref_harness.report import format_failure, save_and_format
 from externref_harness.shrink import model_failure, shrink_model_trace
-from model.moves import Bounds, misuse_moves, moves, next_quiesce_op, ordered_kinds
-from model.observation import Misuse, Observation
-from model.ops import Op
-from model.state import Config, State
-from model.transition import run, step
-from specs.invariants import first_violation
+from externref_harness.specs.invariants import first_violation
 
 #: Configuration of the model-only machine: tiny chunk, so every slow path is near.
 MACHINE_CONFIG = Config(chunk_size=2, slots=3, n_globals=2)

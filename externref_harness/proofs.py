@@ -9,16 +9,16 @@ from pathlib import Path
 
 from externref_harness import lockstep
 from externref_harness import trace as tracefile
-from impl import mutants as impl_mutants
-from model.protocol import CVE_2021_39216
-from model.runtime import CVE_2022_24791, CVE_2022_31146, SWEEP_WITHOUT_CANARY
-from specs.counterexamples import find_counterexample, replay_on_model, scenario_trace
-from specs.layout_proofs import prove_layout
-from specs.offset_proofs import prove_offsets
-from specs.proving import Status, Verdict
-from specs.sweep_encoding import Bounds
-from specs.sweep_induction import prove_unbounded
-from specs.sweep_proofs import PROPERTIES, VARIANTS, BoundedProof, LemmaResult
+from externref_harness.impl import mutants as impl_mutants
+from externref_harness.model.protocol import CVE_2021_39216
+from externref_harness.model.runtime import CVE_2022_24791, CVE_2022_31146, SWEEP_WITHOUT_CANARY
+from externref_harness.specs.counterexamples import find_counterexample, replay_on_model, scenario_trace
+from externref_harness.specs.layout_proofs import prove_layout
+from externref_harness.specs.offset_proofs import prove_offsets
+from externref_harness.specs.proving import Status, Verdict
+from externref_harness.specs.sweep_encoding import Bounds
+from externref_harness.specs.sweep_induction import prove_unbounded
+from externref_harness.specs.sweep_proofs import PROPERTIES, VARIANTS, BoundedProof, LemmaResult
 
 #: Seeded bugs of the model's runtime that the implementation carries too, under its own name. The
 #: compiler's and the protocol's bugs need none: the implementation runs the same code for them.

@@ -7,9 +7,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from externref_harness import trace as tracefile
-from model.observation import Observation
-from model.ops import Op
-from model.state import Config, State
+from externref_harness.model.observation import Observation
+from externref_harness.model.ops import Op
+from externref_harness.model.state import Config, State
 
 
 def state_diff(before: State, after: State) -> list[str]:

@@ -20,11 +20,11 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from model.observation import Misuse
-from model.ops import HANDLE_FIELDS, RAW_FIELDS, Op
-from model.state import Config, State
-from model.transition import step
-from specs.invariants import first_violation
+from externref_harness.model.observation import Misuse
+from externref_harness.model.ops import HANDLE_FIELDS, RAW_FIELDS, Op
+from externref_harness.model.state import Config, State
+from externref_harness.model.transition import step
+from externref_harness.specs.invariants import first_violation
 
 
 @dataclass(frozen=True)

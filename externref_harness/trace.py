@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model.ops import Op, TraceFormatError, op_from_json
-from model.state import Config
+from externref_harness.model.ops import Op, TraceFormatError, op_from_json
+from externref_harness.model.state import Config
 
 FORMAT = "externref-harness-trace"
 VERSION = 1

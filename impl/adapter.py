@@ -13,11 +13,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
-from impl.heap import LIVE, CheckingHeap, Report
-from impl.world import World
-from model import layout
-from model.ops import OPS_BY_NAME, Op
-from model.state import Config
+from externref_harness.impl.heap import LIVE, CheckingHeap, Report
+from externref_harness.impl.world import World
+from externref_harness.model import layout
+from externref_harness.model.ops import OPS_BY_NAME, Op
+from externref_harness.model.state import Config
 
 PlainOp = tuple[Any, ...]
 #: `(kind, address, access, detail)`, see `impl.heap.Report`.

@@ -16,14 +16,14 @@ import ctypes
 import hashlib
 from dataclasses import dataclass
 
-from impl import mutants
-from impl.heap import DECREMENT, WILD_ACCESS, CheckingHeap
-from impl.stack import CodeRegistry, NativeStack, stack_map_bits
-from impl.values import AnyVTable, Values, call_drop_in_place
-from model import layout
-from model.observation import GC_NOT_OKAY
-from model.runtime import DebugAssertion, MisuseError
-from model.state import WORD, Config
+from externref_harness.impl import mutants
+from externref_harness.impl.heap import DECREMENT, WILD_ACCESS, CheckingHeap
+from externref_harness.impl.stack import CodeRegistry, NativeStack, stack_map_bits
+from externref_harness.impl.values import AnyVTable, Values, call_drop_in_place
+from externref_harness.model import layout
+from externref_harness.model.observation import GC_NOT_OKAY
+from externref_harness.model.runtime import DebugAssertion, MisuseError
+from externref_harness.model.state import WORD, Config
 
 #: `NonNull::<TableElem>::dangling()`: where `Box::new([])` points.
 DANGLING = WORD

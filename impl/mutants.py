@@ -5,7 +5,7 @@ The model ignores these names, so one `Config` serves both sides of the lockstep
 
 from __future__ import annotations
 
-from model.mutants import Mutant
+from externref_harness.model.mutants import Mutant
 
 FOOTER_VALUE_ALIGNED = "impl-footer-value-aligned"
 FOOTER_ROUNDED_DOWN = "impl-footer-rounded-down"

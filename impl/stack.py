@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 
-from model.state import WORD, Config, HostFrame, StackMap, WasmFrame, frame_bytes
-from model.world import lookup_stack_map
+from externref_harness.model.state import WORD, Config, HostFrame, StackMap, WasmFrame, frame_bytes
+from externref_harness.model.world import lookup_stack_map
 
 #: Host code the unwinder has unwind info for.
 HOST_CODE = 0x5555_5555_0000

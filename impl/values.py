@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 
-from impl.heap import CheckingHeap
+from externref_harness.impl.heap import CheckingHeap
 
 #: `unsafe fn drop_in_place(*mut T)`.
 DropInPlace = ctypes.CFUNCTYPE(None, ctypes.c_size_t)

@@ -16,21 +16,21 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from impl.externref import Runtime
-from impl.heap import FREED, CheckingHeap
-from impl.stack import Frame
-from model import ops, protocol
-from model.host import HostBookkeeping, check_arity, check_instantiation, check_value_layout
-from model.observation import (
+from externref_harness.impl.externref import Runtime
+from externref_harness.impl.heap import FREED, CheckingHeap
+from externref_harness.impl.stack import Frame
+from externref_harness.model import ops, protocol
+from externref_harness.model.host import HostBookkeeping, check_arity, check_instantiation, check_value_layout
+from externref_harness.model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
     BAD_SLOT,
     UNINIT_GLOBAL,
     WRONG_FRAME,
 )
-from model.runtime import CVE_2022_23636, DebugAssertion, MisuseError
-from model.state import SCALAR, WORD, Config, RawPtr, Slot
-from model.world import emit_stack_map
+from externref_harness.model.runtime import CVE_2022_23636, DebugAssertion, MisuseError
+from externref_harness.model.state import SCALAR, WORD, Config, RawPtr, Slot
+from externref_harness.model.world import emit_stack_map
 
 #: An i64 the register allocator spilled into a slot: odd, so never a footer, and in no block.
 SCALAR_WORD = 0x0BAD_5CA1_A12F_0001

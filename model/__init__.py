@@ -4,8 +4,8 @@
 seed's semantics live in `model.runtime` (the runtime) and `model.world` (everything around it).
 """
 
-from model.observation import Err, Misuse, Observation, Ok, Panic
-from model.state import Config, State
-from model.transition import Model, run, step
+from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
+from externref_harness.model.state import Config, State
+from externref_harness.model.transition import Model, run, step
 
 __all__ = ["Config", "Err", "Misuse", "Model", "Observation", "Ok", "Panic", "State", "run", "step"]

@@ -8,8 +8,8 @@ kinds (`model.observation`).
 
 from __future__ import annotations
 
-from model import layout
-from model.observation import (
+from externref_harness.model import layout
+from externref_harness.model.observation import (
     BAD_GLOBAL,
     BAD_LAYOUT,
     BAD_SLOT,
@@ -19,8 +19,8 @@ from model.observation import (
     NO_SUCH_RAW,
     UNOWNED_RAW,
 )
-from model.runtime import MisuseError
-from model.state import RawPtr
+from externref_harness.model.runtime import MisuseError
+from externref_harness.model.state import RawPtr
 
 #: Largest value the harness will allocate for real (the implementation allocates every value).
 MAX_VALUE_SIZE = 1 << 16

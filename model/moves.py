@@ -14,8 +14,8 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from model import ops
-from model.state import Config, HostFrame, Scalar, State, Uninit, WasmFrame
+from externref_harness.model import ops
+from externref_harness.model.state import Config, HostFrame, Scalar, State, Uninit, WasmFrame
 
 _Add = Callable[[ops.Op], None]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model import protocol, runtime
+from externref_harness.model import protocol, runtime
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from model import layout
-from model.observation import GC_NOT_OKAY
-from model.state import WORD, Box, Config, Scalar, Slot, State, Table
+from externref_harness.model import layout
+from externref_harness.model.observation import GC_NOT_OKAY
+from externref_harness.model.state import WORD, Box, Config, Scalar, Slot, State, Table
 
 # Model-level seeded bugs (see `model.mutants`).
 CVE_2021_39218 = "cve-2021-39218"

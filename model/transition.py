@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from model.observation import Misuse, Observation, Panic
-from model.ops import Op
-from model.runtime import DebugAssertion, MisuseError
-from model.state import Config, State
-from model.world import Machine
+from externref_harness.model.observation import Misuse, Observation, Panic
+from externref_harness.model.ops import Op
+from externref_harness.model.runtime import DebugAssertion, MisuseError
+from externref_harness.model.state import Config, State
+from externref_harness.model.world import Machine
 
 
 def step(cfg: Config, state: State, op: Op) -> tuple[State, Observation]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from model import ops, protocol
-from model.host import HostBookkeeping, check_arity, check_instantiation, check_value_layout
-from model.observation import (
+from externref_harness.model import ops, protocol
+from externref_harness.model.host import HostBookkeeping, check_arity, check_instantiation, check_value_layout
+from externref_harness.model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
     BAD_SLOT,
@@ -24,7 +24,7 @@ from model.observation import (
     Ok,
     Result,
 )
-from model.runtime import (
+from externref_harness.model.runtime import (
     CVE_2021_39218,
     CVE_2022_23636,
     CVE_2022_24791,
@@ -35,7 +35,7 @@ from model.runtime import (
     SeedRuntime,
     WalkedFrame,
 )
-from model.state import (
+from externref_harness.model.state import (
     SCALAR,
     Config,
     Frame,

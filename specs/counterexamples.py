@@ -13,16 +13,15 @@ from dataclasses import dataclass
 
 import z3
 
-from externref_harness.trace import Trace
-from model import ops
-from model.observation import Misuse
-from model.protocol import CVE_2021_39216
-from model.state import Config, State
-from model.transition import run
-from specs.invariants import first_violation
-from specs.mutants import DROP_ROOTS_IN_TABLE
-from specs.proving import DEFAULT_TIMEOUT_MS, find_example
-from specs.sweep_encoding import (
+from externref_harness.model import ops
+from externref_harness.model.observation import Misuse
+from externref_harness.model.protocol import CVE_2021_39216
+from externref_harness.model.state import Config, State
+from externref_harness.model.transition import run
+from externref_harness.specs.invariants import first_violation
+from externref_harness.specs.mutants import DROP_ROOTS_IN_TABLE
+from externref_harness.specs.proving import DEFAULT_TIMEOUT_MS, find_example
+from externref_harness.specs.sweep_encoding import (
     SCALAR,
     Bounds,
     GcState,
@@ -33,13 +32,14 @@ from specs.sweep_encoding import (
     any_of,
     gc,
 )
-from specs.sweep_proofs import (
+from externref_harness.specs.sweep_proofs import (
     PROPERTIES,
     Variant,
     assumptions,
     holds_ref,
     stack_map_exemption,
 )
+from externref_harness.trace import Trace
 
 # --- counterexamples a trace can reproduce ----------------------------------------------------------
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from model.runtime import FAULT_DOUBLE_DROP
-from model.state import (
+from externref_harness.model.runtime import FAULT_DOUBLE_DROP
+from externref_harness.model.state import (
     Config,
     HostFrame,
     State,

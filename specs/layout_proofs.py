@@ -20,8 +20,15 @@ from typing import Any
 
 import z3
 
-from model import layout
-from specs.proving import DEFAULT_TIMEOUT_MS, Verdict, as_int, check_valid, find_example, verdict
+from externref_harness.model import layout
+from externref_harness.specs.proving import (
+    DEFAULT_TIMEOUT_MS,
+    Verdict,
+    as_int,
+    check_valid,
+    find_example,
+    verdict,
+)
 
 LayoutFn = Callable[[Any, Any], layout.ExternLayout[Any]]
 

@@ -5,7 +5,7 @@ Kept apart from the proofs (no z3 import) so the catalogue can list it cheaply.
 
 from __future__ import annotations
 
-from model.mutants import Mutant
+from externref_harness.model.mutants import Mutant
 
 #: The sweep proofs drop I8 ("every stack root is in the table") from their assumptions.
 DROP_ROOTS_IN_TABLE = "proof-drop-roots-in-table-assumption"

@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from impl import externref
-from impl.heap import CheckingHeap
-from model import layout
-from model.state import WORD, Config
-from specs.proving import Verdict
+from externref_harness.impl import externref
+from externref_harness.impl.heap import CheckingHeap
+from externref_harness.model import layout
+from externref_harness.model.state import WORD, Config
+from externref_harness.specs.proving import Verdict
 
 #: `VMOffsets::vm_extern_data_ref_count()`.
 VM_EXTERN_DATA_REF_COUNT = 0

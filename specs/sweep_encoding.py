@@ -25,12 +25,12 @@ from typing import Any
 
 import z3
 
-from model.runtime import (
+from externref_harness.model.runtime import (
     HASHSET_DUPLICATE_LEAKS,
     PRECISE_ROOT_UNCOUNTED,
     SWEEP_WITHOUT_CANARY,
 )
-from model.state import (
+from externref_harness.model.state import (
     WORD,
     Config,
     HostFrame,
@@ -42,8 +42,8 @@ from model.state import (
     owners,
     table_elements,
 )
-from model.world import lookup_stack_map
-from specs.proving import value_of
+from externref_harness.model.world import lookup_stack_map
+from externref_harness.specs.proving import value_of
 
 NULL = -1
 SCALAR = -2

@@ -32,10 +32,10 @@ from typing import Any
 
 import z3
 
-from model.runtime import CVE_2022_24791, CVE_2022_31146, SWEEP_WITHOUT_CANARY
-from specs.mutants import DROP_ROOTS_IN_TABLE
-from specs.proving import DEFAULT_TIMEOUT_MS, Verdict, as_bool, as_int, check_valid, verdict
-from specs.sweep_encoding import (
+from externref_harness.model.runtime import CVE_2022_24791, CVE_2022_31146, SWEEP_WITHOUT_CANARY
+from externref_harness.specs.mutants import DROP_ROOTS_IN_TABLE
+from externref_harness.specs.proving import DEFAULT_TIMEOUT_MS, Verdict, as_bool, as_int, check_valid, verdict
+from externref_harness.specs.sweep_encoding import (
     NULL,
     SCALAR,
     Cell,
@@ -47,13 +47,13 @@ from specs.sweep_encoding import (
     num_filled_in_bump_chunk,
     sweep_old_root,
 )
-from specs.sweep_lemmas import (
+from externref_harness.specs.sweep_lemmas import (
     chunk_invariant,
     cleared_invariant,
     swept_invariant,
     walk_invariant,
 )
-from specs.sweep_proofs import VARIANTS, Variant
+from externref_harness.specs.sweep_proofs import VARIANTS, Variant
 
 INT = z3.IntSort()
 BOOL = z3.BoolSort()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import z3
 
-from specs.sweep_encoding import Cell, Term
+from externref_harness.specs.sweep_encoding import Cell, Term
 
 
 def _one_if(b: Term) -> Term:

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 
 import z3
 
-from model.runtime import (
+from externref_harness.model.runtime import (
     CVE_2022_24791,
     CVE_2022_31146,
     HASHSET_DUPLICATE_LEAKS,
     PRECISE_ROOT_UNCOUNTED,
     SWEEP_WITHOUT_CANARY,
 )
-from specs.mutants import DROP_ROOTS_IN_TABLE
-from specs.proving import DEFAULT_TIMEOUT_MS, Verdict, check_valid, verdict
-from specs.sweep_encoding import (
+from externref_harness.specs.mutants import DROP_ROOTS_IN_TABLE
+from externref_harness.specs.proving import DEFAULT_TIMEOUT_MS, Verdict, check_valid, verdict
+from externref_harness.specs.sweep_encoding import (
     NULL,
     SCALAR,
     Bounds,
@@ -41,7 +41,7 @@ from specs.sweep_encoding import (
     gc,
     sum_of,
 )
-from specs.sweep_lemmas import (
+from externref_harness.specs.sweep_lemmas import (
     chunk_invariant,
     cleared_invariant,
     swept_invariant,

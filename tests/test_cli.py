@@ -12,8 +12,8 @@ import pytest
 from externref_harness import trace as tracefile
 from externref_harness.catalogue import all_mutants
 from externref_harness.cli import main
-from model import ops
-from model.state import Config
+from externref_harness.model import ops
+from externref_harness.model.state import Config
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

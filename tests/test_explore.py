@@ -15,10 +15,10 @@ from externref_harness.explore import (
     Search,
     explore,
 )
-from model.mutants import MODEL_MUTANTS, Mutant
-from model.state import Build, State
-from model.transition import run
-from specs.invariants import first_violation
+from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
+from externref_harness.model.state import Build, State
+from externref_harness.model.transition import run
+from externref_harness.specs.invariants import first_violation
 
 #: Distinct states (symmetry classes), transitions and maximum depth of a few small searches.
 #: A semantic change to the model, its moves or the canonical form shows up as a changed count.
@@ -169,7 +169,7 @@ def test_progress_reports_states_queue_depth_and_rate() -> None:
 def test_a_refused_move_is_reported_as_a_violation(monkeypatch: pytest.MonkeyPatch) -> None:
     """If `model.moves` offered a move the model refuses, the explorer stops on it."""
     from externref_harness import explore as explorer
-    from model import moves, ops
+    from externref_harness.model import moves, ops
 
     def with_misuse(cfg, bounds, state):  # type: ignore[no-untyped-def]
         return [*moves.flat_moves(cfg, bounds, state), ops.Drop(len(state.handles))]

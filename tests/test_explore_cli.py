@@ -11,9 +11,9 @@ from externref_harness import lockstep
 from externref_harness import trace as tracefile
 from externref_harness.cli import main
 from externref_harness.explore import ExploreBounds, explore
-from model import ops
-from model.mutants import MODEL_MUTANTS, Mutant
-from model.state import Build, Config
+from externref_harness.model import ops
+from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
+from externref_harness.model.state import Build, Config
 
 Capture = pytest.CaptureFixture[str]
 #: Small enough to exhaust in well under a second.

@@ -16,11 +16,11 @@ from dataclasses import replace
 import pytest
 
 from externref_harness.explore import ExploreBounds, canonical, explore
-from model.moves import flat_moves, moves, ordered_kinds
-from model.mutants import MODEL_MUTANTS
-from model.state import RawPtr, State, Table, WasmFrame
-from model.transition import step
-from specs.invariants import first_violation
+from externref_harness.model.moves import flat_moves, moves, ordered_kinds
+from externref_harness.model.mutants import MODEL_MUTANTS
+from externref_harness.model.state import RawPtr, State, Table, WasmFrame
+from externref_harness.model.transition import step
+from externref_harness.specs.invariants import first_violation
 
 Key = Callable[[State], State]
 

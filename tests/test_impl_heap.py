@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from impl import heap as h
-from impl.heap import CheckingHeap
+from externref_harness.impl import heap as h
+from externref_harness.impl.heap import CheckingHeap
 
 
 @pytest.fixture

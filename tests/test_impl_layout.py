@@ -8,24 +8,24 @@ from dataclasses import replace
 
 import pytest
 
-from externref_harness.lockstep import RefMap, memory_problems
-from externref_harness.model_check import MACHINE_BOUNDS
-from impl import mutants
-from impl.adapter import InProcessImpl, plain_config, plain_op
-from impl.externref import (
+from externref_harness.impl import mutants
+from externref_harness.impl.adapter import InProcessImpl, plain_config, plain_op
+from externref_harness.impl.externref import (
     DANGLING,
     VMExternData,
     VMExternRefActivationsTableDebug,
     VMExternRefActivationsTableRelease,
     VMExternRefTableAlloc,
 )
-from impl.heap import CheckingHeap
-from impl.stack import WASM_CODE, wasm_frame_bytes
-from impl.values import AnyVTable
-from impl.world import World
-from model import layout, ops
-from model.state import STACK_TOP, Config, HostFrame, WasmFrame, frame_sps
-from model.transition import run
+from externref_harness.impl.heap import CheckingHeap
+from externref_harness.impl.stack import WASM_CODE, wasm_frame_bytes
+from externref_harness.impl.values import AnyVTable
+from externref_harness.impl.world import World
+from externref_harness.lockstep import RefMap, memory_problems
+from externref_harness.model import layout, ops
+from externref_harness.model.state import STACK_TOP, Config, HostFrame, WasmFrame, frame_sps
+from externref_harness.model.transition import run
+from externref_harness.model_check import MACHINE_BOUNDS
 
 CFG = Config(chunk_size=2, slots=3, n_globals=2)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model.state import Box, Config, HostFrame, State, Table, WasmFrame
-from specs.invariants import INVARIANTS, INVARIANTS_BY_ID, Invariant, violations
+from externref_harness.model.state import Box, Config, HostFrame, State, Table, WasmFrame
+from externref_harness.specs.invariants import INVARIANTS, INVARIANTS_BY_ID, Invariant, violations
 
 CFG = Config(chunk_size=2, slots=2, n_globals=0)
 HOST = HostFrame()

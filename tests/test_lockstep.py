@@ -10,6 +10,8 @@ import pytest
 from hypothesis import settings
 
 from externref_harness import trace as tracefile
+from externref_harness.impl import mutants
+from externref_harness.impl.adapter import InProcessImpl, Probe, StepOutcome, op_from_plain, plain_op
 from externref_harness.lockstep import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
@@ -22,13 +24,11 @@ from externref_harness.lockstep import (
     replay,
     run_lockstep_check,
 )
+from externref_harness.model import ops
+from externref_harness.model.runtime import CVE_2021_39218
+from externref_harness.model.state import Build, Config
+from externref_harness.model.transition import run
 from externref_harness.model_check import REQUIRED_EVENTS, RunStats
-from impl import mutants
-from impl.adapter import InProcessImpl, Probe, StepOutcome, op_from_plain, plain_op
-from model import ops
-from model.runtime import CVE_2021_39218
-from model.state import Build, Config
-from model.transition import run
 
 CI = settings(settings.get_profile("ci"))
 
@@ -304,7 +304,7 @@ def test_refs_map_both_ways() -> None:
 def test_config_round_trips_through_plain_data() -> None:
     cfg = Config(chunk_size=4, build="release", slots=2, n_globals=1, mutant=mutants.EARLY_FREE)
     adapter = InProcessImpl()
-    from impl.adapter import plain_config
+    from externref_harness.impl.adapter import plain_config
 
     adapter.start(plain_config(cfg))
     try:

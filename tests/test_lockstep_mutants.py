@@ -17,8 +17,8 @@ from hypothesis import settings
 from externref_harness import trace as tracefile
 from externref_harness.catalogue import all_mutants
 from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, replay, run_lockstep_check
-from model import protocol, runtime
-from model.state import Build
+from externref_harness.model import protocol, runtime
+from externref_harness.model.state import Build
 
 CI = settings(settings.get_profile("ci"))
 IMPL_MUTANTS = [m.name for m in all_mutants() if m.layer == "impl"]

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import settings
 
+from externref_harness.model.state import Build
 from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
@@ -14,7 +15,6 @@ from externref_harness.model_check import (
     make_model_machine,
     run_model_check,
 )
-from model.state import Build
 
 #: The pytest-native form of the machine (Hypothesis shrinks and prints on failure), at the seed's
 #: own CHUNK_SIZE; the tiny-chunk configuration runs below through `run_model_check`.
@@ -39,6 +39,6 @@ def test_every_interesting_path_is_reached_under_the_ci_profile(build: Build) ->
 
 
 def _all_tags() -> list[str]:
-    from model.ops import ALL_OPS
+    from externref_harness.model.ops import ALL_OPS
 
     return [cls.TAG for cls in ALL_OPS]

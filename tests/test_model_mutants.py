@@ -9,10 +9,10 @@ import pytest
 from hypothesis import settings
 
 from externref_harness import trace as tracefile
+from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
+from externref_harness.model.state import Build
 from externref_harness.model_check import MACHINE_BOUNDS, MACHINE_CONFIG, run_model_check
 from externref_harness.shrink import model_failure
-from model.mutants import MODEL_MUTANTS, Mutant
-from model.state import Build
 
 
 @pytest.mark.parametrize("mutant", MODEL_MUTANTS, ids=lambda m: m.name)

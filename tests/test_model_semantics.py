@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from model import ops
-from model.layout import layout_for
-from model.observation import Err, Misuse, Observation, Ok, Panic
-from model.ops import Op
-from model.state import STACK_TOP, Config, State
-from model.transition import run, step
-from specs.invariants import violations
+from externref_harness.model import ops
+from externref_harness.model.layout import layout_for
+from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
+from externref_harness.model.ops import Op
+from externref_harness.model.state import STACK_TOP, Config, State
+from externref_harness.model.transition import run, step
+from externref_harness.specs.invariants import violations
 
 DEBUG = Config(chunk_size=4, slots=3, n_globals=1)
 RELEASE = Config(chunk_size=4, slots=3, n_globals=1, build="release")

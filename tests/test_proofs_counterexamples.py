@@ -10,11 +10,11 @@ import pytest
 
 from externref_harness import lockstep
 from externref_harness import trace as tracefile
+from externref_harness.model import ops
+from externref_harness.model.protocol import CVE_2021_39216
+from externref_harness.model.runtime import FAULT_USE_AFTER_FREE
 from externref_harness.proofs import IMPL_COUNTERPART, SHARED
-from model import ops
-from model.protocol import CVE_2021_39216
-from model.runtime import FAULT_USE_AFTER_FREE
-from specs.counterexamples import (
+from externref_harness.specs.counterexamples import (
     Counterexample,
     assumptions_on_model_state,
     find_counterexample,
@@ -22,9 +22,9 @@ from specs.counterexamples import (
     replay_on_model,
     scenario_trace,
 )
-from specs.mutants import DROP_ROOTS_IN_TABLE
-from specs.sweep_encoding import Bounds
-from specs.sweep_proofs import SEEDED, VARIANTS
+from externref_harness.specs.mutants import DROP_ROOTS_IN_TABLE
+from externref_harness.specs.sweep_encoding import Bounds
+from externref_harness.specs.sweep_proofs import SEEDED, VARIANTS
 
 BOUNDS = Bounds(4, 3, 3, 3)
 

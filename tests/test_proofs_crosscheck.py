@@ -13,11 +13,10 @@ import z3
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from externref_harness.model_check import MACHINE_BOUNDS, MACHINE_CONFIG
-from model import ops
-from model.moves import moves, ordered_kinds
-from model.protocol import CVE_2021_39216
-from model.runtime import (
+from externref_harness.model import ops
+from externref_harness.model.moves import moves, ordered_kinds
+from externref_harness.model.protocol import CVE_2021_39216
+from externref_harness.model.runtime import (
     CVE_2021_39218,
     CVE_2022_24791,
     CVE_2022_31146,
@@ -29,14 +28,15 @@ from model.runtime import (
     SWEEP_WITHOUT_CANARY,
     DebugAssertion,
 )
-from model.state import Build, Config, HostFrame, State
-from model.transition import step
-from model.world import Machine
-from specs import invariants
-from specs.counterexamples import find_counterexample, replay_on_model, scenario_trace
-from specs.mutants import DROP_ROOTS_IN_TABLE
-from specs.sweep_encoding import Bounds, GcOutcome, GcState, Switches, evaluate, gc
-from specs.sweep_proofs import PROPERTIES, SEEDED, VARIANTS, assumptions
+from externref_harness.model.state import Build, Config, HostFrame, State
+from externref_harness.model.transition import step
+from externref_harness.model.world import Machine
+from externref_harness.model_check import MACHINE_BOUNDS, MACHINE_CONFIG
+from externref_harness.specs import invariants
+from externref_harness.specs.counterexamples import find_counterexample, replay_on_model, scenario_trace
+from externref_harness.specs.mutants import DROP_ROOTS_IN_TABLE
+from externref_harness.specs.sweep_encoding import Bounds, GcOutcome, GcState, Switches, evaluate, gc
+from externref_harness.specs.sweep_proofs import PROPERTIES, SEEDED, VARIANTS, assumptions
 
 BUILDS: tuple[Build, ...] = ("debug", "release")
 MUTANTS = (

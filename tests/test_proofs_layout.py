@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 import z3
 
-from model import layout
-from specs.layout_proofs import (
+from externref_harness.model import layout
+from externref_harness.specs.layout_proofs import (
     PROPERTIES,
     SMALLEST_INVALID_SIZE,
     LayoutTerms,
     invalid_layout_example,
     prove_layout,
 )
-from specs.offset_proofs import OffsetFact, check_facts, offset_facts, prove_offsets
-from specs.proving import check_valid
+from externref_harness.specs.offset_proofs import OffsetFact, check_facts, offset_facts, prove_offsets
+from externref_harness.specs.proving import check_valid
 
 
 def test_every_layout_property_is_proven_for_every_rust_type_layout() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from specs.proving import check_valid, find_example
-from specs.sweep_encoding import Bounds, GcState, Namer, Switches, gc
-from specs.sweep_induction import prove_unbounded
-from specs.sweep_proofs import (
+from externref_harness.specs.proving import check_valid, find_example
+from externref_harness.specs.sweep_encoding import Bounds, GcState, Namer, Switches, gc
+from externref_harness.specs.sweep_induction import prove_unbounded
+from externref_harness.specs.sweep_proofs import (
     PROPERTIES,
     SEEDED,
     VARIANTS,

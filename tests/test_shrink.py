@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from externref_harness.model import ops
+from externref_harness.model.ops import Op
+from externref_harness.model.state import Config
 from externref_harness.shrink import ddmin, model_failure, shrink_model_trace, without_step
-from model import ops
-from model.ops import Op
-from model.state import Config
 
 
 def test_ddmin_finds_a_one_minimal_failing_subsequence() -> None:
