@@ -56,6 +56,21 @@ MAX_TEARDOWN_STEPS = 200
 AdapterFactory = Callable[[], ImplAdapter]
 
 
+@dataclass(frozen=True)
+class LockstepOptions:
+    """What a lockstep run holds an implementation to, and what to call it in reports."""
+
+    #: Only checks of these levels (`memory_checks.CHECKS`) fail a step.
+    levels: frozenset[Level] = frozenset(("conformant", "strict"))
+    #: Checks known to diverge (an expectations file): reported, not failing.
+    expected: frozenset[str] = frozenset()
+    #: The implementation, as reports name it.
+    impl_name: str = "ctypes impl"
+
+
+DEFAULT_OPTIONS = LockstepOptions()
+
+
 # --- one run on both sides -------------------------------------------------------------------------
 
 
@@ -78,8 +93,7 @@ class Lockstep:
         cfg: Config,
         adapter: ImplAdapter,
         check_invariants: bool = True,
-        levels: frozenset[Level] = frozenset(("conformant", "strict")),
-        expected: frozenset[str] = frozenset(),
+        options: LockstepOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.cfg = cfg
         self.state = State.initial(cfg)
@@ -87,8 +101,8 @@ class Lockstep:
         self.refs = RefMap()
         self.check_invariants = check_invariants
         #: Only checks of these levels fail a step; `expected` names checks known to diverge.
-        self.levels = levels
-        self.expected = expected
+        self.levels = options.levels
+        self.expected = options.expected
         #: Checks that failed but were expected to (an expectations file): reported, not failing.
         self.expected_seen: set[str] = set()
         self._chunk = ChunkCompare()
@@ -199,6 +213,8 @@ class Driven:
     states: list[State]
     model_failure: Failure | None = None
     impl_failure: Failure | None = None
+    #: Expected divergences (`LockstepOptions.expected`) that did happen.
+    expected_seen: frozenset[str] = frozenset()
 
     @property
     def first(self) -> Failure | None:
@@ -210,13 +226,19 @@ MODEL = "model"
 IMPLEMENTATION = "implementation"
 
 
-def drive(cfg: Config, steps: Sequence[ops.Op], adapter: ImplAdapter, until_first: bool) -> Driven:
+def drive(
+    cfg: Config,
+    steps: Sequence[ops.Op],
+    adapter: ImplAdapter,
+    until_first: bool,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+) -> Driven:
     """Run `steps` in lockstep, then tear down (unless a side panicked or already failed).
 
     With `until_first`, stop at the first failure of either side; otherwise go on until both
     sides have failed, so each side's first failure is known.
     """
-    run = Lockstep(cfg, adapter)
+    run = Lockstep(cfg, adapter, options=options)
     out = Driven([], [], [run.state])
 
     def note(at: int, op: ops.Op, check: StepCheck) -> bool:
@@ -245,23 +267,27 @@ def drive(cfg: Config, steps: Sequence[ops.Op], adapter: ImplAdapter, until_firs
             out.impl_failure = Failure(teardown, IMPLEMENTATION, problem)
         return out
     finally:
+        out.expected_seen = frozenset(run.expected_seen)
         run.close()
 
 
 def shrink_lockstep_trace(
-    cfg: Config, steps: Sequence[ops.Op], adapter_factory: AdapterFactory = InProcessImpl
+    cfg: Config,
+    steps: Sequence[ops.Op],
+    adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
 ) -> list[ops.Op]:
     """The shortest-found trace that still fails on the same side, cut at its failing step."""
-    original = drive(cfg, steps, adapter_factory(), until_first=True).first
+    original = drive(cfg, steps, adapter_factory(), until_first=True, options=options).first
     if original is None:
         return list(steps)
 
     def fails(candidate: Sequence[ops.Op]) -> bool:
-        found = drive(cfg, candidate, adapter_factory(), until_first=True).first
+        found = drive(cfg, candidate, adapter_factory(), until_first=True, options=options).first
         return found is not None and found.side == original.side
 
     shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
-    final = drive(cfg, shrunk, adapter_factory(), until_first=True).first
+    final = drive(cfg, shrunk, adapter_factory(), until_first=True, options=options).first
     assert final is not None
     return shrunk[: final.step]
 
@@ -274,6 +300,7 @@ def make_lockstep_machine(
     bounds: Bounds = LOCKSTEP_BOUNDS,
     stats: RunStats | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
 ) -> type[RuleBasedStateMachine]:
     """A fresh machine class bound to one config (and so to at most one mutant, of any layer)."""
     run_stats = stats if stats is not None else RunStats()
@@ -281,7 +308,7 @@ def make_lockstep_machine(
     class LockstepMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            self.run = Lockstep(cfg, adapter_factory())
+            self.run = Lockstep(cfg, adapter_factory(), options=options)
             self.steps: list[ops.Op] = []
             self.observations: list[Observation] = []
             self.failed = False
@@ -341,15 +368,16 @@ def run_lockstep_check(
     hypothesis_settings: settings | None = None,
     save_as: Path | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
 ) -> CheckOutcome:
     """The lockstep machine under a profile's budget; a failure is shrunk, printed and saved."""
     stats = RunStats()
-    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory)
+    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options)
     try:
         run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
     except InvariantViolation as e:
         return CheckOutcome(
-            "lockstep", False, stats, report_lockstep_failure(cfg, e, save_as, adapter_factory)
+            "lockstep", False, stats, report_lockstep_failure(cfg, e, save_as, adapter_factory, options)
         )
     return CheckOutcome("lockstep", True, stats)
 
@@ -359,10 +387,11 @@ def report_lockstep_failure(
     failure: InvariantViolation,
     save_as: Path | None,
     adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
 ) -> str:
     """Shrink the failing steps, print them with the state diff, and save them for replay."""
-    steps = shrink_lockstep_trace(cfg, failure.steps, adapter_factory)
-    driven = drive(cfg, steps, adapter_factory(), until_first=True)
+    steps = shrink_lockstep_trace(cfg, failure.steps, adapter_factory, options)
+    driven = drive(cfg, steps, adapter_factory(), until_first=True, options=options)
     found = driven.first
     problem = failure.problem if found is None else found.problem
     teardown = " and the teardown" if found is not None and found.step > len(steps) else ""
@@ -370,7 +399,7 @@ def report_lockstep_failure(
         # Only the machine knew this failure (a misuse expectation): show the steps it ran.
         del driven.steps[len(steps) :], driven.observations[len(steps) :], driven.states[len(steps) + 1 :]
     return save_and_format(
-        f"Lockstep check failed ({cfg.build} build, mutant={cfg.mutant}; shrunk from "
+        f"Lockstep check of {options.impl_name} failed ({cfg.build} build, mutant={cfg.mutant}; shrunk from "
         f"{len(failure.steps)} to {len(steps)} steps{teardown}): {problem}",
         cfg,
         driven.steps,
@@ -408,9 +437,11 @@ class ReplayReport:
         )
 
 
-def replay(trace: tracefile.Trace, adapter: ImplAdapter | None = None) -> ReplayReport:
+def replay(
+    trace: tracefile.Trace, adapter: ImplAdapter | None = None, options: LockstepOptions = DEFAULT_OPTIONS
+) -> ReplayReport:
     """Run a trace on both sides with its config (its mutant, of any layer, included)."""
-    driven = drive(trace.config, trace.steps, adapter or InProcessImpl(), until_first=False)
+    driven = drive(trace.config, trace.steps, adapter or InProcessImpl(), until_first=False, options=options)
 
     def at(failure: Failure | None) -> tuple[int, str] | None:
         return None if failure is None else (failure.step, failure.problem)

@@ -32,7 +32,13 @@ from externref_harness.impl.heap import FREED, CheckingHeap
 from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
 from externref_harness.impl.values import fill_byte
 from externref_harness.model import ops, protocol
-from externref_harness.model.host import HostBookkeeping, check_arity, check_instantiation, check_value_layout
+from externref_harness.model.host import (
+    HostBookkeeping,
+    check_arity,
+    check_insert_count,
+    check_instantiation,
+    check_value_layout,
+)
 from externref_harness.model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
@@ -283,6 +289,17 @@ class World(HostBookkeeping):
 
     def op_InsertWithoutGc(self, op: ops.InsertWithoutGc) -> None:
         self.insert_without_gc(self._take(op.h))
+
+    def op_InsertMany(self, op: ops.InsertMany) -> None:
+        r = self._handle(op.h)
+        check_insert_count(op.count)
+        if op.gc:
+            self._refuse_gc("insert_with_gc")
+        for _ in range(op.count):
+            if op.gc:
+                self.insert_with_gc(self.clone(r))
+            else:
+                self.insert_without_gc(self.clone(r))
 
     def op_BumpCapacityRemaining(self, op: ops.BumpCapacityRemaining) -> int:
         return self.bump_capacity_remaining()
