@@ -15,6 +15,7 @@ model machine's move drawing, labels and failure report) and `replay` of a saved
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,8 @@ class LockstepOptions:
     expected: frozenset[str] = frozenset()
     #: The implementation, as reports name it.
     impl_name: str = "ctypes impl"
+    #: What `replay` needs besides the trace to run it on the same implementation.
+    replay_args: str = ""
 
 
 DEFAULT_OPTIONS = LockstepOptions()
@@ -138,6 +141,9 @@ class Lockstep:
             self.refs.add(footer, value)
         model_view = project_model(op, obs, before, self.state)
         impl_view = project_impl(op, outcome, probe, self.refs)
+        if outcome.result[0] == "unsupported":
+            # The runtime lacks this optional function (`num_filled_in_bump_chunk`, `elements`).
+            impl_view = dataclasses.replace(impl_view, result=model_view.result)
         problems = [
             Problem(
                 f"observed.{name}", f"model {getattr(model_view, name)!r}, impl {getattr(impl_view, name)!r}"
@@ -407,6 +413,7 @@ def report_lockstep_failure(
         driven.states,
         problem,
         save_as,
+        options.replay_args,
     )
 
 

@@ -52,7 +52,8 @@ def format_report(report: PlainReport) -> str:
 
 
 class StepOutcome(NamedTuple):
-    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` or `("panic", message)`.
+    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)`, `("panic", message)`, or
+    #: `("unsupported", name)` for an optional function the runtime does not offer.
     result: tuple[Any, ...]
     #: Addresses of the values whose destructor ran during the step, in order.
     dropped: tuple[int, ...]

@@ -27,6 +27,7 @@ from externref_harness.impl.backend import (
     Hooks,
     RuntimeBackend,
     StackView,
+    Unsupported,
 )
 from externref_harness.impl.heap import FREED, CheckingHeap
 from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
@@ -154,6 +155,9 @@ class World(HostBookkeeping):
             return ("misuse", e.kind, e.detail)
         except SeedErr as e:
             return ("err", str(e))
+        except Unsupported as e:
+            # An optional function the runtime does not offer: nothing to compare.
+            return ("unsupported", str(e))
         except DebugAssertion as e:
             self.panic = str(e)
             return ("panic", self.panic)
