@@ -92,7 +92,28 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
         write_frame(responses, ("ok", reply))
 
 
+def describe(path: str) -> int:
+    """`--describe PATH`: load and validate the library here, print its description as JSON.
+
+    The parent never loads an implementation itself: a library whose constructor or `xr_describe`
+    crashes takes down only this process."""
+    import dataclasses
+    import json
+
+    from externref_harness.native.library import LibraryError, load_library
+
+    try:
+        library = load_library(path)
+    except LibraryError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(json.dumps(dataclasses.asdict(library.description)))
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--describe"]:
+        return describe(argv[1])
     impl = None
     if argv[:1] == ["--impl"]:
         impl, argv = argv[1], argv[2:]

@@ -158,8 +158,8 @@ C_VARIANTS: dict[str, CVariant] = {
     "c-loose": CVariant(
         "c-loose",
         "XR_VARIANT_LOOSE",
-        "chunk size 256, bump_capacity_remaining in slots instead of bytes, set members dropped "
-        "in descending address order within a sweep",
+        "chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep that clears the "
+        "chunk youngest slot first and drops set members in descending address order",
     ),
 }
 

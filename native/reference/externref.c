@@ -7,8 +7,9 @@
  *   XR_DEBUG=0|1          the seed's cfg(debug_assertions): every debug_assert! and gc_okay.
  *   XR_CHUNK_SIZE=N       VMExternRefActivationsTable::CHUNK_SIZE (default 512; 256 when loose).
  *   XR_NO_OPTIONAL        export none of the optional symbols.
- *   XR_VARIANT_LOOSE      correct but not seed-exact (chunk 256, capacity in slots, descending
- *                         drops of set members in a sweep).
+ *   XR_VARIANT_LOOSE      correct but not seed-exact (chunk 256, capacity in slots, a sweep that
+ *                         clears the chunk youngest slot first and drops set members in
+ *                         descending address order).
  *   XR_BUG_*              one seeded bug each.
  *   XR_REPORT_*           what xr_abi_version / xr_describe report (to test the loader's refusals).
  *
@@ -505,7 +506,12 @@ static void sweep(xr_table *t) {
     /* Sweep the bump chunk. */
     size_t num_filled = num_filled_in_bump_chunk(t);
     t->next = t->end;
-    for (size_t i = 0; i < num_filled; i++) {
+    for (size_t k = 0; k < num_filled; k++) {
+#ifdef XR_VARIANT_LOOSE
+        size_t i = num_filled - 1 - k; /* the youngest slot first */
+#else
+        size_t i = k;
+#endif
         /* `*slot.get() = None`: the old ref is dropped in place, then None written. */
         uintptr_t old = t->chunk_ptr[i];
         if (old) ref_drop(old);
