@@ -26,6 +26,12 @@ class CheckOptions:
     build: Build = "debug"
     mutant: str | None = None
     failures: Path = field(default_factory=failures_dir)
+    #: A native library behind the C ABI to check instead of the Python port.
+    impl: Path | None = None
+    #: The chunk size of the lockstep run (None: the machine's small chunk, or the library's own).
+    chunk_size: int | None = None
+    #: `--build` was given explicitly (a native library's own build is used otherwise).
+    build_given: bool = False
 
 
 @dataclass
@@ -43,6 +49,9 @@ class Check:
     run: Callable[[CheckOptions], CheckResult]
     #: Whether a seeded bug changes what this check runs (others run the seed as it is).
     exercises: Callable[[str], bool]
+    #: Whether it checks an implementation (and so runs against `--impl`); the others check the
+    #: harness's own model and proofs.
+    checks_impl: bool = False
 
 
 def _model(opts: CheckOptions) -> CheckResult:
@@ -66,16 +75,38 @@ def _machine_figures(stats: RunStats) -> dict[str, str]:
 
 
 def _lockstep(opts: CheckOptions) -> CheckResult:
-    """The ctypes implementation against the model; a mutant of any layer applies (the model
-    ignores the implementation's)."""
+    """An implementation (the Python port, or `--impl`) against the model; a mutant of any layer
+    applies (the model ignores the implementation's)."""
     from dataclasses import replace
 
-    from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, run_lockstep_check
+    from externref_harness.lockstep import (
+        LOCKSTEP_BOUNDS,
+        LOCKSTEP_CONFIG,
+        LockstepOptions,
+        run_lockstep_check,
+    )
+    from externref_harness.targets import bounds_for, target
 
-    cfg = replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
-    save_as = opts.failures / f"lockstep-{opts.mutant or 'seed'}-{opts.build}.json"
-    out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, opts.hypothesis_settings, save_as)
-    return CheckResult("lockstep model vs ctypes impl", out.passed, _machine_figures(out.stats), out.failure)
+    chosen = target(opts.impl)
+    build = opts.build if opts.build_given or opts.impl is None else None
+    cfg = replace(chosen.config(LOCKSTEP_CONFIG, build, opts.chunk_size), mutant=opts.mutant)
+    label = "seed" if opts.impl is None else opts.impl.stem
+    save_as = (
+        opts.failures / f"lockstep-{label}-{opts.mutant or 'seed'}-{cfg.build}-chunk{cfg.chunk_size}.json"
+    )
+    out = run_lockstep_check(
+        cfg,
+        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        opts.hypothesis_settings,
+        save_as,
+        chosen.adapter_factory,
+        LockstepOptions(
+            impl_name=chosen.name,
+            replay_args="" if opts.impl is None else f"--impl {opts.impl}",
+        ),
+    )
+    figures = {**_machine_figures(out.stats), "chunk": str(cfg.chunk_size)}
+    return CheckResult(f"lockstep model vs {chosen.name}", out.passed, figures, out.failure)
 
 
 def _proofs(opts: CheckOptions) -> CheckResult:
@@ -108,6 +139,6 @@ def _proofs_exercise(mutant: str) -> bool:
 
 CHECKS: list[Check] = [
     Check("model", _model, lambda mutant: mutant in model_mutant_names()),
-    Check("lockstep", _lockstep, _lockstep_exercises),
+    Check("lockstep", _lockstep, _lockstep_exercises, checks_impl=True),
     Check("proofs", _proofs, _proofs_exercise),
 ]

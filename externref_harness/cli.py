@@ -13,6 +13,8 @@ from types import ModuleType
 
 from externref_harness.catalogue import UnknownMutant
 from externref_harness.errors import UsageError
+from externref_harness.native.build import BuildError
+from externref_harness.native.library import LibraryError
 from externref_harness.trace import TraceFormatError
 
 #: (name, module, one-line help)
@@ -22,6 +24,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("explore", "externref_harness.cmd_explore", "exhaustive bounded search of the model's states"),
     ("replay", "externref_harness.cmd_replay", "replay a saved trace on the model and the impl"),
     ("prove", "externref_harness.cmd_prove", "z3 proofs: layout, offsets, sweep safety"),
+    ("reference", "externref_harness.cmd_reference", "build the C reference implementation, print its path"),
 )
 
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = modules[args.command].run(args)
-    except (UsageError, UnknownMutant, TraceFormatError) as e:
+    except (UsageError, UnknownMutant, TraceFormatError, LibraryError, BuildError) as e:
         print(f"externref-harness {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -18,6 +18,10 @@ from externref_harness.report import format_steps
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("trace", type=Path, help="a trace file saved by explore, check or a test")
+    p.add_argument(
+        "--impl", type=Path, default=None, metavar="PATH.so",
+        help="replay on this native library (the C ABI) instead of the Python port",
+    )  # fmt: skip
 
 
 def load(path: Path) -> tracefile.Trace:
@@ -42,9 +46,15 @@ def load(path: Path) -> tracefile.Trace:
 
 
 def run(args: argparse.Namespace) -> int:
+    from externref_harness.targets import target
+
     trace = load(args.trace)
+    chosen = target(args.impl)
+    if chosen.library is not None:
+        # The trace's config must be one the library can run (its build, its chunk size).
+        chosen.config(trace.config, trace.config.build, trace.config.chunk_size)
     cfg = trace.config
-    report = lockstep.replay(trace)
+    report = lockstep.replay(trace, chosen.adapter_factory(), lockstep.LockstepOptions(impl_name=chosen.name))
     observations = [obs for _, obs in run_model(cfg, trace.steps)]
     failing = report.model_failure[0] if report.model_failure is not None else None
     print(f"trace {args.trace}: {len(trace.steps)} steps ({cfg.build} build, mutant={cfg.mutant})")

@@ -72,11 +72,14 @@ def save_and_format(
     states: Sequence[State],
     problem: str,
     save_as: Path | None,
+    replay_args: str = "",
 ) -> str:
-    """Save a shrunk failing trace for replay and print it; `states` starts with the initial one."""
+    """Save a shrunk failing trace for replay and print it; `states` starts with the initial one.
+
+    `replay_args` are the options `replay` needs besides the trace (e.g. `--impl PATH.so`)."""
     saved = None
     if save_as is not None:
         tracefile.save(tracefile.Trace(cfg, tuple(steps), problem), save_as)
-        saved = str(save_as)
+        saved = f"{save_as} {replay_args}".rstrip()
     before = states[-2] if len(states) >= 2 else states[-1]
     return format_failure(title, steps, observations, before, states[-1], saved)

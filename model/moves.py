@@ -46,6 +46,9 @@ class Bounds:
     opaque_host_frames: bool = True
     #: Include instantiation and teardown of the externref globals.
     globals: bool = True
+    #: Include host loops of inserts (`InsertMany`) sized to fill the chunk: what reaches the
+    #: full-chunk and slow paths when the chunk has the seed's 512 slots.
+    insert_many: bool = False
 
 
 def moves(cfg: Config, bounds: Bounds, state: State) -> dict[str, list[ops.Op]]:
@@ -72,7 +75,7 @@ KIND_ORDER: tuple[str, ...] = (
     "new", "call_wasm", "wasm_call_host", "gc", "wasm_global_get", "wasm_call_wasm",
     "wasm_return", "return_to_wasm", "wasm_move", "wasm_null", "wasm_scalar", "wasm_global_set",
     "init_globals", "host_global_set", "host_global_get", "teardown_globals", "clone", "drop",
-    "insert_with_gc", "insert_without_gc", "try_insert", "as_raw", "into_raw", "from_raw",
+    "insert_with_gc", "insert_without_gc", "insert_many", "try_insert", "as_raw", "into_raw", "from_raw",
     "clone_from_raw", "set_gc_okay", "set_stack_canary", "strong_count", "deref", "eq", "cmp",
     "elements", "bump_capacity_remaining", "num_filled_in_bump_chunk", "stack_canary",
 )  # fmt: skip
@@ -111,6 +114,11 @@ def _host_moves(
         if may_gc:
             add(ops.InsertWithGc(h))
         add(ops.InsertWithoutGc(h))
+        if bounds.insert_many:
+            for count in _loop_counts(cfg, state):
+                add(ops.InsertMany(h, count, gc=False))
+                if may_gc:
+                    add(ops.InsertMany(h, count, gc=True))
         if bounds.observers:
             add(ops.StrongCount(h))
             add(ops.Deref(h))
@@ -157,6 +165,13 @@ def _host_moves(
         add(ops.ReturnToWasm(None))
         for h in live:
             add(ops.ReturnToWasm(h))
+
+
+def _loop_counts(cfg: Config, state: State) -> list[int]:
+    """Loop lengths that fill the chunk to one short of full, to full, and one past it."""
+    table = state.table
+    free = (len(table.chunk) if table.chunk else cfg.chunk_size) - table.next
+    return sorted({c for c in (free - 1, free, free + 1) if c > 1})
 
 
 def _wasm_moves(

@@ -141,6 +141,20 @@ class InsertWithoutGc(Op):
 
 
 @dataclass(frozen=True, slots=True)
+class InsertMany(Op):
+    """A host loop: `count` clones of handle `h` moved into the table one after another, each with
+    `insert_with_gc` (`gc`) or `insert_without_gc`; the handle itself stays the host's.
+
+    One step, so a full 512-slot chunk (and the slow paths and GCs it leads to) is a few steps
+    away, as it is for an embedder that passes many refs in a loop."""
+
+    TAG = "insert_many"
+    h: int
+    count: int
+    gc: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BumpCapacityRemaining(Op):
     TAG = "bump_capacity_remaining"
 
@@ -311,7 +325,7 @@ class WasmReturn(Op):
 
 ALL_OPS: tuple[type[Op], ...] = (
     New, Clone, Drop, AsRaw, IntoRaw, FromRaw, CloneFromRaw, StrongCount, Eq, Cmp, Deref,
-    TryInsert, InsertWithGc, InsertWithoutGc, BumpCapacityRemaining, NumFilledInBumpChunk,
+    TryInsert, InsertWithGc, InsertWithoutGc, InsertMany, BumpCapacityRemaining, NumFilledInBumpChunk,
     Elements, SetStackCanary, StackCanary, SetGcOkay, Gc,
     InitGlobals, HostGlobalSet, HostGlobalGet, TeardownGlobals, CallWasm, ReturnToWasm,
     WasmMove, WasmNull, WasmScalar, WasmGlobalGet, WasmGlobalSet, WasmCallWasm, WasmCallHost,
@@ -374,7 +388,8 @@ def op_from_json(obj: object) -> Op:
 HANDLE_FIELDS: dict[type[Op], tuple[str, ...]] = {
     Clone: ("h",), Drop: ("h",), AsRaw: ("h",), IntoRaw: ("h",), StrongCount: ("h",),
     Eq: ("a", "b"), Cmp: ("a", "b"), Deref: ("h",), TryInsert: ("h",), InsertWithGc: ("h",),
-    InsertWithoutGc: ("h",), HostGlobalSet: ("h",), CallWasm: ("args",), ReturnToWasm: ("h",),
+    InsertWithoutGc: ("h",), InsertMany: ("h",), HostGlobalSet: ("h",), CallWasm: ("args",),
+    ReturnToWasm: ("h",),
 }  # fmt: skip
 #: Fields that index the host's raw pointers.
 RAW_FIELDS: dict[type[Op], tuple[str, ...]] = {FromRaw: ("p",), CloneFromRaw: ("p",)}
