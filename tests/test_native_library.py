@@ -485,6 +485,11 @@ def test_refuses_a_library_lacking_symbols(tmp_path: Path) -> None:
     assert message.endswith("missing required symbols: " + ", ".join(missing))
 
 
+def test_asks_the_version_before_requiring_the_other_symbols(tmp_path: Path) -> None:
+    path = _stub_library(tmp_path, "unsigned xr_abi_version(void) { return 2; }\n", "version2only")
+    assert _refusal(path).endswith("ABI version 2, the harness speaks version 1")
+
+
 def test_asks_the_version_before_describe(tmp_path: Path) -> None:
     stubs = "".join(
         f"void {name}(void) {{}}\n"
