@@ -137,7 +137,8 @@ C_BUGS: dict[str, CBug] = {
         ),
         _bug(
             "c-drop-reread",
-            "drop decides to free on a re-read of the count (== 0) instead of fetch_sub's result",
+            "drop decides to free on a re-read of the count (== 0), a few microseconds after its fetch_sub, "
+            "instead of on fetch_sub's result",
             "check-then-act race: two threads dropping at once can both free (double free)",
             "threads",
         ),

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifndef XR_DEBUG
 #define XR_DEBUG 1
@@ -252,13 +253,21 @@ static void drop_and_dealloc(VMExternData *data) {
     xr_dealloc(alloc_ptr, lay.size, lay.align);
 }
 
+#if defined(XR_BUG_NONATOMIC_COUNT) || defined(XR_BUG_DROP_REREAD)
+/* Widens a race window (a few microseconds) so that threads driven from the harness, whose calls
+ * are microseconds apart, can fall into it. */
+static void race_window(void) {
+    struct timespec pause = {0, 5000};
+    nanosleep(&pause, NULL);
+}
+#endif
+
 #ifdef XR_BUG_NONATOMIC_COUNT
 /* A plain load, a pause, a plain store: the window in which another thread's change is lost. */
 static size_t racy_add(size_t *count, size_t delta) {
     volatile size_t *p = count;
     size_t old = *p;
-    for (volatile int spin = 0; spin < 64; spin++) {
-    }
+    race_window();
     *p = old + delta;
     return old;
 }
@@ -290,7 +299,7 @@ static void ref_drop(xr_ref r) {
 #if defined(XR_BUG_EARLY_FREE)
     if (old != 2) return;
 #elif defined(XR_BUG_DROP_REREAD)
-    if ((void)old, __atomic_load_n(&data->ref_count, __ATOMIC_RELAXED) != 0) return;
+    if ((void)old, race_window(), __atomic_load_n(&data->ref_count, __ATOMIC_RELAXED) != 0) return;
 #else
     if (old != 1) return;
 #endif
