@@ -16,6 +16,7 @@ model machine's move drawing, labels and failure report) and `replay` of a saved
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,15 +130,17 @@ class Lockstep:
     def _impl_step(
         self, op: ops.Op, obs: Observation, before: State
     ) -> tuple[str | None, tuple[Problem, ...]]:
-        # Below the strict level the embedder's pre-GC check uses the model's capacity (in the
-        # seed's bytes), so a runtime that counts in slots is not charged for the embedder's choice.
-        capacity = None if STRICT in self.levels else SeedRuntime(self.cfg, before).bump_capacity_remaining()
+        # Below the strict level, or when capacity in another unit is an expected divergence, the
+        # embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
+        # counts in slots is not charged for the embedder's choice.
+        capacity = None
+        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+            capacity = SeedRuntime(self.cfg, before).bump_capacity_remaining()
         try:
-            outcome = (
-                self.adapter.step(plain_op(op), capacity)
-                if capacity is not None
-                else (self.adapter.step(plain_op(op)))
-            )
+            if capacity is None:
+                outcome = self.adapter.step(plain_op(op))
+            else:
+                outcome = self.adapter.step(plain_op(op), capacity)
             probe = self.adapter.probe()
         except Exception as e:  # the implementation under test crashed: that is its failure
             return f"the implementation raised {type(e).__name__}: {e}", ()
@@ -340,18 +343,30 @@ def shrink_lockstep_trace(
 # --- the hypothesis machine ------------------------------------------------------------------------
 
 
+class SearchStopped(Exception):
+    """The search's time limit passed: no more examples are started."""
+
+
 def make_lockstep_machine(
     cfg: Config = LOCKSTEP_CONFIG,
     bounds: Bounds = LOCKSTEP_BOUNDS,
     stats: RunStats | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
     options: LockstepOptions = DEFAULT_OPTIONS,
+    stop_at: float | None = None,
+    expected_seen: set[str] | None = None,
 ) -> type[RuleBasedStateMachine]:
-    """A fresh machine class bound to one config (and so to at most one mutant, of any layer)."""
+    """A fresh machine class bound to one config (and so to at most one mutant, of any layer).
+
+    `stop_at` (a `time.monotonic()` deadline) ends the search before the next example starts;
+    `expected_seen` collects the expected divergences every example showed."""
     run_stats = stats if stats is not None else RunStats()
+    seen = expected_seen if expected_seen is not None else set()
 
     class LockstepMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
+            if stop_at is not None and time.monotonic() > stop_at:
+                raise SearchStopped()
             super().__init__()
             self.run = Lockstep(cfg, adapter_factory(), options=options)
             self.steps: list[ops.Op] = []
@@ -401,6 +416,7 @@ def make_lockstep_machine(
                     if problem is not None:
                         self.fail(problem, self.run.state)
             finally:
+                seen.update(self.run.expected_seen)
                 self.run.close()
 
     LockstepMachine.__name__ = LockstepMachine.__qualname__ = "LockstepMachine"
@@ -414,17 +430,23 @@ def run_lockstep_check(
     save_as: Path | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
     options: LockstepOptions = DEFAULT_OPTIONS,
+    shrink_adapter_factory: AdapterFactory | None = None,
+    stop_at: float | None = None,
 ) -> CheckOutcome:
-    """The lockstep machine under a profile's budget; a failure is shrunk, printed and saved."""
+    """The lockstep machine under a profile's budget (and an optional `time.monotonic()` deadline);
+    a failure is shrunk (on `shrink_adapter_factory`'s adapters, when given), printed and saved."""
     stats = RunStats()
-    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options)
+    seen: set[str] = set()
+    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, stop_at, seen)
     try:
         run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
     except InvariantViolation as e:
-        return CheckOutcome(
-            "lockstep", False, stats, report_lockstep_failure(cfg, e, save_as, adapter_factory, options)
-        )
-    return CheckOutcome("lockstep", True, stats)
+        shrink_with = shrink_adapter_factory or adapter_factory
+        failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options)
+        return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
+    except SearchStopped:
+        return CheckOutcome("lockstep", True, stats, stopped_early=True, expected_seen=frozenset(seen))
+    return CheckOutcome("lockstep", True, stats, expected_seen=frozenset(seen))
 
 
 def report_lockstep_failure(

@@ -218,6 +218,10 @@ class CheckOutcome:
     passed: bool
     stats: RunStats
     failure: str | None = None
+    #: The search stopped at its time limit before the profile's budget was spent.
+    stopped_early: bool = False
+    #: Expected divergences (an expectations file) that the run showed.
+    expected_seen: frozenset[str] = frozenset()
 
 
 def run_model_check(
