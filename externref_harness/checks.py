@@ -14,10 +14,26 @@ from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
     REQUIRED_EVENTS,
+    CheckOutcome,
     RunStats,
     run_model_check,
 )
 from externref_harness.trace import failures_dir
+
+
+@dataclass
+class Live:
+    """What the running check has done so far, read by the progress lines of `check`."""
+
+    stats: RunStats | None = None
+    proofs_done: int | None = None
+
+    def describe(self) -> str:
+        if self.stats is not None:
+            return f"{self.stats.examples} examples, {self.stats.steps} steps"
+        if self.proofs_done is not None:
+            return f"{self.proofs_done} properties decided"
+        return "starting"
 
 
 @dataclass(frozen=True)
@@ -25,7 +41,9 @@ class CheckOptions:
     hypothesis_settings: settings
     build: Build = "debug"
     mutant: str | None = None
-    failures: Path = field(default_factory=failures_dir)
+    #: Where a failing trace is saved (None: not saved).
+    failures: Path | None = field(default_factory=failures_dir)
+    live: Live = field(default_factory=Live)
 
 
 @dataclass
@@ -35,6 +53,10 @@ class CheckResult:
     #: Short figures for the summary table, e.g. {"steps": "12836", "paths": "15/15"}.
     figures: dict[str, str]
     failure: str | None = None
+    #: The saved failing trace, if any.
+    trace: Path | None = None
+    #: The example (1-based) in which the failure first showed, for the machines.
+    examples_needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,20 @@ class Check:
     run: Callable[[CheckOptions], CheckResult]
     #: Whether a seeded bug changes what this check runs (others run the seed as it is).
     exercises: Callable[[str], bool]
+    #: The first word of the name its failing trace is saved under (None: it saves none).
+    saves_as: str | None = None
+
+    def trace_name(self, mutant: str | None, build: str) -> str | None:
+        """The file name of this check's failing trace in the failures directory."""
+        return None if self.saves_as is None else trace_name(self.saves_as, mutant, build)
+
+
+def trace_name(prefix: str, mutant: str | None, build: str) -> str:
+    return f"{prefix}-{mutant or 'seed'}-{build}.json"
+
+
+def _saved(opts: CheckOptions, name: str) -> Path | None:
+    return None if opts.failures is None else opts.failures / name
 
 
 def _model(opts: CheckOptions) -> CheckResult:
@@ -50,9 +86,21 @@ def _model(opts: CheckOptions) -> CheckResult:
 
     mutant = opts.mutant if opts.mutant in model_mutant_names() else None
     cfg = replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
-    save_as = opts.failures / f"model-{mutant or 'seed'}-{opts.build}.json"
-    out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as)
-    return CheckResult("model state machine", out.passed, _machine_figures(out.stats), out.failure)
+    save_as = _saved(opts, trace_name("model", mutant, opts.build))
+    stats = opts.live.stats = RunStats()
+    out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as, stats)
+    return _machine_result("model state machine", out, save_as)
+
+
+def _machine_result(name: str, out: CheckOutcome, save_as: Path | None) -> CheckResult:
+    return CheckResult(
+        name,
+        out.passed,
+        _machine_figures(out.stats),
+        out.failure,
+        None if out.passed else save_as,
+        out.stats.first_failing_example,
+    )
 
 
 def _machine_figures(stats: RunStats) -> dict[str, str]:
@@ -73,9 +121,10 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
     from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, run_lockstep_check
 
     cfg = replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
-    save_as = opts.failures / f"lockstep-{opts.mutant or 'seed'}-{opts.build}.json"
-    out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, opts.hypothesis_settings, save_as)
-    return CheckResult("lockstep model vs ctypes impl", out.passed, _machine_figures(out.stats), out.failure)
+    save_as = _saved(opts, trace_name("lockstep", opts.mutant, opts.build))
+    stats = opts.live.stats = RunStats()
+    out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, opts.hypothesis_settings, save_as, stats=stats)
+    return _machine_result("lockstep model vs ctypes impl", out, save_as)
 
 
 def _proofs(opts: CheckOptions) -> CheckResult:
@@ -85,7 +134,9 @@ def _proofs(opts: CheckOptions) -> CheckResult:
 
     proof_opts = ProofOptions(opts.mutant, DEFAULT_BOUNDS, debug_builds=(opts.build == "debug",))
     proven = 0
+    opts.live.stats, opts.live.proofs_done = None, 0
     for verdict in run_proofs(proof_opts):
+        opts.live.proofs_done += 1
         if not verdict.proven and not verdict.lemma:
             failure = f"{verdict.name}: {verdict.status}: {verdict.detail}"
             return CheckResult("z3 proofs", False, {"proven": str(proven)}, failure)
@@ -107,7 +158,7 @@ def _proofs_exercise(mutant: str) -> bool:
 
 
 CHECKS: list[Check] = [
-    Check("model", _model, lambda mutant: mutant in model_mutant_names()),
-    Check("lockstep", _lockstep, _lockstep_exercises),
+    Check("model", _model, lambda mutant: mutant in model_mutant_names(), "model"),
+    Check("lockstep", _lockstep, _lockstep_exercises, "lockstep"),
     Check("proofs", _proofs, _proofs_exercise),
 ]

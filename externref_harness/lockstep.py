@@ -570,9 +570,11 @@ def run_lockstep_check(
     hypothesis_settings: settings | None = None,
     save_as: Path | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
+    stats: RunStats | None = None,
 ) -> CheckOutcome:
-    """The lockstep machine under a profile's budget; a failure is shrunk, printed and saved."""
-    stats = RunStats()
+    """The lockstep machine under a profile's budget; a failure is shrunk, printed and saved.
+    `stats` (if given) counts as it runs."""
+    stats = stats if stats is not None else RunStats()
     machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory)
     try:
         run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
