@@ -144,7 +144,16 @@ def _indexed(name: str, a: tuple[object, ...], b: tuple[object, ...]) -> list[st
     for i in range(max(len(a), len(b))):
         va = a[i] if i < len(a) else _ABSENT
         vb = b[i] if i < len(b) else _ABSENT
-        if va != vb:
+        if va == vb:
+            continue
+        if type(va) is type(vb) and is_dataclass(va) and fields(va):
+            changed = [
+                f"{f.name} {_value(getattr(va, f.name))} -> {_value(getattr(vb, f.name))}"
+                for f in fields(va)
+                if getattr(va, f.name) != getattr(vb, f.name)
+            ]
+            out.append(f"{name}[{i}]: " + ", ".join(changed))
+        else:
             out.append(f"{name}[{i}]: {_shown_or_absent(va)} -> {_shown_or_absent(vb)}")
     return out
 
