@@ -4,6 +4,7 @@ stale traces, readable steps and diffs, and progress lines off a terminal."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -35,8 +36,8 @@ def test_every_help_lists_exit_statuses_and_every_option_has_help(command: str, 
     from externref_harness.cli import build_parser
 
     parser, _ = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[command]  # type: ignore[union-attr]
-    for action in sub._actions:
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in commands.choices[command]._actions:
         assert action.help, f"{command} {action.option_strings} has no help"
 
 
