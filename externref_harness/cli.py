@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import os
+import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
 from externref_harness.catalogue import UnknownMutant
-from externref_harness.errors import UsageError, printable, shown
+from externref_harness.errors import ECHO_LIMIT, UsageError, printable, shown
 from externref_harness.trace import TraceFormatError
 
 #: (name, module, one-line help)
@@ -34,6 +36,8 @@ MESSAGE_LIMIT = 400
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse quotes the bad value whole: cut each quoted value as every message does.
+        message = re.sub(r"'([^']{%d})[^']+'" % ECHO_LIMIT, r"'\1...'", message)
         self.exit(2, f"{self.prog}: error: {shown(message, MESSAGE_LIMIT)}\n")
 
 
@@ -80,6 +84,15 @@ def _tolerant_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def os_error_message(e: OSError) -> str:
+    """`<file>: <reason>`, or the reason alone: never an empty part (no `error::`)."""
+    what = e.strerror or str(e) or type(e).__name__
+    if not e.filename:
+        return what
+    name = os.fsdecode(e.filename) if isinstance(e.filename, str | bytes) else str(e.filename)
+    return f"{printable(name)}: {what}"
+
+
 def main(argv: list[str] | None = None) -> int:
     _tolerant_streams()
     parser, modules = build_parser()
@@ -98,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, UnknownMutant, TraceFormatError) as e:
         return error(str(e))
     except OSError as e:
-        what = e.strerror or str(e)
-        return error(f"{printable(str(e.filename))}: {what}" if e.filename else what)
+        return error(os_error_message(e))
     except KeyboardInterrupt:
         print(f"externref-harness {command}: interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -86,7 +86,7 @@ def parse_options(args: argparse.Namespace) -> ProofOptions:
     try:
         bounds = Bounds.parse(args.bounds)
     except ValueError as e:
-        raise UsageError(shown(str(e), 200)) from None
+        raise UsageError(f"--bounds: {shown(str(e), 200)}") from None
     try:
         timeout = float(args.timeout)
     except ValueError:

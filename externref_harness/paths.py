@@ -63,7 +63,7 @@ def check_dir(path: Path, where: str) -> None:
     while True:
         try:
             st = os.stat(existing)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if existing.parent == existing:
                 raise UsageError(f"{where} {shown_path(path)}: no such directory") from None
             existing = existing.parent
@@ -92,7 +92,7 @@ def check_file(path: Path, where: str) -> None:
     directory that exists or can be created."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the directory's check names what is wrong
         st = None
     except OSError as e:
         raise UsageError(f"{where} {shown_path(path)}: {e.strerror or e}") from None
@@ -101,7 +101,9 @@ def check_file(path: Path, where: str) -> None:
             raise UsageError(f"{where} {shown_path(path)}: is a directory, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{where} {shown_path(path)}: not a regular file ({file_kind(st.st_mode)})")
-        if not os.access(path, os.W_OK):
+        # The mode bits too: saving replaces the file by a rename, which its mode would not stop,
+        # and a file made read-only is one its owner means to keep.
+        if not os.access(path, os.W_OK) or not st.st_mode & 0o222:
             raise UsageError(f"{where} {shown_path(path)}: the file exists and is read-only")
     check_dir(path.parent, where)
 
