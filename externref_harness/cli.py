@@ -37,7 +37,7 @@ MESSAGE_LIMIT = 400
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse quotes the bad value whole: cut each quoted value as every message does.
-        message = re.sub(r"'([^']{%d})[^']+'" % ECHO_LIMIT, r"'\1...'", message)
+        message = re.sub(rf"'([^']{{{ECHO_LIMIT}}})[^']+'", r"'\1...'", message)
         self.exit(2, f"{self.prog}: error: {shown(message, MESSAGE_LIMIT)}\n")
 
 

@@ -82,7 +82,7 @@ def test_a_bad_trace_file_is_one_line_naming_the_file(
     assert len(line) < 400
 
 
-def test_special_and_endless_files_are_refused_before_they_are_opened(tmp_path: Path, capsys: Capture) -> None:
+def test_special_and_endless_files_are_refused_before_opening(tmp_path: Path, capsys: Capture) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     started = time.monotonic()
