@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from externref_harness import catalogue, lockstep, paths
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, printable, shown, shown_path, user_path
 from externref_harness.explore import LIMITS
+from externref_harness.impl.adapter import InProcessImpl, PlainOp, PlainReport, Probe, StepOutcome
 from externref_harness.model.transition import run as run_model
 from externref_harness.progress import progress
 from externref_harness.report import format_steps, full_output
@@ -25,9 +27,10 @@ EXIT_STATUS = (
     "1 the model or the implementation fails, 2 a malformed, unreadable or incompatible trace, "
     "130 interrupted."
 )
-#: The longest trace replayed unless `--max-steps` says otherwise (a replay runs a few thousand
-#: steps a second on both sides).
-DEFAULT_MAX_STEPS = 10_000
+#: The longest trace replayed unless `--max-steps` says otherwise. The raw-memory checks after every
+#: step grow with the live refs, so a long trace that keeps thousands alive is slow (5,000 steps
+#: holding up to 2,500 refs: tens of seconds); progress lines say how far it is.
+DEFAULT_MAX_STEPS = 5_000
 #: How much of a recorded note is printed.
 NOTE_LIMIT = 500
 
@@ -83,8 +86,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--json would overwrite the trace being replayed")
     trace = load(path, args.max_steps)
     cfg = trace.config
-    with progress("replay", lambda: f"replaying {len(trace.steps):,} steps on both sides"):
-        report = lockstep.replay(trace)
+    counting = _Counting(InProcessImpl())
+    total = len(trace.steps)
+
+    def where() -> str:
+        done = counting.steps
+        return f"step {done:,} of {total:,}" if done <= total else f"teardown step {done - total:,}"
+
+    with progress("replay", where):
+        report = lockstep.replay(trace, counting)
     observations = [obs for _, obs in run_model(cfg, trace.steps)]
     failing = report.model_failure[0] if report.model_failure is not None else None
     failed = report.model_failure is not None or report.impl_failure is not None
@@ -106,6 +116,30 @@ def run(args: argparse.Namespace) -> int:
     if json_file is not None:
         _write_json(json_file, path, trace, report, status, stale)
     return status
+
+
+class _Counting:
+    """The implementation, counting the steps it was given (for the progress lines)."""
+
+    def __init__(self, inner: InProcessImpl) -> None:
+        self.inner = inner
+        self.steps = 0
+
+    def start(self, config: Mapping[str, Any]) -> None:
+        self.inner.start(config)
+
+    def step(self, op: PlainOp) -> StepOutcome:
+        self.steps += 1
+        return self.inner.step(op)
+
+    def probe(self) -> Probe:
+        return self.inner.probe()
+
+    def finish(self) -> tuple[PlainReport, ...]:
+        return self.inner.finish()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def printable_report(text: str) -> str:

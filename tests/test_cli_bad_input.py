@@ -104,7 +104,7 @@ def test_a_trace_too_long_to_replay_is_refused_with_its_limit(tmp_path: Path, ca
     steps = [{"op": "Gc"}] * 100_000
     path = write(tmp_path / "long.json", json.dumps(valid_trace_json(steps=steps)))
     assert main(["replay", str(path)]) == 2
-    assert "100,000 steps, more than the 10,000 a replay runs (raise --max-steps)" in one_error_line(
+    assert "100,000 steps, more than the 5,000 a replay runs (raise --max-steps)" in one_error_line(
         capsys, "replay"
     )
     for bad in ("0", "-1", "many", ""):

@@ -204,7 +204,7 @@ def check_trace_case(tmp: Path, data: bytes) -> None:
     path.write_bytes(data)
     o = run_cli(["replay", str(path)])
     try:
-        tracefile.load(path, 10_000)
+        tracefile.load(path, 5_000)
         loads = True
     except tracefile.TraceFormatError:
         loads = False

@@ -205,3 +205,24 @@ def test_progress_lines_off_a_terminal(tmp_path: Path) -> None:
     lines = [line for line in out.stderr.splitlines() if line.startswith("externref-harness check: model:")]
     assert lines and "examples" in lines[-1] and lines[-1].endswith("s)")
     assert not (tmp_path / ".hypothesis").exists()  # the ci profile writes no Hypothesis storage here
+
+
+def test_a_long_replay_reports_its_step_off_a_terminal(tmp_path: Path) -> None:
+    steps: tuple[ops.Op, ...] = ()
+    for h in range(300):
+        steps += (ops.New(8, 8), ops.Drop(h))
+    path = _save(tmp_path, steps)
+    env = {**os.environ, "EXTERNREF_HARNESS_PROGRESS_SECONDS": "0.1", "PYTHONPATH": os.getcwd()}
+    out = subprocess.run(
+        [sys.executable, "-m", "externref_harness.cli", "replay", str(path)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    done = [
+        int(line.split("step ")[1].split(" of")[0])
+        for line in out.stderr.splitlines()
+        if line.startswith("externref-harness replay: step ") and " of 600 " in line
+    ]
+    assert done and done == sorted(done) and all(0 <= n <= 600 for n in done)
+    # A default of --max-steps 5,000 and an explicit smaller one refuse it before it runs.
+    assert main(["replay", str(path), "--max-steps", "599"]) == 2
