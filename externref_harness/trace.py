@@ -134,7 +134,12 @@ def read_text(path: Path, limit: int = MAX_TRACE_BYTES) -> str:
     if st.st_size > limit:
         raise TraceFormatError(f"{name} has {st.st_size:,} bytes, more than a trace may ({limit:,})")
     try:
-        with open(path, "rb") as f:
+        # Non-blocking, and checked again once open: a file swapped for a FIFO after the stat
+        # above must not block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise TraceFormatError(f"{name} is not a regular file")
             data = f.read(limit + 1)
     except OSError as e:
         raise TraceFormatError(f"cannot read {name}: {e.strerror or e}") from None

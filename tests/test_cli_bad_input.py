@@ -199,6 +199,17 @@ def test_explore_out_with_a_trailing_slash_is_a_directory(tmp_path: Path, capsys
     assert (tmp_path / "new" / "explore-cve-2022-23636-debug.json").is_file()
 
 
+def test_explore_out_must_be_a_regular_file(tmp_path: Path, capsys: Capture) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    assert main([*SMALL_EXPLORE, "--out", str(fifo)]) == 2  # saving would block on the FIFO
+    assert f"--out {fifo}: not a regular file (a FIFO)" in one_error_line(capsys, "explore")
+    assert main([*SMALL_EXPLORE, "--out", "/dev/zero"]) == 2
+    assert "(a character device)" in one_error_line(capsys, "explore")
+    assert time.monotonic() - started < 5
+
+
 def test_an_existing_read_only_trace_is_refused_before_the_run(tmp_path: Path, capsys: Capture) -> None:
     for command, name in (
         (["check", "--only", "model", "--max-examples", "1"], "model-seed-debug.json"),
@@ -245,3 +256,18 @@ def test_bad_arguments_are_one_short_line(argv: list[str], message: str, capsys:
 def test_an_os_error_reads_as_one_part_each() -> None:
     assert os_error_message(OSError(28, "No space left on device", "/x")) == "/x: No space left on device"
     assert os_error_message(OSError("boom")) == "boom"
+
+
+def test_a_real_process_with_a_strict_stdout_prints_surrogates_escaped(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    name = os.fsdecode(b"n\xffme.json")
+    path = tracefile.save(tracefile.Trace(Config(chunk_size=2), (ops.Gc(),), "lone \udc80"), tmp_path / name)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONPATH": os.getcwd()}
+    out = subprocess.run(
+        [sys.executable, "-m", "externref_harness.cli", "replay", os.fsencode(path)],
+        capture_output=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0 and b"Traceback" not in out.stderr, out.stderr
+    assert b"n\\udcffme.json" in out.stdout and b"lone \\udc80" in out.stdout
