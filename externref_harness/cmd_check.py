@@ -118,6 +118,8 @@ def plan(args: argparse.Namespace) -> Plan:
     base = settings.get_profile(profile)
     chosen = settings(base, max_examples=args.max_examples or base.max_examples)
     failures = None
+    if args.all_mutants and args.failures is not None:
+        raise UsageError("--failures has no use with --all-mutants: it saves no trace")
     if not args.all_mutants:
         failures = paths.failures_dir(args.failures)
         where = paths.failures_source(args.failures)

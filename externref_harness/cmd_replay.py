@@ -46,7 +46,7 @@ def _max_steps(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("trace", help="a trace file saved by explore, check, prove or a test")
+    p.add_argument("trace", metavar="TRACE", help="a trace file saved by explore, check, prove or a test")
     p.add_argument(
         "--max-steps", type=_max_steps, default=DEFAULT_MAX_STEPS, metavar="N",
         help=f"refuse a trace of more than N steps (default {DEFAULT_MAX_STEPS:,})",

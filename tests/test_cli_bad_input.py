@@ -240,6 +240,7 @@ def test_the_writability_probe_never_touches_a_users_file(tmp_path: Path, capsys
         (["check", "--json", "/dev/zero"], "--json /dev/zero: not a regular file (a character device)"),
         (["check", "--json", "/"], "--json /: is a directory"),
         (["check", "--mutant", "cve-2022-23636", "--all-mutants"], "not allowed with argument"),
+        (["check", "--all-mutants", "--failures", "x"], "--failures has no use with --all-mutants"),
         (["prove", "--timeout", "nan"], "--timeout must be in (0, 3600]"),
         (["prove", "--bounds", "9" * 5000 + ",1,1,1"], "--bounds"),
         (["replay", ""], "TRACE needs a path"),

@@ -6,6 +6,7 @@ with nothing on stderr. Output goes to strict UTF-8 streams, as a terminal's can
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from externref_harness import trace as tracefile
 from externref_harness.catalogue import mutant_names
 from externref_harness.checks import CHECKS
-from externref_harness.cli import main
+from externref_harness.cli import build_parser, main
 from externref_harness.errors import shown_path
 from externref_harness.explore import LIMITS
 from externref_harness.model import ops
@@ -156,9 +157,22 @@ def _delete(obj: Any, path: tuple[Any, ...]) -> Any:
 
 @st.composite
 def mutated_traces(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["set", "delete", "add", "deep", "truncate", "bytes", "many-steps"]))
+    kind = draw(
+        st.sampled_from(["set", "delete", "add", "deep", "truncate", "bytes", "many-steps", "valid-edit"])
+    )
     obj: Any = BASE_TRACE
-    if kind == "set":
+    if kind == "valid-edit":  # still a trace: a new note, a mutant, another build
+        field_, values = draw(
+            st.sampled_from(
+                [
+                    (("note",), st.text(max_size=30)),
+                    (("config", "mutant"), st.sampled_from(mutant_names())),
+                    (("config", "build"), st.sampled_from(["debug", "release"])),
+                ]
+            )
+        )
+        obj = _set(obj, field_, draw(values))
+    elif kind == "set":
         obj = _set(obj, draw(st.sampled_from(ALL_PATHS)), draw(json_values))
     elif kind == "delete":
         obj = _delete(obj, draw(st.sampled_from(ALL_PATHS)))
@@ -307,9 +321,8 @@ CHECK_BASE = ["check", "--only", "model", "--max-examples", "1", "--hypothesis-p
 PROVE_BASE = ["prove", "--bounds", "1,1,1,1", "--timeout", "0.01", "--build", "debug"]
 
 
-@st.composite
-def bad_arguments(draw: st.DrawFn, files: Files) -> tuple[str, list[str], dict[str, str]]:
-    """(command, argv, environment) with exactly one bad piece."""
+def value_options(files: Files) -> dict[str, dict[str, st.SearchStrategy[str]]]:
+    """Per command, each option that takes a value, with values it must refuse."""
     mutants = _one_of(mutant_names())
     common_paths = {
         "--failures": st.sampled_from(files.not_a_directory()),
@@ -348,8 +361,34 @@ def bad_arguments(draw: st.DrawFn, files: Files) -> tuple[str, list[str], dict[s
             "TRACE": st.sampled_from(files.not_a_trace()),
         },
     }
+    return options
+
+
+def flags() -> list[tuple[str, str]]:
+    """Every (command, option) that takes no value (`--help` aside): given a value, it is refused."""
+    parser, _ = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [
+        (name, option)
+        for name, sub in sorted(commands.choices.items())
+        for action in sub._actions
+        if action.nargs == 0 and "--help" not in action.option_strings
+        for option in action.option_strings
+    ]
+
+
+@st.composite
+def bad_arguments(draw: st.DrawFn, files: Files) -> tuple[str, list[str], dict[str, str]]:
+    """(command, argv, environment) with exactly one bad piece."""
+    options = value_options(files)
     bases = {"check": CHECK_BASE, "prove": PROVE_BASE, "explore": EXPLORE_BASE}
-    kind = draw(st.sampled_from(["option"] * 4 + ["environment", "command"]))
+    kind = draw(st.sampled_from(["option"] * 4 + ["flag", "environment", "command"]))
+    if kind == "flag":
+        command, flag = draw(st.sampled_from(flags()))
+        base = bases.get(command, [command])
+        if command == "replay":
+            base = ["replay", str(files.root / "good.json")]
+        return command, [*base, f"{flag}={draw(st.sampled_from(['1', 'yes', '']))}"], {}
     if kind == "command":
         commands = ["check", "mutants", "explore", "replay", "prove", "--help", "--version"]
         name = draw(_bad_text(_one_of(commands)))
@@ -437,8 +476,7 @@ def test_generated_bad_input_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)
     TALLY.clear()
     _fuzz(tmp_path, 150)
-    # Both kinds ran, and some mutated traces were still valid (the 0/1 branch is live).
-    assert TALLY["trace exit 2"] > 20 and TALLY["trace exit 0"] + TALLY["trace exit 1"] > 0
+    assert TALLY["trace exit 2"] > 20
     assert sum(n for k, n in TALLY.items() if not k.startswith("trace")) > 20
 
 
@@ -450,6 +488,21 @@ def test_generated_bad_input_thousands(tmp_path: Path, monkeypatch: pytest.Monke
     print(dict(TALLY))
     assert {"check arguments", "prove arguments", "explore arguments", "replay arguments"} <= set(TALLY)
     assert TALLY["check environment"] > 0 and TALLY["trace exit 2"] > 200
+    # Some mutated traces were still valid: the 0/1 branch of the check is live.
+    assert TALLY["trace exit 0"] > 0 and TALLY["trace exit 1"] > 0
+
+
+def test_the_generator_covers_every_option_of_every_command(tmp_path: Path) -> None:
+    parser, _ = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    table = value_options(Files(tmp_path))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.nargs == 0:
+                assert (name, action.option_strings[0]) in flags() or "--help" in action.option_strings
+                continue
+            key = action.option_strings[0] if action.option_strings else "TRACE"
+            assert key in table.get(name, {}), f"{name} {key} is never fed bad values"
 
 
 def test_the_generators_produce_what_they_claim() -> None:
