@@ -17,7 +17,7 @@ from pathlib import Path
 from externref_harness import trace as tracefile
 from externref_harness.errors import printable
 from externref_harness.model.moves import next_quiesce_op
-from externref_harness.model.observation import Observation
+from externref_harness.model.observation import Observation, Ok
 from externref_harness.model.ops import Op
 from externref_harness.model.state import Config, State, WasmFrame
 
@@ -80,7 +80,11 @@ def _runs(paths: Sequence[str]) -> list[str]:
 
 
 def format_observation(obs: Observation) -> str:
-    parts = [printable(str(obs.result))]
+    result = obs.result
+    shown_result = str(result)
+    if isinstance(result, Ok) and isinstance(result.value, tuple):  # `elements()` of a full table
+        shown_result = f"Ok({_value(result.value)})"
+    parts = [printable(shown_result)]
     if obs.dropped:
         parts.append(f"dropped={summarised(sorted(obs.dropped))}")
     if obs.events:

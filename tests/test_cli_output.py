@@ -170,6 +170,8 @@ def test_long_lists_are_summarised_unless_asked_in_full() -> None:
     line = format_observation(obs)
     assert "dropped=[0, 1, 2, ..., 1021, 1022, 1023] (1024 values)" in line
     assert "'gc:wasm-frame' x50" in line and len(line) < 200
+    elements = format_observation(Observation(Ok(tuple(range(512)))))
+    assert elements == "Ok((0, 1, 2, ..., 509, 510, 511) (512 values))"
     long_call = format_op(ops.CallWasm(tuple(range(100))))
     assert long_call == "CallWasm(args=(0, 1, 2, ..., 97, 98, 99) (100 values))"
     with full_output():
