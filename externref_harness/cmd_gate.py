@@ -21,15 +21,14 @@ from externref_harness.gate_reports import write_json, write_junit
 from externref_harness.isolation import DEFAULT_STEP_TIMEOUT
 from externref_harness.trace import ensure_writable, failures_dir
 
-EPILOG = (
-    "exit status: 0 the implementation passes (expected divergences allowed), 1 it fails a case "
+EXIT_STATUS = (
+    "0 the implementation passes (expected divergences allowed), 1 it fails a case "
     "(a divergence, a crash or a hang), 2 bad input (a bad library, expectations file or option)"
 )
 STYLE = {"pass": "green", "fail": "red", "expected-fail": "yellow", "skip": "dim"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.epilog = EPILOG
     p.add_argument("library", type=Path, metavar="PATH.so", help="the implementation (the C ABI)")
     p.add_argument(
         "--level", choices=sorted(LEVELS), default="strict",

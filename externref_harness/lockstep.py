@@ -432,10 +432,12 @@ def run_lockstep_check(
     options: LockstepOptions = DEFAULT_OPTIONS,
     shrink_adapter_factory: AdapterFactory | None = None,
     stop_at: float | None = None,
+    stats: RunStats | None = None,
 ) -> CheckOutcome:
     """The lockstep machine under a profile's budget (and an optional `time.monotonic()` deadline);
-    a failure is shrunk (on `shrink_adapter_factory`'s adapters, when given), printed and saved."""
-    stats = RunStats()
+    a failure is shrunk (on `shrink_adapter_factory`'s adapters, when given), printed and saved.
+    `stats` (if given) counts as it runs."""
+    stats = stats if stats is not None else RunStats()
     seen: set[str] = set()
     machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, stop_at, seen)
     try:
@@ -474,7 +476,7 @@ def report_lockstep_failure(
         driven.states,
         problem,
         save_as,
-        options.replay_args,
+        replay_args=options.replay_args,
     )
 
 

@@ -229,8 +229,10 @@ def run_model_check(
     bounds: Bounds = MACHINE_BOUNDS,
     hypothesis_settings: settings | None = None,
     save_as: Path | None = None,
+    stats: RunStats | None = None,
 ) -> CheckOutcome:
-    stats = RunStats()
+    """The model machine under a profile's budget; `stats` (if given) counts as it runs."""
+    stats = stats if stats is not None else RunStats()
     machine = make_model_machine(cfg, bounds, stats)
     try:
         run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
