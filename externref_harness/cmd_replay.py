@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from externref_harness import catalogue, lockstep
+from externref_harness import catalogue, lockstep, replay_dir
 from externref_harness import trace as tracefile
 from externref_harness.explore import LIMITS
 from externref_harness.model.transition import run as run_model
@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--impl", type=Path, default=None, metavar="PATH.so",
         help="replay on this native library (the C ABI) instead of the Python port",
     )  # fmt: skip
+    replay_dir.add_arguments(p)
 
 
 def load(path: Path) -> tracefile.Trace:
@@ -48,8 +49,10 @@ def load(path: Path) -> tracefile.Trace:
 def run(args: argparse.Namespace) -> int:
     from externref_harness.targets import target
 
-    trace = load(args.trace)
+    if replay_dir.wants_this_module(Path(args.trace)):  # a directory, or a corpus file
+        return replay_dir.run(args)
     chosen = target(args.impl)
+    trace = replay_dir.override_trace(load(args.trace), replay_dir.mutant_override(args, chosen))
     if chosen.library is not None:
         # The trace's config must be one the library can run (its build, its chunk size).
         chosen.config(trace.config, trace.config.build, trace.config.chunk_size)

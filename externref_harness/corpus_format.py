@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ Expect = dict[str, Any]
 @dataclass(frozen=True)
 class CorpusStep:
     op: Op
-    expect: Expect = field(compare=True)
+    expect: Expect
     #: One of the model's teardown steps (`next_quiesce_op`), after the scenario's own steps.
     teardown: bool = False
 
@@ -148,10 +148,6 @@ def expectation(op: Op, obs: Observation, after: State) -> Expect:
         "canary": None if canary is None else STACK_TOP - canary,
         "paths": list(obs.events),
     }
-
-
-def describe_expect(expect: Expect) -> str:
-    return json.dumps(expect, separators=(",", ":"))
 
 
 def expect_diff(expected: Expect, observed: Expect) -> str:
@@ -271,7 +267,3 @@ def load_file(path: Path) -> CorpusTrace:
     except TraceFormatError as e:
         raise TraceFormatError(f"{path}: {e}") from None
     return replace(trace, path=Path(path))
-
-
-def config_json(cfg: Config) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in fields(Config) if f.name in CONFIG_FIELDS}

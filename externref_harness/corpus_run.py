@@ -18,7 +18,6 @@ from externref_harness import lockstep
 from externref_harness.corpus import shipped_corpus_dir
 from externref_harness.corpus_format import (
     CorpusTrace,
-    describe_expect,
     expect_diff,
     expectation,
     is_corpus_json,
@@ -93,56 +92,57 @@ def run_corpus_trace(
     of any layer on) and hold the model to the file's expectations.
 
     The adapter must run the trace's build and chunk size (a native library: see
-    `targets.Target.config`). The first problem wins; at the same step, a mismatch with the file
-    is reported before a lockstep failure, since it means the model itself moved.
+    `targets.Target.config`). The first problem wins. At the same step, a mismatch with the file
+    comes first (the model itself moved), unless a seeded bug is on (then what it breaks does).
     """
     cfg = replace(trace.config, mutant=mutant)
-    steps = trace.steps
     driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
-    mismatch: tuple[int, str] | None = None
+    mismatch = expectation_mismatch(trace, driven, mutant)
+    failure = driven.first
+    seen = driven.expected_seen
+    if failure is None:
+        if mismatch is None:
+            return CorpusResult(trace.id, True, None, "", seen)
+        return CorpusResult(trace.id, False, mismatch[0], mismatch[1], seen)
+    # The file's teardown steps are driven as steps: past them is only the final heap check (or a
+    # teardown the model grew, already a mismatch).
+    at_step = failure.step if failure.step <= len(trace.steps) else None
+    side = "the model" if failure.side == lockstep.MODEL else options.impl_name
+    where = f"step {at_step}" if at_step is not None else "teardown"
+    lockstep_problem = f"{side} fails at {where}: {failure.problem}"
+    if mismatch is None or (at_step is not None and at_step < mismatch[0]):
+        return CorpusResult(trace.id, False, at_step, lockstep_problem, seen)
+    if at_step == mismatch[0] and mutant is not None:
+        # A seeded bug on: what it breaks says more than how the observation moved.
+        return CorpusResult(trace.id, False, at_step, f"{lockstep_problem}\nalso: {mismatch[1]}", seen)
+    also = f"\nalso: {lockstep_problem}" if at_step == mismatch[0] else ""
+    return CorpusResult(trace.id, False, mismatch[0], mismatch[1] + also, seen)
+
+
+def expectation_mismatch(
+    trace: CorpusTrace, driven: lockstep.Driven, mutant: str | None
+) -> tuple[int, str] | None:
+    """The first step (1-based) where the model's run differs from the file, and how."""
+    steps = trace.steps
+    if mutant is None:
+        lead = "the model no longer observes what the corpus expects"
+        why = " (the harness's shared code changed what this trace observes)"
+    else:
+        lead, why = f"with {mutant} on, the model observes other than the corpus expects", ""
     for i, (op, obs) in enumerate(zip(driven.steps, driven.observations, strict=True)):
         at = i + 1
         if i >= len(steps):
-            mismatch = (
-                len(steps),
-                f"the model no longer observes what the corpus expects after step {len(steps)}: "
-                f"its teardown needs more steps than the file lists (next: {op})",
-            )
-            break
-        expected = steps[i]
+            return len(
+                steps
+            ), f"{lead} after step {len(steps)}: its teardown needs more steps (next: {op}){why}"
         if steps[i].teardown:
             wanted = next_quiesce_op(driven.states[i])
             if wanted != op:
-                mismatch = (
+                return (
                     at,
-                    f"the model no longer observes what the corpus expects at step {at}: its "
-                    f"teardown now runs {wanted} here, the file lists {op}",
+                    f"{lead} at step {at}: its teardown now runs {wanted} here, the file lists {op}{why}",
                 )
-                break
         observed = expectation(op, obs, driven.states[i + 1])
-        if observed != expected.expect:
-            mismatch = (
-                at,
-                f"the model no longer observes what the corpus expects at step {at} ({op}): "
-                f"{expect_diff(expected.expect, observed)}",
-            )
-            break
-    failure = driven.first
-    seen = driven.expected_seen
-    if failure is not None:
-        # The file's teardown steps are driven as steps: past them is only the final heap check
-        # (or a teardown the model grew, already a mismatch).
-        at_step = failure.step if failure.step <= len(steps) else None
-        if mismatch is not None and (at_step is None or mismatch[0] <= at_step):
-            return CorpusResult(trace.id, False, mismatch[0], mismatch[1], seen)
-        side = "the model" if failure.side == lockstep.MODEL else (options.impl_name or "the implementation")
-        where = f"step {at_step}" if at_step is not None else "teardown"
-        return CorpusResult(trace.id, False, at_step, f"{side} fails at {where}: {failure.problem}", seen)
-    if mismatch is not None:
-        return CorpusResult(trace.id, False, mismatch[0], mismatch[1], seen)
-    return CorpusResult(trace.id, True, None, "", seen)
-
-
-def expected_text(trace: CorpusTrace, step: int) -> str:
-    """The file's expectation at a 1-based step, as one line of JSON (for reports)."""
-    return describe_expect(trace.steps[step - 1].expect)
+        if observed != steps[i].expect:
+            return at, f"{lead} at step {at} ({op}): {expect_diff(steps[i].expect, observed)}{why}"
+    return None
