@@ -243,7 +243,16 @@ def schema() -> dict[str, Any]:
                 },
             },
             "operation": {
-                "oneOf": [{"$ref": f"#/$defs/op-{cls.__name__}"} for cls in ops.ALL_OPS],
+                "type": "object",
+                "required": ["op"],
+                "properties": {"op": {"enum": [cls.__name__ for cls in ops.ALL_OPS]}},
+                "allOf": [
+                    {
+                        "if": {"properties": {"op": {"const": cls.__name__}}},
+                        "then": {"$ref": f"#/$defs/op-{cls.__name__}"},
+                    }
+                    for cls in ops.ALL_OPS
+                ],
             },
             **{f"op-{cls.__name__}": _operation_schema(cls) for cls in ops.ALL_OPS},
             "expect": {
