@@ -96,8 +96,8 @@ class CorpusTrace:
     def dumps(self) -> str:
         """The file's text: readable and byte-for-byte deterministic, one step per line."""
         obj = self.to_json()
-        head = {k: v for k, v in obj.items() if k != "steps"}
-        lines = [json.dumps(head, indent=1)[:-2] + ","]
+        lines = ["{"]
+        lines += [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in obj.items() if k != "steps"]
         lines.append(' "steps": [')
         steps = [json.dumps(s, separators=(", ", ": ")) for s in obj["steps"]]
         lines += [f"  {s}," for s in steps[:-1]] + [f"  {s}" for s in steps[-1:]]
