@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     if replay_dir.wants_this_module(Path(args.trace)):  # a directory, or a corpus file
         return replay_dir.run(args)
+    trace = load(args.trace)
     chosen = target(args.impl)
-    trace = replay_dir.override_trace(load(args.trace), replay_dir.mutant_override(args, chosen))
+    trace = replay_dir.override_trace(trace, replay_dir.mutant_override(args, chosen))
     if chosen.library is not None:
         # The trace's config must be one the library can run (its build, its chunk size).
         chosen.config(trace.config, trace.config.build, trace.config.chunk_size)

@@ -26,10 +26,11 @@ from externref_harness.corpus_format import (
 from externref_harness.errors import UsageError
 from externref_harness.impl.adapter import ImplAdapter
 from externref_harness.model.moves import next_quiesce_op
-from externref_harness.model.state import Build
+from externref_harness.model.state import Build, Config
+from externref_harness.targets import Target
 from externref_harness.trace import TraceFormatError
 
-__all__ = ["CorpusResult", "CorpusTrace", "corpus_files", "load_corpus", "run_corpus_trace"]
+__all__ = ["CorpusResult", "CorpusTrace", "cannot_run", "corpus_files", "load_corpus", "run_corpus_trace"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,17 @@ def load_corpus(directory: Path | None = None, build: Build | None = None) -> li
     return [t for t in traces if build is None or t.config.build == build]
 
 
+def cannot_run(chosen: Target, cfg: Config) -> str | None:
+    """Why `chosen` cannot run a trace of this config (its build, its chunk size); None if it can."""
+    if chosen.library is None:
+        return None  # the Python port runs any build and chunk size
+    try:
+        chosen.config(cfg, cfg.build, cfg.chunk_size)
+    except UsageError as e:
+        return str(e)
+    return None
+
+
 def run_corpus_trace(
     trace: CorpusTrace,
     adapter: ImplAdapter,
@@ -91,9 +103,9 @@ def run_corpus_trace(
     """Run `trace` in lockstep on `adapter` (at the trace's config; `mutant` switches a seeded bug
     of any layer on) and hold the model to the file's expectations.
 
-    The adapter must run the trace's build and chunk size (a native library: see
-    `targets.Target.config`). The first problem wins. At the same step, a mismatch with the file
-    comes first (the model itself moved), unless a seeded bug is on (then what it breaks does).
+    The adapter must run the trace's build and chunk size (see `cannot_run`). The first problem
+    wins. At the same step, a mismatch with the file comes first (the model itself moved), unless a
+    seeded bug is on (then what it breaks does).
     """
     cfg = replace(trace.config, mutant=mutant)
     driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)

@@ -117,8 +117,8 @@ def explorer_scenarios() -> list[Scenario]:
             Scenario(
                 f"explorer-{m.name}",
                 f"The shortest trace to a violation with the seeded {m.layer}-layer bug {m.name} on "
-                f"({m.description}); there its last step breaks {title}. On the seed's semantics it "
-                "runs clean: a correct implementation must observe what the model does.",
+                f"({m.description}); in a debug build its last step then breaks {title}. On the "
+                "seed's semantics it runs clean: a correct implementation must observe what the model does.",
                 f"explorer: shortest trace of {m.name}",
                 cfg,
                 trace,

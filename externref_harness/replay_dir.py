@@ -17,9 +17,8 @@ from pathlib import Path
 from externref_harness import catalogue, lockstep
 from externref_harness import trace as tracefile
 from externref_harness.corpus_format import CorpusTrace, Expect, is_corpus_json, load_file
-from externref_harness.corpus_run import CorpusResult, run_corpus_trace
+from externref_harness.corpus_run import CorpusResult, cannot_run, run_corpus_trace
 from externref_harness.errors import UsageError
-from externref_harness.model.state import Config
 from externref_harness.targets import Target
 
 #: Layers whose seeded bugs a replay runs (the proofs' bugs change no trace).
@@ -94,17 +93,6 @@ class Outcome:
         return f"{self.verdict:<5} {self.label}" + (f": {self.detail}" if self.detail else "")
 
 
-def _runnable(chosen: Target, cfg: Config) -> str | None:
-    """Why `chosen` cannot run at `cfg` (None: it can)."""
-    if chosen.library is None:
-        return None
-    try:
-        chosen.config(cfg, cfg.build, cfg.chunk_size)
-    except UsageError as e:
-        return str(e)
-    return None
-
-
 def _options(chosen: Target) -> lockstep.LockstepOptions:
     return lockstep.LockstepOptions(impl_name=chosen.name)
 
@@ -122,7 +110,7 @@ def _run_one(
 ) -> Outcome:
     cfg = loaded.config
     mutant = override.apply(None if isinstance(loaded, CorpusTrace) else cfg.mutant)
-    why_not = _runnable(chosen, cfg)
+    why_not = cannot_run(chosen, cfg)
     if why_not is not None:
         return Outcome(label, "skip", why_not)
     tag = f"{cfg.build}" + (f", mutant={mutant}" if mutant else "")
@@ -212,7 +200,7 @@ def format_expect(expect: Expect) -> str:
 
 def _run_corpus_file_verbose(path: Path, chosen: Target, override: MutantOverride) -> int:
     trace = load_file(path)
-    why_not = _runnable(chosen, trace.config)
+    why_not = cannot_run(chosen, trace.config)
     if why_not is not None:
         raise UsageError(f"{path}: {why_not}")
     result = run_corpus_file(trace, chosen, override)
