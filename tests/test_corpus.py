@@ -16,7 +16,7 @@ import pytest
 from externref_harness import catalogue, corpus, lockstep
 from externref_harness.cli import main
 from externref_harness.corpus_format import CORPUS_VERSION, CorpusTrace, load_file
-from externref_harness.corpus_run import corpus_files, load_corpus, run_corpus_trace
+from externref_harness.corpus_run import cannot_run, corpus_files, load_corpus, run_corpus_trace
 from externref_harness.errors import UsageError
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.model import ops, protocol
@@ -271,6 +271,27 @@ def test_a_c_bug_fails_the_corpus() -> None:
         ).passed
     ]
     assert failed
+
+
+def test_the_lockstep_s_levels_and_expected_divergences_apply_to_corpus_runs() -> None:
+    """The correct but not seed-exact C variant orders the chunk differently: strict fails there,
+    and an expected divergence passes, reported in `expected_seen`."""
+    target = native_target(build_reference("debug", variant="c-loose"))
+    trace = BY_ID["debug/explorer-cve-2021-39216"]
+    assert cannot_run(target, trace.config) is None
+    strict = run_corpus_trace(trace, target.adapter_factory(), lockstep.LockstepOptions(impl_name="loose"))
+    assert not strict.passed and strict.step == 6 and "[table.chunk-slots]" in strict.problem
+    options = lockstep.LockstepOptions(expected=frozenset({"table.chunk-slots"}))
+    expected = run_corpus_trace(trace, target.adapter_factory(), options)
+    assert expected.passed and expected.expected_seen == frozenset({"table.chunk-slots"})
+
+
+def test_a_fixed_chunk_library_cannot_run_the_small_chunk_traces() -> None:
+    target = native_target(build_reference("debug", no_optional=True))
+    reasons = {t.id: cannot_run(target, t.config) for t in load_corpus(build="debug")}
+    assert all((why is None) == (BY_ID[i].config.chunk_size == 512) for i, why in reasons.items())
+    assert "fixed chunk of 512" in str(reasons["debug/path-misuse"])
+    assert cannot_run(target, BY_ID["release/path-misuse"].config) is not None  # a debug library
 
 
 # --- replay DIR, replay --mutant / --no-mutant -----------------------------------------------------
