@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -251,6 +252,48 @@ def test_a_change_to_the_shared_protocol_fails_the_expectations_though_the_locks
     assert "shared code changed" in result.problem
     caught = [t.id for t in TRACES if not run_corpus_trace(t, InProcessImpl()).passed]
     assert len(caught) >= 10, caught
+
+
+def _edited(trace: CorpusTrace, edit: Callable[[list[dict[str, Any]]], None], tmp_path: Path) -> CorpusTrace:
+    obj = trace.to_json()
+    edit(obj["steps"])
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(obj))
+    return load_file(path)
+
+
+def test_a_file_whose_expectations_or_teardown_differ_from_the_model_fails_where_they_do(
+    tmp_path: Path,
+) -> None:
+    trace = BY_ID["debug/advisory-cve-2021-39216"]  # teardown: Drop(3) Drop(4) Drop(5) Drop(6) Gc()
+    assert [str(op) for op in trace.all_operations[-5:]] == [
+        "Drop(3)",
+        "Drop(4)",
+        "Drop(5)",
+        "Drop(6)",
+        "Gc()",
+    ]
+
+    def drop_nothing(steps: list[dict[str, Any]]) -> None:
+        steps[-1]["expect"]["dropped"] = []
+
+    result = run_corpus_trace(_edited(trace, drop_nothing, tmp_path), InProcessImpl())
+    assert result.step == 17
+    assert "dropped: expected [], observed [0, 1, 2]" in result.problem
+
+    def swap(steps: list[dict[str, Any]]) -> None:
+        steps[-5], steps[-4] = steps[-4], steps[-5]
+
+    result = run_corpus_trace(_edited(trace, swap, tmp_path), InProcessImpl())
+    assert result.step == 13
+    assert "its teardown now runs Drop(3) here, the file lists Drop(4)" in result.problem
+
+    def cut(steps: list[dict[str, Any]]) -> None:
+        del steps[-1]
+
+    result = run_corpus_trace(_edited(trace, cut, tmp_path), InProcessImpl())
+    assert result.step == 16
+    assert "after step 16: its teardown needs more steps (next: Gc())" in result.problem
 
 
 def test_an_implementation_bug_fails_the_lockstep_not_the_expectations() -> None:
