@@ -101,8 +101,14 @@ def run_corpus_file(trace: CorpusTrace, chosen: Target, override: MutantOverride
     return run_corpus_trace(trace, chosen.adapter_factory(), _options(chosen), override.apply(None))
 
 
-def _first_line(text: str) -> str:
-    return text.splitlines()[0] if text else ""
+#: How much of a failure a summary line shows.
+SUMMARY_LIMIT = 240
+
+
+def _one_line(text: str) -> str:
+    """A failure's lines joined into one (the named checks follow a general first line)."""
+    joined = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return joined if len(joined) <= SUMMARY_LIMIT else joined[: SUMMARY_LIMIT - 3] + "..."
 
 
 def _run_one(
@@ -118,13 +124,13 @@ def _run_one(
         result = run_corpus_file(loaded, chosen, override)
         if result.passed:
             return Outcome(f"{label} (corpus, {tag})", "pass")
-        return Outcome(f"{label} (corpus, {tag})", "FAIL", _first_line(result.problem))
+        return Outcome(f"{label} (corpus, {tag})", "FAIL", _one_line(result.problem))
     report = lockstep.replay(override_trace(loaded, override), chosen.adapter_factory(), _options(chosen))
     for side, failure in (("model", report.model_failure), ("implementation", report.impl_failure)):
         if failure is not None:
             at = "teardown" if failure[0] == report.steps + 1 else f"step {failure[0]}"
             return Outcome(
-                f"{label} (trace, {tag})", "FAIL", f"{side} fails at {at}: {_first_line(failure[1])}"
+                f"{label} (trace, {tag})", "FAIL", f"{side} fails at {at}: {_one_line(failure[1])}"
             )
     return Outcome(f"{label} (trace, {tag})", "pass")
 
