@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     trace = load(args.trace)
     chosen = target(args.impl)
     trace = replay_dir.override_trace(trace, replay_dir.mutant_override(args, chosen))
-    if chosen.library is not None:
+    if chosen.description is not None:
         # The trace's config must be one the library can run (its build, its chunk size).
         chosen.config(trace.config, trace.config.build, trace.config.chunk_size)
     cfg = trace.config

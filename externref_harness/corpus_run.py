@@ -85,7 +85,7 @@ def load_corpus(directory: Path | None = None, build: Build | None = None) -> li
 
 def cannot_run(chosen: Target, cfg: Config) -> str | None:
     """Why `chosen` cannot run a trace of this config (its build, its chunk size); None if it can."""
-    if chosen.library is None:
+    if chosen.description is None:
         return None  # the Python port runs any build and chunk size
     try:
         chosen.config(cfg, cfg.build, cfg.chunk_size)

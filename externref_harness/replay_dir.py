@@ -58,7 +58,7 @@ def mutant_override(args: argparse.Namespace, chosen: Target) -> MutantOverride:
     layer = catalogue.find(name).layer
     if layer not in REPLAYED_LAYERS:
         raise UsageError(f"--mutant {name}: a bug of the {layer} layer; a replay runs no proof")
-    if layer == "impl" and chosen.library is not None:
+    if layer == "impl" and chosen.description is not None:
         raise UsageError(f"--mutant {name}: a bug of the Python port, not of --impl")
     return MutantOverride(True, name)
 
