@@ -39,6 +39,7 @@ from externref_harness.model.ops import (
     TryInsert,
     WasmCallHost,
     WasmCallWasm,
+    WasmMove,
     WasmNull,
     WasmReturn,
     WasmScalar,
@@ -72,6 +73,8 @@ _CVE_2021_39216: tuple[Op, ...] = (
 _CVE_2021_39218: tuple[Op, ...] = (
     New(8, 8), CallWasm((0,)), WasmCallHost((), 1, True), ReturnToWasm(None),
     WasmScalar(0), WasmCallHost((), 1, True), Gc(), ReturnToWasm(None), WasmReturn(None),
+    New(8, 8), CallWasm((1,)), WasmMove(0, 1), WasmScalar(0), WasmCallHost((), 2, True), Gc(),
+    ReturnToWasm(None), WasmReturn(1), Deref(2),
 )  # fmt: skip
 _CVE_2022_24791: tuple[Op, ...] = (
     New(8, 8), CallWasm((0,)), WasmCallWasm((), 1), WasmCallHost((), 0, True), Gc(),
@@ -149,7 +152,9 @@ def advisory_scenarios() -> list[Scenario]:
             "A Wasm frame's slot holds a ref at one safepoint and an i64 at the next, where no ref is "
             "live and the compiler registers no stack map. The lookup must find no map for that pc "
             "(not fall back to the earlier safepoint's), so the GC treats no stack word as a ref: "
-            "the i64 is left alone and ref 0, which Wasm no longer holds, is swept from the table.",
+            "the i64 is left alone and ref 0, which Wasm no longer holds, is swept from the table. "
+            "Then a frame holds an i64 in slot 0 below a ref in slot 1 at a GC: only the slot the "
+            "map marks is read, and the ref survives to be returned to the host.",
             _CVE_2021_39218,
         ),
         advisory(

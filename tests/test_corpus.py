@@ -17,9 +17,10 @@ import pytest
 from externref_harness import catalogue, corpus, lockstep
 from externref_harness.cli import main
 from externref_harness.corpus_format import CORPUS_VERSION, CorpusTrace, load_file
-from externref_harness.corpus_run import cannot_run, corpus_files, load_corpus, run_corpus_trace
+from externref_harness.corpus_run import CorpusResult, cannot_run, corpus_files, load_corpus, run_corpus_trace
 from externref_harness.errors import UsageError
 from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.isolation import ChildPool
 from externref_harness.model import ops, protocol
 from externref_harness.model.mutants import MODEL_MUTANTS
 from externref_harness.model_check import REQUIRED_EVENTS
@@ -314,6 +315,30 @@ def test_a_c_bug_fails_the_corpus() -> None:
         ).passed
     ]
     assert failed
+
+
+def _first_failure(pool: ChildPool, traces: Sequence[CorpusTrace]) -> CorpusResult | None:
+    try:
+        for trace in traces:
+            result = run_corpus_trace(trace, pool.adapter())
+            if not result.passed:
+                return result
+        return None
+    finally:
+        pool.close()
+
+
+def test_through_a_child_process_the_corpus_passes_and_a_crash_or_hang_is_a_failing_step() -> None:
+    assert _first_failure(ChildPool(build_reference("debug")), load_corpus(build="debug")) is None
+    crash = _first_failure(
+        ChildPool(build_reference("release", bug="c-wild-read")), load_corpus(build="release")
+    )
+    assert crash is not None and crash.name == "release/advisory-cve-2021-39218"
+    assert crash.step == 15 and "killed by SIGSEGV" in crash.problem  # the second Gc()
+    hang = _first_failure(
+        ChildPool(build_reference("debug", bug="c-gc-hang"), step_timeout=1.0), load_corpus(build="debug")
+    )
+    assert hang is not None and "did not answer within 1 s" in hang.problem
 
 
 def test_the_lockstep_s_levels_and_expected_divergences_apply_to_corpus_runs() -> None:
