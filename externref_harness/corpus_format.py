@@ -197,8 +197,14 @@ def _expect(raw: object, where: str) -> Expect:
         raise TraceFormatError(f"{where}expect.result: expected an object with kind and value")
     if result["kind"] not in RESULT_KINDS:
         raise TraceFormatError(f"{where}expect.result.kind: {result['kind']!r} is not one of {RESULT_KINDS}")
-    if result["kind"] != "ok" and not isinstance(result["value"], str):
+    value = result["value"]
+    if result["kind"] != "ok" and not isinstance(value, str):
         raise TraceFormatError(f"{where}expect.result.value: a {result['kind']} result names its kind")
+    scalar = value is None or isinstance(value, bool | int | str)
+    if not scalar and not (isinstance(value, list) and all(v is None or _is_int(v) for v in value)):
+        raise TraceFormatError(
+            f"{where}expect.result.value: expected null, a boolean, an int or a list of ints"
+        )
     dropped = raw["dropped"]
     if not isinstance(dropped, list) or not all(_is_int(r) and r >= 0 for r in dropped):
         raise TraceFormatError(f"{where}expect.dropped: expected a list of ref ids")

@@ -129,6 +129,7 @@ BROKEN = {
     "an unknown result kind": lambda o: o["steps"][0]["expect"]["result"].update(kind="maybe"),
     "a negative ref": lambda o: o["steps"][0]["expect"].update(dropped=[-1]),
     "an extra top-level field": lambda o: o.update(mutant=None),
+    "an object for a value": lambda o: o["steps"][0]["expect"]["result"].update(value={"handle": 0}),
 }
 
 
@@ -142,6 +143,18 @@ def test_a_broken_file_fails_the_schema_and_the_loader_in_one_line(breakage: str
     with pytest.raises(TraceFormatError) as e:
         load_file(bad)
     assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_loader_also_refuses_a_scenario_step_after_the_teardown(tmp_path: Path) -> None:
+    """An ordering the schema cannot state."""
+    obj = BY_ID["debug/path-gc-canary-found"].to_json()
+    obj["steps"].append({**obj["steps"][0], "teardown": False})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(obj))
+    with pytest.raises(
+        TraceFormatError, match=r"bad\.json: step 10: a scenario step after the teardown began"
+    ):
+        load_file(bad)
 
 
 def test_bad_corpus_directories_are_refused_in_one_line(tmp_path: Path) -> None:
