@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hypothesis import settings
 
 from externref_harness.model.mutants import model_mutant_names
-from externref_harness.model.state import Build
+from externref_harness.model.state import Build, Config
 from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
@@ -17,6 +17,7 @@ from externref_harness.model_check import (
     RunStats,
     run_model_check,
 )
+from externref_harness.targets import FuzzTarget, lockstep_target, model_target
 from externref_harness.trace import failures_dir
 
 
@@ -43,13 +44,19 @@ class Check:
     run: Callable[[CheckOptions], CheckResult]
     #: Whether a seeded bug changes what this check runs (others run the seed as it is).
     exercises: Callable[[str], bool]
+    #: What `externref-harness fuzz` searches for this check (None: it is not a search).
+    target: Callable[[CheckOptions], FuzzTarget] | None = None
+
+
+def _model_config(opts: CheckOptions) -> Config:
+    """The model machine's config: a seeded bug of another layer leaves the model as it is."""
+    mutant = opts.mutant if opts.mutant in model_mutant_names() else None
+    return replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
 
 
 def _model(opts: CheckOptions) -> CheckResult:
-    from dataclasses import replace
-
-    mutant = opts.mutant if opts.mutant in model_mutant_names() else None
-    cfg = replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
+    cfg = _model_config(opts)
+    mutant = cfg.mutant
     save_as = opts.failures / f"model-{mutant or 'seed'}-{opts.build}.json"
     out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as)
     return CheckResult("model state machine", out.passed, _machine_figures(out.stats), out.failure)
@@ -68,14 +75,24 @@ def _machine_figures(stats: RunStats) -> dict[str, str]:
 def _lockstep(opts: CheckOptions) -> CheckResult:
     """The ctypes implementation against the model; a mutant of any layer applies (the model
     ignores the implementation's)."""
-    from dataclasses import replace
+    from externref_harness.lockstep import LOCKSTEP_BOUNDS, run_lockstep_check
 
-    from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, run_lockstep_check
-
-    cfg = replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
+    cfg = _lockstep_config(opts)
     save_as = opts.failures / f"lockstep-{opts.mutant or 'seed'}-{opts.build}.json"
     out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, opts.hypothesis_settings, save_as)
     return CheckResult("lockstep model vs ctypes impl", out.passed, _machine_figures(out.stats), out.failure)
+
+
+def _lockstep_config(opts: CheckOptions) -> Config:
+    from externref_harness.lockstep import LOCKSTEP_CONFIG
+
+    return replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
+
+
+def _lockstep_target(opts: CheckOptions) -> FuzzTarget:
+    from externref_harness.lockstep import LOCKSTEP_BOUNDS
+
+    return lockstep_target(_lockstep_config(opts), LOCKSTEP_BOUNDS)
 
 
 def _proofs(opts: CheckOptions) -> CheckResult:
@@ -107,7 +124,12 @@ def _proofs_exercise(mutant: str) -> bool:
 
 
 CHECKS: list[Check] = [
-    Check("model", _model, lambda mutant: mutant in model_mutant_names()),
-    Check("lockstep", _lockstep, _lockstep_exercises),
+    Check(
+        "model",
+        _model,
+        lambda mutant: mutant in model_mutant_names(),
+        lambda opts: model_target(_model_config(opts), MACHINE_BOUNDS),
+    ),
+    Check("lockstep", _lockstep, _lockstep_exercises, _lockstep_target),
     Check("proofs", _proofs, _proofs_exercise),
 ]

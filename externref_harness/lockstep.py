@@ -64,6 +64,7 @@ from externref_harness.model_check import (
     RunStats,
     draw_move,
     example_failure,
+    keyed_machine,
     misuse_problem,
     record_step,
     search_settings,
@@ -561,7 +562,7 @@ def make_lockstep_machine(
                 self.run.close()
 
     LockstepMachine.__name__ = LockstepMachine.__qualname__ = "LockstepMachine"
-    return LockstepMachine
+    return keyed_machine(LockstepMachine, "lockstep", cfg, bounds)
 
 
 def run_lockstep_check(

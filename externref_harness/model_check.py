@@ -209,7 +209,27 @@ def make_model_machine(
                 self.apply(op)
 
     ModelMachine.__name__ = ModelMachine.__qualname__ = "ModelMachine"
-    return ModelMachine
+    return keyed_machine(ModelMachine, "model", cfg, bounds)
+
+
+def machine_key(name: str, cfg: Config, bounds: Bounds) -> bytes:
+    """What names one machine's examples in an example database: the check, its config (mutant
+    and build included) and its bounds. `check` and `fuzz` build the same key for the same machine,
+    so either replays what the other stored, and examples of one mutant never replay on another."""
+    return f"externref-harness/{name}/{cfg!r}/{bounds!r}".encode()
+
+
+def keyed_machine(
+    machine: type[RuleBasedStateMachine], name: str, cfg: Config, bounds: Bounds
+) -> type[RuleBasedStateMachine]:
+    """`machine`, with its example-database key taken from `machine_key` instead of its source.
+
+    Hypothesis keys a state machine's examples by a digest of the class, to which it adds the
+    class's `_hypothesis_internal_add_digest`; every machine class built here has the same source,
+    so without this every config would share (and clear out) one set of examples.
+    """
+    machine._hypothesis_internal_add_digest = machine_key(name, cfg, bounds)
+    return machine
 
 
 @dataclass
