@@ -12,6 +12,7 @@ from rich.table import Table
 
 from externref_harness import catalogue, profiles
 from externref_harness.checks import CHECKS, CheckOptions
+from externref_harness.databases import open_database
 from externref_harness.errors import UsageError
 from externref_harness.trace import ensure_writable, failures_dir
 
@@ -31,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"run only these checks ({', '.join(c.name for c in CHECKS)})",
     )  # fmt: skip
     p.add_argument("--failures", type=Path, default=None, help="where to save failing traces")
+    p.add_argument(
+        "--database", metavar="DIR|redis://HOST:PORT/DB", default=None,
+        help="replay (and keep) examples in this example database, e.g. a `fuzz` campaign's",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     profile = args.hypothesis_profile or profiles.default_profile()
     base = settings.get_profile(profile)
     chosen = settings(base, max_examples=args.max_examples or base.max_examples)
+    if args.database is not None:
+        chosen = settings(chosen, database=open_database(args.database).database)
     opts = CheckOptions(chosen, args.build, args.mutant, args.failures or failures_dir())
     ensure_writable(opts.failures, is_dir=True)
 

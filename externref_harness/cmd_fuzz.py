@@ -154,7 +154,8 @@ def progress_line(c: Campaign) -> str:
     alive = sum(1 for w in c.workers if not w.done)
     return (
         f"[{c.elapsed():7.1f}s] examples {examples} ({examples_rate:.1f}/s),"
-        f" steps {steps} ({steps_rate:.0f}/s), paths {c.covered()}/{len(REQUIRED_EVENTS)}, failures {len(c.failures)} ({duplicates} duplicates),"
+        f" steps {steps} ({steps_rate:.0f}/s), paths {c.covered()}/{len(REQUIRED_EVENTS)},"
+        f" failures {len(c.failures)} ({duplicates} duplicates),"
         f" workers {alive}/{len(c.workers)}"
     )
 

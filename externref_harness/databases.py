@@ -68,11 +68,19 @@ def redis_address(url: str) -> tuple[str, int, int]:
 def open_redis(url: str) -> ExampleDatabase:
     from hypothesis.extra.redis import RedisExampleDatabase
     from redis import Redis
+    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
+    from redis.retry import Retry
 
     host, port, db = redis_address(url)
+    # No retries: a server that went away is reported at once, and the campaign moves on.
     client = Redis(
-        host=host, port=port, db=db, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        host=host,
+        port=port,
+        db=db,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         client.ping()

@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine
 from externref_harness import trace as tracefile
 from externref_harness.model.moves import Bounds
 from externref_harness.model.ops import Op
-from externref_harness.model.state import Config
+from externref_harness.model.state import Config, State
 from externref_harness.model_check import InvariantViolation, RunStats, machine_key
 
 
@@ -84,6 +84,25 @@ def _first_part(problem: str) -> str:
     return problem.split(":", 1)[0].strip()
 
 
+def misuse_failure(cfg: Config, bounds: Bounds, steps: Sequence[Op]) -> str | None:
+    """The machines' own check, for a trace without the draws that made it: a step the moves of
+    its state call well-formed must not be refused, and misuse must be. (Without it, a stored
+    failure of that kind would replay as passing and be dropped.)"""
+    from externref_harness.model.moves import misuse_moves, moves
+    from externref_harness.model.transition import step
+    from externref_harness.model_check import misuse_problem
+
+    state = State.initial(cfg)
+    for op in steps:
+        well_formed = any(op in group for group in moves(cfg, bounds, state).values())
+        expect_misuse = not well_formed and op in misuse_moves(cfg, state)
+        state, obs = step(cfg, state, op)
+        problem = misuse_problem(op, obs, expect_misuse)
+        if problem is not None and (well_formed or expect_misuse):
+            return _first_part(problem)
+    return None
+
+
 def model_target(cfg: Config, bounds: Bounds) -> FuzzTarget:
     from externref_harness.model_check import make_model_machine
     from externref_harness.shrink import model_failure, shrink_model_trace
@@ -97,7 +116,7 @@ def model_target(cfg: Config, bounds: Bounds) -> FuzzTarget:
 
     def replay(steps: Sequence[Op]) -> str | None:
         found = model_failure(cfg, steps)
-        return None if found is None else found.invariant
+        return misuse_failure(cfg, bounds, steps) if found is None else found.invariant
 
     return FuzzTarget(
         "model", cfg, bounds, lambda stats: make_model_machine(cfg, bounds, stats), shrink, replay
@@ -124,7 +143,9 @@ def lockstep_target(cfg: Config, bounds: Bounds) -> FuzzTarget:
 
     def replay(steps: Sequence[Op]) -> str | None:
         first = drive(cfg, steps, InProcessImpl(), until_first=True).first
-        return None if first is None else invariant_of(first.side, first.problem)
+        return (
+            misuse_failure(cfg, bounds, steps) if first is None else invariant_of(first.side, first.problem)
+        )
 
     return FuzzTarget(
         "lockstep", cfg, bounds, lambda stats: make_lockstep_machine(cfg, bounds, stats), shrink, replay

@@ -20,6 +20,8 @@ from externref_harness.model.ops import Op, TraceFormatError, op_from_json
 from externref_harness.model.state import Config
 
 FORMAT = "externref-harness-trace"
+#: How much `ensure_writable` writes to be sure a trace fits (a long trace is a few KiB).
+PROBE_BYTES = 16384
 VERSION = 1
 
 __all__ = ["FORMAT", "VERSION", "Trace", "TraceFormatError", "failures_dir", "load", "save"]
@@ -106,8 +108,11 @@ def ensure_writable(path: Path, is_dir: bool = False) -> None:
         raise TraceFormatError(f"{path} is a directory, not a trace file")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".externref-harness-write-probe"
-        probe.write_text("")
-        probe.unlink()
+        probe = directory / f".externref-harness-write-probe-{os.getpid()}"
+        try:
+            # Some bytes, not an empty file: a full disk still has room for an empty file.
+            probe.write_bytes(bytes(PROBE_BYTES))
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as e:
         raise TraceFormatError(f"cannot save traces in {directory}: {e.strerror or e}") from None

@@ -1,0 +1,311 @@
+"""`externref-harness fuzz`: real worker processes, a real Redis server, a seeded bug to find.
+
+Every campaign here runs as its own process tree in its own `tmp_path`, on the model machine with
+CVE-2021-39216 (found within a second or two), with time limits of a few seconds. The Redis server
+is Debian's `redis-server`, started on a free loopback port for each test and stopped after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+from externref_harness.campaign import fuzz_targets
+from externref_harness.cli import main
+from externref_harness.databases import REDIS_TIMEOUT, open_database
+from externref_harness.targets import Found
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANT = "cve-2021-39216"
+FOUND = re.compile(r"^failure \d+: model: (?P<inv>[^:]+): .* externref-harness replay (?P<trace>\S+)$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """`redis-server` on a loopback port, without persistence, as a child of the test."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not listen on port {self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    server = RedisServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Fuzz:
+    """One `externref-harness fuzz` process, its output read line by line as it comes."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stdout: list[str] = []
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("CI", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "externref_harness.cli", "fuzz", "--checks", "model", "--mutant", MUTANT,
+             "--seed", "4", "--failures", "failures", "--progress-every", "1", "--json", "summary.json", *args],
+            cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.cwd = cwd
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line matching {pattern.pattern!r} in:\n" + "\n".join(self.stdout)
+                ) from None
+            self.stdout.append(line)
+            found = pattern.search(line)
+            if found:
+                return found
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        """Exit status, all of stdout, all of stderr."""
+        assert self.process.stderr is not None
+        code = self.process.wait(timeout=timeout)
+        err = self.process.stderr.read()
+        time.sleep(0.1)
+        while not self.lines.empty():
+            self.stdout.append(self.lines.get())
+        return code, "\n".join(self.stdout), err
+
+    def summary(self) -> dict[str, object]:
+        loaded: dict[str, object] = json.loads((self.cwd / "summary.json").read_text())
+        return loaded
+
+
+def stored_failures(database: str) -> list[Found]:
+    """The shrunk failures a database holds for the model machine with the mutant."""
+    (target,) = fuzz_targets(["model"], MUTANT, "debug")
+    raw = open_database(database).database.fetch(target.failures_key)
+    return [f for f in map(Found.from_bytes, raw) if f is not None]
+
+
+def trace_steps(path: Path) -> list[object]:
+    steps: list[object] = json.loads(path.read_text())["steps"]
+    return steps
+
+
+# --- bad input: one line, exit 2 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:notaport/0", "redis://127.0.0.1:6379/zero", "http://127.0.0.1:6379/0", "redis:///0"],
+)
+def test_bad_database_url_is_one_line_and_exit_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fuzz", "--database", url, "--time-limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--database" in err and "redis://HOST:PORT/DB" in err
+
+
+def test_unreachable_redis_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    assert main(["fuzz", "--database", url, "--time-limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and url in err and "unreachable" in err
+    assert time.monotonic() - started < REDIS_TIMEOUT + 5
+
+
+@pytest.mark.parametrize("checks", ["proofs", "model,nonsense"])
+def test_checks_that_are_not_searches_are_refused(checks: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fuzz", "--checks", checks, "--time-limit", "1"]) == 2
+    assert "cannot be fuzzed" in capsys.readouterr().err
+
+
+@pytest.fixture
+def full_directory(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a 64 KiB tmpfs, filled up."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        with pytest.raises(OSError), open(mount / "filler", "wb", buffering=0) as f:
+            for _ in range(1000):
+                f.write(bytes(4096))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_for_the_traces_is_one_line_and_exit_2(
+    full_directory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["fuzz", "--failures", str(full_directory / "traces"), "--database", str(tmp_path / "db"),
+                 "--time-limit", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and str(full_directory) in err and "No space left" in err
+
+
+# --- campaigns -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_failure_found_by_one_campaign_is_replayed_by_another_and_by_check(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Fuzz(tmp_path / "a", "--workers", "1", "--time-limit", "30", "--database", redis_server.url)
+    found = first.wait_for(FOUND)
+    # The second campaign starts once the first has stored a failure: it replays it first.
+    second = Fuzz(tmp_path / "b", "--workers", "1", "--time-limit", "3", "--database", redis_server.url)
+    replayed = second.wait_for(re.compile(r"replayed from the database"))
+    first.process.send_signal(signal.SIGINT)  # Ctrl-C: the first campaign ends with its summary
+    code_a, out_a, err_a = first.finish()
+    code_b, _, err_b = second.finish()
+    assert (code_a, code_b) == (1, 1), err_a + err_b
+    assert "campaign summary (interrupted" in out_a and first.summary()["interrupted"] is True
+    trace_a = tmp_path / "a" / found["trace"]
+    trace_b = tmp_path / "b" / FOUND.search(replayed.string)["trace"]  # type: ignore[index]
+    stored = stored_failures(redis_server.url)
+    assert trace_steps(trace_a) in [[op.to_json() for op in f.trace.steps] for f in stored]
+    assert trace_steps(trace_b) in [[op.to_json() for op in f.trace.steps] for f in stored]
+    found_by_a = {json.dumps(trace_steps(p)) for p in (tmp_path / "a" / "failures").glob("fuzz-*.json")}
+    assert json.dumps(trace_steps(trace_b)) in found_by_a
+
+    # A later `check` replays the database's examples first and shrinks to a trace fuzz stored.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    check = subprocess.run(
+        [sys.executable, "-m", "externref_harness.cli", "check", "--only", "model", "--mutant", MUTANT,
+         "--hypothesis-profile", "ci", "--database", redis_server.url, "--failures", "check-failures"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "examples=1," in check.stdout or "examples=2," in check.stdout  # replayed, not searched for
+    saved = tmp_path / "check-failures" / f"model-{MUTANT}-debug.json"
+    assert trace_steps(saved) in [trace_steps(p) for p in (tmp_path / "a" / "failures").glob("fuzz-*.json")]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_nothing_saved_and_the_campaign_goes_on(tmp_path: Path) -> None:
+    fuzz = Fuzz(tmp_path, "--workers", "2", "--time-limit", "8", "--database", "db")
+    pid = int(fuzz.wait_for(re.compile(r"^worker \d+: pid (\d+)"))[1])
+    found = fuzz.wait_for(FOUND)
+    os.kill(pid, signal.SIGKILL)
+    code, out, err = fuzz.finish()
+    assert code == 1, err
+    assert f"(pid {pid}) died (signal 9); restarted" in err
+    assert (tmp_path / found["trace"]).exists()
+    assert trace_steps(tmp_path / found["trace"]) in [
+        [op.to_json() for op in f.trace.steps] for f in stored_failures(str(tmp_path / "db"))
+    ]
+    summary = fuzz.summary()
+    workers = summary["per_worker"]
+    assert isinstance(workers, list) and sorted(w["restarts"] for w in workers) == [0, 1]
+    assert all(w["pid"] != pid for w in workers if w["restarts"])
+    assert "time limit reached" in out
+
+
+@pytest.mark.slow
+def test_redis_going_away_falls_back_to_the_local_database_keeping_the_failures(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    fuzz = Fuzz(tmp_path, "--workers", "2", "--time-limit", "7", "--database", redis_server.url)
+    found = fuzz.wait_for(FOUND)
+    redis_server.stop()
+    code, _, err = fuzz.finish()
+    assert code == 1, err
+    notices = [line for line in err.splitlines() if "went away" in line]
+    assert len(notices) == 1, err
+    assert redis_server.url in notices[0] and "local database .hypothesis/examples" in notices[0]
+    local = stored_failures(str(tmp_path / ".hypothesis" / "examples"))
+    assert trace_steps(tmp_path / found["trace"]) in [[op.to_json() for op in f.trace.steps] for f in local]
+    assert fuzz.summary()["database_fallback"] == ".hypothesis/examples"
+
+
+def test_without_a_bug_a_campaign_finds_nothing_and_covers_every_path(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "externref_harness.cli", "fuzz", "--checks", "model,lockstep",
+         "--workers", "2", "--time-limit", "5", "--database", "db", "--json", "summary.json",
+         "--progress-every", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failures"] == [] and summary["examples"] > 0 and summary["examples_per_s"] > 0
+    assert len(summary["per_worker"]) == 2 and all(w["examples"] > 0 for w in summary["per_worker"])
+    assert re.search(
+        r"^\[ *\d+\.\ds\] examples \d+ ", done.stdout, re.M
+    )  # plain progress lines off a terminal
+    assert summary["coverage_over_time"] and summary["coverage_over_time"][-1][1] >= 10
+
+
+def test_a_stored_failure_that_no_longer_fails_is_dropped(tmp_path: Path) -> None:
+    """Replay is checked, not trusted: a stored trace that passes here is deleted, as Hypothesis
+    deletes stored examples that no longer fail."""
+    (target,) = fuzz_targets(["model"], MUTANT, "debug")
+    from externref_harness import trace as tracefile
+
+    passing = Found("model", "I1 no reachable ref is freed", tracefile.Trace(target.config, ()))
+    db = DirectoryBasedExampleDatabase(str(tmp_path / "db"))
+    db.save(target.failures_key, passing.to_bytes())
+    fuzz = Fuzz(tmp_path, "--workers", "1", "--time-limit", "3", "--database", "db")
+    code, _, err = fuzz.finish()
+    assert code == 1, err  # it still finds the bug itself
+    assert passing.fingerprint not in {f.fingerprint for f in stored_failures(str(tmp_path / "db"))}
