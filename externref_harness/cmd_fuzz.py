@@ -183,7 +183,8 @@ def coverage_table(c: Campaign) -> Table:
 
 
 def failure_table(c: Campaign) -> Table:
-    table = Table("check", "invariant", "steps", "worker", "at", "duplicates", "trace", title="failures")
+    table = Table("check", "invariant", "steps", "worker", "at", "duplicates", title="failures")
+    table.add_column("trace", overflow="fold")  # a path to copy, never cut short
     for f in c.failures.values():
         table.add_row(
             f.check, f.invariant, str(f.steps), str(f.found_by), f"{f.at:.1f}s", str(f.duplicates), f.trace

@@ -92,7 +92,8 @@ class Fuzz:
         env.pop("CI", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "externref_harness.cli", "fuzz", "--checks", "model", "--mutant", MUTANT,
-             "--seed", "4", "--failures", "failures", "--progress-every", "1", "--json", "summary.json", *args],
+             "--seed", "4", "--failures", "failures", "--progress-every", "1", "--json", "summary.json",
+             *args],
             cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.cwd = cwd
