@@ -115,6 +115,7 @@ class Worker:
         self.targets = fuzz_targets(opts.checks, opts.mutant, opts.build)
         self.stats = {t.name: RunStats() for t in self.targets}
         self.reported = (0, 0)
+        self.cpu_at_start = time.process_time()
         self.labels: set[str] = set()
         opened = open_database(opts.database)
         self.database = RecordingDatabase(opened.database)
@@ -134,6 +135,7 @@ class Worker:
         self.conn.send({"kind": kind, "worker": self.spec.index, "time": time.time(), **fields})
 
     def run(self) -> None:
+        self.cpu_at_start = time.process_time()  # what searching costs, without the imports
         self.send("ready", pid=os.getpid(), seed=self.spec.seed)
         for target in self.targets:
             self.guarded(target, self.replay_stored, target)
@@ -168,7 +170,11 @@ class Worker:
         new = sorted(labels - self.labels)
         self.labels |= labels
         self.send(
-            "progress", examples=examples - self.reported[0], steps=steps - self.reported[1], labels=new
+            "progress",
+            examples=examples - self.reported[0],
+            steps=steps - self.reported[1],
+            labels=new,
+            cpu=time.process_time() - self.cpu_at_start,
         )
         self.reported = (examples, steps)
 
@@ -299,8 +305,11 @@ class WorkerState:
     last_at: float | None = None
     examples: int = 0
     steps: int = 0
+    #: CPU seconds the worker process used (what the machine gave it, beside the wall clock).
+    cpu: float = 0.0
     done: bool = False
     restarts: int = 0
+    cpu_before_restart: float = 0.0
 
     def rates(self) -> tuple[float, float]:
         if self.ready_at is None or self.last_at is None or self.last_at <= self.ready_at:
@@ -411,6 +420,7 @@ class Campaign:
         )
         self.workers[self.workers.index(worker)] = replacement
         replacement.examples, replacement.steps = worker.examples, worker.steps
+        replacement.cpu = replacement.cpu_before_restart = worker.cpu
         replacement.ready_at = worker.ready_at
 
     def _take(self, worker: WorkerState, msg: Message) -> None:
@@ -422,6 +432,7 @@ class Campaign:
             worker.last_at = msg["time"]
         elif kind == "progress":
             worker.examples += msg["examples"]
+            worker.cpu = worker.cpu_before_restart + msg["cpu"]
             worker.steps += msg["steps"]
             worker.last_at = msg["time"]
             for label in msg["labels"]:
@@ -501,6 +512,7 @@ class Campaign:
                     "restarts": w.restarts,
                     "examples": w.examples,
                     "steps": w.steps,
+                    "cpu_s": round(w.cpu, 3),
                     "examples_per_s": round(w.rates()[0], 2),
                     "steps_per_s": round(w.rates()[1], 2),
                 }

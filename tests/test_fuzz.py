@@ -74,6 +74,8 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
     server = RedisServer(tmp_path)
     try:
