@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import Phase, Verbosity, seed, settings
+from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import run_state_machine_as_test
 
 import externref_harness.profiles  # noqa: F401  (registers the `dev` profile workers start from)
@@ -215,6 +216,12 @@ class Worker:
             pass  # a reuse phase with nothing stored: Hypothesis ran no test cases
         except InvariantViolation as e:
             self.handle(target, e, source, self.database.take_saved() if source == "search" else [])
+        except FlakyFailure as group:
+            # Failed once, passed when Hypothesis ran it again: the example is still a failure
+            # to shrink (the shrinker replays it and keeps it only if it fails again).
+            failure = next((x for x in group.exceptions if isinstance(x, InvariantViolation)), None)
+            if failure is not None:
+                self.handle(target, failure, source, self.database.take_saved() if source == "search" else [])
 
     def handle(
         self,
@@ -224,6 +231,9 @@ class Worker:
         saved_raw: list[tuple[bytes, bytes]],
     ) -> None:
         found = target.shrink(failure)
+        if target.replay(found.trace.steps) is None:
+            self.send("unreproducible", check=target.name, problem=failure.problem)
+            return
         fingerprint = found.fingerprint
         if fingerprint not in self.known:
             self.replay_stored(target)  # another worker may have stored it meanwhile
@@ -352,6 +362,8 @@ class Campaign:
         self.fallback: str | None = None
         self.fatal: str | None = None
         self.notices: list[str] = []
+        #: Failures that did not fail again when replayed (flaky, so not saved).
+        self.unreproducible = 0
 
     def start(self) -> None:
         for index in range(self.options.workers):
@@ -454,6 +466,8 @@ class Campaign:
                 f"the database {self.options.database} went away ({msg['error']}); the campaign goes on with"
                 f" the local database {msg['to']}, into which every worker copies the failures it holds"
             )
+        elif kind == "unreproducible":
+            self.unreproducible += 1
         elif kind == "fatal":
             self.fatal = msg["error"]
         elif kind == "done":
@@ -521,4 +535,5 @@ class Campaign:
             "coverage": {e: self.first_reached.get(e) for e in REQUIRED_EVENTS},
             "coverage_over_time": self.coverage_over_time,
             "failures": [vars(f) for f in self.failures.values()],
+            "unreproducible": self.unreproducible,
         }

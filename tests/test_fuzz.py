@@ -312,3 +312,41 @@ def test_a_stored_failure_that_no_longer_fails_is_dropped(tmp_path: Path) -> Non
     code, _, err = fuzz.finish()
     assert code == 1, err  # it still finds the bug itself
     assert passing.fingerprint not in {f.fingerprint for f in stored_failures(str(tmp_path / "db"))}
+
+
+# --- the parts, in process -------------------------------------------------------------------------
+
+
+def test_the_fingerprint_is_the_invariant_and_the_shrunk_trace_not_the_message() -> None:
+    from externref_harness import trace as tracefile
+    from externref_harness.model import ops
+
+    (target,) = fuzz_targets(["model"], MUTANT, "debug")
+    steps = (ops.New(8, 8), ops.Gc())
+    a = Found(
+        "model", "I1 no reachable ref is freed", tracefile.Trace(target.config, steps, "refs [0] freed")
+    )
+    b = Found("model", "I1 no reachable ref is freed", tracefile.Trace(target.config, steps, "other words"))
+    assert a.fingerprint == b.fingerprint
+    assert Found.from_bytes(a.to_bytes()) == a
+    assert Found("model", "I8 every stack root is in the table", a.trace).fingerprint != a.fingerprint
+    assert Found("model", a.invariant, tracefile.Trace(target.config, steps[:1])).fingerprint != a.fingerprint
+    assert Found.from_bytes(b"not json") is None
+
+
+def test_each_config_has_its_own_examples_in_the_database(tmp_path: Path) -> None:
+    """A mutant's stored examples are replayed for that mutant only: a run of the seed on the same
+    database neither replays nor clears them (Hypothesis deletes stored examples that pass)."""
+    from dataclasses import replace
+
+    from hypothesis import settings
+
+    from externref_harness.model_check import MACHINE_BOUNDS, MACHINE_CONFIG, run_model_check
+
+    db = DirectoryBasedExampleDatabase(str(tmp_path / "db"))
+    budget = settings(settings.get_profile("ci"), database=db)  # as `check --database` builds it
+    mutant = replace(MACHINE_CONFIG, mutant="cve-2022-23636")
+    assert not run_model_check(mutant, MACHINE_BOUNDS, budget).passed
+    assert run_model_check(MACHINE_CONFIG, MACHINE_BOUNDS, settings(budget, max_examples=3)).passed
+    again = run_model_check(mutant, MACHINE_BOUNDS, settings(budget, max_examples=1))
+    assert not again.passed and again.stats.first_failing_example == 1  # replayed, not searched for
