@@ -143,9 +143,10 @@ class Worker:
             self.guarded(target, self.search, target, 10, [Phase.explicit, Phase.reuse], "database")
         batch = 0
         sizes = {t.name: 5 for t in self.targets}
-        while not self.finished():
+        # Every worker searches each target at least once, however late it started.
+        while batch < len(self.targets) or not self.finished():
             for target in self.targets:
-                if self.finished():
+                if batch >= len(self.targets) and self.finished():
                     break
                 batch += 1
                 started = time.perf_counter()
@@ -207,7 +208,9 @@ class Worker:
     def search(
         self, target: FuzzTarget, examples: int, phases: list[Phase], source: str, batch: int = 0
     ) -> None:
-        machine = seed(self.spec.seed * 1_000_003 + batch)(target.make_machine(self.stats[target.name]))
+        # The first batch runs with the worker's seed itself; each later one with its own.
+        batch_seed = self.spec.seed + max(batch - 1, 0) * 1_000_003
+        machine = seed(batch_seed)(target.make_machine(self.stats[target.name]))
         chosen = settings(self.base, max_examples=examples, database=self.database, phases=phases)
         self.database.take_saved()
         try:

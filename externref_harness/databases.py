@@ -110,8 +110,12 @@ class RecordingDatabase(ExampleDatabase):
         self._saved: list[tuple[bytes, bytes]] = []
 
     def save(self, key: bytes, value: bytes) -> None:
+        # Only what was not there yet: an example another worker stored stays, even when this
+        # worker came to the very same one (the same seed) and deletes its own copy.
+        new = value not in set(self.inner.fetch(key))
         self.inner.save(key, value)
-        self._saved.append((key, value))
+        if new:
+            self._saved.append((key, value))
 
     def fetch(self, key: bytes) -> Iterable[bytes]:
         return list(self.inner.fetch(key))
@@ -120,8 +124,10 @@ class RecordingDatabase(ExampleDatabase):
         self.inner.delete(key, value)
 
     def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        new = value not in set(self.inner.fetch(dest))
         self.inner.move(src, dest, value)
-        self._saved.append((dest, value))
+        if new:
+            self._saved.append((dest, value))
 
     def take_saved(self) -> list[tuple[bytes, bytes]]:
         saved, self._saved = self._saved, []
