@@ -38,7 +38,13 @@ from hypothesis.stateful import run_state_machine_as_test
 import externref_harness.profiles  # noqa: F401  (registers the `dev` profile workers start from)
 from externref_harness import trace as tracefile
 from externref_harness.checks import CHECKS, CheckOptions
-from externref_harness.databases import DEFAULT_DIRECTORY, RecordingDatabase, database_errors, open_database
+from externref_harness.databases import (
+    DEFAULT_DIRECTORY,
+    KeyedDatabase,
+    RecordingDatabase,
+    database_errors,
+    open_database,
+)
 from externref_harness.errors import UsageError
 from externref_harness.model.state import Build
 from externref_harness.model_check import REQUIRED_EVENTS, InvariantViolation, RunStats
@@ -211,7 +217,8 @@ class Worker:
         # The first batch runs with the worker's seed itself; each later one with its own.
         batch_seed = self.spec.seed + max(batch - 1, 0) * 1_000_003
         machine = seed(batch_seed)(target.make_machine(self.stats[target.name]))
-        chosen = settings(self.base, max_examples=examples, database=self.database, phases=phases)
+        database = KeyedDatabase(self.database, target.machine_key)
+        chosen = settings(self.base, max_examples=examples, database=database, phases=phases)
         self.database.take_saved()
         try:
             run_state_machine_as_test(machine, settings=chosen)

@@ -132,3 +132,25 @@ class RecordingDatabase(ExampleDatabase):
     def take_saved(self) -> list[tuple[bytes, bytes]]:
         saved, self._saved = self._saved, []
         return saved
+
+
+class KeyedDatabase(ExampleDatabase):
+    """Another database, with every key put under `prefix`: one machine's examples apart from
+    every other machine's, in any backend."""
+
+    def __init__(self, inner: ExampleDatabase, prefix: bytes) -> None:
+        super().__init__()
+        self.inner = inner
+        self.prefix = prefix + b"/"
+
+    def save(self, key: bytes, value: bytes) -> None:
+        self.inner.save(self.prefix + key, value)
+
+    def fetch(self, key: bytes) -> Iterable[bytes]:
+        return self.inner.fetch(self.prefix + key)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        self.inner.delete(self.prefix + key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        self.inner.move(self.prefix + src, self.prefix + dest, value)

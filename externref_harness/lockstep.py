@@ -64,7 +64,7 @@ from externref_harness.model_check import (
     RunStats,
     draw_move,
     example_failure,
-    keyed_machine,
+    machine_key,
     misuse_problem,
     record_step,
     search_settings,
@@ -562,7 +562,7 @@ def make_lockstep_machine(
                 self.run.close()
 
     LockstepMachine.__name__ = LockstepMachine.__qualname__ = "LockstepMachine"
-    return keyed_machine(LockstepMachine, "lockstep", cfg, bounds)
+    return LockstepMachine
 
 
 def run_lockstep_check(
@@ -576,7 +576,8 @@ def run_lockstep_check(
     stats = RunStats()
     machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory)
     try:
-        run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
+        chosen = search_settings(hypothesis_settings, machine_key("lockstep", cfg, bounds))
+        run_state_machine_as_test(machine, settings=chosen)
     except InvariantViolation as e:
         return CheckOutcome(
             "lockstep", False, stats, report_lockstep_failure(cfg, e, save_as, adapter_factory)

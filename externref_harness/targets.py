@@ -72,10 +72,15 @@ class FuzzTarget:
     replay: Callable[[Sequence[Op]], str | None]
 
     @property
+    def machine_key(self) -> bytes:
+        """Where Hypothesis's own examples of this machine live (as `check` keeps them)."""
+        return machine_key(self.name, self.config, self.bounds)
+
+    @property
     def failures_key(self) -> bytes:
         """Where this target's shrunk failures live in the example database (beside Hypothesis's
         own examples of the same machine)."""
-        digest = hashlib.sha256(machine_key(self.name, self.config, self.bounds)).hexdigest()
+        digest = hashlib.sha256(self.machine_key).hexdigest()
         return f"externref-harness-failures:{digest}".encode()
 
 
