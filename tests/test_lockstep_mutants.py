@@ -47,7 +47,7 @@ def test_each_impl_mutant_is_caught(mutant: str, build: Build) -> None:
 
 
 #: Over ten seconds each: left out of the quick loop (`pytest -m "not slow"`).
-SLOW_SHARED_RULE_MUTANTS = ("cve-2021-39216",)
+SLOW_SHARED_RULE_MUTANTS = ("cve-2021-39216", "cve-2021-39218")
 
 
 @pytest.mark.parametrize(
