@@ -174,6 +174,31 @@ def test_bad_database_url_is_one_line_and_exit_2(url: str, capsys: pytest.Captur
     assert err.count("\n") == 1 and "--database" in err and "redis://HOST:PORT/DB" in err
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--workers", "0"], "--workers"),
+        (["--time-limit", "0"], "--time-limit"),
+        (["--checks", ""], "--checks"),
+        (["--mutant", "no-such-bug"], "no-such-bug"),
+        (["--mutant", "proof-drop-roots-in-table-assumption"], "not exercised"),
+        (["--json", "/proc/no-such-dir/summary.json"], "/proc/no-such-dir"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    args: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fuzz", "--time-limit", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err
+
+
+def test_check_refuses_a_bad_database_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--only", "model", "--database", "redis://127.0.0.1:x/0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--database" in err
+
+
 def test_unreachable_redis_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     started = time.monotonic()
