@@ -139,7 +139,11 @@ class Worker:
         )
 
     def send(self, kind: str, **fields: Any) -> None:
-        self.conn.send({"kind": kind, "worker": self.spec.index, "time": time.time(), **fields})
+        try:
+            self.conn.send({"kind": kind, "worker": self.spec.index, "time": time.time(), **fields})
+        except OSError:
+            # The parent is gone (killed itself): what this worker saved stays saved; stop.
+            raise SystemExit(0) from None
 
     def run(self) -> None:
         self.cpu_at_start = time.process_time()  # what searching costs, without the imports
