@@ -395,3 +395,41 @@ def test_each_config_has_its_own_examples_in_the_database(tmp_path: Path) -> Non
     assert run_model_check(MACHINE_CONFIG, MACHINE_BOUNDS, settings(budget, max_examples=3)).passed
     again = run_model_check(mutant, MACHINE_BOUNDS, settings(budget, max_examples=1))
     assert not again.passed and again.stats.first_failing_example == 1  # replayed, not searched for
+
+
+@pytest.mark.slow
+def test_on_a_terminal_the_display_is_live_and_ends_with_the_summary(tmp_path: Path) -> None:
+    """Run on a pseudo-terminal: rich redraws the tables in place, then the summary stays."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm", "COLUMNS": "120", "LINES": "60"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "externref_harness.cli", "fuzz", "--checks", "model", "--workers", "1",
+         "--time-limit", "4", "--seed", "3", "--database", "db", "--failures", "failures"],
+        cwd=tmp_path, env=env, stdin=follower, stdout=follower, stderr=follower,
+    )  # fmt: skip
+    os.close(follower)
+    shown = b""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the campaign is over
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif process.poll() is not None:
+            break
+    os.close(leader)
+    assert process.wait(timeout=30) == 0
+    text = shown.decode(errors="replace")
+    assert "\x1b[" in text  # drawn with terminal control sequences, not plain progress lines
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", text)
+    assert "examples/s" in text and "first reached" in text and "no failures" in text
+    assert "campaign summary (time limit reached" in text
+    assert not re.search(r"^\[ *\d+\.\ds\] examples", text, re.M)
