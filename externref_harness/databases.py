@@ -49,8 +49,9 @@ def open_directory(directory: Path) -> ExampleDatabase:
     return DirectoryBasedExampleDatabase(str(directory))
 
 
-def redis_address(url: str) -> tuple[str, int, int]:
-    """(host, port, db) of `redis://HOST:PORT/DB`; anything else is a usage error."""
+def redis_address(url: str) -> tuple[str, int, int, str | None]:
+    """(host, port, db, password) of `redis://[:PASSWORD@]HOST:PORT/DB`; anything else is a usage
+    error."""
     bad = f"--database {url!r}: expected a directory or redis://HOST:PORT/DB"
     parts = urlsplit(url)
     if parts.scheme != "redis" or not parts.hostname or parts.query or parts.fragment:
@@ -62,30 +63,37 @@ def redis_address(url: str) -> tuple[str, int, int]:
     path = parts.path.strip("/") or "0"
     if not path.isdigit():
         raise UsageError(f"{bad} (DB must be a number, got {path!r})")
-    return parts.hostname, port, int(path)
+    return parts.hostname, port, int(path), parts.password
 
 
 def open_redis(url: str) -> ExampleDatabase:
     from hypothesis.extra.redis import RedisExampleDatabase
     from redis import Redis
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import AuthenticationError, RedisError
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
-    host, port, db = redis_address(url)
+    host, port, db, password = redis_address(url)
     # No retries: a server that went away is reported at once, and the campaign moves on.
     client = Redis(
         host=host,
         port=port,
         db=db,
+        password=password,
         socket_timeout=REDIS_TIMEOUT,
         socket_connect_timeout=REDIS_TIMEOUT,
         retry=Retry(NoBackoff(), 0),
     )
+    shown = url.replace(f":{password}@", ":***@") if password else url
     try:
         client.ping()
+    except AuthenticationError as e:
+        raise UsageError(f"--database {shown}: Redis refused: {e}") from None
+    except RedisConnectionError as e:
+        raise UsageError(f"--database {shown}: Redis is unreachable: {e}") from None
     except RedisError as e:
-        raise UsageError(f"--database {url}: Redis is unreachable: {e}") from None
+        raise UsageError(f"--database {shown}: Redis refused: {e}") from None
     return RedisExampleDatabase(client)
 
 

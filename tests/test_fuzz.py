@@ -44,11 +44,11 @@ def free_port() -> int:
 class RedisServer:
     """`redis-server` on a loopback port, without persistence, as a child of the test."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(directory)],
+             "--appendonly", "no", "--dir", str(directory), *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -72,12 +72,16 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def need_redis_server() -> None:
     if shutil.which("redis-server") is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
         pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    need_redis_server()
     server = RedisServer(tmp_path)
     try:
         yield server
@@ -206,6 +210,24 @@ def test_unreachable_redis_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and url in err and "unreachable" in err
     assert time.monotonic() - started < REDIS_TIMEOUT + 5
+
+
+def test_a_password_protected_redis_takes_the_password_from_the_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_redis_server()
+    server = RedisServer(tmp_path, "--requirepass", "s3cret")
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/0"
+        db = open_database(url).database
+        db.save(b"k", b"v")
+        assert list(db.fetch(b"k")) == [b"v"]
+        wrong = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        assert main(["fuzz", "--database", wrong, "--time-limit", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Redis refused" in err and "wrong" not in err
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("checks", ["proofs", "model,nonsense"])
