@@ -35,6 +35,13 @@ MUTANT = "cve-2022-23636"
 FOUND = re.compile(r"^failure \d+: model: (?P<inv>[^:]+): .* externref-harness replay (?P<trace>\S+)$")
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs create their default directories (`.hypothesis/examples`, the failures
+    directory) in the test's own directory, never in a shared one."""
+    monkeypatch.chdir(tmp_path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
