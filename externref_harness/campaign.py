@@ -6,8 +6,8 @@ Hypothesis's reuse phase), then searches in short batches, each a fresh Hypothes
 next seed. Between batches it replays failures other workers (on this machine or any other sharing
 the database) stored since.
 
-A failure is shrunk once with the project's shrinker (`targets.FuzzTarget.shrink`) and named by
-its invariant and shrunk trace (`targets.Found.fingerprint`). A new one is saved as a trace file
+A failure is shrunk once with the project's shrinker (`search_targets.FuzzTarget.shrink`) and named by
+its invariant and shrunk trace (`search_targets.Found.fingerprint`). A new one is saved as a trace file
 and in the database, beside the raw example Hypothesis saved itself; a duplicate only counts, and
 the raw example it added is deleted again so the database keeps one per failure.
 
@@ -48,7 +48,7 @@ from externref_harness.databases import (
 from externref_harness.errors import UsageError
 from externref_harness.model.state import Build
 from externref_harness.model_check import REQUIRED_EVENTS, InvariantViolation, RunStats
-from externref_harness.targets import Found, FuzzTarget
+from externref_harness.search_targets import Found, FuzzTarget
 
 #: How long a worker aims to spend in one Hypothesis run before it reports and polls again.
 BATCH_SECONDS = 1.0

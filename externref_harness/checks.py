@@ -17,7 +17,7 @@ from externref_harness.model_check import (
     RunStats,
     run_model_check,
 )
-from externref_harness.targets import FuzzTarget, lockstep_target, model_target
+from externref_harness.search_targets import FuzzTarget, lockstep_target, model_target
 from externref_harness.trace import failures_dir
 
 

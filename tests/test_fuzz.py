@@ -28,7 +28,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from externref_harness.campaign import fuzz_targets
 from externref_harness.cli import main
 from externref_harness.databases import REDIS_TIMEOUT, open_database
-from externref_harness.targets import Found
+from externref_harness.search_targets import Found
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTANT = "cve-2022-23636"
