@@ -42,6 +42,7 @@ from externref_harness.model_check import (
     RunStats,
     draw_move,
     example_failure,
+    machine_key,
     misuse_problem,
     record_step,
     search_settings,
@@ -441,7 +442,8 @@ def run_lockstep_check(
     seen: set[str] = set()
     machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, stop_at, seen)
     try:
-        run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
+        chosen = search_settings(hypothesis_settings, machine_key("lockstep", cfg, bounds))
+        run_state_machine_as_test(machine, settings=chosen)
     except InvariantViolation as e:
         shrink_with = shrink_adapter_factory or adapter_factory
         failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options)
