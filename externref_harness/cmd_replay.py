@@ -102,15 +102,28 @@ def run(args: argparse.Namespace) -> int:
     if chosen.description is not None:
         # The trace's config must be one the library can run (its build, its chunk size).
         chosen.config(cfg, cfg.build, cfg.chunk_size)
-    counting = _Counting(chosen.adapter_factory())
+    pool = None
+    if chosen.path is not None:
+        # A native library replays in a child process: a crash is reported, never the harness's.
+        from externref_harness.gate import child_env
+        from externref_harness.isolation import ChildPool
+
+        pool = ChildPool(chosen.path, env=child_env(chosen.path))
+        counting = _Counting(pool.adapter())
+    else:
+        counting = _Counting(chosen.adapter_factory())
     total = len(trace.steps)
 
     def where() -> str:
         done = counting.steps
         return f"step {done:,} of {total:,}" if done <= total else f"teardown step {done - total:,}"
 
-    with progress("replay", where):
-        report = lockstep.replay(trace, counting, lockstep.LockstepOptions(impl_name=chosen.name))
+    try:
+        with progress("replay", where):
+            report = lockstep.replay(trace, counting, lockstep.LockstepOptions(impl_name=chosen.name))
+    finally:
+        if pool is not None:
+            pool.close()
     observations = [obs for _, obs in run_model(cfg, trace.steps)]
     failing = report.model_failure[0] if report.model_failure is not None else None
     failed = report.model_failure is not None or report.impl_failure is not None
