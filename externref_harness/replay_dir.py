@@ -72,10 +72,18 @@ def wants_this_module(path: Path) -> bool:
     return path.is_dir() or (path.is_file() and _is_corpus_file(path))
 
 
+#: A corpus file is small; anything larger is left to the trace loader, which refuses it in one line.
+CORPUS_FILE_LIMIT = 16 << 20
+
+
 def _is_corpus_file(path: Path) -> bool:
+    """Whether `path` is a corpus file. Any doubt (unreadable, huge, malformed) answers no, and the
+    trace loader then says what is wrong with it."""
     try:
+        if path.stat().st_size > CORPUS_FILE_LIMIT:
+            return False
         return is_corpus_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
 
 
