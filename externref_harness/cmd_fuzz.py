@@ -51,7 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated checks to search (of {searchable}; default {','.join(DEFAULT_CHECKS)})",
     )  # fmt: skip
     p.add_argument("--mutant", metavar="NAME", default=None, help="search with this seeded bug")
-    p.add_argument("--build", choices=("debug", "release"), default="debug")
+    p.add_argument(
+        "--build", choices=("debug", "release"), default="debug",
+        help="which build of the seed the workers search: debug (assertions on, the default) or release",
+    )  # fmt: skip
     p.add_argument("--failures", type=Path, default=None, help="where to save failing traces")
     p.add_argument("--seed", type=int, default=None, help="the first worker's seed (default: random)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the summary as JSON")

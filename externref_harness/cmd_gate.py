@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-examples must be at least 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
+    if not str(args.library):
+        raise UsageError("PATH.so needs a path, got an empty string")
     expect = expectations.load(args.expect) if args.expect is not None else expectations.Expectations()
     for path in (args.junit, args.json):
         if path is not None:

@@ -93,6 +93,8 @@ class GateOptions:
 def child_env(library: Path) -> dict[str, str] | None:
     """A library built with AddressSanitizer needs its runtime preloaded into the child."""
     try:
+        if not library.is_file() or library.stat().st_size > 1 << 30:
+            return None  # not a library: `describe_library` says what it is
         data = library.read_bytes()
     except OSError:
         return None
@@ -107,7 +109,14 @@ def child_env(library: Path) -> dict[str, str] | None:
 def describe_library(library: Path, env: dict[str, str] | None) -> Description:
     """Load and validate the library in a child process (bad library: one-line `UsageError`)."""
     import os
+    import stat
 
+    try:
+        mode = os.stat(library).st_mode
+    except OSError as e:
+        raise UsageError(f"library {library}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"library {library}: not a regular file")
     try:
         done = subprocess.run(
             [sys.executable, "-m", "externref_harness.child", "--describe", str(library)],

@@ -57,6 +57,10 @@ def failures_source(given: str | None, option: str = "--failures") -> str:
     return f"${FAILURES_ENV}" if os.environ.get(FAILURES_ENV) is not None else "the failures directory"
 
 
+#: How much the writability probe writes (a trace is a few kilobytes).
+PROBE_BYTES = 16 << 10
+
+
 def check_dir(path: Path, where: str) -> None:
     """`path` is, or can be created as, a directory files can be written in (`UsageError` if not)."""
     existing = path
@@ -78,13 +82,20 @@ def check_dir(path: Path, where: str) -> None:
 
 
 def _probe(directory: Path, where: str, named: Path) -> None:
-    """Create and delete a fresh temporary file in `directory`: whether writing there works."""
+    """Create, fill and delete a fresh temporary file in `directory`: whether writing there works.
+    It is filled with some bytes, not left empty: a full disk still has room for an empty file."""
     try:
         fd, name = tempfile.mkstemp(prefix=".externref-harness-probe-", dir=directory)
     except OSError as e:
         raise UsageError(f"{where} {shown_path(named)}: cannot write there: {e.strerror or e}") from None
-    os.close(fd)
-    os.unlink(name)
+    try:
+        os.write(fd, bytes(PROBE_BYTES))
+        os.fsync(fd)
+    except OSError as e:
+        raise UsageError(f"{where} {shown_path(named)}: cannot write there: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+        os.unlink(name)
 
 
 def check_file(path: Path, where: str) -> None:

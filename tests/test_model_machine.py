@@ -33,7 +33,10 @@ def test_every_interesting_path_is_reached_under_the_ci_profile(build: Build) ->
     missing = [e for e in REQUIRED_EVENTS if out.stats.events[e] == 0]
     assert not missing, f"paths never reached: {missing}"
     ops_missing = [
-        tag for tag in _all_tags() if out.stats.events[f"op:{tag}"] == 0 and tag != "set_stack_canary"
+        tag
+        for tag in _all_tags()
+        # Host loops of inserts are generated for large chunks only (tests/test_native_lockstep.py).
+        if out.stats.events[f"op:{tag}"] == 0 and tag not in ("set_stack_canary", "insert_many")
     ]
     assert not ops_missing, f"operations never generated: {ops_missing}"
 
