@@ -59,10 +59,19 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--only {', '.join(wrong)} checks the harness itself, not --impl")
         if args.mutant is not None and catalogue.find(args.mutant).layer == "impl":
             raise UsageError(f"mutant {args.mutant!r} is a bug of the Python port, not of --impl")
+    native_only = [c.name for c in CHECKS if c.needs_impl and args.only and c.name in args.only]
+    if args.impl is None and native_only:
+        raise UsageError(
+            f"--only {', '.join(native_only)}: not applicable without --impl PATH.so (the parallel "
+            "check runs real threads on a native library; the Python port is not thread-safe by design)"
+        )
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
     selected = [
-        c for c in CHECKS if (not args.only or c.name in args.only) and (args.impl is None or c.checks_impl)
+        c
+        for c in CHECKS
+        if (not args.only or c.name in args.only)
+        and (c.checks_impl if args.impl is not None else not c.needs_impl)
     ]
     if args.mutant is not None and not any(c.exercises(args.mutant) for c in selected):
         raise UsageError(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from externref_harness import catalogue, lockstep
 from externref_harness import trace as tracefile
+from externref_harness.errors import UsageError
 from externref_harness.explore import LIMITS
 from externref_harness.model.transition import run as run_model
 from externref_harness.report import format_steps
@@ -21,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--impl", type=Path, default=None, metavar="PATH.so",
         help="replay on this native library (the C ABI) instead of the Python port",
+    )  # fmt: skip
+    p.add_argument(
+        "--runs", type=int, default=None, metavar="N",
+        help="a parallel trace (saved by the threads check) is rerun N times (default 100) and the "
+        "failure rate printed: interleavings are not reproducible",
     )  # fmt: skip
 
 
@@ -48,6 +54,13 @@ def load(path: Path) -> tracefile.Trace:
 def run(args: argparse.Namespace) -> int:
     from externref_harness.targets import target
 
+    from externref_harness.parallel_check import replay_parallel
+    from externref_harness.parallel_program import is_parallel_trace
+
+    if is_parallel_trace(args.trace):
+        return replay_parallel(args.trace, args.impl, args.runs)
+    if args.runs is not None:
+        raise UsageError("--runs applies to parallel traces only (a sequential trace replays exactly)")
     trace = load(args.trace)
     chosen = target(args.impl)
     if chosen.library is not None:
