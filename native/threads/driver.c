@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -259,8 +260,28 @@ typedef struct worker {
  * together, yet short enough not to starve the main thread on a machine with fewer free cores). */
 #define SPIN_BEFORE_YIELD 5000u
 
+/* After everyone is ready the main thread sets a start instant this far ahead; every thread spins
+ * until then, so the threads that are on a core at that instant leave within nanoseconds. */
+#define START_DELAY_NS 40000
+
 static int ready;
 static int go;
+static int64_t start_ns;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void wait_for_start(void) {
+    int64_t start = __atomic_load_n(&start_ns, __ATOMIC_ACQUIRE);
+    while (now_ns() < start) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
 static int panicked;
 
 /* One call; returns its status. */
@@ -364,6 +385,7 @@ static void *worker_main(void *arg) {
             sched_yield();
         }
     }
+    wait_for_start();
     run_ops(w->impl, w->ops, w->n_ops, XT_PARALLEL, w->thread, w->regs, w->results);
     return NULL;
 }
@@ -407,7 +429,9 @@ EXPORT int xt_run(const xt_impl *im, const xt_op *ops, size_t n_ops, int32_t n_t
         }
         while (__atomic_load_n(&ready, __ATOMIC_SEQ_CST) < started) sched_yield();
         current_thread = 1;
+        __atomic_store_n(&start_ns, now_ns() + START_DELAY_NS, __ATOMIC_RELEASE);
         __atomic_store_n(&go, 1, __ATOMIC_RELEASE);
+        wait_for_start();
         if (status == 0 && n_threads > 0) run_ops(im, ops, n_ops, XT_PARALLEL, 1, regs, results);
         for (int t = 0; t < started; t++) pthread_join(workers[t].handle, NULL);
         current_thread = 0;
