@@ -52,10 +52,9 @@ def load(path: Path) -> tracefile.Trace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from externref_harness.targets import target
-
     from externref_harness.parallel_check import replay_parallel
     from externref_harness.parallel_program import is_parallel_trace
+    from externref_harness.targets import target
 
     if is_parallel_trace(args.trace):
         return replay_parallel(args.trace, args.impl, args.runs)

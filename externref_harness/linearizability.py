@@ -120,7 +120,8 @@ def _apply(ctx: _Context, state: State, env: Env, call: Call, bind: bool) -> tup
             if bind and ref not in ctx.ref_addr:
                 ctx.ref_addr[ref] = res.value
             if ctx.ref_addr.get(ref) != res.value:
-                why = f"{call.label()} gave {res.value:#x}, the model says ref {ref} ({_addr(ctx.ref_addr, ref)})"
+                known = _addr(ctx.ref_addr, ref)
+                why = f"{call.label()} gave {res.value:#x}, the model says ref {ref} ({known})"
         case "StrongCount" | "Eq":
             expected = int(value)
             if res.value != expected:
@@ -212,7 +213,7 @@ def check_history(program: ParallelProgram, history: History, cfg: Config) -> Ve
 def _final_counts(program: ParallelProgram, calls: list[Call], cfg: Config) -> list[str]:
     """The epilogue's counts against the model run in thread order (final counts do not depend on
     the interleaving: every call completed)."""
-    state, env = State.initial(cfg), {}
+    state, env = State.initial(cfg), Env()
     out = []
     for c in calls:
         state, obs = step(cfg, state, model_op(c.step, env))
@@ -222,7 +223,8 @@ def _final_counts(program: ParallelProgram, calls: list[Call], cfg: Config) -> l
         if c.phase == "epilogue" and c.step.kind == "StrongCount" and c.result.value != obs.result.value:
             ref = state.handles[env[c.step.a][1]]
             out.append(
-                f"final count of value {ref} after the join: {c.result.value}, the model says {obs.result.value}"
+                f"final count of value {ref} after the join: {c.result.value}, "
+                f"the model says {obs.result.value}"
             )
     return out
 
@@ -230,7 +232,7 @@ def _final_counts(program: ParallelProgram, calls: list[Call], cfg: Config) -> l
 def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:
     """Search for a real-time-respecting order of the parallel calls that the model explains."""
     ctx = _Context(cfg, {}, {})
-    state, env = State.initial(cfg), {}
+    state, env = State.initial(cfg), Env()
     for c in calls:
         if c.phase != "prefix":
             continue
@@ -247,9 +249,7 @@ def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:
     order: list[int] = []
 
     def key(positions: tuple[int, ...], st: State, en: Env) -> Any:
-        regs = tuple(
-            (r, st.raws[i] if raw else st.handles[i]) for r, (raw, i) in sorted(en.items())
-        )
+        regs = tuple((r, st.raws[i] if raw else st.handles[i]) for r, (raw, i) in sorted(en.items()))
         return positions, st.heap, st.faults, regs
 
     def note_failure(depth: int, why: list[str]) -> None:
@@ -269,7 +269,9 @@ def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:
         if k in seen:
             return False
         seen.add(k)
-        firsts = [(t, ops[p]) for t, (p, ops) in enumerate(zip(positions, per_thread, strict=True)) if p < len(ops)]
+        firsts = [
+            (t, ops[p]) for t, (p, ops) in enumerate(zip(positions, per_thread, strict=True)) if p < len(ops)
+        ]
         whys = []
         for t, c in firsts:
             if any(o.result.resp < c.result.inv for u, o in firsts if u != t):
@@ -279,7 +281,7 @@ def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:
                 whys.append(why)
                 continue
             order.append(c.index)
-            pos2 = positions[:t] + (positions[t] + 1,) + positions[t + 1 :]
+            pos2 = (*positions[:t], positions[t] + 1, *positions[t + 1 :])
             if search(pos2, st2, en2):
                 return True
             order.pop()
@@ -294,8 +296,10 @@ def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:
     why = "; ".join(ctx.deepest_why) or "no call can come next"
     return Verdict(
         False,
-        [f"not linearizable: no order of the threads' calls explains the results (longest explained: "
-         f"{placed}; then {why})"],
+        [
+            f"not linearizable: no order of the threads' calls explains the results (longest explained: "
+            f"{placed}; then {why})"
+        ],
         None,
         ctx.nodes,
     )

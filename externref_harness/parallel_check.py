@@ -93,7 +93,11 @@ def fails_within(
 
 
 def shrink(
-    runner: Runner, program: ParallelProgram, cfg: Config, failing: tuple[History, Verdict], opts: ParallelOptions
+    runner: Runner,
+    program: ParallelProgram,
+    cfg: Config,
+    failing: tuple[History, Verdict],
+    opts: ParallelOptions,
 ) -> tuple[ParallelProgram, tuple[History, Verdict]]:
     """Greedy: take the first smaller candidate that still fails, until none does or time is up."""
     deadline = time.perf_counter() + opts.shrink_time
@@ -110,7 +114,9 @@ def shrink(
     return program, failing
 
 
-def failure_rate(runner: Runner, program: ParallelProgram, cfg: Config, runs: int) -> tuple[int, Verdict | None]:
+def failure_rate(
+    runner: Runner, program: ParallelProgram, cfg: Config, runs: int
+) -> tuple[int, Verdict | None]:
     """How many of `runs` reruns fail, and the first failing verdict."""
     failures, first = 0, None
     for _ in range(runs):
@@ -139,12 +145,16 @@ def run_parallel_check(library: NativeLibrary, opts: ParallelOptions) -> Paralle
         original = program
         program, (history, verdict) = shrink(runner, program, cfg, (history, verdict), opts)
         failures, _ = failure_rate(runner, program, cfg, opts.replay_runs)
-        trace = ParallelTrace(program, str(library.path), "; ".join(verdict.problems), opts.replay_runs, failures)
+        trace = ParallelTrace(
+            program, str(library.path), "; ".join(verdict.problems), opts.replay_runs, failures
+        )
         saved = save_trace(trace, opts.save_as) if opts.save_as is not None else None
         report = describe_failure(
             library, program, history, verdict, n, detected, original, failures, opts.replay_runs, saved
         )
-        return ParallelOutcome(False, n, time.perf_counter() - started, detected, report, program, saved, seed)
+        return ParallelOutcome(
+            False, n, time.perf_counter() - started, detected, report, program, saved, seed
+        )
     return ParallelOutcome(True, n, time.perf_counter() - started, seed=seed)
 
 
@@ -206,7 +216,10 @@ def describe_failure(
         *(f"  - {p}" for p in verdict.problems),
     ]
     if saved is not None:
-        lines += ["", f"Saved for replay: externref-harness replay {saved} --impl {library.path} --runs {runs}"]
+        lines += [
+            "",
+            f"Saved for replay: externref-harness replay {saved} --impl {library.path} --runs {runs}",
+        ]
     return "\n".join(lines)
 
 

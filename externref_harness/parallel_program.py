@@ -306,7 +306,7 @@ def generate(rng: random.Random, shape: Shape = Shape()) -> ParallelProgram:
     """A random well-formed program: shared or given handles, shared raws, a mix of ref ops."""
     # Fewer threads than cores leave together most often: two threads are drawn most.
     counts = list(range(shape.threads[0], shape.threads[1] + 1))
-    n_threads = rng.choices(counts, [2.0 ** -i for i in range(len(counts))])[0]
+    n_threads = rng.choices(counts, [2.0**-i for i in range(len(counts))])[0]
     prefix: list[PStep] = []
     owners: list[tuple[int, int]] = []
     reg = 0
@@ -440,7 +440,7 @@ def smaller(p: ParallelProgram) -> Iterator[ParallelProgram]:
                 yield q
     # Prefix clones given to a thread that never uses them.
     used = {r for ops in p.threads for s in ops for r in _operands(s)}
-    for r, t in p.owners:
+    for r, _thread in p.owners:
         if r not in used:
             prefix = tuple(s for s in p.prefix if s.out != r)
             if len(prefix) < len(p.prefix):
@@ -501,7 +501,9 @@ def load_trace(path: Path) -> ParallelTrace:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ParallelTraceError(f"{where}: not an {FORMAT} file")
     if obj.get("version") != VERSION:
-        raise ParallelTraceError(f"{where}: parallel trace version {obj.get('version')!r} (expected {VERSION})")
+        raise ParallelTraceError(
+            f"{where}: parallel trace version {obj.get('version')!r} (expected {VERSION})"
+        )
     try:
         program = ParallelProgram.from_json(obj.get("program"))
     except ValueError as e:

@@ -167,7 +167,9 @@ class Runner:
         self.library = library
         self._driver = _driver()
         cdll = library.cdll
-        self._impl = XtImpl(*(ctypes.cast(getattr(cdll, sym), ctypes.c_void_p).value for _, sym in _IMPL_FIELDS))
+        self._impl = XtImpl(
+            *(ctypes.cast(getattr(cdll, sym), ctypes.c_void_p).value for _, sym in _IMPL_FIELDS)
+        )
         self._report = XtReport()
         self._program: ParallelProgram | None = None
 

@@ -89,7 +89,7 @@ def test_the_checker_names_a_drop_made_by_the_wrong_call() -> None:
     # The value's destructor ran inside thread 2's Drop (count 2 -> 1) instead of the epilogue's.
     wrong = History(history.results, (DropEvent(VALUE, 2, 6),), (), False, 1, 1)
     moved = History(
-        history.results[:4] + (OpResult(0, 0, 6, 8),) + history.results[5:],
+        (*history.results[:4], OpResult(0, 0, 6, 8), *history.results[5:]),
         (DropEvent(VALUE, 2, 7),),
         (),
         False,
@@ -107,7 +107,7 @@ def test_the_checker_reports_final_counts_double_drops_and_panics() -> None:
     history = _history(1, (8, 9))
     results = list(history.results)
     results[5] = OpResult(0, 2, 20, 21)
-    counted = History(tuple(results), history.drops + (DropEvent(VALUE, 0, 23),), (), False, 1, 1)
+    counted = History(tuple(results), (*history.drops, DropEvent(VALUE, 0, 23)), (), False, 1, 1)
     text = "\n".join(check_history(PROGRAM, counted, CFG).problems)
     assert "final count of value 0 after the join: 2, the model says 1" in text
     assert "value 0 was dropped 2 times" in text
