@@ -438,6 +438,15 @@ def smaller(p: ParallelProgram) -> Iterator[ParallelProgram]:
             q = without(p, t, i)
             if q is not None and q.n_ops > 0:
                 yield q
+    # Values no thread touches, with every prefix op on them.
+    values = register_values(p)
+    touched = {values[r] for ops in p.threads for s in ops for r in _operands(s)}
+    for v in sorted(set(values.values()) - touched):
+        prefix = tuple(s for s in p.prefix if values.get(s.out if s.kind == "New" else s.a) != v)
+        try:
+            yield ParallelProgram(prefix, p.threads, tuple(o for o in p.owners if values[o[0]] != v))
+        except ValueError:
+            pass
     # Prefix clones given to a thread that never uses them.
     used = {r for ops in p.threads for s in ops for r in _operands(s)}
     for r, _thread in p.owners:
