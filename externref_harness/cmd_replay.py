@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--runs applies to parallel traces only (a sequential trace replays exactly)")
     trace = load(args.trace)
     chosen = target(args.impl)
-    if chosen.library is not None:
+    if chosen.description is not None:
         # The trace's config must be one the library can run (its build, its chunk size).
         chosen.config(trace.config, trace.config.build, trace.config.chunk_size)
     cfg = trace.config

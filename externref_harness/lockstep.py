@@ -26,10 +26,11 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 
 from externref_harness import trace as tracefile
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
-from externref_harness.memory_checks import CHECKS, ChunkCompare, Level, Problem, memory_problems
+from externref_harness.memory_checks import CHECKS, STRICT, ChunkCompare, Level, Problem, memory_problems
 from externref_harness.model import ops
 from externref_harness.model.moves import Bounds, next_quiesce_op
 from externref_harness.model.observation import Observation, Panic
+from externref_harness.model.runtime import SeedRuntime
 from externref_harness.model.state import Config, State
 from externref_harness.model.transition import step as model_step
 from externref_harness.model_check import (
@@ -128,8 +129,15 @@ class Lockstep:
     def _impl_step(
         self, op: ops.Op, obs: Observation, before: State
     ) -> tuple[str | None, tuple[Problem, ...]]:
+        # Below the strict level the embedder's pre-GC check uses the model's capacity (in the
+        # seed's bytes), so a runtime that counts in slots is not charged for the embedder's choice.
+        capacity = None if STRICT in self.levels else SeedRuntime(self.cfg, before).bump_capacity_remaining()
         try:
-            outcome = self.adapter.step(plain_op(op))
+            outcome = (
+                self.adapter.step(plain_op(op), capacity)
+                if capacity is not None
+                else (self.adapter.step(plain_op(op)))
+            )
             probe = self.adapter.probe()
         except Exception as e:  # the implementation under test crashed: that is its failure
             return f"the implementation raised {type(e).__name__}: {e}", ()
@@ -151,6 +159,8 @@ class Lockstep:
             for name in type(model_view).__slots__
             if getattr(model_view, name) != getattr(impl_view, name)
         ]
+        problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
+        problems += drop_order_problems(before, outcome.dropped, self.refs)
         problems += [
             Problem("observed.identity", x) for x in identity_problems(op, outcome, probe, self._hashes)
         ]
@@ -195,6 +205,35 @@ class Lockstep:
 
     def close(self) -> None:
         self.adapter.close()
+
+
+def _capacity_unit(op: ops.Op, p: Problem, model: tuple[object, ...], impl: tuple[object, ...]) -> Problem:
+    """`bump_capacity_remaining` in slots where the seed answers bytes is a strict-level divergence."""
+    if p.check != "observed.result" or not isinstance(op, ops.BumpCapacityRemaining):
+        return p
+    if model[0] == impl[0] == "ok" and isinstance(model[1], int) and impl[1] == model[1] // 8:
+        return Problem("observed.bump-capacity-bytes", f"{p.text} (slots, not bytes)")
+    return p
+
+
+def drop_order_problems(before: State, dropped: Sequence[int], refs: RefMap) -> list[Problem]:
+    """The seed's `sweep` drops the chunk's refs slot by slot, before any hash-set member: a ref
+    held only by chunk slots dies at its last slot, so those drops come in last-slot order."""
+    chunk = before.table.chunk
+    if len(dropped) < 2 or not chunk:
+        return []
+    sets = before.table.over_approximated_stack_roots | before.table.precise_stack_roots
+    last_slot = {r: i for i, r in enumerate(chunk) if r is not None and r not in sets}
+    order = [refs.value(v) for v in dropped]
+    chunk_only = [r for r in order if isinstance(r, int) and r in last_slot]
+    expected = sorted(chunk_only, key=last_slot.__getitem__)
+    if chunk_only == expected:
+        return []
+    return [
+        Problem(
+            "observed.drop-order", f"chunk refs dropped in the order {chunk_only}, the seed's is {expected}"
+        )
+    ]
 
 
 # --- driving a trace ------------------------------------------------------------------------------

@@ -58,6 +58,9 @@ CHECKS: dict[str, Level] = {
     "observed.faults": CONFORMANT,
     "observed.identity": CONFORMANT,
     "observed.bump-capacity-bytes": STRICT,
+    "observed.drop-order": STRICT,
+    # What the implementation says of itself (`xr_describe`).
+    "seed.chunk-size": STRICT,
     "observed.allocations": CONFORMANT,
     "heap.report": CONFORMANT,
     "heap.leak": CONFORMANT,

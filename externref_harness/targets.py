@@ -16,7 +16,7 @@ from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.lockstep import AdapterFactory
 from externref_harness.model.moves import Bounds
 from externref_harness.model.state import Build, Config
-from externref_harness.native.library import NativeLibrary
+from externref_harness.native.library import Description
 
 #: A chunk at least this large needs host loops of inserts (`InsertMany`) to fill it.
 LARGE_CHUNK = 16
@@ -26,21 +26,23 @@ LARGE_CHUNK = 16
 class Target:
     name: str
     adapter_factory: AdapterFactory
-    library: NativeLibrary | None = None
+    #: A native library's path and what it says of itself (None: the Python port).
+    path: Path | None = None
+    description: Description | None = None
 
     def config(self, base: Config, build: Build | None, chunk_size: int | None) -> Config:
         """`base` with the build and chunk size this target runs at (bad requests: `UsageError`)."""
-        if self.library is None:
+        desc = self.description
+        if desc is None:
             return replace(base, build=build or base.build, chunk_size=chunk_size or base.chunk_size)
-        desc = self.library.description
         own: Build = "debug" if desc.debug else "release"
         if build is not None and build != own:
-            raise UsageError(f"--build {build}: {self.library.path} is a {own} build")
+            raise UsageError(f"--build {build}: {self.path} is a {own} build")
         if chunk_size is None:
             chunk_size = base.chunk_size if desc.has_set_chunk_size else desc.chunk_size
         elif chunk_size != desc.chunk_size and not desc.has_set_chunk_size:
             raise UsageError(
-                f"--chunk-size {chunk_size}: {self.library.path} has a fixed chunk of {desc.chunk_size} "
+                f"--chunk-size {chunk_size}: {self.path} has a fixed chunk of {desc.chunk_size} "
                 "slots (no xr_table_new_with_chunk_size)"
             )
         return replace(base, build=own, chunk_size=chunk_size)
@@ -61,7 +63,7 @@ def native_target(path: Path) -> Target:
     library = open_library(path)
     desc = library.description
     factory = native_runtime(library)
-    return Target(f"{desc.name} {desc.version}", lambda: InProcessImpl(factory), library)
+    return Target(f"{desc.name} {desc.version}", lambda: InProcessImpl(factory), path, desc)
 
 
 def target(impl: Path | None) -> Target:

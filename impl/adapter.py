@@ -116,7 +116,11 @@ class ImplAdapter(Protocol):
     """What the lockstep machine needs from an implementation."""
 
     def start(self, config: Mapping[str, Any]) -> None: ...
-    def step(self, op: PlainOp) -> StepOutcome: ...
+    def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
+        """Run one operation. `embedder_capacity`, when given, is what the embedder's pre-GC check
+        compares with instead of asking the runtime (see `World.embedder_capacity`)."""
+        ...
+
     def probe(self) -> Probe: ...
     def finish(self) -> tuple[PlainReport, ...]:
         """Drop the runtime (table, chunk), check the heap is empty, and free everything."""
@@ -155,8 +159,9 @@ class InProcessImpl:
         self._world = World(Config(**config), self._heap, self._runtime)
         self._reported = self._dropped = self._allocated = 0
 
-    def step(self, op: PlainOp) -> StepOutcome:
+    def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
         world = self.world
+        world.embedder_capacity = embedder_capacity
         result = world.apply(op_from_plain(op))
         world.heap.verify()
         dropped = world.dropped[self._dropped :]

@@ -78,6 +78,8 @@ class World(HostBookkeeping):
         self.allocations: list[tuple[int, int]] = []
         #: What the embedder last set with `set_gc_okay` (it refuses GC while false, in debug).
         self.gc_okay = True
+        #: The capacity the embedder's next pre-GC check uses instead of the runtime's answer.
+        self.embedder_capacity: int | None = None
         self.rt: RuntimeBackend = runtime(cfg, Hooks(heap, self._value_dropped))
         self.handles: list[int | None] = []
         self.raws: list[RawPtr | None] = []
@@ -104,6 +106,12 @@ class World(HostBookkeeping):
         self.rt.drop(r)
 
     def bump_capacity_remaining(self) -> int:
+        """What the embedder's pre-GC check compares with: the runtime's answer, or (once per
+        step, when the lockstep supplies it) the model's capacity in the seed's unit, so an
+        implementation that counts in another unit is not charged for the embedder's choice."""
+        if self.embedder_capacity is not None:
+            capacity, self.embedder_capacity = self.embedder_capacity, None
+            return capacity
         return self.rt.bump_capacity_remaining()
 
     def _refuse_gc(self, what: str) -> None:
@@ -306,7 +314,7 @@ class World(HostBookkeeping):
                 self.insert_without_gc(self.clone(r))
 
     def op_BumpCapacityRemaining(self, op: ops.BumpCapacityRemaining) -> int:
-        return self.bump_capacity_remaining()
+        return self.rt.bump_capacity_remaining()
 
     def op_NumFilledInBumpChunk(self, op: ops.NumFilledInBumpChunk) -> int:
         return self.rt.num_filled_in_bump_chunk()

@@ -140,8 +140,8 @@ C_BUGS: dict[str, CBug] = {
         ),
         _bug(
             "c-drop-reread",
-            "drop decides to free on a re-read of the count (== 0) instead of fetch_sub's result, "
-            "after a sched_yield that widens the window",
+            "drop decides to free on a re-read of the count (== 0), a few microseconds after its fetch_sub, "
+            "instead of on fetch_sub's result",
             "check-then-act race: two threads dropping at once can both free (double free)",
             "threads",
         ),
@@ -162,8 +162,8 @@ C_VARIANTS: dict[str, CVariant] = {
     "c-loose": CVariant(
         "c-loose",
         "XR_VARIANT_LOOSE",
-        "chunk size 256, bump_capacity_remaining in slots instead of bytes, set members dropped "
-        "in descending address order within a sweep",
+        "chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep that clears the "
+        "chunk youngest slot first and drops set members in descending address order",
     ),
 }
 

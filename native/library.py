@@ -1,7 +1,7 @@
 """Loading an implementation library of the C ABI (`native/externref_abi.h`, version 1) with ctypes.
 
-`load_library` opens the shared library, checks that it exports every required `xr_*` function,
-that it speaks ABI version 1 (asked before anything else is called) and that its `xr_describe`
+`load_library` opens the shared library, checks that it speaks ABI version 1 (asked before anything
+else is called or required), that it exports every required `xr_*` function, and that its `xr_describe`
 is consistent with what it exports; any refusal is a `LibraryError` whose message is one line
 naming the library and the problem. The `NativeLibrary` it returns holds the `ctypes.CDLL` with the
 argument and result types of every function of the header set, the library's `Description`, and
@@ -252,6 +252,12 @@ def load_library(path: str | os.PathLike[str]) -> NativeLibrary:
         reason = " ".join(str(err).split())
         raise LibraryError(f"{where}: not a loadable shared library ({reason})") from None
     missing = [name for name in REQUIRED if not _exports(cdll, name)]
+    if "xr_abi_version" not in missing:
+        # Asked first: a library of another version may lack (or retype) anything else.
+        cdll.xr_abi_version.restype, cdll.xr_abi_version.argtypes = REQUIRED["xr_abi_version"]
+        version = int(cdll.xr_abi_version())
+        if version != XR_ABI_VERSION:
+            raise LibraryError(f"{where}: ABI version {version}, the harness speaks version {XR_ABI_VERSION}")
     if missing:
         raise LibraryError(f"{where}: missing required symbols: {', '.join(missing)}")
     for name, (restype, argtypes) in REQUIRED.items():
@@ -263,7 +269,4 @@ def load_library(path: str | os.PathLike[str]) -> NativeLibrary:
             function = getattr(cdll, name)
             function.restype = restype
             function.argtypes = argtypes
-    version = int(cdll.xr_abi_version())
-    if version != XR_ABI_VERSION:
-        raise LibraryError(f"{where}: ABI version {version}, the harness speaks version {XR_ABI_VERSION}")
     return NativeLibrary(lib_path, cdll, _describe(cdll, where))

@@ -96,8 +96,8 @@ class Lying(InProcessImpl):
         super().__init__()
         self.tamper = tamper
 
-    def step(self, op: tuple[Any, ...]) -> StepOutcome:
-        outcome: StepOutcome = self.tamper(op, super().step(op))
+    def step(self, op: tuple[Any, ...], embedder_capacity: int | None = None) -> StepOutcome:
+        outcome: StepOutcome = self.tamper(op, super().step(op, embedder_capacity))
         return outcome
 
 
@@ -194,8 +194,8 @@ def test_faults_of_both_sides_correspond() -> None:
 class _Recording(InProcessImpl):
     last: StepOutcome
 
-    def step(self, op: tuple[Any, ...]) -> StepOutcome:
-        self.last = super().step(op)
+    def step(self, op: tuple[Any, ...], embedder_capacity: int | None = None) -> StepOutcome:
+        self.last = super().step(op, embedder_capacity)
         return self.last
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -484,6 +485,11 @@ def test_refuses_a_library_lacking_symbols(tmp_path: Path) -> None:
     assert message.endswith("missing required symbols: " + ", ".join(missing))
 
 
+def test_asks_the_version_before_requiring_the_other_symbols(tmp_path: Path) -> None:
+    path = _stub_library(tmp_path, "unsigned xr_abi_version(void) { return 2; }\n", "version2only")
+    assert _refusal(path).endswith("ABI version 2, the harness speaks version 1")
+
+
 def test_asks_the_version_before_describe(tmp_path: Path) -> None:
     stubs = "".join(
         f"void {name}(void) {{}}\n"
@@ -705,3 +711,68 @@ def test_bug_gc_hang_never_returns_when_the_walk_stops_short() -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         _gc_child("c-gc-hang", 1, 3)
     assert _gc_child(None, 1).stdout.strip() == "gc 0"
+
+
+# ---- the race windows of the threads-only bugs are real ------------------------------------------
+
+
+class LeakyHooks(Hooks):
+    """Counts drops per value and never frees, so a racing double free is counted, not a crash."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drops: dict[int, int] = {}
+
+    def dealloc(self, _ctx: int | None, ptr: int | None, size: int, align: int) -> int:
+        return 1 if (ptr or 0) in self.live else 0
+
+    def value_dropped(self, _ctx: int | None, value: int | None) -> None:
+        self.drops[value or 0] = self.drops.get(value or 0, 0) + 1
+
+
+def _race_last_drops(bug: str | None, refs: int) -> tuple[int, int]:
+    """Two threads each drop one of the two counts of the same refs, in the same order: how many
+    refs were dropped twice, and how many never."""
+    lib = library.load_library(build.build_reference("release", bug=bug))
+    hooks = LeakyHooks()
+    lib.cdll.xr_set_hooks(ctypes.byref(hooks.struct))
+    try:
+        out = library.XrRef()
+        shared = []
+        for _ in range(refs):
+            assert lib.cdll.xr_ref_new(8, 8, 0, ctypes.byref(out)) == XR_OK
+            assert lib.cdll.xr_ref_clone(out.value, ctypes.byref(out)) == XR_OK
+            shared.append(int(out.value))
+        barrier = threading.Barrier(2)
+
+        def drop_all() -> None:
+            barrier.wait()
+            for r in shared:
+                lib.cdll.xr_ref_drop(r)
+
+        threads = [threading.Thread(target=drop_all) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        twice = sum(1 for n in hooks.drops.values() if n > 1)
+        return twice, refs - len(hooks.drops)
+    finally:
+        lib.cdll.xr_set_hooks(None)
+
+
+def test_racing_last_drops_free_exactly_once_in_the_seed() -> None:
+    assert _race_last_drops(None, 4000) == (0, 0)
+
+
+#: Threads driven through ctypes drift apart, so a run may not land two drops of one ref in the
+#: window; a bug is shown when any of these runs does (a run without the bug never does).
+RACE_RUNS = 8
+
+
+def test_bug_drop_reread_frees_twice_under_threads() -> None:
+    assert any(_race_last_drops("c-drop-reread", 2000)[0] > 0 for _ in range(RACE_RUNS))
+
+
+def test_bug_nonatomic_count_loses_updates_under_threads() -> None:
+    assert any(_race_last_drops("c-nonatomic-count", 2000)[1] > 0 for _ in range(RACE_RUNS))

@@ -7,8 +7,9 @@
  *   XR_DEBUG=0|1          the seed's cfg(debug_assertions): every debug_assert! and gc_okay.
  *   XR_CHUNK_SIZE=N       VMExternRefActivationsTable::CHUNK_SIZE (default 512; 256 when loose).
  *   XR_NO_OPTIONAL        export none of the optional symbols.
- *   XR_VARIANT_LOOSE      correct but not seed-exact (chunk 256, capacity in slots, descending
- *                         drops of set members in a sweep).
+ *   XR_VARIANT_LOOSE      correct but not seed-exact (chunk 256, capacity in slots, a sweep that
+ *                         clears the chunk youngest slot first and drops set members in
+ *                         descending address order).
  *   XR_BUG_*              one seeded bug each.
  *   XR_REPORT_*           what xr_abi_version / xr_describe report (to test the loader's refusals).
  *
@@ -22,13 +23,13 @@
 
 #include "externref_abi.h"
 
-#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifndef XR_DEBUG
 #define XR_DEBUG 1
@@ -252,13 +253,21 @@ static void drop_and_dealloc(VMExternData *data) {
     xr_dealloc(alloc_ptr, lay.size, lay.align);
 }
 
+#if defined(XR_BUG_NONATOMIC_COUNT) || defined(XR_BUG_DROP_REREAD)
+/* Widens a race window (a few microseconds) so that threads driven from the harness, whose calls
+ * are microseconds apart, can fall into it. */
+static void race_window(void) {
+    struct timespec pause = {0, 5000};
+    nanosleep(&pause, NULL);
+}
+#endif
+
 #ifdef XR_BUG_NONATOMIC_COUNT
 /* A plain load, a pause, a plain store: the window in which another thread's change is lost. */
 static size_t racy_add(size_t *count, size_t delta) {
     volatile size_t *p = count;
     size_t old = *p;
-    for (volatile int spin = 0; spin < 64; spin++) {
-    }
+    race_window();
     *p = old + delta;
     return old;
 }
@@ -290,11 +299,7 @@ static void ref_drop(xr_ref r) {
 #if defined(XR_BUG_EARLY_FREE)
     if (old != 2) return;
 #elif defined(XR_BUG_DROP_REREAD)
-    /* A sched_yield between the decrement and the re-read widens the window: unwidened it is one
-     * cache-line hit, which no parallel run on a loaded two-core machine hit in thousands of
-     * histories, nor with a 64-iteration pause (README, "The parallel check"). */
-    sched_yield();
-    if ((void)old, __atomic_load_n(&data->ref_count, __ATOMIC_RELAXED) != 0) return;
+    if ((void)old, race_window(), __atomic_load_n(&data->ref_count, __ATOMIC_RELAXED) != 0) return;
 #else
     if (old != 1) return;
 #endif
@@ -510,7 +515,12 @@ static void sweep(xr_table *t) {
     /* Sweep the bump chunk. */
     size_t num_filled = num_filled_in_bump_chunk(t);
     t->next = t->end;
-    for (size_t i = 0; i < num_filled; i++) {
+    for (size_t k = 0; k < num_filled; k++) {
+#ifdef XR_VARIANT_LOOSE
+        size_t i = num_filled - 1 - k; /* the youngest slot first */
+#else
+        size_t i = k;
+#endif
         /* `*slot.get() = None`: the old ref is dropped in place, then None written. */
         uintptr_t old = t->chunk_ptr[i];
         if (old) ref_drop(old);
