@@ -59,7 +59,7 @@ class Verdict:
     problems: list[str] = field(default_factory=list)
     #: A linearization that explains the history (indices of calls), when one was found.
     linearization: list[int] | None = None
-    #: Search nodes visited.
+    #: Distinct (positions, state) nodes the search visited.
     nodes: int = 0
 
 
@@ -257,6 +257,10 @@ def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:
             ctx.deepest, ctx.deepest_why, ctx.deepest_order = depth, why, list(order)
 
     def search(positions: tuple[int, ...], st: State, en: Env) -> bool:
+        k = key(positions, st, en)
+        if k in seen:
+            return False
+        seen.add(k)
         ctx.nodes += 1
         if all(p == len(ops) for p, ops in zip(positions, per_thread, strict=True)):
             for c in epilogue:
@@ -265,10 +269,6 @@ def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:
                     note_failure(len(order), [f"after every thread: {why}"])
                     return False
             return True
-        k = key(positions, st, en)
-        if k in seen:
-            return False
-        seen.add(k)
         firsts = [
             (t, ops[p]) for t, (p, ops) in enumerate(zip(positions, per_thread, strict=True)) if p < len(ops)
         ]

@@ -9,6 +9,7 @@ does not serialise them), and a saved parallel trace replays with a failure rate
 
 from __future__ import annotations
 
+import ctypes
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from externref_harness.linearizability import check_history
 from externref_harness.model.state import Config
 from externref_harness.native.backend import open_library
 from externref_harness.native.build import build_reference
+from externref_harness.native.library import XrRef
 from externref_harness.parallel_check import ParallelOptions, run_parallel_check
 from externref_harness.parallel_program import ParallelProgram, PStep, load_trace
 from externref_harness.parallel_run import DropEvent, History, OpResult, Runner
@@ -173,7 +175,7 @@ def test_the_threads_really_run_at_once() -> None:
     )
     runner = Runner(open_library(build_reference("release")))
     overlapping = 0
-    for _ in range(300):
+    for _ in range(1000):
         history = runner.run(program)
         one, two = history.results[2:6], history.results[6:10]
         overlapping += any(a.inv < b.resp and b.inv < a.resp for a in one for b in two)
@@ -214,3 +216,30 @@ def test_the_cli_refuses_what_the_parallel_check_cannot_run(
                               "program": PROGRAM.to_json()}))  # fmt: skip
     assert main(["replay", str(ok)]) == 2
     assert "give --impl" in capsys.readouterr().err
+
+
+def test_the_search_memoises_interleavings() -> None:
+    """Three threads of four overlapping calls each have 34650 interleavings; with the memo of
+    visited (positions, state) pairs a search that must try them all visits at most 5**3 nodes."""
+    program = ParallelProgram(
+        (PStep("New", 8, 8, 0), PStep("Deref", 0)),
+        tuple(tuple(PStep("StrongCount", 0) for _ in range(4)) for _ in range(3)),
+    )
+    results = [OpResult(0, REF, 0, 1), OpResult(0, VALUE, 2, 3)]
+    results += [OpResult(0, 1, 10 + i, 100 + i) for i in range(12)]
+    results += [OpResult(0, 2, 200, 201), OpResult(0, 0, 202, 204)]  # a final count the model denies
+    history = History(tuple(results), (DropEvent(VALUE, 0, 203),), (), False, 1, 1)
+    verdict = check_history(program, history, CFG)
+    assert not verdict.passed
+    assert verdict.nodes <= 5**3
+
+
+def test_the_driver_gives_the_library_back_its_own_allocator() -> None:
+    """After a run the hooks are uninstalled: a ref made and dropped directly does not reach the
+    driver's heap (whose report is gone: it would crash)."""
+    library = open_library(build_reference("release"))
+    Runner(library).run(PROGRAM)
+    cdll = library.cdll
+    r = XrRef()
+    assert cdll.xr_ref_new(8, 8, 0, ctypes.byref(r)) == 0
+    assert cdll.xr_ref_drop(r) == 0
