@@ -51,6 +51,8 @@ CONSUMES = frozenset({"Drop", "IntoRaw", "FromRaw"})
 TAKES_RAW = frozenset({"FromRaw", "CloneFromRaw"})
 
 MIN_THREADS, MAX_THREADS = 1, 8
+#: Bounds of a loaded program (the driver's heap registry and drop log are fixed-size arrays).
+MAX_VALUES, MAX_OPS, MAX_REGISTER = 64, 2048, 65535
 FORMAT = "externref-harness-parallel-trace"
 VERSION = 1
 #: The value layout every `New` of a generated program uses.
@@ -175,10 +177,20 @@ def check_program(p: ParallelProgram) -> None:
     """Raise `ValueError` naming the first op that breaks the ownership rules."""
     if not MIN_THREADS <= len(p.threads) <= MAX_THREADS:
         raise ValueError(f"{len(p.threads)} threads: expected {MIN_THREADS} to {MAX_THREADS}")
+    n_ops = len(p.prefix) + sum(len(t) for t in p.threads)
+    if n_ops > MAX_OPS:
+        raise ValueError(f"{n_ops} ops: at most {MAX_OPS}")
+    for s in (*p.prefix, *(s for t in p.threads for s in t)):
+        if s.kind != "New" and not all(-1 <= r <= MAX_REGISTER for r in (s.a, s.b, s.out)):
+            raise ValueError(f"{s.kind}: registers are r0 to r{MAX_REGISTER}")
+        if s.kind == "New" and not -1 <= s.out <= MAX_REGISTER:
+            raise ValueError(f"New: registers are r0 to r{MAX_REGISTER}")
     regs: dict[int, _Reg] = {}
     values = 0
     for i, s in enumerate(p.prefix, 1):
         values = _define(regs, s, 0, f"prefix op {i}", values)
+    if values > MAX_VALUES:
+        raise ValueError(f"{values} values: at most {MAX_VALUES}")
     derefed = {regs[s.a].value for s in p.prefix if s.kind == "Deref"}
     missing = sorted(set(range(values)) - derefed)
     if missing:

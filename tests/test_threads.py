@@ -243,3 +243,24 @@ def test_the_driver_gives_the_library_back_its_own_allocator() -> None:
     r = XrRef()
     assert cdll.xr_ref_new(8, 8, 0, ctypes.byref(r)) == 0
     assert cdll.xr_ref_drop(r) == 0
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [
+        ({"prefix": [{"op": "New", "a": 8, "b": 8, "out": 10**12}], "threads": [[]]}, "registers are r0 to"),
+        ({"prefix": [], "threads": []}, "0 threads"),
+        ({"prefix": [{"op": "Gc", "a": -1, "b": -1, "out": -1}], "threads": [[]]}, "unknown op 'Gc'"),
+        ({"prefix": [{"op": "New", "a": 8, "b": 8, "out": 0}], "threads": [[]], "owners": [[0, 5]]}, "never"),
+    ],
+)
+def test_a_bad_parallel_trace_is_one_line_naming_the_flaw(
+    program: dict[str, object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "bad.json"
+    trace.write_text(
+        json.dumps({"format": "externref-harness-parallel-trace", "version": 1, "program": program})
+    )
+    assert main(["replay", str(trace), "--impl", str(build_reference("debug"))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
