@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +58,8 @@ class ParallelOutcome:
     failure: str | None = None
     program: ParallelProgram | None = None
     trace: Path | None = None
-    seed: int = 0
+    #: The generator's seed (None: the run ended before one was reported, as when it crashed).
+    seed: int | None = None
 
     @property
     def histories_per_s(self) -> float:
@@ -135,11 +137,16 @@ def failure_rate(
     return failures, first
 
 
-def run_parallel_check(library: NativeLibrary, opts: ParallelOptions) -> ParallelOutcome:
-    """Histories until a failure, the budget or the time limit; a failure shrunk, measured, saved."""
+def run_parallel_check(
+    library: NativeLibrary,
+    opts: ParallelOptions,
+    on_program: Callable[[ParallelProgram], None] | None = None,
+) -> ParallelOutcome:
+    """Histories until a failure, the budget or the time limit; a failure shrunk, measured, saved.
+    `on_program` is called before every run of a program (`parallel_child` reports it)."""
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    runner = Runner(library)
+    runner = Runner(library, on_program)
     cfg = model_config(library)
     started = time.perf_counter()
     n = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,8 +164,12 @@ def max_threads() -> int:
 class Runner:
     """Runs programs on one library; reuses the ctypes buffers between runs of the same program."""
 
-    def __init__(self, library: NativeLibrary) -> None:
+    def __init__(
+        self, library: NativeLibrary, on_run: Callable[[ParallelProgram], None] | None = None
+    ) -> None:
         self.library = library
+        #: Called with each program just before it runs (the isolated check's last-program record).
+        self.on_run = on_run
         self._driver = _driver()
         cdll = library.cdll
         self._impl = XtImpl(
@@ -184,6 +189,8 @@ class Runner:
         self._program = program
 
     def run(self, program: ParallelProgram) -> History:
+        if self.on_run is not None:
+            self.on_run(program)
         if self._program is not program:
             self._load(program)
         ctypes.memset(self._regs, 0, ctypes.sizeof(self._regs))

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from externref_harness.native.backend import open_library
 from externref_harness.native.build import build_reference
 from externref_harness.native.library import XrRef
 from externref_harness.parallel_check import ParallelOptions, run_parallel_check
+from externref_harness.parallel_child import run_isolated
 from externref_harness.parallel_program import ParallelProgram, PStep, load_trace
 from externref_harness.parallel_run import DropEvent, History, OpResult, Runner
 
@@ -264,3 +268,24 @@ def test_a_bad_parallel_trace_is_one_line_naming_the_flaw(
     assert main(["replay", str(trace), "--impl", str(build_reference("debug"))]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_crash_of_the_implementations_process_is_a_failure_naming_its_program(tmp_path: Path) -> None:
+    """The check runs in a child process; a SIGSEGV there is reported with the program it ran."""
+    path = build_reference("release")
+
+    def crash_at_run_50(pid: int, runs: int) -> None:
+        if runs == 50:
+            os.kill(pid, signal.SIGSEGV)
+
+    out = run_isolated(path, replace(_options(tmp_path, 10**9), time_limit=20.0), crash_at_run_50)
+    assert not out.passed
+    assert out.failure is not None and "killed by SIGSEGV" in out.failure
+    assert out.trace is not None and out.program is not None
+    assert load_trace(out.trace).program == out.program
+
+
+def test_the_isolated_check_gives_the_childs_verdict(tmp_path: Path) -> None:
+    out = run_isolated(build_reference("release", bug="c-drop-reread"), _options(tmp_path, 10**9))
+    assert not out.passed and out.failure is not None and "double free" in out.failure
+    assert run_isolated(build_reference("release"), _options(tmp_path, 300)).passed
