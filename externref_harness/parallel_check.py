@@ -249,10 +249,10 @@ DEFAULT_REPLAY_RUNS = 100
 
 
 def replay_parallel(path: Path, impl: Path | None, runs: int | None) -> int:
-    """`replay` of a parallel trace: rerun it `runs` times, print how often it fails (exit 1 if
-    it fails at all, 0 if never, 2 on bad input via `UsageError`)."""
+    """`replay` of a parallel trace: rerun it `runs` times in a child process, print how often it
+    fails (exit 1 if it fails at all or the process dies, 0 if never, 2 on bad input)."""
     from externref_harness.errors import UsageError
-    from externref_harness.native.backend import open_library
+    from externref_harness.parallel_child import rerun_isolated
     from externref_harness.parallel_program import load_trace
 
     trace = load_trace(path)
@@ -261,24 +261,31 @@ def replay_parallel(path: Path, impl: Path | None, runs: int | None) -> int:
     runs = DEFAULT_REPLAY_RUNS if runs is None else runs
     if runs < 1:
         raise UsageError(f"--runs {runs}: must be at least 1")
-    library = open_library(impl)
-    runner, cfg = Runner(library), model_config(library)
     print(f"parallel trace {path}: {trace.program.n_threads} threads, {trace.program.n_ops} ops")
     if trace.runs:
         print(f"when saved: failed in {trace.failures} of {trace.runs} reruns on {trace.library}")
+    if trace.note:
+        print(f"note: {trace.note}")
     print("Program:")
     print(format_program(trace.program))
-    failures, first_run = 0, None
-    for _ in range(runs):
-        history, verdict = run_once(runner, trace.program, cfg)
-        if not verdict.passed:
-            failures += 1
-            first_run = first_run or (history, verdict)
-    if first_run is not None:
-        history, verdict = first_run
-        print("One failing run (thread: call [invoked, responded] on the global clock -> result):")
-        print(format_history(trace.program, history))
-        print("Problems:")
-        print("\n".join(f"  - {p}" for p in verdict.problems))
-    print(f"failed in {failures} of {runs} runs ({100 * failures / runs:.0f}%) on {library.path}")
+    result = rerun_isolated(impl, trace.program, runs)
+    if result.first_failure is not None:
+        print(result.first_failure)
+    if result.crash is not None:
+        print(f"the implementation's process {result.crash} at run {result.runs} of {runs}")
+        return 1
+    failures = result.failures
+    print(f"failed in {failures} of {runs} runs ({100 * failures / runs:.0f}%) on {impl}")
     return 1 if failures else 0
+
+
+def describe_run(program: ParallelProgram, history: History, verdict: Verdict) -> str:
+    """A failing run and its problems, as `replay` prints it."""
+    return "\n".join(
+        [
+            "One failing run (thread: call [invoked, responded] on the global clock -> result):",
+            format_history(program, history),
+            "Problems:",
+            *(f"  - {p}" for p in verdict.problems),
+        ]
+    )

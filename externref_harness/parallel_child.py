@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from externref_harness.child import read_frame, write_frame
 from externref_harness.isolation import describe_status
+from externref_harness.native.library import LibraryError
 from externref_harness.parallel_check import (
     ParallelOptions,
     ParallelOutcome,
@@ -113,9 +114,89 @@ def run_isolated(
     return ParallelOutcome(False, histories, seconds, seconds, "\n".join(lines), program, saved)
 
 
+@dataclass(frozen=True)
+class Rerun:
+    """What the reruns of one program did: how many ran and failed, the first failure described,
+    and how the process ended if it died (None: it did not)."""
+
+    runs: int
+    failures: int
+    first_failure: str | None
+    crash: str | None
+
+
+def rerun_isolated(library: Path, program: ParallelProgram, runs: int) -> Rerun:
+    """Rerun `program` `runs` times in a child process (a `LibraryError` names a bad library)."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "externref_harness.parallel_child",
+            "--rerun",
+            str(library),
+            str(write_fd),
+            str(runs),
+        ],
+        pass_fds=(write_fd,),
+        stdin=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    with proc.stdin:  # the program on stdin: it can be longer than an argument may be
+        proc.stdin.write(json.dumps(program.to_json()).encode())
+    os.close(write_fd)
+    done = failures = 0
+    first: str | None = None
+    error: str | None = None
+    try:
+        while True:
+            try:
+                kind, value = read_frame(read_fd)
+            except EOFError:
+                break
+            if kind == "run":
+                done += 1
+                failures += value is not None
+                first = first or value
+            elif kind == "error":
+                error = value
+    finally:
+        os.close(read_fd)
+        returncode = proc.wait()
+    if error is not None:
+        raise LibraryError(error)
+    crash = None if returncode == 0 else describe_status(returncode)
+    return Rerun(done, failures, first, crash)
+
+
+def _rerun(library: Path, fd: int, program: ParallelProgram, runs: int) -> int:
+    from externref_harness.native.backend import open_library
+    from externref_harness.parallel_check import describe_run, model_config, run_once
+    from externref_harness.parallel_run import Runner
+
+    try:
+        lib = open_library(library)
+    except LibraryError as e:
+        write_frame(fd, ("error", str(e)))
+        return 2
+    runner, cfg = Runner(lib), model_config(lib)
+    first = True
+    for _ in range(runs):
+        history, verdict = run_once(runner, program, cfg)
+        text = None
+        if not verdict.passed:
+            text = describe_run(program, history, verdict) if first else ""
+            first = False
+        write_frame(fd, ("run", text))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     from externref_harness.native.backend import open_library
 
+    if argv[:1] == ["--rerun"]:
+        program = ParallelProgram.from_json(json.loads(sys.stdin.read()))
+        return _rerun(Path(argv[1]), int(argv[2]), program, int(argv[3]))
     library, fd, opts = Path(argv[0]), int(argv[1]), _options(argv[2])
 
     def announce(program: ParallelProgram) -> None:

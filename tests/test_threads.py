@@ -289,3 +289,14 @@ def test_the_isolated_check_gives_the_childs_verdict(tmp_path: Path) -> None:
     out = run_isolated(build_reference("release", bug="c-drop-reread"), _options(tmp_path, 10**9))
     assert not out.passed and out.failure is not None and "double free" in out.failure
     assert run_isolated(build_reference("release"), _options(tmp_path, 300)).passed
+
+
+def test_replay_refuses_a_library_that_is_not_one_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "ok.json"
+    header = {"format": "externref-harness-parallel-trace", "version": 1}
+    trace.write_text(json.dumps({**header, "program": PROGRAM.to_json()}))
+    assert main(["replay", str(trace), "--impl", str(tmp_path / "missing.so")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
