@@ -438,8 +438,10 @@ EXPORT int xt_run(const xt_impl *im, const xt_op *ops, size_t n_ops, int32_t n_t
     }
     if (status == 0 && !panicked) run_ops(im, ops, n_ops, XT_EPILOGUE, 0, regs, results);
     out->panicked = panicked;
-    im->set_hooks(NULL);
+    /* Every block goes back before the hooks are uninstalled, as the ABI asks (no call of the
+     * implementation comes in between). */
     heap_finish(status == 0 && !panicked);
+    im->set_hooks(NULL);
     report = NULL;
     return status;
 }
