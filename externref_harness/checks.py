@@ -159,6 +159,8 @@ def _threads(opts: CheckOptions) -> CheckResult:
     figures = {
         "histories": str(out.histories),
         "histories/s": f"{out.histories_per_s:.0f}",
+        # How many histories really ran calls of two threads at once (0%: the run was sequential).
+        "overlapping": f"{100 * out.overlapping / max(out.histories, 1):.0f}%",
     }
     if out.seed is not None:
         figures["seed"] = str(out.seed)

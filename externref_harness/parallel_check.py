@@ -41,6 +41,8 @@ class ParallelOptions:
     time_limit: float = 10.0
     #: The generator's seed (None: a fresh one each run; CI: 0).
     seed: int | None = None
+    #: Histories in which calls of two threads overlapped in time.
+    overlapping: int = 0
     shape: Shape = field(default_factory=Shape)
     save_as: Path | None = None
     shrink_runs: int = 100
@@ -60,6 +62,8 @@ class ParallelOutcome:
     trace: Path | None = None
     #: The generator's seed (None: the run ended before one was reported, as when it crashed).
     seed: int | None = None
+    #: Histories in which calls of two threads overlapped in time.
+    overlapping: int = 0
 
     @property
     def histories_per_s(self) -> float:
@@ -76,6 +80,17 @@ def default_seed() -> int | None:
 def model_config(library: NativeLibrary) -> Config:
     desc = library.description
     return Config(chunk_size=desc.chunk_size, build="debug" if desc.debug else "release")
+
+
+def overlapped(program: ParallelProgram, history: History) -> bool:
+    """Whether two calls of different threads ran at the same time in this history (their
+    [invocation, response] intervals intersect): the measure that the run was really parallel."""
+    spans = [
+        (thread, r.inv, r.resp)
+        for (phase, thread, _), r in zip(program.steps(), history.results, strict=True)
+        if phase == "parallel" and r.inv >= 0
+    ]
+    return any(t != u and a < d and c < b for t, a, b in spans for u, c, d in spans)
 
 
 def run_once(runner: Runner, program: ParallelProgram, cfg: Config) -> tuple[History, Verdict]:
@@ -149,11 +164,12 @@ def run_parallel_check(
     runner = Runner(library, on_program)
     cfg = model_config(library)
     started = time.perf_counter()
-    n = 0
+    n = overlapping = 0
     while n < opts.histories and time.perf_counter() - started < opts.time_limit:
         program = generate(rng, opts.shape)
         history, verdict = run_once(runner, program, cfg)
         n += 1
+        overlapping += overlapped(program, history)
         if verdict.passed:
             continue
         detected = time.perf_counter() - started
@@ -167,10 +183,9 @@ def run_parallel_check(
         report = describe_failure(
             library, program, history, verdict, n, detected, original, failures, opts.replay_runs, saved
         )
-        return ParallelOutcome(
-            False, n, time.perf_counter() - started, detected, report, program, saved, seed
-        )
-    return ParallelOutcome(True, n, time.perf_counter() - started, seed=seed)
+        seconds = time.perf_counter() - started
+        return ParallelOutcome(False, n, seconds, detected, report, program, saved, seed, overlapping)
+    return ParallelOutcome(True, n, time.perf_counter() - started, seed=seed, overlapping=overlapping)
 
 
 # ---- reading a failure ----------------------------------------------------------------------------
