@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hypothesis import settings
 
 from externref_harness.errors import UsageError
 from externref_harness.model.mutants import model_mutant_names
-from externref_harness.model.state import Build
+from externref_harness.model.state import Build, Config
 from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
     REQUIRED_EVENTS,
+    CheckOutcome,
     RunStats,
     run_model_check,
 )
+from externref_harness.search_targets import FuzzTarget, lockstep_target, model_target
 from externref_harness.trace import failures_dir
+
+
+@dataclass
+class Live:
+    """What the running check has done so far, read by the progress lines of `check`."""
+
+    stats: RunStats | None = None
+    proofs_done: int | None = None
+
+    def describe(self) -> str:
+        if self.stats is not None:
+            return f"{self.stats.examples} examples, {self.stats.steps} steps"
+        if self.proofs_done is not None:
+            return f"{self.proofs_done} properties decided"
+        return "starting"
 
 
 @dataclass(frozen=True)
@@ -26,7 +43,9 @@ class CheckOptions:
     hypothesis_settings: settings
     build: Build = "debug"
     mutant: str | None = None
-    failures: Path = field(default_factory=failures_dir)
+    #: Where a failing trace is saved (None: not saved).
+    failures: Path | None = field(default_factory=failures_dir)
+    live: Live = field(default_factory=Live)
     #: A native library behind the C ABI to check instead of the Python port.
     impl: Path | None = None
     #: The chunk size of the lockstep run (None: the machine's small chunk, or the library's own).
@@ -42,6 +61,10 @@ class CheckResult:
     #: Short figures for the summary table, e.g. {"steps": "12836", "paths": "15/15"}.
     figures: dict[str, str]
     failure: str | None = None
+    #: The saved failing trace, if any.
+    trace: Path | None = None
+    #: The example (1-based) in which the failure first showed, for the machines.
+    examples_needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,22 +73,54 @@ class Check:
     run: Callable[[CheckOptions], CheckResult]
     #: Whether a seeded bug changes what this check runs (others run the seed as it is).
     exercises: Callable[[str], bool]
+    #: The first word of the name its failing trace is saved under (None: it saves none).
+    saves_as: str | None = None
     #: Whether it checks an implementation (and so runs against `--impl`); the others check the
     #: harness's own model and proofs.
     checks_impl: bool = False
     #: Whether it runs only against `--impl` (the parallel check: the Python port is not
     #: thread-safe by design, so there is nothing to run without a native library).
     needs_impl: bool = False
+    #: What `externref-harness fuzz` searches for this check (None: it is not a search).
+    target: Callable[[CheckOptions], FuzzTarget] | None = None
+
+    def trace_name(self, mutant: str | None, build: str) -> str | None:
+        """The file name of this check's failing trace in the failures directory."""
+        return None if self.saves_as is None else trace_name(self.saves_as, mutant, build)
+
+
+def trace_name(prefix: str, mutant: str | None, build: str) -> str:
+    return f"{prefix}-{mutant or 'seed'}-{build}.json"
+
+
+def _saved(opts: CheckOptions, name: str) -> Path | None:
+    return None if opts.failures is None else opts.failures / name
+
+
+def _model_config(opts: CheckOptions) -> Config:
+    """The model machine's config: a seeded bug of another layer leaves the model as it is."""
+    mutant = opts.mutant if opts.mutant in model_mutant_names() else None
+    return replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
 
 
 def _model(opts: CheckOptions) -> CheckResult:
-    from dataclasses import replace
+    cfg = _model_config(opts)
+    mutant = cfg.mutant
+    save_as = _saved(opts, trace_name("model", mutant, opts.build))
+    stats = opts.live.stats = RunStats()
+    out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as, stats)
+    return _machine_result("model state machine", out, save_as)
 
-    mutant = opts.mutant if opts.mutant in model_mutant_names() else None
-    cfg = replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
-    save_as = opts.failures / f"model-{mutant or 'seed'}-{opts.build}.json"
-    out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as)
-    return CheckResult("model state machine", out.passed, _machine_figures(out.stats), out.failure)
+
+def _machine_result(name: str, out: CheckOutcome, save_as: Path | None) -> CheckResult:
+    return CheckResult(
+        name,
+        out.passed,
+        _machine_figures(out.stats),
+        out.failure,
+        None if out.passed else save_as,
+        out.stats.first_failing_example,
+    )
 
 
 def _machine_figures(stats: RunStats) -> dict[str, str]:
@@ -94,9 +149,10 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
     chosen = target(opts.impl)
     build = opts.build if opts.build_given or opts.impl is None else None
     cfg = replace(chosen.config(LOCKSTEP_CONFIG, build, opts.chunk_size), mutant=opts.mutant)
-    label = "seed" if opts.impl is None else opts.impl.stem
-    save_as = (
-        opts.failures / f"lockstep-{label}-{opts.mutant or 'seed'}-{cfg.build}-chunk{cfg.chunk_size}.json"
+    save_as = _saved(opts, lockstep_trace_name(opts.impl, opts.mutant, cfg.build, opts.chunk_size))
+    stats = opts.live.stats = RunStats()
+    options = LockstepOptions(
+        impl_name=chosen.name, replay_args="" if opts.impl is None else f"--impl {opts.impl}"
     )
     out = run_lockstep_check(
         cfg,
@@ -104,13 +160,32 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
         opts.hypothesis_settings,
         save_as,
         chosen.adapter_factory,
-        LockstepOptions(
-            impl_name=chosen.name,
-            replay_args="" if opts.impl is None else f"--impl {opts.impl}",
-        ),
+        options,
+        stats=stats,
     )
-    figures = {**_machine_figures(out.stats), "chunk": str(cfg.chunk_size)}
-    return CheckResult(f"lockstep model vs {chosen.name}", out.passed, figures, out.failure)
+    result = _machine_result(f"lockstep model vs {chosen.name}", out, save_as)
+    result.figures["chunk"] = str(cfg.chunk_size)
+    return result
+
+
+def lockstep_trace_name(impl: Path | None, mutant: str | None, build: str, chunk_size: int | None) -> str:
+    """The lockstep's failing trace: per implementation and chunk size when they are not the default."""
+    prefix = "lockstep" if impl is None else f"lockstep-{impl.stem}"
+    if chunk_size is not None:
+        prefix += f"-chunk{chunk_size}"
+    return trace_name(prefix, mutant, build)
+
+
+def _lockstep_config(opts: CheckOptions) -> Config:
+    from externref_harness.lockstep import LOCKSTEP_CONFIG
+
+    return replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
+
+
+def _lockstep_target(opts: CheckOptions) -> FuzzTarget:
+    from externref_harness.lockstep import LOCKSTEP_BOUNDS
+
+    return lockstep_target(_lockstep_config(opts), LOCKSTEP_BOUNDS)
 
 
 def _proofs(opts: CheckOptions) -> CheckResult:
@@ -120,7 +195,9 @@ def _proofs(opts: CheckOptions) -> CheckResult:
 
     proof_opts = ProofOptions(opts.mutant, DEFAULT_BOUNDS, debug_builds=(opts.build == "debug",))
     proven = 0
+    opts.live.stats, opts.live.proofs_done = None, 0
     for verdict in run_proofs(proof_opts):
+        opts.live.proofs_done += 1
         if not verdict.proven and not verdict.lemma:
             failure = f"{verdict.name}: {verdict.status}: {verdict.detail}"
             return CheckResult("z3 proofs", False, {"proven": str(proven)}, failure)
@@ -153,7 +230,7 @@ def _threads(opts: CheckOptions) -> CheckResult:
             histories=opts.hypothesis_settings.max_examples * HISTORIES_PER_EXAMPLE,
             time_limit=THREADS_TIME_LIMIT,
             seed=seed,
-            save_as=opts.failures / f"threads-{opts.impl.stem}.json",
+            save_as=_saved(opts, f"threads-{opts.impl.stem}.json"),
         ),
     )
     figures = {
@@ -166,7 +243,8 @@ def _threads(opts: CheckOptions) -> CheckResult:
         figures["seed"] = str(out.seed)
     if out.detected_after is not None:
         figures["detected after"] = f"{out.detected_after:.2f}s"
-    return CheckResult(f"parallel threads vs {library.description.name}", out.passed, figures, out.failure)
+    name = f"parallel threads vs {library.description.name}"
+    return CheckResult(name, out.passed, figures, out.failure, None if out.passed else out.trace)
 
 
 def _lockstep_exercises(mutant: str) -> bool:
@@ -182,8 +260,14 @@ def _proofs_exercise(mutant: str) -> bool:
 
 
 CHECKS: list[Check] = [
-    Check("model", _model, lambda mutant: mutant in model_mutant_names()),
-    Check("lockstep", _lockstep, _lockstep_exercises, checks_impl=True),
+    Check(
+        "model",
+        _model,
+        lambda mutant: mutant in model_mutant_names(),
+        "model",
+        target=lambda opts: model_target(_model_config(opts), MACHINE_BOUNDS),
+    ),
+    Check("lockstep", _lockstep, _lockstep_exercises, "lockstep", checks_impl=True, target=_lockstep_target),
     Check("proofs", _proofs, _proofs_exercise),
     # The C bugs it catches are compiled into the library (`reference --bug`), not --mutant.
     Check("threads", _threads, lambda mutant: False, checks_impl=True, needs_impl=True),

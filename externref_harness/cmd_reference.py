@@ -11,11 +11,10 @@ import argparse
 
 from externref_harness.native.build import BUILDS, C_BUGS, C_VARIANTS, build_reference
 
-EPILOG = "exit status: 0 built (the path is printed), 2 bad arguments or the compiler failed"
+EXIT_STATUS = "0 built (the path is printed), 2 bad arguments or the compiler failed."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.epilog = EPILOG
     p.add_argument("--build", choices=BUILDS, default="debug", help="debug (assertions on) or release")
     p.add_argument(
         "--bug", metavar="NAME", default=None, choices=sorted(C_BUGS),

@@ -16,6 +16,7 @@ model machine's move drawing, labels and failure report) and `replay` of a saved
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from externref_harness.model_check import (
     RunStats,
     draw_move,
     example_failure,
+    machine_key,
     misuse_problem,
     record_step,
     search_settings,
@@ -129,15 +131,17 @@ class Lockstep:
     def _impl_step(
         self, op: ops.Op, obs: Observation, before: State
     ) -> tuple[str | None, tuple[Problem, ...]]:
-        # Below the strict level the embedder's pre-GC check uses the model's capacity (in the
-        # seed's bytes), so a runtime that counts in slots is not charged for the embedder's choice.
-        capacity = None if STRICT in self.levels else SeedRuntime(self.cfg, before).bump_capacity_remaining()
+        # Below the strict level, or when capacity in another unit is an expected divergence, the
+        # embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
+        # counts in slots is not charged for the embedder's choice.
+        capacity = None
+        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+            capacity = SeedRuntime(self.cfg, before).bump_capacity_remaining()
         try:
-            outcome = (
-                self.adapter.step(plain_op(op), capacity)
-                if capacity is not None
-                else (self.adapter.step(plain_op(op)))
-            )
+            if capacity is None:
+                outcome = self.adapter.step(plain_op(op))
+            else:
+                outcome = self.adapter.step(plain_op(op), capacity)
             probe = self.adapter.probe()
         except Exception as e:  # the implementation under test crashed: that is its failure
             return f"the implementation raised {type(e).__name__}: {e}", ()
@@ -346,9 +350,13 @@ def make_lockstep_machine(
     stats: RunStats | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
     options: LockstepOptions = DEFAULT_OPTIONS,
+    expected_seen: set[str] | None = None,
 ) -> type[RuleBasedStateMachine]:
-    """A fresh machine class bound to one config (and so to at most one mutant, of any layer)."""
+    """A fresh machine class bound to one config (and so to at most one mutant, of any layer).
+
+    `expected_seen` collects the expected divergences every example showed."""
     run_stats = stats if stats is not None else RunStats()
+    seen = expected_seen if expected_seen is not None else set()
 
     class LockstepMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -401,10 +409,15 @@ def make_lockstep_machine(
                     if problem is not None:
                         self.fail(problem, self.run.state)
             finally:
+                seen.update(self.run.expected_seen)
                 self.run.close()
 
     LockstepMachine.__name__ = LockstepMachine.__qualname__ = "LockstepMachine"
     return LockstepMachine
+
+
+#: Examples per round of a search with a time limit (the limit is checked between rounds).
+ROUND_EXAMPLES = 20
 
 
 def run_lockstep_check(
@@ -414,17 +427,41 @@ def run_lockstep_check(
     save_as: Path | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
     options: LockstepOptions = DEFAULT_OPTIONS,
+    shrink_adapter_factory: AdapterFactory | None = None,
+    stop_at: float | None = None,
+    stats: RunStats | None = None,
 ) -> CheckOutcome:
-    """The lockstep machine under a profile's budget; a failure is shrunk, printed and saved."""
-    stats = RunStats()
-    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options)
+    """The lockstep machine under a profile's budget; a failure is shrunk (on
+    `shrink_adapter_factory`'s adapters, when given), printed and saved. `stats` (if given) counts
+    as it runs.
+
+    With `stop_at` (a `time.monotonic()` deadline) the budget is spent in rounds of
+    `ROUND_EXAMPLES`, each with its own fixed seed, until the budget or the time runs out:
+    Hypothesis cannot stop one run part-way, and a deterministic profile stays deterministic."""
+    stats = stats if stats is not None else RunStats()
+    seen: set[str] = set()
+    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, seen)
+    chosen = search_settings(hypothesis_settings, machine_key("lockstep", cfg, bounds))
+    rounds = [chosen]
+    if stop_at is not None:
+        left, rounds = chosen.max_examples, []
+        while left > 0:
+            rounds.append(settings(chosen, max_examples=min(ROUND_EXAMPLES, left)))
+            left -= ROUND_EXAMPLES
+    stopped = False
     try:
-        run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
+        for number, round_settings in enumerate(rounds):
+            if stop_at is not None:
+                if time.monotonic() > stop_at:
+                    stopped = True
+                    break
+                machine._hypothesis_internal_use_seed = number
+            run_state_machine_as_test(machine, settings=round_settings)
     except InvariantViolation as e:
-        return CheckOutcome(
-            "lockstep", False, stats, report_lockstep_failure(cfg, e, save_as, adapter_factory, options)
-        )
-    return CheckOutcome("lockstep", True, stats)
+        shrink_with = shrink_adapter_factory or adapter_factory
+        failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options)
+        return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
+    return CheckOutcome("lockstep", True, stats, stopped_early=stopped, expected_seen=frozenset(seen))
 
 
 def report_lockstep_failure(
@@ -452,7 +489,7 @@ def report_lockstep_failure(
         driven.states,
         problem,
         save_as,
-        options.replay_args,
+        replay_args=options.replay_args,
     )
 
 

@@ -303,3 +303,14 @@ def test_replay_refuses_a_library_that_is_not_one_in_one_line(
     assert main(["replay", str(trace), "--impl", str(tmp_path / "missing.so")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err
+
+
+def test_the_gate_runs_the_parallel_check_by_default(tmp_path: Path) -> None:
+    """A race bug passes every sequential case of the gate and fails its threads case."""
+    report = tmp_path / "gate.json"
+    library = build_reference("release", bug="c-nonatomic-count")
+    args = ["gate", str(library), "--max-examples", "10", "--json", str(report), "--failures", str(tmp_path)]
+    assert main(args) == 1
+    cases = json.loads(report.read_text())["cases"]
+    failing = [c for c in cases if c["status"] == "fail"]
+    assert [c["kind"] for c in failing] == ["threads"], failing
