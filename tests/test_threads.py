@@ -170,7 +170,6 @@ def test_the_correct_reference_passes_the_same_programs(build: str, tmp_path: Pa
     out = run_parallel_check(library, _options(tmp_path, 600))
     assert out.passed, out.failure
     assert out.histories == 600
-    assert out.overlapping > 0  # some histories really ran calls of two threads at once
 
 
 def test_the_threads_really_run_at_once() -> None:
