@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hypothesis import settings
 
+from externref_harness.errors import UsageError
 from externref_harness.model.mutants import model_mutant_names
 from externref_harness.model.state import Build, Config
 from externref_harness.model_check import (
@@ -77,6 +78,9 @@ class Check:
     #: Whether it checks an implementation (and so runs against `--impl`); the others check the
     #: harness's own model and proofs.
     checks_impl: bool = False
+    #: Whether it runs only against `--impl` (the parallel check: the Python port is not
+    #: thread-safe by design, so there is nothing to run without a native library).
+    needs_impl: bool = False
     #: What `externref-harness fuzz` searches for this check (None: it is not a search).
     target: Callable[[CheckOptions], FuzzTarget] | None = None
 
@@ -202,6 +206,47 @@ def _proofs(opts: CheckOptions) -> CheckResult:
     return CheckResult("z3 proofs", True, figures)
 
 
+#: Histories of the parallel check per example of the Hypothesis profile's budget.
+HISTORIES_PER_EXAMPLE = 10
+#: The parallel check's time limit, seconds.
+THREADS_TIME_LIMIT = 10.0
+
+
+def _threads(opts: CheckOptions) -> CheckResult:
+    """Small parallel programs on real threads against `--impl` (in a child process), each history
+    checked for linearizability against the model (derandomized profiles use seed 0)."""
+    from externref_harness.native.backend import open_library
+    from externref_harness.parallel_check import ParallelOptions
+    from externref_harness.parallel_child import run_isolated
+
+    if opts.impl is None:
+        raise UsageError("the parallel check runs a native library: give --impl PATH.so")
+    library = open_library(opts.impl)
+    seed = 0 if opts.hypothesis_settings.derandomize else None
+    # In a child process: a crash or a hang on several threads is this check's failure.
+    out = run_isolated(
+        opts.impl,
+        ParallelOptions(
+            histories=opts.hypothesis_settings.max_examples * HISTORIES_PER_EXAMPLE,
+            time_limit=THREADS_TIME_LIMIT,
+            seed=seed,
+            save_as=_saved(opts, f"threads-{opts.impl.stem}.json"),
+        ),
+    )
+    figures = {
+        "histories": str(out.histories),
+        "histories/s": f"{out.histories_per_s:.0f}",
+        # How many histories really ran calls of two threads at once (0%: the run was sequential).
+        "overlapping": f"{100 * out.overlapping / max(out.histories, 1):.0f}%",
+    }
+    if out.seed is not None:
+        figures["seed"] = str(out.seed)
+    if out.detected_after is not None:
+        figures["detected after"] = f"{out.detected_after:.2f}s"
+    name = f"parallel threads vs {library.description.name}"
+    return CheckResult(name, out.passed, figures, out.failure, None if out.passed else out.trace)
+
+
 def _lockstep_exercises(mutant: str) -> bool:
     from externref_harness.catalogue import find
 
@@ -224,4 +269,6 @@ CHECKS: list[Check] = [
     ),
     Check("lockstep", _lockstep, _lockstep_exercises, "lockstep", checks_impl=True, target=_lockstep_target),
     Check("proofs", _proofs, _proofs_exercise),
+    # The C bugs it catches are compiled into the library (`reference --bug`), not --mutant.
+    Check("threads", _threads, lambda mutant: False, checks_impl=True, needs_impl=True),
 ]

@@ -135,8 +135,17 @@ def plan(args: argparse.Namespace) -> Plan:
         # Refuse a bad library, or a build or chunk size it cannot run at, before any check runs.
         own = native_target(args.impl).config(LOCKSTEP_CONFIG, args.build if build_given else None, None)
         args.build = own.build
+    native_only = [c.name for c in CHECKS if c.needs_impl and args.only and c.name in args.only]
+    if args.impl is None and native_only:
+        raise UsageError(
+            f"--only {', '.join(native_only)}: not applicable without --impl PATH.so (the parallel "
+            "check runs real threads on a native library; the Python port is not thread-safe by design)"
+        )
     selected = [
-        c for c in CHECKS if (not args.only or c.name in args.only) and (args.impl is None or c.checks_impl)
+        c
+        for c in CHECKS
+        if (not args.only or c.name in args.only)
+        and (c.checks_impl if args.impl is not None else not c.needs_impl)
     ]
     if args.mutant is not None and not any(c.exercises(args.mutant) for c in selected):
         raise UsageError(

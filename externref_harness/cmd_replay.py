@@ -60,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="replay on this native library (the C ABI) instead of the Python port",
     )  # fmt: skip
     replay_dir.add_arguments(p)
+    p.add_argument(
+        "--runs", type=int, default=None, metavar="N",
+        help="a parallel trace (saved by the threads check) is rerun N times (default 100) and the "
+        "failure rate printed: interleavings are not reproducible",
+    )  # fmt: skip
 
 
 def load(path: Path, max_steps: int | None = None) -> tracefile.Trace:
@@ -84,7 +89,14 @@ def load(path: Path, max_steps: int | None = None) -> tracefile.Trace:
 
 
 def run(args: argparse.Namespace) -> int:
+    from externref_harness.parallel_check import replay_parallel
+    from externref_harness.parallel_program import is_parallel_trace
+
     path = user_path(args.trace, "TRACE")
+    if is_parallel_trace(path):
+        return replay_parallel(path, args.impl, args.runs)
+    if args.runs is not None:
+        raise UsageError("--runs applies to parallel traces only (a sequential trace replays exactly)")
     if replay_dir.wants_this_module(path):  # a directory, or a corpus file
         return replay_dir.run(args)
     json_file = None

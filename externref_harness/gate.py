@@ -252,9 +252,6 @@ def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, po
 
 
 def _threads_case(opts: GateOptions) -> CaseResult:
-    try:
-        from externref_harness import threads  # type: ignore[attr-defined]
-    except ImportError:
-        return CaseResult("threads", "threads", "skip", "the parallel check is not part of this harness")
-    result: CaseResult = threads.gate_case(opts)
-    return result
+    from externref_harness import threads
+
+    return threads.gate_case(opts)

@@ -27,6 +27,9 @@ from externref_harness.errors import UsageError
 NATIVE_DIR = Path(__file__).resolve().parent
 HEADER = NATIVE_DIR / "externref_abi.h"
 SOURCE = NATIVE_DIR / "reference" / "externref.c"
+#: The parallel check's native driver (threads, checking heap, drop log): harness code, not an
+#: implementation.
+THREAD_DRIVER = NATIVE_DIR / "threads" / "driver.c"
 
 BUILDS = ("debug", "release")
 BASE_FLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-pthread")
@@ -229,6 +232,12 @@ def build_reference(
     flags = reference_flags(build, bug, variant, sanitize, no_optional, chunk_size, defines)
     label = "-".join(part for part in (build, bug or "seed", variant, "asan" if sanitize else None) if part)
     return compile_shared(SOURCE, flags, label, depends=(HEADER,))
+
+
+def build_thread_driver() -> Path:
+    """The shared library of the parallel check's driver (`native/threads/driver.c`)."""
+    flags = [*BASE_FLAGS, f"-I{NATIVE_DIR}", "-O2", "-g"]
+    return compile_shared(THREAD_DRIVER, flags, "threads-driver", depends=(HEADER,))
 
 
 def compile_shared(source: Path, flags: list[str], label: str, depends: tuple[Path, ...] = ()) -> Path:

@@ -11,6 +11,7 @@
  *                         clears the chunk youngest slot first and drops set members in
  *                         descending address order).
  *   XR_BUG_*              one seeded bug each.
+ *   XR_RACE_WINDOW_NS=N   the race bugs' pause inside their window (default 5000; 0: none).
  *   XR_REPORT_*           what xr_abi_version / xr_describe report (to test the loader's refusals).
  *
  * Panics: each entry point sets a jump buffer; a panic (a failed assert! or debug_assert!)
@@ -256,9 +257,16 @@ static void drop_and_dealloc(VMExternData *data) {
 #if defined(XR_BUG_NONATOMIC_COUNT) || defined(XR_BUG_DROP_REREAD)
 /* Widens a race window (a few microseconds) so that threads driven from the harness, whose calls
  * are microseconds apart, can fall into it. */
+#ifndef XR_RACE_WINDOW_NS
+#define XR_RACE_WINDOW_NS 5000
+#endif
+/* XR_RACE_WINDOW_NS=0 leaves the window as narrow as the code makes it (to measure how often a
+ * parallel check falls into the unwidened race: benchmarks/threads.py). */
 static void race_window(void) {
-    struct timespec pause = {0, 5000};
+#if XR_RACE_WINDOW_NS > 0
+    struct timespec pause = {0, XR_RACE_WINDOW_NS};
     nanosleep(&pause, NULL);
+#endif
 }
 #endif
 
