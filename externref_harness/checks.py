@@ -14,6 +14,7 @@ from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
     REQUIRED_EVENTS,
+    CheckOutcome,
     RunStats,
     run_model_check,
 )
@@ -52,17 +53,38 @@ def _model(opts: CheckOptions) -> CheckResult:
     cfg = replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
     save_as = opts.failures / f"model-{mutant or 'seed'}-{opts.build}.json"
     out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as)
-    return CheckResult("model state machine", out.passed, _machine_figures(out.stats), out.failure)
+    return _machine_result("model state machine", out)
 
 
 def _machine_figures(stats: RunStats) -> dict[str, str]:
     """Examples, steps, and how many of the required paths the run reached."""
-    covered = sum(1 for e in REQUIRED_EVENTS if stats.events[e])
+    covered = len(REQUIRED_EVENTS) - len(missing_paths(stats))
     return {
         "examples": str(stats.examples),
         "steps": str(stats.steps),
         "paths": f"{covered}/{len(REQUIRED_EVENTS)}",
     }
+
+
+def missing_paths(stats: RunStats) -> list[str]:
+    """The required paths (`REQUIRED_EVENTS`) a run never reached."""
+    return [e for e in REQUIRED_EVENTS if not stats.events[e]]
+
+
+def _machine_result(name: str, out: CheckOutcome) -> CheckResult:
+    """A machine's verdict: it fails on a failing example, and also when it passed without
+    reaching every required path (a run that never reached the stack-map scan proves nothing)."""
+    figures = _machine_figures(out.stats)
+    missing = missing_paths(out.stats)
+    if out.passed and missing:
+        n = out.stats.examples
+        failure = (
+            f"required paths never reached in {n} example{'' if n == 1 else 's'} "
+            f"({figures['paths']}): {', '.join(missing)}; raise the budget (--max-examples, "
+            "--hypothesis-profile) or make the moves reach them"
+        )
+        return CheckResult(name, False, figures, failure)
+    return CheckResult(name, out.passed, figures, out.failure)
 
 
 def _lockstep(opts: CheckOptions) -> CheckResult:
@@ -75,7 +97,7 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
     cfg = replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
     save_as = opts.failures / f"lockstep-{opts.mutant or 'seed'}-{opts.build}.json"
     out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, opts.hypothesis_settings, save_as)
-    return CheckResult("lockstep model vs ctypes impl", out.passed, _machine_figures(out.stats), out.failure)
+    return _machine_result("lockstep model vs ctypes impl", out)
 
 
 def _proofs(opts: CheckOptions) -> CheckResult:
