@@ -25,7 +25,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from externref_harness import deadline
 from externref_harness import trace as tracefile
+from externref_harness.deadline import Timeout, time_limit
 from externref_harness.impl import heap as checking_heap
 from externref_harness.impl.adapter import (
     ImplAdapter,
@@ -330,7 +332,15 @@ class Lockstep:
         self.check_invariants = check_invariants
         #: Why the teardown stopped before quiescence, if it did.
         self.gave_up: str | None = None
-        adapter.start(plain_config(cfg))
+        #: Why the implementation is no longer stepped (it hung, or could not start).
+        self.impl_broken: str | None = None
+        try:
+            with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
+                adapter.start(plain_config(cfg))
+        except Timeout as e:
+            self.impl_broken = f"the implementation hung: {e}"
+        except Exception as e:
+            self.impl_broken = f"the implementation raised {type(e).__name__} at start: {e}"
 
     def step(self, op: ops.Op) -> StepCheck:
         before = self.state
@@ -345,6 +355,20 @@ class Lockstep:
         return StepCheck(obs, model_problem, self._impl_step(op, obs, before))
 
     def _impl_step(self, op: ops.Op, obs: Observation, before: State) -> str | None:
+        """The implementation's step and every check of it, under `deadline.STEP_SECONDS`. After
+        a step that hung, the implementation is not run again (its state is unknown)."""
+        if self.impl_broken is not None:
+            return self.impl_broken
+        try:
+            with time_limit(deadline.STEP_SECONDS, f"the implementation's {op}"):
+                return self._impl_step_checked(op, obs, before)
+        except Timeout as e:
+            self.impl_broken = f"the implementation hung: {e}"
+            return self.impl_broken
+        except Exception as e:  # a check could not read what the implementation handed back
+            return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}"
+
+    def _impl_step_checked(self, op: ops.Op, obs: Observation, before: State) -> str | None:
         try:
             outcome = self.adapter.step(plain_op(op))
             probe = self.adapter.probe()
@@ -382,8 +406,13 @@ class Lockstep:
     def finish(self) -> str | None:
         """Drop the runtime and check that the checking heap is empty (not if teardown gave up:
         what is still held would read as a leak)."""
+        if self.impl_broken is not None:
+            return self.impl_broken
         try:
-            reports = self.adapter.finish()
+            with time_limit(deadline.STEP_SECONDS, "the implementation's teardown"):
+                reports = self.adapter.finish()
+        except Timeout as e:
+            return f"the implementation hung: {e}"
         except Exception as e:
             return f"the implementation raised {type(e).__name__} at teardown: {e}"
         if self.gave_up is not None:
