@@ -30,7 +30,7 @@ LIMIT = 0.3
 
 def test_time_limit_interrupts_a_busy_loop_and_leaves_no_timer_behind() -> None:
     started = time.monotonic()
-    with pytest.raises(Timeout, match="the loop did not finish within 0.2 s"), time_limit(0.2, "the loop"):
+    with pytest.raises(Timeout, match=r"the loop did not finish within 0\.2 s"), time_limit(0.2, "the loop"):
         while time.monotonic() - started < HANG_SECONDS:
             pass
     assert time.monotonic() - started < HANG_SECONDS / 2
@@ -57,7 +57,8 @@ def test_a_step_that_hangs_is_a_failing_step(monkeypatch: pytest.MonkeyPatch) ->
     _endless_walk(monkeypatch)
     monkeypatch.setattr(deadline, "STEP_SECONDS", LIMIT)
     started = time.monotonic()
-    driven = drive(LOCKSTEP_CONFIG, [ops.New(8, 8), ops.Gc(), ops.Drop(0)], InProcessImpl(), until_first=False)
+    steps = [ops.New(8, 8), ops.Gc(), ops.Drop(0)]
+    driven = drive(LOCKSTEP_CONFIG, steps, InProcessImpl(), until_first=False)
     assert driven.impl_failure is not None, "the hung step was not reported"
     assert driven.impl_failure.step == 2
     assert "the implementation hung: the implementation's Gc() did not finish within 0.3 s" in (

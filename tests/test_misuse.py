@@ -20,8 +20,8 @@ from externref_harness.model.transition import run
 CFG = LOCKSTEP_CONFIG  # 3 slots, 2 globals
 assert (CFG.slots, CFG.n_globals) == (3, 2)
 
-FOUR_HANDLES = [ops.New(8, 8)] * 4
-IN_HOST_CALLED_FROM_WASM = [ops.CallWasm(()), ops.WasmCallHost((), 0)]
+FOUR_HANDLES: list[ops.Op] = [ops.New(8, 8)] * 4
+IN_HOST_CALLED_FROM_WASM: list[ops.Op] = [ops.CallWasm(()), ops.WasmCallHost((), 0)]
 
 #: (what is wrong, the steps before, the misuse, the kind it is refused with)
 CASES: list[tuple[str, list[ops.Op], ops.Op, str]] = [
@@ -68,7 +68,11 @@ def test_the_machines_try_each_misuse(why: str, before: list[ops.Op], misuse: op
 def test_well_formed_canary_resets_are_moves_and_change_nothing() -> None:
     """The embedder's guard may repeat what is true: `None` with no Wasm, the live canary with Wasm."""
     bounds = Bounds()
-    for before, expected in (([], ops.SetStackCanary(None)), (IN_HOST_CALLED_FROM_WASM, ops.SetStackCanary(0))):
+    cases: list[tuple[list[ops.Op], ops.Op]] = [
+        ([], ops.SetStackCanary(None)),
+        (IN_HOST_CALLED_FROM_WASM, ops.SetStackCanary(0)),
+    ]
+    for before, expected in cases:
         state = run(CFG, before)[-1][0] if before else State.initial(CFG)
         assert moves(CFG, bounds, state)["set_stack_canary"] == [expected]
         driven = drive(CFG, [*before, expected], InProcessImpl(), until_first=False)

@@ -18,7 +18,7 @@ from externref_harness.model.transition import run, step
 
 CFG = LOCKSTEP_CONFIG
 
-LONG_TRACES = {
+LONG_TRACES: dict[str, list[ops.Op]] = {
     "250 allocations": [ops.New(8, 8)] * 250,
     "a host call passing slot 0 197 times": [
         ops.New(8, 8), ops.CallWasm((0,)), ops.WasmCallHost((0,) * 197, 0)
