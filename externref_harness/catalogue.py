@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from externref_harness.errors import shown
 from externref_harness.impl.mutants import IMPL_MUTANTS
 from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
 from externref_harness.specs.mutants import PROOF_MUTANTS
@@ -23,4 +24,4 @@ def find(name: str) -> Mutant:
     for m in all_mutants():
         if m.name == name:
             return m
-    raise UnknownMutant(f"unknown mutant {name!r}; `externref-harness mutants` lists them")
+    raise UnknownMutant(f"unknown mutant {shown(repr(name))}; `externref-harness mutants` lists them")

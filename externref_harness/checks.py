@@ -21,12 +21,35 @@ from externref_harness.model_check import (
 from externref_harness.trace import failures_dir
 
 
+@dataclass
+class Live:
+    """What the running check has done so far, read by the progress lines of `check`."""
+
+    stats: RunStats | None = None
+    proofs_done: int | None = None
+
+    def describe(self) -> str:
+        if self.stats is not None:
+            return f"{self.stats.examples} examples, {self.stats.steps} steps"
+        if self.proofs_done is not None:
+            return f"{self.proofs_done} properties decided"
+        return "starting"
+
+
 @dataclass(frozen=True)
 class CheckOptions:
     hypothesis_settings: settings
     build: Build = "debug"
     mutant: str | None = None
-    failures: Path = field(default_factory=failures_dir)
+    #: Where a failing trace is saved (None: not saved).
+    failures: Path | None = field(default_factory=failures_dir)
+    live: Live = field(default_factory=Live)
+    #: A native library behind the C ABI to check instead of the Python port.
+    impl: Path | None = None
+    #: The chunk size of the lockstep run (None: the machine's small chunk, or the library's own).
+    chunk_size: int | None = None
+    #: `--build` was given explicitly (a native library's own build is used otherwise).
+    build_given: bool = False
 
 
 @dataclass
@@ -36,6 +59,10 @@ class CheckResult:
     #: Short figures for the summary table, e.g. {"steps": "12836", "paths": "15/15"}.
     figures: dict[str, str]
     failure: str | None = None
+    #: The saved failing trace, if any.
+    trace: Path | None = None
+    #: The example (1-based) in which the failure first showed, for the machines.
+    examples_needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +71,23 @@ class Check:
     run: Callable[[CheckOptions], CheckResult]
     #: Whether a seeded bug changes what this check runs (others run the seed as it is).
     exercises: Callable[[str], bool]
+    #: The first word of the name its failing trace is saved under (None: it saves none).
+    saves_as: str | None = None
+    #: Whether it checks an implementation (and so runs against `--impl`); the others check the
+    #: harness's own model and proofs.
+    checks_impl: bool = False
+
+    def trace_name(self, mutant: str | None, build: str) -> str | None:
+        """The file name of this check's failing trace in the failures directory."""
+        return None if self.saves_as is None else trace_name(self.saves_as, mutant, build)
+
+
+def trace_name(prefix: str, mutant: str | None, build: str) -> str:
+    return f"{prefix}-{mutant or 'seed'}-{build}.json"
+
+
+def _saved(opts: CheckOptions, name: str) -> Path | None:
+    return None if opts.failures is None else opts.failures / name
 
 
 def _model(opts: CheckOptions) -> CheckResult:
@@ -51,9 +95,12 @@ def _model(opts: CheckOptions) -> CheckResult:
 
     mutant = opts.mutant if opts.mutant in model_mutant_names() else None
     cfg = replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
-    save_as = opts.failures / f"model-{mutant or 'seed'}-{opts.build}.json"
-    out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as)
-    return _machine_result("model state machine", out)
+    save_as = _saved(opts, trace_name("model", mutant, opts.build))
+    stats = opts.live.stats = RunStats()
+    out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as, stats)
+    return _machine_result("model state machine", out, save_as)
+
+
 
 
 def _machine_figures(stats: RunStats) -> dict[str, str]:
@@ -71,7 +118,7 @@ def missing_paths(stats: RunStats) -> list[str]:
     return [e for e in REQUIRED_EVENTS if not stats.events[e]]
 
 
-def _machine_result(name: str, out: CheckOutcome) -> CheckResult:
+def _machine_result(name: str, out: CheckOutcome, save_as: Path | None) -> CheckResult:
     """A machine's verdict: it fails on a failing example, and also when it passed without
     reaching every required path (a run that never reached the stack-map scan proves nothing)."""
     figures = _machine_figures(out.stats)
@@ -84,20 +131,57 @@ def _machine_result(name: str, out: CheckOutcome) -> CheckResult:
             "--hypothesis-profile) or make the moves reach them"
         )
         return CheckResult(name, False, figures, failure)
-    return CheckResult(name, out.passed, figures, out.failure)
+    return CheckResult(
+        name,
+        out.passed,
+        figures,
+        out.failure,
+        None if out.passed else save_as,
+        out.stats.first_failing_example,
+    )
 
 
 def _lockstep(opts: CheckOptions) -> CheckResult:
-    """The ctypes implementation against the model; a mutant of any layer applies (the model
-    ignores the implementation's)."""
+    """An implementation (the Python port, or `--impl`) against the model; a mutant of any layer
+    applies (the model ignores the implementation's)."""
     from dataclasses import replace
 
-    from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, run_lockstep_check
+    from externref_harness.lockstep import (
+        LOCKSTEP_BOUNDS,
+        LOCKSTEP_CONFIG,
+        LockstepOptions,
+        run_lockstep_check,
+    )
+    from externref_harness.targets import bounds_for, target
 
-    cfg = replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
-    save_as = opts.failures / f"lockstep-{opts.mutant or 'seed'}-{opts.build}.json"
-    out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, opts.hypothesis_settings, save_as)
-    return _machine_result("lockstep model vs ctypes impl", out)
+    chosen = target(opts.impl)
+    build = opts.build if opts.build_given or opts.impl is None else None
+    cfg = replace(chosen.config(LOCKSTEP_CONFIG, build, opts.chunk_size), mutant=opts.mutant)
+    save_as = _saved(opts, lockstep_trace_name(opts.impl, opts.mutant, cfg.build, opts.chunk_size))
+    stats = opts.live.stats = RunStats()
+    options = LockstepOptions(
+        impl_name=chosen.name, replay_args="" if opts.impl is None else f"--impl {opts.impl}"
+    )
+    out = run_lockstep_check(
+        cfg,
+        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        opts.hypothesis_settings,
+        save_as,
+        chosen.adapter_factory,
+        options,
+        stats=stats,
+    )
+    result = _machine_result(f"lockstep model vs {chosen.name}", out, save_as)
+    result.figures["chunk"] = str(cfg.chunk_size)
+    return result
+
+
+def lockstep_trace_name(impl: Path | None, mutant: str | None, build: str, chunk_size: int | None) -> str:
+    """The lockstep's failing trace: per implementation and chunk size when they are not the default."""
+    prefix = "lockstep" if impl is None else f"lockstep-{impl.stem}"
+    if chunk_size is not None:
+        prefix += f"-chunk{chunk_size}"
+    return trace_name(prefix, mutant, build)
 
 
 def _proofs(opts: CheckOptions) -> CheckResult:
@@ -107,7 +191,9 @@ def _proofs(opts: CheckOptions) -> CheckResult:
 
     proof_opts = ProofOptions(opts.mutant, DEFAULT_BOUNDS, debug_builds=(opts.build == "debug",))
     proven = 0
+    opts.live.stats, opts.live.proofs_done = None, 0
     for verdict in run_proofs(proof_opts):
+        opts.live.proofs_done += 1
         if not verdict.proven and not verdict.lemma:
             failure = f"{verdict.name}: {verdict.status}: {verdict.detail}"
             return CheckResult("z3 proofs", False, {"proven": str(proven)}, failure)
@@ -129,7 +215,7 @@ def _proofs_exercise(mutant: str) -> bool:
 
 
 CHECKS: list[Check] = [
-    Check("model", _model, lambda mutant: mutant in model_mutant_names()),
-    Check("lockstep", _lockstep, _lockstep_exercises),
+    Check("model", _model, lambda mutant: mutant in model_mutant_names(), "model"),
+    Check("lockstep", _lockstep, _lockstep_exercises, "lockstep", checks_impl=True),
     Check("proofs", _proofs, _proofs_exercise),
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from externref_harness import catalogue
+from externref_harness import catalogue, paths
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError
 from externref_harness.explore import (
@@ -32,6 +32,9 @@ from externref_harness.model.transition import run as run_model
 from externref_harness.report import format_failure
 
 _DEFAULTS = ExploreBounds()
+EXIT_STATUS = (
+    "0 the bounded space is exhausted with no violation, 1 a violation, 2 bad input, 130 interrupted."
+)
 
 _INT_BOUNDS: tuple[tuple[str, str], ...] = (
     ("refs", "allocations over the whole run (Bounds.refs)"),
@@ -79,8 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also search without symmetry reduction and report the reduction (needs --depth)",
     )  # fmt: skip
     p.add_argument("--mutant", metavar="NAME", default=None, help="explore with this seeded bug")
-    p.add_argument("--build", choices=("debug", "release"), default="debug")
-    p.add_argument("--out", type=Path, default=None, help="where to save a violation's trace")
+    p.add_argument(
+        "--build", choices=("debug", "release"), default="debug",
+        help="which build of the seed runs: debug (its debug assertions on) or release (default debug)",
+    )  # fmt: skip
+    paths.add_failures_option(p)
+    # The old spelling: a file, or a directory when it ends in '/' or is one.
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -101,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_symmetry and knobs.depth is None:
         raise UsageError("--compare-symmetry needs --depth: without symmetry the space is infinite")
     search = knobs.search()
-    out = args.out or tracefile.failures_dir() / f"explore-{knobs.mutant or 'seed'}-{knobs.build}.json"
-    tracefile.ensure_writable(out)
+    out, where = paths.trace_destination(
+        args.failures, args.out, f"explore-{knobs.mutant or 'seed'}-{knobs.build}.json"
+    )
+    paths.check_file(out, where)
     console = Console(highlight=False)
     show_progress = console.is_terminal and not args.quiet
 

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from externref_harness.catalogue import all_mutants
 
+EXIT_STATUS = "0 listed, 2 bad arguments."
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, layer, description}")

@@ -1,7 +1,6 @@
 """`externref-harness prove`: the z3 proofs, one row per property.
 
 Each row says proven, counterexample (with its values) or unknown, and how long z3 took.
-Exit status: 0 when every property is proven, 1 on a counterexample or unknown, 2 on bad input.
 With `--mutant NAME` a seeded bug is switched on; the sweep proofs' counterexamples are then
 rebuilt as traces and replayed on the model and the implementation.
 """
@@ -9,6 +8,7 @@ rebuilt as traces and replayed on the model and the implementation.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from externref_harness import catalogue
-from externref_harness.errors import UsageError
+from externref_harness import catalogue, paths
+from externref_harness.errors import UsageError, shown, user_path
+from externref_harness.progress import progress
 from externref_harness.proofs import (
     DEFAULT_BOUNDS,
     DEFAULT_TIMEOUT_S,
@@ -31,7 +32,13 @@ from externref_harness.proofs import (
 from externref_harness.specs.layout_proofs import ADMISSIBLE, PRECONDITION
 from externref_harness.specs.proving import Verdict
 from externref_harness.specs.sweep_encoding import Bounds
-from externref_harness.trace import failures_dir
+
+#: A property z3 could not decide within `--timeout` (no counterexample among the others).
+UNKNOWN_STATUS = 3
+EXIT_STATUS = (
+    "0 every property proven, 1 a counterexample, 3 no counterexample but some property unknown "
+    "(z3 ran out of --timeout), 2 bad input (nothing runs), 130 interrupted."
+)
 
 _STYLE = {
     "proven": "[green]proven[/]",
@@ -64,11 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--timeout", metavar="SECONDS", default=str(DEFAULT_TIMEOUT_S),
         help=f"budget of one z3 query (default {DEFAULT_TIMEOUT_S:g})",
     )  # fmt: skip
-    p.add_argument("--build", choices=("debug", "release", "both"), default="both")
     p.add_argument(
-        "--traces", type=Path, default=None,
-        help="where a seeded bug's counterexample traces are saved (default: the failures dir)",
+        "--build", choices=("debug", "release", "both"), default="both",
+        help="which builds the sweep proofs cover: debug (its assertions on), release, or both (default)",
     )  # fmt: skip
+    paths.add_failures_option(p, "--traces")
+    paths.add_json_option(p)
 
 
 def parse_options(args: argparse.Namespace) -> ProofOptions:
@@ -78,13 +86,13 @@ def parse_options(args: argparse.Namespace) -> ProofOptions:
     try:
         bounds = Bounds.parse(args.bounds)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--bounds: {shown(str(e), 200)}") from None
     try:
         timeout = float(args.timeout)
     except ValueError:
-        raise UsageError(f"--timeout must be a number of seconds, got {args.timeout!r}") from None
-    if not 0 < timeout <= 3600:
-        raise UsageError(f"--timeout must be in (0, 3600] seconds, got {args.timeout}")
+        raise UsageError(f"--timeout must be a number of seconds, got {shown(repr(args.timeout))}") from None
+    if not 0 < timeout <= 3600:  # NaN fails both comparisons
+        raise UsageError(f"--timeout must be in (0, 3600] seconds, got {shown(args.timeout)}")
     builds = {"debug": (True,), "release": (False,), "both": (True, False)}[args.build]
     return ProofOptions(args.mutant, bounds, timeout, builds)
 
@@ -97,6 +105,15 @@ def _group(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     opts = parse_options(args)
+    # Checked before the proofs run (they take tens of seconds): where a seeded bug's
+    # counterexample traces go, and the --json report.
+    failures = paths.failures_dir(args.failures)
+    if opts.mutant is not None or args.failures is not None:
+        paths.check_dir(failures, paths.failures_source(args.failures))
+    json_file = None
+    if args.json_file is not None:
+        json_file = user_path(args.json_file, "--json")
+        paths.check_file(json_file, "--json")
     console = Console(width=160)
     if not covers(opts.mutant):
         console.print(
@@ -107,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     verdicts: list[Verdict] = []
     totals: dict[str, float] = defaultdict(float)
     started = time.perf_counter()
-    with console.status("proving..."):
+    with progress("prove", lambda: f"{len(verdicts)} properties decided", console):
         for v in run_proofs(opts):
             verdicts.append(v)
             totals[_group(v.name)] += v.seconds
@@ -122,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for key, text in ASSUMPTIONS.items():
         console.print(f"  {key}: {text}")
-    replayed, notes = replay_counterexamples(opts, verdicts, args.traces or failures_dir())
+    replayed, notes = replay_counterexamples(opts, verdicts, failures)
     for r in replayed:
         _print_replay(console, r)
     for note in notes:
@@ -133,11 +150,58 @@ def run(args: argparse.Namespace) -> int:
             f"not proven: {v.name}: {v.status}: {v.detail}", markup=False, highlight=False, soft_wrap=True
         )
     elapsed = time.perf_counter() - started
+    status = 0
+    if any(v.status == "counterexample" for v in failed):
+        status = 1
+    elif failed:
+        status = UNKNOWN_STATUS
     if failed:
-        console.print(f"[red]{len(failed)} of {len(verdicts)} properties not proven[/] ({elapsed:.1f}s)")
-        return 1
-    console.print(f"[green]all {len(verdicts)} properties proven[/] ({elapsed:.1f}s)")
-    return 0
+        what = "counterexample" if status == 1 else "unknown within the timeout"
+        console.print(
+            f"[red]{len(failed)} of {len(verdicts)} properties not proven[/] ({what}; {elapsed:.1f}s)"
+        )
+    else:
+        console.print(f"[green]all {len(verdicts)} properties proven[/] ({elapsed:.1f}s)")
+    if json_file is not None:
+        _write_json(json_file, args, opts, verdicts, replayed, status, elapsed)
+    return status
+
+
+def _write_json(
+    path: Path,
+    args: argparse.Namespace,
+    opts: ProofOptions,
+    verdicts: list[Verdict],
+    replayed: list[ReplayedCounterexample],
+    status: int,
+    elapsed: float,
+) -> None:
+    obj = {
+        "command": "prove",
+        "status": status,
+        "passed": status == 0,
+        "mutant": opts.mutant,
+        "bounds": [opts.bounds.frames, opts.bounds.slots, opts.bounds.refs, opts.bounds.chunk],
+        "timeout_s": opts.timeout_s,
+        "build": args.build,
+        "seconds": round(elapsed, 3),
+        "properties": [
+            {
+                "property": v.name,
+                "verdict": v.status,
+                "seconds": round(v.seconds, 3),
+                "detail": v.detail,
+                "assumptions": list(v.assumptions),
+                "cut": v.lemma,
+            }
+            for v in verdicts
+        ],
+        "traces": [
+            {"property": r.property_id, "build": r.build, "trace": None if r.saved is None else str(r.saved)}
+            for r in replayed
+        ],
+    }
+    paths.write_atomically(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _print_replay(console: Console, r: ReplayedCounterexample) -> None:

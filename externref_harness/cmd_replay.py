@@ -1,57 +1,187 @@
 """`externref-harness replay TRACE`: run a saved trace on the model and the ctypes implementation.
 
-Prints the numbered steps with the model's observations, then where each side first fails.
-Exit status: 0 if neither side fails, 1 if either does, 2 on a malformed or incompatible trace.
+Prints the numbered steps with the model's observations, then where each side first fails. A trace
+saved with a failure (its `note`) that now runs clean is said to be stale, not shown beside "no
+failure" as if it still failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from externref_harness import catalogue, lockstep
+from externref_harness import catalogue, lockstep, paths
 from externref_harness import trace as tracefile
+from externref_harness.errors import UsageError, printable, shown, shown_path, user_path
 from externref_harness.explore import LIMITS
+from externref_harness.impl.adapter import ImplAdapter, PlainOp, PlainReport, Probe, StepOutcome
 from externref_harness.model.transition import run as run_model
-from externref_harness.report import format_steps
+from externref_harness.progress import progress
+from externref_harness.report import format_steps, full_output
+
+EXIT_STATUS = (
+    "0 neither side fails (a stale trace whose recorded failure no longer happens included), "
+    "1 the model or the implementation fails, 2 a malformed, unreadable or incompatible trace, "
+    "130 interrupted."
+)
+#: The longest trace replayed unless `--max-steps` says otherwise. The raw-memory checks after every
+#: step grow with the live refs, so a long trace that keeps thousands alive is slow (5,000 steps
+#: holding up to 2,500 refs: tens of seconds); progress lines say how far it is.
+DEFAULT_MAX_STEPS = 5_000
+#: The largest chunk a trace may ask for (the seed's is 512 slots).
+MAX_CHUNK_SIZE = 1 << 16
+#: How much of a recorded note is printed.
+NOTE_LIMIT = 500
+
+
+def _max_steps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(repr(text))}") from None
+    if not 1 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"must be in 1..10,000,000, got {shown(text)}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("trace", type=Path, help="a trace file saved by explore, check or a test")
+    p.add_argument("trace", metavar="TRACE", help="a trace file saved by explore, check, prove or a test")
+    p.add_argument(
+        "--max-steps", type=_max_steps, default=DEFAULT_MAX_STEPS, metavar="N",
+        help=f"refuse a trace of more than N steps (default {DEFAULT_MAX_STEPS:,})",
+    )  # fmt: skip
+    p.add_argument("--full", action="store_true", help="print long lists in full, not summarised")
+    paths.add_json_option(p)
+    p.add_argument(
+        "--impl", type=Path, default=None, metavar="PATH.so",
+        help="replay on this native library (the C ABI) instead of the Python port",
+    )  # fmt: skip
 
 
-def load(path: Path) -> tracefile.Trace:
+def load(path: Path, max_steps: int | None = None) -> tracefile.Trace:
     """Load and check that this harness can run the trace (bad input: `TraceFormatError`)."""
-    trace = tracefile.load(path)
+    trace = tracefile.load(path, max_steps)
     cfg = trace.config
     for name, value, bound in (
-        ("chunk_size", cfg.chunk_size, LIMITS["chunk"][1]),
+        ("chunk_size", cfg.chunk_size, MAX_CHUNK_SIZE),
         ("slots", cfg.slots, LIMITS["slots"][1]),
         ("n_globals", cfg.n_globals, LIMITS["globals"][1]),
     ):
         if value > bound:
             raise tracefile.TraceFormatError(
-                f"{path}: config {name}={value} is more than this harness runs (at most {bound})"
+                f"{shown_path(path)}: config {name}={value} is more than this harness runs (at most {bound})"
             )
     if trace.config.mutant is not None:
         try:
             catalogue.find(trace.config.mutant)
         except catalogue.UnknownMutant as e:
-            raise tracefile.TraceFormatError(f"{path}: {e}") from None
+            raise tracefile.TraceFormatError(f"{shown_path(path)}: {e}") from None
     return trace
 
 
 def run(args: argparse.Namespace) -> int:
-    trace = load(args.trace)
+    path = user_path(args.trace, "TRACE")
+    json_file = None
+    if args.json_file is not None:
+        json_file = user_path(args.json_file, "--json")
+        paths.check_file(json_file, "--json")
+        if json_file.resolve() == path.resolve():
+            raise UsageError("--json would overwrite the trace being replayed")
+    trace = load(path, args.max_steps)
     cfg = trace.config
-    report = lockstep.replay(trace)
+    from externref_harness.targets import target
+
+    chosen = target(args.impl)
+    if chosen.description is not None:
+        # The trace's config must be one the library can run (its build, its chunk size).
+        chosen.config(cfg, cfg.build, cfg.chunk_size)
+    counting = _Counting(chosen.adapter_factory())
+    total = len(trace.steps)
+
+    def where() -> str:
+        done = counting.steps
+        return f"step {done:,} of {total:,}" if done <= total else f"teardown step {done - total:,}"
+
+    with progress("replay", where):
+        report = lockstep.replay(trace, counting, lockstep.LockstepOptions(impl_name=chosen.name))
     observations = [obs for _, obs in run_model(cfg, trace.steps)]
     failing = report.model_failure[0] if report.model_failure is not None else None
-    print(f"trace {args.trace}: {len(trace.steps)} steps ({cfg.build} build, mutant={cfg.mutant})")
-    if trace.note:
-        print(f"note: {trace.note}")
-    print(format_steps(trace.steps, observations, failing) or "(no steps)")
-    print(report.describe())
     failed = report.model_failure is not None or report.impl_failure is not None
+    stale = bool(trace.note) and not failed
+    with full_output(args.full):
+        print(f"trace {shown_path(path)}: {len(trace.steps)} steps ({cfg.build} build, mutant={cfg.mutant})")
+        if trace.note and not stale:
+            print(f"recorded when saved: {printable(trace.note)[:NOTE_LIMIT]}")
+        print(format_steps(trace.steps, observations, failing) or "(no steps)")
+    print(printable_report(report.describe()))
+    if stale:
+        print(
+            "STALE: the failure recorded in this trace no longer happens; its steps do not reach it "
+            "(the trace was edited, or the harness changed since it was saved). Recorded: "
+            + printable(trace.note)[:NOTE_LIMIT]
+        )
     print("FAILED" if failed else "no failure")
-    return 1 if failed else 0
+    status = 1 if failed else 0
+    if json_file is not None:
+        _write_json(json_file, path, trace, report, status, stale)
+    return status
+
+
+class _Counting:
+    """The implementation, counting the steps it was given (for the progress lines)."""
+
+    def __init__(self, inner: ImplAdapter) -> None:
+        self.inner = inner
+        self.steps = 0
+
+    def start(self, config: Mapping[str, Any]) -> None:
+        self.inner.start(config)
+
+    def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
+        self.steps += 1
+        return self.inner.step(op, embedder_capacity)
+
+    def probe(self) -> Probe:
+        return self.inner.probe()
+
+    def finish(self) -> tuple[PlainReport, ...]:
+        return self.inner.finish()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def printable_report(text: str) -> str:
+    return "\n".join(printable(line) for line in text.splitlines())
+
+
+def _write_json(
+    json_file: Path,
+    path: Path,
+    trace: tracefile.Trace,
+    report: lockstep.ReplayReport,
+    status: int,
+    stale: bool,
+) -> None:
+    def side(failure: tuple[int, str] | None) -> dict[str, Any] | None:
+        if failure is None:
+            return None
+        at_teardown = failure[0] == report.steps + 1
+        return {"step": None if at_teardown else failure[0], "teardown": at_teardown, "problem": failure[1]}
+
+    obj = {
+        "command": "replay",
+        "status": status,
+        "passed": status == 0,
+        "trace": str(path),
+        "steps": len(trace.steps),
+        "config": trace.to_json()["config"],
+        "recorded_note": trace.note,
+        "stale": stale,
+        "model_failure": side(report.model_failure),
+        "implementation_failure": side(report.impl_failure),
+    }
+    paths.write_atomically(json_file, json.dumps(obj, indent=1) + "\n")

@@ -15,11 +15,11 @@ model machine's move drawing, labels and failure report) and `replay` of a saved
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -28,35 +28,13 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 from externref_harness import deadline
 from externref_harness import trace as tracefile
 from externref_harness.deadline import Timeout, time_limit
-from externref_harness.impl import heap as checking_heap
-from externref_harness.impl.adapter import (
-    ImplAdapter,
-    InProcessImpl,
-    Probe,
-    StepOutcome,
-    format_report,
-    plain_config,
-    plain_op,
-)
-from externref_harness.model import layout, ops
+from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
+from externref_harness.memory_checks import CHECKS, STRICT, ChunkCompare, Level, Problem, memory_problems
+from externref_harness.model import ops
 from externref_harness.model.moves import Bounds, next_quiesce_op, quiesce_step_bound
-from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
-from externref_harness.model.runtime import (
-    FAULT_DOUBLE_DROP,
-    FAULT_USE_AFTER_FREE,
-    FAULT_WILD_POINTER,
-    SeedRuntime,
-)
-from externref_harness.model.state import (
-    STACK_TOP,
-    Config,
-    RawPtr,
-    Scalar,
-    State,
-    Uninit,
-    WasmFrame,
-    frame_sps,
-)
+from externref_harness.model.observation import Observation, Panic
+from externref_harness.model.runtime import SeedRuntime
+from externref_harness.model.state import Config, State
 from externref_harness.model.transition import step as model_step
 from externref_harness.model_check import (
     MACHINE_BOUNDS,
@@ -70,9 +48,10 @@ from externref_harness.model_check import (
     record_step,
     search_settings,
 )
+from externref_harness.projection import RefMap, identity_problems, project_impl, project_model
 from externref_harness.report import save_and_format
 from externref_harness.shrink import ddmin, delete_with_renumbering
-from externref_harness.specs.invariants import first_violation, reachable_refs
+from externref_harness.specs.invariants import first_violation
 
 LOCKSTEP_CONFIG = MACHINE_CONFIG
 LOCKSTEP_BOUNDS = MACHINE_BOUNDS
@@ -80,233 +59,21 @@ LOCKSTEP_BOUNDS = MACHINE_BOUNDS
 AdapterFactory = Callable[[], ImplAdapter]
 
 
-class RefMap:
-    """Model ref ids <-> footer addresses (and value addresses), paired in allocation order."""
+@dataclass(frozen=True)
+class LockstepOptions:
+    """What a lockstep run holds an implementation to, and what to call it in reports."""
 
-    def __init__(self) -> None:
-        self.footers: list[int] = []
-        self._by_footer: dict[int, int] = {}
-        self._by_value: dict[int, int] = {}
-
-    def add(self, footer: int, value: int) -> None:
-        r = len(self.footers)
-        self.footers.append(footer)
-        self._by_footer[footer] = r
-        self._by_value[value] = r
-
-    def ref(self, footer: int) -> int | str:
-        """The model id of a footer address; an unknown address reads as `?0x...`."""
-        r = self._by_footer.get(footer)
-        return f"?{footer:#x}" if r is None else r
-
-    def value(self, address: int) -> int | str:
-        r = self._by_value.get(address)
-        return f"?{address:#x}" if r is None else r
-
-    def slot(self, word: int) -> int | str | None:
-        """A pointer-sized word that holds an `Option<VMExternRef>`."""
-        return None if word == 0 else self.ref(word)
+    #: Only checks of these levels (`memory_checks.CHECKS`) fail a step.
+    levels: frozenset[Level] = frozenset(("conformant", "strict"))
+    #: Checks known to diverge (an expectations file): reported, not failing.
+    expected: frozenset[str] = frozenset()
+    #: The implementation, as reports name it.
+    impl_name: str = "ctypes impl"
+    #: What `replay` needs besides the trace to run it on the same implementation.
+    replay_args: str = ""
 
 
-# --- the observable projection -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Projection:
-    """What one step shows, the same plain shape for both sides."""
-
-    #: `("ok", value)`, `("err", kind)`, `("misuse", kind)` or `("panic",)`; refs as model ids.
-    result: tuple[Any, ...]
-    #: Model ids of the values whose destructor ran in this step.
-    dropped: tuple[Any, ...]
-    #: The stack canary as bytes below the top of the stack (None: no canary).
-    canary: int | None
-    #: Memory faults of the step, as `model.runtime` FAULT_* kinds.
-    faults: tuple[str, ...]
-
-
-def _sorted_ids(ids: Iterator[int | str]) -> tuple[int | str, ...]:
-    return tuple(sorted(ids, key=lambda r: (1, 0, r) if isinstance(r, str) else (0, r, "")))
-
-
-def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> Projection:
-    result = obs.result
-    if isinstance(result, Panic):
-        # A panicking step keeps the pre-step state: no canary or fault of its own to compare.
-        return Projection(("panic",), _sorted_ids(iter(obs.dropped)), None, ())
-    if isinstance(result, Ok):
-        value = result.value
-        if isinstance(op, ops.StackCanary) and value is not None:
-            value = STACK_TOP - value
-        shown: tuple[Any, ...] = ("ok", value)
-    elif isinstance(result, Err):
-        shown = ("err", result.kind)
-    else:
-        assert isinstance(result, Misuse)
-        shown = ("misuse", result.kind)
-    canary = after.table.stack_canary
-    faults = tuple(sorted(f.split(":", 1)[0] for f in after.faults[len(before.faults) :]))
-    return Projection(
-        shown,
-        _sorted_ids(iter(obs.dropped)),
-        None if canary is None else STACK_TOP - canary,
-        faults,
-    )
-
-
-def model_fault_of(report: tuple[str, int, str, str]) -> str:
-    """The model's FAULT_* kind for a checking-heap report (its own kind when the model has none)."""
-    kind, _, access, _ = report
-    if kind in (checking_heap.WILD_ACCESS, checking_heap.BUFFER_OVERFLOW, checking_heap.INVALID_FREE):
-        return FAULT_WILD_POINTER
-    if kind == checking_heap.USE_AFTER_FREE:
-        return FAULT_DOUBLE_DROP if access == checking_heap.DECREMENT else FAULT_USE_AFTER_FREE
-    if kind == checking_heap.DOUBLE_FREE:
-        return FAULT_DOUBLE_DROP
-    return kind
-
-
-def project_impl(op: ops.Op, outcome: StepOutcome, probe: Probe, refs: RefMap) -> Projection:
-    dropped = _sorted_ids(refs.value(v) for v in outcome.dropped)
-    status = outcome.result[0]
-    if status == "panic":
-        return Projection(("panic",), dropped, None, ())
-    if status == "ok":
-        value = outcome.result[1]
-        if isinstance(op, ops.StackCanary) and value is not None:
-            value = probe.stack_top - value
-        elif isinstance(op, ops.Elements):
-            value = _sorted_ids(refs.ref(a) for a in value)
-        elif isinstance(op, ops.Deref):
-            value = ("unreadable",) if value is None else (refs.value(value[0]), *value[1:])
-        elif isinstance(op, ops.Cmp):
-            value = value == 0
-        shown: tuple[Any, ...] = ("ok", value)
-    else:
-        shown = (status, outcome.result[1])
-    return Projection(
-        shown,
-        dropped,
-        None if probe.canary is None else probe.stack_top - probe.canary,
-        tuple(sorted(model_fault_of(r) for r in outcome.reports)),
-    )
-
-
-def projection_diff(model: Projection, impl: Projection) -> list[str]:
-    return [
-        f"{name}: model {getattr(model, name)!r}, impl {getattr(impl, name)!r}"
-        for name in Projection.__slots__
-        if getattr(model, name) != getattr(impl, name)
-    ]
-
-
-# --- raw memory against the model state ----------------------------------------------------------
-
-
-def memory_problems(cfg: Config, state: State, probe: Probe, refs: RefMap) -> list[str]:
-    """Every way the implementation's memory disagrees with the model's state."""
-    out = _ref_problems(state, probe)
-    out += _table_problems(cfg, state, probe, refs)
-    handles = tuple(None if a is None else refs.ref(a) for a in probe.handles)
-    if handles != state.handles:
-        out.append(f"handles: model {state.handles}, impl {handles}")
-    raws = tuple(None if p is None else RawPtr(refs.ref(p[0]), p[1]) for p in probe.raws)  # type: ignore[arg-type]
-    if raws != state.raws:
-        out.append(f"raw pointers: model {state.raws}, impl {raws}")
-    globals_ = tuple(Uninit() if g is None else refs.slot(g) for g in probe.globals)
-    if globals_ != state.globals:
-        out.append(f"globals: model {state.globals}, impl {globals_}")
-    out += _stack_problems(state, probe, refs)
-    return out
-
-
-def _ref_problems(state: State, probe: Probe) -> list[str]:
-    out: list[str] = []
-    if len(probe.refs) != len(state.heap):
-        out.append(f"the model allocated {len(state.heap)} refs, the implementation {len(probe.refs)}")
-    reachable: set[int] | None = None
-    for r, (box, facts) in enumerate(zip(state.heap, probe.refs, strict=False)):
-        at = f"ref {r} (footer {facts.footer:#x})"
-        if facts.status != checking_heap.LIVE:
-            # Asked of the checking heap, not of the implementation (nor of the model).
-            reachable = reachable_refs(state) if reachable is None else reachable
-            if r in reachable:
-                out.append(f"{at}: reachable, yet the checking heap says {facts.status}")
-            elif not box.freed:
-                out.append(f"{at}: the model has it live, the checking heap says {facts.status}")
-            continue
-        if box.freed:
-            out.append(f"{at}: the model freed it, the checking heap says {facts.status}")
-            continue
-        lay = _layout_for(box.size, box.align)
-        if facts.footer % layout.EXTERN_DATA_ALIGN:
-            out.append(f"{at}: the footer is not {layout.EXTERN_DATA_ALIGN}-aligned")
-        if facts.block_start % lay.alloc_align:
-            out.append(f"{at}: the block at {facts.block_start:#x} is not {lay.alloc_align}-aligned")
-        if facts.footer - facts.block_start != lay.footer_offset:
-            out.append(
-                f"{at}: the footer is at offset {facts.footer - facts.block_start}, "
-                f"layout_for({box.size}, {box.align}) puts it at {lay.footer_offset}"
-            )
-        if facts.block_size != lay.alloc_size:
-            out.append(f"{at}: a block of {facts.block_size} bytes, layout_for says {lay.alloc_size}")
-        if facts.ref_count != box.ref_count:
-            out.append(
-                f"{at}: the word at footer offset {layout.REF_COUNT_OFFSET} is {facts.ref_count}, "
-                f"the model's ref_count is {box.ref_count}"
-            )
-        if facts.value_ptr_data != facts.block_start:
-            out.append(f"{at}: value_ptr is {facts.value_ptr_data:#x}, not the block's start")
-        if (facts.vtable_size, facts.vtable_align) != (box.size, box.align):
-            out.append(
-                f"{at}: value_ptr's vtable says size {facts.vtable_size} align "
-                f"{facts.vtable_align}, the value has size {box.size} align {box.align}"
-            )
-    return out
-
-
-@cache
-def _layout_for(value_size: int, value_align: int) -> layout.ExternLayout[int]:
-    return layout.layout_for(value_size, value_align)
-
-
-def _table_problems(cfg: Config, state: State, probe: Probe, refs: RefMap) -> list[str]:
-    table, facts = state.table, probe.table
-    if facts.chunk_len != len(table.chunk):
-        return [f"the chunk has {facts.chunk_len} slots, the model's {len(table.chunk)}"]
-    out: list[str] = []
-    capacity = SeedRuntime(cfg, state).bump_capacity_remaining()
-    if facts.end - facts.next != capacity:
-        out.append(f"end - next = {facts.end - facts.next}, the model's capacity is {capacity}")
-    if facts.chunk_len and facts.end != facts.chunk_ptr + facts.chunk_len * layout.EXTERN_DATA_ALIGN:
-        out.append(f"end {facts.end:#x} is not just after the chunk at {facts.chunk_ptr:#x}")
-    chunk = tuple(refs.slot(w) for w in facts.chunk_words)
-    if chunk != table.chunk:
-        out.append(f"chunk slots: model {table.chunk}, impl {chunk}")
-    return out
-
-
-def _stack_problems(state: State, probe: Probe, refs: RefMap) -> list[str]:
-    if len(probe.frames) != len(state.frames):
-        return [f"{len(state.frames)} frames in the model, {len(probe.frames)} on the stack"]
-    out: list[str] = []
-    for i, (frame, sp, facts) in enumerate(
-        zip(state.frames, frame_sps(state.frames), probe.frames, strict=True)
-    ):
-        if isinstance(frame, WasmFrame) != facts.wasm:
-            out.append(f"frame {i}: Wasm in one, host in the other")
-            continue
-        if STACK_TOP - sp != probe.stack_top - facts.sp:
-            out.append(f"frame {i}: sp is {probe.stack_top - facts.sp} bytes below the top, "
-                       f"the model's {STACK_TOP - sp}")  # fmt: skip
-        if isinstance(frame, WasmFrame):
-            words = tuple(
-                Scalar() if not typed else refs.slot(w)
-                for w, typed in zip(facts.words, facts.ref_typed, strict=True)
-            )
-            if words != frame.slots:
-                out.append(f"frame {i} slots: model {frame.slots}, impl {words}")
-    return out
+DEFAULT_OPTIONS = LockstepOptions()
 
 
 # --- one run on both sides -------------------------------------------------------------------------
@@ -319,17 +86,32 @@ class StepCheck:
     model_problem: str | None
     #: The implementation diverged, failed a raw-memory check, or the checking heap reported.
     impl_problem: str | None
+    #: The named checks behind `impl_problem` (empty when it is a crash or an exception).
+    impl_problems: tuple[Problem, ...] = ()
 
 
 class Lockstep:
     """One run: the model's state and an implementation, stepped together."""
 
-    def __init__(self, cfg: Config, adapter: ImplAdapter, check_invariants: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        adapter: ImplAdapter,
+        check_invariants: bool = True,
+        options: LockstepOptions = DEFAULT_OPTIONS,
+    ) -> None:
         self.cfg = cfg
         self.state = State.initial(cfg)
         self.adapter = adapter
         self.refs = RefMap()
         self.check_invariants = check_invariants
+        #: Only checks of these levels fail a step; `expected` names checks known to diverge.
+        self.levels = options.levels
+        self.expected = options.expected
+        #: Checks that failed but were expected to (an expectations file): reported, not failing.
+        self.expected_seen: set[str] = set()
+        self._chunk = ChunkCompare()
+        self._hashes: dict[int, int] = {}
         #: Why the teardown stopped before quiescence, if it did.
         self.gave_up: str | None = None
         #: Why the implementation is no longer stepped (it hung, or could not start).
@@ -352,44 +134,84 @@ class Lockstep:
             violation = first_violation(self.cfg, self.state)
             if violation is not None:
                 model_problem = f"{violation[0].id} {violation[0].name}: {violation[1]}"
-        return StepCheck(obs, model_problem, self._impl_step(op, obs, before))
+        problem, problems = self._impl_step(op, obs, before)
+        return StepCheck(obs, model_problem, problem, problems)
 
-    def _impl_step(self, op: ops.Op, obs: Observation, before: State) -> str | None:
+    def _impl_step(
+        self, op: ops.Op, obs: Observation, before: State
+    ) -> tuple[str | None, tuple[Problem, ...]]:
         """The implementation's step and every check of it, under `deadline.STEP_SECONDS`. After
         a step that hung, the implementation is not run again (its state is unknown)."""
         if self.impl_broken is not None:
-            return self.impl_broken
+            return self.impl_broken, ()
         try:
             with time_limit(deadline.STEP_SECONDS, f"the implementation's {op}"):
                 return self._impl_step_checked(op, obs, before)
         except Timeout as e:
             self.impl_broken = f"the implementation hung: {e}"
-            return self.impl_broken
+            return self.impl_broken, ()
         except Exception as e:  # a check could not read what the implementation handed back
-            return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}"
+            return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}", ()
 
-    def _impl_step_checked(self, op: ops.Op, obs: Observation, before: State) -> str | None:
+    def _impl_step_checked(
+        self, op: ops.Op, obs: Observation, before: State
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        # Below the strict level, or when capacity in another unit is an expected divergence, the
+        # embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
+        # counts in slots is not charged for the embedder's choice.
+        capacity = None
+        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+            capacity = SeedRuntime(self.cfg, before).bump_capacity_remaining()
         try:
-            outcome = self.adapter.step(plain_op(op))
+            if capacity is None:
+                outcome = self.adapter.step(plain_op(op))
+            else:
+                outcome = self.adapter.step(plain_op(op), capacity)
             probe = self.adapter.probe()
         except Exception as e:  # the implementation under test crashed: that is its failure
-            return f"the implementation raised {type(e).__name__}: {e}"
+            return f"the implementation raised {type(e).__name__}: {e}", ()
         new_refs = len(self.state.heap) - len(before.heap)
         if new_refs != len(outcome.allocated):
-            return f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
+            text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
+            return self._verdict([Problem("observed.allocations", text)])
         for footer, value in outcome.allocated:
             self.refs.add(footer, value)
         model_view = project_model(op, obs, before, self.state)
-        lines = [
-            f"observed {x}" for x in projection_diff(model_view, project_impl(op, outcome, probe, self.refs))
+        impl_view = project_impl(op, outcome, probe, self.refs)
+        if outcome.result[0] == "unsupported":
+            # The runtime lacks this optional function (`num_filled_in_bump_chunk`, `elements`).
+            impl_view = dataclasses.replace(impl_view, result=model_view.result)
+        problems = [
+            Problem(
+                f"observed.{name}", f"model {getattr(model_view, name)!r}, impl {getattr(impl_view, name)!r}"
+            )
+            for name in type(model_view).__slots__
+            if getattr(model_view, name) != getattr(impl_view, name)
         ]
-        lines += [f"observed {x}" for x in _identity_problems(op, outcome, probe)]
-        lines += [f"checking heap: {format_report(r)}" for r in outcome.reports]
+        problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
+        problems += drop_order_problems(before, outcome.dropped, self.refs)
+        problems += [
+            Problem("observed.identity", x) for x in identity_problems(op, outcome, probe, self._hashes)
+        ]
+        problems += [Problem("heap.report", format_report(r)) for r in outcome.reports]
         if not isinstance(obs.result, Panic):
-            lines += [f"memory: {x}" for x in memory_problems(self.cfg, self.state, probe, self.refs)]
-        if not lines:
-            return None
-        return "the implementation fails the lockstep checks:\n" + "\n".join(f"    {x}" for x in lines)
+            problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
+        return self._verdict(problems)
+
+    def _verdict(self, problems: list[Problem]) -> tuple[str | None, tuple[Problem, ...]]:
+        """The problems that fail the step: of a selected level and not expected to diverge."""
+        failing = []
+        for p in problems:
+            if CHECKS[p.check] not in self.levels:
+                continue
+            if p.check in self.expected:
+                self.expected_seen.add(p.check)
+                continue
+            failing.append(p)
+        if not failing:
+            return None, ()
+        lines = "\n".join(f"    {p}" for p in failing)
+        return "the implementation fails the lockstep checks:\n" + lines, tuple(failing)
 
     def quiesce_ops(self) -> Iterator[ops.Op]:
         """The shared teardown: unwind, drop everything, GC (`model.moves.next_quiesce_op`), within
@@ -426,20 +248,33 @@ class Lockstep:
         self.adapter.close()
 
 
-def _identity_problems(op: ops.Op, outcome: StepOutcome, probe: Probe) -> list[str]:
-    """`eq` and `cmp` follow the addresses the handles hold, and equal refs hash equal."""
-    if outcome.result[0] != "ok" or not isinstance(op, ops.Eq | ops.Cmp):
+def _capacity_unit(op: ops.Op, p: Problem, model: tuple[object, ...], impl: tuple[object, ...]) -> Problem:
+    """`bump_capacity_remaining` in slots where the seed answers bytes is a strict-level divergence."""
+    if p.check != "observed.result" or not isinstance(op, ops.BumpCapacityRemaining):
+        return p
+    if model[0] == impl[0] == "ok" and isinstance(model[1], int) and impl[1] == model[1] // 8:
+        return Problem("observed.bump-capacity-bytes", f"{p.text} (slots, not bytes)")
+    return p
+
+
+def drop_order_problems(before: State, dropped: Sequence[int], refs: RefMap) -> list[Problem]:
+    """The seed's `sweep` drops the chunk's refs slot by slot, before any hash-set member: a ref
+    held only by chunk slots dies at its last slot, so those drops come in last-slot order."""
+    chunk = before.table.chunk
+    if len(dropped) < 2 or not chunk:
         return []
-    a, b = probe.handles[op.a], probe.handles[op.b]
-    if a is None or b is None:
-        return [f"{op} answered for a dropped handle"]
-    expected: object = a == b if isinstance(op, ops.Eq) else (a > b) - (a < b)
-    got = outcome.result[1]
-    if got != expected:
-        return [f"{op} answered {got!r}; the addresses say {expected!r}"]
-    if a == b and probe.hashes[op.a] != probe.hashes[op.b]:
-        return [f"{op}: equal refs hash to {probe.hashes[op.a]} and {probe.hashes[op.b]}"]
-    return []
+    sets = before.table.over_approximated_stack_roots | before.table.precise_stack_roots
+    last_slot = {r: i for i, r in enumerate(chunk) if r is not None and r not in sets}
+    order = [refs.value(v) for v in dropped]
+    chunk_only = [r for r in order if isinstance(r, int) and r in last_slot]
+    expected = sorted(chunk_only, key=last_slot.__getitem__)
+    if chunk_only == expected:
+        return []
+    return [
+        Problem(
+            "observed.drop-order", f"chunk refs dropped in the order {chunk_only}, the seed's is {expected}"
+        )
+    ]
 
 
 # --- driving a trace ------------------------------------------------------------------------------
@@ -464,6 +299,8 @@ class Driven:
     states: list[State]
     model_failure: Failure | None = None
     impl_failure: Failure | None = None
+    #: Expected divergences (`LockstepOptions.expected`) that did happen.
+    expected_seen: frozenset[str] = frozenset()
 
     @property
     def first(self) -> Failure | None:
@@ -475,13 +312,19 @@ MODEL = "model"
 IMPLEMENTATION = "implementation"
 
 
-def drive(cfg: Config, steps: Sequence[ops.Op], adapter: ImplAdapter, until_first: bool) -> Driven:
+def drive(
+    cfg: Config,
+    steps: Sequence[ops.Op],
+    adapter: ImplAdapter,
+    until_first: bool,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+) -> Driven:
     """Run `steps` in lockstep, then tear down (unless a side panicked or already failed).
 
     With `until_first`, stop at the first failure of either side; otherwise go on until both
     sides have failed, so each side's first failure is known.
     """
-    run = Lockstep(cfg, adapter)
+    run = Lockstep(cfg, adapter, options=options)
     out = Driven([], [], [run.state])
 
     def note(at: int, op: ops.Op, check: StepCheck) -> bool:
@@ -510,23 +353,27 @@ def drive(cfg: Config, steps: Sequence[ops.Op], adapter: ImplAdapter, until_firs
             out.impl_failure = Failure(teardown, IMPLEMENTATION, problem)
         return out
     finally:
+        out.expected_seen = frozenset(run.expected_seen)
         run.close()
 
 
 def shrink_lockstep_trace(
-    cfg: Config, steps: Sequence[ops.Op], adapter_factory: AdapterFactory = InProcessImpl
+    cfg: Config,
+    steps: Sequence[ops.Op],
+    adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
 ) -> list[ops.Op]:
     """The shortest-found trace that still fails on the same side, cut at its failing step."""
-    original = drive(cfg, steps, adapter_factory(), until_first=True).first
+    original = drive(cfg, steps, adapter_factory(), until_first=True, options=options).first
     if original is None:
         return list(steps)
 
     def fails(candidate: Sequence[ops.Op]) -> bool:
-        found = drive(cfg, candidate, adapter_factory(), until_first=True).first
+        found = drive(cfg, candidate, adapter_factory(), until_first=True, options=options).first
         return found is not None and found.side == original.side
 
     shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
-    final = drive(cfg, shrunk, adapter_factory(), until_first=True).first
+    final = drive(cfg, shrunk, adapter_factory(), until_first=True, options=options).first
     assert final is not None
     return shrunk[: final.step]
 
@@ -534,19 +381,32 @@ def shrink_lockstep_trace(
 # --- the hypothesis machine ------------------------------------------------------------------------
 
 
+class SearchStopped(Exception):
+    """The search's time limit passed: no more examples are started."""
+
+
 def make_lockstep_machine(
     cfg: Config = LOCKSTEP_CONFIG,
     bounds: Bounds = LOCKSTEP_BOUNDS,
     stats: RunStats | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+    stop_at: float | None = None,
+    expected_seen: set[str] | None = None,
 ) -> type[RuleBasedStateMachine]:
-    """A fresh machine class bound to one config (and so to at most one mutant, of any layer)."""
+    """A fresh machine class bound to one config (and so to at most one mutant, of any layer).
+
+    `stop_at` (a `time.monotonic()` deadline) ends the search before the next example starts;
+    `expected_seen` collects the expected divergences every example showed."""
     run_stats = stats if stats is not None else RunStats()
+    seen = expected_seen if expected_seen is not None else set()
 
     class LockstepMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
+            if stop_at is not None and time.monotonic() > stop_at:
+                raise SearchStopped()
             super().__init__()
-            self.run = Lockstep(cfg, adapter_factory())
+            self.run = Lockstep(cfg, adapter_factory(), options=options)
             self.steps: list[ops.Op] = []
             self.observations: list[Observation] = []
             self.failed = False
@@ -594,6 +454,7 @@ def make_lockstep_machine(
                     if problem is not None:
                         self.fail(problem, self.run.state)
             finally:
+                seen.update(self.run.expected_seen)
                 self.run.close()
 
     LockstepMachine.__name__ = LockstepMachine.__qualname__ = "LockstepMachine"
@@ -606,17 +467,26 @@ def run_lockstep_check(
     hypothesis_settings: settings | None = None,
     save_as: Path | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+    shrink_adapter_factory: AdapterFactory | None = None,
+    stop_at: float | None = None,
+    stats: RunStats | None = None,
 ) -> CheckOutcome:
-    """The lockstep machine under a profile's budget; a failure is shrunk, printed and saved."""
-    stats = RunStats()
-    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory)
+    """The lockstep machine under a profile's budget (and an optional `time.monotonic()` deadline);
+    a failure is shrunk (on `shrink_adapter_factory`'s adapters, when given), printed and saved.
+    `stats` (if given) counts as it runs."""
+    stats = stats if stats is not None else RunStats()
+    seen: set[str] = set()
+    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, stop_at, seen)
     try:
         run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
     except InvariantViolation as e:
-        return CheckOutcome(
-            "lockstep", False, stats, report_lockstep_failure(cfg, e, save_as, adapter_factory)
-        )
-    return CheckOutcome("lockstep", True, stats)
+        shrink_with = shrink_adapter_factory or adapter_factory
+        failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options)
+        return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
+    except SearchStopped:
+        return CheckOutcome("lockstep", True, stats, stopped_early=True, expected_seen=frozenset(seen))
+    return CheckOutcome("lockstep", True, stats, expected_seen=frozenset(seen))
 
 
 def report_lockstep_failure(
@@ -624,10 +494,11 @@ def report_lockstep_failure(
     failure: InvariantViolation,
     save_as: Path | None,
     adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
 ) -> str:
     """Shrink the failing steps, print them with the state diff, and save them for replay."""
-    steps = shrink_lockstep_trace(cfg, failure.steps, adapter_factory)
-    driven = drive(cfg, steps, adapter_factory(), until_first=True)
+    steps = shrink_lockstep_trace(cfg, failure.steps, adapter_factory, options)
+    driven = drive(cfg, steps, adapter_factory(), until_first=True, options=options)
     found = driven.first
     problem = failure.problem if found is None else found.problem
     teardown = " and the teardown" if found is not None and found.step > len(steps) else ""
@@ -635,7 +506,7 @@ def report_lockstep_failure(
         # Only the machine knew this failure (a misuse expectation): show the steps it ran.
         del driven.steps[len(steps) :], driven.observations[len(steps) :], driven.states[len(steps) + 1 :]
     return save_and_format(
-        f"Lockstep check failed ({cfg.build} build, mutant={cfg.mutant}; shrunk from "
+        f"Lockstep check of {options.impl_name} failed ({cfg.build} build, mutant={cfg.mutant}; shrunk from "
         f"{len(failure.steps)} to {len(steps)} steps{teardown}): {problem}",
         cfg,
         driven.steps,
@@ -643,6 +514,7 @@ def report_lockstep_failure(
         driven.states,
         problem,
         save_as,
+        replay_args=options.replay_args,
     )
 
 
@@ -673,9 +545,11 @@ class ReplayReport:
         )
 
 
-def replay(trace: tracefile.Trace, adapter: ImplAdapter | None = None) -> ReplayReport:
+def replay(
+    trace: tracefile.Trace, adapter: ImplAdapter | None = None, options: LockstepOptions = DEFAULT_OPTIONS
+) -> ReplayReport:
     """Run a trace on both sides with its config (its mutant, of any layer, included)."""
-    driven = drive(trace.config, trace.steps, adapter or InProcessImpl(), until_first=False)
+    driven = drive(trace.config, trace.steps, adapter or InProcessImpl(), until_first=False, options=options)
 
     def at(failure: Failure | None) -> tuple[int, str] | None:
         return None if failure is None else (failure.step, failure.problem)

@@ -228,6 +228,10 @@ class CheckOutcome:
     passed: bool
     stats: RunStats
     failure: str | None = None
+    #: The search stopped at its time limit before the profile's budget was spent.
+    stopped_early: bool = False
+    #: Expected divergences (an expectations file) that the run showed.
+    expected_seen: frozenset[str] = frozenset()
 
 
 def run_model_check(
@@ -235,8 +239,10 @@ def run_model_check(
     bounds: Bounds = MACHINE_BOUNDS,
     hypothesis_settings: settings | None = None,
     save_as: Path | None = None,
+    stats: RunStats | None = None,
 ) -> CheckOutcome:
-    stats = RunStats()
+    """The model machine under a profile's budget; `stats` (if given) counts as it runs."""
+    stats = stats if stats is not None else RunStats()
     machine = make_model_machine(cfg, bounds, stats)
     try:
         run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))

@@ -11,8 +11,11 @@ Pick one with `pytest --hypothesis-profile NAME`, or `HYPOTHESIS_PROFILE=NAME`.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, configuration, settings
 
 _common = settings(
     deadline=None,
@@ -29,11 +32,40 @@ settings.register_profile("thorough", _common, max_examples=2000, stateful_step_
 PROFILES = ("ci", "dev", "thorough")
 
 
+class UnknownProfile(ValueError):
+    """`HYPOTHESIS_PROFILE` names no profile of this project (bad input: the CLI exits 2)."""
+
+
 def default_profile() -> str:
+    """`$HYPOTHESIS_PROFILE` if set, else `ci` when `CI` is set, else `dev`."""
     explicit = os.environ.get("HYPOTHESIS_PROFILE")
     if explicit:
+        if explicit not in PROFILES:
+            plain = len(explicit) <= 40 and explicit.isprintable()
+            shown = explicit if plain else ascii(explicit)[:40] + "..."
+            raise UnknownProfile(
+                f"$HYPOTHESIS_PROFILE={shown} is not a profile; choose from {', '.join(PROFILES)}"
+            )
         return explicit
     return "ci" if os.environ.get("CI") else "dev"
+
+
+@contextmanager
+def hypothesis_storage(profile: settings) -> Iterator[None]:
+    """Hypothesis keeps its example database and a cache of constants from the source in
+    `.hypothesis/` of the working directory. A profile without a database (`ci`) keeps nothing, so
+    its runs point that storage at a temporary directory removed afterwards; the others keep the
+    local database, as documented."""
+    if profile.database is not None:
+        yield
+        return
+    previous = configuration.storage_directory(intent_to_write=False).home_directory
+    with tempfile.TemporaryDirectory(prefix="externref-harness-hypothesis-") as tmp:
+        configuration.set_hypothesis_home_dir(tmp)
+        try:
+            yield
+        finally:
+            configuration.set_hypothesis_home_dir(previous)
 
 
 def load_default() -> str:

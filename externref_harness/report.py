@@ -1,19 +1,114 @@
-"""Human-readable traces: numbered steps with their observations, and the state diff at a step."""
+"""Human-readable traces: numbered steps with their observations, and the state diff at a step.
+
+Long traces stay readable: a list of more than `LIST_LIMIT` values prints as its first and last
+few and its length, a path repeated in a row (one per frame walked) prints once with a count, and
+a diff of more than `DIFF_LIMIT` lines is cut, unless the caller asks for everything
+(`full_output()`, the `--full` flag of `check` and `replay`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import fields
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from externref_harness import trace as tracefile
-from externref_harness.model.observation import Observation
+from externref_harness.errors import printable
+from externref_harness.model.moves import next_quiesce_op
+from externref_harness.model.observation import Observation, Ok
 from externref_harness.model.ops import Op
-from externref_harness.model.state import Config, State
+from externref_harness.model.state import Config, State, WasmFrame
+
+#: Lists longer than this print as `[first 3, ..., last 3] (N values)`.
+LIST_LIMIT = 8
+#: A state diff longer than this many lines is cut.
+DIFF_LIMIT = 40
+_EDGE = 3
+_FULL: ContextVar[bool] = ContextVar("full", default=False)
+
+
+@contextmanager
+def full_output(full: bool = True) -> Iterator[None]:
+    """Within this block, print every value of every list and every line of a diff."""
+    token = _FULL.set(full)
+    try:
+        yield
+    finally:
+        _FULL.reset(token)
+
+
+def summarised(values: Sequence[object]) -> str:
+    """`[0, 1, 2, ..., 1021, 1022, 1023] (1024 values)` for a long list, the list itself otherwise."""
+    items = [_value(v) for v in values] if _FULL.get() or len(values) <= LIST_LIMIT else None
+    if items is not None:
+        return "[" + ", ".join(items) + "]"
+    head = [_value(v) for v in values[:_EDGE]]
+    tail = [_value(v) for v in values[-_EDGE:]]
+    return "[" + ", ".join([*head, "...", *tail]) + f"] ({len(values)} values)"
+
+
+def _value(v: object) -> str:
+    if isinstance(v, tuple) and len(v) > LIST_LIMIT:
+        return "(" + summarised(v)[1:].replace("]", ")", 1)
+    if isinstance(v, frozenset | set):
+        return "{" + summarised(sorted(v))[1:].replace("]", "}", 1) if v else "{}"
+    if is_dataclass(v) and not isinstance(v, type) and fields(v):
+        args = ", ".join(f"{f.name}={_value(getattr(v, f.name))}" for f in fields(v))
+        return f"{type(v).__name__}({args})"
+    return repr(v)
+
+
+def format_op(op: Op) -> str:
+    """`WasmCallHost(args=(1,), ret_slot=2, unwind_info=True)`, long argument lists summarised."""
+    args = ", ".join(f"{f.name}={_value(getattr(op, f.name))}" for f in fields(op))
+    return f"{type(op).__name__}({args})"
+
+
+def _runs(paths: Sequence[str]) -> list[str]:
+    """`'gc:wasm-frame' x3` for a path taken three times in a row."""
+    out: list[str] = []
+    i = 0
+    while i < len(paths):
+        j = i
+        while j < len(paths) and paths[j] == paths[i]:
+            j += 1
+        out.append(repr(paths[i]) + (f" x{j - i}" if j - i > 1 else ""))
+        i = j
+    return out
+
+
+def format_observation(obs: Observation) -> str:
+    result = obs.result
+    shown_result = str(result)
+    if isinstance(result, Ok) and isinstance(result.value, tuple):  # `elements()` of a full table
+        shown_result = f"Ok({_value(result.value)})"
+    parts = [printable(shown_result)]
+    if obs.dropped:
+        parts.append(f"dropped={summarised(sorted(obs.dropped))}")
+    if obs.events:
+        shown = [repr(p) for p in obs.events] if _FULL.get() else _runs(obs.events)
+        parts.append("paths=[" + ", ".join(shown) + "]")
+    return " ".join(parts)
+
+
+def teardown_start(cfg: Config, steps: Sequence[Op], states: Sequence[State] | None = None) -> int:
+    """The index from which `steps` are exactly the harness's teardown (`next_quiesce_op` from each
+    state on), `len(steps)` if they do not end in one. `states` starts with the initial state."""
+    if states is None:
+        from externref_harness.model.transition import run
+
+        states = [State.initial(cfg), *(s for s, _ in run(cfg, steps))]
+    k = len(steps)
+    while k > 0 and next_quiesce_op(states[k - 1]) == steps[k - 1]:
+        k -= 1
+    return k
 
 
 def state_diff(before: State, after: State) -> list[str]:
-    """One line per top-level field that changed (the table field by field)."""
+    """One line per changed part: heap entries, table fields (chunk slots, set members), handles,
+    raws, globals, and each frame's changed slots and fields, never two whole tuples."""
     lines: list[str] = []
     for f in fields(State):
         a, b = getattr(before, f.name), getattr(after, f.name)
@@ -22,28 +117,94 @@ def state_diff(before: State, after: State) -> list[str]:
         if f.name == "table":
             for tf in fields(a):
                 ta, tb = getattr(a, tf.name), getattr(b, tf.name)
-                if ta != tb:
-                    lines.append(f"table.{tf.name}: {ta!r} -> {tb!r}")
-        elif f.name == "heap":
-            for r in range(max(len(a), len(b))):
-                ba = a[r] if r < len(a) else None
-                bb = b[r] if r < len(b) else None
-                if ba != bb:
-                    lines.append(f"heap[{r}]: {ba!r} -> {bb!r}")
+                if ta == tb:
+                    continue
+                if isinstance(ta, frozenset):
+                    lines.append(f"table.{tf.name}: {_set_change(ta, tb)}")
+                elif isinstance(ta, tuple):
+                    lines += _indexed(f"table.{tf.name}", ta, tb)
+                else:
+                    lines.append(f"table.{tf.name}: {_value(ta)} -> {_value(tb)}")
+        elif f.name == "frames":
+            lines += _frames_diff(a, b)
+        elif f.name == "faults":
+            lines += [f"faults: + {printable(x)}" for x in b[len(a) :]] if b[: len(a)] == a else [
+                f"faults: {_value(a)} -> {_value(b)}"
+            ]
+        elif isinstance(a, tuple):
+            lines += _indexed(f.name, a, b)
         else:
-            lines.append(f"{f.name}: {a!r} -> {b!r}")
+            lines.append(f"{f.name}: {printable(_value(a))} -> {printable(_value(b))}")
+    if not _FULL.get() and len(lines) > DIFF_LIMIT:
+        lines = [*lines[:DIFF_LIMIT], f"... and {len(lines) - DIFF_LIMIT} more changed parts"]
     return lines
 
 
+_ABSENT = object()
+
+
+def _indexed(name: str, a: tuple[object, ...], b: tuple[object, ...]) -> list[str]:
+    out = []
+    for i in range(max(len(a), len(b))):
+        va = a[i] if i < len(a) else _ABSENT
+        vb = b[i] if i < len(b) else _ABSENT
+        if va == vb:
+            continue
+        if type(va) is type(vb) and is_dataclass(va) and fields(va):
+            changed = [
+                f"{f.name} {_value(getattr(va, f.name))} -> {_value(getattr(vb, f.name))}"
+                for f in fields(va)
+                if getattr(va, f.name) != getattr(vb, f.name)
+            ]
+            out.append(f"{name}[{i}]: " + ", ".join(changed))
+        else:
+            out.append(f"{name}[{i}]: {_shown_or_absent(va)} -> {_shown_or_absent(vb)}")
+    return out
+
+
+def _shown_or_absent(v: object) -> str:
+    return "(none)" if v is _ABSENT else _value(v)
+
+
+def _set_change(a: frozenset[int], b: frozenset[int]) -> str:
+    added, removed = sorted(b - a), sorted(a - b)
+    parts = ([f"+{summarised(added)}"] if added else []) + ([f"-{summarised(removed)}"] if removed else [])
+    return " ".join(parts) + f" (now {len(b)})"
+
+
+def _frames_diff(a: tuple[object, ...], b: tuple[object, ...]) -> list[str]:
+    out = []
+    for i in range(max(len(a), len(b))):
+        fa = a[i] if i < len(a) else _ABSENT
+        fb = b[i] if i < len(b) else _ABSENT
+        if fa == fb:
+            continue
+        if isinstance(fa, WasmFrame) and isinstance(fb, WasmFrame):
+            out += _indexed(f"frames[{i}].slots", fa.slots, fb.slots)
+            for ff in fields(WasmFrame):
+                if ff.name != "slots" and getattr(fa, ff.name) != getattr(fb, ff.name):
+                    va, vb = _value(getattr(fa, ff.name)), _value(getattr(fb, ff.name))
+                    out.append(f"frames[{i}].{ff.name}: {va} -> {vb}")
+        else:
+            out.append(f"frames[{i}]: {_shown_or_absent(fa)} -> {_shown_or_absent(fb)}")
+    return out
+
+
 def format_steps(
-    steps: Sequence[Op], observations: Sequence[Observation], failing: int | None = None
+    steps: Sequence[Op],
+    observations: Sequence[Observation],
+    failing: int | None = None,
+    teardown_from: int | None = None,
 ) -> str:
-    """`  1. New(8, 8)  -> Ok(0)`, with `>>` marking the failing step."""
+    """`  1. New(size=8, align=8)  -> Ok(0)`, `>>` marking the failing step; the steps from
+    `teardown_from` (0-based) on are headed as the harness's teardown."""
     width = len(str(len(steps)))
     out = []
     for i, (op, obs) in enumerate(zip(steps, observations, strict=False), 1):
+        if teardown_from is not None and i == teardown_from + 1:
+            out.append(f"  {'':>{width}}  -- teardown from here: unwind, drop everything, GC --")
         mark = ">>" if failing == i else "  "
-        out.append(f"{mark}{i:>{width}}. {op}  -> {obs}")
+        out.append(f"{mark}{i:>{width}}. {format_op(op)}  -> {format_observation(obs)}")
     return "\n".join(out)
 
 
@@ -54,13 +215,19 @@ def format_failure(
     before: State,
     after: State,
     saved: str | None = None,
+    teardown_from: int | None = None,
 ) -> str:
-    parts = [title, "", "Steps:", format_steps(steps, observations, failing=len(steps))]
+    parts = [
+        printable(title) if "\n" not in title else title,
+        "",
+        "Steps:",
+        format_steps(steps, observations, len(steps), teardown_from),
+    ]
     diff = state_diff(before, after)
     parts += ["", f"State diff at step {len(steps)}:"]
     parts += [f"    {line}" for line in diff] or ["    (no change)"]
     if saved:
-        parts += ["", f"Saved for replay: externref-harness replay {saved}"]
+        parts += ["", f"Saved for replay: externref-harness replay {printable(saved)}"]
     return "\n".join(parts)
 
 
@@ -72,11 +239,19 @@ def save_and_format(
     states: Sequence[State],
     problem: str,
     save_as: Path | None,
+    teardown_from: int | None = None,
+    replay_args: str = "",
 ) -> str:
-    """Save a shrunk failing trace for replay and print it; `states` starts with the initial one."""
+    """Save a shrunk failing trace for replay and print it; `states` starts with the initial one.
+
+    `teardown_from` (0-based) is where the harness's teardown begins, if the caller knows; else the
+    longest tail of quiescing steps is shown as the teardown. `replay_args` are the options
+    `replay` needs besides the trace (e.g. `--impl PATH.so`)."""
     saved = None
     if save_as is not None:
         tracefile.save(tracefile.Trace(cfg, tuple(steps), problem), save_as)
-        saved = str(save_as)
+        saved = f"{save_as} {replay_args}".rstrip()
+    if teardown_from is None:
+        teardown_from = teardown_start(cfg, steps, states)
     before = states[-2] if len(states) >= 2 else states[-1]
-    return format_failure(title, steps, observations, before, states[-1], saved)
+    return format_failure(title, steps, observations, before, states[-1], saved, teardown_from)

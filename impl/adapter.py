@@ -13,7 +13,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
+from externref_harness.impl.backend import BackendFactory
+from externref_harness.impl.externref import PythonRuntime
 from externref_harness.impl.heap import LIVE, CheckingHeap, Report
+from externref_harness.impl.memory import reader
 from externref_harness.impl.world import World
 from externref_harness.model import layout
 from externref_harness.model.ops import OPS_BY_NAME, Op
@@ -49,7 +52,8 @@ def format_report(report: PlainReport) -> str:
 
 
 class StepOutcome(NamedTuple):
-    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` or `("panic", message)`.
+    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)`, `("panic", message)`, or
+    #: `("unsupported", name)` for an optional function the runtime does not offer.
     result: tuple[Any, ...]
     #: Addresses of the values whose destructor ran during the step, in order.
     dropped: tuple[int, ...]
@@ -78,11 +82,13 @@ class RefFacts(NamedTuple):
 
 
 class TableFacts(NamedTuple):
+    """The table's words at the seed's `repr(C)` offsets, and the chunk's bytes (None: unreadable)."""
+
     next: int
     end: int
     chunk_ptr: int
     chunk_len: int
-    chunk_words: tuple[int, ...]
+    chunk: bytes | None
 
 
 class FrameFacts(NamedTuple):
@@ -98,8 +104,8 @@ class Probe(NamedTuple):
     table: TableFacts
     refs: tuple[RefFacts, ...]
     handles: tuple[int | None, ...]
-    #: `VMExternRef::hash` of each live handle.
-    hashes: tuple[int | None, ...]
+    #: `VMExternRef::hash` of the two refs the step's `Eq` / `Cmp` compared, as `(ref, hash)`.
+    hashes: tuple[tuple[int, int], ...]
     raws: tuple[tuple[int, bool] | None, ...]
     #: Each global's word; None for one instantiation never wrote.
     globals: tuple[int | None, ...]
@@ -110,7 +116,11 @@ class ImplAdapter(Protocol):
     """What the lockstep machine needs from an implementation."""
 
     def start(self, config: Mapping[str, Any]) -> None: ...
-    def step(self, op: PlainOp) -> StepOutcome: ...
+    def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
+        """Run one operation. `embedder_capacity`, when given, is what the embedder's pre-GC check
+        compares with instead of asking the runtime (see `World.embedder_capacity`)."""
+        ...
+
     def probe(self) -> Probe: ...
     def finish(self) -> tuple[PlainReport, ...]:
         """Drop the runtime (table, chunk), check the heap is empty, and free everything."""
@@ -121,10 +131,16 @@ class ImplAdapter(Protocol):
         ...
 
 
-class InProcessImpl:
-    """The ctypes implementation of `impl/`, in this process, on a fresh checking heap."""
+#: Largest chunk the probe reads (a wild chunk length must not make it read the address space).
+MAX_PROBED_CHUNK_SLOTS = 1 << 16
 
-    def __init__(self) -> None:
+
+class InProcessImpl:
+    """A runtime backend (the Python port by default) driven by the host world in this process, on
+    a fresh checking heap per run."""
+
+    def __init__(self, runtime: BackendFactory = PythonRuntime) -> None:
+        self._runtime = runtime
         self._heap: CheckingHeap | None = None
         self._world: World | None = None
         self._reported = 0
@@ -140,14 +156,15 @@ class InProcessImpl:
     def start(self, config: Mapping[str, Any]) -> None:
         self.close()
         self._heap = CheckingHeap()
-        self._world = World(Config(**config), self._heap)
+        self._world = World(Config(**config), self._heap, self._runtime)
         self._reported = self._dropped = self._allocated = 0
 
-    def step(self, op: PlainOp) -> StepOutcome:
+    def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
         world = self.world
+        world.embedder_capacity = embedder_capacity
         result = world.apply(op_from_plain(op))
         world.heap.verify()
-        dropped = world.values.dropped[self._dropped :]
+        dropped = world.dropped[self._dropped :]
         allocated = world.allocations[self._allocated :]
         self._dropped += len(dropped)
         self._allocated += len(allocated)
@@ -159,28 +176,26 @@ class InProcessImpl:
         return tuple(plain_report(r) for r in reports)
 
     def probe(self) -> Probe:
+        """Memory by address and offset: footers, vtables, the table's words, the stack."""
         world = self.world
         heap = world.heap
-        alloc = world.table.alloc
-        chunk_ptr, chunk_len = int(alloc.chunk.ptr), int(alloc.chunk.len)
-        chunk_words = tuple(heap.peek(chunk_ptr + 8 * i) for i in range(chunk_len))
+        memory = reader()
         refs = []
         for footer, value in world.allocations:
             block = heap.block_at(footer)
             status = heap.status(footer)
-            words = (0, 0, 0)
+            words: tuple[int, ...] = (0, 0, 0)
             size = align = 0
-            if status == LIVE and block is not None:
-                words = (
-                    heap.peek(footer + layout.REF_COUNT_OFFSET),
-                    heap.peek(footer + layout.VALUE_PTR_OFFSET),
-                    heap.peek(footer + layout.VALUE_PTR_OFFSET + 8),
-                )
-                vtable = world.values.vtable_at(words[2])
+            if status == LIVE:
+                words = memory.words(footer + layout.REF_COUNT_OFFSET, 3) or (0, 0, 0)
+                vtable = memory.words(words[2] + 8, 2) if words[2] else None
                 if vtable is not None:
-                    size, align = vtable.size, vtable.align
+                    size, align = vtable[0], vtable[1]
             start, bsize, balign = (block.start, block.size, block.align) if block else (0, 0, 0)
-            refs.append(RefFacts(footer, value, status, *words, size, align, start, bsize, balign))
+            count, data, vtab = words[0], words[1], words[2]
+            refs.append(
+                RefFacts(footer, value, status, count, data, vtab, size, align, start, bsize, balign)
+            )
         frames = tuple(
             FrameFacts(
                 f.wasm,
@@ -193,10 +208,10 @@ class InProcessImpl:
         return Probe(
             stack_top=world.stack.top,
             canary=world.stack_canary(),
-            table=TableFacts(int(alloc.next), int(alloc.end), chunk_ptr, chunk_len, chunk_words),
+            table=self._table_facts(),
             refs=tuple(refs),
             handles=tuple(world.handles),
-            hashes=tuple(None if r is None else world.hash(r) for r in world.handles),
+            hashes=tuple(world.hashes),
             raws=tuple(None if p is None else (p.ref, p.owned) for p in world.raws),
             globals=tuple(
                 int(world.globals_memory[g]) if init else None
@@ -204,6 +219,18 @@ class InProcessImpl:
             ),
             frames=frames,
         )
+
+    def _table_facts(self) -> TableFacts:
+        memory = reader()
+        words = memory.words(self.world.rt.table_address, 4) or (0, 0, 0, 0)
+        next_, end, chunk_ptr, chunk_len = words
+        chunk = b""
+        if chunk_len:
+            ok = chunk_len <= MAX_PROBED_CHUNK_SLOTS
+            chunk = (memory.read(chunk_ptr, chunk_len * 8) if ok else None) or b""
+            if len(chunk) != chunk_len * 8:
+                return TableFacts(next_, end, chunk_ptr, chunk_len, None)
+        return TableFacts(next_, end, chunk_ptr, chunk_len, chunk)
 
     def finish(self) -> tuple[PlainReport, ...]:
         world = self.world
@@ -214,6 +241,8 @@ class InProcessImpl:
         return reports
 
     def close(self) -> None:
+        if self._world is not None:
+            self._world.rt.close()
         if self._heap is not None:
             self._heap.release()
         self._heap = None

@@ -3,8 +3,10 @@ a `repr(C)` ctypes structure, and `gc` reading the mapped words from a real stac
 
 Refs are footer addresses (`VMExternRef` is the address of its `VMExternData`). Every access to a
 block goes through the checking heap, which refuses (and reports) what a sanitizer would flag.
-Methods carry the seed's names and run its steps in its order; `RuntimeApi[int]` is the part the
-embedder protocol (`model.protocol`) calls.
+Methods carry the seed's names and run its steps in its order. `PythonRuntime` is one
+`impl.backend.RuntimeBackend`: the host world drives it exactly as it drives a native library, and
+hands `gc` the harness's stack (`StackView`) the way the seed's `gc` gets `backtrace::trace` and
+`ModuleInfoLookup`.
 
 Where an access is refused, the code carries on as the seed would with the value it could not read
 or write left out, so the run stays comparable with the model after a report.
@@ -14,15 +16,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from externref_harness.impl import mutants
-from externref_harness.impl.heap import DECREMENT, WILD_ACCESS, CheckingHeap
-from externref_harness.impl.stack import CodeRegistry, NativeStack, stack_map_bits
+from externref_harness.impl.backend import BackendDescription, Hooks, StackMapRecord, StackView
+from externref_harness.impl.heap import DECREMENT, WILD_ACCESS
 from externref_harness.impl.values import AnyVTable, Values, call_drop_in_place
 from externref_harness.model import layout
-from externref_harness.model.observation import GC_NOT_OKAY
-from externref_harness.model.runtime import DebugAssertion, MisuseError
+from externref_harness.model.runtime import DebugAssertion
 from externref_harness.model.state import WORD, Config
 
 #: `NonNull::<TableElem>::dangling()`: where `Box::new([])` points.
@@ -86,17 +88,31 @@ class Layout:
     footer_offset: int
 
 
-class Runtime:
-    """The seed's runtime for one run: `RuntimeApi[int]`, refs being footer addresses."""
+def _stack_map_bits(record: StackMapRecord) -> Iterator[int]:
+    """The set bits of a stack map, lowest first (`get_bit(i)` for each `i < mapped_words`)."""
+    for i in range(record.mapped_words):
+        if ctypes.c_uint64.from_address(record.bits_address + WORD * (i // 64)).value >> (i % 64) & 1:
+            yield i
 
-    def __init__(self, cfg: Config, heap: CheckingHeap) -> None:
+
+class PythonRuntime:
+    """The seed's runtime for one run, refs being footer addresses (a `RuntimeBackend`)."""
+
+    def __init__(self, cfg: Config, hooks: Hooks) -> None:
         self.cfg = cfg
         self.mutant = cfg.mutant
         self.debug = cfg.debug
-        self.heap = heap
-        self.values = Values(heap)
-        self.stack = NativeStack()
-        self.registry = CodeRegistry()
+        self.heap = hooks.heap
+        self.values = Values(hooks.heap, hooks.value_dropped)
+        self.description = BackendDescription(
+            name="externref-harness Python port",
+            version="0.37.0",
+            debug=cfg.debug,
+            chunk_size=cfg.chunk_size,
+            has_num_filled_in_bump_chunk=True,
+            has_elements=True,
+            has_set_chunk_size=True,
+        )
         data = VMExternDataRefCountLast if self.mutant == mutants.REFCOUNT_OFFSET else VMExternData
         self.ref_count_offset: int = data.ref_count.offset
         self.value_ptr_offset: int = data.value_ptr.offset
@@ -110,8 +126,13 @@ class Runtime:
             self.table.gc_okay = True
         self.over_approximated_stack_roots: set[int] = set()
         self.precise_stack_roots: set[int] = set()
-        #: `(footer, value)` of every allocation of the run, for the harness's inspection.
-        self.allocations: list[tuple[int, int]] = []
+
+    @property
+    def table_address(self) -> int:
+        return ctypes.addressof(self.table)
+
+    def close(self) -> None:
+        """Nothing to let go of: every block is the checking heap's."""
 
     # --- VMExternData ---------------------------------------------------------------------------
 
@@ -127,12 +148,12 @@ class Runtime:
             footer = value_size & ~(layout.EXTERN_DATA_ALIGN - 1)
         return Layout(footer + layout.EXTERN_DATA_SIZE, lay.alloc_align, footer)
 
-    def new_with(self, size: int, align: int) -> int:
+    def new(self, size: int, align: int, fill: int) -> int:
         """`VMExternRef::new_with`: one allocation, the value at offset 0, the footer after it."""
         lay = self.layout_for(size, align)
         if self.debug and not layout.layout_is_valid(lay.alloc_size, lay.alloc_align):
             raise DebugAssertion("Layout::from_size_align(alloc_size, alloc_align).is_ok()")
-        make_value = self.values.make(size)
+        make_value = self.values.make(size, fill)
         alloc_ptr = self.heap.alloc(lay.alloc_size, lay.alloc_align, "VMExternData")
         make_value(alloc_ptr)
         footer = alloc_ptr + lay.footer_offset
@@ -140,7 +161,6 @@ class Runtime:
         self.heap.store(footer + self.value_ptr_offset, alloc_ptr, "new_with writes value_ptr")
         vtable = self.values.vtable(size, align)
         self.heap.store(footer + self.value_ptr_offset + WORD, vtable, "new_with writes value_ptr")
-        self.allocations.append((footer, alloc_ptr))
         return footer
 
     def increment_ref_count(self, r: int) -> None:
@@ -188,13 +208,36 @@ class Runtime:
     def strong_count(self, r: int) -> int | None:
         return self.heap.load(r + self.ref_count_offset, "strong_count")
 
-    def deref(self, r: int) -> tuple[int, int, int] | None:
-        """`Deref for VMExternRef`: the value's address, size and alignment (via its vtable)."""
+    def deref(self, r: int) -> int | None:
+        """`Deref for VMExternRef`: the value's address, read through `value_ptr`."""
         value = self.value_ptr(r, "deref reads value_ptr")
-        if value is None:
-            return None
-        data, vtable = value
-        return data, vtable.size, vtable.align
+        return None if value is None else value[0]
+
+    # `as_raw` / `into_raw` / `from_raw` / `clone_from_raw`: a ref is its raw pointer.
+    @staticmethod
+    def as_raw(r: int) -> int:
+        return r
+
+    @staticmethod
+    def into_raw(r: int) -> int:
+        return r
+
+    @staticmethod
+    def from_raw(raw: int) -> int:
+        return raw
+
+    def clone_from_raw(self, raw: int) -> int:
+        return self.clone(raw)
+
+    @staticmethod
+    def eq(a: int, b: int) -> bool:
+        """`VMExternRef::eq`: pointer equality."""
+        return a == b
+
+    @staticmethod
+    def cmp(a: int, b: int) -> int:
+        """`VMExternRef::cmp`: address order, as -1, 0 or 1."""
+        return (a > b) - (a < b)
 
     @staticmethod
     def hash(r: int) -> int:
@@ -224,14 +267,14 @@ class Runtime:
         alloc.next = next_
         return True
 
-    def insert_with_gc(self, r: int) -> None:
+    def insert_with_gc(self, r: int, stack: StackView) -> None:
         if self.debug and not self.table.gc_okay:
-            raise MisuseError(GC_NOT_OKAY, "insert_with_gc while gc_okay is false")
+            raise DebugAssertion("assertion failed: self.gc_okay")
         if not self.try_insert(r):
-            self.gc_and_insert_slow(r)
+            self.gc_and_insert_slow(r, stack)
 
-    def gc_and_insert_slow(self, r: int) -> None:
-        self.gc()
+    def gc_and_insert_slow(self, r: int, stack: StackView) -> None:
+        self.gc(stack)
         self._hash_set_insert(self.over_approximated_stack_roots, r)
 
     def insert_without_gc(self, r: int) -> None:
@@ -341,17 +384,17 @@ class Runtime:
 
     # --- gc -------------------------------------------------------------------------------------
 
-    def gc(self) -> None:
+    def gc(self, stack: StackView) -> None:
         """`gc(module_info_lookup, table)`: walk the real stack, read mapped words, then sweep."""
         if self.debug and not self.table.gc_okay:
-            raise MisuseError(GC_NOT_OKAY, "gc while gc_okay is false")
+            raise DebugAssertion("assertion failed: externref_activations_table.gc_okay")
         if self.debug and self.precise_stack_roots:
             raise DebugAssertion("precise_stack_roots is empty on entry to gc")
 
         stack_canary = self.stack_canary()
-        walk = self.stack.walk(self.registry.has_unwind_info)
+        walk = stack.trace()
         if stack_canary is None:
-            if self.debug and any(self.registry.is_wasm(pc) for pc, _ in walk):
+            if self.debug and any(stack.lookup(pc) is not None for pc, _ in walk):
                 raise DebugAssertion("no canary, yet a Wasm frame is on the stack")
             self.sweep()
             return
@@ -361,10 +404,10 @@ class Runtime:
         last_sp: int | None = None
         found_canary = False
         for pc, sp in walk:
-            if self.registry.is_wasm(pc):
-                stack_map = self.registry.lookup_stack_map(self.cfg, pc)
-                for i in stack_map_bits(stack_map) if stack_map is not None else ():
-                    r = self.stack.load(sp + (i + shift) * WORD)
+            stack_map = stack.lookup(pc)
+            if stack_map is not None:
+                for i in _stack_map_bits(stack_map):
+                    r = ctypes.c_uint64.from_address(sp + (i + shift) * WORD).value
                     if self.debug and r and r not in activations_table_set:
                         raise DebugAssertion(
                             "every on-stack externref inside a Wasm frame should have an entry "

@@ -109,12 +109,15 @@ class CheckingHeap:
     # --- allocation -------------------------------------------------------------------------
 
     def alloc(self, size: int, align: int, tag: str) -> int:
-        """`std::alloc::alloc(Layout { size, align })` with a redzone behind the block."""
-        if align < WORD or align & (align - 1):
-            raise ValueError(f"posix_memalign needs a power-of-two alignment >= 8, got {align}")
+        """`std::alloc::alloc(Layout { size, align })` with a redzone behind the block.
+
+        The block records the layout asked for; alignments below a word are served word-aligned."""
+        if align < 1 or align & (align - 1):
+            raise ValueError(f"an alignment must be a power of two, got {align}")
+        real_align = max(align, WORD)
         out = ctypes.c_void_p()
-        if _posix_memalign(ctypes.byref(out), align, size + REDZONE) != 0 or not out.value:
-            raise HeapExhausted(f"posix_memalign({align}, {size + REDZONE}) failed")
+        if _posix_memalign(ctypes.byref(out), real_align, size + REDZONE) != 0 or not out.value:
+            raise HeapExhausted(f"posix_memalign({real_align}, {size + REDZONE}) failed")
         start = out.value
         ctypes.memset(start, FRESH_BYTE, size)
         ctypes.memset(start + size, REDZONE_BYTE, REDZONE)
@@ -153,6 +156,11 @@ class CheckingHeap:
         self._values.clear()
 
     # --- queries (harness side; they never report) ------------------------------------------
+
+    def owns(self, start: int) -> bool:
+        """Whether `start` is the start of a block this heap handed out (live or freed): a runtime's
+        global allocator must free anything else by its own means ("not mine")."""
+        return start in self._blocks
 
     def block_at(self, address: int) -> Block | None:
         """The block whose user bytes or redzone cover `address`."""

@@ -3,8 +3,8 @@
 Each value type (one per size and alignment) has a static vtable in memory: `drop_in_place`, `size`,
 `align`, then the `Any` method. The implementation finds a value's size and alignment only through
 its vtable, as `drop_and_dealloc` does with `size_of_val` / `align_of_val`, and runs the value's
-destructor by calling the function pointer stored there. The destructor is harness code: it checks
-the value's bytes are intact and records that this value was dropped.
+destructor by calling the function pointer stored there. The destructor hands the value's address
+to the harness's `value_dropped` hook, which checks its bytes are intact and records the drop.
 """
 
 from __future__ import annotations
@@ -29,24 +29,23 @@ class AnyVTable(ctypes.Structure):
     )
 
 
-def value_bytes(serial: int, size: int) -> bytes:
-    """The bytes of the `serial`-th value: distinct per value, and never a small count or a null
-    word in their first bytes, so a stray write of a footer field shows."""
-    base = b"\x5a\xa5\xc3\x3c" + (serial & 0xFFFF_FFFF).to_bytes(4, "little")
-    return (base * (size // len(base) + 1))[:size]
+def fill_byte(serial: int) -> int:
+    """The byte the `serial`-th value is filled with: it differs between neighbouring values and is
+    never 0 or 1, so no word of a value reads as a null pointer or a small count, and a stray write
+    of a footer field into a value shows."""
+    return 0x80 + serial % 0x7F
 
 
 class Values:
-    """The value types of one run, and the values dropped so far (by address, in order)."""
+    """The value types of one run: their vtables, and the drop glue that reports each drop."""
 
-    def __init__(self, heap: CheckingHeap) -> None:
+    def __init__(self, heap: CheckingHeap, value_dropped: Callable[[int], None]) -> None:
         self.heap = heap
-        self.dropped: list[int] = []
+        self._value_dropped = value_dropped
         self._glue = DropInPlace(self._drop_in_place)
         self._glue_address = ctypes.cast(self._glue, ctypes.c_void_p).value or 0
         self._vtables: dict[tuple[int, int], AnyVTable] = {}
         self._by_address: dict[int, AnyVTable] = {}
-        self._serial = 0
 
     def vtable(self, size: int, align: int) -> int:
         """The address of the static vtable of the value type with this layout."""
@@ -61,20 +60,17 @@ class Values:
         """The vtable at `address`, if it is one of this run's (never dereferences a stray word)."""
         return self._by_address.get(address)
 
-    def make(self, size: int) -> Callable[[int], None]:
-        """`make_value` of `new_with`: writes a fresh value in place and asks the heap to watch it."""
-        self._serial += 1
-        data = value_bytes(self._serial, size)
+    @staticmethod
+    def make(size: int, fill: int) -> Callable[[int], None]:
+        """`make_value` of `new_with`: writes a fresh value, every byte `fill`, in place."""
 
         def write(address: int) -> None:
-            ctypes.memmove(address, data, size)
-            self.heap.watch_value(address, data)
+            ctypes.memset(address, fill, size)
 
         return write
 
     def _drop_in_place(self, address: int) -> None:
-        self.heap.unwatch_value(address, "drop_in_place")
-        self.dropped.append(address)
+        self._value_dropped(address)
 
 
 def call_drop_in_place(function: int, address: int) -> None:

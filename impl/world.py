@@ -1,10 +1,15 @@
-"""The host around the ctypes runtime: its handle table, raw pointers, the instance's globals in memory,
+"""The host around a runtime: its handle table, raw pointers, the instance's globals in memory,
 and compiled Wasm code working on real stack slots.
 
 This is the embedder's side, so it does the embedder's bookkeeping: which handles are live, which raw
 pointers it owns, which globals instantiation wrote. It refuses misuse with the kinds of
-`model.observation`, and runs the embedder protocol (`model.protocol`) and the compiler's stack maps
+`model.observation` before the runtime is called (a dropped handle, GC while `gc_okay` is false in a
+debug build), and runs the embedder protocol (`model.protocol`) and the compiler's stack maps
 (`model.world.emit_stack_map`) by their one rule.
+
+The runtime is composed, not inherited: `World` builds the checking heap's hooks, the stack region
+and the code registry, and drives any `impl.backend.RuntimeBackend` (the Python port or a native
+library) through the same calls; `World` itself is the `RuntimeApi[int]` the protocol runs on.
 
 A step's result is plain data: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` or
 `("panic", message)`. Refs in results are addresses: footers, or a value's address for `Deref`.
@@ -16,13 +21,22 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from externref_harness.impl.externref import Runtime
+from externref_harness.impl.backend import (
+    BackendFactory,
+    ContractViolation,
+    Hooks,
+    RuntimeBackend,
+    StackView,
+    Unsupported,
+)
 from externref_harness.impl.heap import FREED, CheckingHeap
-from externref_harness.impl.stack import Frame
+from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
+from externref_harness.impl.values import fill_byte
 from externref_harness.model import ops, protocol
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
+    check_insert_count,
     check_instantiation,
     check_stack_canary,
     check_value_layout,
@@ -31,6 +45,7 @@ from externref_harness.model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
     BAD_SLOT,
+    GC_NOT_OKAY,
     UNINIT_GLOBAL,
     WRONG_FRAME,
 )
@@ -50,21 +65,92 @@ class SeedErr(Exception):
     """The seed's own `Err` (only `try_insert`'s chunk full)."""
 
 
-class World(Runtime, HostBookkeeping):
-    def __init__(self, cfg: Config, heap: CheckingHeap) -> None:
-        super().__init__(cfg, heap)
+class World(HostBookkeeping):
+    def __init__(self, cfg: Config, heap: CheckingHeap, runtime: BackendFactory) -> None:
+        self.cfg = cfg
+        self.mutant = cfg.mutant
+        self.heap = heap
+        self.stack = NativeStack()
+        self.registry = CodeRegistry()
+        self.stack_view = StackView(cfg, self.stack, self.registry)
+        #: Addresses of the values whose destructor ran, in order.
+        self.dropped: list[int] = []
+        #: `(footer, value)` of every allocation of the run, for the harness's inspection.
+        self.allocations: list[tuple[int, int]] = []
+        #: What the embedder last set with `set_gc_okay` (it refuses GC while false, in debug).
+        self.gc_okay = True
+        #: The capacity the embedder's next pre-GC check uses instead of the runtime's answer.
+        self.embedder_capacity: int | None = None
+        self.rt: RuntimeBackend = runtime(cfg, Hooks(heap, self._value_dropped))
         self.handles: list[int | None] = []
         self.raws: list[RawPtr | None] = []
         n = cfg.n_globals
         self.globals_memory = (ctypes.c_uint64 * max(n, 1))(*[UNINIT_GLOBAL_WORD] * n)
         self.global_initialised = [False] * n
         self.panic: str | None = None
+        #: The value layout of each ref `New` made.
+        self.layouts: dict[int, tuple[int, int]] = {}
+        #: `VMExternRef::hash` of the two refs the last `Eq` / `Cmp` compared, `(ref, hash)`.
+        self.hashes: list[tuple[int, int]] = []
+
+    def _value_dropped(self, address: int) -> None:
+        """The runtime ran a value's destructor: its bytes must still be intact."""
+        self.heap.unwatch_value(address, "drop_in_place")
+        self.dropped.append(address)
+
+    # --- the runtime, as the embedder protocol calls it (`RuntimeApi[int]`) --------------------
+
+    def clone(self, r: int) -> int:
+        return self.rt.clone(r)
+
+    def drop(self, r: int) -> None:
+        self.rt.drop(r)
+
+    def bump_capacity_remaining(self) -> int:
+        """What the embedder's pre-GC check compares with: the runtime's answer, or (once per
+        step, when the lockstep supplies it) the model's capacity in the seed's unit, so an
+        implementation that counts in another unit is not charged for the embedder's choice."""
+        if self.embedder_capacity is not None:
+            capacity, self.embedder_capacity = self.embedder_capacity, None
+            return capacity
+        return self.rt.bump_capacity_remaining()
+
+    def _refuse_gc(self, what: str) -> None:
+        """The embedder never lets a GC happen while it has asserted none may (debug builds)."""
+        if self.cfg.debug and not self.gc_okay:
+            raise MisuseError(GC_NOT_OKAY, f"{what} while gc_okay is false")
+
+    def gc(self) -> None:
+        self._refuse_gc("gc")
+        self.rt.gc(self.stack_view)
+
+    def set_gc_okay(self, okay: bool) -> bool:
+        previous = self.rt.set_gc_okay(okay)
+        self.gc_okay = okay
+        return previous
+
+    def insert_with_gc(self, r: int) -> None:
+        self._refuse_gc("insert_with_gc")
+        self.rt.insert_with_gc(r, self.stack_view)
+
+    def insert_without_gc(self, r: int) -> None:
+        self.rt.insert_without_gc(r)
+
+    def stack_canary(self) -> int | None:
+        return self.rt.stack_canary()
+
+    def set_stack_canary(self, canary: int | None) -> None:
+        self.rt.set_stack_canary(canary)
+
+    def drop_table(self) -> None:
+        self.rt.drop_table()
 
     # --- dispatch -----------------------------------------------------------------------------
 
     def apply(self, op: ops.Op) -> PlainResult:
         if self.panic is not None:
             return ("panic", self.panic)
+        self.hashes = []
         saved = (list(self.handles), list(self.raws), list(self.global_initialised))
         try:
             if op.WASM:
@@ -78,6 +164,9 @@ class World(Runtime, HostBookkeeping):
             return ("misuse", e.kind, e.detail)
         except SeedErr as e:
             return ("err", str(e))
+        except Unsupported as e:
+            # An optional function the runtime does not offer: nothing to compare.
+            return ("unsupported", str(e))
         except DebugAssertion as e:
             self.panic = str(e)
             return ("panic", self.panic)
@@ -138,7 +227,15 @@ class World(Runtime, HostBookkeeping):
 
     def op_New(self, op: ops.New) -> int:
         check_value_layout(op.size, op.align)
-        return self._new_handle(self.new_with(op.size, op.align))
+        fill = fill_byte(len(self.allocations) + 1)
+        r = self.rt.new(op.size, op.align, fill)
+        value = self.rt.deref(r)
+        if value is None or value % op.align:
+            raise ContractViolation(f"new({op.size}, {op.align}) made a value at {value!r}")
+        self.heap.watch_value(value, bytes([fill]) * op.size)
+        self.allocations.append((r, value))
+        self.layouts[r] = (op.size, op.align)
+        return self._new_handle(r)
 
     def op_Clone(self, op: ops.Clone) -> int:
         return self._new_handle(self.clone(self._handle(op.h)))
@@ -146,37 +243,57 @@ class World(Runtime, HostBookkeeping):
     def op_Drop(self, op: ops.Drop) -> None:
         self.drop(self._take(op.h))
 
+    def _same_word(self, what: str, r: int, raw: int) -> int:
+        """A ref is its raw pointer: compiled code keeps exactly these words in slots and globals."""
+        if raw != r:
+            raise ContractViolation(f"{what} of ref {r:#x} returned {raw:#x}")
+        return raw
+
     def op_AsRaw(self, op: ops.AsRaw) -> int:
+        r = self._handle(op.h)
+        self._same_word("as_raw", r, self.rt.as_raw(r))
         return self._as_raw(op.h)
 
     def op_IntoRaw(self, op: ops.IntoRaw) -> int:
-        return self._into_raw(op.h)
+        p = self._into_raw(op.h)
+        raw = self.raws[p]
+        assert raw is not None
+        self._same_word("into_raw", raw.ref, self.rt.into_raw(raw.ref))
+        return p
 
     def op_FromRaw(self, op: ops.FromRaw) -> int:
-        return self._from_raw(op.p)
+        h = self._from_raw(op.p)
+        r = self._handle(h)
+        self._same_word("from_raw", r, self.rt.from_raw(r))
+        return h
 
     def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> int:
-        return self._new_handle(self.clone(self._clone_from_raw_target(op.p)))
+        raw = self._clone_from_raw_target(op.p)
+        return self._new_handle(self._same_word("clone_from_raw", raw, self.rt.clone_from_raw(raw)))
 
     def op_StrongCount(self, op: ops.StrongCount) -> int | None:
-        return self.strong_count(self._handle(op.h))
+        return self.rt.strong_count(self._handle(op.h))
 
     def op_Eq(self, op: ops.Eq) -> bool:
-        """`VMExternRef::eq`: pointer equality."""
-        return self._handle(op.a) == self._handle(op.b)
+        a, b = self._handle(op.a), self._handle(op.b)
+        self.hashes = [(a, self.rt.hash(a)), (b, self.rt.hash(b))]
+        return self.rt.eq(a, b)
 
     def op_Cmp(self, op: ops.Cmp) -> int:
-        """`VMExternRef::cmp`: address order, as -1, 0 or 1."""
         a, b = self._handle(op.a), self._handle(op.b)
-        return (a > b) - (a < b)
+        self.hashes = [(a, self.rt.hash(a)), (b, self.rt.hash(b))]
+        return self.rt.cmp(a, b)
 
     def op_Deref(self, op: ops.Deref) -> tuple[int, int, int] | None:
-        return self.deref(self._handle(op.h))
+        """The value's address from the runtime; its layout is what `New` asked for."""
+        r = self._handle(op.h)
+        value = self.rt.deref(r)
+        return None if value is None else (value, *self.layouts[r])
 
     # --- VMExternRefActivationsTable ----------------------------------------------------------
 
     def op_TryInsert(self, op: ops.TryInsert) -> None:
-        if not self.try_insert(self._handle(op.h)):
+        if not self.rt.try_insert(self._handle(op.h)):
             raise SeedErr("chunk-full")
         self.handles[op.h] = None
 
@@ -186,14 +303,25 @@ class World(Runtime, HostBookkeeping):
     def op_InsertWithoutGc(self, op: ops.InsertWithoutGc) -> None:
         self.insert_without_gc(self._take(op.h))
 
+    def op_InsertMany(self, op: ops.InsertMany) -> None:
+        r = self._handle(op.h)
+        check_insert_count(op.count)
+        if op.gc:
+            self._refuse_gc("insert_with_gc")
+        for _ in range(op.count):
+            if op.gc:
+                self.insert_with_gc(self.clone(r))
+            else:
+                self.insert_without_gc(self.clone(r))
+
     def op_BumpCapacityRemaining(self, op: ops.BumpCapacityRemaining) -> int:
-        return self.bump_capacity_remaining()
+        return self.rt.bump_capacity_remaining()
 
     def op_NumFilledInBumpChunk(self, op: ops.NumFilledInBumpChunk) -> int:
-        return self.num_filled_in_bump_chunk()
+        return self.rt.num_filled_in_bump_chunk()
 
     def op_Elements(self, op: ops.Elements) -> tuple[int, ...]:
-        return tuple(sorted(self.elements()))
+        return tuple(sorted(self.rt.elements()))
 
     def op_SetStackCanary(self, op: ops.SetStackCanary) -> None:
         frames = self.stack.frames

@@ -37,6 +37,16 @@ def check_value_layout(size: int, align: int) -> None:
         raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
 
 
+#: The most clones one `InsertMany` host loop moves into the table.
+MAX_INSERT_MANY = 4096
+
+
+def check_insert_count(count: int) -> None:
+    """A host loop of inserts runs at least once and at most `MAX_INSERT_MANY` times."""
+    if not 1 <= count <= MAX_INSERT_MANY:
+        raise MisuseError(BAD_SLOT, f"a loop of {count} inserts (1 to {MAX_INSERT_MANY})")
+
+
 def check_arity(args: int, slots: int) -> None:
     """A call passes at most as many values as the callee's frame has slots."""
     if args > slots:

@@ -57,6 +57,9 @@ class Bounds:
     opaque_host_frames: bool = True
     #: Include instantiation and teardown of the externref globals.
     globals: bool = True
+    #: Include host loops of inserts (`InsertMany`) sized to fill the chunk: what reaches the
+    #: full-chunk and slow paths when the chunk has the seed's 512 slots.
+    insert_many: bool = False
 
     def __post_init__(self) -> None:
         """Eager, precise errors, as `Config` gives them: a bound nobody can meet is a typo."""
@@ -66,7 +69,9 @@ class Bounds:
                 raise ValueError(f"{name} must be an int, got {value!r}")
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        for name in ("observers", "gc_okay_toggles", "scalars", "opaque_host_frames", "globals"):
+        for name in (
+            "observers", "gc_okay_toggles", "scalars", "opaque_host_frames", "globals", "insert_many"
+        ):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -109,7 +114,7 @@ KIND_ORDER: tuple[str, ...] = (
     "new", "call_wasm", "wasm_call_host", "gc", "wasm_global_get", "wasm_call_wasm",
     "wasm_return", "return_to_wasm", "wasm_move", "wasm_null", "wasm_scalar", "wasm_global_set",
     "init_globals", "host_global_set", "host_global_get", "teardown_globals", "clone", "drop",
-    "insert_with_gc", "insert_without_gc", "try_insert", "as_raw", "into_raw", "from_raw",
+    "insert_with_gc", "insert_without_gc", "insert_many", "try_insert", "as_raw", "into_raw", "from_raw",
     "clone_from_raw", "set_gc_okay", "set_stack_canary", "strong_count", "deref", "eq", "cmp",
     "elements", "bump_capacity_remaining", "num_filled_in_bump_chunk", "stack_canary",
 )  # fmt: skip
@@ -148,6 +153,11 @@ def _host_moves(
         if may_gc:
             add(ops.InsertWithGc(h))
         add(ops.InsertWithoutGc(h))
+        if bounds.insert_many:
+            for count in _loop_counts(cfg, state):
+                add(ops.InsertMany(h, count, gc=False))
+                if may_gc:
+                    add(ops.InsertMany(h, count, gc=True))
         if bounds.observers:
             add(ops.StrongCount(h))
             add(ops.Deref(h))
@@ -205,6 +215,13 @@ def _canary_frame(state: State) -> int | None:
     canary = state.table.stack_canary
     sps = frame_sps(state.frames)
     return next((i for i, sp in enumerate(sps) if sp == canary), None)
+
+
+def _loop_counts(cfg: Config, state: State) -> list[int]:
+    """Loop lengths that fill the chunk to one short of full, to full, and one past it."""
+    table = state.table
+    free = (len(table.chunk) if table.chunk else cfg.chunk_size) - table.next
+    return sorted({c for c in (free - 1, free, free + 1) if c > 1})
 
 
 def _wasm_moves(

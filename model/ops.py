@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from externref_harness.errors import json_type, shown_json
+
 
 @dataclass(frozen=True, slots=True)
 class Op:
@@ -22,7 +24,8 @@ class Op:
     WASM: ClassVar[bool] = False
 
     def __str__(self) -> str:
-        args = ", ".join(repr(getattr(self, f.name)) for f in dataclasses.fields(self))
+        """`WasmCallHost(args=(1,), ret_slot=2, unwind_info=True)`: fields named as in the JSON."""
+        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{type(self).__name__}({args})"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
@@ -138,6 +141,20 @@ class InsertWithGc(Op):
 class InsertWithoutGc(Op):
     TAG = "insert_without_gc"
     h: int
+
+
+@dataclass(frozen=True, slots=True)
+class InsertMany(Op):
+    """A host loop: `count` clones of handle `h` moved into the table one after another, each with
+    `insert_with_gc` (`gc`) or `insert_without_gc`; the handle itself stays the host's.
+
+    One step, so a full 512-slot chunk (and the slow paths and GCs it leads to) is a few steps
+    away, as it is for an embedder that passes many refs in a loop."""
+
+    TAG = "insert_many"
+    h: int
+    count: int
+    gc: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +328,7 @@ class WasmReturn(Op):
 
 ALL_OPS: tuple[type[Op], ...] = (
     New, Clone, Drop, AsRaw, IntoRaw, FromRaw, CloneFromRaw, StrongCount, Eq, Cmp, Deref,
-    TryInsert, InsertWithGc, InsertWithoutGc, BumpCapacityRemaining, NumFilledInBumpChunk,
+    TryInsert, InsertWithGc, InsertWithoutGc, InsertMany, BumpCapacityRemaining, NumFilledInBumpChunk,
     Elements, SetStackCanary, StackCanary, SetGcOkay, Gc,
     InitGlobals, HostGlobalSet, HostGlobalGet, TeardownGlobals, CallWasm, ReturnToWasm,
     WasmMove, WasmNull, WasmScalar, WasmGlobalGet, WasmGlobalSet, WasmCallWasm, WasmCallHost,
@@ -333,33 +350,33 @@ def _field_value(op: str, field: str, annotation: str, v: object) -> object:
     where = f"{op}.{field}"
     if annotation == "bool":
         if not isinstance(v, bool):
-            raise TraceFormatError(f"{where}: expected true or false, got {v!r}")
+            raise TraceFormatError(f"{where}: expected true or false, got {shown_json(v)}")
         return v
     if annotation.startswith("tuple"):
         if not isinstance(v, list) or not all(_is_int(x) for x in v):
-            raise TraceFormatError(f"{where}: expected a list of ints, got {v!r}")
+            raise TraceFormatError(f"{where}: expected a list of ints, got {shown_json(v)}")
         return tuple(v)
     if v is None and "None" in annotation:
         return None
     if not _is_int(v):
         nullable = " or null" if "None" in annotation else ""
-        raise TraceFormatError(f"{where}: expected an int{nullable}, got {v!r}")
+        raise TraceFormatError(f"{where}: expected an int{nullable}, got {shown_json(v)}")
     return v
 
 
 def op_from_json(obj: object) -> Op:
     """Inverse of `Op.to_json`, with precise errors for malformed input."""
     if not isinstance(obj, dict):
-        raise TraceFormatError(f"a step must be an object, got {type(obj).__name__}")
+        raise TraceFormatError(f"a step must be an object, got {json_type(obj)}")
     name = obj.get("op")
     cls = OPS_BY_NAME.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise TraceFormatError(f"unknown operation {name!r}")
+        raise TraceFormatError(f"unknown operation {shown_json(name)}")
     kwargs: dict[str, Any] = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     extra = set(obj) - set(fields) - {"op"}
     if extra:
-        raise TraceFormatError(f"{name}: unexpected field(s) {sorted(extra)}")
+        raise TraceFormatError(f"{name}: unexpected field(s) {shown_json(sorted(extra))}")
     for fname, f in fields.items():
         if fname not in obj:
             if f.default is not dataclasses.MISSING:
@@ -374,7 +391,8 @@ def op_from_json(obj: object) -> Op:
 HANDLE_FIELDS: dict[type[Op], tuple[str, ...]] = {
     Clone: ("h",), Drop: ("h",), AsRaw: ("h",), IntoRaw: ("h",), StrongCount: ("h",),
     Eq: ("a", "b"), Cmp: ("a", "b"), Deref: ("h",), TryInsert: ("h",), InsertWithGc: ("h",),
-    InsertWithoutGc: ("h",), HostGlobalSet: ("h",), CallWasm: ("args",), ReturnToWasm: ("h",),
+    InsertWithoutGc: ("h",), InsertMany: ("h",), HostGlobalSet: ("h",), CallWasm: ("args",),
+    ReturnToWasm: ("h",),
 }  # fmt: skip
 #: Fields that index the host's raw pointers.
 RAW_FIELDS: dict[type[Op], tuple[str, ...]] = {FromRaw: ("p",), CloneFromRaw: ("p",)}

@@ -16,6 +16,7 @@ from externref_harness.model import ops, protocol
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
+    check_insert_count,
     check_instantiation,
     check_stack_canary,
     check_value_layout,
@@ -259,6 +260,16 @@ class Machine(SeedRuntime, HostBookkeeping):
 
     def op_InsertWithoutGc(self, op: ops.InsertWithoutGc) -> Result:
         self.insert_without_gc(self._take(op.h))
+        return Ok()
+
+    def op_InsertMany(self, op: ops.InsertMany) -> Result:
+        r = self._handle(op.h)
+        check_insert_count(op.count)
+        for _ in range(op.count):
+            if op.gc:
+                self.insert_with_gc(self.clone(r))
+            else:
+                self.insert_without_gc(self.clone(r))
         return Ok()
 
     def op_BumpCapacityRemaining(self, op: ops.BumpCapacityRemaining) -> Result:

@@ -79,7 +79,8 @@ typedef struct xr_hooks {
 #define XR_PC_WASM_MAPPED 2 /* Wasm code with a stack map, written to *map */
 
 /* A stack map: bit i (bits[i / 64] >> (i % 64) & 1) set means the word at sp + i * 8 holds a
- * live externref (possibly null). The bits stay valid until the call that received them returns. */
+ * live externref (possibly null). The bits stay valid until the next call of `lookup` or the end
+ * of the walk (the runtime reads them after `lookup` has returned). */
 typedef struct xr_stack_map {
     size_t mapped_words;
     const uint64_t *bits;
@@ -165,7 +166,8 @@ int xr_gc(const xr_stack *stack, xr_table *t);
 /* ---- optional (private in the seed) ----------------------------------------------------------- */
 
 int xr_table_num_filled_in_bump_chunk(xr_table *t, size_t *out);
-/* Calls f for each element (chunk slots then over_approximated_stack_roots, any order). */
+/* Calls f for each element: over_approximated_stack_roots (in no particular order), then the filled
+ * chunk slots in order, as the seed's `elements` does. */
 int xr_table_elements(xr_table *t, void (*f)(void *ctx, xr_ref r), void *ctx);
 /* A table whose chunk has `chunk_size` slots instead of the constant (for faster tests). */
 int xr_table_new_with_chunk_size(size_t chunk_size, xr_table **out);

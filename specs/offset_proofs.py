@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from externref_harness.impl import externref
+from externref_harness.impl.backend import Hooks
 from externref_harness.impl.heap import CheckingHeap
 from externref_harness.model import layout
 from externref_harness.model.state import WORD, Config
@@ -36,10 +37,10 @@ class OffsetFact:
 
 
 def _runtime_layout(cfg: Config) -> tuple[int, int, int]:
-    """`(ref_count offset, value_ptr offset, table alloc offset)` of the `Runtime` for `cfg`."""
+    """`(ref_count offset, value_ptr offset, table alloc offset)` of the Python runtime for `cfg`."""
     heap = CheckingHeap()
     try:
-        runtime = externref.Runtime(cfg, heap)
+        runtime = externref.PythonRuntime(cfg, Hooks(heap, lambda _address: None))
         table: Any = type(runtime.table)
         return runtime.ref_count_offset, runtime.value_ptr_offset, table.alloc.offset
     finally:

@@ -106,7 +106,7 @@ def test_trace_round_trips_through_json(tmp_path: Path) -> None:
         (
             '{"format": "externref-harness-trace", "version": 1, "config": {}, '
             '"steps": [{"op": "Explode"}]}',
-            "step 1: unknown operation 'Explode'",
+            'step 1: unknown operation "Explode"',
         ),
         (
             '{"format": "externref-harness-trace", "version": 1, "config": {}, '
@@ -132,7 +132,7 @@ def test_malformed_traces_are_rejected_with_a_precise_message(
 @pytest.mark.parametrize(
     ("step", "message"),
     [
-        ('{"op": "Drop", "h": null}', "Drop.h: expected an int, got None"),
+        ('{"op": "Drop", "h": null}', "Drop.h: expected an int, got null"),
         ('{"op": "Drop", "h": [1]}', "Drop.h: expected an int"),
         ('{"op": "Drop", "h": true}', "Drop.h: expected an int"),
         ('{"op": "CallWasm", "args": 5}', "CallWasm.args: expected a list of ints"),
@@ -163,7 +163,8 @@ def test_an_unwritable_failures_directory_is_refused_before_the_run() -> None:
     out = cli("check", "--only", "model", "--failures", "/proc/no-such-dir")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "externref-harness check: error: cannot save traces in /proc/no-such-dir: No such file or directory"
+        "externref-harness check: error: --failures /proc/no-such-dir: cannot write there: "
+        "No such file or directory"
     ]
 
 

@@ -50,7 +50,7 @@ def test_explore_exits_1_with_a_shortest_trace_that_replay_confirms(
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "I1" in out and "after 4 steps" in out
-    assert "  1. New(8, 8)" in out and ">>4. Gc()" in out
+    assert "  1. New(size=8, align=8)" in out and ">>4. Gc()" in out
     assert f"externref-harness replay {out_file}" in out
     trace = tracefile.load(out_file)
     assert trace.config.mutant == "precise-root-uncounted" and len(trace.steps) == 4

@@ -12,6 +12,7 @@ from externref_harness.impl import mutants
 from externref_harness.impl.adapter import InProcessImpl, plain_config, plain_op
 from externref_harness.impl.externref import (
     DANGLING,
+    PythonRuntime,
     VMExternData,
     VMExternRefActivationsTableDebug,
     VMExternRefActivationsTableRelease,
@@ -21,11 +22,12 @@ from externref_harness.impl.heap import CheckingHeap
 from externref_harness.impl.stack import WASM_CODE, wasm_frame_bytes
 from externref_harness.impl.values import AnyVTable
 from externref_harness.impl.world import World
-from externref_harness.lockstep import RefMap, memory_problems
+from externref_harness.memory_checks import memory_problems
 from externref_harness.model import layout, ops
 from externref_harness.model.state import STACK_TOP, Config, HostFrame, WasmFrame, frame_sps
 from externref_harness.model.transition import run
 from externref_harness.model_check import MACHINE_BOUNDS
+from externref_harness.projection import RefMap
 
 CFG = Config(chunk_size=2, slots=3, n_globals=2)
 
@@ -33,8 +35,22 @@ CFG = Config(chunk_size=2, slots=3, n_globals=2)
 @pytest.fixture
 def world() -> Iterator[World]:
     heap = CheckingHeap()
-    yield World(CFG, heap)
+    yield World(CFG, heap, PythonRuntime)
     heap.release()
+
+
+def _runtime(world: World) -> PythonRuntime:
+    assert isinstance(world.rt, PythonRuntime)
+    return world.rt
+
+
+def _new(world: World, size: int, align: int) -> int:
+    """`New` as the host does it: the value filled and watched, the allocation recorded."""
+    h = world.op_New(ops.New(size, align))
+    r = world.handles[h]
+    assert r is not None
+    world.handles[h] = None
+    return r
 
 
 def test_vm_extern_data_matches_the_seed_and_vm_offsets() -> None:
@@ -54,7 +70,7 @@ def test_table_alloc_comes_first_as_compiled_code_expects(table: type[ctypes.Str
 
 
 def test_a_new_table_has_an_empty_chunk(world: World) -> None:
-    alloc = world.table.alloc
+    alloc = _runtime(world).table.alloc
     assert (alloc.next, alloc.end, alloc.chunk.ptr, alloc.chunk.len) == (DANGLING,) * 3 + (0,)
     assert world.bump_capacity_remaining() == 0
     assert world.heap.live_blocks() == []
@@ -64,9 +80,9 @@ def test_vtables_are_laid_out_as_rustc_does() -> None:
     assert [AnyVTable.drop_in_place.offset, AnyVTable.size.offset, AnyVTable.align.offset] == [0, 8, 16]
 
 
-@pytest.mark.parametrize("size,align", [*MACHINE_BOUNDS.layouts, (64, 64), (8, 4096)])
+@pytest.mark.parametrize("size,align", [*MACHINE_BOUNDS.layouts, (64, 64), (4096, 4096)])
 def test_new_with_places_value_and_footer_by_layout_for(world: World, size: int, align: int) -> None:
-    footer = world.new_with(size, align)
+    footer = _new(world, size, align)
     lay = layout.layout_for(size, align)
     ((_, start),) = world.allocations
     block = world.heap.block_at(footer)
@@ -79,14 +95,14 @@ def test_new_with_places_value_and_footer_by_layout_for(world: World, size: int,
     vtable = AnyVTable.from_address(world.heap.peek(footer + layout.VALUE_PTR_OFFSET + 8))
     assert (vtable.size, vtable.align) == (size, align)
     world.drop(footer)
-    assert world.values.dropped == [start]
+    assert world.dropped == [start]
     assert world.heap.status(footer) == "freed"
     assert world.heap.reports == []
 
 
 def test_the_chunk_is_allocated_by_the_first_sweep_and_freed_with_the_table(world: World) -> None:
     world.gc()
-    alloc = world.table.alloc
+    alloc = _runtime(world).table.alloc
     assert alloc.chunk.len == CFG.chunk_size
     assert alloc.next == alloc.chunk.ptr and alloc.end == alloc.chunk.ptr + 8 * CFG.chunk_size
     assert world.bump_capacity_remaining() == 8 * CFG.chunk_size  # bytes, as the seed computes it
@@ -152,16 +168,17 @@ def test_the_raw_layout_check_fails_on_a_misplaced_footer(mutant: str) -> None:
             refs.add(footer, value)
         state = run(cfg, [ops.New(1, 1)])[-1][0]
         problems = memory_problems(cfg, state, impl.probe(), refs)
-        assert any("layout_for(1, 1) puts it at 8" in p for p in problems), problems
+        assert any("layout_for(1, 1) puts it at 8" in p.text for p in problems), problems
+        assert {p.check for p in problems} >= {"layout.footer-offset"}
     finally:
         impl.close()
 
 
 def test_dropping_the_table_drops_every_entry_once_then_frees_the_chunk(world: World) -> None:
     world.gc()  # allocates the chunk
-    in_chunk, in_set = world.new_with(8, 8), world.new_with(16, 8)
-    assert world.try_insert(in_chunk)
-    world.insert_slow_without_gc(in_set)
+    in_chunk, in_set = _new(world, 8, 8), _new(world, 16, 8)
+    assert world.rt.try_insert(in_chunk)
+    _runtime(world).insert_slow_without_gc(in_set)
     world.drop_table()
-    assert sorted(world.values.dropped) == sorted(start for _, start in world.allocations)
+    assert sorted(world.dropped) == sorted(start for _, start in world.allocations)
     assert world.heap.live_blocks() == [] and world.heap.reports == []

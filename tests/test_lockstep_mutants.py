@@ -57,7 +57,7 @@ def test_shared_rule_mutants_reach_the_implementation(mutant: str, tmp_path: Pat
     assert report.impl_failure[0] == report.model_failure[0], report.describe()
     problem = report.impl_failure[1]
     assert "observed" not in problem, f"the implementation diverged instead: {problem}"
-    assert "checking heap:" in problem or "reachable, yet the checking heap says freed" in problem
+    assert "[heap.report]" in problem or "reachable, yet the checking heap says freed" in problem
     print(f"{mutant} (release): caught in example {out.stats.first_failing_example}")
 
 

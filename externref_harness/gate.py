@@ -1,0 +1,253 @@
+"""The conformance gate: an implementation held to the seed, in its own process, with a verdict.
+
+    gate PATH.so
+      1. describe   the library is loaded and validated in a child (`child --describe`)
+      2. corpus     every shipped corpus trace, in lockstep, with the model's expected observations
+      3. search     the Hypothesis lockstep search, the implementation in a child process
+      4. threads    the parallel reference-counting check (when it is available), unless skipped
+
+Each case gets a status: `pass`, `fail`, `expected-fail` (only divergences the expectations file
+lists) or `skip`. Each failing check is named and has a level (`memory_checks.CHECKS`): `strict`
+holds the implementation to the seed exactly, `conformant` to what any correct implementation of
+this design must do. A crash or a hang of the implementation is a failing step of the case it
+happened in, with a shrunk, saved trace; the gate itself goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hypothesis import settings
+
+from externref_harness.errors import UsageError
+from externref_harness.expectations import Expectations
+from externref_harness.isolation import DEFAULT_STEP_TIMEOUT, ChildPool, describe_status
+from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, LockstepOptions, run_lockstep_check
+from externref_harness.memory_checks import CONFORMANT, STRICT, Level
+from externref_harness.model.state import SEED_CHUNK_SIZE, Config
+from externref_harness.native.build import asan_runtime
+from externref_harness.native.library import Description
+from externref_harness.targets import Target, bounds_for
+
+Status = Literal["pass", "fail", "expected-fail", "skip"]
+LEVELS: dict[str, frozenset[Level]] = {
+    STRICT: frozenset((CONFORMANT, STRICT)),
+    CONFORMANT: frozenset((CONFORMANT,)),
+}
+#: How long loading and describing a library may take.
+DESCRIBE_TIMEOUT = 60.0
+
+
+@dataclass
+class CaseResult:
+    """One case of the gate: a JUnit test case, a row of the table."""
+
+    kind: str
+    name: str
+    status: Status
+    detail: str = ""
+    seconds: float = 0.0
+    #: Where the failing trace was saved (replay it with `--impl`).
+    trace: Path | None = None
+    #: Expected divergences this case showed.
+    expected_seen: frozenset[str] = frozenset()
+
+
+@dataclass
+class GateReport:
+    library: Path
+    level: str
+    description: Description
+    cases: list[CaseResult] = field(default_factory=list)
+    #: Expected divergences that no case showed (the expectations file can drop them).
+    stale: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status != "fail" for c in self.cases)
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    library: Path
+    level: str = STRICT
+    expectations: Expectations = field(default_factory=Expectations)
+    hypothesis_settings: settings | None = None
+    #: Wall-clock limit of the search, seconds (None: the profile's budget alone).
+    time_limit: float | None = None
+    step_timeout: float = DEFAULT_STEP_TIMEOUT
+    failures: Path = Path(".externref-harness/failures")
+    threads: bool = True
+    #: Chunk size of the search (None: the library's small-chunk default, see `Target.config`).
+    chunk_size: int | None = None
+
+
+def child_env(library: Path) -> dict[str, str] | None:
+    """A library built with AddressSanitizer needs its runtime preloaded into the child."""
+    try:
+        data = library.read_bytes()
+    except OSError:
+        return None
+    if b"libasan.so" not in data:
+        return None
+    runtime = asan_runtime()
+    if runtime is None:
+        raise UsageError(f"library {library} needs AddressSanitizer, and the C compiler has no libasan.so")
+    return {"LD_PRELOAD": str(runtime), "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"}
+
+
+def describe_library(library: Path, env: dict[str, str] | None) -> Description:
+    """Load and validate the library in a child process (bad library: one-line `UsageError`)."""
+    import os
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "externref_harness.child", "--describe", str(library)],
+            capture_output=True,
+            text=True,
+            timeout=DESCRIBE_TIMEOUT,
+            env=None if env is None else {**os.environ, **env},
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"library {library}: loading it did not finish in {DESCRIBE_TIMEOUT:g} s") from None
+    if done.returncode == 2:
+        raise UsageError(
+            done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"library {library}"
+        )
+    if done.returncode != 0:
+        raise UsageError(f"library {library}: loading it {describe_status(done.returncode)}")
+    try:
+        return Description(**json.loads(done.stdout.strip().splitlines()[-1]))
+    except (ValueError, TypeError, IndexError):
+        raise UsageError(f"library {library}: its description could not be read") from None
+
+
+def isolated_target(library: Path, description: Description, pool: ChildPool) -> Target:
+    name = f"{description.name} {description.version}"
+    return Target(name, pool.adapter, library, description)
+
+
+def _timed(run: Callable[[], CaseResult]) -> CaseResult:
+    started = time.perf_counter()
+    result = run()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None) -> GateReport:
+    started = time.perf_counter()
+    env = child_env(opts.library)
+    description = describe_library(opts.library, env)
+    report = GateReport(opts.library, opts.level, description)
+    levels = LEVELS[opts.level]
+    options = LockstepOptions(
+        levels=levels,
+        expected=opts.expectations.names,
+        impl_name=f"{description.name} {description.version}",
+        replay_args=f"--impl {opts.library}",
+    )
+    pool = ChildPool(opts.library, opts.step_timeout, env)
+    try:
+        target = isolated_target(opts.library, description, pool)
+        report.cases.append(_describe_case(description, opts))
+        progress("corpus")
+        report.cases += _corpus_cases(target, options, pool)
+        progress("search")
+        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool)))
+        if opts.threads:
+            progress("threads")
+            report.cases.append(_timed(lambda: _threads_case(opts)))
+    finally:
+        pool.close()
+    seen = frozenset().union(*(c.expected_seen for c in report.cases))
+    report.stale = sorted(opts.expectations.names - seen)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _describe_case(description: Description, opts: GateOptions) -> CaseResult:
+    """What the library says of itself, against the seed: its chunk is the seed's 512 slots."""
+    if description.chunk_size == SEED_CHUNK_SIZE or STRICT not in LEVELS[opts.level]:
+        return CaseResult("describe", "seed.chunk-size", "pass", f"chunk of {description.chunk_size} slots")
+    text = (
+        f"[seed.chunk-size] a chunk of {description.chunk_size} slots, "
+        f"the seed's CHUNK_SIZE is {SEED_CHUNK_SIZE}"
+    )
+    if "seed.chunk-size" in opts.expectations.names:
+        return CaseResult(
+            "describe", "seed.chunk-size", "expected-fail", text, expected_seen=frozenset({"seed.chunk-size"})
+        )
+    return CaseResult("describe", "seed.chunk-size", "fail", text)
+
+
+def _status(passed: bool, expected_seen: frozenset[str]) -> Status:
+    if not passed:
+        return "fail"
+    return "expected-fail" if expected_seen else "pass"
+
+
+def _corpus_cases(target: Target, options: LockstepOptions, pool: ChildPool) -> list[CaseResult]:
+    from externref_harness import corpus
+
+    out = []
+    for trace in corpus.load_corpus():
+        started = time.perf_counter()
+        cfg = trace.config
+        if target.description is not None and not _runs_at(target.description, cfg):
+            out.append(CaseResult("corpus", trace.name, "skip", f"needs chunk size {cfg.chunk_size}"))
+            continue
+        result = corpus.run_corpus_trace(trace, pool.adapter(fresh=False), options)
+        seen = frozenset(result.expected_seen)
+        status = _status(result.passed, seen)
+        detail = "" if result.passed else f"step {result.step}: {result.problem}"
+        case = CaseResult("corpus", trace.name, status, detail, expected_seen=seen)
+        case.seconds = time.perf_counter() - started
+        out.append(case)
+    return out
+
+
+def _runs_at(description: Description, cfg: Config) -> bool:
+    return description.has_set_chunk_size or description.chunk_size == cfg.chunk_size
+
+
+def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, pool: ChildPool) -> CaseResult:
+    cfg = target.config(LOCKSTEP_CONFIG, None, opts.chunk_size)
+    save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}.json"
+    stop_at = None if opts.time_limit is None else time.monotonic() + opts.time_limit
+    out = run_lockstep_check(
+        cfg,
+        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        opts.hypothesis_settings,
+        save_as,
+        pool.adapter,
+        options,
+        shrink_adapter_factory=lambda: pool.adapter(fresh=True),
+        stop_at=stop_at,
+    )
+    figures = f"{out.stats.examples} examples, {out.stats.steps} steps, chunk {cfg.chunk_size}"
+    if out.stopped_early:
+        figures += f", stopped at the {opts.time_limit:g} s limit"
+    seen = frozenset(out.expected_seen)
+    if out.passed:
+        return CaseResult("search", "lockstep", _status(True, seen), figures, expected_seen=seen)
+    return CaseResult(
+        "search", "lockstep", "fail", f"{figures}\n{out.failure}", trace=save_as, expected_seen=seen
+    )
+
+
+def _threads_case(opts: GateOptions) -> CaseResult:
+    try:
+        from externref_harness import threads  # type: ignore[attr-defined]
+    except ImportError:
+        return CaseResult("threads", "threads", "skip", "the parallel check is not part of this harness")
+    result: CaseResult = threads.gate_case(opts)
+    return result

@@ -1,0 +1,162 @@
+"""The observable projection: what one step shows, computed the same way for both sides.
+
+`project_model` reads it off the model's observation and states, `project_impl` off the
+implementation's plain-data outcome and probe; the lockstep compares the two (`projection_diff`).
+Refs are model ids on one side and footer addresses on the other; `RefMap` pairs them in
+allocation order. Nothing here peeks at an implementation's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from externref_harness.impl import heap as checking_heap
+from externref_harness.impl.adapter import Probe, StepOutcome
+from externref_harness.model import ops
+from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
+from externref_harness.model.runtime import FAULT_DOUBLE_DROP, FAULT_USE_AFTER_FREE, FAULT_WILD_POINTER
+from externref_harness.model.state import STACK_TOP, State
+
+
+class RefMap:
+    """Model ref ids <-> footer addresses (and value addresses), paired in allocation order."""
+
+    def __init__(self) -> None:
+        self.footers: list[int] = []
+        self._by_footer: dict[int, int] = {}
+        self._by_value: dict[int, int] = {}
+
+    def add(self, footer: int, value: int) -> None:
+        r = len(self.footers)
+        self.footers.append(footer)
+        self._by_footer[footer] = r
+        self._by_value[value] = r
+
+    def ref(self, footer: int) -> int | str:
+        """The model id of a footer address; an unknown address reads as `?0x...`."""
+        r = self._by_footer.get(footer)
+        return f"?{footer:#x}" if r is None else r
+
+    def value(self, address: int) -> int | str:
+        r = self._by_value.get(address)
+        return f"?{address:#x}" if r is None else r
+
+    def slot(self, word: int) -> int | str | None:
+        """A pointer-sized word that holds an `Option<VMExternRef>`."""
+        return None if word == 0 else self.ref(word)
+
+
+# --- the observable projection -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """What one step shows, the same plain shape for both sides."""
+
+    #: `("ok", value)`, `("err", kind)`, `("misuse", kind)` or `("panic",)`; refs as model ids.
+    result: tuple[Any, ...]
+    #: Model ids of the values whose destructor ran in this step.
+    dropped: tuple[Any, ...]
+    #: The stack canary as bytes below the top of the stack (None: no canary).
+    canary: int | None
+    #: Memory faults of the step, as `model.runtime` FAULT_* kinds.
+    faults: tuple[str, ...]
+
+
+def _sorted_ids(ids: Iterator[int | str]) -> tuple[int | str, ...]:
+    return tuple(sorted(ids, key=lambda r: (1, 0, r) if isinstance(r, str) else (0, r, "")))
+
+
+def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> Projection:
+    result = obs.result
+    if isinstance(result, Panic):
+        # A panicking step keeps the pre-step state: no canary or fault of its own to compare.
+        return Projection(("panic",), _sorted_ids(iter(obs.dropped)), None, ())
+    if isinstance(result, Ok):
+        value = result.value
+        if isinstance(op, ops.StackCanary) and value is not None:
+            value = STACK_TOP - value
+        shown: tuple[Any, ...] = ("ok", value)
+    elif isinstance(result, Err):
+        shown = ("err", result.kind)
+    else:
+        assert isinstance(result, Misuse)
+        shown = ("misuse", result.kind)
+    canary = after.table.stack_canary
+    faults = tuple(sorted(f.split(":", 1)[0] for f in after.faults[len(before.faults) :]))
+    return Projection(
+        shown,
+        _sorted_ids(iter(obs.dropped)),
+        None if canary is None else STACK_TOP - canary,
+        faults,
+    )
+
+
+def model_fault_of(report: tuple[str, int, str, str]) -> str:
+    """The model's FAULT_* kind for a checking-heap report (its own kind when the model has none)."""
+    kind, _, access, _ = report
+    if kind in (checking_heap.WILD_ACCESS, checking_heap.BUFFER_OVERFLOW, checking_heap.INVALID_FREE):
+        return FAULT_WILD_POINTER
+    if kind == checking_heap.USE_AFTER_FREE:
+        return FAULT_DOUBLE_DROP if access == checking_heap.DECREMENT else FAULT_USE_AFTER_FREE
+    if kind == checking_heap.DOUBLE_FREE:
+        return FAULT_DOUBLE_DROP
+    return kind
+
+
+def project_impl(op: ops.Op, outcome: StepOutcome, probe: Probe, refs: RefMap) -> Projection:
+    dropped = _sorted_ids(refs.value(v) for v in outcome.dropped)
+    status = outcome.result[0]
+    if status == "panic":
+        return Projection(("panic",), dropped, None, ())
+    if status == "ok":
+        value = outcome.result[1]
+        if isinstance(op, ops.StackCanary) and value is not None:
+            value = probe.stack_top - value
+        elif isinstance(op, ops.Elements):
+            value = _sorted_ids(refs.ref(a) for a in value)
+        elif isinstance(op, ops.Deref):
+            value = ("unreadable",) if value is None else (refs.value(value[0]), *value[1:])
+        elif isinstance(op, ops.Cmp):
+            value = value == 0
+        shown: tuple[Any, ...] = ("ok", value)
+    else:
+        shown = (status, outcome.result[1])
+    return Projection(
+        shown,
+        dropped,
+        None if probe.canary is None else probe.stack_top - probe.canary,
+        tuple(sorted(model_fault_of(r) for r in outcome.reports)),
+    )
+
+
+def projection_diff(model: Projection, impl: Projection) -> list[str]:
+    return [
+        f"{name}: model {getattr(model, name)!r}, impl {getattr(impl, name)!r}"
+        for name in Projection.__slots__
+        if getattr(model, name) != getattr(impl, name)
+    ]
+
+
+def identity_problems(
+    op: ops.Op, outcome: StepOutcome, probe: Probe, hashes_seen: dict[int, int]
+) -> list[str]:
+    """`eq` and `cmp` follow the addresses the handles hold, and a ref's hash never changes while
+    it lives (`hashes_seen` remembers the first hash of each ref, across steps)."""
+    if outcome.result[0] != "ok" or not isinstance(op, ops.Eq | ops.Cmp):
+        return []
+    a, b = probe.handles[op.a], probe.handles[op.b]
+    if a is None or b is None:
+        return [f"{op} answered for a dropped handle"]
+    expected: object = a == b if isinstance(op, ops.Eq) else (a > b) - (a < b)
+    got = outcome.result[1]
+    if got != expected:
+        return [f"{op} answered {got!r}; the addresses say {expected!r}"]
+    out = []
+    for r, h in probe.hashes:
+        first = hashes_seen.setdefault(r, h)
+        if first != h:
+            out.append(f"{op}: the hash of {r:#x} changed from {first:#x} to {h:#x}")
+    return out

@@ -1,0 +1,339 @@
+"""A native implementation behind the C ABI as a `RuntimeBackend` the host world drives.
+
+    World ──(RuntimeBackend calls)──▶ NativeRuntime ──ctypes──▶ xr_* in the library
+      ▲                                    │
+      └──── xr_hooks: alloc / dealloc ─────┤  (the checking heap; "not mine" for foreign blocks)
+      └──── xr_hooks: value_dropped ───────┤  (the World's drop log)
+      └──── xr_stack: trace / lookup ──────┘  (the World's StackView, during gc and insert_with_gc)
+
+The hooks are installed when the runtime is made and uninstalled by `close()`. A status of
+`XR_PANIC` becomes `DebugAssertion` with the library's message, which the World maps to the
+model's `Panic`. Anything a callback raises is kept and re-raised after the call returns: an
+exception never crosses the C frames.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from externref_harness.impl.backend import (
+    NO_STACK_MAP,
+    BackendDescription,
+    BackendFactory,
+    ContractViolation,
+    Hooks,
+    StackView,
+    Unsupported,
+)
+from externref_harness.impl.heap import HeapExhausted
+from externref_harness.model.runtime import DebugAssertion
+from externref_harness.model.state import Config
+from externref_harness.native.library import (
+    XR_ERR,
+    XR_OK,
+    XR_PANIC,
+    XR_PC_HOST,
+    XR_PC_WASM,
+    XR_PC_WASM_MAPPED,
+    AllocFn,
+    DeallocFn,
+    ElementsFn,
+    LookupFn,
+    NativeLibrary,
+    TraceFn,
+    ValueDroppedFn,
+    XrHooks,
+    XrRef,
+    XrStack,
+    XrStackMap,
+    load_library,
+)
+
+_U64P = ctypes.POINTER(ctypes.c_uint64)
+
+
+class NativeRuntime:
+    """One run's table in a loaded library, with the harness's hooks installed."""
+
+    def __init__(self, cfg: Config, hooks: Hooks, library: NativeLibrary) -> None:
+        self.lib = library
+        self._cdll: Any = library.cdll
+        self._heap = hooks.heap
+        self._value_dropped = hooks.value_dropped
+        self._errors: list[BaseException] = []
+        self._stack: StackView | None = None
+        desc = library.description
+        self.description = BackendDescription(
+            name=desc.name,
+            version=desc.version,
+            debug=desc.debug,
+            chunk_size=desc.chunk_size,
+            has_num_filled_in_bump_chunk=desc.has_num_filled,
+            has_elements=desc.has_elements,
+            has_set_chunk_size=desc.has_set_chunk_size,
+        )
+        # The callbacks must outlive every call that may use them: they are fields of self.
+        self._alloc = AllocFn(self._on_alloc)
+        self._dealloc = DeallocFn(self._on_dealloc)
+        self._dropped = ValueDroppedFn(self._on_value_dropped)
+        self._hooks = XrHooks(None, self._alloc, self._dealloc, self._dropped)
+        self._trace = TraceFn(self._on_trace)
+        self._lookup = LookupFn(self._on_lookup)
+        self._xr_stack = XrStack(None, self._trace, self._lookup)
+        self._installed = True
+        self._cdll.xr_set_hooks(ctypes.byref(self._hooks))
+        table = ctypes.c_void_p()
+        if cfg.chunk_size == desc.chunk_size:
+            self._check("xr_table_new", self._cdll.xr_table_new(ctypes.byref(table)))
+        elif desc.has_set_chunk_size:
+            status = self._cdll.xr_table_new_with_chunk_size(cfg.chunk_size, ctypes.byref(table))
+            self._check("xr_table_new_with_chunk_size", status)
+        else:
+            self.close()
+            raise ContractViolation(
+                f"{desc.name} has a fixed chunk of {desc.chunk_size} slots and no "
+                f"xr_table_new_with_chunk_size; the run asked for {cfg.chunk_size}"
+            )
+        if not table.value:
+            self.close()
+            raise ContractViolation("xr_table_new gave a NULL table")
+        self._table: int | None = table.value
+
+    # --- the hooks ------------------------------------------------------------------------------
+
+    def _on_alloc(self, _ctx: int | None, size: int, align: int) -> int | None:
+        try:
+            return self._heap.alloc(size, align, "native")
+        except HeapExhausted:
+            return None
+        except BaseException as e:  # never across the C frames
+            self._errors.append(e)
+            return None
+
+    def _on_dealloc(self, _ctx: int | None, ptr: int | None, size: int, align: int) -> int:
+        try:
+            if ptr is None or not self._heap.owns(ptr):
+                return 0
+            self._heap.free(ptr, size, align, "dealloc")
+            return 1
+        except BaseException as e:
+            self._errors.append(e)
+            return 1
+
+    def _on_value_dropped(self, _ctx: int | None, value: int | None) -> None:
+        try:
+            self._value_dropped(value or 0)
+        except BaseException as e:
+            self._errors.append(e)
+
+    def _on_trace(
+        self, _ctx: int | None, visit: Callable[[int | None, int, int], int], walk: int | None
+    ) -> None:
+        try:
+            assert self._stack is not None, "trace called outside gc / insert_with_gc"
+            for pc, sp in self._stack.trace():
+                if not visit(walk, pc, sp):
+                    return
+        except BaseException as e:
+            self._errors.append(e)
+
+    def _on_lookup(self, _ctx: int | None, pc: int, out: Any) -> int:
+        try:
+            assert self._stack is not None, "lookup called outside gc / insert_with_gc"
+            record = self._stack.lookup(pc)
+            if record is None:
+                return XR_PC_HOST
+            if record == NO_STACK_MAP:
+                return XR_PC_WASM
+            out[0] = XrStackMap(record.mapped_words, ctypes.cast(record.bits_address, _U64P))
+            return XR_PC_WASM_MAPPED
+        except BaseException as e:
+            self._errors.append(e)
+            return XR_PC_HOST
+
+    # --- calling ----------------------------------------------------------------------------------
+
+    def _check(self, name: str, status: int, allow_err: bool = False) -> bool:
+        """Raise for a panic or a bad status; re-raise what a callback raised. True for XR_OK."""
+        if self._errors:
+            error = self._errors[0]
+            self._errors.clear()
+            raise RuntimeError(f"a harness callback failed during {name}: {error!r}") from error
+        if status == XR_OK:
+            return True
+        if status == XR_PANIC:
+            raise DebugAssertion(self.lib.panic_message())
+        if status == XR_ERR and allow_err:
+            return False
+        raise ContractViolation(f"{name} returned status {status}")
+
+    def _ref(self, name: str, *args: Any) -> int:
+        out = XrRef()
+        self._check(name, getattr(self._cdll, name)(*args, ctypes.byref(out)))
+        return int(out.value)
+
+    def _word(self, name: str, *args: Any) -> int:
+        out = ctypes.c_void_p()
+        self._check(name, getattr(self._cdll, name)(*args, ctypes.byref(out)))
+        return int(out.value or 0)
+
+    @property
+    def table(self) -> int:
+        if self._table is None:
+            raise ContractViolation("the table was already dropped")
+        return self._table
+
+    @property
+    def table_address(self) -> int:
+        return self.table
+
+    # --- VMExternRef --------------------------------------------------------------------------------
+
+    def new(self, size: int, align: int, fill: int) -> int:
+        return self._ref("xr_ref_new", size, align, fill)
+
+    def clone(self, r: int) -> int:
+        return self._ref("xr_ref_clone", r)
+
+    def drop(self, r: int) -> None:
+        self._check("xr_ref_drop", self._cdll.xr_ref_drop(r))
+
+    def as_raw(self, r: int) -> int:
+        return self._word("xr_ref_as_raw", r)
+
+    def into_raw(self, r: int) -> int:
+        return self._word("xr_ref_into_raw", r)
+
+    def from_raw(self, raw: int) -> int:
+        return self._ref("xr_ref_from_raw", raw)
+
+    def clone_from_raw(self, raw: int) -> int:
+        return self._ref("xr_ref_clone_from_raw", raw)
+
+    def strong_count(self, r: int) -> int | None:
+        out = ctypes.c_size_t()
+        self._check("xr_ref_strong_count", self._cdll.xr_ref_strong_count(r, ctypes.byref(out)))
+        return int(out.value)
+
+    def eq(self, a: int, b: int) -> bool:
+        out = ctypes.c_int()
+        self._check("xr_ref_eq", self._cdll.xr_ref_eq(a, b, ctypes.byref(out)))
+        if out.value not in (0, 1):
+            raise ContractViolation(f"xr_ref_eq answered {out.value}, not 0 or 1")
+        return bool(out.value)
+
+    def hash(self, r: int) -> int:
+        out = ctypes.c_uint64()
+        self._check("xr_ref_hash", self._cdll.xr_ref_hash(r, ctypes.byref(out)))
+        return int(out.value)
+
+    def cmp(self, a: int, b: int) -> int:
+        out = ctypes.c_int()
+        self._check("xr_ref_cmp", self._cdll.xr_ref_cmp(a, b, ctypes.byref(out)))
+        if out.value not in (-1, 0, 1):
+            raise ContractViolation(f"xr_ref_cmp answered {out.value}, not -1, 0 or 1")
+        return int(out.value)
+
+    def deref(self, r: int) -> int | None:
+        return self._word("xr_ref_deref", r)
+
+    # --- VMExternRefActivationsTable ------------------------------------------------------------
+
+    def bump_capacity_remaining(self) -> int:
+        out = ctypes.c_size_t()
+        status = self._cdll.xr_table_bump_capacity_remaining(self.table, ctypes.byref(out))
+        self._check("xr_table_bump_capacity_remaining", status)
+        return int(out.value)
+
+    def try_insert(self, r: int) -> bool:
+        return self._check(
+            "xr_table_try_insert", self._cdll.xr_table_try_insert(self.table, r), allow_err=True
+        )
+
+    def insert_with_gc(self, r: int, stack: StackView) -> None:
+        self._stack = stack
+        try:
+            status = self._cdll.xr_table_insert_with_gc(self.table, r, ctypes.byref(self._xr_stack))
+        finally:
+            self._stack = None
+        self._check("xr_table_insert_with_gc", status)
+
+    def insert_without_gc(self, r: int) -> None:
+        self._check("xr_table_insert_without_gc", self._cdll.xr_table_insert_without_gc(self.table, r))
+
+    def stack_canary(self) -> int | None:
+        is_some, canary = ctypes.c_int(), ctypes.c_size_t()
+        status = self._cdll.xr_table_stack_canary(self.table, ctypes.byref(is_some), ctypes.byref(canary))
+        self._check("xr_table_stack_canary", status)
+        return int(canary.value) if is_some.value else None
+
+    def set_stack_canary(self, canary: int | None) -> None:
+        status = self._cdll.xr_table_set_stack_canary(self.table, int(canary is not None), canary or 0)
+        self._check("xr_table_set_stack_canary", status)
+
+    def set_gc_okay(self, okay: bool) -> bool:
+        previous = ctypes.c_int()
+        status = self._cdll.xr_table_set_gc_okay(self.table, int(okay), ctypes.byref(previous))
+        self._check("xr_table_set_gc_okay", status)
+        return bool(previous.value)
+
+    def gc(self, stack: StackView) -> None:
+        self._stack = stack
+        try:
+            status = self._cdll.xr_gc(ctypes.byref(self._xr_stack), self.table)
+        finally:
+            self._stack = None
+        self._check("xr_gc", status)
+
+    def num_filled_in_bump_chunk(self) -> int:
+        if not self.description.has_num_filled_in_bump_chunk:
+            raise Unsupported("xr_table_num_filled_in_bump_chunk")
+        out = ctypes.c_size_t()
+        status = self._cdll.xr_table_num_filled_in_bump_chunk(self.table, ctypes.byref(out))
+        self._check("xr_table_num_filled_in_bump_chunk", status)
+        return int(out.value)
+
+    def elements(self) -> list[int]:
+        if not self.description.has_elements:
+            raise Unsupported("xr_table_elements")
+        found: list[int] = []
+
+        def each(_ctx: int | None, r: int) -> None:
+            found.append(r)
+
+        callback = ElementsFn(each)
+        self._check("xr_table_elements", self._cdll.xr_table_elements(self.table, callback, None))
+        return found
+
+    def drop_table(self) -> None:
+        table, self._table = self.table, None
+        self._check("xr_table_drop", self._cdll.xr_table_drop(table))
+
+    def close(self) -> None:
+        """Uninstall the hooks (the library then allocates on its own again)."""
+        if self._installed:
+            self._installed = False
+            self._cdll.xr_set_hooks(None)
+
+
+_LOADED: dict[Path, NativeLibrary] = {}
+
+
+def open_library(path: str | Path) -> NativeLibrary:
+    """`load_library`, once per path per process (the dynamic loader caches by path anyway)."""
+    key = Path(path).resolve()
+    if key not in _LOADED:
+        _LOADED[key] = load_library(path)
+    return _LOADED[key]
+
+
+def native_runtime(library: NativeLibrary) -> BackendFactory:
+    """The factory the host world calls to make a run's runtime in `library`."""
+
+    def make(cfg: Config, hooks: Hooks) -> NativeRuntime:
+        return NativeRuntime(cfg, hooks, library)
+
+    return make
