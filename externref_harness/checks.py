@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hypothesis import settings
 
 from externref_harness.model.mutants import model_mutant_names
-from externref_harness.model.state import Build
+from externref_harness.model.state import Build, Config
 from externref_harness.model_check import (
     MACHINE_BOUNDS,
     MACHINE_CONFIG,
@@ -18,6 +18,7 @@ from externref_harness.model_check import (
     RunStats,
     run_model_check,
 )
+from externref_harness.search_targets import FuzzTarget, lockstep_target, model_target
 from externref_harness.trace import failures_dir
 
 
@@ -76,6 +77,8 @@ class Check:
     #: Whether it checks an implementation (and so runs against `--impl`); the others check the
     #: harness's own model and proofs.
     checks_impl: bool = False
+    #: What `externref-harness fuzz` searches for this check (None: it is not a search).
+    target: Callable[[CheckOptions], FuzzTarget] | None = None
 
     def trace_name(self, mutant: str | None, build: str) -> str | None:
         """The file name of this check's failing trace in the failures directory."""
@@ -90,11 +93,15 @@ def _saved(opts: CheckOptions, name: str) -> Path | None:
     return None if opts.failures is None else opts.failures / name
 
 
-def _model(opts: CheckOptions) -> CheckResult:
-    from dataclasses import replace
-
+def _model_config(opts: CheckOptions) -> Config:
+    """The model machine's config: a seeded bug of another layer leaves the model as it is."""
     mutant = opts.mutant if opts.mutant in model_mutant_names() else None
-    cfg = replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
+    return replace(MACHINE_CONFIG, build=opts.build, mutant=mutant)
+
+
+def _model(opts: CheckOptions) -> CheckResult:
+    cfg = _model_config(opts)
+    mutant = cfg.mutant
     save_as = _saved(opts, trace_name("model", mutant, opts.build))
     stats = opts.live.stats = RunStats()
     out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as, stats)
@@ -187,6 +194,18 @@ def lockstep_trace_name(impl: Path | None, mutant: str | None, build: str, chunk
     return trace_name(prefix, mutant, build)
 
 
+def _lockstep_config(opts: CheckOptions) -> Config:
+    from externref_harness.lockstep import LOCKSTEP_CONFIG
+
+    return replace(LOCKSTEP_CONFIG, build=opts.build, mutant=opts.mutant)
+
+
+def _lockstep_target(opts: CheckOptions) -> FuzzTarget:
+    from externref_harness.lockstep import LOCKSTEP_BOUNDS
+
+    return lockstep_target(_lockstep_config(opts), LOCKSTEP_BOUNDS)
+
+
 def _proofs(opts: CheckOptions) -> CheckResult:
     """`externref-harness prove` for this build, stopping at the first property not proven (a
     failed cut of the bounded proof only means the properties are decided without it)."""
@@ -218,7 +237,13 @@ def _proofs_exercise(mutant: str) -> bool:
 
 
 CHECKS: list[Check] = [
-    Check("model", _model, lambda mutant: mutant in model_mutant_names(), "model"),
-    Check("lockstep", _lockstep, _lockstep_exercises, "lockstep", checks_impl=True),
+    Check(
+        "model",
+        _model,
+        lambda mutant: mutant in model_mutant_names(),
+        "model",
+        target=lambda opts: model_target(_model_config(opts), MACHINE_BOUNDS),
+    ),
+    Check("lockstep", _lockstep, _lockstep_exercises, "lockstep", checks_impl=True, target=_lockstep_target),
     Check("proofs", _proofs, _proofs_exercise),
 ]

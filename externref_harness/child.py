@@ -6,7 +6,8 @@ request frame in, one response frame out, each a pickled tuple behind an 8-byte 
 
     parent (Hypothesis, the model)                 child (this module)
     ("start", config)                     ──▶      InProcessImpl.start
-    ("step", op, capacity)                ──▶      step + probe        ──▶ ("ok", (outcome, probe))
+    ("step", op, capacity)                ──▶      step + probe        ──▶ ("ok", (outcome, probe,
+                                                                                   n_refs, changed refs))
     ("finish",) / ("close",) / ("exit",)  ──▶      ...                 ──▶ ("ok", value)
                                                    any exception       ──▶ ("error", "Type: text")
 
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.impl.adapter import InProcessImpl, RefFacts
 
 HEADER = struct.Struct("<Q")
 
@@ -62,6 +63,8 @@ def _adapter(impl: str | None) -> InProcessImpl:
 
 
 def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
+    #: The ref facts the parent holds (it is sent only what changes).
+    sent: list[RefFacts] = []
     while True:
         try:
             request = read_frame(requests)
@@ -71,10 +74,15 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
         try:
             if kind == "start":
                 adapter.start(request[1])
+                sent = []
                 reply: Any = None
             elif kind == "step":
                 outcome = adapter.step(request[1], request[2])
-                reply = (outcome, adapter.probe())
+                probe = adapter.probe()
+                # Only the refs whose facts changed cross: the parent keeps the rest.
+                changed = [(i, f) for i, f in enumerate(probe.refs) if i >= len(sent) or sent[i] != f]
+                sent = list(probe.refs)
+                reply = (outcome, probe._replace(refs=()), len(sent), changed)
             elif kind == "finish":
                 reply = adapter.finish()
             elif kind == "close":

@@ -29,6 +29,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("explore", "externref_harness.cmd_explore", "exhaustive bounded search of the model's states"),
     ("replay", "externref_harness.cmd_replay", "replay a saved trace on the model and the impl"),
     ("prove", "externref_harness.cmd_prove", "z3 proofs: layout, offsets, sweep safety"),
+    ("fuzz", "externref_harness.cmd_fuzz", "a long campaign: worker processes sharing an example database"),
     ("gate", "externref_harness.cmd_gate", "hold a native implementation to the seed, crash-isolated"),
     ("reference", "externref_harness.cmd_reference", "build the C reference implementation, print its path"),
 )

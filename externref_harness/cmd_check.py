@@ -22,6 +22,7 @@ from rich.table import Table
 
 from externref_harness import catalogue, paths, profiles
 from externref_harness.checks import CHECKS, Check, CheckOptions, CheckResult
+from externref_harness.databases import open_database
 from externref_harness.errors import UsageError, shown, user_path
 from externref_harness.model.mutants import Mutant
 from externref_harness.progress import progress
@@ -82,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chunk-size", type=_positive_int, default=None, metavar="N",
         help="bump-chunk slots of the lockstep run (default: 2, or a native library's fixed size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--database", metavar="DIR|redis://HOST:PORT/DB", default=None,
+        help="replay (and keep) examples in this example database, e.g. a `fuzz` campaign's",
     )  # fmt: skip
 
 
@@ -159,6 +164,8 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.json_file is not None:
         json_file = user_path(args.json_file, "--json")
         paths.check_file(json_file, "--json")
+    if args.database is not None:
+        chosen = settings(chosen, database=open_database(args.database).database)
     return Plan(selected, profile, chosen, failures, json_file, build_given)
 
 

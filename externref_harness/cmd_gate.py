@@ -7,6 +7,7 @@ check in a child process, prints a table of cases, and writes JUnit XML and JSON
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from hypothesis import settings
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
     )
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
     report = run_gate(opts, lambda stage: console.print(f"gate: {stage}...", style="dim"))
     print_report(console, report, expect)
     if args.json is not None:
@@ -100,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
     if args.junit is not None:
         write_junit(args.junit, report, expect)
     return 0 if report.passed else 1
+
+
+def summary(detail: str) -> str:
+    """A case's detail in one line: the named checks it failed, else its first line."""
+    names = list(dict.fromkeys(re.findall(r"\[([a-z]+\.[a-z0-9.-]+)\]", detail)))
+    first = detail.splitlines()[0] if detail else ""
+    return f"failed {', '.join(names)}" if names else first
 
 
 def print_report(console: Console, report: GateReport, expect: expectations.Expectations) -> None:
@@ -110,7 +120,7 @@ def print_report(console: Console, report: GateReport, expect: expectations.Expe
     )
     table = Table("kind", "case", "result", "time", "detail", title=title)
     for c in report.cases:
-        detail = c.detail.splitlines()[0] if c.detail else ""
+        detail = summary(c.detail)
         if c.expected_seen:
             detail = "expected: " + ", ".join(sorted(c.expected_seen)) + (f"; {detail}" if detail else "")
         table.add_row(

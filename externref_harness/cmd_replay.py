@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from externref_harness import catalogue, lockstep, paths
+from externref_harness import catalogue, lockstep, paths, replay_dir
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, printable, shown, shown_path, user_path
 from externref_harness.explore import LIMITS
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--impl", type=Path, default=None, metavar="PATH.so",
         help="replay on this native library (the C ABI) instead of the Python port",
     )  # fmt: skip
+    replay_dir.add_arguments(p)
 
 
 def load(path: Path, max_steps: int | None = None) -> tracefile.Trace:
@@ -83,6 +84,8 @@ def load(path: Path, max_steps: int | None = None) -> tracefile.Trace:
 
 
 def run(args: argparse.Namespace) -> int:
+    if replay_dir.wants_this_module(Path(args.trace)):  # a directory, or a corpus file
+        return replay_dir.run(args)
     path = user_path(args.trace, "TRACE")
     json_file = None
     if args.json_file is not None:
@@ -95,18 +98,32 @@ def run(args: argparse.Namespace) -> int:
     from externref_harness.targets import target
 
     chosen = target(args.impl)
+    trace = replay_dir.override_trace(trace, replay_dir.mutant_override(args, chosen))
     if chosen.description is not None:
         # The trace's config must be one the library can run (its build, its chunk size).
         chosen.config(cfg, cfg.build, cfg.chunk_size)
-    counting = _Counting(chosen.adapter_factory())
+    pool = None
+    if chosen.path is not None:
+        # A native library replays in a child process: a crash is reported, never the harness's.
+        from externref_harness.gate import child_env
+        from externref_harness.isolation import ChildPool
+
+        pool = ChildPool(chosen.path, env=child_env(chosen.path))
+        counting = _Counting(pool.adapter())
+    else:
+        counting = _Counting(chosen.adapter_factory())
     total = len(trace.steps)
 
     def where() -> str:
         done = counting.steps
         return f"step {done:,} of {total:,}" if done <= total else f"teardown step {done - total:,}"
 
-    with progress("replay", where):
-        report = lockstep.replay(trace, counting, lockstep.LockstepOptions(impl_name=chosen.name))
+    try:
+        with progress("replay", where):
+            report = lockstep.replay(trace, counting, lockstep.LockstepOptions(impl_name=chosen.name))
+    finally:
+        if pool is not None:
+            pool.close()
     observations = [obs for _, obs in run_model(cfg, trace.steps)]
     failing = report.model_failure[0] if report.model_failure is not None else None
     failed = report.model_failure is not None or report.impl_failure is not None

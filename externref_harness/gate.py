@@ -31,7 +31,7 @@ from externref_harness.expectations import Expectations
 from externref_harness.isolation import DEFAULT_STEP_TIMEOUT, ChildPool, describe_status
 from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, LockstepOptions, run_lockstep_check
 from externref_harness.memory_checks import CONFORMANT, STRICT, Level
-from externref_harness.model.state import SEED_CHUNK_SIZE, Config
+from externref_harness.model.state import SEED_CHUNK_SIZE, Build
 from externref_harness.native.build import asan_runtime
 from externref_harness.native.library import Description
 from externref_harness.targets import Target, bounds_for
@@ -196,27 +196,25 @@ def _status(passed: bool, expected_seen: frozenset[str]) -> Status:
 
 
 def _corpus_cases(target: Target, options: LockstepOptions, pool: ChildPool) -> list[CaseResult]:
-    from externref_harness import corpus
+    """Every shipped corpus trace of the library's build, in a child, against its expectations."""
+    from externref_harness.corpus_run import cannot_run, load_corpus, run_corpus_trace
 
+    assert target.description is not None
+    build: Build = "debug" if target.description.debug else "release"
     out = []
-    for trace in corpus.load_corpus():
+    for trace in load_corpus(build=build):
         started = time.perf_counter()
-        cfg = trace.config
-        if target.description is not None and not _runs_at(target.description, cfg):
-            out.append(CaseResult("corpus", trace.name, "skip", f"needs chunk size {cfg.chunk_size}"))
+        reason = cannot_run(target, trace.config)
+        if reason is not None:
+            out.append(CaseResult("corpus", trace.name, "skip", reason))
             continue
-        result = corpus.run_corpus_trace(trace, pool.adapter(fresh=False), options)
+        result = run_corpus_trace(trace, pool.adapter(), options)
         seen = frozenset(result.expected_seen)
-        status = _status(result.passed, seen)
         detail = "" if result.passed else f"step {result.step}: {result.problem}"
-        case = CaseResult("corpus", trace.name, status, detail, expected_seen=seen)
+        case = CaseResult("corpus", result.name, _status(result.passed, seen), detail, expected_seen=seen)
         case.seconds = time.perf_counter() - started
         out.append(case)
     return out
-
-
-def _runs_at(description: Description, cfg: Config) -> bool:
-    return description.has_set_chunk_size or description.chunk_size == cfg.chunk_size
 
 
 def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, pool: ChildPool) -> CaseResult:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from externref_harness.child import read_frame, write_frame
-from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, StepOutcome
+from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, StepOutcome
 
 #: Per-step time limit, seconds (a step of a correct implementation takes milliseconds).
 DEFAULT_STEP_TIMEOUT = 10.0
@@ -229,10 +229,17 @@ class ChildProcessImpl:
     def start(self, config: Mapping[str, Any]) -> None:
         self._child = self._pool.take(self._fresh)
         self._failed = False
+        self._refs: list[RefFacts] = []
         self._call(("start", dict(config)), START_TIMEOUT)
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
-        outcome, self._probe = self._call(("step", op, embedder_capacity))
+        outcome, probe, n_refs, changed = self._call(("step", op, embedder_capacity))
+        refs = self._refs
+        del refs[n_refs:]
+        refs.extend([None] * (n_refs - len(refs)))  # type: ignore[list-item]
+        for i, facts in changed:
+            refs[i] = facts
+        self._probe = probe._replace(refs=tuple(refs))
         result: StepOutcome = outcome
         return result
 

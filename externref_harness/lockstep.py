@@ -44,6 +44,7 @@ from externref_harness.model_check import (
     RunStats,
     draw_move,
     example_failure,
+    machine_key,
     misuse_problem,
     record_step,
     search_settings,
@@ -381,30 +382,22 @@ def shrink_lockstep_trace(
 # --- the hypothesis machine ------------------------------------------------------------------------
 
 
-class SearchStopped(Exception):
-    """The search's time limit passed: no more examples are started."""
-
-
 def make_lockstep_machine(
     cfg: Config = LOCKSTEP_CONFIG,
     bounds: Bounds = LOCKSTEP_BOUNDS,
     stats: RunStats | None = None,
     adapter_factory: AdapterFactory = InProcessImpl,
     options: LockstepOptions = DEFAULT_OPTIONS,
-    stop_at: float | None = None,
     expected_seen: set[str] | None = None,
 ) -> type[RuleBasedStateMachine]:
     """A fresh machine class bound to one config (and so to at most one mutant, of any layer).
 
-    `stop_at` (a `time.monotonic()` deadline) ends the search before the next example starts;
     `expected_seen` collects the expected divergences every example showed."""
     run_stats = stats if stats is not None else RunStats()
     seen = expected_seen if expected_seen is not None else set()
 
     class LockstepMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
-            if stop_at is not None and time.monotonic() > stop_at:
-                raise SearchStopped()
             super().__init__()
             self.run = Lockstep(cfg, adapter_factory(), options=options)
             self.steps: list[ops.Op] = []
@@ -461,6 +454,10 @@ def make_lockstep_machine(
     return LockstepMachine
 
 
+#: Examples per round of a search with a time limit (the limit is checked between rounds).
+ROUND_EXAMPLES = 20
+
+
 def run_lockstep_check(
     cfg: Config = LOCKSTEP_CONFIG,
     bounds: Bounds = LOCKSTEP_BOUNDS,
@@ -472,21 +469,37 @@ def run_lockstep_check(
     stop_at: float | None = None,
     stats: RunStats | None = None,
 ) -> CheckOutcome:
-    """The lockstep machine under a profile's budget (and an optional `time.monotonic()` deadline);
-    a failure is shrunk (on `shrink_adapter_factory`'s adapters, when given), printed and saved.
-    `stats` (if given) counts as it runs."""
+    """The lockstep machine under a profile's budget; a failure is shrunk (on
+    `shrink_adapter_factory`'s adapters, when given), printed and saved. `stats` (if given) counts
+    as it runs.
+
+    With `stop_at` (a `time.monotonic()` deadline) the budget is spent in rounds of
+    `ROUND_EXAMPLES`, each with its own fixed seed, until the budget or the time runs out:
+    Hypothesis cannot stop one run part-way, and a deterministic profile stays deterministic."""
     stats = stats if stats is not None else RunStats()
     seen: set[str] = set()
-    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, stop_at, seen)
+    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, seen)
+    chosen = search_settings(hypothesis_settings, machine_key("lockstep", cfg, bounds))
+    rounds = [chosen]
+    if stop_at is not None:
+        left, rounds = chosen.max_examples, []
+        while left > 0:
+            rounds.append(settings(chosen, max_examples=min(ROUND_EXAMPLES, left)))
+            left -= ROUND_EXAMPLES
+    stopped = False
     try:
-        run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
+        for number, round_settings in enumerate(rounds):
+            if stop_at is not None:
+                if time.monotonic() > stop_at:
+                    stopped = True
+                    break
+                machine._hypothesis_internal_use_seed = number
+            run_state_machine_as_test(machine, settings=round_settings)
     except InvariantViolation as e:
         shrink_with = shrink_adapter_factory or adapter_factory
         failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options)
         return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
-    except SearchStopped:
-        return CheckOutcome("lockstep", True, stats, stopped_early=True, expected_seen=frozenset(seen))
-    return CheckOutcome("lockstep", True, stats, expected_seen=frozenset(seen))
+    return CheckOutcome("lockstep", True, stats, stopped_early=stopped, expected_seen=frozenset(seen))
 
 
 def report_lockstep_failure(

@@ -23,7 +23,7 @@ null bytes on the implementation's side and `None` in the model.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -34,6 +34,7 @@ from externref_harness.model import layout
 from externref_harness.model.runtime import SeedRuntime
 from externref_harness.model.state import (
     STACK_TOP,
+    Box,
     Config,
     RawPtr,
     Scalar,
@@ -105,10 +106,13 @@ class Problem:
 
 
 class ChunkCompare:
-    """Remembers the last chunk compared, so an unchanged chunk costs one bytes comparison."""
+    """What the last steps verified, so unchanged memory costs one comparison: the last chunk
+    compared, and each ref whose facts and model box passed every check."""
 
     def __init__(self) -> None:
         self._last: tuple[bytes, Sequence[object]] | None = None
+        #: Ref id -> the (facts, box) that last passed; the same pair again needs no re-check.
+        self.verified: dict[int, tuple[RefFacts, Box]] = {}
 
     def problems(
         self, chunk: bytes, model_chunk: Sequence[object], filled: int, refs: RefMap
@@ -143,8 +147,9 @@ def memory_problems(
     cfg: Config, state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare | None = None
 ) -> list[Problem]:
     """Every way the implementation's memory disagrees with the model's state."""
-    out = _ref_problems(state, probe)
-    out += _table_problems(cfg, state, probe, refs, chunk or ChunkCompare())
+    chunk = chunk or ChunkCompare()
+    out = _ref_problems(state, probe, chunk.verified)
+    out += _table_problems(cfg, state, probe, refs, chunk)
     handles = tuple(None if a is None else refs.ref(a) for a in probe.handles)
     if handles != state.handles:
         out.append(Problem("host.handles", f"model {state.handles}, impl {handles}"))
@@ -158,7 +163,7 @@ def memory_problems(
     return out
 
 
-def _ref_problems(state: State, probe: Probe) -> list[Problem]:
+def _ref_problems(state: State, probe: Probe, verified: dict[int, tuple[RefFacts, Box]]) -> list[Problem]:
     out: list[Problem] = []
     if len(probe.refs) != len(state.heap):
         out.append(
@@ -167,34 +172,44 @@ def _ref_problems(state: State, probe: Probe) -> list[Problem]:
                 f"the model allocated {len(state.heap)} refs, the implementation {len(probe.refs)}",
             )
         )
-    reachable: set[int] | None = None
+    reachable: list[set[int]] = []
+
+    def is_reachable(r: int) -> bool:
+        if not reachable:
+            reachable.append(reachable_refs(state))
+        return r in reachable[0]
+
     for r, (box, facts) in enumerate(zip(state.heap, probe.refs, strict=False)):
-        at = f"ref {r} (footer {facts.footer:#x})"
-        if facts.value % box.align:
-            out.append(Problem("refs.value-alignment", f"{at}: value at {facts.value:#x}, align {box.align}"))
-        if facts.status != checking_heap.LIVE:
-            # Asked of the checking heap, not of the implementation (nor of the model).
-            reachable = reachable_refs(state) if reachable is None else reachable
-            if r in reachable:
-                out.append(
-                    Problem(
-                        "refs.reachable-freed", f"{at}: reachable, yet the checking heap says {facts.status}"
-                    )
-                )
-            elif not box.freed:
-                out.append(
-                    Problem(
-                        "refs.liveness", f"{at}: the model has it live, the checking heap says {facts.status}"
-                    )
-                )
+        if verified.get(r) == (facts, box):
             continue
-        if box.freed:
-            out.append(
-                Problem("refs.liveness", f"{at}: the model freed it, the checking heap says {facts.status}")
-            )
-            continue
-        out += _seed_layout_problems(at, box.size, box.align, box.ref_count, facts)
+        found = len(out)
+        _one_ref_problems(r, box, facts, is_reachable, out)
+        if len(out) == found and (facts.status == checking_heap.LIVE) != box.freed:
+            verified[r] = (facts, box)
     return out
+
+
+def _one_ref_problems(
+    r: int, box: Box, facts: RefFacts, is_reachable: Callable[[int], bool], out: list[Problem]
+) -> None:
+    at = f"ref {r} (footer {facts.footer:#x})"
+    if facts.value % box.align:
+        out.append(Problem("refs.value-alignment", f"{at}: value at {facts.value:#x}, align {box.align}"))
+    if facts.status != checking_heap.LIVE:
+        # Asked of the checking heap, not of the implementation (nor of the model).
+        if is_reachable(r):
+            text = f"{at}: reachable, yet the checking heap says {facts.status}"
+            out.append(Problem("refs.reachable-freed", text))
+        elif not box.freed:
+            text = f"{at}: the model has it live, the checking heap says {facts.status}"
+            out.append(Problem("refs.liveness", text))
+        return
+    if box.freed:
+        out.append(
+            Problem("refs.liveness", f"{at}: the model freed it, the checking heap says {facts.status}")
+        )
+        return
+    out += _seed_layout_problems(at, box.size, box.align, box.ref_count, facts)
 
 
 def _seed_layout_problems(at: str, size: int, align: int, ref_count: int, facts: RefFacts) -> list[Problem]:

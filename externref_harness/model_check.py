@@ -21,6 +21,7 @@ from hypothesis import Phase, Verbosity, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from externref_harness.databases import KeyedDatabase
 from externref_harness.model.moves import (
     Bounds,
     misuse_moves,
@@ -222,6 +223,18 @@ def make_model_machine(
     return ModelMachine
 
 
+def machine_key(name: str, cfg: Config, bounds: Bounds) -> bytes:
+    """What names one machine's examples in an example database: the check, its config (mutant
+    and build included) and its bounds. `check` and `fuzz` build the same key for the same machine,
+    so either replays what the other stored, and examples of one mutant never replay on another.
+
+    (Hypothesis keys a state machine's examples by a digest of its class, the same for every
+    config here, so without this every mutant would share, and clear out, one set of examples.
+    The key goes on the database, not the class: the class's digest also seeds derandomized runs.)
+    """
+    return f"externref-harness/{name}/{cfg!r}/{bounds!r}".encode()
+
+
 @dataclass
 class CheckOutcome:
     name: str
@@ -245,24 +258,29 @@ def run_model_check(
     stats = stats if stats is not None else RunStats()
     machine = make_model_machine(cfg, bounds, stats)
     try:
-        run_state_machine_as_test(machine, settings=search_settings(hypothesis_settings))
+        chosen = search_settings(hypothesis_settings, machine_key("model", cfg, bounds))
+        run_state_machine_as_test(machine, settings=chosen)
     except InvariantViolation as e:
         return CheckOutcome("model", False, stats, report_model_failure(cfg, e, save_as))
     return CheckOutcome("model", True, stats)
 
 
-def search_settings(base: settings | None) -> settings:
-    """The profile's budget for the search, with Hypothesis's own shrinking replaced by ours.
+def search_settings(base: settings | None, key: bytes | None = None) -> settings:
+    """The profile's budget for the search, with Hypothesis's own shrinking replaced by ours, and
+    its example database (if any) kept under the machine's `key` (`machine_key`).
 
     `shrink.shrink_model_trace` shrinks a failing trace by pure replays (seconds, where the
     re-run-everything shrinker took minutes per failure), and it runs on every failure found here.
     """
-    return settings(
+    chosen = settings(
         base or settings(),
         report_multiple_bugs=False,
         verbosity=Verbosity.quiet,
         phases=[Phase.explicit, Phase.reuse, Phase.generate],
     )
+    if key is not None and chosen.database is not None:
+        chosen = settings(chosen, database=KeyedDatabase(chosen.database, key))
+    return chosen
 
 
 def report_model_failure(cfg: Config, failure: InvariantViolation, save_as: Path | None) -> str:

@@ -25,6 +25,8 @@ from externref_harness.model.state import Config
 from externref_harness.paths import file_kind, write_atomically
 
 FORMAT = "externref-harness-trace"
+#: How much `ensure_writable` writes to be sure a trace fits (a long trace is a few KiB).
+PROBE_BYTES = 16384
 VERSION = 1
 
 __all__ = ["FORMAT", "VERSION", "Trace", "TraceFormatError", "failures_dir", "load", "save"]

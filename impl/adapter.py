@@ -9,13 +9,15 @@ crosses, so the same machine can drive an implementation in another process thro
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
 from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
-from externref_harness.impl.heap import LIVE, CheckingHeap, Report
+from externref_harness.impl.heap import LIVE, Block, CheckingHeap, Report
 from externref_harness.impl.memory import reader
 from externref_harness.impl.world import World
 from externref_harness.model import layout
@@ -131,6 +133,8 @@ class ImplAdapter(Protocol):
         ...
 
 
+#: `ref_count`, `value_ptr.data`, `value_ptr.vtable`: the footer's three words.
+_FOOTER = struct.Struct("<3Q")
 #: Largest chunk the probe reads (a wild chunk length must not make it read the address space).
 MAX_PROBED_CHUNK_SLOTS = 1 << 16
 
@@ -157,6 +161,9 @@ class InProcessImpl:
         self.close()
         self._heap = CheckingHeap()
         self._world = World(Config(**config), self._heap, self._runtime)
+        self._blocks: list[Block | None] = []
+        self._vtables: dict[int, tuple[int, int]] = {}
+        self._freed: dict[int, RefFacts] = {}
         self._reported = self._dropped = self._allocated = 0
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
@@ -178,24 +185,7 @@ class InProcessImpl:
     def probe(self) -> Probe:
         """Memory by address and offset: footers, vtables, the table's words, the stack."""
         world = self.world
-        heap = world.heap
-        memory = reader()
-        refs = []
-        for footer, value in world.allocations:
-            block = heap.block_at(footer)
-            status = heap.status(footer)
-            words: tuple[int, ...] = (0, 0, 0)
-            size = align = 0
-            if status == LIVE:
-                words = memory.words(footer + layout.REF_COUNT_OFFSET, 3) or (0, 0, 0)
-                vtable = memory.words(words[2] + 8, 2) if words[2] else None
-                if vtable is not None:
-                    size, align = vtable[0], vtable[1]
-            start, bsize, balign = (block.start, block.size, block.align) if block else (0, 0, 0)
-            count, data, vtab = words[0], words[1], words[2]
-            refs.append(
-                RefFacts(footer, value, status, count, data, vtab, size, align, start, bsize, balign)
-            )
+        refs = [self._ref_facts(i, footer, value) for i, (footer, value) in enumerate(world.allocations)]
         frames = tuple(
             FrameFacts(
                 f.wasm,
@@ -219,6 +209,47 @@ class InProcessImpl:
             ),
             frames=frames,
         )
+
+    def _ref_facts(self, i: int, footer: int, value: int) -> RefFacts:
+        """One allocation's facts. Its block is looked up once (blocks never move: freed ones are
+        quarantined); the footer words of a live block are read directly, and a vtable's size and
+        align once per vtable address (vtables are static)."""
+        heap = self.world.heap
+        if i == len(self._blocks):
+            self._blocks.append(heap.block_at(footer))
+        block = self._blocks[i]
+        known = self._freed.get(i)
+        if known is not None:
+            return known
+        if block is None:
+            return RefFacts(footer, value, heap.status(footer), 0, 0, 0, 0, 0, 0, 0, 0)
+        status = LIVE if block.live else heap.status(footer)
+        count = data = vtab = size = align = 0
+        if status == LIVE and footer + _FOOTER.size <= block.start + block.size:
+            count, data, vtab = _FOOTER.unpack(
+                ctypes.string_at(footer + layout.REF_COUNT_OFFSET, _FOOTER.size)
+            )
+            size, align = self._vtable(vtab)
+        elif status == LIVE:
+            words = reader().words(footer + layout.REF_COUNT_OFFSET, 3) or (0, 0, 0)
+            count, data, vtab = words[0], words[1], words[2]
+            size, align = self._vtable(vtab)
+        facts = RefFacts(
+            footer, value, status, count, data, vtab, size, align, block.start, block.size, block.align
+        )
+        if not block.live:
+            # A freed block stays freed (quarantined, poisoned): its facts never change again.
+            self._freed[i] = facts
+        return facts
+
+    def _vtable(self, address: int) -> tuple[int, int]:
+        """`size` and `align` of the vtable at `address` ((0, 0): not readable)."""
+        got = self._vtables.get(address)
+        if got is None:
+            words = reader().words(address + 8, 2) if address else None
+            got = (0, 0) if words is None else (words[0], words[1])
+            self._vtables[address] = got
+        return got
 
     def _table_facts(self) -> TableFacts:
         memory = reader()

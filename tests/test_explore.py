@@ -56,6 +56,7 @@ def mutant_bounds(m: Mutant, build: Build = "debug", **more: object) -> ExploreB
     return ExploreBounds(mutant=m.name, build=build, **{**knobs, **more})  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_exhausts_two_refs_chunk_two_two_frames_two_slots_without_violation() -> None:
     bounds, states, transitions, depth = PINNED["defaults"]
     assert (bounds.refs, bounds.chunk, bounds.frames, bounds.slots) == (2, 2, 2, 2)
@@ -128,6 +129,7 @@ def test_release_builds_find_every_model_mutant_just_as_fast(mutant: Mutant) -> 
     _check_trace(out)
 
 
+@pytest.mark.slow
 def test_symmetry_reduction_merges_states_and_keeps_traces_shortest() -> None:
     bounds = ExploreBounds(raws=1, globals=1, depth=6)
     on = explore(bounds.search())

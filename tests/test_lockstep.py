@@ -31,6 +31,7 @@ from externref_harness.projection import RefMap, project_impl, project_model
 CI = settings(settings.get_profile("ci"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", ["debug", "release"])
 def test_the_seed_passes_in_lockstep_and_every_path_is_reached(build: Build) -> None:
     out = run_lockstep_check(replace(LOCKSTEP_CONFIG, build=build), LOCKSTEP_BOUNDS, CI)
@@ -39,6 +40,7 @@ def test_the_seed_passes_in_lockstep_and_every_path_is_reached(build: Build) -> 
     assert not missing, f"paths never reached in lockstep: {missing}"
 
 
+@pytest.mark.slow
 def test_the_seed_passes_with_the_seeds_chunk_size() -> None:
     cfg = replace(LOCKSTEP_CONFIG, chunk_size=512)
     out = run_lockstep_check(cfg, LOCKSTEP_BOUNDS, settings(CI, max_examples=40))
@@ -258,6 +260,7 @@ def test_replay_of_an_impl_mutant_fails_only_the_implementation() -> None:
     assert "reachable, yet the checking heap says freed" in report.impl_failure[1]
 
 
+@pytest.mark.slow
 def test_a_shrunk_failure_prints_numbered_steps_and_replays(tmp_path: Path) -> None:
     cfg = replace(LOCKSTEP_CONFIG, mutant=mutants.STACK_MAP_OFFSET)
     saved = tmp_path / "failure.json"

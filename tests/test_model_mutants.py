@@ -14,9 +14,24 @@ from externref_harness.model.state import Build
 from externref_harness.model_check import MACHINE_BOUNDS, MACHINE_CONFIG, run_model_check
 from externref_harness.shrink import model_failure
 
+#: (build, mutant) cases over ten seconds: left out of the quick loop (`pytest -m "not slow"`).
+SLOW = {
+    ("release", "cve-2021-39216"),
+    ("debug", "cve-2021-39218"),
+    ("release", "cve-2021-39218"),
+    ("debug", "sweep-without-canary"),
+    ("release", "hashset-duplicate-leaks"),
+}
 
-@pytest.mark.parametrize("mutant", MODEL_MUTANTS, ids=lambda m: m.name)
-@pytest.mark.parametrize("build", ["debug", "release"])
+
+@pytest.mark.parametrize(
+    ("build", "mutant"),
+    [
+        pytest.param(b, m, id=f"{b}-{m.name}", marks=[pytest.mark.slow] if (b, m.name) in SLOW else [])
+        for b in ("debug", "release")
+        for m in MODEL_MUTANTS
+    ],
+)
 def test_state_machine_catches_model_mutant(mutant: Mutant, build: Build, tmp_path: Path) -> None:
     cfg = replace(MACHINE_CONFIG, build=build, mutant=mutant.name)
     saved = tmp_path / "failure.json"

@@ -27,6 +27,7 @@ def test_prove_proves_everything_and_says_how_long(capsys: pytest.CaptureFixture
     assert "properties proven" in out
 
 
+@pytest.mark.slow
 def test_prove_with_a_seeded_bug_exits_1_and_replays_the_counterexample(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -79,6 +80,7 @@ def test_a_bad_build_is_refused_by_argparse_with_exit_2() -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_the_proofs_check_passes_on_the_seed_and_fails_on_a_seeded_bug(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -87,6 +89,7 @@ def test_the_proofs_check_passes_on_the_seed_and_fails_on_a_seeded_bug(
     assert "sweep.bounded.A (debug): counterexample" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_counterexample_no_trace_can_build_is_said_so(capsys: pytest.CaptureFixture[str]) -> None:
     """A Wasm-to-Wasm call needs four frames with a host frame at each end."""
     args = ["prove", "--bounds", "3,3,3,3", "--mutant", "cve-2022-24791", "--build", "debug"]

@@ -150,6 +150,7 @@ def _gc_states(cfg: Config, choose: random.Random | st.DataObject, steps: int) -
     return found
 
 
+@pytest.mark.slow
 @settings(max_examples=max(1, settings().max_examples // 3))
 @given(
     data=st.data(),
@@ -164,6 +165,7 @@ def test_encoding_agrees_with_the_model_gc_on_reachable_states(
         event(_label(cross_check(cfg, state)))
 
 
+@pytest.mark.slow
 def test_the_cross_check_reaches_every_kind_of_gc() -> None:
     """The comparison is not vacuous: random walks reach sweeps after a walk, unfound canaries and
     sweeps without one."""

@@ -20,6 +20,7 @@ from externref_harness.specs.sweep_proofs import (
 SMALL = Bounds(3, 3, 3, 3)
 
 
+@pytest.mark.slow
 def test_bounded_sweep_safety_is_proven_at_4_4_4_4() -> None:
     proof = BoundedProof(Bounds(4, 4, 4, 4), debug=True)
     lemmas = proof.prove_cuts()

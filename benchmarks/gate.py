@@ -1,0 +1,50 @@
+"""Lockstep steps per second on the C reference, in this process and through the gate's child process.
+
+The same deterministic workload (the random walks of `benchmarks/native.py`) runs on the library
+loaded here (`InProcessImpl`) and on the library in a child process (`isolation.ChildPool`, one
+child serving every walk, as the gate's search uses it). Best of the rounds; only the ratio measured
+within one run means anything on a shared machine.
+
+    .venv/bin/python benchmarks/gate.py [--rounds R] [--walks N]
+
+Last line: `gate_ratio=<child steps/s / in-process steps/s>` (target >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from externref_harness.isolation import ChildPool
+from externref_harness.lockstep import LOCKSTEP_CONFIG
+from externref_harness.native.build import build_reference
+from externref_harness.targets import native_target
+from native import rate, walks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--walks", type=int, default=60)
+    args = parser.parse_args()
+    path = build_reference("release")
+    cfg = replace(LOCKSTEP_CONFIG, build="release")
+    traces = walks(cfg, args.walks)
+    in_process = rate(cfg, traces, native_target(path).adapter_factory, args.rounds)
+    pool = ChildPool(path)
+    try:
+        child = rate(cfg, traces, pool.adapter, args.rounds)
+    finally:
+        pool.close()
+    print(f"workload: {len(traces)} random walks, chunk 2, the C reference (release)")
+    print(f"in_process_steps_per_s={in_process:.0f}")
+    print(f"child_process_steps_per_s={child:.0f} ({pool.started} children started)")
+    print(f"gate_ratio={child / in_process:.2f}")
+
+
+if __name__ == "__main__":
+    main()
