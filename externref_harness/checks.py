@@ -109,28 +109,50 @@ def _model(opts: CheckOptions) -> CheckResult:
     save_as = _saved(opts, trace_name("model", mutant, opts.build))
     stats = opts.live.stats = RunStats()
     out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as, stats)
-    return _machine_result("model state machine", out, save_as)
+    return _machine_result("model state machine", out, save_as, opts.mutant)
 
 
-def _machine_result(name: str, out: CheckOutcome, save_as: Path | None) -> CheckResult:
-    return CheckResult(
-        name,
-        out.passed,
-        _machine_figures(out.stats),
-        out.failure,
-        None if out.passed else save_as,
-        out.stats.first_failing_example,
-    )
 
 
 def _machine_figures(stats: RunStats) -> dict[str, str]:
     """Examples, steps, and how many of the required paths the run reached."""
-    covered = sum(1 for e in REQUIRED_EVENTS if stats.events[e])
+    covered = len(REQUIRED_EVENTS) - len(missing_paths(stats))
     return {
         "examples": str(stats.examples),
         "steps": str(stats.steps),
         "paths": f"{covered}/{len(REQUIRED_EVENTS)}",
     }
+
+
+def missing_paths(stats: RunStats) -> list[str]:
+    """The required paths (`REQUIRED_EVENTS`) a run never reached."""
+    return [e for e in REQUIRED_EVENTS if not stats.events[e]]
+
+
+def _machine_result(
+    name: str, out: CheckOutcome, save_as: Path | None, mutant: str | None
+) -> CheckResult:
+    """A machine's verdict: it fails on a failing example, and on the seed also when it passed
+    without reaching every required path (a run that never reached the stack-map scan proves
+    nothing). With a seeded bug a pass already says "missed", and a failure must mean "caught"."""
+    figures = _machine_figures(out.stats)
+    missing = missing_paths(out.stats)
+    if out.passed and missing and mutant is None:
+        n = out.stats.examples
+        failure = (
+            f"required paths never reached in {n} example{'' if n == 1 else 's'} "
+            f"({figures['paths']}): {', '.join(missing)}; raise the budget (--max-examples, "
+            "--hypothesis-profile) or make the moves reach them"
+        )
+        return CheckResult(name, False, figures, failure)
+    return CheckResult(
+        name,
+        out.passed,
+        figures,
+        out.failure,
+        None if out.passed else save_as,
+        out.stats.first_failing_example,
+    )
 
 
 def _lockstep(opts: CheckOptions) -> CheckResult:
@@ -163,7 +185,7 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
         options,
         stats=stats,
     )
-    result = _machine_result(f"lockstep model vs {chosen.name}", out, save_as)
+    result = _machine_result(f"lockstep model vs {chosen.name}", out, save_as, opts.mutant)
     result.figures["chunk"] = str(cfg.chunk_size)
     return result
 

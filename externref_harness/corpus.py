@@ -31,7 +31,7 @@ from externref_harness.corpus_format import (
 )
 from externref_harness.corpus_scenarios import Scenario, all_scenarios
 from externref_harness.model import ops
-from externref_harness.model.moves import next_quiesce_op
+from externref_harness.model.moves import next_quiesce_op, quiesce_step_bound
 from externref_harness.model.mutants import MODEL_MUTANTS
 from externref_harness.model.observation import Panic
 from externref_harness.model.state import Build, Config, State
@@ -41,8 +41,6 @@ from externref_harness.specs.invariants import first_violation
 
 BUILDS: tuple[Build, ...] = ("debug", "release")
 SCHEMA_FILE = "schema.json"
-#: Teardown gives up after this many steps (the lockstep's bound).
-MAX_TEARDOWN_STEPS = 200
 
 
 class ScenarioError(RuntimeError):
@@ -79,11 +77,14 @@ def model_run(cfg: Config, steps: tuple[ops.Op, ...]) -> tuple[list[CorpusStep],
 
     for op in steps:
         take(op, False)
-    for _ in range(MAX_TEARDOWN_STEPS):
+    bound = quiesce_step_bound(state)
+    for _ in range(bound):
         quiesce = next_quiesce_op(state)
         if quiesce is None:
             break
         take(quiesce, True)
+    if problem is None and next_quiesce_op(state) is not None:
+        problem = f"the teardown gave up: {bound} steps did not reach quiescence"
     return out, problem, labels
 
 

@@ -25,11 +25,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from externref_harness import deadline
 from externref_harness import trace as tracefile
+from externref_harness.deadline import Timeout, time_limit
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
 from externref_harness.memory_checks import CHECKS, STRICT, ChunkCompare, Level, Problem, memory_problems
 from externref_harness.model import ops
-from externref_harness.model.moves import Bounds, next_quiesce_op
+from externref_harness.model.moves import Bounds, next_quiesce_op, quiesce_step_bound
 from externref_harness.model.observation import Observation, Panic
 from externref_harness.model.runtime import SeedRuntime
 from externref_harness.model.state import Config, State
@@ -54,8 +56,6 @@ from externref_harness.specs.invariants import first_violation
 
 LOCKSTEP_CONFIG = MACHINE_CONFIG
 LOCKSTEP_BOUNDS = MACHINE_BOUNDS
-#: Teardown gives up after this many quiescing steps (the model machine's bound).
-MAX_TEARDOWN_STEPS = 200
 
 AdapterFactory = Callable[[], ImplAdapter]
 
@@ -113,7 +113,17 @@ class Lockstep:
         self.expected_seen: set[str] = set()
         self._chunk = ChunkCompare()
         self._hashes: dict[int, int] = {}
-        adapter.start(plain_config(cfg))
+        #: Why the teardown stopped before quiescence, if it did.
+        self.gave_up: str | None = None
+        #: Why the implementation is no longer stepped (it hung, or could not start).
+        self.impl_broken: str | None = None
+        try:
+            with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
+                adapter.start(plain_config(cfg))
+        except Timeout as e:
+            self.impl_broken = f"the implementation hung: {e}"
+        except Exception as e:
+            self.impl_broken = f"the implementation raised {type(e).__name__} at start: {e}"
 
     def step(self, op: ops.Op) -> StepCheck:
         before = self.state
@@ -129,6 +139,22 @@ class Lockstep:
         return StepCheck(obs, model_problem, problem, problems)
 
     def _impl_step(
+        self, op: ops.Op, obs: Observation, before: State
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        """The implementation's step and every check of it, under `deadline.STEP_SECONDS`. After
+        a step that hung, the implementation is not run again (its state is unknown)."""
+        if self.impl_broken is not None:
+            return self.impl_broken, ()
+        try:
+            with time_limit(deadline.STEP_SECONDS, f"the implementation's {op}"):
+                return self._impl_step_checked(op, obs, before)
+        except Timeout as e:
+            self.impl_broken = f"the implementation hung: {e}"
+            return self.impl_broken, ()
+        except Exception as e:  # a check could not read what the implementation handed back
+            return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}", ()
+
+    def _impl_step_checked(
         self, op: ops.Op, obs: Observation, before: State
     ) -> tuple[str | None, tuple[Problem, ...]]:
         # Below the strict level, or when capacity in another unit is an expected divergence, the
@@ -189,19 +215,31 @@ class Lockstep:
         return "the implementation fails the lockstep checks:\n" + lines, tuple(failing)
 
     def quiesce_ops(self) -> Iterator[ops.Op]:
-        """The shared teardown: unwind, drop everything, GC (`model.moves.next_quiesce_op`)."""
-        for _ in range(MAX_TEARDOWN_STEPS):
+        """The shared teardown: unwind, drop everything, GC (`model.moves.next_quiesce_op`), within
+        the steps the state needs (`quiesce_step_bound`); past that `finish` says it gave up."""
+        bound = quiesce_step_bound(self.state)
+        for _ in range(bound):
             op = next_quiesce_op(self.state)
             if op is None:
                 return
             yield op
+        if next_quiesce_op(self.state) is not None:
+            self.gave_up = f"the teardown gave up: {bound} steps did not reach quiescence"
 
     def finish(self) -> str | None:
-        """Drop the runtime and check that the checking heap is empty."""
+        """Drop the runtime and check that the checking heap is empty (not if teardown gave up:
+        what is still held would read as a leak)."""
+        if self.impl_broken is not None:
+            return self.impl_broken
         try:
-            reports = self.adapter.finish()
+            with time_limit(deadline.STEP_SECONDS, "the implementation's teardown"):
+                reports = self.adapter.finish()
+        except Timeout as e:
+            return f"the implementation hung: {e}"
         except Exception as e:
             return f"the implementation raised {type(e).__name__} at teardown: {e}"
+        if self.gave_up is not None:
+            return f"{self.gave_up} (a harness bug); the leak check was not run"
         if not reports:
             return None
         lines = [f"    {format_report(r)}" for r in reports]

@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness.databases import KeyedDatabase
-from externref_harness.model.moves import Bounds, misuse_moves, moves, next_quiesce_op, ordered_kinds
+from externref_harness.model.moves import (
+    Bounds,
+    misuse_moves,
+    moves,
+    next_quiesce_op,
+    ordered_kinds,
+    quiesce_step_bound,
+)
 from externref_harness.model.observation import Misuse, Observation
 from externref_harness.model.ops import Op
 from externref_harness.model.state import Config, State
@@ -203,11 +210,14 @@ def make_model_machine(
         def teardown(self) -> None:
             if self.failed:
                 return
-            for _ in range(200):
+            bound = quiesce_step_bound(self.state)
+            for _ in range(bound):
                 op = next_quiesce_op(self.state)
                 if op is None:
                     return
                 self.apply(op)
+            if next_quiesce_op(self.state) is not None:
+                self.fail(f"the teardown gave up: {bound} steps did not reach quiescence", self.state)
 
     ModelMachine.__name__ = ModelMachine.__qualname__ = "ModelMachine"
     return ModelMachine

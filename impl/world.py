@@ -38,6 +38,7 @@ from externref_harness.model.host import (
     check_arity,
     check_insert_count,
     check_instantiation,
+    check_stack_canary,
     check_value_layout,
 )
 from externref_harness.model.observation import (
@@ -323,13 +324,14 @@ class World(HostBookkeeping):
         return tuple(sorted(self.rt.elements()))
 
     def op_SetStackCanary(self, op: ops.SetStackCanary) -> None:
-        if op.frame is None:
-            self.set_stack_canary(None)
-            return
         frames = self.stack.frames
-        if not 0 <= op.frame < len(frames):
-            raise MisuseError(BAD_FRAME, f"frame {op.frame} of {len(frames)}")
-        self.set_stack_canary(frames[op.frame].sp)
+        canary = None
+        if op.frame is not None:
+            if not 0 <= op.frame < len(frames):
+                raise MisuseError(BAD_FRAME, f"frame {op.frame} of {len(frames)}")
+            canary = frames[op.frame].sp
+        check_stack_canary(canary, self.stack_canary(), any(f.wasm for f in frames))
+        self.set_stack_canary(canary)
 
     def op_StackCanary(self, op: ops.StackCanary) -> int | None:
         return self.stack_canary()

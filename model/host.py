@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from externref_harness.model import layout
 from externref_harness.model.observation import (
+    BAD_CANARY,
     BAD_GLOBAL,
     BAD_LAYOUT,
     BAD_SLOT,
     DROPPED_HANDLE,
+    DUPLICATE_HANDLE,
     FREED_RAW,
     NO_SUCH_HANDLE,
     NO_SUCH_RAW,
@@ -49,6 +51,23 @@ def check_arity(args: int, slots: int) -> None:
     """A call passes at most as many values as the callee's frame has slots."""
     if args > slots:
         raise MisuseError(BAD_SLOT, f"{args} arguments, {slots} slots")
+
+
+def check_stack_canary(new: int | None, current: int | None, wasm_on_stack: bool) -> None:
+    """`set_stack_canary` as the embedder may call it (CONTEXT.md, SPEC.md "The stack canary").
+
+    The canary is the RAII guard of `invoke_wasm_and_catch_traps`: set at the youngest host frame
+    just before the first host-to-Wasm call (the `CallWasm` step does that) and reset to `None`
+    when that call returns. Outside that, the embedder may only repeat what is already true
+    (`gc`'s contract calls setting it idempotent): `None` with no Wasm frame on the stack, or the
+    current canary while Wasm frames are live. A canary set with no Wasm on the stack, or moved or
+    cleared while Wasm is live, breaks `gc`'s safety contract (seed lines 861-869).
+    """
+    if not wasm_on_stack and new is not None:
+        raise MisuseError(BAD_CANARY, "no Wasm frame is on the stack; the call into Wasm sets it")
+    if wasm_on_stack and new != current:
+        moved = "cleared" if new is None else "moved"
+        raise MisuseError(BAD_CANARY, f"the canary of the live host-to-Wasm call {moved}")
 
 
 def check_instantiation(count: int, initialised: list[bool]) -> None:
@@ -99,7 +118,7 @@ class HostBookkeeping:
         """`TypedFunc::call` moves each argument handle in; a handle cannot be moved twice."""
         check_arity(len(args), slots)
         if len(set(args)) != len(args):
-            raise MisuseError(DROPPED_HANDLE, "the same handle moved twice")
+            raise MisuseError(DUPLICATE_HANDLE, f"handles {list(args)}: one handle moved in twice")
         return [self._take(h) for h in args]
 
     def _as_raw(self, h: int) -> int:

@@ -15,7 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from externref_harness.model import ops
-from externref_harness.model.state import Config, HostFrame, Scalar, State, Uninit, WasmFrame
+from externref_harness.model.host import check_value_layout
+from externref_harness.model.runtime import MisuseError
+from externref_harness.model.state import (
+    Config,
+    HostFrame,
+    Scalar,
+    State,
+    Uninit,
+    WasmFrame,
+    frame_sps,
+)
 
 _Add = Callable[[ops.Op], None]
 
@@ -36,7 +46,8 @@ class Bounds:
     args: int = 2
     #: Value layouts `New` may use.
     layouts: tuple[tuple[int, int], ...] = ((8, 8),)
-    #: Include operations that only observe (they never change the state).
+    #: Include operations that never change the state: the observers, and the embedder's
+    #: idempotent re-set of the stack canary (`SetStackCanary` of the value it already has).
     observers: bool = True
     #: Include `set_gc_okay` (which makes GC-capable operations misuse while it is false).
     gc_okay_toggles: bool = True
@@ -49,6 +60,34 @@ class Bounds:
     #: Include host loops of inserts (`InsertMany`) sized to fill the chunk: what reaches the
     #: full-chunk and slow paths when the chunk has the seed's 512 slots.
     insert_many: bool = False
+
+    def __post_init__(self) -> None:
+        """Eager, precise errors, as `Config` gives them: a bound nobody can meet is a typo."""
+        for name in ("refs", "handles", "raws", "frames", "args"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        for name in (
+            "observers", "gc_okay_toggles", "scalars", "opaque_host_frames", "globals", "insert_many"
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+        if not isinstance(self.layouts, tuple):
+            raise ValueError(f"layouts must be a tuple of (size, align) pairs, got {self.layouts!r}")
+        for i, pair in enumerate(self.layouts):
+            if not (
+                isinstance(pair, tuple)
+                and len(pair) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            ):
+                raise ValueError(f"layouts[{i}] must be a (size, align) pair of ints, got {pair!r}")
+            try:
+                check_value_layout(*pair)
+            except MisuseError as e:
+                raise ValueError(f"layouts[{i}] = {pair}: {e.detail}") from None
 
 
 def moves(cfg: Config, bounds: Bounds, state: State) -> dict[str, list[ops.Op]]:
@@ -130,6 +169,10 @@ def _host_moves(
         add(ops.NumFilledInBumpChunk())
         add(ops.Elements())
         add(ops.StackCanary())
+        # The embedder's guard may repeat what is already true (see `model.host.check_stack_canary`).
+        canary_frame = _canary_frame(state)
+        if n_wasm == 0 or canary_frame is not None:
+            add(ops.SetStackCanary(canary_frame if n_wasm else None))
     for p in live_raws:
         raw = state.raws[p]
         assert raw is not None
@@ -165,6 +208,13 @@ def _host_moves(
         add(ops.ReturnToWasm(None))
         for h in live:
             add(ops.ReturnToWasm(h))
+
+
+def _canary_frame(state: State) -> int | None:
+    """The frame the current canary lies in (`SetStackCanary` names frames, not addresses)."""
+    canary = state.table.stack_canary
+    sps = frame_sps(state.frames)
+    return next((i for i, sp in enumerate(sps) if sp == canary), None)
 
 
 def _loop_counts(cfg: Config, state: State) -> list[int]:
@@ -216,10 +266,21 @@ def _wasm_moves(
 
 
 def misuse_moves(cfg: Config, state: State) -> list[ops.Op]:
-    """Operations that break the API contract in this state; each must be refused as `Misuse`."""
+    """Operations that break the API contract in this state; each must be refused as `Misuse`.
+
+    One or two instances of every kind of contract breach the worlds check (`model.host` and
+    `Machine`'s validation): dead or unknown handles and raws, impossible value layouts, globals
+    out of range or never initialised, calls with more arguments than the callee has slots or one
+    handle twice, slots out of range, a canary outside the embedder's protocol, GC while it is not
+    okay, and code run in the wrong kind of frame.
+    """
     out: list[ops.Op] = []
     top = state.frames[-1]
+    n_frames = len(state.frames)
+    wasm_on_stack = any(isinstance(f, WasmFrame) for f in state.frames)
     dead = [h for h, r in enumerate(state.handles) if r is None]
+    live = [h for h, r in enumerate(state.handles) if r is not None]
+    uninit = [g for g, v in enumerate(state.globals) if isinstance(v, Uninit)]
     if isinstance(top, HostFrame):
         for h in dead[:2]:
             out += [ops.Clone(h), ops.Drop(h), ops.InsertWithGc(h)]
@@ -230,11 +291,30 @@ def misuse_moves(cfg: Config, state: State) -> list[ops.Op]:
             if raw is not None and state.heap[raw.ref].freed:
                 out.append(ops.CloneFromRaw(p))
         out.append(ops.WasmNull(0))
+        out.append(ops.New(8, 3))  # an alignment that is not a power of two
+        out.append(ops.New(12, 8))  # a size that is not a multiple of the alignment
+        out.append(ops.HostGlobalGet(cfg.n_globals))
+        for g in uninit[:1]:
+            out += [ops.HostGlobalGet(g), ops.HostGlobalSet(g, None)]
+        if live:
+            out.append(ops.CallWasm((live[0], live[0])))
+        if len(live) > cfg.slots:
+            out.append(ops.CallWasm(tuple(live[: cfg.slots + 1])))
+        out.append(ops.SetStackCanary(n_frames))
+        if wasm_on_stack:
+            out += [ops.SetStackCanary(None), ops.SetStackCanary(n_frames - 1)]
+        else:
+            out.append(ops.SetStackCanary(0))
         if not state.table.gc_okay and cfg.debug:
             out.append(ops.Gc())
-            out += [ops.InsertWithGc(h) for h, r in enumerate(state.handles) if r is not None][:1]
+            out += [ops.InsertWithGc(h) for h in live][:1]
     else:
         out += [ops.Gc(), ops.WasmMove(0, cfg.slots), ops.Drop(0)]
+        out += [ops.WasmReturn(cfg.slots), ops.WasmReturn(-1), ops.WasmNull(-1)]
+        out.append(ops.WasmCallWasm((0,) * (cfg.slots + 1), 0))
+        out.append(ops.WasmGlobalGet(cfg.n_globals, 0))
+        for g in uninit[:1]:
+            out += [ops.WasmGlobalGet(g, 0), ops.WasmGlobalSet(g, 0)]
     return out
 
 
@@ -264,3 +344,18 @@ def next_quiesce_op(state: State) -> ops.Op | None:
     if state.table.next or state.table.over_approximated_stack_roots:
         return ops.Gc()
     return None
+
+
+def quiesce_step_bound(state: State) -> int:
+    """The most steps `next_quiesce_op` needs from `state` to reach quiescence.
+
+    Each frame but the host's is popped by one step (`WasmReturn(None)` and `ReturnToWasm(None)`
+    hand out no handle), each handle dropped by one, each owned raw takes two (`FromRaw`, then
+    `Drop` of the handle it gives); besides those, at most one `SetGcOkay(True)` (nothing sets it
+    false again), one `TeardownGlobals` and one `Gc` (with no Wasm frame it sweeps the whole
+    table). A teardown that has not reached
+    quiescence within this many steps never will: a driver says so instead of checking for leaks.
+    """
+    handles = sum(r is not None for r in state.handles)
+    raws = sum(raw is not None and raw.owned for raw in state.raws)
+    return handles + 2 * raws + len(state.frames) - 1 + 3

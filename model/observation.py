@@ -53,6 +53,8 @@ Result = Ok | Err | Misuse | Panic
 # Misuse kinds, shared by the model and every implementation adapter.
 NO_SUCH_HANDLE = "no-such-handle"
 DROPPED_HANDLE = "dropped-handle"
+#: One call names the same handle for two of its arguments: it cannot be moved in twice.
+DUPLICATE_HANDLE = "duplicate-handle"
 NO_SUCH_RAW = "no-such-raw"
 UNOWNED_RAW = "from-raw-unowned"
 FREED_RAW = "raw-of-freed-ref"
@@ -62,6 +64,8 @@ BAD_SLOT = "bad-slot"
 BAD_GLOBAL = "bad-global"
 UNINIT_GLOBAL = "uninit-global"
 BAD_FRAME = "bad-frame"
+#: `set_stack_canary` outside the embedder's protocol (see `model.host.check_stack_canary`).
+BAD_CANARY = "bad-canary"
 BAD_LAYOUT = "bad-layout"
 
 

@@ -18,6 +18,7 @@ from externref_harness.model.host import (
     check_arity,
     check_insert_count,
     check_instantiation,
+    check_stack_canary,
     check_value_layout,
 )
 from externref_harness.model.observation import (
@@ -281,12 +282,14 @@ class Machine(SeedRuntime, HostBookkeeping):
         return Ok(tuple(sorted(self.elements())))
 
     def op_SetStackCanary(self, op: ops.SetStackCanary) -> Result:
-        if op.frame is None:
-            self.set_stack_canary(None)
-            return Ok()
-        if not 0 <= op.frame < len(self.frames):
-            raise MisuseError(BAD_FRAME, f"frame {op.frame} of {len(self.frames)}")
-        self.set_stack_canary(frame_sps(tuple(self.frames))[op.frame])
+        canary = None
+        if op.frame is not None:
+            if not 0 <= op.frame < len(self.frames):
+                raise MisuseError(BAD_FRAME, f"frame {op.frame} of {len(self.frames)}")
+            canary = frame_sps(tuple(self.frames))[op.frame]
+        wasm_on_stack = any(isinstance(f, WasmFrame) for f in self.frames)
+        check_stack_canary(canary, self.stack_canary(), wasm_on_stack)
+        self.set_stack_canary(canary)
         return Ok()
 
     def op_StackCanary(self, op: ops.StackCanary) -> Result:

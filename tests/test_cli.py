@@ -40,7 +40,10 @@ def test_mutants_table_names_every_mutant(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_check_on_the_seed_passes(tmp_path: Path) -> None:
-    out = cli("check", "--only", "model", "--max-examples", "20", "--failures", str(tmp_path))
+    out = cli(
+        "check", "--only", "model", "--hypothesis-profile", "ci", "--max-examples", "20",
+        "--failures", str(tmp_path),
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all checks passed" in out.stdout
 

@@ -52,14 +52,15 @@ def test_one_name_for_the_failures_directory(capsys: Capture) -> None:
 def test_check_json_report_and_a_passing_run_creates_nothing(tmp_path: Path, capsys: Capture) -> None:
     report = tmp_path / "report.json"
     failures = tmp_path / "never" / "made"
-    argv = ["check", "--only", "model", "--max-examples", "5", "--hypothesis-profile", "ci"]
+    # 10 examples: the fewest under ci that reach every required path (check fails otherwise).
+    argv = ["check", "--only", "model", "--max-examples", "10", "--hypothesis-profile", "ci"]
     assert main([*argv, "--failures", str(failures), "--json", str(report)]) == 0
     obj = json.loads(report.read_text())
     assert obj["command"] == "check" and obj["status"] == 0 and obj["passed"] is True
-    assert obj["profile"] == "ci" and obj["max_examples"] == 5
+    assert obj["profile"] == "ci" and obj["max_examples"] == 10
     (row,) = obj["checks"]
     assert row["check"] == "model" and row["result"] == "pass" and row["trace"] is None
-    assert row["figures"]["examples"] == "5"
+    assert row["figures"]["examples"] == "10"
     assert not (tmp_path / "never").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
 
