@@ -460,7 +460,8 @@ class Partition:
         """
         cfg, bounds, key, count, index = self.cfg, self.search.bounds, self.key, self.count, self.index
         max_live = self.search.max_live_handles
-        op_counts, path_counts, store_add, grown = self.op_counts, self.path_counts, self.store.add, self.grown
+        op_counts, path_counts = self.op_counts, self.path_counts
+        store_add, grown = self.store.add, self.grown
         outboxes: list[dict[int, tuple[int, int, State]]] = [{} for _ in range(count)]
         transitions = 0
         try:

@@ -22,10 +22,11 @@ import multiprocessing.connection
 import pickle
 import signal
 import time
+from array import array
 from collections.abc import Callable
 from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event
-from typing import Any
+from typing import Any, cast
 
 from externref_harness.explore import (
     INTERRUPTED,
@@ -43,6 +44,7 @@ from externref_harness.explore import (
     rebuild_violation,
 )
 from externref_harness.fingerprints import owner
+from externref_harness.model.state import State
 
 Connection = multiprocessing.connection.Connection
 #: Per worker in the shared counters: distinct states stored, transitions taken, frontier left.
@@ -78,16 +80,34 @@ def _worker(
         return max_states is not None and len(part.store) >= max_states
 
     conn.send(part.found)
+    outboxes: list[dict[int, tuple[int, int, State]]] = []
     while True:
         command, argument = conn.recv()
         if command == "expand":
             outboxes = part.expand(tick)
-            blobs = [
-                b"" if dest == index or not box else
-                pickle.dumps([(fp, *entry) for fp, entry in box.items()], pickle.HIGHEST_PROTOCOL)
-                for dest, box in enumerate(outboxes)
-            ]  # fmt: skip
-            conn.send((blobs, part.found, part.stopped))
+            offers = [array("Q", box).tobytes() for box in outboxes]
+            conn.send((offers, part.found, part.stopped))
+        elif command == "want":
+            # Offers from every other worker: claim the fingerprints not stored yet, each once.
+            claimed: set[int] = set()
+            wanted = []
+            for offer in argument:
+                fps = array("Q")
+                fps.frombytes(offer)
+                mine = array("Q", (fp for fp in fps if fp not in part.store and fp not in claimed))
+                claimed.update(mine)
+                wanted.append(mine.tobytes())
+            conn.send(wanted)
+        elif command == "send":
+            blobs = []
+            for dest, want in enumerate(argument):
+                fps = array("Q")
+                fps.frombytes(want)
+                box = outboxes[dest]
+                items = [(fp, *box[fp]) for fp in fps]
+                blobs.append(pickle.dumps(items, pickle.HIGHEST_PROTOCOL) if items else b"")
+            outboxes = []
+            conn.send(blobs)
         elif command == "receive":
             for blob in argument:
                 if blob:
@@ -144,9 +164,10 @@ class _Pool:
         pending = dict(enumerate(self.conns))
         while pending:
             ready = multiprocessing.connection.wait(list(pending.values()), timeout=every)
-            for conn in ready:
-                i = self.conns.index(conn)  # type: ignore[arg-type]
-                answers[i] = conn.recv()  # type: ignore[union-attr]
+            for item in ready:
+                conn = cast(Connection, item)
+                i = self.conns.index(conn)
+                answers[i] = conn.recv()
                 del pending[i]
             if not ready and on_wait is not None:
                 on_wait()
@@ -156,6 +177,12 @@ class _Pool:
         for conn in self.conns:
             conn.send((command, argument))
         return self.gather(**kw)
+
+    def each(self, command: str, arguments: list[Any]) -> list[Any]:
+        """Send each worker its own argument; gather every answer."""
+        for conn, argument in zip(self.conns, arguments, strict=True):
+            conn.send((command, argument))
+        return self.gather()
 
     def ask(self, worker: int, command: str, argument: object = None) -> Any:
         self.conns[worker].send((command, argument))
@@ -187,17 +214,22 @@ def explore_parallel(
     depth = max_depth = depth_cut = 0
     stopped: str | None = None
 
+    next_report = started + every
+
     def report() -> None:
+        nonlocal next_report
         if interrupted:
             pool.stop.set()
-        if progress is None:
+        now = time.perf_counter()
+        if progress is None or now < next_report:
             return
+        next_report = now + every
         c = pool.counters
         states = sum(c[i * _COUNTERS] for i in range(workers))
         transitions = sum(c[i * _COUNTERS + 1] for i in range(workers))
         queued = sum(c[i * _COUNTERS + 2] for i in range(workers))
         progress(Progress(
-            states, queued, depth, transitions, time.perf_counter() - started,
+            states, queued, depth, transitions, now - started,
             memory_bytes(pool.pids()),
         ))  # fmt: skip
 
@@ -211,10 +243,10 @@ def explore_parallel(
             expanded = pool.all("expand", on_wait=report, every=every)
             found = _first([f for _, f, _ in expanded])
             halted = any(s for _, _, s in expanded)
-            batches = [[blobs[dest] for blobs, _, _ in expanded] for dest in range(workers)]
-            for conn, batch in zip(pool.conns, batches, strict=True):
-                conn.send(("receive", batch))
-            received = _first(pool.gather())
+            # Each owner claims what it has not stored, then only those states cross.
+            wanted = pool.each("want", [[o[w] for o, _, _ in expanded] for w in range(workers)])
+            blobs = pool.each("send", [[want[w] for want in wanted] for w in range(workers)])
+            received = _first(pool.each("receive", [[b[w] for b in blobs] for w in range(workers)]))
             found = found or received
             advanced = pool.all("advance")
             if sum(new for new, _ in advanced):
