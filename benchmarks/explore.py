@@ -4,8 +4,8 @@ The configuration is the `explore` command's default (2 refs, a chunk of 2, 2 fr
 see `ExploreBounds`), searched to exhaustion, once in this process and once over two worker
 processes (the same counts, checked), interleaved round by round since the machine is shared. It
 prints the seen-set's bytes per distinct state and the fingerprint collision probability. Two
-ratios come from the same run: the explorer's transition rate against bare `model.transition.step` calls on the same
-(state, move) pairs (what canonicalisation, the seen-set and the invariants add), and the states
+ratios come from the same run: the explorer's transition rate against bare `model.transition.step`
+calls on the same (state, move) pairs (what canonicalisation, the seen-set and the invariants add), and the states
 the search needs without symmetry reduction against with it, on a depth-limited search. Each
 rate is the best of the rounds. The last two lines are `explore_states_per_s_2_workers=<x>` and
 `explore_states_per_s=<x>` (one process).
