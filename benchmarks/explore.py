@@ -5,10 +5,10 @@ see `ExploreBounds`), searched to exhaustion, once in this process and once over
 processes (the same counts, checked), interleaved round by round since the machine is shared. It
 prints the seen-set's bytes per distinct state and the fingerprint collision probability. Two
 ratios come from the same run: the explorer's transition rate against bare `model.transition.step`
-calls on the same (state, move) pairs (what canonicalisation, the seen-set and the invariants add), and the states
-the search needs without symmetry reduction against with it, on a depth-limited search. Each
-rate is the best of the rounds. The last two lines are `explore_states_per_s_2_workers=<x>` and
-`explore_states_per_s=<x>` (one process).
+calls on the same (state, move) pairs (what canonicalisation, the seen-set and the invariants
+add), and the states the search needs without symmetry reduction against with it, on a
+depth-limited search. Each rate is the best of the rounds. The last two lines are
+`explore_states_per_s_2_workers=<x>` and `explore_states_per_s=<x>` (one process).
 
     .venv/bin/python benchmarks/explore.py [--rounds R] [--workers N]
 """
