@@ -22,6 +22,7 @@ import multiprocessing.connection
 import pickle
 import signal
 import time
+import traceback
 from array import array
 from collections.abc import Callable
 from multiprocessing.sharedctypes import SynchronizedArray
@@ -61,8 +62,29 @@ def _worker(
     deadline: float | None,
     max_states: int | None,
 ) -> None:
-    """A worker's command loop: expand / receive / advance / lookup / stats / quit."""
+    """A worker's command loop; an exception is sent to the coordinator, which raises it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _serve(search, index, count, conn, stop, counters, deadline, max_states)
+    except BaseException:
+        conn.send(WorkerError(f"worker {index}:\n{traceback.format_exc()}"))
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed (a bug in the model or the explorer); carries its traceback."""
+
+
+def _serve(
+    search: Search,
+    index: int,
+    count: int,
+    conn: Connection,
+    stop: Event,
+    counters: SynchronizedArray[int],
+    deadline: float | None,
+    max_states: int | None,
+) -> None:
+    """expand / want / send / receive / advance / lookup / stats / quit, one answer each."""
     import gc
 
     gc.disable()
@@ -167,7 +189,7 @@ class _Pool:
             for item in ready:
                 conn = cast(Connection, item)
                 i = self.conns.index(conn)
-                answers[i] = conn.recv()
+                answers[i] = _checked(conn.recv())
                 del pending[i]
             if not ready and on_wait is not None:
                 on_wait()
@@ -186,7 +208,7 @@ class _Pool:
 
     def ask(self, worker: int, command: str, argument: object = None) -> Any:
         self.conns[worker].send((command, argument))
-        return self.conns[worker].recv()
+        return _checked(self.conns[worker].recv())
 
     def close(self) -> None:
         for conn in self.conns:
@@ -285,6 +307,12 @@ def explore_parallel(
         dict(sorted(op_counts.items())), dict(sorted(path_counts.items())), violation, stopped,
         unexpanded, workers, sum(s[5] for s in stats),
     )  # fmt: skip
+
+
+def _checked(answer: Any) -> Any:
+    if isinstance(answer, WorkerError):
+        raise answer
+    return answer
 
 
 def _first(found: list[Found | None]) -> Found | None:

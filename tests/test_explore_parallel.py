@@ -241,3 +241,14 @@ def test_progress_lines_off_a_terminal_are_plain(capsys: Capture) -> None:
     assert lines and all("states," in line and "frontier" in line and "depth" in line
                          and "states/s" in line for line in lines)  # fmt: skip
     assert "\x1b" not in err
+
+
+def test_a_failing_worker_raises_its_error_in_the_coordinator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from externref_harness.explore_workers import WorkerError
+
+    def broken(cfg, bounds, state):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("seeded failure in a worker")
+
+    monkeypatch.setattr(explorer, "flat_moves", broken)
+    with pytest.raises(WorkerError, match="seeded failure in a worker"):
+        explore(ExploreBounds(refs=1).search(), workers=2)
