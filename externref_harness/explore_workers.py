@@ -97,9 +97,12 @@ def _serve(
         counters[base + 2] = len(part.frontier) - done + len(part.grown)
         if stop.is_set():
             return True
-        if deadline is not None and time.time() >= deadline:
+        if (deadline is not None and time.time() >= deadline) or (
+            max_states is not None and len(part.store) >= max_states
+        ):
+            stop.set()  # the other workers stop too, at their next tick
             return True
-        return max_states is not None and len(part.store) >= max_states
+        return False
 
     conn.send(part.found)
     outboxes: list[dict[int, tuple[int, int, State]]] = []
