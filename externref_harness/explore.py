@@ -1,9 +1,16 @@
 """Exhaustive breadth-first exploration of the model's reachable states, as TLC explores a spec.
 
 The transition relation is the model's own: `model.moves.flat_moves` gives the well-formed moves of
-a state and `model.transition.step` takes one. Every newly reached state is checked against every
-invariant of `specs.invariants`; states are discovered in order of depth, so the first violation
-found is at the end of a shortest trace.
+a state and `model.transition.step` takes one. Every newly reached state (its representative, see
+below: the invariants read nothing the reduction forgets) is checked against every invariant of
+`specs.invariants`; states are discovered in order of depth, so the first violation found is at
+the end of a shortest trace.
+
+Scale, as TLC does it: the seen-set holds 64-bit fingerprints with the (parent, move) that first
+reached each (`fingerprints.FingerprintStore`), not the states; only the frontier is kept as
+states. `Partition` is the search of one process; `explore_workers` runs several, partitioned by
+fingerprint, level by level, with exactly the same counts. `Limits` and Ctrl-C stop a search early
+with an incomplete outcome.
 
 Symmetry reduction. Two states behave alike when they differ only by
 - the names of refs: ids are allocation order and the model compares them only for equality;
