@@ -123,18 +123,16 @@ class SeedRuntime:
         ):
             return t
         frozen_chunk = t.chunk if chunk is None else tuple(chunk)
-        if frozen_chunk != t.chunk:
-            pass
-        elif (
-            self.next == t.next
-            and (over is None or over == t.over_approximated_stack_roots)
-            and (precise is None or precise == t.precise_stack_roots)
-            and self._stack_canary == t.stack_canary
-            and self.gc_okay == t.gc_okay
-        ):
-            return t
-        else:
+        if frozen_chunk == t.chunk:
             frozen_chunk = t.chunk
+            if (
+                self.next == t.next
+                and (over is None or over == t.over_approximated_stack_roots)
+                and (precise is None or precise == t.precise_stack_roots)
+                and self._stack_canary == t.stack_canary
+                and self.gc_okay == t.gc_okay
+            ):
+                return t
         return Table(
             chunk=frozen_chunk,
             next=self.next,
