@@ -265,7 +265,7 @@ def explore_parallel(
             if search.depth is not None and depth >= search.depth:
                 depth_cut = frontier
                 break
-            expanded = pool.all("expand", on_wait=report, every=every)
+            expanded = pool.all("expand", on_wait=report, every=min(every, 0.25))
             found = _first([f for _, f, _ in expanded])
             halted = any(s for _, _, s in expanded)
             # Each owner claims what it has not stored, then only those states cross.
