@@ -1,16 +1,22 @@
 """`externref-harness explore`: every reachable model state within bounds, every invariant in each.
 
 Exit status: 0 when the bounded space is exhausted with no violation, 1 on a violation (a shortest
-trace is printed and saved for `externref-harness replay`), 2 on bad input.
+trace is printed and saved for `externref-harness replay`), 2 on bad input, 3 when a limit or Ctrl-C
+stopped the search first (incomplete: the summary covers what was searched).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +28,7 @@ from externref_harness.explore import (
     LIMITS,
     MUTANT_KNOBS,
     ExploreBounds,
+    Limits,
     Outcome,
     Progress,
     ProgressHook,
@@ -33,7 +40,8 @@ from externref_harness.report import format_failure
 
 _DEFAULTS = ExploreBounds()
 EXIT_STATUS = (
-    "0 the bounded space is exhausted with no violation, 1 a violation, 2 bad input, 130 interrupted."
+    "0 the bounded space is exhausted with no violation, 1 a violation, 2 bad input, 3 incomplete "
+    "(--time-limit, --max-states or Ctrl-C stopped the search first)."
 )
 
 _INT_BOUNDS: tuple[tuple[str, str], ...] = (
@@ -54,12 +62,31 @@ _FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 
+EXIT_EXHAUSTED, EXIT_VIOLATION, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
+
+_EPILOG = """\
+exit status:
+  0  the bounded space is exhausted, no violation
+  1  a violation: a shortest trace is printed and saved (--out) for `externref-harness replay`
+  2  bad input (one line on stderr; checked before the search starts)
+  3  incomplete: --time-limit, --max-states or Ctrl-C stopped the search first; the summary
+     (and --json) covers what was searched
+
+--mutant NAME switches on the knobs that bug needs to be reachable at all (and says which), unless
+the command line sets them itself. With --workers N the states are partitioned by fingerprint over
+N processes; the counts are exactly those of one process. Off a terminal a plain progress line is
+printed to stderr every --progress-every seconds.
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = _EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     for name, help_text in _INT_BOUNDS:
         low, high = LIMITS[name]
         default = getattr(_DEFAULTS, name)
         p.add_argument(
-            f"--{name}", type=int, default=default, metavar="N",
+            f"--{name}", type=int, default=None, metavar="N",
             help=f"{help_text}; {low}..{high}, default {default}",
         )  # fmt: skip
     low, high = LIMITS["depth"]
@@ -71,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default = getattr(_DEFAULTS, name)
         p.add_argument(
             f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-            default=default, help=f"{help_text}; default {'on' if default else 'off'}",
+            default=None, help=f"{help_text}; default {'on' if default else 'off'}",
         )  # fmt: skip
     p.add_argument(
         "--symmetry", action=argparse.BooleanOptionalAction, default=True,
@@ -89,23 +116,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     paths.add_failures_option(p)
     # The old spelling: a file, or a directory when it ends in '/' or is one.
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help=f"worker processes, 1..{MAX_WORKERS}; default 1 (this process)",
+    )  # fmt: skip
+    p.add_argument(
+        "--time-limit", type=float, default=None, metavar="SECONDS",
+        help="stop after this long (exit 3, incomplete)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-states", type=int, default=None, metavar="N",
+        help="stop at about this many distinct states (exit 3, incomplete)",
+    )  # fmt: skip
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="FILE",
+        help="also write the summary, coverage and any violation as JSON (written atomically)",
+    )  # fmt: skip
+    p.add_argument(
+        "--progress-every", type=float, default=10.0, metavar="SECONDS",
+        help="seconds between plain progress lines off a terminal; default 10",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
-def explore_bounds(args: argparse.Namespace) -> ExploreBounds:
-    """The parsed command line as validated `ExploreBounds` (bad values: `UsageError`)."""
+MAX_WORKERS = 64
+
+
+def explore_bounds(args: argparse.Namespace) -> tuple[ExploreBounds, list[str]]:
+    """The parsed command line as validated `ExploreBounds` (bad values: `UsageError`), and the
+    knobs switched on for `--mutant` (as command-line options)."""
     if args.mutant is not None:
         catalogue.find(args.mutant)
     names = {f.name for f in fields(ExploreBounds)}
-    values = {name: getattr(args, name) for name in names}
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    switched: list[str] = []
+    for name, value in MUTANT_KNOBS.get(args.mutant or "", {}).items():
+        if name not in given and getattr(_DEFAULTS, name) < value:
+            given[name] = value
+            switched.append(_option(name, value))
     try:
-        return ExploreBounds(**values)
+        return ExploreBounds(**given), switched
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _option(name: str, value: int | bool) -> str:
+    return f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, got {args.workers}")
+    if not args.progress_every > 0:
+        raise UsageError(f"--progress-every must be > 0 seconds, got {args.progress_every}")
+    try:
+        return Limits(time=args.time_limit, states=args.max_states)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    knobs = explore_bounds(args)
+    knobs, switched = explore_bounds(args)
+    limits = _limits(args)
     if args.compare_symmetry and knobs.depth is None:
         raise UsageError("--compare-symmetry needs --depth: without symmetry the space is infinite")
     search = knobs.search()
@@ -113,27 +185,106 @@ def run(args: argparse.Namespace) -> int:
         args.failures, args.out, f"explore-{knobs.mutant or 'seed'}-{knobs.build}.json"
     )
     paths.check_file(out, where)
+    if args.json is not None:
+        _ensure_json_writable(args.json)
     console = Console(highlight=False)
-    show_progress = console.is_terminal and not args.quiet
+    if switched:
+        console.print(f"{knobs.mutant} needs {' '.join(switched)} to be reachable: switched on",
+                      markup=False)  # fmt: skip
 
-    with _progress(console, show_progress) as hook:
-        outcome = explore(search, hook)
+    every = 0.25 if console.is_terminal else args.progress_every
+    with _progress(console, args) as hook:
+        outcome = explore(search, hook, every, limits, args.workers)
     without = None
-    if args.compare_symmetry and outcome.violation is None:
+    if args.compare_symmetry and outcome.status == "exhausted":
         plain = replace(knobs, symmetry=not knobs.symmetry).search()
-        with _progress(console, show_progress) as hook:
-            without = explore(plain, hook)
+        with _progress(console, args) as hook:
+            without = explore(plain, hook, every, limits, args.workers)
     console.print(summary(outcome, without))
     console.print(coverage(outcome))
-    if outcome.violation is None:
+    report = None
+    if outcome.violation is not None:
+        report = report_violation(outcome, out)
+    if args.json is not None:
+        write_json(args.json, to_json(outcome, switched, out if report is not None else None))
+    if outcome.stopped is not None:
+        console.print(
+            f"[yellow]incomplete:[/] stopped by the {outcome.stopped} after {outcome.states:,} "
+            f"states at depth {outcome.max_depth}; {outcome.unexpanded:,} states left unexpanded"
+        )  # fmt: skip
+        return EXIT_INCOMPLETE
+    if report is None:
         cut = f" up to depth {knobs.depth}" if outcome.depth_cut else ""
         console.print(f"[green]no violation:[/] the bounded space is exhausted{cut}")
         hint = _hint(knobs)
         if hint:
             console.print(f"hint: {knobs.mutant} needs {hint} to be reachable", markup=False)
-        return 0
-    console.print(report_violation(outcome, out), markup=False, soft_wrap=True)
-    return 1
+        return EXIT_EXHAUSTED
+    console.print(report, markup=False, soft_wrap=True)
+    return EXIT_VIOLATION
+
+
+def _ensure_json_writable(path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"--json {path} is a directory")
+    directory = path.parent
+    if not directory.is_dir():
+        raise UsageError(f"--json {path}: no directory {directory}")
+    if not os.access(directory, os.W_OK):
+        raise UsageError(f"--json {path}: cannot write in {directory}")
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write atomically: a temporary file in the same directory, then a rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_json(outcome: Outcome, switched: list[str], saved: Path | None) -> dict[str, Any]:
+    """The summary, the coverage and the violation, as one JSON object."""
+    search = outcome.search
+    cfg, bounds = search.cfg, search.bounds
+    violation = outcome.violation
+    return {
+        "format": "externref-harness-explore",
+        "version": 1,
+        "status": outcome.status,
+        "stopped_by": outcome.stopped,
+        "states": outcome.states,
+        "transitions": outcome.transitions,
+        "max_depth": outcome.max_depth,
+        "elapsed_s": round(outcome.elapsed, 3),
+        "states_per_s": round(outcome.rate, 1),
+        "workers": outcome.workers,
+        "left_at_depth_limit": outcome.depth_cut,
+        "constrained": outcome.constrained,
+        "unexpanded": outcome.unexpanded,
+        "store_bytes": outcome.store_bytes,
+        "bytes_per_state": round(outcome.bytes_per_state, 1),
+        "collision_probability": outcome.collision_probability,
+        "symmetry": search.symmetry,
+        "depth_limit": search.depth,
+        "switched_on_for_mutant": switched,
+        "config": {"chunk_size": cfg.chunk_size, "build": cfg.build, "slots": cfg.slots,
+                   "n_globals": cfg.n_globals, "mutant": cfg.mutant},
+        "bounds": {f.name: getattr(bounds, f.name) for f in fields(bounds) if f.name != "layouts"},
+        "op_counts": dict(sorted(outcome.op_counts.items())),
+        "path_counts": dict(sorted(outcome.path_counts.items())),
+        "violation": None if violation is None else {
+            "invariant": violation.invariant,
+            "name": violation.name,
+            "message": violation.message,
+            "steps": [op.to_json() for op in violation.trace],
+            "saved": None if saved is None else str(saved),
+        },
+    }  # fmt: skip
 
 
 def summary(outcome: Outcome, without: Outcome | None = None) -> Table:
@@ -156,6 +307,10 @@ def summary(outcome: Outcome, without: Outcome | None = None) -> Table:
         table.add_row(
             "states without / with symmetry", f"{b.states:,} / {a.states:,} ({factor:.2f}x)"
         )
+    table.add_row("status", outcome.status + (f" ({outcome.stopped})" if outcome.stopped else ""))
+    table.add_row("workers", str(outcome.workers))
+    table.add_row("seen-set", f"{outcome.store_bytes:,} bytes ({outcome.bytes_per_state:.1f} per state)")
+    table.add_row("fingerprint collision probability", f"{outcome.collision_probability:.1e} (optimistic)")
     if search.depth is not None:
         table.add_row("left at the depth limit", f"{outcome.depth_cut:,} (limit {search.depth})")
     table.add_row(
@@ -213,16 +368,29 @@ def _hint(knobs: ExploreBounds) -> str:
 
 
 @contextmanager
-def _progress(console: Console, show: bool) -> Iterator[ProgressHook | None]:
-    if not show:
+def _progress(console: Console, args: argparse.Namespace) -> Iterator[ProgressHook | None]:
+    """A live status line on a terminal; off one, a plain line on stderr every few seconds."""
+    if args.quiet:
         yield None
+        return
+    if not console.is_terminal:
+
+        def plain(p: Progress) -> None:
+            print(f"explore: {_line(p)}", file=sys.stderr, flush=True)
+
+        yield plain
         return
     with console.status("explore: starting") as status:
 
         def hook(p: Progress) -> None:
-            status.update(
-                f"explore: {p.states:,} states, queue {p.queue:,}, depth {p.depth}, "
-                f"{p.rate:,.0f} states/s"
-            )
+            status.update(f"explore: {_line(p)}")
 
         yield hook
+
+
+def _line(p: Progress) -> str:
+    memory = f", memory {p.memory / 2**20:,.0f} MB" if p.memory else ""
+    return (
+        f"{p.states:,} states, frontier {p.queue:,}, depth {p.depth}, {p.rate:,.0f} states/s"
+        f"{memory}, {p.elapsed:.0f}s"
+    )

@@ -1,9 +1,16 @@
 """Exhaustive breadth-first exploration of the model's reachable states, as TLC explores a spec.
 
 The transition relation is the model's own: `model.moves.flat_moves` gives the well-formed moves of
-a state and `model.transition.step` takes one. Every newly reached state is checked against every
-invariant of `specs.invariants`; states are discovered in order of depth, so the first violation
-found is at the end of a shortest trace.
+a state and `model.transition.step` takes one. Every newly reached state (its representative, see
+below: the invariants read nothing the reduction forgets) is checked against every invariant of
+`specs.invariants`; states are discovered in order of depth, so the first violation found is at
+the end of a shortest trace.
+
+Scale, as TLC does it: the seen-set holds 64-bit fingerprints with the (parent, move) that first
+reached each (`fingerprints.FingerprintStore`), not the states; only the frontier is kept as
+states. `Partition` is the search of one process; `explore_workers` runs several, partitioned by
+fingerprint, level by level, with exactly the same counts. `Limits` and Ctrl-C stop a search early
+with an incomplete outcome.
 
 Symmetry reduction. Two states behave alike when they differ only by
 - the names of refs: ids are allocation order and the model compares them only for equality;
@@ -26,11 +33,21 @@ expanded.
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
+from externref_harness.fingerprints import (
+    ROOT_MOVE,
+    FingerprintStore,
+    collision_probability,
+    fingerprint,
+    owner,
+)
 from externref_harness.model.moves import Bounds, flat_moves
 from externref_harness.model.mutants import model_mutant_names
 from externref_harness.model.observation import Misuse, Ok
@@ -274,15 +291,42 @@ class ExploreBounds:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
+    """A snapshot of a running search, for progress lines."""
+
     states: int
     queue: int
     depth: int
     transitions: int
     elapsed: float
+    #: Resident memory of the search's processes, in bytes (0: unknown).
+    memory: int = 0
 
     @property
     def rate(self) -> float:
         return self.states / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """When to give up on exhausting the space: after `time` seconds, or at `states` distinct states.
+
+    A search stopped by a limit (or by Ctrl-C) is incomplete: its figures are a lower bound.
+    """
+
+    time: float | None = None
+    states: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.time is not None and not self.time > 0:
+            raise ValueError(f"time limit must be > 0 seconds, got {self.time}")
+        if self.states is not None and self.states < 1:
+            raise ValueError(f"state limit must be >= 1, got {self.states}")
+
+
+#: Why an incomplete search stopped.
+TIME_LIMIT = "time limit"
+STATE_LIMIT = "state limit"
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -314,10 +358,32 @@ class Outcome:
     op_counts: dict[str, int] = field(default_factory=dict)
     path_counts: dict[str, int] = field(default_factory=dict)
     violation: Violation | None = None
+    #: Why the search stopped before exhausting the space (`TIME_LIMIT`, ...); None: it did not.
+    stopped: str | None = None
+    #: States reached but left unexpanded when the search stopped early.
+    unexpanded: int = 0
+    workers: int = 1
+    #: Bytes of the fingerprint stores (the seen-set) at the end.
+    store_bytes: int = 0
 
     @property
     def rate(self) -> float:
         return self.states / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def status(self) -> str:
+        """"violation", "incomplete" (a limit or Ctrl-C stopped it) or "exhausted"."""
+        if self.violation is not None:
+            return "violation"
+        return "incomplete" if self.stopped is not None else "exhausted"
+
+    @property
+    def bytes_per_state(self) -> float:
+        return self.store_bytes / self.states if self.states else 0.0
+
+    @property
+    def collision_probability(self) -> float:
+        return collision_probability(self.states, self.transitions + 1)
 
 
 ProgressHook = Callable[[Progress], None]
@@ -325,139 +391,313 @@ ProgressHook = Callable[[Progress], None]
 
 class UnsoundReduction(AssertionError):
     """A reported trace could not be realised on actual states: canonicalisation merged states
-    that do not behave alike. Never expected; it means `canonical` must change."""
+    that do not behave alike (or two fingerprints collided). Never expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """Where a violation was seen: a new state `fp` that breaks an invariant, or (when `refused`
+    is a move index) the state `fp` whose move of that index the model refused."""
+
+    fp: int
+    refused: int | None = None
+
+
+#: What crosses between partitions: (fingerprint, parent fingerprint, move index, state).
+Item = tuple[int, int, int, State]
+#: Called every `TICK` expanded states with the number expanded so far; True stops the search.
+Tick = Callable[[int], bool]
+TICK = 64
+
+
+class Partition:
+    """The part of a search one process owns: the fingerprints `owner` gives it, its frontier.
+
+    Breadth-first, a level at a time: `expand` takes every move of every frontier state, keeps the
+    successors it owns and returns the others by owner; `admit` stores successors handed over by
+    other partitions; `advance` makes the states new in this level the next frontier. A single
+    process search is one partition that owns everything.
+    """
+
+    def __init__(self, search: Search, index: int = 0, count: int = 1) -> None:
+        self.search = search
+        self.cfg = search.cfg
+        self.key: Callable[[State], State] = (
+            partial(canonical, search.cfg) if search.symmetry else _identity
+        )
+        self.index = index
+        self.count = count
+        self.store = FingerprintStore()
+        self.frontier: list[tuple[int, State]] = []
+        self.grown: list[tuple[int, State]] = []
+        self.found: Found | None = None
+        self.stopped = False
+        self.unexpanded = 0
+        self.transitions = 0
+        self.constrained = 0
+        self.op_counts: dict[str, int] = {}
+        self.path_counts: dict[str, int] = {}
+        self.root = self.key(State.initial(search.cfg))
+        self.root_fp = fingerprint(self.root)
+        if owner(self.root_fp, count) == index:
+            self.admit(self.root_fp, 0, ROOT_MOVE, self.root)
+
+    def admit(self, fp: int, parent: int, move: int, state: State) -> bool:
+        """Store a successor if new, check it against every invariant, queue it for expansion."""
+        if not self.store.add(fp, parent, move):
+            return False
+        self.grown.append((fp, state))
+        if self.found is None and first_violation(self.cfg, state) is not None:
+            self.found = Found(fp)
+        return True
+
+    def admit_all(self, items: list[Item]) -> None:
+        for fp, parent, move, state in items:
+            self.admit(fp, parent, move, state)
+
+    def advance(self) -> int:
+        self.frontier, self.grown = self.grown, []
+        return len(self.frontier)
+
+    def expand(self, tick: Tick) -> list[dict[int, tuple[int, int, State]]]:
+        """Every move of every frontier state; stops at the first violation or when `tick` says so.
+
+        Returns the successors owned by other partitions, one dict per partition (fingerprint to
+        the first (parent, move, state) that reached it in this level).
+        """
+        cfg, bounds, key, count, index = self.cfg, self.search.bounds, self.key, self.count, self.index
+        max_live = self.search.max_live_handles
+        op_counts, path_counts = self.op_counts, self.path_counts
+        store_add, grown = self.store.add, self.grown
+        outboxes: list[dict[int, tuple[int, int, State]]] = [{} for _ in range(count)]
+        transitions = 0
+        try:
+            for done, (fp, state) in enumerate(self.frontier):
+                if not done % TICK and done and tick(done):
+                    self.stopped = True
+                    self.unexpanded = len(self.frontier) - done
+                    return outboxes
+                if live_handles(state) > max_live:
+                    self.constrained += 1
+                    continue
+                for move, op in enumerate(flat_moves(cfg, bounds, state)):
+                    succ, obs = step(cfg, state, op)
+                    transitions += 1
+                    op_counts[op.TAG] = op_counts.get(op.TAG, 0) + 1
+                    if obs.events or obs.dropped or type(obs.result) is not Ok:
+                        if type(obs.result) is Misuse:
+                            self.found = Found(fp, move)
+                            return outboxes
+                        for label in _labels(op, obs)[1:]:
+                            path_counts[label] = path_counts.get(label, 0) + 1
+                    k = key(succ)
+                    kfp = fingerprint(k)
+                    if count == 1 or owner(kfp, count) == index:
+                        if store_add(kfp, fp, move):
+                            grown.append((kfp, k))
+                            if first_violation(cfg, k) is not None:
+                                self.found = Found(kfp)
+                                return outboxes
+                    else:
+                        outboxes[owner(kfp, count)].setdefault(kfp, (fp, move, k))
+            return outboxes
+        finally:
+            self.transitions += transitions
 
 
 def explore(
-    search: Search, progress: ProgressHook | None = None, every: float = 0.25
+    search: Search,
+    progress: ProgressHook | None = None,
+    every: float = 0.25,
+    limits: Limits = Limits(),
+    workers: int = 1,
 ) -> Outcome:
-    """Breadth-first search; stops at the first violation, else when the bounded space is exhausted.
+    """Breadth-first search; stops at the first violation, else when the bounded space is exhausted
+    (or a limit or Ctrl-C stops it: the outcome is then incomplete).
 
     The search expands canonical representatives (cheaper: fewer tombstones, more successors that
-    are canonical already) and rebuilds the trace of a violation on actual states at the end.
+    are canonical already), keeps only their fingerprints, and rebuilds the trace of a violation on
+    actual states at the end. With `workers > 1` the fingerprints are partitioned over that many
+    processes (`explore_workers`); the counts are exactly those of one process.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     collecting = gc.isenabled()
     gc.disable()  # states are immutable trees: no cycles to collect, and a full heap to traverse
     try:
-        return _explore(search, progress, every)
+        with interruptible() as interrupted:
+            if workers > 1:
+                from externref_harness.explore_workers import explore_parallel
+
+                return explore_parallel(search, workers, limits, progress, every, interrupted)
+            return _explore(search, progress, every, limits, interrupted)
     finally:
         if collecting:
             gc.enable()
 
 
-def _explore(search: Search, progress: ProgressHook | None, every: float) -> Outcome:
-    cfg, bounds, limit = search.cfg, search.bounds, search.depth
-    symmetric = search.symmetry
-    key = partial(canonical, cfg) if symmetric else _identity
-    max_live = search.max_live_handles
+class Interrupted:
+    """Set by Ctrl-C while a search runs: the search stops at its next tick, with what it has."""
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    def __bool__(self) -> bool:
+        return self.flag
+
+
+@contextmanager
+def interruptible() -> Iterator[Interrupted]:
+    """SIGINT sets a flag instead of raising, so the search can stop cleanly and report."""
+    interrupted = Interrupted()
+
+    def handler(signum: int, frame: object) -> None:
+        interrupted.flag = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C keeps its default meaning
+        yield interrupted
+        return
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_reason(
+    interrupted: Interrupted, deadline: float | None, limits: Limits, states: int
+) -> str | None:
+    if interrupted:
+        return INTERRUPTED
+    if deadline is not None and time.perf_counter() >= deadline:
+        return TIME_LIMIT
+    if limits.states is not None and states >= limits.states:
+        return STATE_LIMIT
+    return None
+
+
+def memory_bytes(pids: Iterable[int] = ()) -> int:
+    """Resident memory of this process and `pids` (Linux /proc; 0 where unknown)."""
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    for pid in ("self", *map(str, pids)):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _explore(
+    search: Search,
+    progress: ProgressHook | None,
+    every: float,
+    limits: Limits,
+    interrupted: Interrupted,
+) -> Outcome:
+    limit = search.depth
     started = time.perf_counter()
+    deadline = None if limits.time is None else started + limits.time
+    part = Partition(search)
+    store = part.store
+    depth = max_depth = depth_cut = 0
+    stopped: str | None = None
     next_report = started + every
 
-    root = key(State.initial(cfg))
-    seen: dict[State, int] = {root: 0}
-    states: list[State] = [root]
-    parents: list[int] = [-1]
-    via: list[Op | None] = [None]
-    op_counts: dict[str, int] = {}
-    path_counts: dict[str, int] = {}
-    transitions = max_depth = depth_cut = constrained = 0
+    def tick(done: int) -> bool:
+        nonlocal stopped, next_report
+        stopped = stop_reason(interrupted, deadline, limits, len(store))
+        if progress is not None:
+            now = time.perf_counter()
+            if now >= next_report:
+                next_report = now + every
+                queued = len(part.frontier) - done + len(part.grown)
+                progress(Progress(
+                    len(store), queued, depth, part.transitions, now - started, memory_bytes()
+                ))  # fmt: skip
+        return stopped is not None
 
-    def outcome(violation: Violation | None) -> Outcome:
-        return Outcome(
-            search, len(states), transitions, max_depth, time.perf_counter() - started,
-            depth_cut, constrained, op_counts, path_counts, violation,
-        )  # fmt: skip
-
-    def found(node: int, refused: Op | None = None) -> Outcome:
-        return outcome(_violation(search, key, states, parents, via, node, refused))
-
-    if first_violation(cfg, root) is not None:
-        return found(0)
-
-    frontier = [0]
-    depth = 0
-    while frontier:
+    part.advance()
+    while part.frontier and part.found is None:
         if limit is not None and depth >= limit:
-            depth_cut = len(frontier)
+            depth_cut = len(part.frontier)
             break
-        child_depth = depth + 1
-        grown: list[int] = []
-        for done, node in enumerate(frontier):
-            state = states[node]
-            if live_handles(state) > max_live:
-                constrained += 1
-                continue
-            for op in flat_moves(cfg, bounds, state):
-                succ, obs = step(cfg, state, op)
-                transitions += 1
-                op_counts[op.TAG] = op_counts.get(op.TAG, 0) + 1
-                if obs.events or obs.dropped or type(obs.result) is not Ok:
-                    if type(obs.result) is Misuse:
-                        return found(node, refused=op)
-                    for label in _labels(op, obs)[1:]:
-                        path_counts[label] = path_counts.get(label, 0) + 1
-                k = canonical(cfg, succ) if symmetric else succ
-                child = len(states)
-                if seen.setdefault(k, child) != child:
-                    continue
-                states.append(k)
-                parents.append(node)
-                via.append(op)
-                max_depth = child_depth
-                if first_violation(cfg, succ) is not None:
-                    return found(child)
-                grown.append(child)
-            if progress is not None and not done & 63:
-                now = time.perf_counter()
-                if now >= next_report:
-                    next_report = now + every
-                    queued = len(frontier) - done + len(grown)
-                    progress(Progress(len(states), queued, depth, transitions, now - started))
-        frontier = grown
-        depth = child_depth
-    return outcome(None)
+        part.expand(tick)
+        if part.grown:
+            max_depth = depth + 1
+        if part.found is not None or part.stopped:
+            break
+        part.advance()
+        depth += 1
+        if part.frontier and tick(0):
+            break
+    violation = None
+    if part.found is not None:
+        violation = rebuild_violation(search, part.root, store.parent, part.found)
+        stopped = None
+    unexpanded = part.unexpanded + (len(part.grown) if stopped else 0)
+    return Outcome(
+        search, len(store), part.transitions, max_depth, time.perf_counter() - started,
+        depth_cut, part.constrained, part.op_counts, part.path_counts, violation,
+        stopped, unexpanded if stopped else 0, 1, store.nbytes,
+    )  # fmt: skip
 
 
 def _identity(state: State) -> State:
     return state
 
 
-def _violation(
+def rebuild_violation(
     search: Search,
-    key: Callable[[State], State],
-    states: list[State],
-    parents: list[int],
-    via: list[Op | None],
-    node: int,
-    refused: Op | None,
+    root: State,
+    parent_of: Callable[[int], tuple[int, int] | None],
+    found: Found,
 ) -> Violation:
-    """Rebuild the path to `node` as real operations from `State.initial`, then name the violation.
+    """Rebuild the path to a violation as real operations from `State.initial`, then name it.
 
-    Each step looks, among the actual state's own moves, for one whose successor falls in the next
-    node's class (the op that reached it from the representative first, if the actual state has
-    it too).
+    The stored (parent, move) links give the path of fingerprints back to the initial state and
+    the move taken at each representative; re-taking those moves gives the representatives back.
+    Then each step looks, among the actual state's own moves, for one whose successor falls in the
+    next representative's class (the representative's own move first, if the actual state has it).
     """
     cfg, bounds = search.cfg, search.bounds
-    path = []
-    while node > 0:
-        path.append(node)
-        node = parents[node]
-    path.reverse()
+    key: Callable[[State], State] = partial(canonical, cfg) if search.symmetry else _identity
+    links: list[tuple[int, int]] = []
+    fp = found.fp
+    while True:
+        link = parent_of(fp)
+        if link is None:
+            raise UnsoundReduction(f"fingerprint {fp:#x} on the path is not stored")
+        if link[1] == ROOT_MOVE:
+            break
+        links.append((fp, link[1]))
+        fp = link[0]
+    links.reverse()
+    reps: list[tuple[State, Op]] = []
+    rep = root
+    for target_fp, move in links:
+        op = flat_moves(cfg, bounds, rep)[move]
+        rep = key(step(cfg, rep, op)[0])
+        if fingerprint(rep) != target_fp:
+            raise UnsoundReduction("re-taking a stored move does not reach the stored fingerprint")
+        reps.append((rep, op))
     actual = State.initial(cfg)
     trace: list[Op] = []
-    for target in path:
+    for target, preferred in reps:
         options = flat_moves(cfg, bounds, actual)
-        preferred = via[target]
         first = [preferred] if preferred in options else []
         for op in first + options:
             succ, _ = step(cfg, actual, op)
-            if key(succ) == states[target]:
+            if key(succ) == target:
                 trace.append(op)
                 actual = succ
                 break
         else:
-            raise UnsoundReduction(f"no move of the actual state reaches node {target}'s class")
-    if refused is not None:
+            raise UnsoundReduction("no move of the actual state reaches the next class on the path")
+    if found.refused is not None:
+        refused = flat_moves(cfg, bounds, rep)[found.refused]
         options = flat_moves(cfg, bounds, actual)
         for op in ([refused] if refused in options else []) + options:
             _, obs = step(cfg, actual, op)

@@ -5,8 +5,11 @@
 and `gc`. Reading a method beside the seed's function of the same name should show the same steps
 in the same order, including the oddities (documented where they occur).
 
-A transition (`model.transition.step`) thaws an immutable `State` into this working copy, runs one
-operation and freezes the result, so the model as a whole stays a pure function.
+A transition (`model.transition.step`) runs one operation on a copy-on-write working copy of an
+immutable `State` and freezes the result, so the model as a whole stays a pure function. Only the
+parts a step touches are thawed into lists and sets (on first access, `_thaw`), and freezing reuses
+the state's own tuples for every part left untouched, so a step that does not touch the table costs
+nothing for the size of the bump chunk.
 
 Faults a sanitizer would report (a count bumped in freed or non-ref memory, a double free) are
 recorded in `faults` instead of crashing; debug assertions raise `DebugAssertion`.
@@ -14,7 +17,7 @@ recorded in `faults` instead of crashing; debug assertions raise `DebugAssertion
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from externref_harness.model import layout
@@ -66,19 +69,36 @@ class WalkedFrame:
 class SeedRuntime:
     """Mutable working copy of the runtime half of a `State`."""
 
+    #: Thawed on first access (`__getattr__`): the parts few steps touch. The heap is thawed
+    #: eagerly: most steps touch it, and a list copy is cheaper than the first-access hook.
+    chunk: list[int | None]
+    over_approximated_stack_roots: set[int]
+    precise_stack_roots: set[int]
+    faults: list[str]
+
     def __init__(self, cfg: Config, state: State) -> None:
         self.cfg = cfg
+        self._thawed = state
         self.heap: list[Box] = list(state.heap)
         t = self._thawed_table = state.table
-        self.chunk: list[int | None] = list(t.chunk)
         self.next = t.next
-        self.over_approximated_stack_roots: set[int] = set(t.over_approximated_stack_roots)
-        self.precise_stack_roots: set[int] = set(t.precise_stack_roots)
         self._stack_canary = t.stack_canary
         self.gc_okay = t.gc_okay
-        self.faults: list[str] = list(state.faults)
         self.dropped: list[int] = []
         self.events: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        """Copy-on-write: a part of the state is thawed the first time the step reads it."""
+        thaw = _THAW.get(name)
+        if thaw is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = thaw(self._thawed)
+        setattr(self, name, value)
+        return value
+
+    def _touched(self, name: str) -> bool:
+        """Whether the step has thawed (read or replaced) this part of the state."""
+        return name in self.__dict__
 
     # --- hooks the world provides -----------------------------------------------------------
 
@@ -89,22 +109,35 @@ class SeedRuntime:
     def frozen_table(self) -> Table:
         """The table as a value; the very one thawed when nothing changed (sharing makes `==` cheap)."""
         t = self._thawed_table
-        chunk = tuple(self.chunk)
-        over, precise = self.over_approximated_stack_roots, self.precise_stack_roots
+        touched = self.__dict__
+        chunk = touched.get("chunk")
+        over = touched.get("over_approximated_stack_roots")
+        precise = touched.get("precise_stack_roots")
         if (
-            chunk == t.chunk
+            chunk is None
+            and over is None
+            and precise is None
             and self.next == t.next
-            and over == t.over_approximated_stack_roots
-            and precise == t.precise_stack_roots
             and self._stack_canary == t.stack_canary
             and self.gc_okay == t.gc_okay
         ):
             return t
+        frozen_chunk = t.chunk if chunk is None else tuple(chunk)
+        if frozen_chunk == t.chunk:
+            frozen_chunk = t.chunk
+            if (
+                self.next == t.next
+                and (over is None or over == t.over_approximated_stack_roots)
+                and (precise is None or precise == t.precise_stack_roots)
+                and self._stack_canary == t.stack_canary
+                and self.gc_okay == t.gc_okay
+            ):
+                return t
         return Table(
-            chunk=chunk,
+            chunk=frozen_chunk,
             next=self.next,
-            over_approximated_stack_roots=frozenset(over),
-            precise_stack_roots=frozenset(precise),
+            over_approximated_stack_roots=_frozen(over, t.over_approximated_stack_roots),
+            precise_stack_roots=_frozen(precise, t.precise_stack_roots),
             stack_canary=self._stack_canary,
             gc_okay=self.gc_okay,
         )
@@ -319,3 +352,16 @@ class SeedRuntime:
             self.precise_stack_roots.clear()
             for r in roots:
                 self.drop(r)
+
+
+def _frozen(thawed: set[int] | None, original: frozenset[int]) -> frozenset[int]:
+    return original if thawed is None or thawed == original else frozenset(thawed)
+
+
+#: How each copy-on-write part of a `State` is thawed (`SeedRuntime.__getattr__`).
+_THAW: dict[str, Callable[[State], object]] = {
+    "chunk": lambda s: list(s.table.chunk),
+    "over_approximated_stack_roots": lambda s: set(s.table.over_approximated_stack_roots),
+    "precise_stack_roots": lambda s: set(s.table.precise_stack_roots),
+    "faults": lambda s: list(s.faults),
+}

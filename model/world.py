@@ -104,18 +104,18 @@ class Machine(SeedRuntime, HostBookkeeping):
 
     def __init__(self, cfg: Config, state: State) -> None:
         super().__init__(cfg, state)
-        self._thawed = state
         self.handles: list[int | None] = list(state.handles)
         self.raws: list[RawPtr | None] = list(state.raws)
         self.globals: list[GlobalValue] = list(state.globals)
         self.frames: list[Frame] = list(state.frames)
 
     def freeze(self) -> State:
-        """The state after the step; parts that did not change are the thawed state's own objects,
-        so successive states share them and compare fast."""
+        """The state after the step; parts the step did not touch, or left equal, are the thawed
+        state's own objects, so successive states share them and compare fast."""
         s = self._thawed
         heap, handles, raws = tuple(self.heap), tuple(self.handles), tuple(self.raws)
-        globals_, frames, faults = tuple(self.globals), tuple(self.frames), tuple(self.faults)
+        globals_, frames = tuple(self.globals), tuple(self.frames)
+        faults = self.__dict__.get("faults")
         return State(
             s.heap if heap == s.heap else heap,
             self.frozen_table(),
@@ -123,7 +123,7 @@ class Machine(SeedRuntime, HostBookkeeping):
             s.raws if raws == s.raws else raws,
             s.globals if globals_ == s.globals else globals_,
             s.frames if frames == s.frames else frames,
-            s.faults if faults == s.faults else faults,
+            s.faults if faults is None or faults == list(s.faults) else tuple(faults),
         )
 
     # --- the stack, as gc sees it ---------------------------------------------------------------

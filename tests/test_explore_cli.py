@@ -30,11 +30,10 @@ def test_explore_exits_0_and_reports_the_exhausted_space(capsys: Capture) -> Non
     assert "no violation" in out
 
 
-def test_explore_hints_at_the_knobs_a_mutant_needs(tmp_path: Path, capsys: Capture) -> None:
-    assert main(["explore", *SMALL, "--mutant", "cve-2022-23636"]) == 0
-    assert "hint: cve-2022-23636 needs --globals 2" in capsys.readouterr().out
-    argv = [*SMALL, "--mutant", "cve-2022-23636", "--globals", "2", "--out", str(tmp_path / "t")]
+def test_explore_switches_on_the_knobs_a_mutant_needs(tmp_path: Path, capsys: Capture) -> None:
+    argv = [*SMALL, "--mutant", "cve-2022-23636", "--out", str(tmp_path / "t")]
     assert main(["explore", *argv]) == 1
+    assert "cve-2022-23636 needs --globals 2 to be reachable: switched on" in capsys.readouterr().out
 
 
 def test_explore_compares_with_and_without_symmetry(capsys: Capture) -> None:
