@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -64,13 +65,10 @@ _FLAGS: tuple[tuple[str, str], ...] = (
 
 EXIT_EXHAUSTED, EXIT_VIOLATION, EXIT_BAD_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
 
-_EPILOG = """\
-exit status:
-  0  the bounded space is exhausted, no violation
-  1  a violation: a shortest trace is printed and saved (--out) for `externref-harness replay`
-  2  bad input (one line on stderr; checked before the search starts)
-  3  incomplete: --time-limit, --max-states or Ctrl-C stopped the search first; the summary
-     (and --json) covers what was searched
+_EPILOG = f"""\
+Exit status: {EXIT_STATUS}
+A violation's shortest trace is printed and saved (--failures) for `externref-harness replay`; an
+incomplete search's summary (and --json) covers what was searched.
 
 --mutant NAME switches on the knobs that bug needs to be reachable at all (and says which), unless
 the command line sets them itself. With --workers N the states are partitioned by fingerprint over
@@ -167,8 +165,9 @@ def _option(name: str, value: int | bool) -> str:
 def _limits(args: argparse.Namespace) -> Limits:
     if not 1 <= args.workers <= MAX_WORKERS:
         raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, got {args.workers}")
-    if not args.progress_every > 0:
-        raise UsageError(f"--progress-every must be > 0 seconds, got {args.progress_every}")
+    for option, value in (("--progress-every", args.progress_every), ("--time-limit", args.time_limit)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{option} must be a positive number of seconds, got {value}")
     try:
         return Limits(time=args.time_limit, states=args.max_states)
     except ValueError as e:

@@ -7,6 +7,7 @@ check in a child process, prints a table of cases, and writes JUnit XML and JSON
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -15,12 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from externref_harness import expectations, profiles
-from externref_harness.errors import UsageError
+from externref_harness import expectations, paths, profiles
+from externref_harness.errors import UsageError, user_path
 from externref_harness.gate import LEVELS, GateOptions, GateReport, run_gate
 from externref_harness.gate_reports import write_json, write_junit
 from externref_harness.isolation import DEFAULT_STEP_TIMEOUT
-from externref_harness.trace import ensure_writable, failures_dir
 
 EXIT_STATUS = (
     "0 the implementation passes (expected divergences allowed), 1 it fails a case "
@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT, metavar="S",
         help=f"a step that takes longer is a hang (default {DEFAULT_STEP_TIMEOUT:g})",
     )  # fmt: skip
-    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write a JUnit XML report")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write a JSON report")
-    p.add_argument("--failures", type=Path, default=None, metavar="DIR", help="where to save failing traces")
+    p.add_argument("--junit", default=None, metavar="FILE", help="write a JUnit XML report")
+    p.add_argument("--json", default=None, metavar="FILE", help="write a JSON report")
+    paths.add_failures_option(p)
     p.add_argument("--no-threads", action="store_true", help="skip the parallel reference-counting check")
     p.add_argument(
         "--hypothesis-profile", choices=profiles.PROFILES, default=None,
@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     for name in ("time_limit", "step_timeout"):
         value = getattr(args, name)
-        if value is not None and not value > 0:
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds")
     if args.max_examples is not None and args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
@@ -77,11 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if not str(args.library):
         raise UsageError("PATH.so needs a path, got an empty string")
     expect = expectations.load(args.expect) if args.expect is not None else expectations.Expectations()
-    for path in (args.junit, args.json):
+    reports: dict[str, Path | None] = {}
+    for option, value in (("--junit", args.junit), ("--json", args.json)):
+        path = None if value is None else user_path(value, option)
         if path is not None:
-            ensure_writable(path)
-    failures = args.failures or failures_dir()
-    ensure_writable(failures, is_dir=True)
+            paths.check_file(path, option)
+        reports[option] = path
+    failures = paths.failures_dir(args.failures)
+    paths.check_dir(failures, paths.failures_source(args.failures))
     profile = args.hypothesis_profile or profiles.default_profile()
     base = settings.get_profile(profile)
     opts = GateOptions(
@@ -100,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
         console = Console(width=140)
     report = run_gate(opts, lambda stage: console.print(f"gate: {stage}...", style="dim"))
     print_report(console, report, expect)
-    if args.json is not None:
-        write_json(args.json, report, expect)
-    if args.junit is not None:
-        write_junit(args.junit, report, expect)
+    if reports["--json"] is not None:
+        write_json(reports["--json"], report, expect)
+    if reports["--junit"] is not None:
+        write_junit(reports["--junit"], report, expect)
     return 0 if report.passed else 1
 
 

@@ -113,6 +113,8 @@ def describe_library(library: Path, env: dict[str, str] | None) -> Description:
 
     try:
         mode = os.stat(library).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"library {library}: no such file") from None
     except OSError as e:
         raise UsageError(f"library {library}: {e.strerror or e}") from None
     if not stat.S_ISREG(mode):

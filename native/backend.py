@@ -15,6 +15,7 @@ exception never crosses the C frames.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -324,7 +325,7 @@ _LOADED: dict[Path, NativeLibrary] = {}
 
 def open_library(path: str | Path) -> NativeLibrary:
     """`load_library`, once per path per process (the dynamic loader caches by path anyway)."""
-    key = Path(path).resolve()
+    key = Path(os.path.abspath(path))
     if key not in _LOADED:
         _LOADED[key] = load_library(path)
     return _LOADED[key]

@@ -308,6 +308,13 @@ def _float_in(text: str) -> float:
     return value
 
 
+def _positive_finite(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(text)
+    return value
+
+
 def _one_of(names: list[str] | tuple[str, ...]) -> Any:
     def parse(text: str) -> str:
         if text not in names:
@@ -358,6 +365,11 @@ def value_options(files: Files) -> dict[str, dict[str, st.SearchStrategy[str]]]:
             "--mutant": _bad_text(mutants),
             "--build": _bad_text(_one_of(("debug", "release"))),
             "--failures": st.sampled_from(files.not_a_directory()),
+            "--workers": _bad_text(_int_in(1, 64)),
+            "--time-limit": _bad_text(_positive_finite),
+            "--max-states": _bad_text(_int_in(1, 10**12)),
+            "--json": st.sampled_from(files.not_a_writable_file()),
+            "--progress-every": _bad_text(_positive_finite),
             # A directory is a valid --out (the trace goes inside it).
             "--out": st.sampled_from(
                 [p for p in files.not_a_writable_file() if p not in ("/", str(files.directory))]
@@ -374,8 +386,8 @@ def value_options(files: Files) -> dict[str, dict[str, st.SearchStrategy[str]]]:
             "TRACE": st.sampled_from(files.not_a_trace()),
             "--level": _bad_text(_one_of(("strict", "conformant"))),
             "--expect": st.sampled_from(files.not_a_trace()),
-            "--time-limit": _bad_text(_float_in),
-            "--step-timeout": _bad_text(_float_in),
+            "--time-limit": _bad_text(_positive_finite),
+            "--step-timeout": _bad_text(_positive_finite),
             "--junit": st.sampled_from(files.not_a_writable_file()),
             "--json": st.sampled_from(files.not_a_writable_file()),
             "--failures": st.sampled_from(files.not_a_directory()),

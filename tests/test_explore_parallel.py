@@ -53,12 +53,15 @@ def test_two_workers_count_the_larger_pinned_spaces_exactly(name: str) -> None:
 
 @pytest.mark.parametrize("mutant", MODEL_MUTANTS, ids=lambda m: m.name)
 def test_two_workers_find_every_model_mutant_at_the_same_shortest_length(mutant: Mutant) -> None:
-    invariant, length = SHORTEST[mutant.name]
+    """The same shortest length, and a real trace of it. Where several states at that depth break
+    invariants, which one a worker reaches first depends on the partition: the invariant it
+    reports may be another of the shortest violations than one process reports."""
+    _, length = SHORTEST[mutant.name]
     out = explore(mutant_bounds(mutant).search(), workers=2)
     assert out.violation is not None and out.status == "violation"
     assert len(out.violation.trace) == length
     assert out.max_depth == length
-    _check_trace(out, invariant)
+    _check_trace(out)
 
 
 def test_two_workers_report_a_refused_move(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,12 +220,11 @@ def test_bad_limits_exit_2_with_one_line_before_searching(argv: list[str], capsy
 
 
 def test_help_documents_the_exit_statuses(capsys: Capture) -> None:
-    with pytest.raises(SystemExit):
-        main(["explore", "--help"])
-    out = capsys.readouterr().out
-    for line in ("0  the bounded space is exhausted", "1  a violation", "2  bad input", "3  incomplete"):
+    assert main(["explore", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for line in ("0 the bounded space is exhausted", "1 a violation", "2 bad input", "3 incomplete"):
         assert line in out
-    for option in ("--workers", "--time-limit", "--max-states", "--json", "--out"):
+    for option in ("--workers", "--time-limit", "--max-states", "--json", "--failures"):
         assert option in out
 
 

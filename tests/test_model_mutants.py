@@ -24,6 +24,13 @@ SLOW = {
 }
 
 
+CI = settings.get_profile("ci")
+#: The deepest mechanism (a safepoint with a map, then one without live refs falling back to it, a
+#: scalar in a mapped slot, then a GC) needs more than the profile's 300 examples in some orders of
+#: a parallel test run; alone it is caught at example 147.
+BUDGET = {("release", "cve-2021-39218"): 600}
+
+
 @pytest.mark.parametrize(
     ("build", "mutant"),
     [
@@ -35,7 +42,9 @@ SLOW = {
 def test_state_machine_catches_model_mutant(mutant: Mutant, build: Build, tmp_path: Path) -> None:
     cfg = replace(MACHINE_CONFIG, build=build, mutant=mutant.name)
     saved = tmp_path / "failure.json"
-    out = run_model_check(cfg, MACHINE_BOUNDS, settings(settings.get_profile("ci")), saved)
+    out = run_model_check(
+        cfg, MACHINE_BOUNDS, settings(CI, max_examples=BUDGET.get((build, mutant.name), 300)), saved
+    )
     assert not out.passed, f"{mutant.name} ({build}) was not caught"
     assert out.failure is not None and "Steps:" in out.failure
     print(f"\n{mutant.name} ({build}): first failing example {out.stats.first_failing_example}")
