@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -24,7 +22,7 @@ from rich.table import Table
 
 from externref_harness import catalogue, paths
 from externref_harness import trace as tracefile
-from externref_harness.errors import UsageError
+from externref_harness.errors import UsageError, user_path
 from externref_harness.explore import (
     LIMITS,
     MUTANT_KNOBS,
@@ -127,7 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stop at about this many distinct states (exit 3, incomplete)",
     )  # fmt: skip
     p.add_argument(
-        "--json", type=Path, default=None, metavar="FILE",
+        "--json", default=None, metavar="FILE",
         help="also write the summary, coverage and any violation as JSON (written atomically)",
     )  # fmt: skip
     p.add_argument(
@@ -184,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
         args.failures, args.out, f"explore-{knobs.mutant or 'seed'}-{knobs.build}.json"
     )
     paths.check_file(out, where)
-    if args.json is not None:
-        _ensure_json_writable(args.json)
+    json_path = None if args.json is None else user_path(args.json, "--json")
+    if json_path is not None:
+        _ensure_json_writable(json_path)
     console = Console(highlight=False)
     if switched:
         console.print(f"{knobs.mutant} needs {' '.join(switched)} to be reachable: switched on",
@@ -204,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
     report = None
     if outcome.violation is not None:
         report = report_violation(outcome, out)
-    if args.json is not None:
-        write_json(args.json, to_json(outcome, switched, out if report is not None else None))
+    if json_path is not None:
+        write_json(json_path, to_json(outcome, switched, out if report is not None else None))
     if outcome.stopped is not None:
         console.print(
             f"[yellow]incomplete:[/] stopped by the {outcome.stopped} after {outcome.states:,} "
@@ -224,26 +223,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ensure_json_writable(path: Path) -> None:
-    if path.is_dir():
-        raise UsageError(f"--json {path} is a directory")
-    directory = path.parent
-    if not directory.is_dir():
-        raise UsageError(f"--json {path}: no directory {directory}")
-    if not os.access(directory, os.W_OK):
-        raise UsageError(f"--json {path}: cannot write in {directory}")
+    """The same check as every `--json` of the other commands (a FIFO, a symlink loop, a
+    directory or a read-only file are refused before the search)."""
+    paths.check_file(path, "--json")
 
 
 def write_json(path: Path, obj: object) -> None:
-    """Write atomically: a temporary file in the same directory, then a rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (`paths.write_atomically`: a temporary file, then a rename over `path`)."""
+    paths.write_atomically(path, json.dumps(obj, indent=1) + "\n")
 
 
 def to_json(outcome: Outcome, switched: list[str], saved: Path | None) -> dict[str, Any]:

@@ -381,6 +381,8 @@ def value_options(files: Files) -> dict[str, dict[str, st.SearchStrategy[str]]]:
             "TRACE": st.sampled_from(files.not_a_trace()),
             "--impl": st.sampled_from(files.not_a_trace()),
             "--mutant": _bad_text(mutants),
+            # A sequential trace refuses any --runs (it replays exactly); bad numbers too.
+            "--runs": st.sampled_from(["1", "100", "-1", "0", "x", "9" * 5000]),
         },
         "gate": {
             "TRACE": st.sampled_from(files.not_a_trace()),

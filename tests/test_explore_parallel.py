@@ -203,7 +203,7 @@ def test_json_of_a_violation_has_its_steps(tmp_path: Path, capsys: Capture) -> N
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--json", "/nonexistent-dir/x.json"], ["--json", "."], ["--workers", "0"],
+        ["--json", "/proc/version/x.json"], ["--json", "."], ["--workers", "0"],
         ["--time-limit", "0"], ["--max-states", "0"], ["--progress-every", "0"],
         ["--time-limit", "soon"],
     ],
