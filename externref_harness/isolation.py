@@ -85,12 +85,19 @@ class Child:
                 raise ImplementationCrash(f"the child did not start: {reply!r}")
 
     def call(self, request: tuple[Any, ...], timeout: float) -> Any:
+        self.send(request)
+        return self.receive(timeout, request[0])
+
+    def send(self, request: tuple[Any, ...]) -> None:
+        """Send a request without waiting for its answer (`receive` gets it)."""
         self.ensure_ready()
         try:
             write_frame(self._req_w, request)
         except OSError:
             raise self._died(f"during {request[0]}") from None
-        return self._receive(timeout, request[0])
+
+    def receive(self, timeout: float, during: str) -> Any:
+        return self._receive(timeout, during)
 
     def _receive(self, timeout: float, during: str) -> Any:
         ready, _, _ = select.select([self._resp_r], [], [], timeout)
@@ -221,10 +228,14 @@ class ChildProcessImpl:
         try:
             return self._child.call(request, timeout or self._pool.step_timeout)
         except ImplementationCrash:
-            self._failed = True
-            self._pool.crashes += 1
-            self._pool.retire(self._child)
+            self._crashed()
             raise
+
+    def _crashed(self) -> None:
+        assert self._child is not None
+        self._failed = True
+        self._pool.crashes += 1
+        self._pool.retire(self._child)
 
     def start(self, config: Mapping[str, Any]) -> None:
         self._child = self._pool.take(self._fresh)
@@ -233,7 +244,27 @@ class ChildProcessImpl:
         self._call(("start", dict(config)), START_TIMEOUT)
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
-        outcome, probe, n_refs, changed = self._call(("step", op, embedder_capacity))
+        self.submit(op, embedder_capacity)
+        return self.collect()
+
+    def submit(self, op: PlainOp, embedder_capacity: int | None = None) -> None:
+        """Start a step in the child and return at once: the lockstep runs the model's step while
+        the child runs the implementation's (the two processes overlap), then `collect`s."""
+        assert self._child is not None, "start() first"
+        try:
+            self._child.send(("step", op, embedder_capacity))
+        except ImplementationCrash:
+            self._crashed()
+            raise
+
+    def collect(self) -> StepOutcome:
+        assert self._child is not None, "start() first"
+        try:
+            reply = self._child.receive(self._pool.step_timeout, "step")
+        except ImplementationCrash:
+            self._crashed()
+            raise
+        outcome, probe, n_refs, changed = reply
         refs = self._refs
         del refs[n_refs:]
         refs.extend([None] * (n_refs - len(refs)))  # type: ignore[list-item]

@@ -58,6 +58,9 @@ LOCKSTEP_CONFIG = MACHINE_CONFIG
 LOCKSTEP_BOUNDS = MACHINE_BOUNDS
 
 AdapterFactory = Callable[[], ImplAdapter]
+#: What `Lockstep._submit` did: None (the adapter steps synchronously), True (the step is under way
+#: in the implementation's process), or the exception that starting it raised.
+Submitted = bool | Exception | None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class Lockstep:
 
     def step(self, op: ops.Op) -> StepCheck:
         before = self.state
+        submitted = self._submit(op, before)
         self.state, obs = model_step(self.cfg, before, op)
         model_problem = None
         if isinstance(obs.result, Panic):
@@ -135,19 +139,41 @@ class Lockstep:
             violation = first_violation(self.cfg, self.state)
             if violation is not None:
                 model_problem = f"{violation[0].id} {violation[0].name}: {violation[1]}"
-        problem, problems = self._impl_step(op, obs, before)
+        problem, problems = self._impl_step(op, obs, before, submitted)
         return StepCheck(obs, model_problem, problem, problems)
 
+    def _capacity(self, before: State) -> int | None:
+        """Below the strict level, or when capacity in another unit is an expected divergence, the
+        embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
+        counts in slots is not charged for the embedder's choice."""
+        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+            return SeedRuntime(self.cfg, before).bump_capacity_remaining()
+        return None
+
+    def _submit(self, op: ops.Op, before: State) -> Submitted:
+        """An adapter in another process starts the step now, and runs it while the model steps."""
+        submit = getattr(self.adapter, "submit", None)
+        if submit is None or self.impl_broken is not None:
+            return None
+        try:
+            submit(plain_op(op), self._capacity(before))
+        except Exception as e:
+            return e
+        return True
+
     def _impl_step(
-        self, op: ops.Op, obs: Observation, before: State
+        self, op: ops.Op, obs: Observation, before: State, submitted: Submitted = None
     ) -> tuple[str | None, tuple[Problem, ...]]:
         """The implementation's step and every check of it, under `deadline.STEP_SECONDS`. After
         a step that hung, the implementation is not run again (its state is unknown)."""
         if self.impl_broken is not None:
             return self.impl_broken, ()
         try:
+            if submitted is not None:
+                # The implementation runs in its own process, which has its own step time limit.
+                return self._impl_step_checked(op, obs, before, submitted)
             with time_limit(deadline.STEP_SECONDS, f"the implementation's {op}"):
-                return self._impl_step_checked(op, obs, before)
+                return self._impl_step_checked(op, obs, before, submitted)
         except Timeout as e:
             self.impl_broken = f"the implementation hung: {e}"
             return self.impl_broken, ()
@@ -155,16 +181,15 @@ class Lockstep:
             return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}", ()
 
     def _impl_step_checked(
-        self, op: ops.Op, obs: Observation, before: State
+        self, op: ops.Op, obs: Observation, before: State, submitted: Submitted = None
     ) -> tuple[str | None, tuple[Problem, ...]]:
-        # Below the strict level, or when capacity in another unit is an expected divergence, the
-        # embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
-        # counts in slots is not charged for the embedder's choice.
-        capacity = None
-        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
-            capacity = SeedRuntime(self.cfg, before).bump_capacity_remaining()
+        capacity = self._capacity(before)
         try:
-            if capacity is None:
+            if isinstance(submitted, Exception):
+                raise submitted
+            if submitted:
+                outcome = self.adapter.collect()  # type: ignore[attr-defined]
+            elif capacity is None:
                 outcome = self.adapter.step(plain_op(op))
             else:
                 outcome = self.adapter.step(plain_op(op), capacity)
