@@ -281,7 +281,7 @@ def test_a_failure_found_by_one_campaign_is_replayed_by_another_and_by_check(
 ) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first = Fuzz(tmp_path / "a", "--workers", "1", "--time-limit", "30", "--database", redis_server.url)
+    first = Fuzz(tmp_path / "a", "--workers", "1", "--time-limit", "300", "--database", redis_server.url)
     found = first.wait_for(FOUND)
     # The second campaign starts once the first has stored a failure: it replays it first.
     second = Fuzz(
@@ -317,7 +317,7 @@ def test_a_failure_found_by_one_campaign_is_replayed_by_another_and_by_check(
 
 @pytest.mark.slow
 def test_a_killed_worker_loses_nothing_saved_and_the_campaign_goes_on(tmp_path: Path) -> None:
-    fuzz = Fuzz(tmp_path, "--workers", "2", "--time-limit", "60", "--database", "db")
+    fuzz = Fuzz(tmp_path, "--workers", "2", "--time-limit", "300", "--database", "db")
     index, pid = map(int, fuzz.wait_for(re.compile(r"^worker (\d+): pid (\d+)")).groups())
     found = fuzz.wait_for(FOUND)
     os.kill(pid, signal.SIGKILL)
@@ -339,7 +339,7 @@ def test_a_killed_worker_loses_nothing_saved_and_the_campaign_goes_on(tmp_path: 
 def test_redis_going_away_falls_back_to_the_local_database_keeping_the_failures(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    fuzz = Fuzz(tmp_path, "--workers", "2", "--time-limit", "60", "--database", redis_server.url)
+    fuzz = Fuzz(tmp_path, "--workers", "2", "--time-limit", "300", "--database", redis_server.url)
     found = fuzz.wait_for(FOUND)
     redis_server.stop()
     fuzz.wait_for(re.compile("went away"), stream="err")
