@@ -69,6 +69,7 @@ def test_every_seeded_c_bug_is_rejected(bug: str, tmp_path: Path) -> None:
     assert _failing(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bug,expected",
     [("c-wild-read", "killed by SIGSEGV"), ("c-gc-hang", "did not answer within 2 s")],
@@ -90,6 +91,7 @@ def test_a_crash_and_a_hang_become_saved_shrunk_traces(
     assert expected.split(" 2 s")[0] in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_loose_variant_fails_strict_and_passes_conformant(tmp_path: Path) -> None:
     loose = build_reference("debug", variant="c-loose")
     status, report = _gate(tmp_path, loose)
@@ -157,6 +159,7 @@ def _pytest_with_plugin(tmp_path: Path, library: Path) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow
 def test_the_pytest_plugin_gates_a_library_from_its_own_suite(tmp_path: Path) -> None:
     done = _pytest_with_plugin(tmp_path, build_reference("release"))
     assert done.returncode == 0, done.stdout[-3000:]

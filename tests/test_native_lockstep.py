@@ -40,7 +40,7 @@ def _lockstep(path: Path, chunk: int | None, examples: int, save_as: Path | None
 
 
 @pytest.mark.parametrize("build", ["debug", "release"])
-@pytest.mark.parametrize("chunk", [2, 512])
+@pytest.mark.parametrize("chunk", [2, pytest.param(512, marks=pytest.mark.slow)])
 def test_the_c_reference_passes_every_check_and_reaches_every_path(build: str, chunk: int) -> None:
     out = _lockstep(build_reference(build), chunk, 150 if chunk == 2 else 300)
     assert out.passed, out.failure
