@@ -186,11 +186,3 @@ class CodeRegistry:
         )
         chosen = lookup_stack_map(cfg, frame)
         return None if chosen is None else chosen[0]
-
-
-def stack_map_bits(record: int) -> Iterator[int]:
-    """The set bits of the stack map stored at `record`, lowest first (`get_bit(i)` for each `i`)."""
-    words = ctypes.c_uint64.from_address(record).value
-    for i in range(words):
-        if ctypes.c_uint64.from_address(record + WORD * (1 + i // 64)).value >> (i % 64) & 1:
-            yield i

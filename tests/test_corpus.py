@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from one_line import assert_one_line_exit_2
 
 from externref_harness import catalogue, corpus, lockstep
 from externref_harness.cli import main
@@ -431,29 +432,23 @@ def test_replay_mutant_on_a_corpus_file_compares_its_expectations(capsys: pytest
     assert "with cve-2021-39216 on, the model observes other than the corpus expects at step 5" in out
 
 
-def _one_line_exit_2(args: list[str], capsys: pytest.CaptureFixture[str], expected: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and expected in err, err
-
-
 def test_replay_refuses_bad_directories_and_mutants_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corpus_file = str(REPO_CORPUS / "debug" / "path-misuse.json")
-    _one_line_exit_2(["replay", str(tmp_path)], capsys, "no trace files")
-    _one_line_exit_2(
+    assert_one_line_exit_2(["replay", str(tmp_path)], capsys, "no trace files")
+    assert_one_line_exit_2(
         ["replay", corpus_file, "--mutant", "no-such-bug"], capsys, "unknown mutant 'no-such-bug'"
     )
     proof = next(m.name for m in catalogue.all_mutants() if m.layer == "specs")
-    _one_line_exit_2(["replay", corpus_file, "--mutant", proof], capsys, "runs no proof")
+    assert_one_line_exit_2(["replay", corpus_file, "--mutant", proof], capsys, "runs no proof")
     release = str(build_reference("release"))
-    _one_line_exit_2(["replay", corpus_file, "--impl", release], capsys, "is a release build")
-    _one_line_exit_2(
+    assert_one_line_exit_2(["replay", corpus_file, "--impl", release], capsys, "is a release build")
+    assert_one_line_exit_2(
         ["replay", corpus_file, "--impl", release, "--mutant", "impl-early-free"], capsys, "Python port"
     )
     assert main(["replay", corpus_file, "--mutant", "x", "--no-mutant"]) == 2
     assert "not allowed with argument --mutant" in capsys.readouterr().err
     (tmp_path / "good.json").write_text((REPO_CORPUS / "debug" / "path-misuse.json").read_text())
     (tmp_path / "bad.json").write_text('{"corpus_version": 1, "name": "x"}')
-    _one_line_exit_2(["replay", str(tmp_path)], capsys, "bad.json: missing field(s)")
+    assert_one_line_exit_2(["replay", str(tmp_path)], capsys, "bad.json: missing field(s)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from one_line import assert_one_line_exit_2
 
 from externref_harness.cli import main
 from externref_harness.native.build import C_BUGS, build_reference, sanitizer_supported
@@ -118,23 +119,16 @@ def test_expectations_let_strict_pass_and_name_what_no_longer_happens(tmp_path: 
     assert status == 0 and set(report["stale_expectations"]) >= {"seed.chunk-size", "layout.vtable"}
 
 
-def _one_line_exit_2(args: list[str], capsys: pytest.CaptureFixture[str], expected: str) -> None:
-    capsys.readouterr()
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and expected in err, err
-
-
 def test_bad_libraries_and_expectation_files_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text = tmp_path / "lib.so"
     text.write_text("not a library")
     good = str(build_reference("debug"))
-    _one_line_exit_2(["gate", str(tmp_path / "none.so")], capsys, "no such file")
-    _one_line_exit_2(["gate", str(text)], capsys, "not a loadable shared library")
+    assert_one_line_exit_2(["gate", str(tmp_path / "none.so")], capsys, "no such file")
+    assert_one_line_exit_2(["gate", str(text)], capsys, "not a loadable shared library")
     old = build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"})
-    _one_line_exit_2(["gate", str(old)], capsys, "ABI version 2")
+    assert_one_line_exit_2(["gate", str(old)], capsys, "ABI version 2")
     cases = {
         "unknown.toml": ('[divergences."no.such-check"]\nreason = "x"\n', "unknown check"),
         "noreason.toml": ('[divergences."seed.chunk-size"]\n', "needs a non-empty 'reason'"),
@@ -144,9 +138,9 @@ def test_bad_libraries_and_expectation_files_are_refused(
     for name, (content, expected) in cases.items():
         path = tmp_path / name
         path.write_text(content)
-        _one_line_exit_2(["gate", good, "--expect", str(path)], capsys, expected)
-    _one_line_exit_2(["gate", good, "--expect", str(tmp_path / "missing.toml")], capsys, "no such file")
-    _one_line_exit_2(["gate", good, "--time-limit", "0"], capsys, "positive number")
+        assert_one_line_exit_2(["gate", good, "--expect", str(path)], capsys, expected)
+    assert_one_line_exit_2(["gate", good, "--expect", str(tmp_path / "missing.toml")], capsys, "no such file")
+    assert_one_line_exit_2(["gate", good, "--time-limit", "0"], capsys, "positive number")
 
 
 def _pytest_with_plugin(tmp_path: Path, library: Path) -> subprocess.CompletedProcess[str]:

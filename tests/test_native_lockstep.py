@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from one_line import assert_one_line_exit_2
 
 from externref_harness.cli import main
 from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, LockstepOptions, run_lockstep_check
@@ -92,24 +93,20 @@ def test_check_impl_from_the_command_line(capsys: pytest.CaptureFixture[str], tm
     assert main(["check", "--impl", str(bad), "--max-examples", "20", "--failures", str(tmp_path)]) == 1
 
 
-def _one_line_exit_2(args: list[str], capsys: pytest.CaptureFixture[str], expected: str) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and expected in err, err
-
-
 def test_bad_libraries_and_requests_are_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     text = tmp_path / "lib.so"
     text.write_text("not a library")
     fixed = build_reference("debug", no_optional=True)
-    _one_line_exit_2(["check", "--impl", str(tmp_path / "missing.so")], capsys, "no such file")
-    _one_line_exit_2(["check", "--impl", str(text)], capsys, "not a loadable shared library")
+    assert_one_line_exit_2(["check", "--impl", str(tmp_path / "missing.so")], capsys, "no such file")
+    assert_one_line_exit_2(["check", "--impl", str(text)], capsys, "not a loadable shared library")
     old = build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"})
-    _one_line_exit_2(["check", "--impl", str(old)], capsys, "ABI version 2")
-    _one_line_exit_2(["check", "--impl", str(fixed), "--chunk-size", "4"], capsys, "fixed chunk of 512")
-    _one_line_exit_2(["check", "--impl", str(fixed), "--build", "release"], capsys, "is a debug build")
-    _one_line_exit_2(["check", "--impl", str(fixed), "--only", "model"], capsys, "checks the harness itself")
+    assert_one_line_exit_2(["check", "--impl", str(old)], capsys, "ABI version 2")
+    assert_one_line_exit_2(["check", "--impl", str(fixed), "--chunk-size", "4"], capsys, "fixed chunk of 512")
+    assert_one_line_exit_2(["check", "--impl", str(fixed), "--build", "release"], capsys, "is a debug build")
+    assert_one_line_exit_2(
+        ["check", "--impl", str(fixed), "--only", "model"], capsys, "checks the harness itself"
+    )
     mutant = ["check", "--impl", str(fixed), "--mutant", "impl-early-free"]
-    _one_line_exit_2(mutant, capsys, "bug of the Python port")
+    assert_one_line_exit_2(mutant, capsys, "bug of the Python port")
