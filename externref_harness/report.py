@@ -19,7 +19,7 @@ from externref_harness.errors import printable
 from externref_harness.model.moves import next_quiesce_op
 from externref_harness.model.observation import Observation, Ok
 from externref_harness.model.ops import Op
-from externref_harness.model.state import Config, State, WasmFrame
+from externref_harness.model.state import Config, State, Table, WasmFrame, record_fields
 
 #: Lists longer than this print as `[first 3, ..., last 3] (N values)`.
 LIST_LIMIT = 8
@@ -54,10 +54,21 @@ def _value(v: object) -> str:
         return "(" + summarised(v)[1:].replace("]", ")", 1)
     if isinstance(v, frozenset | set):
         return "{" + summarised(sorted(v))[1:].replace("]", "}", 1) if v else "{}"
-    if is_dataclass(v) and not isinstance(v, type) and fields(v):
-        args = ", ".join(f"{f.name}={_value(getattr(v, f.name))}" for f in fields(v))
+    names = _field_names(v)
+    if names:
+        args = ", ".join(f"{name}={_value(getattr(v, name))}" for name in names)
         return f"{type(v).__name__}({args})"
     return repr(v)
+
+
+def _field_names(v: object) -> tuple[str, ...]:
+    """The fields of a state record or a dataclass value (an operation, a result), else ()."""
+    names = record_fields(v)
+    if names is not None:
+        return names
+    if is_dataclass(v) and not isinstance(v, type):
+        return tuple(f.name for f in fields(v))
+    return ()
 
 
 def format_op(op: Op) -> str:
@@ -110,31 +121,31 @@ def state_diff(before: State, after: State) -> list[str]:
     """One line per changed part: heap entries, table fields (chunk slots, set members), handles,
     raws, globals, and each frame's changed slots and fields, never two whole tuples."""
     lines: list[str] = []
-    for f in fields(State):
-        a, b = getattr(before, f.name), getattr(after, f.name)
+    for name in State.FIELDS:
+        a, b = getattr(before, name), getattr(after, name)
         if a == b:
             continue
-        if f.name == "table":
-            for tf in fields(a):
-                ta, tb = getattr(a, tf.name), getattr(b, tf.name)
+        if name == "table":
+            for tname in Table.FIELDS:
+                ta, tb = getattr(a, tname), getattr(b, tname)
                 if ta == tb:
                     continue
                 if isinstance(ta, frozenset):
-                    lines.append(f"table.{tf.name}: {_set_change(ta, tb)}")
+                    lines.append(f"table.{tname}: {_set_change(ta, tb)}")
                 elif isinstance(ta, tuple):
-                    lines += _indexed(f"table.{tf.name}", ta, tb)
+                    lines += _indexed(f"table.{tname}", ta, tb)
                 else:
-                    lines.append(f"table.{tf.name}: {_value(ta)} -> {_value(tb)}")
-        elif f.name == "frames":
+                    lines.append(f"table.{tname}: {_value(ta)} -> {_value(tb)}")
+        elif name == "frames":
             lines += _frames_diff(a, b)
-        elif f.name == "faults":
+        elif name == "faults":
             lines += [f"faults: + {printable(x)}" for x in b[len(a) :]] if b[: len(a)] == a else [
                 f"faults: {_value(a)} -> {_value(b)}"
             ]
         elif isinstance(a, tuple):
-            lines += _indexed(f.name, a, b)
+            lines += _indexed(name, a, b)
         else:
-            lines.append(f"{f.name}: {printable(_value(a))} -> {printable(_value(b))}")
+            lines.append(f"{name}: {printable(_value(a))} -> {printable(_value(b))}")
     if not _FULL.get() and len(lines) > DIFF_LIMIT:
         lines = [*lines[:DIFF_LIMIT], f"... and {len(lines) - DIFF_LIMIT} more changed parts"]
     return lines
@@ -150,11 +161,12 @@ def _indexed(name: str, a: tuple[object, ...], b: tuple[object, ...]) -> list[st
         vb = b[i] if i < len(b) else _ABSENT
         if va == vb:
             continue
-        if type(va) is type(vb) and is_dataclass(va) and fields(va):
+        names = _field_names(va)
+        if type(va) is type(vb) and names:
             changed = [
-                f"{f.name} {_value(getattr(va, f.name))} -> {_value(getattr(vb, f.name))}"
-                for f in fields(va)
-                if getattr(va, f.name) != getattr(vb, f.name)
+                f"{n} {_value(getattr(va, n))} -> {_value(getattr(vb, n))}"
+                for n in names
+                if getattr(va, n) != getattr(vb, n)
             ]
             out.append(f"{name}[{i}]: " + ", ".join(changed))
         else:
@@ -181,10 +193,10 @@ def _frames_diff(a: tuple[object, ...], b: tuple[object, ...]) -> list[str]:
             continue
         if isinstance(fa, WasmFrame) and isinstance(fb, WasmFrame):
             out += _indexed(f"frames[{i}].slots", fa.slots, fb.slots)
-            for ff in fields(WasmFrame):
-                if ff.name != "slots" and getattr(fa, ff.name) != getattr(fb, ff.name):
-                    va, vb = _value(getattr(fa, ff.name)), _value(getattr(fb, ff.name))
-                    out.append(f"frames[{i}].{ff.name}: {va} -> {vb}")
+            for fname in WasmFrame.FIELDS:
+                if fname != "slots" and getattr(fa, fname) != getattr(fb, fname):
+                    va, vb = _value(getattr(fa, fname)), _value(getattr(fb, fname))
+                    out.append(f"frames[{i}].{fname}: {va} -> {vb}")
         else:
             out.append(f"frames[{i}]: {_shown_or_absent(fa)} -> {_shown_or_absent(fb)}")
     return out

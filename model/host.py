@@ -8,6 +8,8 @@ kinds (`model.observation`).
 
 from __future__ import annotations
 
+from mypy_extensions import trait
+
 from externref_harness.model import layout
 from externref_harness.model.observation import (
     BAD_CANARY,
@@ -78,8 +80,13 @@ def check_instantiation(count: int, initialised: list[bool]) -> None:
         raise MisuseError(BAD_GLOBAL, f"{count} of {len(initialised)} globals")
 
 
+@trait
 class HostBookkeeping:
-    """Handles (`None`: dropped or moved) and raw pointers (`None`: consumed by `from_raw`)."""
+    """Handles (`None`: dropped or moved) and raw pointers (`None`: consumed by `from_raw`).
+
+    A trait (`mypy_extensions.trait`): `Machine` mixes it into the seed's runtime, which is how a
+    compiled build allows the second base class.
+    """
 
     handles: list[int | None]
     raws: list[RawPtr | None]

@@ -7,9 +7,9 @@ in the same order, including the oddities (documented where they occur).
 
 A transition (`model.transition.step`) runs one operation on a copy-on-write working copy of an
 immutable `State` and freezes the result, so the model as a whole stays a pure function. Only the
-parts a step touches are thawed into lists and sets (on first access, `_thaw`), and freezing reuses
-the state's own tuples for every part left untouched, so a step that does not touch the table costs
-nothing for the size of the bump chunk.
+parts a step touches are thawed into lists and sets (on first access: `SeedRuntime`'s
+properties), and freezing reuses the state's own tuples for every part left untouched, so a step
+that does not touch the table costs nothing for the size of the bump chunk.
 
 Faults a sanitizer would report (a count bumped in freed or non-ref memory, a double free) are
 recorded in `faults` instead of crashing; debug assertions raise `DebugAssertion`.
@@ -17,7 +17,7 @@ recorded in `faults` instead of crashing; debug assertions raise `DebugAssertion
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from externref_harness.model import layout
@@ -67,14 +67,13 @@ class WalkedFrame:
 
 
 class SeedRuntime:
-    """Mutable working copy of the runtime half of a `State`."""
+    """Mutable working copy of the runtime half of a `State`.
 
-    #: Thawed on first access (`__getattr__`): the parts few steps touch. The heap is thawed
-    #: eagerly: most steps touch it, and a list copy is cheaper than the first-access hook.
-    chunk: list[int | None]
-    over_approximated_stack_roots: set[int]
-    precise_stack_roots: set[int]
-    faults: list[str]
+    Copy-on-write: the bump chunk, the two root sets and the faults are thawed into a list or a set
+    the first time the step reads them (the properties below), and `frozen_table` gives the
+    thawed table back untouched when the step left it alone. The heap is thawed eagerly: most
+    steps touch it, and a list copy is cheaper than the first-access check.
+    """
 
     def __init__(self, cfg: Config, state: State) -> None:
         self.cfg = cfg
@@ -86,19 +85,50 @@ class SeedRuntime:
         self.gc_okay = t.gc_okay
         self.dropped: list[int] = []
         self.events: list[str] = []
+        self._chunk: list[int | None] | None = None
+        self._over: set[int] | None = None
+        self._precise: set[int] | None = None
+        self._faults: list[str] | None = None
 
-    def __getattr__(self, name: str) -> object:
-        """Copy-on-write: a part of the state is thawed the first time the step reads it."""
-        thaw = _THAW.get(name)
-        if thaw is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        value = thaw(self._thawed)
-        setattr(self, name, value)
-        return value
+    @property
+    def chunk(self) -> list[int | None]:
+        if self._chunk is None:
+            self._chunk = list(self._thawed_table.chunk)
+        return self._chunk
 
-    def _touched(self, name: str) -> bool:
-        """Whether the step has thawed (read or replaced) this part of the state."""
-        return name in self.__dict__
+    @chunk.setter
+    def chunk(self, value: list[int | None]) -> None:
+        self._chunk = value
+
+    @property
+    def over_approximated_stack_roots(self) -> set[int]:
+        if self._over is None:
+            self._over = set(self._thawed_table.over_approximated_stack_roots)
+        return self._over
+
+    @over_approximated_stack_roots.setter
+    def over_approximated_stack_roots(self, value: set[int]) -> None:
+        self._over = value
+
+    @property
+    def precise_stack_roots(self) -> set[int]:
+        if self._precise is None:
+            self._precise = set(self._thawed_table.precise_stack_roots)
+        return self._precise
+
+    @precise_stack_roots.setter
+    def precise_stack_roots(self, value: set[int]) -> None:
+        self._precise = value
+
+    @property
+    def faults(self) -> list[str]:
+        if self._faults is None:
+            self._faults = list(self._thawed.faults)
+        return self._faults
+
+    def faults_if_touched(self) -> list[str] | None:
+        """The thawed faults, None if the step never read them (so they are the state's own)."""
+        return self._faults
 
     # --- hooks the world provides -----------------------------------------------------------
 
@@ -109,10 +139,9 @@ class SeedRuntime:
     def frozen_table(self) -> Table:
         """The table as a value; the very one thawed when nothing changed (sharing makes `==` cheap)."""
         t = self._thawed_table
-        touched = self.__dict__
-        chunk = touched.get("chunk")
-        over = touched.get("over_approximated_stack_roots")
-        precise = touched.get("precise_stack_roots")
+        chunk = self._chunk
+        over = self._over
+        precise = self._precise
         if (
             chunk is None
             and over is None
@@ -356,12 +385,3 @@ class SeedRuntime:
 
 def _frozen(thawed: set[int] | None, original: frozenset[int]) -> frozenset[int]:
     return original if thawed is None or thawed == original else frozenset(thawed)
-
-
-#: How each copy-on-write part of a `State` is thawed (`SeedRuntime.__getattr__`).
-_THAW: dict[str, Callable[[State], object]] = {
-    "chunk": lambda s: list(s.table.chunk),
-    "over_approximated_stack_roots": lambda s: set(s.table.over_approximated_stack_roots),
-    "precise_stack_roots": lambda s: set(s.table.precise_stack_roots),
-    "faults": lambda s: list(s.faults),
-}

@@ -28,8 +28,8 @@ at higher addresses, exactly as `backtrace::trace` sees them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Literal, TypeVar
 
 WORD = 8
 #: Highest stack address of the model's native stack; frames are carved below it.
@@ -75,21 +75,60 @@ class Config:
         return self.build == "debug"
 
 
-@dataclass(frozen=True, slots=True)
 class Box:
     """One `VMExternData` allocation: its value's layout, `ref_count`, and whether it was freed."""
 
-    size: int
-    align: int
-    ref_count: int = 1
-    freed: bool = False
+    __slots__ = ("align", "freed", "ref_count", "size")
+    FIELDS: ClassVar[tuple[str, ...]] = ("size", "align", "ref_count", "freed")
 
+    def __init__(self, size: int, align: int, ref_count: int = 1, freed: bool = False) -> None:
+        self.size: Final = size
+        self.align: Final = align
+        self.ref_count: Final = ref_count
+        self.freed: Final = freed
 
-@dataclass(frozen=True, slots=True)
-class Scalar:
-    """A non-reference word in a Wasm stack slot (an i64 spill). Never a valid `VMExternData*`."""
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Box:
+            return NotImplemented
+        assert isinstance(other, Box)
+        return (
+            self.size == other.size
+            and self.align == other.align
+            and self.ref_count == other.ref_count
+            and self.freed == other.freed
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.size, self.align, self.ref_count, self.freed))
 
     def __repr__(self) -> str:
+        return (
+            f"Box(size={self.size!r}, align={self.align!r}, "
+            f"ref_count={self.ref_count!r}, freed={self.freed!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Box, (self.size, self.align, self.ref_count, self.freed))
+
+
+class Scalar:
+    """A non-reference word in a Wasm stack slot (an i64 spill). Never a valid `VMExternData*`.
+
+    One instance, `SCALAR` (a pickled copy comes back as it).
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Scalar
+
+    def __hash__(self) -> int:
+        return 0x5CA1A4
+
+    def __repr__(self) -> str:
+        return "SCALAR"
+
+    def __reduce__(self) -> str:
         return "SCALAR"
 
 
@@ -99,11 +138,21 @@ SCALAR = Scalar()
 Slot = int | Scalar | None
 
 
-@dataclass(frozen=True, slots=True)
 class Uninit:
-    """The bytes of a `VMGlobalDefinition` that instantiation never wrote."""
+    """The bytes of a `VMGlobalDefinition` that instantiation never wrote. One instance, `UNINIT`."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Uninit
+
+    def __hash__(self) -> int:
+        return 0x0717
 
     def __repr__(self) -> str:
+        return "UNINIT"
+
+    def __reduce__(self) -> str:
         return "UNINIT"
 
 
@@ -111,27 +160,71 @@ UNINIT = Uninit()
 GlobalValue = int | Uninit | None
 
 
-@dataclass(frozen=True, slots=True)
 class RawPtr:
     """A raw `*mut u8` the host holds. `owned` pointers (from `into_raw`) carry one count."""
 
-    ref: int
-    owned: bool
+    __slots__ = ("owned", "ref")
+    FIELDS: ClassVar[tuple[str, ...]] = ("ref", "owned")
+
+    def __init__(self, ref: int, owned: bool) -> None:
+        self.ref: Final = ref
+        self.owned: Final = owned
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not RawPtr:
+            return NotImplemented
+        assert isinstance(other, RawPtr)
+        return self.ref == other.ref and self.owned == other.owned
+
+    def __hash__(self) -> int:
+        return hash((self.ref, self.owned))
+
+    def __repr__(self) -> str:
+        return f"RawPtr(ref={self.ref!r}, owned={self.owned!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RawPtr, (self.ref, self.owned))
 
 
-@dataclass(frozen=True, slots=True)
 class HostFrame:
     """A host frame. `ret_slot` is where a Wasm caller expects this host function's result."""
 
-    unwind_info: bool = True
-    called_from_wasm: bool = False
-    ret_slot: int | None = None
+    __slots__ = ("called_from_wasm", "ret_slot", "unwind_info")
+    FIELDS: ClassVar[tuple[str, ...]] = ("unwind_info", "called_from_wasm", "ret_slot")
+
+    def __init__(
+        self, unwind_info: bool = True, called_from_wasm: bool = False, ret_slot: int | None = None
+    ) -> None:
+        self.unwind_info: Final = unwind_info
+        self.called_from_wasm: Final = called_from_wasm
+        self.ret_slot: Final = ret_slot
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not HostFrame:
+            return NotImplemented
+        assert isinstance(other, HostFrame)
+        return (
+            self.unwind_info == other.unwind_info
+            and self.called_from_wasm == other.called_from_wasm
+            and self.ret_slot == other.ret_slot
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.unwind_info, self.called_from_wasm, self.ret_slot))
+
+    def __repr__(self) -> str:
+        return (
+            f"HostFrame(unwind_info={self.unwind_info!r}, "
+            f"called_from_wasm={self.called_from_wasm!r}, ret_slot={self.ret_slot!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (HostFrame, (self.unwind_info, self.called_from_wasm, self.ret_slot))
 
 
 StackMap = tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class WasmFrame:
     """A Wasm activation suspended at (or executing towards) a safepoint.
 
@@ -140,48 +233,229 @@ class WasmFrame:
     is the map of the safepoint before that, which a buggy lookup may fall back to.
     """
 
-    slots: tuple[Slot, ...]
-    stack_map: StackMap | None = None
-    previous_stack_map: StackMap | None = None
-    called_from_wasm: bool = False
-    ret_slot: int | None = None
-    resets_canary: bool = False
+    __slots__ = (
+        "called_from_wasm", "previous_stack_map", "resets_canary", "ret_slot", "slots", "stack_map"
+    )  # fmt: skip
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "slots", "stack_map", "previous_stack_map", "called_from_wasm", "ret_slot", "resets_canary"
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        slots: tuple[Slot, ...],
+        stack_map: StackMap | None = None,
+        previous_stack_map: StackMap | None = None,
+        called_from_wasm: bool = False,
+        ret_slot: int | None = None,
+        resets_canary: bool = False,
+    ) -> None:
+        self.slots: Final = slots
+        self.stack_map: Final = stack_map
+        self.previous_stack_map: Final = previous_stack_map
+        self.called_from_wasm: Final = called_from_wasm
+        self.ret_slot: Final = ret_slot
+        self.resets_canary: Final = resets_canary
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not WasmFrame:
+            return NotImplemented
+        assert isinstance(other, WasmFrame)
+        return (
+            self.slots == other.slots
+            and self.stack_map == other.stack_map
+            and self.previous_stack_map == other.previous_stack_map
+            and self.called_from_wasm == other.called_from_wasm
+            and self.ret_slot == other.ret_slot
+            and self.resets_canary == other.resets_canary
+        )
+
+    def __hash__(self) -> int:
+        return hash((
+            self.slots, self.stack_map, self.previous_stack_map,
+            self.called_from_wasm, self.ret_slot, self.resets_canary,
+        ))  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"WasmFrame(slots={self.slots!r}, stack_map={self.stack_map!r}, "
+            f"previous_stack_map={self.previous_stack_map!r}, "
+            f"called_from_wasm={self.called_from_wasm!r}, ret_slot={self.ret_slot!r}, "
+            f"resets_canary={self.resets_canary!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WasmFrame, (
+            self.slots, self.stack_map, self.previous_stack_map,
+            self.called_from_wasm, self.ret_slot, self.resets_canary,
+        ))  # fmt: skip
 
 
 Frame = HostFrame | WasmFrame
 
 
-@dataclass(frozen=True, slots=True)
 class Table:
     """`VMExternRefActivationsTable` with the bump finger as a slot index into `chunk`."""
 
-    chunk: tuple[int | None, ...] = ()
-    next: int = 0
-    over_approximated_stack_roots: frozenset[int] = frozenset()
-    precise_stack_roots: frozenset[int] = frozenset()
-    stack_canary: int | None = None
-    gc_okay: bool = True
+    __slots__ = (
+        "chunk", "gc_okay", "next", "over_approximated_stack_roots", "precise_stack_roots",
+        "stack_canary",
+    )  # fmt: skip
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "chunk", "next", "over_approximated_stack_roots", "precise_stack_roots", "stack_canary",
+        "gc_okay",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        chunk: tuple[int | None, ...] = (),
+        next: int = 0,
+        over_approximated_stack_roots: frozenset[int] = frozenset(),
+        precise_stack_roots: frozenset[int] = frozenset(),
+        stack_canary: int | None = None,
+        gc_okay: bool = True,
+    ) -> None:
+        self.chunk: Final = chunk
+        self.next: Final = next
+        self.over_approximated_stack_roots: Final = over_approximated_stack_roots
+        self.precise_stack_roots: Final = precise_stack_roots
+        self.stack_canary: Final = stack_canary
+        self.gc_okay: Final = gc_okay
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not Table:
+            return NotImplemented
+        assert isinstance(other, Table)
+        return (
+            self.chunk == other.chunk
+            and self.next == other.next
+            and self.over_approximated_stack_roots == other.over_approximated_stack_roots
+            and self.precise_stack_roots == other.precise_stack_roots
+            and self.stack_canary == other.stack_canary
+            and self.gc_okay == other.gc_okay
+        )
+
+    def __hash__(self) -> int:
+        return hash((
+            self.chunk, self.next, self.over_approximated_stack_roots, self.precise_stack_roots,
+            self.stack_canary, self.gc_okay,
+        ))  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"Table(chunk={self.chunk!r}, next={self.next!r}, "
+            f"over_approximated_stack_roots={self.over_approximated_stack_roots!r}, "
+            f"precise_stack_roots={self.precise_stack_roots!r}, "
+            f"stack_canary={self.stack_canary!r}, gc_okay={self.gc_okay!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Table, (
+            self.chunk, self.next, self.over_approximated_stack_roots, self.precise_stack_roots,
+            self.stack_canary, self.gc_okay,
+        ))  # fmt: skip
+
+    def with_(self, **changes: Any) -> Table:
+        return replaced(self, **changes)
 
 
-@dataclass(frozen=True, slots=True)
+_HOST_MAIN = HostFrame()
+
+
 class State:
-    heap: tuple[Box, ...] = ()
-    table: Table = field(default_factory=Table)
-    handles: tuple[int | None, ...] = ()
-    raws: tuple[RawPtr | None, ...] = ()
-    globals: tuple[GlobalValue, ...] = ()
-    frames: tuple[Frame, ...] = (HostFrame(),)
-    #: Memory-safety faults (what a sanitizer would report), in order of occurrence.
-    faults: tuple[str, ...] = ()
-    #: The message of a debug assertion that fired; the run cannot continue past it.
-    panic: str | None = None
+    __slots__ = ("faults", "frames", "globals", "handles", "heap", "panic", "raws", "table")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "heap", "table", "handles", "raws", "globals", "frames", "faults", "panic"
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        heap: tuple[Box, ...] = (),
+        table: Table | None = None,
+        handles: tuple[int | None, ...] = (),
+        raws: tuple[RawPtr | None, ...] = (),
+        globals: tuple[GlobalValue, ...] = (),
+        frames: tuple[Frame, ...] = (_HOST_MAIN,),
+        faults: tuple[str, ...] = (),
+        panic: str | None = None,
+    ) -> None:
+        self.heap: Final = heap
+        self.table: Final[Table] = Table() if table is None else table
+        self.handles: Final = handles
+        self.raws: Final = raws
+        self.globals: Final = globals
+        self.frames: Final = frames
+        #: Memory-safety faults (what a sanitizer would report), in order of occurrence.
+        self.faults: Final = faults
+        #: The message of a debug assertion that fired; the run cannot continue past it.
+        self.panic: Final = panic
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not State:
+            return NotImplemented
+        assert isinstance(other, State)
+        return (
+            self.heap == other.heap
+            and self.table == other.table
+            and self.handles == other.handles
+            and self.raws == other.raws
+            and self.globals == other.globals
+            and self.frames == other.frames
+            and self.faults == other.faults
+            and self.panic == other.panic
+        )
+
+    def __hash__(self) -> int:
+        return hash((
+            self.heap, self.table, self.handles, self.raws, self.globals, self.frames,
+            self.faults, self.panic,
+        ))  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"State(heap={self.heap!r}, table={self.table!r}, handles={self.handles!r}, "
+            f"raws={self.raws!r}, globals={self.globals!r}, frames={self.frames!r}, "
+            f"faults={self.faults!r}, panic={self.panic!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (State, (
+            self.heap, self.table, self.handles, self.raws, self.globals, self.frames,
+            self.faults, self.panic,
+        ))  # fmt: skip
 
     @staticmethod
     def initial(cfg: Config) -> State:
         return State(globals=(UNINIT,) * cfg.n_globals)
 
-    def with_(self, **changes: object) -> State:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_(self, **changes: Any) -> State:
+        return replaced(self, **changes)
+
+
+R = TypeVar("R", Box, RawPtr, HostFrame, WasmFrame, Table, State)
+
+
+def replaced(record: R, **changes: Any) -> R:
+    """A copy of a state record with the named fields changed, as `dataclasses.replace` does."""
+    unknown = set(changes) - set(record.FIELDS)
+    if unknown:
+        raise TypeError(f"{type(record).__name__} has no field {', '.join(sorted(unknown))}")
+    return type(record)(**{f: changes.get(f, getattr(record, f)) for f in record.FIELDS})
+
+
+#: The record types of a `State`, each with its field names in order (`FIELDS`).
+Record = Box | RawPtr | HostFrame | WasmFrame | Table | State
+
+
+def record_fields(value: object) -> tuple[str, ...] | None:
+    """The field names of a state record (`Box`, `Table`, ...), None for anything else."""
+    fields: object = getattr(type(value), "FIELDS", None)
+    return fields if isinstance(fields, tuple) else None
 
 
 def frame_bytes(frame: Frame) -> int:

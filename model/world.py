@@ -115,7 +115,7 @@ class Machine(SeedRuntime, HostBookkeeping):
         s = self._thawed
         heap, handles, raws = tuple(self.heap), tuple(self.handles), tuple(self.raws)
         globals_, frames = tuple(self.globals), tuple(self.frames)
-        faults = self.__dict__.get("faults")
+        faults = self.faults_if_touched()
         return State(
             s.heap if heap == s.heap else heap,
             self.frozen_table(),

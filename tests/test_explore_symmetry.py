@@ -18,7 +18,7 @@ import pytest
 from externref_harness.explore import ExploreBounds, canonical, explore
 from externref_harness.model.moves import flat_moves, moves, ordered_kinds
 from externref_harness.model.mutants import MODEL_MUTANTS
-from externref_harness.model.state import RawPtr, State, Table, WasmFrame
+from externref_harness.model.state import RawPtr, State, Table, WasmFrame, replaced
 from externref_harness.model.transition import step
 from externref_harness.specs.invariants import first_violation
 
@@ -92,7 +92,7 @@ def rename(state: State, perm: dict[int, int], rnd: random.Random) -> State:
         frozenset(perm[x] for x in t.precise_stack_roots), t.stack_canary, t.gc_okay,
     )  # fmt: skip
     frames = tuple(
-        replace(f, slots=tuple(r(s) for s in f.slots)) if isinstance(f, WasmFrame) else f  # type: ignore[misc]
+        replaced(f, slots=tuple(r(s) for s in f.slots)) if isinstance(f, WasmFrame) else f
         for f in state.frames
     )
     return State(
@@ -118,10 +118,10 @@ def test_the_bisimulation_check_fails_on_a_canonical_form_that_merges_too_much()
     def forgetful(s: State) -> State:
         c = canonical(cfg, s)
         frames = tuple(
-            replace(f, stack_map=None, previous_stack_map=None) if isinstance(f, WasmFrame) else f
+            replaced(f, stack_map=None, previous_stack_map=None) if isinstance(f, WasmFrame) else f
             for f in c.frames
         )
-        return replace(c, frames=frames)
+        return replaced(c, frames=frames)
 
     assert bisimulation_mismatch(knobs, forgetful, walk_states(knobs)) is not None
 
@@ -153,7 +153,7 @@ def test_canonical_keeps_counts_and_live_maps_apart() -> None:
     states = walk_states(knobs)
     assert 1 < len({canonical(cfg, s) for s in states}) < len(set(states))
     s = next(s for s in states if s.heap and not s.heap[0].freed)
-    bumped = replace(s, heap=(replace(s.heap[0], ref_count=s.heap[0].ref_count + 1), *s.heap[1:]))
+    bumped = replaced(s, heap=(replaced(s.heap[0], ref_count=s.heap[0].ref_count + 1), *s.heap[1:]))
     assert canonical(cfg, bumped) != canonical(cfg, s)
     suspended = next(
         s for s in states
@@ -163,8 +163,10 @@ def test_canonical_keeps_counts_and_live_maps_apart() -> None:
         i for i, f in enumerate(suspended.frames[:-1]) if isinstance(f, WasmFrame) and f.stack_map
     )
     frames = list(suspended.frames)
-    frames[i] = replace(frames[i], stack_map=None)  # type: ignore[arg-type]
-    assert canonical(cfg, replace(suspended, frames=tuple(frames))) != canonical(cfg, suspended)
+    frame = frames[i]
+    assert isinstance(frame, WasmFrame)
+    frames[i] = replaced(frame, stack_map=None)
+    assert canonical(cfg, replaced(suspended, frames=tuple(frames))) != canonical(cfg, suspended)
 
 
 def test_expanding_representatives_reaches_the_classes_expanding_actual_states_does() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import pytest
 
@@ -104,7 +103,7 @@ def test_missing_canary_with_wasm_frames_panics_in_debug_and_frees_live_refs_in_
     outcomes = []
     for cfg in (DEBUG, RELEASE):
         state = run(cfg, steps)[-1][0]
-        state = state.with_(table=replace(state.table, stack_canary=None))
+        state = state.with_(table=state.table.with_(stack_canary=None))
         outcomes.append(step(cfg, state, ops.Gc()))
     (debug, dobs), (release, _) = outcomes
     assert isinstance(dobs.result, Panic)
