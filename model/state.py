@@ -445,7 +445,8 @@ def replaced(record: R, **changes: Any) -> R:
     unknown = set(changes) - set(record.FIELDS)
     if unknown:
         raise TypeError(f"{type(record).__name__} has no field {', '.join(sorted(unknown))}")
-    return type(record)(**{f: changes.get(f, getattr(record, f)) for f in record.FIELDS})
+    copy: R = type(record)(**{f: changes.get(f, getattr(record, f)) for f in record.FIELDS})
+    return copy
 
 
 #: The record types of a `State`, each with its field names in order (`FIELDS`).
