@@ -36,7 +36,7 @@ from externref_harness.model.mutants import MODEL_MUTANTS
 from externref_harness.model.observation import Panic
 from externref_harness.model.state import Build, Config, State
 from externref_harness.model.transition import step
-from externref_harness.model_check import _labels
+from externref_harness.path_labels import step_labels
 from externref_harness.specs.invariants import first_violation
 
 BUILDS: tuple[Build, ...] = ("debug", "release")
@@ -66,7 +66,7 @@ def model_run(cfg: Config, steps: tuple[ops.Op, ...]) -> tuple[list[CorpusStep],
         state, obs = step(cfg, before, op)
         out.append(CorpusStep(op, expectation(op, obs, state), teardown))
         if not teardown:
-            labels.update(_labels(op, obs))
+            labels.update(step_labels(op, obs))
         if problem is None:
             if isinstance(obs.result, Panic):
                 problem = f"step {len(out)} ({op}): the model panicked: {obs.result.message}"

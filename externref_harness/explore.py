@@ -6,23 +6,25 @@ below: the invariants read nothing the reduction forgets) is checked against eve
 `specs.invariants`; states are discovered in order of depth, so the first violation found is at
 the end of a shortest trace.
 
-Scale, as TLC does it: the seen-set holds 64-bit fingerprints with the (parent, move) that first
-reached each (`fingerprints.FingerprintStore`), not the states; only the frontier is kept as
-states. `Partition` is the search of one process; `explore_workers` runs several, partitioned by
-fingerprint, level by level, with exactly the same counts. `Limits` and Ctrl-C stop a search early
-with an incomplete outcome.
+The parts, one concept each:
+- `partition`: `Search` (what is searched) and `Partition`, the search core of one process, which
+  takes every transition of a level; it is the hot path and is compiled;
+- `symmetry`: `canonical`, the representative of a state's symmetry class;
+- `fingerprints`: the seen-set, 64-bit fingerprints with the (parent, move) that first reached
+  each, not the states (only the frontier is kept as states), as TLC keeps it;
+- `explore_workers`: several partitions over worker processes, partitioned by fingerprint, level
+  by level, with exactly the same counts;
+- this module: the knobs (`ExploreBounds`), the driver of one process, limits and Ctrl-C (which
+  stop a search early with an incomplete outcome), the outcome, and the rebuild of a violation's
+  trace. It re-exports the names of the parts above that callers use (`canonical`, `Search`,
+  `Partition`, ...).
 
-Symmetry reduction. Two states behave alike when they differ only by
-- the names of refs: ids are allocation order and the model compares them only for equality;
-- tombstones: the positions of dropped handles and consumed raw pointers;
-- the order of the filled part of the bump chunk: every reader treats it as a multiset;
-- stack maps no lookup will ever read (`model.world.live_stack_maps`).
-The same moves, up to renumbering, lead from both to states that again differ only that way (a
-bisimulation, checked by `tests/test_explore_symmetry.py`). `canonical` picks one representative
-per class, and the search expands representatives. A violation's trace is then rebuilt on actual
-states: from `State.initial`, each step takes the actual state's own move whose successor falls in
-the next class on the path, so the trace is a sequence of real operations that
-`model.transition.run` and `externref-harness replay` reproduce exactly.
+Symmetry reduction (`symmetry`): the search expands one representative per class of states that
+differ only by ref names, tombstones, the order of the bump chunk's filled part and dead stack
+maps. A violation's trace is then rebuilt on actual states: from `State.initial`, each step takes
+the actual state's own move whose successor falls in the next class on the path, so the trace is a
+sequence of real operations that `model.transition.run` and `externref-harness replay` reproduce
+exactly.
 
 State constraint. `WasmReturn` to the host hands out a new handle whatever `Bounds.handles` says,
 so the reachable space is not finite by itself. Like TLC's CONSTRAINT, a state holding more live
@@ -39,165 +41,30 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 
-from externref_harness.fingerprints import (
-    ROOT_MOVE,
-    FingerprintStore,
-    collision_probability,
-    fingerprint,
-    owner,
-)
-from externref_harness.model.moves import Bounds, flat_moves
+from externref_harness.fingerprints import ROOT_MOVE, collision_probability
+from externref_harness.model.moves import Bounds
 from externref_harness.model.mutants import model_mutant_names
-from externref_harness.model.observation import Misuse, Ok
 from externref_harness.model.ops import Op
-from externref_harness.model.state import Build, Config, Frame, RawPtr, State, Table, WasmFrame
+from externref_harness.model.state import Build, Config, State
 from externref_harness.model.transition import step
-from externref_harness.model.world import live_stack_maps
-from externref_harness.model_check import _labels, misuse_problem
+from externref_harness.model_check import misuse_problem
+from externref_harness.partition import TICK, Found, Item, Partition, Search, Tick
 from externref_harness.specs.invariants import first_violation
+from externref_harness.symmetry import canonical, live_handles
+
+__all__ = [
+    "INTERRUPTED", "LIMITS", "MUTANT_KNOBS", "REFUSED", "STATE_LIMIT", "TICK", "TIME_LIMIT",
+    "ExploreBounds", "Found", "Interrupted", "Item", "Limits", "Outcome", "Partition", "Progress",
+    "ProgressHook", "Search", "Tick", "UnsoundReduction", "Violation", "canonical", "explore",
+    "interruptible", "live_handles", "memory_bytes", "rebuild_violation", "stop_reason",
+]  # fmt: skip
 
 #: Pseudo-invariant for a well-formed move the model refuses (a bug in `model.moves` or the model).
 REFUSED = "refused"
 
 
-# --- symmetry reduction ---------------------------------------------------------------------------
-
-
-def canonical(cfg: Config, state: State) -> State:
-    """The representative of `state`'s symmetry class (see the module docstring).
-
-    Refs are renamed in order of first appearance in the ordered parts of the state (handles, raw
-    pointers, globals, Wasm slots); refs held only by the heap or the table are then ordered by
-    everything the state says about them, so equally described refs are interchangeable and any
-    order among them gives the same result. Stack maps no lookup can reach any more are dropped
-    (`model.world.live_stack_maps`). Faults keep only their kind: any fault already violates I3 or
-    I4, and the search stops there.
-    """
-    heap = state.heap
-    n = len(heap)
-    seq = [h for h in state.handles if h is not None]
-    for p in state.raws:
-        if p is not None:
-            seq.append(p.ref)
-    for g in state.globals:
-        if type(g) is int:
-            seq.append(g)
-    for f in state.frames:
-        if type(f) is WasmFrame:
-            seq.extend([s for s in f.slots if type(s) is int])
-    first = list(dict.fromkeys(seq))
-    table = state.table
-    filled = table.chunk[: table.next]
-    if len(first) < n:
-        placed = set(first)
-        rest = [r for r in range(n) if r not in placed]
-        if len(rest) > 1:
-            over = table.over_approximated_stack_roots
-            precise = table.precise_stack_roots
-
-            def described(r: int) -> tuple[int, bool, int, int, int, bool, bool]:
-                box = heap[r]
-                return (
-                    box.ref_count, box.freed, box.size, box.align,
-                    filled.count(r), r in over, r in precise,
-                )  # fmt: skip
-
-            rest.sort(key=described)
-        first += rest
-    identity = first == list(range(n))
-    order = {} if identity else {old: new for new, old in enumerate(first)}
-
-    frames = state.frames
-    youngest = len(frames) - 1
-    rebuilt: list[Frame] | None = None
-    for i, f in enumerate(frames):
-        if type(f) is not WasmFrame:
-            continue
-        stack_map, previous = live_stack_maps(cfg, f, i == youngest)
-        if identity and stack_map == f.stack_map and previous == f.previous_stack_map:
-            continue
-        if rebuilt is None:
-            rebuilt = list(frames)
-        slots = f.slots if identity else tuple(order[s] if type(s) is int else s for s in f.slots)
-        rebuilt[i] = WasmFrame(
-            slots, stack_map, previous, f.called_from_wasm, f.ret_slot, f.resets_canary
-        )
-    if rebuilt is not None:
-        frames = tuple(rebuilt)
-
-    handles = state.handles
-    raws = state.raws
-    globals_ = state.globals
-    new_heap = heap
-    new_filled = filled
-    over_roots = table.over_approximated_stack_roots
-    precise_roots = table.precise_stack_roots
-    if identity:
-        if None in handles:
-            handles = tuple(h for h in handles if h is not None)
-        if None in raws:
-            raws = tuple(p for p in raws if p is not None)
-    else:
-        handles = tuple(order[h] for h in handles if h is not None)
-        raws = tuple(RawPtr(order[p.ref], p.owned) for p in raws if p is not None)
-        globals_ = tuple(order[g] if type(g) is int else g for g in globals_)
-        new_heap = tuple([heap[old] for old in first])
-        new_filled = tuple(None if r is None else order[r] for r in filled)
-        over_roots = frozenset(order[r] for r in over_roots)
-        precise_roots = frozenset(order[r] for r in precise_roots)
-    if len(new_filled) > 1 and None not in new_filled:
-        new_filled = tuple(sorted(new_filled))  # type: ignore[type-var]
-    if not identity or new_filled != filled:
-        table = Table(
-            new_filled + table.chunk[table.next :],
-            table.next,
-            over_roots,
-            precise_roots,
-            table.stack_canary,
-            table.gc_okay,
-        )
-    faults = state.faults
-    if faults:
-        faults = tuple(f.split(":", 1)[0] for f in faults)
-    if (
-        table is state.table
-        and handles is state.handles
-        and raws is state.raws
-        and globals_ is state.globals
-        and frames is state.frames
-        and new_heap is heap
-        and faults is state.faults
-    ):
-        return state
-    return State(new_heap, table, handles, raws, globals_, frames, faults, state.panic)
-
-
-def live_handles(state: State) -> int:
-    return sum(h is not None for h in state.handles)
-
-
 # --- the search -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Search:
-    """One bounded search: the model's config, the move bounds and a depth limit (None: none)."""
-
-    cfg: Config
-    bounds: Bounds
-    depth: int | None = None
-    symmetry: bool = True
-
-    def __post_init__(self) -> None:
-        if self.depth is not None and self.depth < 0:
-            raise ValueError(f"depth must be >= 0, got {self.depth}")
-
-    @property
-    def max_live_handles(self) -> int:
-        """The state constraint (see the module docstring)."""
-        return self.bounds.handles + self.bounds.args
 
 
 #: What `ExploreBounds` accepts for each integer bound: (lowest, highest). The highs only keep a
@@ -394,117 +261,6 @@ class UnsoundReduction(AssertionError):
     that do not behave alike (or two fingerprints collided). Never expected."""
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """Where a violation was seen: a new state `fp` that breaks an invariant, or (when `refused`
-    is a move index) the state `fp` whose move of that index the model refused."""
-
-    fp: int
-    refused: int | None = None
-
-
-#: What crosses between partitions: (fingerprint, parent fingerprint, move index, state).
-Item = tuple[int, int, int, State]
-#: Called every `TICK` expanded states with the number expanded so far; True stops the search.
-Tick = Callable[[int], bool]
-TICK = 64
-
-
-class Partition:
-    """The part of a search one process owns: the fingerprints `owner` gives it, its frontier.
-
-    Breadth-first, a level at a time: `expand` takes every move of every frontier state, keeps the
-    successors it owns and returns the others by owner; `admit` stores successors handed over by
-    other partitions; `advance` makes the states new in this level the next frontier. A single
-    process search is one partition that owns everything.
-    """
-
-    def __init__(self, search: Search, index: int = 0, count: int = 1) -> None:
-        self.search = search
-        self.cfg = search.cfg
-        self.key: Callable[[State], State] = (
-            partial(canonical, search.cfg) if search.symmetry else _identity
-        )
-        self.index = index
-        self.count = count
-        self.store = FingerprintStore()
-        self.frontier: list[tuple[int, State]] = []
-        self.grown: list[tuple[int, State]] = []
-        self.found: Found | None = None
-        self.stopped = False
-        self.unexpanded = 0
-        self.transitions = 0
-        self.constrained = 0
-        self.op_counts: dict[str, int] = {}
-        self.path_counts: dict[str, int] = {}
-        self.root = self.key(State.initial(search.cfg))
-        self.root_fp = fingerprint(self.root)
-        if owner(self.root_fp, count) == index:
-            self.admit(self.root_fp, 0, ROOT_MOVE, self.root)
-
-    def admit(self, fp: int, parent: int, move: int, state: State) -> bool:
-        """Store a successor if new, check it against every invariant, queue it for expansion."""
-        if not self.store.add(fp, parent, move):
-            return False
-        self.grown.append((fp, state))
-        if self.found is None and first_violation(self.cfg, state) is not None:
-            self.found = Found(fp)
-        return True
-
-    def admit_all(self, items: list[Item]) -> None:
-        for fp, parent, move, state in items:
-            self.admit(fp, parent, move, state)
-
-    def advance(self) -> int:
-        self.frontier, self.grown = self.grown, []
-        return len(self.frontier)
-
-    def expand(self, tick: Tick) -> list[dict[int, tuple[int, int, State]]]:
-        """Every move of every frontier state; stops at the first violation or when `tick` says so.
-
-        Returns the successors owned by other partitions, one dict per partition (fingerprint to
-        the first (parent, move, state) that reached it in this level).
-        """
-        cfg, bounds, key, count, index = self.cfg, self.search.bounds, self.key, self.count, self.index
-        max_live = self.search.max_live_handles
-        op_counts, path_counts = self.op_counts, self.path_counts
-        store_add, grown = self.store.add, self.grown
-        outboxes: list[dict[int, tuple[int, int, State]]] = [{} for _ in range(count)]
-        transitions = 0
-        try:
-            for done, (fp, state) in enumerate(self.frontier):
-                if not done % TICK and done and tick(done):
-                    self.stopped = True
-                    self.unexpanded = len(self.frontier) - done
-                    return outboxes
-                if live_handles(state) > max_live:
-                    self.constrained += 1
-                    continue
-                for move, op in enumerate(flat_moves(cfg, bounds, state)):
-                    succ, obs = step(cfg, state, op)
-                    transitions += 1
-                    op_counts[op.TAG] = op_counts.get(op.TAG, 0) + 1
-                    if obs.events or obs.dropped or type(obs.result) is not Ok:
-                        if type(obs.result) is Misuse:
-                            self.found = Found(fp, move)
-                            return outboxes
-                        for label in _labels(op, obs)[1:]:
-                            path_counts[label] = path_counts.get(label, 0) + 1
-                    k = key(succ)
-                    kfp = fingerprint(k)
-                    if count == 1 or owner(kfp, count) == index:
-                        if store_add(kfp, fp, move):
-                            grown.append((kfp, k))
-                            if first_violation(cfg, k) is not None:
-                                self.found = Found(kfp)
-                                return outboxes
-                    else:
-                        outboxes[owner(kfp, count)].setdefault(kfp, (fp, move, k))
-            return outboxes
-        finally:
-            self.transitions += transitions
-
-
 def explore(
     search: Search,
     progress: ProgressHook | None = None,
@@ -645,10 +401,6 @@ def _explore(
     )  # fmt: skip
 
 
-def _identity(state: State) -> State:
-    return state
-
-
 def rebuild_violation(
     search: Search,
     root: State,
@@ -662,8 +414,8 @@ def rebuild_violation(
     Then each step looks, among the actual state's own moves, for one whose successor falls in the
     next representative's class (the representative's own move first, if the actual state has it).
     """
-    cfg, bounds = search.cfg, search.bounds
-    key: Callable[[State], State] = partial(canonical, cfg) if search.symmetry else _identity
+    cfg = search.cfg
+    key, moves_of = search.key, search.moves
     links: list[tuple[int, int]] = []
     fp = found.fp
     while True:
@@ -678,15 +430,15 @@ def rebuild_violation(
     reps: list[tuple[State, Op]] = []
     rep = root
     for target_fp, move in links:
-        op = flat_moves(cfg, bounds, rep)[move]
+        op = moves_of(rep)[move]
         rep = key(step(cfg, rep, op)[0])
-        if fingerprint(rep) != target_fp:
+        if search.fingerprint(rep) != target_fp:
             raise UnsoundReduction("re-taking a stored move does not reach the stored fingerprint")
         reps.append((rep, op))
     actual = State.initial(cfg)
     trace: list[Op] = []
     for target, preferred in reps:
-        options = flat_moves(cfg, bounds, actual)
+        options = moves_of(actual)
         first = [preferred] if preferred in options else []
         for op in first + options:
             succ, _ = step(cfg, actual, op)
@@ -697,8 +449,8 @@ def rebuild_violation(
         else:
             raise UnsoundReduction("no move of the actual state reaches the next class on the path")
     if found.refused is not None:
-        refused = flat_moves(cfg, bounds, rep)[found.refused]
-        options = flat_moves(cfg, bounds, actual)
+        refused = moves_of(rep)[found.refused]
+        options = moves_of(actual)
         for op in ([refused] if refused in options else []) + options:
             _, obs = step(cfg, actual, op)
             problem = misuse_problem(op, obs, expect_misuse=False)

@@ -34,6 +34,7 @@ from externref_harness.model.observation import Misuse, Observation
 from externref_harness.model.ops import Op
 from externref_harness.model.state import Config, State
 from externref_harness.model.transition import run, step
+from externref_harness.path_labels import MISUSE, step_labels
 from externref_harness.report import format_failure, save_and_format
 from externref_harness.shrink import model_failure, shrink_model_trace
 from externref_harness.specs.invariants import first_violation
@@ -67,7 +68,6 @@ REQUIRED_EVENTS = (
     "values-dropped",
     "misuse",
 )
-MISUSE = "misuse"
 T = TypeVar("T")
 
 #: How many times more often than others a driver picks these kinds: the moves that lead to a
@@ -114,21 +114,10 @@ def example_failure(
     )
 
 
-def _labels(op: Op, obs: Observation) -> list[str]:
-    labels = [f"op:{op.TAG}", *dict.fromkeys(obs.events)]
-    if obs.dropped:
-        labels.append("values-dropped")
-    if str(obs.result) == "Err(chunk-full)":
-        labels.append("try_insert:chunk-full")
-    if isinstance(obs.result, Misuse):
-        labels.append(MISUSE)
-    return labels
-
-
 def record_step(op: Op, obs: Observation, stats: RunStats) -> None:
     """Count one step and label the paths it took (shared by every machine over the model)."""
     stats.steps += 1
-    for label in _labels(op, obs):
+    for label in step_labels(op, obs):
         event(label)
         stats.events[label] += 1
 

@@ -15,8 +15,9 @@ from externref_harness.explore import (
     Search,
     explore,
 )
+from externref_harness.model.moves import Bounds
 from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
-from externref_harness.model.state import Build, State
+from externref_harness.model.state import Build, Config, State
 from externref_harness.model.transition import run
 from externref_harness.specs.invariants import first_violation
 
@@ -168,16 +169,14 @@ def test_progress_reports_states_queue_depth_and_rate() -> None:
     assert seen[-1].rate > 0 and any(p.queue > 0 for p in seen)
 
 
-def test_a_refused_move_is_reported_as_a_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_move_is_reported_as_a_violation() -> None:
     """If `model.moves` offered a move the model refuses, the explorer stops on it."""
-    from externref_harness import explore as explorer
     from externref_harness.model import moves, ops
 
-    def with_misuse(cfg, bounds, state):  # type: ignore[no-untyped-def]
+    def with_misuse(cfg: Config, bounds: Bounds, state: State) -> list[ops.Op]:
         return [*moves.flat_moves(cfg, bounds, state), ops.Drop(len(state.handles))]
 
-    monkeypatch.setattr(explorer, "flat_moves", with_misuse)
-    out = explore(ExploreBounds(refs=1).search())
+    out = explore(replace(ExploreBounds(refs=1).search(), moves_of=with_misuse))
     assert out.violation is not None and out.violation.invariant == REFUSED
     assert len(out.violation.trace) == 1
     assert "was refused" in out.violation.message

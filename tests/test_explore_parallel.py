@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_explore import PINNED, SHORTEST, _check_trace, mutant_bounds
 
-from externref_harness import explore as explorer
 from externref_harness.cli import main
 from externref_harness.explore import (
     INTERRUPTED,
@@ -23,7 +23,9 @@ from externref_harness.explore import (
     explore,
 )
 from externref_harness.fingerprints import FingerprintStore, collision_probability, fingerprint, owner
+from externref_harness.model.moves import Bounds
 from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
+from externref_harness.model.state import Config, State
 
 Capture = pytest.CaptureFixture[str]
 SMALL = ["--frames", "1", "--slots", "1", "--chunk", "1", "--quiet"]
@@ -64,14 +66,13 @@ def test_two_workers_find_every_model_mutant_at_the_same_shortest_length(mutant:
     _check_trace(out)
 
 
-def test_two_workers_report_a_refused_move(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_workers_report_a_refused_move() -> None:
     from externref_harness.model import moves, ops
 
-    def with_misuse(cfg, bounds, state):  # type: ignore[no-untyped-def]
+    def with_misuse(cfg: Config, bounds: Bounds, state: State) -> list[ops.Op]:
         return [*moves.flat_moves(cfg, bounds, state), ops.Drop(len(state.handles))]
 
-    monkeypatch.setattr(explorer, "flat_moves", with_misuse)
-    out = explore(ExploreBounds(refs=1).search(), workers=2)
+    out = explore(replace(ExploreBounds(refs=1).search(), moves_of=with_misuse), workers=2)
     assert out.violation is not None and out.violation.invariant == REFUSED
     assert len(out.violation.trace) == 1
 
@@ -107,11 +108,12 @@ def test_the_collision_probability_is_tlcs_optimistic_estimate() -> None:
     assert 0 < out.bytes_per_state
 
 
-def test_a_weak_fingerprint_loses_states_so_the_store_matters(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_weak_fingerprint_loses_states_so_the_store_matters(workers: int) -> None:
     """Seeded bug: 6-bit fingerprints. Collisions merge different states and the count drops."""
     bounds, states, _, _ = PINNED["three-refs-one-frame-one-slot-chunk-1"]
-    monkeypatch.setattr(explorer, "fingerprint", lambda value: (hash(value) & 63) + 1)
-    out = explore(bounds.search())
+    weak = replace(bounds.search(), fingerprint_of=lambda value: (hash(value) & 63) + 1)
+    out = explore(weak, workers=workers)
     assert out.states < states
 
 
@@ -245,12 +247,12 @@ def test_progress_lines_off_a_terminal_are_plain(capsys: Capture) -> None:
     assert "\x1b" not in err
 
 
-def test_a_failing_worker_raises_its_error_in_the_coordinator(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_worker_raises_its_error_in_the_coordinator() -> None:
     from externref_harness.explore_workers import WorkerError
+    from externref_harness.model import ops
 
-    def broken(cfg, bounds, state):  # type: ignore[no-untyped-def]
+    def broken(cfg: Config, bounds: Bounds, state: State) -> list[ops.Op]:
         raise ZeroDivisionError("seeded failure in a worker")
 
-    monkeypatch.setattr(explorer, "flat_moves", broken)
     with pytest.raises(WorkerError, match="seeded failure in a worker"):
-        explore(ExploreBounds(refs=1).search(), workers=2)
+        explore(replace(ExploreBounds(refs=1).search(), moves_of=broken), workers=2)
