@@ -24,6 +24,11 @@ at higher addresses, exactly as `backtrace::trace` sees them.
                │ wasm frame   │ slots at sp + i*8, i = 0..S-1 (slot 0 closest to sp)
                ├──────────────┤
                │ ...          │ low addresses (younger)
+
+Records are immutable and hashable by value. `Box`, `HostFrame`, `WasmFrame` and `Table` keep
+their hash once computed (`_hash`, -1 until then; no hash is -1): a step shares every record it
+does not change with its successor, and the explorer fingerprints every successor, so hashing a
+state rehashes only what the step rebuilt.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ class Config:
 class Box:
     """One `VMExternData` allocation: its value's layout, `ref_count`, and whether it was freed."""
 
-    __slots__ = ("align", "freed", "ref_count", "size")
+    __slots__ = ("_hash", "align", "freed", "ref_count", "size")
     FIELDS: ClassVar[tuple[str, ...]] = ("size", "align", "ref_count", "freed")
 
     def __init__(self, size: int, align: int, ref_count: int = 1, freed: bool = False) -> None:
@@ -86,6 +91,7 @@ class Box:
         self.align: Final = align
         self.ref_count: Final = ref_count
         self.freed: Final = freed
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not Box:
@@ -99,7 +105,10 @@ class Box:
         )
 
     def __hash__(self) -> int:
-        return hash((self.size, self.align, self.ref_count, self.freed))
+        h = self._hash
+        if h == -1:
+            h = self._hash = hash((self.size, self.align, self.ref_count, self.freed))
+        return h
 
     def __repr__(self) -> str:
         return (
@@ -189,7 +198,7 @@ class RawPtr:
 class HostFrame:
     """A host frame. `ret_slot` is where a Wasm caller expects this host function's result."""
 
-    __slots__ = ("called_from_wasm", "ret_slot", "unwind_info")
+    __slots__ = ("_hash", "called_from_wasm", "ret_slot", "unwind_info")
     FIELDS: ClassVar[tuple[str, ...]] = ("unwind_info", "called_from_wasm", "ret_slot")
 
     def __init__(
@@ -198,6 +207,7 @@ class HostFrame:
         self.unwind_info: Final = unwind_info
         self.called_from_wasm: Final = called_from_wasm
         self.ret_slot: Final = ret_slot
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not HostFrame:
@@ -210,7 +220,10 @@ class HostFrame:
         )
 
     def __hash__(self) -> int:
-        return hash((self.unwind_info, self.called_from_wasm, self.ret_slot))
+        h = self._hash
+        if h == -1:
+            h = self._hash = hash((self.unwind_info, self.called_from_wasm, self.ret_slot))
+        return h
 
     def __repr__(self) -> str:
         return (
@@ -234,7 +247,8 @@ class WasmFrame:
     """
 
     __slots__ = (
-        "called_from_wasm", "previous_stack_map", "resets_canary", "ret_slot", "slots", "stack_map"
+        "_hash", "called_from_wasm", "previous_stack_map", "resets_canary", "ret_slot", "slots",
+        "stack_map",
     )  # fmt: skip
     FIELDS: ClassVar[tuple[str, ...]] = (
         "slots", "stack_map", "previous_stack_map", "called_from_wasm", "ret_slot", "resets_canary"
@@ -255,6 +269,7 @@ class WasmFrame:
         self.called_from_wasm: Final = called_from_wasm
         self.ret_slot: Final = ret_slot
         self.resets_canary: Final = resets_canary
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -272,10 +287,13 @@ class WasmFrame:
         )
 
     def __hash__(self) -> int:
-        return hash((
-            self.slots, self.stack_map, self.previous_stack_map,
-            self.called_from_wasm, self.ret_slot, self.resets_canary,
-        ))  # fmt: skip
+        h = self._hash
+        if h == -1:
+            h = self._hash = hash((
+                self.slots, self.stack_map, self.previous_stack_map,
+                self.called_from_wasm, self.ret_slot, self.resets_canary,
+            ))  # fmt: skip
+        return h
 
     def __repr__(self) -> str:
         return (
@@ -299,7 +317,7 @@ class Table:
     """`VMExternRefActivationsTable` with the bump finger as a slot index into `chunk`."""
 
     __slots__ = (
-        "chunk", "gc_okay", "next", "over_approximated_stack_roots", "precise_stack_roots",
+        "_hash", "chunk", "gc_okay", "next", "over_approximated_stack_roots", "precise_stack_roots",
         "stack_canary",
     )  # fmt: skip
     FIELDS: ClassVar[tuple[str, ...]] = (
@@ -322,6 +340,7 @@ class Table:
         self.precise_stack_roots: Final = precise_stack_roots
         self.stack_canary: Final = stack_canary
         self.gc_okay: Final = gc_okay
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -339,10 +358,13 @@ class Table:
         )
 
     def __hash__(self) -> int:
-        return hash((
-            self.chunk, self.next, self.over_approximated_stack_roots, self.precise_stack_roots,
-            self.stack_canary, self.gc_okay,
-        ))  # fmt: skip
+        h = self._hash
+        if h == -1:
+            h = self._hash = hash((
+                self.chunk, self.next, self.over_approximated_stack_roots,
+                self.precise_stack_roots, self.stack_canary, self.gc_okay,
+            ))  # fmt: skip
+        return h
 
     def __repr__(self) -> str:
         return (

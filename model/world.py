@@ -44,6 +44,7 @@ from externref_harness.model.runtime import (
 )
 from externref_harness.model.state import (
     SCALAR,
+    UNINIT,
     Config,
     Frame,
     GlobalValue,
@@ -327,7 +328,7 @@ class Machine(SeedRuntime, HostBookkeeping):
                 self.drop(value)
             elif isinstance(value, Uninit) and self.cfg.mutant == CVE_2022_23636:
                 self.fault(FAULT_WILD_POINTER, f"teardown dropped uninitialised global {g}")
-            self.globals[g] = Uninit()
+            self.globals[g] = UNINIT  # the one instance, which a state pickles by name
         return Ok()
 
     def op_CallWasm(self, op: ops.CallWasm) -> Result:
