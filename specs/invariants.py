@@ -3,6 +3,11 @@
 A check returns None when the invariant holds and a one-line description of the violation when it
 does not. `violations` runs them all; the stateful tests, the explorer and the z3 cross-checks use
 these functions and nothing else.
+
+The explorer checks every new state it reaches, so the module is compiled and each check first
+takes the cheap way to "holds" where there is one (no freed box: nothing reachable is freed; no
+fault; no ref in a Wasm slot), counting owners in a list indexed by ref id; the description of a
+violation is built only when there is one, and is the same either way.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from externref_harness.model.state import (
     WasmFrame,
     frame_sps,
     global_refs,
-    owners,
     table_elements,
     wasm_live_refs,
 )
@@ -43,26 +47,61 @@ def reachable_refs(state: State) -> set[int]:
 
 
 def i1_no_reachable_ref_freed(cfg: Config, state: State) -> str | None:
+    for box in state.heap:
+        if box.freed:
+            break
+    else:
+        return None
     freed = sorted(r for r in reachable_refs(state) if state.heap[r].freed)
     return f"reachable refs {freed} were freed" if freed else None
 
 
 def i2_exact_refcounts(cfg: Config, state: State) -> str | None:
-    held = owners(state)
+    held = owner_counts(state)
     for r, box in enumerate(state.heap):
         if box.freed:
             continue
-        if box.ref_count != held.get(r, 0):
-            return f"ref {r}: ref_count is {box.ref_count} but {held.get(r, 0)} owners hold it"
+        if box.ref_count != held[r]:
+            return f"ref {r}: ref_count is {box.ref_count} but {held[r]} owners hold it"
     return None
 
 
+def owner_counts(state: State) -> list[int]:
+    """`model.state.owners` as a list indexed by ref id (owners of ids outside the heap dropped)."""
+    n = len(state.heap)
+    counts = [0] * n
+    for h in state.handles:
+        if h is not None and 0 <= h < n:
+            counts[h] += 1
+    for p in state.raws:
+        if p is not None and p.owned and 0 <= p.ref < n:
+            counts[p.ref] += 1
+    for g in state.globals:
+        if isinstance(g, int) and 0 <= g < n:
+            counts[g] += 1
+    table = state.table
+    for r in table.over_approximated_stack_roots:
+        if 0 <= r < n:
+            counts[r] += 1
+    for c in table.chunk[: table.next]:
+        if c is not None and 0 <= c < n:
+            counts[c] += 1
+    for r in table.precise_stack_roots:
+        if 0 <= r < n:
+            counts[r] += 1
+    return counts
+
+
 def i3_no_double_drop(cfg: Config, state: State) -> str | None:
+    if not state.faults:
+        return None
     doubles = [f for f in state.faults if f.startswith(FAULT_DOUBLE_DROP)]
     return doubles[0] if doubles else None
 
 
 def i4_no_memory_fault(cfg: Config, state: State) -> str | None:
+    if not state.faults:
+        return None
     others = [f for f in state.faults if not f.startswith(FAULT_DOUBLE_DROP)]
     return others[0] if others else None
 
@@ -70,10 +109,10 @@ def i4_no_memory_fault(cfg: Config, state: State) -> str | None:
 def is_quiescent(state: State) -> bool:
     """No handles, no raws, no global refs, no frames but the host's, and an empty table."""
     return (
-        all(h is None for h in state.handles)
+        len(state.frames) == 1
+        and all(h is None for h in state.handles)
         and all(p is None or not p.owned for p in state.raws)
         and not global_refs(state.globals)
-        and len(state.frames) == 1
         and not table_elements(state.table)
         and not state.table.precise_stack_roots
     )
@@ -92,10 +131,13 @@ def i6_table_shape(cfg: Config, state: State) -> str | None:
         return f"chunk has {len(t.chunk)} slots, expected 0 or CHUNK_SIZE={cfg.chunk_size}"
     if not 0 <= t.next <= len(t.chunk):
         return f"next={t.next} outside the chunk of {len(t.chunk)} slots"
-    if any(s is not None for s in t.chunk[t.next :]):
-        return "a slot at or after `next` is not None"
-    if any(s is None for s in t.chunk[: t.next]):
-        return "a slot before `next` is None"
+    chunk = t.chunk
+    for i in range(t.next, len(chunk)):
+        if chunk[i] is not None:
+            return "a slot at or after `next` is not None"
+    for i in range(t.next):
+        if chunk[i] is None:
+            return "a slot before `next` is None"
     if t.precise_stack_roots:
         return "precise_stack_roots is not empty outside gc"
     return None
@@ -104,13 +146,16 @@ def i6_table_shape(cfg: Config, state: State) -> str | None:
 def i7_canary_sound(cfg: Config, state: State) -> str | None:
     """No Wasm frame without a canary, and the canary sits in the host frame below the oldest one."""
     frames = state.frames
-    wasm = [i for i, f in enumerate(frames) if isinstance(f, WasmFrame)]
+    oldest = -1
+    for i in range(len(frames)):
+        if isinstance(frames[i], WasmFrame):
+            oldest = i
+            break
     canary = state.table.stack_canary
-    if not wasm:
+    if oldest < 0:
         return None if canary is None else f"canary {canary:#x} set with no Wasm frame on the stack"
     if canary is None:
         return "Wasm frames on the stack but no stack canary"
-    oldest = wasm[0]
     sps = frame_sps(frames)
     caller = frames[oldest - 1]
     if not isinstance(caller, HostFrame) or not sps[oldest] <= canary <= sps[oldest - 1]:
@@ -119,9 +164,20 @@ def i7_canary_sound(cfg: Config, state: State) -> str | None:
 
 
 def i8_stack_roots_in_table(cfg: Config, state: State) -> str | None:
-    table = set(table_elements(state.table))
-    missing = sorted(set(wasm_live_refs(state.frames)) - table)
-    return f"live Wasm refs {missing} are not in the activations table" if missing else None
+    table = state.table
+    over = table.over_approximated_stack_roots
+    filled = table.chunk[: table.next]
+    missing: set[int] | None = None
+    for f in state.frames:
+        if isinstance(f, WasmFrame):
+            for s in f.slots:
+                if isinstance(s, int) and s not in over and s not in filled:
+                    if missing is None:
+                        missing = set()
+                    missing.add(s)
+    if missing is None:
+        return None
+    return f"live Wasm refs {sorted(missing)} are not in the activations table"
 
 
 def i9_no_debug_assertion(cfg: Config, state: State) -> str | None:

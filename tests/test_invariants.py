@@ -57,3 +57,45 @@ def test_canary_outside_the_entering_host_frame_is_unsound() -> None:
     )
     message = INVARIANTS_BY_ID["I7"].check(CFG, state)
     assert message is not None and "not in the host frame" in message
+
+
+def _walked_states() -> list[State]:
+    """States of seeded random walks under every model mutant with every feature on, each walk
+    kept up to and including its first violating state."""
+    import random
+
+    from externref_harness.explore import ExploreBounds
+    from externref_harness.model.moves import flat_moves
+    from externref_harness.model.mutants import MODEL_MUTANTS
+    from externref_harness.model.transition import step
+
+    out: list[State] = []
+    for mutant in [None, *(m.name for m in MODEL_MUTANTS)]:
+        search = ExploreBounds(
+            refs=3, handles=3, raws=1, args=2, globals=2, scalars=True, opaque_frames=True,
+            gc_okay_toggles=True, mutant=mutant,
+        ).search()  # fmt: skip
+        rnd = random.Random(f"owners-{mutant}")
+        for _ in range(15):
+            state = State.initial(search.cfg)
+            for _ in range(20):
+                options = flat_moves(search.cfg, search.bounds, state)
+                if not options:
+                    break
+                state = step(search.cfg, state, rnd.choice(options))[0]
+                out.append(state)
+                if violations(search.cfg, state):
+                    break
+    return out
+
+
+def test_owner_counts_are_the_owners_of_every_heap_ref() -> None:
+    """I2 counts owners in a list indexed by ref id; it must count exactly what `owners` does."""
+    from externref_harness.model.state import owners
+    from externref_harness.specs.invariants import owner_counts
+
+    states = _walked_states()
+    assert any(violations(CFG, s) for s in states), "the walks reach violations too"
+    for s in states:
+        held = owners(s)
+        assert owner_counts(s) == [held.get(r, 0) for r in range(len(s.heap))], s
