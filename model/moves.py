@@ -128,6 +128,21 @@ def flat_moves(cfg: Config, bounds: Bounds, state: State) -> list[ops.Op]:
     return [op for group in moves(cfg, bounds, state).values() for op in group]
 
 
+#: Every move made so far, by (kind, fields): a move is a frozen value, and building one (an
+#: interpreted dataclass) costs several times the look-up, once per move of every state explored.
+_INTERNED: dict[tuple[object, ...], ops.Op] = {}
+
+
+def _op(kind: Callable[..., ops.Op], *fields: object) -> ops.Op:
+    """The move `kind(*fields)`, built once. Fields are positional and of one type per position
+    (a bool field always gets a bool), so equal keys are equal moves."""
+    key = (kind, *fields)
+    op = _INTERNED.get(key)
+    if op is None:
+        op = _INTERNED[key] = kind(*fields)
+    return op
+
+
 def _host_moves(
     cfg: Config, bounds: Bounds, state: State, top: HostFrame, n_wasm: int, add: _Add
 ) -> None:
@@ -141,73 +156,73 @@ def _host_moves(
 
     if len(state.heap) < bounds.refs and room:
         for size, align in bounds.layouts:
-            add(ops.New(size, align))
+            add(_op(ops.New, size, align))
     for h in live:
         if room:
-            add(ops.Clone(h))
-        add(ops.Drop(h))
+            add(_op(ops.Clone, h))
+        add(_op(ops.Drop, h))
         if raw_room:
-            add(ops.AsRaw(h))
-            add(ops.IntoRaw(h))
-        add(ops.TryInsert(h))
+            add(_op(ops.AsRaw, h))
+            add(_op(ops.IntoRaw, h))
+        add(_op(ops.TryInsert, h))
         if may_gc:
-            add(ops.InsertWithGc(h))
-        add(ops.InsertWithoutGc(h))
+            add(_op(ops.InsertWithGc, h))
+        add(_op(ops.InsertWithoutGc, h))
         if bounds.insert_many:
             for count in _loop_counts(cfg, state):
-                add(ops.InsertMany(h, count, gc=False))
+                add(_op(ops.InsertMany, h, count, False))
                 if may_gc:
-                    add(ops.InsertMany(h, count, gc=True))
+                    add(_op(ops.InsertMany, h, count, True))
         if bounds.observers:
-            add(ops.StrongCount(h))
-            add(ops.Deref(h))
+            add(_op(ops.StrongCount, h))
+            add(_op(ops.Deref, h))
     if bounds.observers:
         for a, b in itertools.combinations(live, 2):
-            add(ops.Eq(a, b))
-            add(ops.Cmp(a, b))
-        add(ops.BumpCapacityRemaining())
-        add(ops.NumFilledInBumpChunk())
-        add(ops.Elements())
-        add(ops.StackCanary())
+            add(_op(ops.Eq, a, b))
+            add(_op(ops.Cmp, a, b))
+        add(_op(ops.BumpCapacityRemaining))
+        add(_op(ops.NumFilledInBumpChunk))
+        add(_op(ops.Elements))
+        add(_op(ops.StackCanary))
         # The embedder's guard may repeat what is already true (see `model.host.check_stack_canary`).
         canary_frame = _canary_frame(state)
         if n_wasm == 0 or canary_frame is not None:
-            add(ops.SetStackCanary(canary_frame if n_wasm else None))
+            add(_op(ops.SetStackCanary, canary_frame if n_wasm else None))
     for p in live_raws:
         raw = state.raws[p]
         assert raw is not None
         if raw.owned:
-            add(ops.FromRaw(p))
+            add(_op(ops.FromRaw, p))
         if room and not state.heap[raw.ref].freed:
-            add(ops.CloneFromRaw(p))
+            add(_op(ops.CloneFromRaw, p))
     if bounds.gc_okay_toggles:
-        add(ops.SetGcOkay(not table.gc_okay))
+        add(_op(ops.SetGcOkay, not table.gc_okay))
     if may_gc:
-        add(ops.Gc())
+        add(_op(ops.Gc))
 
     if bounds.globals and state.globals:
         if all(isinstance(g, Uninit) for g in state.globals):
             for count in range(len(state.globals) + 1):
-                add(ops.InitGlobals(count))
+                add(_op(ops.InitGlobals, count))
         elif n_wasm == 0:
-            add(ops.TeardownGlobals())
+            add(_op(ops.TeardownGlobals))
         for g, value in enumerate(state.globals):
             if isinstance(value, Uninit):
                 continue
-            add(ops.HostGlobalSet(g, None))
+            add(_op(ops.HostGlobalSet, g, None))
             for h in live:
-                add(ops.HostGlobalSet(g, h))
+                add(_op(ops.HostGlobalSet, g, h))
             if room:
-                add(ops.HostGlobalGet(g))
+                add(_op(ops.HostGlobalGet, g))
 
     if n_wasm < bounds.frames and may_gc:
         for k in range(min(bounds.args, cfg.slots, len(live)) + 1):
             for args in itertools.combinations(live, k):
-                add(ops.CallWasm(args))
+                add(_op(ops.CallWasm, args))
     if top.called_from_wasm and may_gc:
-        add(ops.ReturnToWasm(None))
+        add(_op(ops.ReturnToWasm, None))
         for h in live:
-            add(ops.ReturnToWasm(h))
+            add(_op(ops.ReturnToWasm, h))
 
 
 def _canary_frame(state: State) -> int | None:
@@ -233,36 +248,36 @@ def _wasm_moves(
     for src in slots:
         for dst in slots:
             if src != dst and top.slots[src] != top.slots[dst]:
-                add(ops.WasmMove(src, dst))
+                add(_op(ops.WasmMove, src, dst))
     for dst in slots:
         if top.slots[dst] is not None:
-            add(ops.WasmNull(dst))
+            add(_op(ops.WasmNull, dst))
         if bounds.scalars and not isinstance(top.slots[dst], Scalar):
-            add(ops.WasmScalar(dst))
+            add(_op(ops.WasmScalar, dst))
     for g, value in enumerate(state.globals if bounds.globals else ()):
         if isinstance(value, Uninit):
             continue
         for i in slots:
-            add(ops.WasmGlobalGet(g, i))
+            add(_op(ops.WasmGlobalGet, g, i))
             if not isinstance(top.slots[i], Scalar):
-                add(ops.WasmGlobalSet(g, i))
+                add(_op(ops.WasmGlobalSet, g, i))
     arg_sets = [
         args for k in range(min(bounds.args, n) + 1) for args in itertools.combinations(slots, k)
     ]
     if n_wasm < bounds.frames:
         for args in arg_sets:
             for ret in slots:
-                add(ops.WasmCallWasm(args, ret))
+                add(_op(ops.WasmCallWasm, args, ret))
     ref_args = sum(isinstance(top.slots[i], int) for i in slots)
     if live + ref_args <= bounds.handles + bounds.args:
         for args in arg_sets:
             for ret in slots:
-                add(ops.WasmCallHost(args, ret))
+                add(_op(ops.WasmCallHost, args, ret))
                 if bounds.opaque_host_frames:
-                    add(ops.WasmCallHost(args, ret, unwind_info=False))
-    add(ops.WasmReturn(None))
+                    add(_op(ops.WasmCallHost, args, ret, False))
+    add(_op(ops.WasmReturn, None))
     for i in slots:
-        add(ops.WasmReturn(i))
+        add(_op(ops.WasmReturn, i))
 
 
 def misuse_moves(cfg: Config, state: State) -> list[ops.Op]:
