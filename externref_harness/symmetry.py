@@ -30,6 +30,9 @@ from externref_harness.model.state import (
 )
 from externref_harness.model.world import live_stack_maps
 
+#: What `canonical` orders the refs only the heap or the table holds by (`_description`).
+_Described = tuple[int, bool, int, int, int, bool, bool, int]
+
 
 def canonical(cfg: Config, state: State) -> State:
     """The representative of `state`'s symmetry class (see the module docstring).
@@ -43,41 +46,20 @@ def canonical(cfg: Config, state: State) -> State:
     """
     heap = state.heap
     n = len(heap)
-    # order[old] = new id; -1 until the ref is first seen.
-    order = [-1] * n
-    first: list[int] = []
     handles = state.handles
-    for h in handles:
-        if h is not None and order[h] < 0:
-            order[h] = len(first)
-            first.append(h)
     raws = state.raws
-    for p in raws:
-        if p is not None and order[p.ref] < 0:
-            order[p.ref] = len(first)
-            first.append(p.ref)
     globals_ = state.globals
-    for g in globals_:
-        if isinstance(g, int) and order[g] < 0:
-            order[g] = len(first)
-            first.append(g)
     frames = state.frames
-    for f in frames:
-        if isinstance(f, WasmFrame):
-            for s in f.slots:
-                if isinstance(s, int) and order[s] < 0:
-                    order[s] = len(first)
-                    first.append(s)
     table = state.table
     chunk = table.chunk
     filled = chunk[: table.next]
-    if len(first) < n:
-        _order_the_rest(state, filled, order, first)
-    identity = True
-    for new in range(n):
-        if first[new] != new:
-            identity = False
-            break
+    named = _named_in_order(state)
+    identity = named >= 0 and (n - named < 2 or _rest_in_order(state, filled, named))
+    # The renaming, only when it is not the identity: order[old] is the new id, first[new] the old.
+    order: list[int] = []
+    first: list[int] = []
+    if not identity:
+        order, first = _renaming(state, filled)
 
     youngest = len(frames) - 1
     rebuilt: list[Frame] | None = None
@@ -142,6 +124,94 @@ def canonical(cfg: Config, state: State) -> State:
     return State(new_heap, table, handles, raws, globals_, frames, faults, state.panic)
 
 
+def _named_in_order(state: State) -> int:
+    """How many refs the ordered parts of `state` name, if they name them in order 0, 1, 2, ...
+    (the renaming is then the identity on them); -1 if they do not.
+
+    While the names are in order, the refs seen so far are exactly those below the count, so no
+    set is needed to tell a new ref from one seen before.
+    """
+    named = 0
+    for h in state.handles:
+        if h is not None:
+            if h == named:
+                named += 1
+            elif h > named:
+                return -1
+    for p in state.raws:
+        if p is not None:
+            r = p.ref
+            if r == named:
+                named += 1
+            elif r > named:
+                return -1
+    for g in state.globals:
+        if isinstance(g, int):
+            if g == named:
+                named += 1
+            elif g > named:
+                return -1
+    for f in state.frames:
+        if isinstance(f, WasmFrame):
+            for s in f.slots:
+                if isinstance(s, int):
+                    if s == named:
+                        named += 1
+                    elif s > named:
+                        return -1
+    return named
+
+
+def _description(state: State, filled: tuple[int | None, ...], r: int) -> _Described:
+    """Everything the state says of a ref only the heap or the table holds, then its old id."""
+    box: Box = state.heap[r]
+    table = state.table
+    return (
+        box.ref_count, box.freed, box.size, box.align, filled.count(r),
+        r in table.over_approximated_stack_roots, r in table.precise_stack_roots, r,
+    )  # fmt: skip
+
+
+def _rest_in_order(state: State, filled: tuple[int | None, ...], named: int) -> bool:
+    """Whether the refs from `named` on, which only the heap or the table holds, keep their ids:
+    their descriptions already ascend."""
+    previous = _description(state, filled, named)
+    for r in range(named + 1, len(state.heap)):
+        d = _description(state, filled, r)
+        if d < previous:
+            return False
+        previous = d
+    return True
+
+
+def _renaming(state: State, filled: tuple[int | None, ...]) -> tuple[list[int], list[int]]:
+    """(order, first): refs named in order of first appearance in the ordered parts of the state
+    (handles, raws, globals, Wasm slots), then the rest by `_description`."""
+    order = [-1] * len(state.heap)
+    first: list[int] = []
+    for h in state.handles:
+        if h is not None and order[h] < 0:
+            order[h] = len(first)
+            first.append(h)
+    for p in state.raws:
+        if p is not None and order[p.ref] < 0:
+            order[p.ref] = len(first)
+            first.append(p.ref)
+    for g in state.globals:
+        if isinstance(g, int) and order[g] < 0:
+            order[g] = len(first)
+            first.append(g)
+    for f in state.frames:
+        if isinstance(f, WasmFrame):
+            for s in f.slots:
+                if isinstance(s, int) and order[s] < 0:
+                    order[s] = len(first)
+                    first.append(s)
+    if len(first) < len(state.heap):
+        _order_the_rest(state, filled, order, first)
+    return order, first
+
+
 def _order_the_rest(
     state: State, filled: tuple[int | None, ...], order: list[int], first: list[int]
 ) -> None:
@@ -149,18 +219,9 @@ def _order_the_rest(
 
     A stable sort by that description over increasing old ids is a sort by (description, old id).
     """
-    heap = state.heap
-    rest = [r for r in range(len(heap)) if order[r] < 0]
+    rest = [r for r in range(len(state.heap)) if order[r] < 0]
     if len(rest) > 1:
-        over = state.table.over_approximated_stack_roots
-        precise = state.table.precise_stack_roots
-        described: list[tuple[int, bool, int, int, int, bool, bool, int]] = []
-        for r in rest:
-            box: Box = heap[r]
-            described.append((
-                box.ref_count, box.freed, box.size, box.align,
-                filled.count(r), r in over, r in precise, r,
-            ))  # fmt: skip
+        described = [_description(state, filled, r) for r in rest]
         described.sort()
         rest = [d[7] for d in described]
     for r in rest:
