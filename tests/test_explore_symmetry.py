@@ -192,3 +192,26 @@ def test_expanding_representatives_reaches_the_classes_expanding_actual_states_d
     out = explore(search)
     assert out.violation is None
     assert (out.states, out.transitions) == (len(seen), transitions)
+
+
+def test_the_identity_shortcut_agrees_with_the_full_renaming() -> None:
+    """`canonical` skips building the renaming when it can tell it is the identity; on walked
+    states and their renamed copies, it tells so exactly when the full renaming is the identity."""
+    from externref_harness.symmetry import _named_in_order, _renaming, _rest_in_order
+
+    rnd = random.Random(11)
+    states = walk_states(EVERY_FEATURE)
+    both = {True: 0, False: 0}
+    for s in states:
+        ids = list(range(len(s.heap)))
+        rnd.shuffle(ids)
+        for t in (s, rename(s, dict(enumerate(ids)), rnd)):
+            filled = t.table.chunk[: t.table.next]
+            named = _named_in_order(t)
+            n = len(t.heap)
+            shortcut = named >= 0 and (n - named < 2 or _rest_in_order(t, filled, named))
+            order, first = _renaming(t, filled)
+            assert shortcut == (first == list(range(n))), t
+            assert sorted(first) == list(range(n)) and all(order[old] == new for new, old in enumerate(first))
+            both[shortcut] += 1
+    assert both[True] > 50 and both[False] > 50, both
