@@ -97,7 +97,11 @@ def moves(cfg: Config, bounds: Bounds, state: State) -> dict[str, list[ops.Op]]:
     out: dict[str, list[ops.Op]] = {}
 
     def add(op: ops.Op) -> None:
-        out.setdefault(op.TAG, []).append(op)
+        group = out.get(op.TAG)
+        if group is None:
+            out[op.TAG] = [op]
+        else:
+            group.append(op)
 
     top = state.frames[-1]
     n_wasm = sum(isinstance(f, WasmFrame) for f in state.frames)
