@@ -114,22 +114,11 @@ def _serve(
             conn.send((offers, part.found, part.stopped))
         elif command == "want":
             # Offers from every other worker: claim the fingerprints not stored yet, each once.
-            claimed: set[int] = set()
-            wanted = []
-            for offer in argument:
-                fps = array("Q")
-                fps.frombytes(offer)
-                mine = array("Q", (fp for fp in fps if fp not in part.store and fp not in claimed))
-                claimed.update(mine)
-                wanted.append(mine.tobytes())
-            conn.send(wanted)
+            conn.send(part.claim(argument))
         elif command == "send":
             blobs = []
             for dest, want in enumerate(argument):
-                fps = array("Q")
-                fps.frombytes(want)
-                box = outboxes[dest]
-                items = [(fp, *box[fp]) for fp in fps]
+                items = part.hand_over(outboxes[dest], want)
                 blobs.append(pickle.dumps(items, pickle.HIGHEST_PROTOCOL) if items else b"")
             outboxes = []
             conn.send(blobs)

@@ -21,6 +21,7 @@ The counts are exactly those of taking, counting and checking one transition at 
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -165,6 +166,34 @@ class Partition:
     def advance(self) -> int:
         self.frontier, self.grown = self.grown, []
         return len(self.frontier)
+
+    def claim(self, offers: list[bytes]) -> list[bytes]:
+        """Of the fingerprints each other partition offers (packed `array("Q")` bytes), those not
+        stored here yet, each claimed from the first partition that offers it."""
+        store = self.store
+        claimed: set[int] = set()
+        wanted: list[bytes] = []
+        for offer in offers:
+            fps = array("Q")
+            fps.frombytes(offer)
+            mine = array("Q")
+            for fp in fps:
+                if fp not in claimed and fp not in store:
+                    claimed.add(fp)
+                    mine.append(fp)
+            wanted.append(mine.tobytes())
+        return wanted
+
+    @staticmethod
+    def hand_over(outbox: Outbox, want: bytes) -> list[Item]:
+        """The items of `outbox` its owner claimed (`claim`), in the order it claimed them."""
+        fps = array("Q")
+        fps.frombytes(want)
+        items: list[Item] = []
+        for fp in fps:
+            parent, move, state = outbox[fp]
+            items.append((fp, parent, move, state))
+        return items
 
     def expand(self, tick: Tick) -> list[Outbox]:
         """Every move of every frontier state; stops at the first violation or when `tick` says so.
