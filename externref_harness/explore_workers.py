@@ -8,7 +8,8 @@ successors it owns and hands the others (deduplicated, pickled in one batch per 
 coordinator, which passes each batch on to its owner; then every worker makes its new states its
 next frontier. A violation found in a level stops the search after that level, so the trace is
 still a shortest one. The trace is rebuilt in the coordinator, asking each fingerprint's owner for
-its parent link.
+its parent link. The per-state work of a hand-over (claiming offered fingerprints, collecting the
+claimed items) is the compiled `Partition`'s (`claim`, `hand_over`); this module only moves bytes.
 
 Workers are forked (they inherit the imported model and the interpreter's hash, which the
 fingerprints are made of) and ignore SIGINT: Ctrl-C reaches the coordinator, which sets an event

@@ -6,6 +6,9 @@ fingerprint of the state it was first reached from, and the index of the move ta
 parents back to the root and re-taking the moves gives real operations again. A slot costs 20
 bytes; the table doubles at three quarters full, so a stored state costs 27 to 54 bytes.
 
+The store is asked once per transition, so the module is compiled with the search core
+(`partition`).
+
 Two different states with the same fingerprint would be merged, and the part of the space behind
 the second one never explored: `collision_probability` bounds the chance of that the way TLC's
 "optimistic" estimate does.
