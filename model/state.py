@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 WORD = 8
 #: Highest stack address of the model's native stack; frames are carved below it.
 STACK_TOP = 0x7FFF_0000_0000
@@ -44,6 +46,9 @@ SEED_CHUNK_SIZE = 4096 // WORD
 Build = Literal["debug", "release"]
 
 
+# Interpreted even in a compiled build: it validates its own fields (a compiled class would
+# refuse a mistyped one with a bare TypeError first), and it is built once per run.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class Config:
     """Fixed parameters of one run. `mutant` names a seeded bug (None: the seed as it is)."""
@@ -59,8 +64,9 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{name} must be an int, got {value!r}")
-        if self.mutant is not None and not isinstance(self.mutant, str):
-            raise ValueError(f"mutant must be a name or null, got {self.mutant!r}")
+        mutant: object = getattr(self, "mutant")  # noqa: B009 (untyped: compiled code checks a type)
+        if mutant is not None and not isinstance(mutant, str):
+            raise ValueError(f"mutant must be a name or null, got {mutant!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.build not in ("debug", "release"):

@@ -22,10 +22,10 @@ def step(cfg: Config, state: State, op: Op) -> tuple[State, Observation]:
     machine = Machine(cfg, state)
     try:
         result = machine.apply(op)
-    except MisuseError as e:
-        return state, Observation(Misuse(e.kind, e.detail))
-    except DebugAssertion as e:
-        message = str(e)
+    except MisuseError as refused:
+        return state, Observation(Misuse(refused.kind, refused.detail))
+    except DebugAssertion as fired:
+        message = str(fired)
         return state.with_(panic=message), Observation(
             Panic(message), frozenset(machine.dropped), tuple(machine.events)
         )
