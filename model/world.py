@@ -108,7 +108,11 @@ class Machine(SeedRuntime):
 
     def __init__(self, cfg: Config, state: State) -> None:
         super().__init__(cfg, state)
-        self.host = HostBookkeeping(list(state.handles), list(state.raws), self._is_freed)
+        heap = self.heap
+        # A closure over the heap, not a bound method: no cycle for a disabled collector to miss.
+        self.host = HostBookkeeping(
+            list(state.handles), list(state.raws), lambda r: heap[r].freed
+        )
         self.globals: list[GlobalValue] = list(state.globals)
         self.frames: list[Frame] = list(state.frames)
 
@@ -161,9 +165,6 @@ class Machine(SeedRuntime):
         if not isinstance(top, WasmFrame):
             raise MisuseError(WRONG_FRAME, "compiled code runs only in a Wasm frame")
         return top
-
-    def _is_freed(self, r: int) -> bool:
-        return self.heap[r].freed
 
     def _slot(self, frame: WasmFrame, i: int) -> None:
         if not 0 <= i < len(frame.slots):
