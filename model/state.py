@@ -15,6 +15,13 @@ A `State` is everything the seed's runtime and the world around it hold between 
     ├── frames: (HostFrame|WasmFrame, ...) the native stack, oldest first; frames[0] is the host's main
     └── faults / panic                     memory-safety faults and debug assertions that fired
 
+The records (`Box`, `Table`, `WasmFrame`, ...) are plain classes with read-only (`Final`) fields
+and explicit equality and hashing, not dataclasses: a compiled step (`externref_harness.compiled`)
+then builds and hashes them in C; the bigger ones keep their hash once computed (`_hash`, -1 until
+then, the one field that changes). They are immutable trees of tuples, so they can never be part of
+a reference cycle (`acyclic`: the collector need not track them). `FIELDS` names each record's
+fields in order, for reports, and `replaced` is their `dataclasses.replace`.
+
 Stack addresses are derived, never stored: the stack grows down from `STACK_TOP`, so older frames sit
 at higher addresses, exactly as `backtrace::trace` sees them.
 
@@ -81,6 +88,7 @@ class Config:
         return self.build == "debug"
 
 
+@mypyc_attr(acyclic=True)
 class Box:
     """One `VMExternData` allocation: its value's layout, `ref_count`, and whether it was freed."""
 
@@ -166,6 +174,7 @@ UNINIT = Uninit()
 GlobalValue = int | Uninit | None
 
 
+@mypyc_attr(acyclic=True)
 class RawPtr:
     """A raw `*mut u8` the host holds. `owned` pointers (from `into_raw`) carry one count."""
 
@@ -192,6 +201,7 @@ class RawPtr:
         return (RawPtr, (self.ref, self.owned))
 
 
+@mypyc_attr(acyclic=True)
 class HostFrame:
     """A host frame. `ret_slot` is where a Wasm caller expects this host function's result."""
 
@@ -231,6 +241,7 @@ class HostFrame:
 StackMap = tuple[int, ...]
 
 
+@mypyc_attr(acyclic=True)
 class WasmFrame:
     """A Wasm activation suspended at (or executing towards) a safepoint.
 
@@ -240,7 +251,8 @@ class WasmFrame:
     """
 
     __slots__ = (
-        "called_from_wasm", "previous_stack_map", "resets_canary", "ret_slot", "slots", "stack_map"
+        "_hash", "called_from_wasm", "previous_stack_map", "resets_canary", "ret_slot", "slots",
+        "stack_map",
     )  # fmt: skip
     FIELDS: ClassVar[tuple[str, ...]] = (
         "slots", "stack_map", "previous_stack_map", "called_from_wasm", "ret_slot", "resets_canary"
@@ -261,6 +273,7 @@ class WasmFrame:
         self.called_from_wasm: Final = called_from_wasm
         self.ret_slot: Final = ret_slot
         self.resets_canary: Final = resets_canary
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -278,10 +291,12 @@ class WasmFrame:
         )
 
     def __hash__(self) -> int:
-        return hash((
-            self.slots, self.stack_map, self.previous_stack_map,
-            self.called_from_wasm, self.ret_slot, self.resets_canary,
-        ))  # fmt: skip
+        if self._hash == -1:  # computed once: successors share most records of their state
+            self._hash = hash((
+                self.slots, self.stack_map, self.previous_stack_map,
+                self.called_from_wasm, self.ret_slot, self.resets_canary,
+            ))  # fmt: skip
+        return self._hash
 
     def __repr__(self) -> str:
         return (
@@ -301,11 +316,12 @@ class WasmFrame:
 Frame = HostFrame | WasmFrame
 
 
+@mypyc_attr(acyclic=True)
 class Table:
     """`VMExternRefActivationsTable` with the bump finger as a slot index into `chunk`."""
 
     __slots__ = (
-        "chunk", "gc_okay", "next", "over_approximated_stack_roots", "precise_stack_roots",
+        "_hash", "chunk", "gc_okay", "next", "over_approximated_stack_roots", "precise_stack_roots",
         "stack_canary",
     )  # fmt: skip
     FIELDS: ClassVar[tuple[str, ...]] = (
@@ -328,6 +344,7 @@ class Table:
         self.precise_stack_roots: Final = precise_stack_roots
         self.stack_canary: Final = stack_canary
         self.gc_okay: Final = gc_okay
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -345,10 +362,12 @@ class Table:
         )
 
     def __hash__(self) -> int:
-        return hash((
-            self.chunk, self.next, self.over_approximated_stack_roots, self.precise_stack_roots,
-            self.stack_canary, self.gc_okay,
-        ))  # fmt: skip
+        if self._hash == -1:
+            self._hash = hash((
+                self.chunk, self.next, self.over_approximated_stack_roots, self.precise_stack_roots,
+                self.stack_canary, self.gc_okay,
+            ))  # fmt: skip
+        return self._hash
 
     def __repr__(self) -> str:
         return (
@@ -371,8 +390,9 @@ class Table:
 _HOST_MAIN = HostFrame()
 
 
+@mypyc_attr(acyclic=True)
 class State:
-    __slots__ = ("faults", "frames", "globals", "handles", "heap", "panic", "raws", "table")
+    __slots__ = ("_hash", "faults", "frames", "globals", "handles", "heap", "panic", "raws", "table")
     FIELDS: ClassVar[tuple[str, ...]] = (
         "heap", "table", "handles", "raws", "globals", "frames", "faults", "panic"
     )  # fmt: skip
@@ -398,6 +418,7 @@ class State:
         self.faults: Final = faults
         #: The message of a debug assertion that fired; the run cannot continue past it.
         self.panic: Final = panic
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -417,10 +438,12 @@ class State:
         )
 
     def __hash__(self) -> int:
-        return hash((
-            self.heap, self.table, self.handles, self.raws, self.globals, self.frames,
-            self.faults, self.panic,
-        ))  # fmt: skip
+        if self._hash == -1:
+            self._hash = hash((
+                self.heap, self.table, self.handles, self.raws, self.globals, self.frames,
+                self.faults, self.panic,
+            ))  # fmt: skip
+        return self._hash
 
     def __repr__(self) -> str:
         return (
