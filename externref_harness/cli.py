@@ -16,6 +16,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
+from externref_harness import compiled
 from externref_harness.catalogue import UnknownMutant
 from externref_harness.errors import ECHO_LIMIT, UsageError, printable, shown
 from externref_harness.native.build import BuildError
@@ -61,7 +62,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
         "`externref-harness COMMAND --help` says what each command returns.",
     )
     parser.add_argument(
-        "--version", action="version", version=f"externref-harness {package_version()}",
+        "--version", action="version",
+        version=f"externref-harness {package_version()}, model {compiled.mode()}",
         help="print the version and exit",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")

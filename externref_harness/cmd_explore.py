@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from externref_harness import catalogue, paths
+from externref_harness import catalogue, compiled, paths
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, user_path
 from externref_harness.explore import (
@@ -249,6 +249,7 @@ def to_json(outcome: Outcome, switched: list[str], saved: Path | None) -> dict[s
         "elapsed_s": round(outcome.elapsed, 3),
         "states_per_s": round(outcome.rate, 1),
         "workers": outcome.workers,
+        "model": compiled.mode(),
         "left_at_depth_limit": outcome.depth_cut,
         "constrained": outcome.constrained,
         "unexpanded": outcome.unexpanded,
@@ -295,6 +296,7 @@ def summary(outcome: Outcome, without: Outcome | None = None) -> Table:
         )
     table.add_row("status", outcome.status + (f" ({outcome.stopped})" if outcome.stopped else ""))
     table.add_row("workers", str(outcome.workers))
+    table.add_row("model", compiled.mode())
     table.add_row("seen-set", f"{outcome.store_bytes:,} bytes ({outcome.bytes_per_state:.1f} per state)")
     table.add_row("fingerprint collision probability", f"{outcome.collision_probability:.1e} (optimistic)")
     if search.depth is not None:

@@ -33,13 +33,13 @@ from externref_harness.impl.adapter import Probe, RefFacts
 from externref_harness.model import layout
 from externref_harness.model.runtime import SeedRuntime
 from externref_harness.model.state import (
+    SCALAR,
     STACK_TOP,
+    UNINIT,
     Box,
     Config,
     RawPtr,
-    Scalar,
     State,
-    Uninit,
     WasmFrame,
     frame_sps,
 )
@@ -156,7 +156,7 @@ def memory_problems(
     raws = tuple(None if p is None else RawPtr(refs.ref(p[0]), p[1]) for p in probe.raws)  # type: ignore[arg-type]
     if raws != state.raws:
         out.append(Problem("host.raws", f"model {state.raws}, impl {raws}"))
-    globals_ = tuple(Uninit() if g is None else refs.slot(g) for g in probe.globals)
+    globals_ = tuple(UNINIT if g is None else refs.slot(g) for g in probe.globals)
     if globals_ != state.globals:
         out.append(Problem("host.globals", f"model {state.globals}, impl {globals_}"))
     out += _stack_problems(state, probe, refs)
@@ -324,7 +324,7 @@ def _stack_problems(state: State, probe: Probe, refs: RefMap) -> list[Problem]:
             )
         if isinstance(frame, WasmFrame):
             words = tuple(
-                Scalar() if not typed else refs.slot(w)
+                SCALAR if not typed else refs.slot(w)
                 for w, typed in zip(facts.words, facts.ref_typed, strict=True)
             )
             if words != frame.slots:

@@ -200,9 +200,9 @@ class InProcessImpl:
             canary=world.stack_canary(),
             table=self._table_facts(),
             refs=tuple(refs),
-            handles=tuple(world.handles),
+            handles=tuple(world.host.handles),
             hashes=tuple(world.hashes),
-            raws=tuple(None if p is None else (p.ref, p.owned) for p in world.raws),
+            raws=tuple(None if p is None else (p.ref, p.owned) for p in world.host.raws),
             globals=tuple(
                 int(world.globals_memory[g]) if init else None
                 for g, init in enumerate(world.global_initialised)

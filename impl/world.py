@@ -50,7 +50,7 @@ from externref_harness.model.observation import (
     WRONG_FRAME,
 )
 from externref_harness.model.runtime import CVE_2022_23636, DebugAssertion, MisuseError
-from externref_harness.model.state import SCALAR, WORD, Config, RawPtr, Slot
+from externref_harness.model.state import SCALAR, WORD, Config, Slot
 from externref_harness.model.world import emit_stack_map
 
 #: An i64 the register allocator spilled into a slot: odd, so never a footer, and in no block.
@@ -65,7 +65,7 @@ class SeedErr(Exception):
     """The seed's own `Err` (only `try_insert`'s chunk full)."""
 
 
-class World(HostBookkeeping):
+class World:
     def __init__(self, cfg: Config, heap: CheckingHeap, runtime: BackendFactory) -> None:
         self.cfg = cfg
         self.mutant = cfg.mutant
@@ -82,8 +82,7 @@ class World(HostBookkeeping):
         #: The capacity the embedder's next pre-GC check uses instead of the runtime's answer.
         self.embedder_capacity: int | None = None
         self.rt: RuntimeBackend = runtime(cfg, Hooks(heap, self._value_dropped))
-        self.handles: list[int | None] = []
-        self.raws: list[RawPtr | None] = []
+        self.host = HostBookkeeping([], [], self._is_freed)
         n = cfg.n_globals
         self.globals_memory = (ctypes.c_uint64 * max(n, 1))(*[UNINIT_GLOBAL_WORD] * n)
         self.global_initialised = [False] * n
@@ -151,7 +150,7 @@ class World(HostBookkeeping):
         if self.panic is not None:
             return ("panic", self.panic)
         self.hashes = []
-        saved = (list(self.handles), list(self.raws), list(self.global_initialised))
+        saved = (list(self.host.handles), list(self.host.raws), list(self.global_initialised))
         try:
             if op.WASM:
                 self._wasm_frame()
@@ -160,7 +159,7 @@ class World(HostBookkeeping):
             handler: Callable[[Any], Any] = getattr(self, "op_" + type(op).__name__)
             return ("ok", handler(op))
         except MisuseError as e:
-            self.handles, self.raws, self.global_initialised = saved
+            self.host.handles, self.host.raws, self.global_initialised = saved
             return ("misuse", e.kind, e.detail)
         except SeedErr as e:
             return ("err", str(e))
@@ -235,13 +234,13 @@ class World(HostBookkeeping):
         self.heap.watch_value(value, bytes([fill]) * op.size)
         self.allocations.append((r, value))
         self.layouts[r] = (op.size, op.align)
-        return self._new_handle(r)
+        return self.host.new_handle(r)
 
     def op_Clone(self, op: ops.Clone) -> int:
-        return self._new_handle(self.clone(self._handle(op.h)))
+        return self.host.new_handle(self.clone(self.host.handle(op.h)))
 
     def op_Drop(self, op: ops.Drop) -> None:
-        self.drop(self._take(op.h))
+        self.drop(self.host.take(op.h))
 
     def _same_word(self, what: str, r: int, raw: int) -> int:
         """A ref is its raw pointer: compiled code keeps exactly these words in slots and globals."""
@@ -250,61 +249,61 @@ class World(HostBookkeeping):
         return raw
 
     def op_AsRaw(self, op: ops.AsRaw) -> int:
-        r = self._handle(op.h)
+        r = self.host.handle(op.h)
         self._same_word("as_raw", r, self.rt.as_raw(r))
-        return self._as_raw(op.h)
+        return self.host.as_raw(op.h)
 
     def op_IntoRaw(self, op: ops.IntoRaw) -> int:
-        p = self._into_raw(op.h)
-        raw = self.raws[p]
+        p = self.host.into_raw(op.h)
+        raw = self.host.raws[p]
         assert raw is not None
         self._same_word("into_raw", raw.ref, self.rt.into_raw(raw.ref))
         return p
 
     def op_FromRaw(self, op: ops.FromRaw) -> int:
-        h = self._from_raw(op.p)
-        r = self._handle(h)
+        h = self.host.from_raw(op.p)
+        r = self.host.handle(h)
         self._same_word("from_raw", r, self.rt.from_raw(r))
         return h
 
     def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> int:
-        raw = self._clone_from_raw_target(op.p)
-        return self._new_handle(self._same_word("clone_from_raw", raw, self.rt.clone_from_raw(raw)))
+        raw = self.host.clone_from_raw_target(op.p)
+        return self.host.new_handle(self._same_word("clone_from_raw", raw, self.rt.clone_from_raw(raw)))
 
     def op_StrongCount(self, op: ops.StrongCount) -> int | None:
-        return self.rt.strong_count(self._handle(op.h))
+        return self.rt.strong_count(self.host.handle(op.h))
 
     def op_Eq(self, op: ops.Eq) -> bool:
-        a, b = self._handle(op.a), self._handle(op.b)
+        a, b = self.host.handle(op.a), self.host.handle(op.b)
         self.hashes = [(a, self.rt.hash(a)), (b, self.rt.hash(b))]
         return self.rt.eq(a, b)
 
     def op_Cmp(self, op: ops.Cmp) -> int:
-        a, b = self._handle(op.a), self._handle(op.b)
+        a, b = self.host.handle(op.a), self.host.handle(op.b)
         self.hashes = [(a, self.rt.hash(a)), (b, self.rt.hash(b))]
         return self.rt.cmp(a, b)
 
     def op_Deref(self, op: ops.Deref) -> tuple[int, int, int] | None:
         """The value's address from the runtime; its layout is what `New` asked for."""
-        r = self._handle(op.h)
+        r = self.host.handle(op.h)
         value = self.rt.deref(r)
         return None if value is None else (value, *self.layouts[r])
 
     # --- VMExternRefActivationsTable ----------------------------------------------------------
 
     def op_TryInsert(self, op: ops.TryInsert) -> None:
-        if not self.rt.try_insert(self._handle(op.h)):
+        if not self.rt.try_insert(self.host.handle(op.h)):
             raise SeedErr("chunk-full")
-        self.handles[op.h] = None
+        self.host.handles[op.h] = None
 
     def op_InsertWithGc(self, op: ops.InsertWithGc) -> None:
-        self.insert_with_gc(self._take(op.h))
+        self.insert_with_gc(self.host.take(op.h))
 
     def op_InsertWithoutGc(self, op: ops.InsertWithoutGc) -> None:
-        self.insert_without_gc(self._take(op.h))
+        self.insert_without_gc(self.host.take(op.h))
 
     def op_InsertMany(self, op: ops.InsertMany) -> None:
-        r = self._handle(op.h)
+        r = self.host.handle(op.h)
         check_insert_count(op.count)
         if op.gc:
             self._refuse_gc("insert_with_gc")
@@ -352,13 +351,13 @@ class World(HostBookkeeping):
 
     def op_HostGlobalSet(self, op: ops.HostGlobalSet) -> None:
         old = self._global(op.g)
-        new = None if op.h is None else self._handle(op.h)
+        new = None if op.h is None else self.host.handle(op.h)
         protocol.global_set(self, old, new)
         self.globals_memory[op.g] = new or 0
 
     def op_HostGlobalGet(self, op: ops.HostGlobalGet) -> int | None:
         value = self._global(op.g)
-        return None if value is None else self._new_handle(self.clone(value))
+        return None if value is None else self.host.new_handle(self.clone(value))
 
     def op_TeardownGlobals(self, op: ops.TeardownGlobals) -> None:
         """The instance is dropped, and with it every externref global it holds."""
@@ -370,7 +369,7 @@ class World(HostBookkeeping):
             self.global_initialised[g] = False
 
     def op_CallWasm(self, op: ops.CallWasm) -> None:
-        refs = self._take_args(op.args, self.cfg.slots)
+        refs = self.host.take_args(op.args, self.cfg.slots)
         protocol.move_refs_into_table(self, refs, self.mutant)
         resets = protocol.enter_wasm(self, self.stack.youngest.sp)
         frame = self._enter_wasm_frame(refs, [True] * len(refs))
@@ -380,7 +379,7 @@ class World(HostBookkeeping):
         top = self._host_frame()
         if not top.called_from_wasm:
             raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
-        r = None if op.h is None else self._take(op.h)
+        r = None if op.h is None else self.host.take(op.h)
         # The host function's one externref result counts for the pre-GC even when it is null.
         protocol.move_refs_into_table(self, [r], self.mutant)
         self.stack.pop()
@@ -446,7 +445,7 @@ class World(HostBookkeeping):
         got: list[int | None] = []
         for i in op.args:
             word, is_ref = self._read(frame, i)
-            got.append(self._new_handle(self.clone(word)) if is_ref and word else None)
+            got.append(self.host.new_handle(self.clone(word)) if is_ref and word else None)
         return tuple(got)
 
     def op_WasmReturn(self, op: ops.WasmReturn) -> int | None:
@@ -462,4 +461,4 @@ class World(HostBookkeeping):
             return None
         protocol.exit_wasm(self, frame.resets_canary)
         # The host takes the result out of the table's borrow: `clone_from_raw`.
-        return self._new_handle(self.clone(word)) if is_ref and word else None
+        return self.host.new_handle(self.clone(word)) if is_ref and word else None

@@ -8,7 +8,7 @@ kinds (`model.observation`).
 
 from __future__ import annotations
 
-from mypy_extensions import trait
+from collections.abc import Callable
 
 from externref_harness.model import layout
 from externref_harness.model.observation import (
@@ -80,22 +80,25 @@ def check_instantiation(count: int, initialised: list[bool]) -> None:
         raise MisuseError(BAD_GLOBAL, f"{count} of {len(initialised)} globals")
 
 
-@trait
 class HostBookkeeping:
     """Handles (`None`: dropped or moved) and raw pointers (`None`: consumed by `from_raw`).
 
-    A trait (`mypy_extensions.trait`): `Machine` mixes it into the seed's runtime, which is how a
-    compiled build allows the second base class.
+    The host's half of a world, composed into the model's `Machine` and the implementation's
+    `World` (`host`), which pass `is_freed`: whether a ref's allocation has been freed (asked
+    before `clone_from_raw`).
     """
 
-    handles: list[int | None]
-    raws: list[RawPtr | None]
+    def __init__(
+        self,
+        handles: list[int | None],
+        raws: list[RawPtr | None],
+        is_freed: Callable[[int], bool],
+    ) -> None:
+        self.handles = handles
+        self.raws = raws
+        self.is_freed = is_freed
 
-    def _is_freed(self, r: int) -> bool:
-        """Whether `r`'s allocation has been freed (asked before `clone_from_raw`)."""
-        raise NotImplementedError
-
-    def _handle(self, h: int) -> int:
+    def handle(self, h: int) -> int:
         if not 0 <= h < len(self.handles):
             raise MisuseError(NO_SUCH_HANDLE, f"handle {h}")
         r = self.handles[h]
@@ -103,17 +106,17 @@ class HostBookkeeping:
             raise MisuseError(DROPPED_HANDLE, f"handle {h} was dropped or moved")
         return r
 
-    def _take(self, h: int) -> int:
+    def take(self, h: int) -> int:
         """Move the ref out of handle `h` (it is gone from the host afterwards)."""
-        r = self._handle(h)
+        r = self.handle(h)
         self.handles[h] = None
         return r
 
-    def _new_handle(self, r: int) -> int:
+    def new_handle(self, r: int) -> int:
         self.handles.append(r)
         return len(self.handles) - 1
 
-    def _raw(self, p: int) -> RawPtr:
+    def raw(self, p: int) -> RawPtr:
         if not 0 <= p < len(self.raws):
             raise MisuseError(NO_SUCH_RAW, f"raw pointer {p}")
         raw = self.raws[p]
@@ -121,34 +124,34 @@ class HostBookkeeping:
             raise MisuseError(NO_SUCH_RAW, f"raw pointer {p} was already consumed by from_raw")
         return raw
 
-    def _take_args(self, args: tuple[int, ...], slots: int) -> list[int]:
+    def take_args(self, args: tuple[int, ...], slots: int) -> list[int]:
         """`TypedFunc::call` moves each argument handle in; a handle cannot be moved twice."""
         check_arity(len(args), slots)
         if len(set(args)) != len(args):
             raise MisuseError(DUPLICATE_HANDLE, f"handles {list(args)}: one handle moved in twice")
-        return [self._take(h) for h in args]
+        return [self.take(h) for h in args]
 
-    def _as_raw(self, h: int) -> int:
+    def as_raw(self, h: int) -> int:
         """`as_raw`: a borrowed pointer; no count changes hands."""
-        self.raws.append(RawPtr(self._handle(h), owned=False))
+        self.raws.append(RawPtr(self.handle(h), owned=False))
         return len(self.raws) - 1
 
-    def _into_raw(self, h: int) -> int:
+    def into_raw(self, h: int) -> int:
         """`into_raw`: the handle's count moves into the raw pointer."""
-        self.raws.append(RawPtr(self._take(h), owned=True))
+        self.raws.append(RawPtr(self.take(h), owned=True))
         return len(self.raws) - 1
 
-    def _from_raw(self, p: int) -> int:
+    def from_raw(self, p: int) -> int:
         """`from_raw`: only a pointer that owns a count (from `into_raw`) may become a handle."""
-        raw = self._raw(p)
+        raw = self.raw(p)
         if not raw.owned:
             raise MisuseError(UNOWNED_RAW, f"raw pointer {p} came from as_raw; nobody owns it")
         self.raws[p] = None
-        return self._new_handle(raw.ref)
+        return self.new_handle(raw.ref)
 
-    def _clone_from_raw_target(self, p: int) -> int:
+    def clone_from_raw_target(self, p: int) -> int:
         """The ref `clone_from_raw(p)` may increment: refused if its count already reached zero."""
-        raw = self._raw(p)
-        if self._is_freed(raw.ref):
+        raw = self.raw(p)
+        if self.is_freed(raw.ref):
             raise MisuseError(FREED_RAW, f"raw pointer {p} points at freed ref {raw.ref}")
         return raw.ref

@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from externref_harness.model import ops
 from externref_harness.model.host import check_value_layout
 from externref_harness.model.runtime import MisuseError
@@ -30,6 +32,9 @@ from externref_harness.model.state import (
 _Add = Callable[[ops.Op], None]
 
 
+# Interpreted even in a compiled build: it validates its own fields (a compiled class would
+# refuse a mistyped one with a bare TypeError first), and it is built once per run.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class Bounds:
     """Limits that keep the reachable state space finite."""
@@ -75,9 +80,11 @@ class Bounds:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
-        if not isinstance(self.layouts, tuple):
-            raise ValueError(f"layouts must be a tuple of (size, align) pairs, got {self.layouts!r}")
-        for i, pair in enumerate(self.layouts):
+        layouts: object = getattr(self, "layouts")  # noqa: B009 (untyped: compiled code checks a type)
+        if not isinstance(layouts, tuple):
+            raise ValueError(f"layouts must be a tuple of (size, align) pairs, got {layouts!r}")
+        pair: object
+        for i, pair in enumerate(layouts):
             if not (
                 isinstance(pair, tuple)
                 and len(pair) == 2

@@ -1,19 +1,22 @@
 """What one step shows to the outside: the explicit observable projection of the model.
 
 The lockstep comparison with the implementation compares exactly these values, never internals.
-Every step builds an `Observation` and a result, so they are plain classes with `Final` fields and
-explicit equality, hash and repr (what a frozen dataclass would give, without its interpreted
-constructor); `FIELDS` names their fields in order, as the state records do.
+Like the state's records (`model.state`), they are plain classes with read-only fields and
+explicit equality, so a compiled step builds them without the dataclass machinery.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Final
 
+from mypy_extensions import mypyc_attr
 
+
+@mypyc_attr(acyclic=True)
 class Ok:
     __slots__ = ("value",)
     FIELDS: ClassVar[tuple[str, ...]] = ("value",)
+    __match_args__ = ("value",)
 
     def __init__(self, value: Any = None) -> None:
         self.value: Final = value
@@ -22,10 +25,10 @@ class Ok:
         if type(other) is not Ok:
             return NotImplemented
         assert isinstance(other, Ok)
-        return (self.value,) == (other.value,)
+        return bool(self.value == other.value)
 
     def __hash__(self) -> int:
-        return hash((self.value,))
+        return hash((Ok, self.value))
 
     def __repr__(self) -> str:
         return f"Ok(value={self.value!r})"
@@ -37,11 +40,13 @@ class Ok:
         return (Ok, (self.value,))
 
 
+@mypyc_attr(acyclic=True)
 class Err:
     """The seed's own `Err` (only `try_insert`'s "chunk full": the handle is given back)."""
 
     __slots__ = ("kind",)
     FIELDS: ClassVar[tuple[str, ...]] = ("kind",)
+    __match_args__ = ("kind",)
 
     def __init__(self, kind: str) -> None:
         self.kind: Final = kind
@@ -53,7 +58,7 @@ class Err:
         return self.kind == other.kind
 
     def __hash__(self) -> int:
-        return hash((self.kind,))
+        return hash((Err, self.kind))
 
     def __repr__(self) -> str:
         return f"Err(kind={self.kind!r})"
@@ -65,11 +70,13 @@ class Err:
         return (Err, (self.kind,))
 
 
+@mypyc_attr(acyclic=True)
 class Misuse:
     """The caller broke the API's contract; the step is refused and the state is unchanged."""
 
     __slots__ = ("detail", "kind")
     FIELDS: ClassVar[tuple[str, ...]] = ("kind", "detail")
+    __match_args__ = ("kind", "detail")
 
     def __init__(self, kind: str, detail: str = "") -> None:
         self.kind: Final = kind
@@ -82,7 +89,7 @@ class Misuse:
         return self.kind == other.kind and self.detail == other.detail
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.detail))
+        return hash((Misuse, self.kind, self.detail))
 
     def __repr__(self) -> str:
         return f"Misuse(kind={self.kind!r}, detail={self.detail!r})"
@@ -94,11 +101,13 @@ class Misuse:
         return (Misuse, (self.kind, self.detail))
 
 
+@mypyc_attr(acyclic=True)
 class Panic:
     """A debug assertion of the seed fired (debug builds only)."""
 
     __slots__ = ("message",)
     FIELDS: ClassVar[tuple[str, ...]] = ("message",)
+    __match_args__ = ("message",)
 
     def __init__(self, message: str) -> None:
         self.message: Final = message
@@ -110,7 +119,7 @@ class Panic:
         return self.message == other.message
 
     def __hash__(self) -> int:
-        return hash((self.message,))
+        return hash((Panic, self.message))
 
     def __repr__(self) -> str:
         return f"Panic(message={self.message!r})"
@@ -143,20 +152,16 @@ BAD_CANARY = "bad-canary"
 BAD_LAYOUT = "bad-layout"
 
 
-_NOTHING_DROPPED: frozenset[int] = frozenset()
-
-
+@mypyc_attr(acyclic=True)
 class Observation:
     """The result, the values whose destructor ran during the step, and the paths it took."""
 
     __slots__ = ("dropped", "events", "result")
     FIELDS: ClassVar[tuple[str, ...]] = ("result", "dropped", "events")
+    __match_args__ = ("result", "dropped", "events")
 
     def __init__(
-        self,
-        result: Result,
-        dropped: frozenset[int] = _NOTHING_DROPPED,
-        events: tuple[str, ...] = (),
+        self, result: Result, dropped: frozenset[int] = frozenset(), events: tuple[str, ...] = ()
     ) -> None:
         self.result: Final = result
         self.dropped: Final = dropped
@@ -176,10 +181,7 @@ class Observation:
         return hash((self.result, self.dropped, self.events))
 
     def __repr__(self) -> str:
-        return (
-            f"Observation(result={self.result!r}, dropped={self.dropped!r}, "
-            f"events={self.events!r})"
-        )
+        return f"Observation(result={self.result!r}, dropped={self.dropped!r}, events={self.events!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Observation, (self.result, self.dropped, self.events))

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from externref_harness.model import layout
 from externref_harness.model.observation import GC_NOT_OKAY
 from externref_harness.model.state import WORD, Box, Config, Scalar, Slot, State, Table
@@ -66,6 +68,7 @@ class WalkedFrame:
     mapped_words: tuple[Slot, ...] | None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SeedRuntime:
     """Mutable working copy of the runtime half of a `State`.
 

@@ -15,6 +15,13 @@ A `State` is everything the seed's runtime and the world around it hold between 
     ├── frames: (HostFrame|WasmFrame, ...) the native stack, oldest first; frames[0] is the host's main
     └── faults / panic                     memory-safety faults and debug assertions that fired
 
+The records (`Box`, `Table`, `WasmFrame`, ...) are plain classes with read-only (`Final`) fields
+and explicit equality and hashing, not dataclasses: a compiled step (`externref_harness.compiled`)
+then builds and hashes them in C; the bigger ones keep their hash once computed (`_hash`, -1 until
+then, the one field that changes). They are immutable trees of tuples, so they can never be part of
+a reference cycle (`acyclic`: the collector need not track them). `FIELDS` names each record's
+fields in order, for reports, and `replaced` is their `dataclasses.replace`.
+
 Stack addresses are derived, never stored: the stack grows down from `STACK_TOP`, so older frames sit
 at higher addresses, exactly as `backtrace::trace` sees them.
 
@@ -24,17 +31,14 @@ at higher addresses, exactly as `backtrace::trace` sees them.
                │ wasm frame   │ slots at sp + i*8, i = 0..S-1 (slot 0 closest to sp)
                ├──────────────┤
                │ ...          │ low addresses (younger)
-
-Records are immutable and hashable by value. `Box`, `HostFrame`, `WasmFrame` and `Table` keep
-their hash once computed (`_hash`, -1 until then; no hash is -1): a step shares every record it
-does not change with its successor, and the explorer fingerprints every successor, so hashing a
-state rehashes only what the step rebuilt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeVar
+
+from mypy_extensions import mypyc_attr
 
 WORD = 8
 #: Highest stack address of the model's native stack; frames are carved below it.
@@ -49,6 +53,9 @@ SEED_CHUNK_SIZE = 4096 // WORD
 Build = Literal["debug", "release"]
 
 
+# Interpreted even in a compiled build: it validates its own fields (a compiled class would
+# refuse a mistyped one with a bare TypeError first), and it is built once per run.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class Config:
     """Fixed parameters of one run. `mutant` names a seeded bug (None: the seed as it is)."""
@@ -64,8 +71,9 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{name} must be an int, got {value!r}")
-        if self.mutant is not None and not isinstance(self.mutant, str):
-            raise ValueError(f"mutant must be a name or null, got {self.mutant!r}")
+        mutant: object = getattr(self, "mutant")  # noqa: B009 (untyped: compiled code checks a type)
+        if mutant is not None and not isinstance(mutant, str):
+            raise ValueError(f"mutant must be a name or null, got {mutant!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.build not in ("debug", "release"):
@@ -80,10 +88,11 @@ class Config:
         return self.build == "debug"
 
 
+@mypyc_attr(acyclic=True)
 class Box:
     """One `VMExternData` allocation: its value's layout, `ref_count`, and whether it was freed."""
 
-    __slots__ = ("_hash", "align", "freed", "ref_count", "size")
+    __slots__ = ("align", "freed", "ref_count", "size")
     FIELDS: ClassVar[tuple[str, ...]] = ("size", "align", "ref_count", "freed")
 
     def __init__(self, size: int, align: int, ref_count: int = 1, freed: bool = False) -> None:
@@ -91,7 +100,6 @@ class Box:
         self.align: Final = align
         self.ref_count: Final = ref_count
         self.freed: Final = freed
-        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not Box:
@@ -105,10 +113,7 @@ class Box:
         )
 
     def __hash__(self) -> int:
-        h = self._hash
-        if h == -1:
-            h = self._hash = hash((self.size, self.align, self.ref_count, self.freed))
-        return h
+        return hash((self.size, self.align, self.ref_count, self.freed))
 
     def __repr__(self) -> str:
         return (
@@ -169,6 +174,7 @@ UNINIT = Uninit()
 GlobalValue = int | Uninit | None
 
 
+@mypyc_attr(acyclic=True)
 class RawPtr:
     """A raw `*mut u8` the host holds. `owned` pointers (from `into_raw`) carry one count."""
 
@@ -195,10 +201,11 @@ class RawPtr:
         return (RawPtr, (self.ref, self.owned))
 
 
+@mypyc_attr(acyclic=True)
 class HostFrame:
     """A host frame. `ret_slot` is where a Wasm caller expects this host function's result."""
 
-    __slots__ = ("_hash", "called_from_wasm", "ret_slot", "unwind_info")
+    __slots__ = ("called_from_wasm", "ret_slot", "unwind_info")
     FIELDS: ClassVar[tuple[str, ...]] = ("unwind_info", "called_from_wasm", "ret_slot")
 
     def __init__(
@@ -207,7 +214,6 @@ class HostFrame:
         self.unwind_info: Final = unwind_info
         self.called_from_wasm: Final = called_from_wasm
         self.ret_slot: Final = ret_slot
-        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not HostFrame:
@@ -220,10 +226,7 @@ class HostFrame:
         )
 
     def __hash__(self) -> int:
-        h = self._hash
-        if h == -1:
-            h = self._hash = hash((self.unwind_info, self.called_from_wasm, self.ret_slot))
-        return h
+        return hash((self.unwind_info, self.called_from_wasm, self.ret_slot))
 
     def __repr__(self) -> str:
         return (
@@ -238,6 +241,7 @@ class HostFrame:
 StackMap = tuple[int, ...]
 
 
+@mypyc_attr(acyclic=True)
 class WasmFrame:
     """A Wasm activation suspended at (or executing towards) a safepoint.
 
@@ -287,13 +291,12 @@ class WasmFrame:
         )
 
     def __hash__(self) -> int:
-        h = self._hash
-        if h == -1:
-            h = self._hash = hash((
+        if self._hash == -1:  # computed once: successors share most records of their state
+            self._hash = hash((
                 self.slots, self.stack_map, self.previous_stack_map,
                 self.called_from_wasm, self.ret_slot, self.resets_canary,
             ))  # fmt: skip
-        return h
+        return self._hash
 
     def __repr__(self) -> str:
         return (
@@ -313,6 +316,7 @@ class WasmFrame:
 Frame = HostFrame | WasmFrame
 
 
+@mypyc_attr(acyclic=True)
 class Table:
     """`VMExternRefActivationsTable` with the bump finger as a slot index into `chunk`."""
 
@@ -358,13 +362,12 @@ class Table:
         )
 
     def __hash__(self) -> int:
-        h = self._hash
-        if h == -1:
-            h = self._hash = hash((
-                self.chunk, self.next, self.over_approximated_stack_roots,
-                self.precise_stack_roots, self.stack_canary, self.gc_okay,
+        if self._hash == -1:
+            self._hash = hash((
+                self.chunk, self.next, self.over_approximated_stack_roots, self.precise_stack_roots,
+                self.stack_canary, self.gc_okay,
             ))  # fmt: skip
-        return h
+        return self._hash
 
     def __repr__(self) -> str:
         return (
@@ -387,8 +390,9 @@ class Table:
 _HOST_MAIN = HostFrame()
 
 
+@mypyc_attr(acyclic=True)
 class State:
-    __slots__ = ("faults", "frames", "globals", "handles", "heap", "panic", "raws", "table")
+    __slots__ = ("_hash", "faults", "frames", "globals", "handles", "heap", "panic", "raws", "table")
     FIELDS: ClassVar[tuple[str, ...]] = (
         "heap", "table", "handles", "raws", "globals", "frames", "faults", "panic"
     )  # fmt: skip
@@ -414,6 +418,7 @@ class State:
         self.faults: Final = faults
         #: The message of a debug assertion that fired; the run cannot continue past it.
         self.panic: Final = panic
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -433,10 +438,12 @@ class State:
         )
 
     def __hash__(self) -> int:
-        return hash((
-            self.heap, self.table, self.handles, self.raws, self.globals, self.frames,
-            self.faults, self.panic,
-        ))  # fmt: skip
+        if self._hash == -1:
+            self._hash = hash((
+                self.heap, self.table, self.handles, self.raws, self.globals, self.frames,
+                self.faults, self.panic,
+            ))  # fmt: skip
+        return self._hash
 
     def __repr__(self) -> str:
         return (

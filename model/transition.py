@@ -25,7 +25,6 @@ def step(cfg: Config, state: State, op: Op) -> tuple[State, Observation]:
     except MisuseError as refused:
         return state, Observation(Misuse(refused.kind, refused.detail))
     except DebugAssertion as fired:
-        # (Each handler names its own exception: compiled, one name is one typed variable.)
         message = str(fired)
         return state.with_(panic=message), Observation(
             Panic(message), frozenset(machine.dropped), tuple(machine.events)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from externref_harness.model import ops, protocol
 from externref_harness.model.host import (
     HostBookkeeping,
@@ -49,7 +51,6 @@ from externref_harness.model.state import (
     Frame,
     GlobalValue,
     HostFrame,
-    RawPtr,
     Scalar,
     Slot,
     StackMap,
@@ -100,13 +101,18 @@ def live_stack_maps(
     return frame.stack_map, None
 
 
-class Machine(SeedRuntime, HostBookkeeping):
-    """A `State` thawed for one transition: the seed's runtime plus the world around it."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Machine(SeedRuntime):
+    """A `State` thawed for one transition: the seed's runtime, and (composed) the host's handles
+    and raw pointers (`host`) and the world around them."""
 
     def __init__(self, cfg: Config, state: State) -> None:
         super().__init__(cfg, state)
-        self.handles: list[int | None] = list(state.handles)
-        self.raws: list[RawPtr | None] = list(state.raws)
+        heap = self.heap
+        # A closure over the heap, not a bound method: no cycle for a disabled collector to miss.
+        self.host = HostBookkeeping(
+            list(state.handles), list(state.raws), lambda r: heap[r].freed
+        )
         self.globals: list[GlobalValue] = list(state.globals)
         self.frames: list[Frame] = list(state.frames)
 
@@ -114,7 +120,7 @@ class Machine(SeedRuntime, HostBookkeeping):
         """The state after the step; parts the step did not touch, or left equal, are the thawed
         state's own objects, so successive states share them and compare fast."""
         s = self._thawed
-        heap, handles, raws = tuple(self.heap), tuple(self.handles), tuple(self.raws)
+        heap, handles, raws = tuple(self.heap), tuple(self.host.handles), tuple(self.host.raws)
         globals_, frames = tuple(self.globals), tuple(self.frames)
         faults = self.faults_if_touched()
         return State(
@@ -159,9 +165,6 @@ class Machine(SeedRuntime, HostBookkeeping):
         if not isinstance(top, WasmFrame):
             raise MisuseError(WRONG_FRAME, "compiled code runs only in a Wasm frame")
         return top
-
-    def _is_freed(self, r: int) -> bool:
-        return self.heap[r].freed
 
     def _slot(self, frame: WasmFrame, i: int) -> None:
         if not 0 <= i < len(frame.slots):
@@ -209,38 +212,38 @@ class Machine(SeedRuntime, HostBookkeeping):
 
     def op_New(self, op: ops.New) -> Result:
         check_value_layout(op.size, op.align)
-        return Ok(self._new_handle(self.new_with(op.size, op.align)))
+        return Ok(self.host.new_handle(self.new_with(op.size, op.align)))
 
     def op_Clone(self, op: ops.Clone) -> Result:
-        return Ok(self._new_handle(self.clone(self._handle(op.h))))
+        return Ok(self.host.new_handle(self.clone(self.host.handle(op.h))))
 
     def op_Drop(self, op: ops.Drop) -> Result:
-        self.drop(self._take(op.h))
+        self.drop(self.host.take(op.h))
         return Ok()
 
     def op_AsRaw(self, op: ops.AsRaw) -> Result:
-        return Ok(self._as_raw(op.h))
+        return Ok(self.host.as_raw(op.h))
 
     def op_IntoRaw(self, op: ops.IntoRaw) -> Result:
-        return Ok(self._into_raw(op.h))
+        return Ok(self.host.into_raw(op.h))
 
     def op_FromRaw(self, op: ops.FromRaw) -> Result:
-        return Ok(self._from_raw(op.p))
+        return Ok(self.host.from_raw(op.p))
 
     def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> Result:
-        return Ok(self._new_handle(self.clone(self._clone_from_raw_target(op.p))))
+        return Ok(self.host.new_handle(self.clone(self.host.clone_from_raw_target(op.p))))
 
     def op_StrongCount(self, op: ops.StrongCount) -> Result:
-        return Ok(self.strong_count(self._handle(op.h)))
+        return Ok(self.strong_count(self.host.handle(op.h)))
 
     def op_Eq(self, op: ops.Eq) -> Result:
-        return Ok(self._handle(op.a) == self._handle(op.b))
+        return Ok(self.host.handle(op.a) == self.host.handle(op.b))
 
     def op_Cmp(self, op: ops.Cmp) -> Result:
-        return Ok(self._handle(op.a) == self._handle(op.b))
+        return Ok(self.host.handle(op.a) == self.host.handle(op.b))
 
     def op_Deref(self, op: ops.Deref) -> Result:
-        r = self._handle(op.h)
+        r = self.host.handle(op.h)
         box = self.heap[r]
         if box.freed:
             self.fault(FAULT_USE_AFTER_FREE, f"deref of freed ref {r}")
@@ -249,22 +252,22 @@ class Machine(SeedRuntime, HostBookkeeping):
     # VMExternRefActivationsTable
 
     def op_TryInsert(self, op: ops.TryInsert) -> Result:
-        r = self._handle(op.h)
+        r = self.host.handle(op.h)
         if not self.try_insert(r):
             return Err("chunk-full")
-        self.handles[op.h] = None
+        self.host.handles[op.h] = None
         return Ok()
 
     def op_InsertWithGc(self, op: ops.InsertWithGc) -> Result:
-        self.insert_with_gc(self._take(op.h))
+        self.insert_with_gc(self.host.take(op.h))
         return Ok()
 
     def op_InsertWithoutGc(self, op: ops.InsertWithoutGc) -> Result:
-        self.insert_without_gc(self._take(op.h))
+        self.insert_without_gc(self.host.take(op.h))
         return Ok()
 
     def op_InsertMany(self, op: ops.InsertMany) -> Result:
-        r = self._handle(op.h)
+        r = self.host.handle(op.h)
         check_insert_count(op.count)
         for _ in range(op.count):
             if op.gc:
@@ -313,14 +316,14 @@ class Machine(SeedRuntime, HostBookkeeping):
 
     def op_HostGlobalSet(self, op: ops.HostGlobalSet) -> Result:
         old = self._global(op.g)
-        new = None if op.h is None else self._handle(op.h)
+        new = None if op.h is None else self.host.handle(op.h)
         protocol.global_set(self, _ref(old), new)
         self.globals[op.g] = new
         return Ok()
 
     def op_HostGlobalGet(self, op: ops.HostGlobalGet) -> Result:
         value = _ref(self._global(op.g))
-        return Ok(None if value is None else self._new_handle(self.clone(value)))
+        return Ok(None if value is None else self.host.new_handle(self.clone(value)))
 
     def op_TeardownGlobals(self, op: ops.TeardownGlobals) -> Result:
         for g, value in enumerate(self.globals):
@@ -328,11 +331,11 @@ class Machine(SeedRuntime, HostBookkeeping):
                 self.drop(value)
             elif isinstance(value, Uninit) and self.cfg.mutant == CVE_2022_23636:
                 self.fault(FAULT_WILD_POINTER, f"teardown dropped uninitialised global {g}")
-            self.globals[g] = UNINIT  # the one instance, which a state pickles by name
+            self.globals[g] = UNINIT
         return Ok()
 
     def op_CallWasm(self, op: ops.CallWasm) -> Result:
-        refs = self._take_args(op.args, self.cfg.slots)
+        refs = self.host.take_args(op.args, self.cfg.slots)
         protocol.move_refs_into_table(self, refs, self.cfg.mutant)
         resets = protocol.enter_wasm(self, self.youngest_sp())
         slots: tuple[Slot, ...] = (*refs, *([None] * (self.cfg.slots - len(refs))))
@@ -343,7 +346,7 @@ class Machine(SeedRuntime, HostBookkeeping):
         top = self._host_frame()
         if not top.called_from_wasm:
             raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
-        r = None if op.h is None else self._take(op.h)
+        r = None if op.h is None else self.host.take(op.h)
         # The host function's one externref result counts for the pre-GC even when it is null.
         protocol.move_refs_into_table(self, [r], self.cfg.mutant)
         self.frames.pop()
@@ -418,7 +421,7 @@ class Machine(SeedRuntime, HostBookkeeping):
         got: list[int | None] = []
         for i in op.args:
             word = frame.slots[i]
-            got.append(self._new_handle(self.clone(word)) if isinstance(word, int) else None)
+            got.append(self.host.new_handle(self.clone(word)) if isinstance(word, int) else None)
         return Ok(tuple(got))
 
     def op_WasmReturn(self, op: ops.WasmReturn) -> Result:
@@ -435,7 +438,7 @@ class Machine(SeedRuntime, HostBookkeeping):
         protocol.exit_wasm(self, frame.resets_canary)
         if isinstance(value, int):
             # The host takes the result out of the table's borrow: `clone_from_raw`.
-            return Ok(self._new_handle(self.clone(value)))
+            return Ok(self.host.new_handle(self.clone(value)))
         return Ok(None)
 
 

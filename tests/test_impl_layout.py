@@ -47,9 +47,9 @@ def _runtime(world: World) -> PythonRuntime:
 def _new(world: World, size: int, align: int) -> int:
     """`New` as the host does it: the value filled and watched, the allocation recorded."""
     h = world.op_New(ops.New(size, align))
-    r = world.handles[h]
+    r = world.host.handles[h]
     assert r is not None
-    world.handles[h] = None
+    world.host.handles[h] = None
     return r
 
 

@@ -1,0 +1,132 @@
+"""Which modules the install compiles with mypyc, and whether this process runs them compiled.
+
+The model and the explorer's inner loop are ordinary, fully typed Python. `setup.py` compiles the
+modules of `COMPILED_MODULES` with mypyc into C extensions beside their sources (about three times
+faster; the explorer needs it) and records each source's digest in `MANIFEST`. Python prefers an
+extension to a source of the same name, so an extension built from an older source would silently
+run old code after an edit. `use_fresh_extensions`, run by the package's `__init__` before any of
+these modules is imported, prevents that:
+
+    source digests == MANIFEST ?  ──yes──>  import the extensions (compiled)
+            │ no (an edited source, no build, or EXTERNREF_HARNESS_INTERPRETED=1)
+            └────────────────────────────>  a finder loads every listed module from its .py
+
+It is all or none: compiled modules call each other directly, so one stale module means none is
+used. `mode()` says which way this process runs, and why; `explore` and `--version` print it.
+
+This module imports nothing of the package: `setup.py` reads `COMPILED_MODULES` from it before the
+package is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+#: The modules compiled, as `setup.py` passes them to mypyc. `model.protocol` stays interpreted:
+#: it runs a few times per call into Wasm, and the tests that edit it in place (a careless change
+#: to the shared embedder protocol) must reach the model through it.
+COMPILED_MODULES: tuple[str, ...] = (
+    "externref_harness.model.state",
+    "externref_harness.model.observation",
+    "externref_harness.model.runtime",
+    "externref_harness.model.host",
+    "externref_harness.model.world",
+    "externref_harness.model.moves",
+    "externref_harness.model.transition",
+)
+#: Written by `setup.py` beside this file: {module: sha256 of the source it was compiled from}.
+MANIFEST = "_compiled.json"
+#: Set to 1 to run every module interpreted although it is compiled (to compare, or to debug).
+ENV_INTERPRETED = "EXTERNREF_HARNESS_INTERPRETED"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_mode = "interpreted (not yet decided)"
+
+
+def source_path(module: str, package_dir: Path = _PACKAGE_DIR) -> Path:
+    """`externref_harness.model.state` -> `<package>/model/state.py`."""
+    parts = module.split(".")
+    if parts[0] != "externref_harness":
+        raise ValueError(f"{module} is not a module of externref_harness")
+    return package_dir.joinpath(*parts[1:-1], parts[-1] + ".py")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stale_modules(package_dir: Path = _PACKAGE_DIR) -> list[str] | None:
+    """The compiled modules whose source changed since the build; None if nothing was compiled."""
+    try:
+        recorded = json.loads((package_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    stale = []
+    for module in COMPILED_MODULES:
+        try:
+            same = recorded.get(module) == digest(source_path(module, package_dir))
+        except OSError:
+            same = False
+        if not same:
+            stale.append(module)
+    return stale
+
+
+class _SourceFinder:
+    """A meta-path finder that loads the listed modules from their `.py`, never an extension."""
+
+    def __init__(self, modules: Sequence[str], package_dir: Path) -> None:
+        self.sources = {m: source_path(m, package_dir) for m in modules}
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        source = self.sources.get(fullname)
+        if source is None:
+            return None
+        loader = importlib.machinery.SourceFileLoader(fullname, str(source))
+        return importlib.util.spec_from_file_location(fullname, source, loader=loader)
+
+
+def use_fresh_extensions(package_dir: Path = _PACKAGE_DIR) -> str:
+    """Decide, once per process, whether the compiled extensions may be imported; returns `mode()`."""
+    global _mode
+    if any(isinstance(f, _SourceFinder) for f in sys.meta_path):
+        return _mode
+    stale = stale_modules(package_dir)
+    if os.environ.get(ENV_INTERPRETED, "") not in ("", "0"):
+        reason = f"{ENV_INTERPRETED} is set"
+    elif stale is None:
+        reason = "not compiled by this install"
+    elif stale:
+        names = ", ".join(str(source_path(m, package_dir).relative_to(package_dir)) for m in stale)
+        reason = f"changed since the build: {names}; reinstall to compile them again"
+    else:
+        _mode = "compiled (mypyc)"
+        return _mode
+    sys.meta_path.insert(0, _SourceFinder(COMPILED_MODULES, package_dir))
+    _mode = f"interpreted ({reason})"
+    return _mode
+
+
+def mode() -> str:
+    """`compiled (mypyc)` or `interpreted (why)`, for this process."""
+    return _mode
+
+
+def is_compiled() -> bool:
+    """Whether the listed modules really are extensions in this process (not just meant to be)."""
+    modules = [importlib.import_module(m) for m in COMPILED_MODULES]
+    return all(not (m.__file__ or "").endswith(".py") for m in modules)

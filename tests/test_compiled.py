@@ -1,0 +1,128 @@
+"""The compiled build: it is used only while it matches its sources, and it computes what the
+interpreted model computes.
+
+Each check that needs a fresh decision runs in a child interpreter: the decision is made once per
+process, when `externref_harness` is first imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from externref_harness import compiled
+from externref_harness.explore import ExploreBounds, explore
+
+PACKAGE = Path(compiled.__file__).resolve().parent
+
+
+def _child(code: str, **env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != compiled.ENV_INTERPRETED}
+    environment.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+_WHERE = (
+    "import externref_harness.compiled as c, externref_harness.model.world as w; "
+    "print(c.mode()); print(w.__file__); print(c.is_compiled())"
+)
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="a developer's checkout may be interpreted")
+def test_ci_runs_the_compiled_model() -> None:
+    """`.ci/run` installs with compilation on: a build that silently fell back would hide here."""
+    assert compiled.mode() == "compiled (mypyc)"
+    assert compiled.is_compiled()
+
+
+def test_the_environment_switch_runs_every_listed_module_interpreted() -> None:
+    mode, world, is_compiled = _child(_WHERE, **{compiled.ENV_INTERPRETED: "1"}).splitlines()
+    assert mode == f"interpreted ({compiled.ENV_INTERPRETED} is set)"
+    assert world.endswith("world.py") and is_compiled == "False"
+
+
+def _package_copy(tmp_path: Path) -> Path:
+    """The installed package's sources and manifest, as a stand-alone tree to edit."""
+    copy = tmp_path / "pkg"
+    for module in compiled.COMPILED_MODULES:
+        source = compiled.source_path(module, PACKAGE)
+        target = compiled.source_path(module, copy)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    digests = {m: compiled.digest(compiled.source_path(m, copy)) for m in compiled.COMPILED_MODULES}
+    (copy / compiled.MANIFEST).write_text(json.dumps(digests))
+    return copy
+
+
+def test_an_edited_source_is_named_stale(tmp_path: Path) -> None:
+    copy = _package_copy(tmp_path)
+    assert compiled.stale_modules(copy) == []
+    moves = compiled.source_path("externref_harness.model.moves", copy)
+    moves.write_text(moves.read_text() + "\n# an edit after the build\n")
+    assert compiled.stale_modules(copy) == ["externref_harness.model.moves"]
+    (copy / compiled.MANIFEST).unlink()
+    assert compiled.stale_modules(copy) is None
+
+
+def test_a_stale_build_runs_the_sources_not_the_extensions(tmp_path: Path) -> None:
+    """A decision against the extensions installs a finder that loads the `.py` of every listed
+    module; the reason names the edited file."""
+    copy = _package_copy(tmp_path)
+    state = compiled.source_path("externref_harness.model.state", copy)
+    state.write_text(state.read_text() + "\n# edited\n")
+    code = (
+        "import sys, pathlib, externref_harness.compiled as c\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, c._SourceFinder)]\n"
+        f"print(c.use_fresh_extensions(pathlib.Path({str(copy)!r})))\n"
+        "import importlib.util\n"
+        "print(importlib.util.find_spec('externref_harness.model.state').origin)\n"
+    )
+    mode, origin = _child(code).splitlines()
+    assert mode.startswith("interpreted (changed since the build: model/state.py")
+    assert origin == str(state)
+
+
+def _figures(mutants: list[str | None], interpreted: bool) -> list[object]:
+    """States, transitions, op and path counts and the shortest violation of a depth-9 search
+    per mutant, in this process or in an interpreted child."""
+    code = (
+        "import json, sys\n"
+        "from externref_harness.explore import ExploreBounds, explore\n"
+        "out = [explore(ExploreBounds(depth=9, mutant=m).search()) for m in json.loads(sys.argv[1])]\n"
+        "print(json.dumps([[o.states, o.transitions, o.op_counts, o.path_counts,"
+        " None if o.violation is None else [o.violation.title, [str(s) for s in o.violation.trace]]]"
+        " for o in out]))\n"
+    )
+    if not interpreted:
+        out = [explore(ExploreBounds(depth=9, mutant=m).search()) for m in mutants]
+        return [
+            [o.states, o.transitions, o.op_counts, o.path_counts,
+             None if o.violation is None else [o.violation.title, [str(s) for s in o.violation.trace]]]
+            for o in out
+        ]  # fmt: skip
+    environment = {**os.environ, compiled.ENV_INTERPRETED: "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(mutants)],
+        capture_output=True, text=True, env=environment, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def test_compiled_and_interpreted_searches_count_the_same() -> None:
+    """The same counts, op counts, path counts and shortest violation both ways (in CI this
+    process runs the compiled model, the child the interpreted one); a different model differs."""
+    mine = _figures([None, "cve-2022-31146"], interpreted=False)
+    assert mine == _figures([None, "cve-2022-31146"], interpreted=True)
+    assert mine[1][-1] is not None  # type: ignore[index]
+    assert mine != _figures([None, "cve-2022-24791"], interpreted=True)
