@@ -183,7 +183,7 @@ def _config(raw: object) -> Config:
         raise TraceFormatError("config: a corpus trace has no mutant (it holds the seed's semantics)")
     _check_fields(raw, CONFIG_FIELDS, "config: ")
     try:
-        return Config(**raw)
+        return Config.from_untyped(raw)
     except (TypeError, ValueError) as e:
         raise TraceFormatError(f"config: {e}") from None
 

@@ -68,7 +68,7 @@ class Trace:
         for name, value in raw_cfg.items():
             _check_int_range(f"config.{name}", value)
         try:
-            config = Config(**raw_cfg)
+            config = Config.from_untyped(raw_cfg)
         except (TypeError, ValueError) as e:
             raise TraceFormatError(f"config: {shown(str(e))}") from None
         steps = obj.get("steps")

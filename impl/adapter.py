@@ -160,7 +160,7 @@ class InProcessImpl:
     def start(self, config: Mapping[str, Any]) -> None:
         self.close()
         self._heap = CheckingHeap()
-        self._world = World(Config(**config), self._heap, self._runtime)
+        self._world = World(Config.from_untyped(config), self._heap, self._runtime)
         self._blocks: list[Block | None] = []
         self._vtables: dict[int, tuple[int, int]] = {}
         self._freed: dict[int, RefFacts] = {}

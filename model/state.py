@@ -35,6 +35,7 @@ at higher addresses, exactly as `backtrace::trace` sees them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
@@ -53,12 +54,30 @@ SEED_CHUNK_SIZE = 4096 // WORD
 Build = Literal["debug", "release"]
 
 
-# Interpreted even in a compiled build: it validates its own fields (a compiled class would
-# refuse a mistyped one with a bare TypeError first), and it is built once per run.
-@mypyc_attr(native_class=False)
+def check_config_types(values: Mapping[str, object]) -> None:
+    """The type rules of `Config`'s fields, with its messages, for values not typed yet (a trace
+    file's). A compiled `Config` refuses a mistyped field with a bare TypeError before its own
+    checks run, so what reads untyped input calls this first (`Config.from_untyped`)."""
+    for name in ("chunk_size", "slots", "n_globals"):
+        if name in values:
+            value = values[name]
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+    mutant = values.get("mutant")
+    if mutant is not None and not isinstance(mutant, str):
+        raise ValueError(f"mutant must be a name or null, got {mutant!r}")
+    build = values.get("build", "debug")
+    if build not in ("debug", "release"):
+        raise ValueError(f"build must be 'debug' or 'release', got {build!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Fixed parameters of one run. `mutant` names a seeded bug (None: the seed as it is)."""
+    """Fixed parameters of one run. `mutant` names a seeded bug (None: the seed as it is).
+
+    Compiled (a native class: every step reads it), so a mistyped field is a TypeError at
+    construction; untyped input goes through `from_untyped`, which says what is wrong.
+    """
 
     chunk_size: int = SEED_CHUNK_SIZE
     build: Build = "debug"
@@ -66,18 +85,17 @@ class Config:
     n_globals: int = 2
     mutant: str | None = None
 
+    @staticmethod
+    def from_untyped(values: Mapping[str, Any]) -> Config:
+        """A `Config` from values read from a file: each type checked first, with a precise error."""
+        check_config_types(values)
+        return Config(**values)
+
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "slots", "n_globals"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-        mutant: object = getattr(self, "mutant")  # noqa: B009 (untyped: compiled code checks a type)
-        if mutant is not None and not isinstance(mutant, str):
-            raise ValueError(f"mutant must be a name or null, got {mutant!r}")
+        names = ("chunk_size", "slots", "n_globals", "mutant", "build")
+        check_config_types({name: getattr(self, name) for name in names})
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        if self.build not in ("debug", "release"):
-            raise ValueError(f"build must be 'debug' or 'release', got {self.build!r}")
         if self.slots < 1:
             raise ValueError(f"slots must be >= 1, got {self.slots}")
         if self.n_globals < 0:

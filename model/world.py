@@ -108,35 +108,62 @@ class Machine(SeedRuntime):
 
     def __init__(self, cfg: Config, state: State) -> None:
         super().__init__(cfg, state)
-        heap = self.heap
-        # A closure over the heap, not a bound method: no cycle for a disabled collector to miss.
-        self.host = HostBookkeeping(
-            list(state.handles), list(state.raws), lambda r: heap[r].freed
-        )
-        self.globals: list[GlobalValue] = list(state.globals)
-        self.frames: list[Frame] = list(state.frames)
+        # Copy-on-write, as the runtime's table: thawed on first access (the properties below).
+        self._host: HostBookkeeping | None = None
+        self._globals: list[GlobalValue] | None = None
+        self._frames: list[Frame] | None = None
+
+    @property
+    def host(self) -> HostBookkeeping:
+        if self._host is None:
+            heap = self.heap
+            # A closure over the heap, not a bound method: no cycle for a disabled collector.
+            self._host = HostBookkeeping(
+                list(self._thawed.handles), list(self._thawed.raws), lambda r: heap[r].freed
+            )
+        return self._host
+
+    @property
+    def globals(self) -> list[GlobalValue]:
+        if self._globals is None:
+            self._globals = list(self._thawed.globals)
+        return self._globals
+
+    @property
+    def frames(self) -> list[Frame]:
+        if self._frames is None:
+            self._frames = list(self._thawed.frames)
+        return self._frames
+
+    def _frames_as_they_are(self) -> tuple[Frame, ...]:
+        """The frames, without thawing them for a step that only reads them."""
+        return self._thawed.frames if self._frames is None else tuple(self._frames)
 
     def freeze(self) -> State:
         """The state after the step; parts the step did not touch, or left equal, are the thawed
         state's own objects, so successive states share them and compare fast."""
         s = self._thawed
-        heap, handles, raws = tuple(self.heap), tuple(self.host.handles), tuple(self.host.raws)
-        globals_, frames = tuple(self.globals), tuple(self.frames)
+        heap = tuple(self.heap)
+        host = self._host
+        handles = s.handles if host is None else _same(tuple(host.handles), s.handles)
+        raws = s.raws if host is None else _same(tuple(host.raws), s.raws)
+        globals_ = s.globals if self._globals is None else _same(tuple(self._globals), s.globals)
+        frames = s.frames if self._frames is None else _same(tuple(self._frames), s.frames)
         faults = self.faults_if_touched()
         return State(
             s.heap if heap == s.heap else heap,
             self.frozen_table(),
-            s.handles if handles == s.handles else handles,
-            s.raws if raws == s.raws else raws,
-            s.globals if globals_ == s.globals else globals_,
-            s.frames if frames == s.frames else frames,
+            handles,
+            raws,
+            globals_,
+            frames,
             s.faults if faults is None or faults == list(s.faults) else tuple(faults),
         )
 
     # --- the stack, as gc sees it ---------------------------------------------------------------
 
     def walk_stack(self) -> Iterator[WalkedFrame]:
-        frames = tuple(self.frames)
+        frames = self._frames_as_they_are()
         sps = frame_sps(frames)
         for frame, sp in zip(reversed(frames), reversed(sps), strict=True):
             if isinstance(frame, WasmFrame):
@@ -150,18 +177,18 @@ class Machine(SeedRuntime):
                     return
 
     def youngest_sp(self) -> int:
-        return frame_sps(tuple(self.frames))[-1]
+        return frame_sps(self._frames_as_they_are())[-1]
 
     # --- validation -----------------------------------------------------------------------------
 
     def _host_frame(self) -> HostFrame:
-        top = self.frames[-1]
+        top = self._frames_as_they_are()[-1] if self._frames is None else self._frames[-1]
         if not isinstance(top, HostFrame):
             raise MisuseError(WRONG_FRAME, "host code runs only in a host frame")
         return top
 
     def _wasm_frame(self) -> WasmFrame:
-        top = self.frames[-1]
+        top = self._frames_as_they_are()[-1] if self._frames is None else self._frames[-1]
         if not isinstance(top, WasmFrame):
             raise MisuseError(WRONG_FRAME, "compiled code runs only in a Wasm frame")
         return top
@@ -440,6 +467,11 @@ class Machine(SeedRuntime):
             # The host takes the result out of the table's borrow: `clone_from_raw`.
             return Ok(self.host.new_handle(self.clone(value)))
         return Ok(None)
+
+
+def _same(now: tuple[Any, ...], before: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`before` itself when a thawed part came back equal (sharing keeps comparisons cheap)."""
+    return before if now == before else now
 
 
 def _ref(value: GlobalValue) -> int | None:
