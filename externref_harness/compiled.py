@@ -32,14 +32,14 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-#: The modules compiled, as `setup.py` passes them to mypyc. `model.protocol` stays interpreted:
-#: it runs a few times per call into Wasm, and the tests that edit it in place (a careless change
-#: to the shared embedder protocol) must reach the model through it.
+#: The modules compiled, as `setup.py` passes them to mypyc (all or none: they call each other
+#: directly, so a test that patches one of their globals runs interpreted, see `ENV_INTERPRETED`).
 COMPILED_MODULES: tuple[str, ...] = (
     "externref_harness.model.state",
     "externref_harness.model.observation",
     "externref_harness.model.runtime",
     "externref_harness.model.host",
+    "externref_harness.model.protocol",
     "externref_harness.model.world",
     "externref_harness.model.moves",
     "externref_harness.model.transition",

@@ -5,7 +5,10 @@ model, the Python port and the C reference, and that it catches what both sides 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +18,7 @@ import jsonschema
 import pytest
 from one_line import assert_one_line_exit_2
 
-from externref_harness import catalogue, corpus, lockstep
+from externref_harness import catalogue, compiled, corpus, lockstep
 from externref_harness.cli import main
 from externref_harness.corpus_format import CORPUS_VERSION, CorpusTrace, load_file
 from externref_harness.corpus_run import CorpusResult, cannot_run, corpus_files, load_corpus, run_corpus_trace
@@ -253,6 +256,18 @@ def _skip_the_pre_gc(
 def test_a_change_to_the_shared_protocol_fails_the_expectations_though_the_lockstep_agrees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The edit is a patched module global, which a compiled model (calling the protocol
+    directly) never sees: a compiled process runs this test again in an interpreted child."""
+    if compiled.is_compiled():
+        name = "test_a_change_to_the_shared_protocol_fails_the_expectations_though_the_lockstep_agrees"
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{name}"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, compiled.ENV_INTERPRETED: "1"},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 passed" in done.stdout
+        return
     trace = BY_ID["debug/path-gc-wasm-frame-without-stack-map"]
     assert run_corpus_trace(trace, InProcessImpl()).passed
     monkeypatch.setattr(protocol, "move_refs_into_table", _skip_the_pre_gc)
