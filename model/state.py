@@ -540,27 +540,28 @@ def global_refs(globals_: tuple[GlobalValue, ...]) -> tuple[int, ...]:
     return tuple(g for g in globals_ if isinstance(g, int))
 
 
-def owners(state: State) -> dict[int, int]:
-    """How many counted owners hold each ref: handles, owned raws, globals and table entries.
+def owned_refs(state: State) -> list[int]:
+    """The ref of every counted owner, once per owner: handles, owned raws, globals and table
+    entries (the one rule both `owners` and the invariants' counts use).
 
     Wasm stack slots borrow from the table and are not counted; that is the point of deferred
     reference counting.
     """
-    counts: dict[int, int] = {}
-
-    def add(r: int) -> None:
-        counts[r] = counts.get(r, 0) + 1
-
-    for h in state.handles:
-        if h is not None:
-            add(h)
+    out: list[int] = [h for h in state.handles if h is not None]
     for p in state.raws:
         if p is not None and p.owned:
-            add(p.ref)
-    for g in global_refs(state.globals):
-        add(g)
-    for r in table_elements(state.table):
-        add(r)
-    for r in state.table.precise_stack_roots:
-        add(r)
+            out.append(p.ref)
+    out.extend(global_refs(state.globals))
+    table = state.table
+    out.extend(table.over_approximated_stack_roots)
+    out.extend([r for r in table.chunk[: table.next] if r is not None])
+    out.extend(table.precise_stack_roots)
+    return out
+
+
+def owners(state: State) -> dict[int, int]:
+    """How many counted owners hold each ref (`owned_refs`, counted)."""
+    counts: dict[int, int] = {}
+    for r in owned_refs(state):
+        counts[r] = counts.get(r, 0) + 1
     return counts

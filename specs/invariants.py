@@ -23,6 +23,7 @@ from externref_harness.model.state import (
     WasmFrame,
     frame_sps,
     global_refs,
+    owned_refs,
     table_elements,
     wasm_live_refs,
 )
@@ -70,23 +71,7 @@ def owner_counts(state: State) -> list[int]:
     """`model.state.owners` as a list indexed by ref id (owners of ids outside the heap dropped)."""
     n = len(state.heap)
     counts = [0] * n
-    for h in state.handles:
-        if h is not None and 0 <= h < n:
-            counts[h] += 1
-    for p in state.raws:
-        if p is not None and p.owned and 0 <= p.ref < n:
-            counts[p.ref] += 1
-    for g in state.globals:
-        if isinstance(g, int) and 0 <= g < n:
-            counts[g] += 1
-    table = state.table
-    for r in table.over_approximated_stack_roots:
-        if 0 <= r < n:
-            counts[r] += 1
-    for c in table.chunk[: table.next]:
-        if c is not None and 0 <= c < n:
-            counts[c] += 1
-    for r in table.precise_stack_roots:
+    for r in owned_refs(state):
         if 0 <= r < n:
             counts[r] += 1
     return counts
