@@ -18,7 +18,7 @@ recorded in `faults` instead of crashing; debug assertions raise `DebugAssertion
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Final
 
 from mypy_extensions import mypyc_attr
 
@@ -55,17 +55,41 @@ class DebugAssertion(Exception):
     """A `debug_assert!` (or a `#[cfg(debug_assertions)] assert!`) of the seed fired."""
 
 
-@dataclass(frozen=True, slots=True)
+@mypyc_attr(acyclic=True)
 class WalkedFrame:
     """One frame as `backtrace::trace` and `ModuleInfoLookup` present it to `gc`.
 
     `mapped_words` are the words read at `sp + i * 8` for every set bit `i` of the stack map the
-    lookup returned (None: not a Wasm pc, or a Wasm pc with no stack map).
+    lookup returned (None: not a Wasm pc, or a Wasm pc with no stack map). A plain class with
+    read-only fields rather than a frozen dataclass: `gc` builds one per frame it walks, and a
+    compiled class is built several times faster.
     """
 
-    sp: int
-    is_wasm: bool
-    mapped_words: tuple[Slot, ...] | None
+    __slots__ = ("is_wasm", "mapped_words", "sp")
+
+    def __init__(self, sp: int, is_wasm: bool, mapped_words: tuple[Slot, ...] | None) -> None:
+        self.sp: Final = sp
+        self.is_wasm: Final = is_wasm
+        self.mapped_words: Final = mapped_words
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not WalkedFrame:
+            return NotImplemented
+        assert isinstance(other, WalkedFrame)
+        return (
+            self.sp == other.sp
+            and self.is_wasm == other.is_wasm
+            and self.mapped_words == other.mapped_words
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.sp, self.is_wasm, self.mapped_words))
+
+    def __repr__(self) -> str:
+        return (
+            f"WalkedFrame(sp={self.sp!r}, is_wasm={self.is_wasm!r}, "
+            f"mapped_words={self.mapped_words!r})"
+        )
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

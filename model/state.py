@@ -110,7 +110,7 @@ class Config:
 class Box:
     """One `VMExternData` allocation: its value's layout, `ref_count`, and whether it was freed."""
 
-    __slots__ = ("align", "freed", "ref_count", "size")
+    __slots__ = ("_hash", "align", "freed", "ref_count", "size")
     FIELDS: ClassVar[tuple[str, ...]] = ("size", "align", "ref_count", "freed")
 
     def __init__(self, size: int, align: int, ref_count: int = 1, freed: bool = False) -> None:
@@ -118,6 +118,7 @@ class Box:
         self.align: Final = align
         self.ref_count: Final = ref_count
         self.freed: Final = freed
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not Box:
@@ -131,7 +132,9 @@ class Box:
         )
 
     def __hash__(self) -> int:
-        return hash((self.size, self.align, self.ref_count, self.freed))
+        if self._hash == -1:  # a successor's heap shares most boxes with its state's
+            self._hash = hash((self.size, self.align, self.ref_count, self.freed))
+        return self._hash
 
     def __repr__(self) -> str:
         return (
@@ -223,7 +226,7 @@ class RawPtr:
 class HostFrame:
     """A host frame. `ret_slot` is where a Wasm caller expects this host function's result."""
 
-    __slots__ = ("called_from_wasm", "ret_slot", "unwind_info")
+    __slots__ = ("_hash", "called_from_wasm", "ret_slot", "unwind_info")
     FIELDS: ClassVar[tuple[str, ...]] = ("unwind_info", "called_from_wasm", "ret_slot")
 
     def __init__(
@@ -232,6 +235,7 @@ class HostFrame:
         self.unwind_info: Final = unwind_info
         self.called_from_wasm: Final = called_from_wasm
         self.ret_slot: Final = ret_slot
+        self._hash = -1
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not HostFrame:
@@ -244,7 +248,9 @@ class HostFrame:
         )
 
     def __hash__(self) -> int:
-        return hash((self.unwind_info, self.called_from_wasm, self.ret_slot))
+        if self._hash == -1:
+            self._hash = hash((self.unwind_info, self.called_from_wasm, self.ret_slot))
+        return self._hash
 
     def __repr__(self) -> str:
         return (
