@@ -65,7 +65,7 @@ class SeedErr(Exception):
     """The seed's own `Err` (only `try_insert`'s chunk full)."""
 
 
-class World:
+class World(protocol.RuntimeApi[int]):
     def __init__(self, cfg: Config, heap: CheckingHeap, runtime: BackendFactory) -> None:
         self.cfg = cfg
         self.mutant = cfg.mutant

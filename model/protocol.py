@@ -8,7 +8,9 @@ a protocol-level seeded bug (CVE-2021-39216) therefore reaches them all.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, TypeVar
+
+from mypy_extensions import mypyc_attr
 
 R = TypeVar("R")
 
@@ -16,18 +18,41 @@ R = TypeVar("R")
 CVE_2021_39216 = "cve-2021-39216"
 
 
-class RuntimeApi(Protocol[R]):
-    """The part of the seed's API the embedder calls. `R` is a ref: a model id or a real address."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class RuntimeApi(Generic[R]):
+    """The part of the seed's API the embedder calls. `R` is a ref: a model id or a real address.
 
-    def clone(self, r: R) -> R: ...
-    def drop(self, r: R) -> None: ...
-    def bump_capacity_remaining(self) -> int: ...
-    def gc(self) -> None: ...
-    def set_gc_okay(self, okay: bool) -> bool: ...
-    def insert_with_gc(self, r: R) -> None: ...
-    def insert_without_gc(self, r: R) -> None: ...
-    def stack_canary(self) -> int | None: ...
-    def set_stack_canary(self, canary: int | None) -> None: ...
+    A base class rather than a `typing.Protocol`: the model's runtime (`SeedRuntime`) and the
+    implementations' world (`impl.world.World`) both derive from it, so the compiled protocol
+    below calls the model's methods directly instead of looking each one up by name.
+    """
+
+    def clone(self, r: R) -> R:
+        raise NotImplementedError
+
+    def drop(self, r: R) -> None:
+        raise NotImplementedError
+
+    def bump_capacity_remaining(self) -> int:
+        raise NotImplementedError
+
+    def gc(self) -> None:
+        raise NotImplementedError
+
+    def set_gc_okay(self, okay: bool) -> bool:
+        raise NotImplementedError
+
+    def insert_with_gc(self, r: R) -> None:
+        raise NotImplementedError
+
+    def insert_without_gc(self, r: R) -> None:
+        raise NotImplementedError
+
+    def stack_canary(self) -> int | None:
+        raise NotImplementedError
+
+    def set_stack_canary(self, canary: int | None) -> None:
+        raise NotImplementedError
 
 
 def move_refs_into_table(rt: RuntimeApi[R], refs: Sequence[R | None], mutant: str | None) -> None:

@@ -24,6 +24,7 @@ from mypy_extensions import mypyc_attr
 
 from externref_harness.model import layout
 from externref_harness.model.observation import GC_NOT_OKAY
+from externref_harness.model.protocol import RuntimeApi
 from externref_harness.model.state import WORD, Box, Config, Scalar, Slot, State, Table
 
 # Model-level seeded bugs (see `model.mutants`).
@@ -93,7 +94,7 @@ class WalkedFrame:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class SeedRuntime:
+class SeedRuntime(RuntimeApi[int]):
     """Mutable working copy of the runtime half of a `State`.
 
     Copy-on-write: the bump chunk, the two root sets and the faults are thawed into a list or a set

@@ -138,11 +138,17 @@ def test_a_state_limit_stops_the_search_incomplete(workers: int) -> None:
     assert out.unexpanded > 0
 
 
+#: A space that takes half a minute or more here (716,463 states), so the limits below always
+#: stop it long before it is exhausted, however fast the machine.
+LONG = ExploreBounds(slots=3)
+LONG_STATES = 716_463
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_time_limit_stops_the_search_incomplete(workers: int) -> None:
-    out = explore(ExploreBounds().search(), limits=Limits(time=0.5), workers=workers)
+    out = explore(LONG.search(), limits=Limits(time=0.5), workers=workers)
     assert out.status == "incomplete" and out.stopped == TIME_LIMIT
-    assert 0 < out.states < PINNED["defaults"][1]
+    assert 0 < out.states < LONG_STATES
     assert out.elapsed < 10
 
 
@@ -152,9 +158,9 @@ def test_ctrl_c_stops_the_search_with_a_partial_outcome(workers: int) -> None:
         if p.states > 100:
             os.kill(os.getpid(), signal.SIGINT)
 
-    out = explore(ExploreBounds().search(), interrupt, every=0.05, workers=workers)
+    out = explore(LONG.search(), interrupt, every=0.05, workers=workers)
     assert out.status == "incomplete" and out.stopped == INTERRUPTED
-    assert 100 < out.states < PINNED["defaults"][1]
+    assert 100 < out.states < LONG_STATES
 
 
 def test_bad_limits_and_worker_counts_are_refused() -> None:
@@ -238,7 +244,8 @@ def test_a_mutants_knob_given_on_the_command_line_is_kept(capsys: Capture) -> No
 
 
 def test_progress_lines_off_a_terminal_are_plain(capsys: Capture) -> None:
-    argv = ["explore", "--frames", "1", "--slots", "1", "--chunk", "1", "--progress-every", "0.01"]
+    # 2,717 states, about 0.1 s here: a hundred progress intervals even on a much faster machine.
+    argv = ["explore", "--frames", "1", "--slots", "2", "--progress-every", "0.001"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("explore: ")]
