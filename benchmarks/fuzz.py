@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from externref_harness.campaign import Campaign, CampaignOptions
+from externref_harness.campaign.campaign import Campaign, CampaignOptions
 
 
 def campaign_rate(

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from externref_harness.isolation import ChildPool
-from externref_harness.lockstep import LOCKSTEP_CONFIG
+from externref_harness.isolation.pool import ChildPool
+from externref_harness.lockstep.runner import LOCKSTEP_CONFIG
+from externref_harness.lockstep.targets import native_target
 from externref_harness.native.build import build_reference
-from externref_harness.targets import native_target
 from native import rate, walks
 
 

@@ -20,13 +20,13 @@ import random
 import time
 from dataclasses import replace
 
-from externref_harness.lockstep import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, AdapterFactory, drive
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, AdapterFactory, drive
+from externref_harness.lockstep.targets import PYTHON, native_target
 from externref_harness.model import ops
 from externref_harness.model.moves import flat_moves
 from externref_harness.model.state import Config, State
 from externref_harness.model.transition import step
 from externref_harness.native.build import build_reference
-from externref_harness.targets import PYTHON, native_target
 
 WALK_STEPS = 40
 

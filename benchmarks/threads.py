@@ -21,7 +21,7 @@ import sys
 
 from externref_harness.native.backend import open_library
 from externref_harness.native.build import build_reference
-from externref_harness.parallel_check import ParallelOptions, run_parallel_check
+from externref_harness.parallel.check import ParallelOptions, run_parallel_check
 
 BUGS = ("c-nonatomic-count", "c-drop-reread")
 BUILDS = ("debug", "release")

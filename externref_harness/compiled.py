@@ -45,11 +45,11 @@ COMPILED_MODULES: tuple[str, ...] = (
     "externref_harness.model.transition",
     # The explorer's per-transition path: canonical form, seen-set, path labels, invariants and
     # the search core that calls them all (`partition`).
-    "externref_harness.symmetry",
-    "externref_harness.fingerprints",
-    "externref_harness.path_labels",
+    "externref_harness.explore.symmetry",
+    "externref_harness.explore.fingerprints",
+    "externref_harness.search.path_labels",
     "externref_harness.specs.invariants",
-    "externref_harness.partition",
+    "externref_harness.explore.partition",
 )
 #: Written by `setup.py` beside this file: {module: sha256 of the source it was compiled from}.
 MANIFEST = "_compiled.json"

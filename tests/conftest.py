@@ -3,6 +3,6 @@
 `pytest --hypothesis-profile NAME` overrides the default (`ci` when CI is set, else `dev`).
 """
 
-from externref_harness import profiles
+from externref_harness.search import profiles
 
 profiles.load_default()

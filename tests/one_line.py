@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from externref_harness.cli import main
+from externref_harness.cli.main import main
 
 
 def assert_one_line_exit_2(args: list[str], capsys: pytest.CaptureFixture[str], expected: str) -> None:

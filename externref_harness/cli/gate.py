@@ -1,0 +1,150 @@
+"""`externref-harness gate PATH.so`: hold a native implementation to the seed, crash-isolated.
+
+Runs the library's description, the conformance corpus, the lockstep search and the parallel
+check in a child process, prints a table of cases, and writes JUnit XML and JSON reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+from hypothesis import settings
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from externref_harness import paths
+from externref_harness.errors import UsageError, user_path
+from externref_harness.gate import expectations
+from externref_harness.gate.cases import LEVELS, GateOptions, GateReport
+from externref_harness.gate.reports import write_json, write_junit
+from externref_harness.gate.runner import run_gate
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
+from externref_harness.search import profiles
+
+EXIT_STATUS = (
+    "0 the implementation passes (expected divergences allowed), 1 it fails a case "
+    "(a divergence, a crash or a hang), 2 bad input (a bad library, expectations file or option)"
+)
+STYLE = {"pass": "green", "fail": "red", "expected-fail": "yellow", "skip": "dim"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("library", type=Path, metavar="PATH.so", help="the implementation (the C ABI)")
+    p.add_argument(
+        "--level", choices=sorted(LEVELS), default="strict",
+        help="strict: the seed exactly (layout, drop order, capacity in bytes); conformant: what any "
+        "correct implementation of the design must do (default: strict)",
+    )  # fmt: skip
+    p.add_argument(
+        "--expect", type=Path, default=None, metavar="FILE",
+        help="an expectations file (TOML or JSON) of known divergences, each with a reason",
+    )  # fmt: skip
+    p.add_argument(
+        "--time-limit", type=float, default=None, metavar="S",
+        help="stop the lockstep search after S seconds (default: the profile's budget)",
+    )  # fmt: skip
+    p.add_argument(
+        "--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT, metavar="S",
+        help=f"a step that takes longer is a hang (default {DEFAULT_STEP_TIMEOUT:g})",
+    )  # fmt: skip
+    p.add_argument("--junit", default=None, metavar="FILE", help="write a JUnit XML report")
+    p.add_argument("--json", default=None, metavar="FILE", help="write a JSON report")
+    paths.add_failures_option(p)
+    p.add_argument("--no-threads", action="store_true", help="skip the parallel reference-counting check")
+    p.add_argument(
+        "--hypothesis-profile", choices=profiles.PROFILES, default=None,
+        help="the search's budget (default: ci when CI is set, else dev)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-examples", type=int, default=None, metavar="N", help="override the profile's budget"
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=None, metavar="N",
+        help="bump-chunk slots of the search (default: 2 when the library can, else its own)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("time_limit", "step_timeout"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise UsageError("--max-examples must be at least 1")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise UsageError("--chunk-size must be at least 1")
+    if not str(args.library):
+        raise UsageError("PATH.so needs a path, got an empty string")
+    expect = expectations.load(args.expect) if args.expect is not None else expectations.Expectations()
+    reports: dict[str, Path | None] = {}
+    for option, value in (("--junit", args.junit), ("--json", args.json)):
+        path = None if value is None else user_path(value, option)
+        if path is not None:
+            paths.check_file(path, option)
+        reports[option] = path
+    failures = paths.failures_dir(args.failures)
+    paths.check_dir(failures, paths.failures_source(args.failures))
+    profile = args.hypothesis_profile or profiles.default_profile()
+    base = settings.get_profile(profile)
+    opts = GateOptions(
+        library=args.library,
+        level=args.level,
+        expectations=expect,
+        hypothesis_settings=settings(base, max_examples=args.max_examples or base.max_examples),
+        time_limit=args.time_limit,
+        step_timeout=args.step_timeout,
+        failures=failures,
+        threads=not args.no_threads,
+        chunk_size=args.chunk_size,
+    )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    report = run_gate(opts, lambda stage: console.print(f"gate: {stage}...", style="dim"))
+    print_report(console, report, expect)
+    if reports["--json"] is not None:
+        write_json(reports["--json"], report, expect)
+    if reports["--junit"] is not None:
+        write_junit(reports["--junit"], report, expect)
+    return 0 if report.passed else 1
+
+
+def summary(detail: str) -> str:
+    """A case's detail in one line: the named checks it failed, else its first line."""
+    names = list(dict.fromkeys(re.findall(r"\[([a-z]+\.[a-z0-9.-]+)\]", detail)))
+    first = detail.splitlines()[0] if detail else ""
+    return f"failed {', '.join(names)}" if names else first
+
+
+def print_report(console: Console, report: GateReport, expect: expectations.Expectations) -> None:
+    desc = report.description
+    title = (
+        f"externref-harness gate --level {report.level}: {desc.name} {desc.version} "
+        f"({'debug' if desc.debug else 'release'}, chunk {desc.chunk_size})"
+    )
+    table = Table("kind", "case", "result", "time", "detail", title=title)
+    for c in report.cases:
+        detail = summary(c.detail)
+        if c.expected_seen:
+            detail = "expected: " + ", ".join(sorted(c.expected_seen)) + (f"; {detail}" if detail else "")
+        table.add_row(
+            c.kind, c.name, f"[{STYLE[c.status]}]{c.status}[/]", f"{c.seconds:.1f}s", escape(detail[:100])
+        )
+    for c in report.cases:
+        if c.status == "fail" and c.detail:
+            console.rule(f"[red]{c.kind}: {c.name}")
+            console.print(c.detail, markup=False, highlight=False, soft_wrap=True)
+    console.print(table)
+    for name in report.stale:
+        console.print(
+            f"expected divergence {name!r} did not happen ({expect.divergences[name]}): "
+            "the expectations file can drop it",
+            style="yellow",
+        )
+    failed = sum(c.status == "fail" for c in report.cases)
+    verdict = "[red]FAILED[/]" if failed else "[green]passed[/]"
+    console.print(f"{verdict}: {len(report.cases)} cases, {failed} failing, in {report.seconds:.1f}s")

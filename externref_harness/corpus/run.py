@@ -1,0 +1,160 @@
+"""Running the conformance corpus: the lockstep on an implementation, and the model against the file.
+
+`run_corpus_trace` drives a corpus trace's steps (its teardown included) through `lockstep.drive`, so
+every check of the lockstep applies to the implementation; and it compares what the model observes
+with the `expect` the file carries. The two fail differently: a lockstep failure is the
+implementation's (or, with a seeded bug on, the bug's), while a mismatch with `expect` while no
+seeded bug is on means the harness's shared code (the model, the embedder protocol, the host world)
+changed what the trace observes, a change both sides of a lockstep would agree on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from externref_harness.corpus.format import (
+    CorpusTrace,
+    expect_diff,
+    expectation,
+    is_corpus_json,
+    load_file,
+)
+from externref_harness.corpus.write import shipped_corpus_dir
+from externref_harness.errors import UsageError
+from externref_harness.impl.adapter import ImplAdapter
+from externref_harness.lockstep import runner as lockstep
+from externref_harness.lockstep.targets import Target
+from externref_harness.model.moves import next_quiesce_op
+from externref_harness.model.state import Build, Config
+from externref_harness.trace import TraceFormatError
+
+__all__ = ["CorpusResult", "CorpusTrace", "cannot_run", "corpus_files", "load_corpus", "run_corpus_trace"]
+
+
+@dataclass(frozen=True)
+class CorpusResult:
+    """One corpus trace run: `step` is the 1-based index of the failing step in the file (teardown
+    steps included), or None when it passed or when only the final heap check failed."""
+
+    name: str
+    passed: bool
+    step: int | None = None
+    problem: str = ""
+    #: Expected divergences (`LockstepOptions.expected`) that did happen.
+    expected_seen: frozenset[str] = frozenset()
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"pass  {self.name}"
+        where = f" at step {self.step}" if self.step is not None else ""
+        return f"FAIL  {self.name}{where}: {self.problem.splitlines()[0] if self.problem else ''}"
+
+
+def corpus_files(directory: Path) -> list[Path]:
+    """The corpus files under `directory` (its build subdirectories included), in a stable order."""
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: no such corpus directory")
+    return sorted(p for p in directory.rglob("*.json") if p.is_file() and p.name != "schema.json")
+
+
+def load_corpus(directory: Path | None = None, build: Build | None = None) -> list[CorpusTrace]:
+    """Every corpus trace in `directory` (the shipped corpus by default), of one build if given.
+
+    Bad files raise one-line `TraceFormatError`s naming the file; an empty corpus is a `UsageError`.
+    """
+    root = shipped_corpus_dir() if directory is None else Path(directory)
+    traces = []
+    for path in corpus_files(root):
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            obj = None  # `load_file` says what is wrong with it
+        if obj is not None and not is_corpus_json(obj):
+            raise TraceFormatError(f"{path}: not a corpus trace (no corpus_version)")
+        traces.append(load_file(path))
+    if not traces:
+        raise UsageError(f"{root}: no corpus traces")
+    ids = [t.id for t in traces]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise TraceFormatError(f"{root}: corpus traces named twice: {twice}")
+    return [t for t in traces if build is None or t.config.build == build]
+
+
+def cannot_run(chosen: Target, cfg: Config) -> str | None:
+    """Why `chosen` cannot run a trace of this config (its build, its chunk size); None if it can."""
+    if chosen.description is None:
+        return None  # the Python port runs any build and chunk size
+    try:
+        chosen.config(cfg, cfg.build, cfg.chunk_size)
+    except UsageError as e:
+        return str(e)
+    return None
+
+
+def run_corpus_trace(
+    trace: CorpusTrace,
+    adapter: ImplAdapter,
+    options: lockstep.LockstepOptions = lockstep.DEFAULT_OPTIONS,
+    mutant: str | None = None,
+) -> CorpusResult:
+    """Run `trace` in lockstep on `adapter` (at the trace's config; `mutant` switches a seeded bug
+    of any layer on) and hold the model to the file's expectations.
+
+    The adapter must run the trace's build and chunk size (see `cannot_run`). The first problem
+    wins. At the same step, a mismatch with the file comes first (the model itself moved), unless a
+    seeded bug is on (then what it breaks does).
+    """
+    cfg = replace(trace.config, mutant=mutant)
+    driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
+    mismatch = expectation_mismatch(trace, driven, mutant)
+    failure = driven.first
+    seen = driven.expected_seen
+    if failure is None:
+        if mismatch is None:
+            return CorpusResult(trace.id, True, None, "", seen)
+        return CorpusResult(trace.id, False, mismatch[0], mismatch[1], seen)
+    # The file's teardown steps are driven as steps: past them is only the final heap check (or a
+    # teardown the model grew, already a mismatch).
+    at_step = failure.step if failure.step <= len(trace.steps) else None
+    side = "the model" if failure.side == lockstep.MODEL else options.impl_name
+    where = f"step {at_step}" if at_step is not None else "teardown"
+    lockstep_problem = f"{side} fails at {where}: {failure.problem}"
+    if mismatch is None or (at_step is not None and at_step < mismatch[0]):
+        return CorpusResult(trace.id, False, at_step, lockstep_problem, seen)
+    if at_step == mismatch[0] and mutant is not None:
+        # A seeded bug on: what it breaks says more than how the observation moved.
+        return CorpusResult(trace.id, False, at_step, f"{lockstep_problem}\nalso: {mismatch[1]}", seen)
+    also = f"\nalso: {lockstep_problem}" if at_step == mismatch[0] else ""
+    return CorpusResult(trace.id, False, mismatch[0], mismatch[1] + also, seen)
+
+
+def expectation_mismatch(
+    trace: CorpusTrace, driven: lockstep.Driven, mutant: str | None
+) -> tuple[int, str] | None:
+    """The first step (1-based) where the model's run differs from the file, and how."""
+    steps = trace.steps
+    if mutant is None:
+        lead = "the model no longer observes what the corpus expects"
+        why = " (the harness's shared code changed what this trace observes)"
+    else:
+        lead, why = f"with {mutant} on, the model observes other than the corpus expects", ""
+    for i, (op, obs) in enumerate(zip(driven.steps, driven.observations, strict=True)):
+        at = i + 1
+        if i >= len(steps):
+            return len(
+                steps
+            ), f"{lead} after step {len(steps)}: its teardown needs more steps (next: {op}){why}"
+        if steps[i].teardown:
+            wanted = next_quiesce_op(driven.states[i])
+            if wanted != op:
+                return (
+                    at,
+                    f"{lead} at step {at}: its teardown now runs {wanted} here, the file lists {op}{why}",
+                )
+        observed = expectation(op, obs, driven.states[i + 1])
+        if observed != steps[i].expect:
+            return at, f"{lead} at step {at} ({op}): {expect_diff(steps[i].expect, observed)}{why}"
+    return None

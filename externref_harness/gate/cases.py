@@ -1,0 +1,69 @@
+"""What the gate runs and what it reports: its options, its cases' results and the whole report.
+
+`gate.runner` fills a `GateReport` case by case; `gate.reports` writes it as JUnit and JSON, and the
+command prints it as a table. The levels are `lockstep.memory_checks`' levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hypothesis import settings
+
+from externref_harness.gate.expectations import Expectations
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
+from externref_harness.lockstep.memory_checks import CONFORMANT, STRICT, Level
+from externref_harness.native.library import Description
+
+Status = Literal["pass", "fail", "expected-fail", "skip"]
+LEVELS: dict[str, frozenset[Level]] = {
+    STRICT: frozenset((CONFORMANT, STRICT)),
+    CONFORMANT: frozenset((CONFORMANT,)),
+}
+
+
+@dataclass
+class CaseResult:
+    """One case of the gate: a JUnit test case, a row of the table."""
+
+    kind: str
+    name: str
+    status: Status
+    detail: str = ""
+    seconds: float = 0.0
+    #: Where the failing trace was saved (replay it with `--impl`).
+    trace: Path | None = None
+    #: Expected divergences this case showed.
+    expected_seen: frozenset[str] = frozenset()
+
+
+@dataclass
+class GateReport:
+    library: Path
+    level: str
+    description: Description
+    cases: list[CaseResult] = field(default_factory=list)
+    #: Expected divergences that no case showed (the expectations file can drop them).
+    stale: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status != "fail" for c in self.cases)
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    library: Path
+    level: str = STRICT
+    expectations: Expectations = field(default_factory=Expectations)
+    hypothesis_settings: settings | None = None
+    #: Wall-clock limit of the search, seconds (None: the profile's budget alone).
+    time_limit: float | None = None
+    step_timeout: float = DEFAULT_STEP_TIMEOUT
+    failures: Path = Path(".externref-harness/failures")
+    threads: bool = True
+    #: Chunk size of the search (None: the library's small-chunk default, see `Target.config`).
+    chunk_size: int | None = None

@@ -1,0 +1,102 @@
+"""A pytest plugin: an implementation's own test suite gates its library with the harness.
+
+Installed with the package (entry point `pytest11`), inactive until asked:
+
+    pytest --externref-impl target/release/libmyruntime.so [--externref-level conformant]
+           [--externref-expect expectations.toml] [--externref-time-limit 60]
+
+adds one test per gate case (`describe`, every corpus trace, the lockstep search, the parallel
+check), each run as `externref-harness gate` runs it, the implementation in a child process. A
+failing case fails its test with the gate's report (the shrunk trace, where it was saved).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from externref_harness.errors import UsageError
+from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport
+from externref_harness.gate.runner import run_gate
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("externref", "externref-harness conformance gate")
+    group.addoption("--externref-impl", metavar="PATH.so", default=None, help="gate this implementation")
+    group.addoption(
+        "--externref-level", choices=sorted(LEVELS), default="strict", help="strict (default) or conformant"
+    )
+    group.addoption("--externref-expect", metavar="FILE", default=None, help="an expectations file")
+    group.addoption(
+        "--externref-time-limit", type=float, default=None, metavar="S", help="limit of the lockstep search"
+    )
+
+
+class GateCaseItem(pytest.Item):
+    """One case of the gate's report."""
+
+    def __init__(self, *, case: CaseResult, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
+
+    def runtest(self) -> None:
+        if self.case.status == "skip":
+            pytest.skip(self.case.detail)
+        if self.case.status == "fail":
+            raise GateCaseFailed(self.case)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, GateCaseFailed):
+            case = excinfo.value.case
+            saved = f"\nsaved trace: {case.trace}" if case.trace else ""
+            return f"{case.kind} {case.name} failed:\n{case.detail}{saved}"
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"externref gate: {self.case.kind}: {self.case.name}"
+
+
+class GateCaseFailed(Exception):
+    def __init__(self, case: CaseResult) -> None:
+        super().__init__(case.name)
+        self.case = case
+
+
+def _report(config: pytest.Config) -> GateReport:
+    from hypothesis import settings
+
+    from externref_harness.gate import expectations
+
+    impl = Path(config.getoption("--externref-impl"))
+    expect_file = config.getoption("--externref-expect")
+    try:
+        expect = expectations.load(Path(expect_file)) if expect_file else expectations.Expectations()
+        return run_gate(
+            GateOptions(
+                library=impl,
+                level=config.getoption("--externref-level"),
+                expectations=expect,
+                hypothesis_settings=settings(),
+                time_limit=config.getoption("--externref-time-limit"),
+                failures=Path(str(config.rootpath)) / ".externref-harness" / "failures",
+            )
+        )
+    except UsageError as e:
+        raise pytest.UsageError(f"--externref-impl: {e}") from None
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if config.getoption("--externref-impl") is None:
+        return
+    items.extend(_items(session, _report(config)))
+
+
+def _items(session: pytest.Session, report: GateReport) -> Iterator[pytest.Item]:
+    for case in report.cases:
+        name = f"externref_gate[{case.kind}:{case.name}]"
+        yield GateCaseItem.from_parent(session, name=name, case=case)

@@ -1,0 +1,140 @@
+"""The implementation's process: the host world, a runtime backend and the checking heap.
+
+`python -m externref_harness.isolation.child [--impl PATH.so] REQUEST_FD RESPONSE_FD` serves the plain-data
+adapter protocol (`impl.adapter.ImplAdapter`) to the parent (`isolation.ChildProcessImpl`): one
+request frame in, one response frame out, each a pickled tuple behind an 8-byte length.
+
+    parent (Hypothesis, the model)                 child (this module)
+    ("start", config)                     ──▶      InProcessImpl.start
+    ("step", op, capacity)                ──▶      step + probe        ──▶ ("ok", (outcome, probe,
+                                                                                   n_refs, changed refs))
+    ("finish",) / ("close",) / ("exit",)  ──▶      ...                 ──▶ ("ok", value)
+                                                   any exception       ──▶ ("error", "Type: text")
+
+Only plain data crosses. The child's stdout and stderr are the parent's capture of whatever the
+implementation prints; the protocol has its own pipes, so a library that prints cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from externref_harness.impl.adapter import InProcessImpl, RefFacts
+
+HEADER = struct.Struct("<Q")
+
+
+def read_frame(fd: int) -> Any:
+    """One frame from `fd`; EOFError when the other side has gone."""
+    header = _read_exactly(fd, HEADER.size)
+    (size,) = HEADER.unpack(header)
+    return pickle.loads(_read_exactly(fd, size))
+
+
+def write_frame(fd: int, value: Any) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            raise EOFError("the other side closed the pipe")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _adapter(impl: str | None) -> InProcessImpl:
+    if impl is None:
+        return InProcessImpl()
+    from externref_harness.native.backend import native_runtime, open_library
+
+    return InProcessImpl(native_runtime(open_library(Path(impl))))
+
+
+def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
+    #: The ref facts the parent holds (it is sent only what changes).
+    sent: list[RefFacts] = []
+    while True:
+        try:
+            request = read_frame(requests)
+        except EOFError:
+            return
+        kind = request[0]
+        try:
+            if kind == "start":
+                adapter.start(request[1])
+                sent = []
+                reply: Any = None
+            elif kind == "step":
+                outcome = adapter.step(request[1], request[2])
+                probe = adapter.probe()
+                # Only the refs whose facts changed cross: the parent keeps the rest.
+                changed = [(i, f) for i, f in enumerate(probe.refs) if i >= len(sent) or sent[i] != f]
+                sent = list(probe.refs)
+                reply = (outcome, probe._replace(refs=()), len(sent), changed)
+            elif kind == "finish":
+                reply = adapter.finish()
+            elif kind == "close":
+                adapter.close()
+                reply = None
+            elif kind == "exit":
+                adapter.close()
+                write_frame(responses, ("ok", None))
+                return
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+        except Exception as e:
+            write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
+            continue
+        write_frame(responses, ("ok", reply))
+
+
+def describe(path: str) -> int:
+    """`--describe PATH`: load and validate the library here, print its description as JSON.
+
+    The parent never loads an implementation itself: a library whose constructor or `xr_describe`
+    crashes takes down only this process."""
+    import dataclasses
+    import json
+
+    from externref_harness.native.library import LibraryError, load_library
+
+    try:
+        library = load_library(path)
+    except LibraryError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(json.dumps(dataclasses.asdict(library.description)))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--describe"]:
+        return describe(argv[1])
+    impl = None
+    if argv[:1] == ["--impl"]:
+        impl, argv = argv[1], argv[2:]
+    requests, responses = int(argv[0]), int(argv[1])
+    try:
+        adapter = _adapter(impl)
+    except Exception as e:
+        write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
+        return 2
+    write_frame(responses, ("ok", "ready"))
+    serve(adapter, requests, responses)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,332 @@
+"""Raw memory against the model's state, read by address and offset.
+
+Two levels of check, each named, so a report can say which rule an implementation broke and an
+expectations file can name a known divergence:
+
+    conformant  what any correct implementation of this design must satisfy: the host's handles,
+                raw pointers, globals and Wasm slots hold the model's refs; no ref the model has
+                live (above all, none it can reach) is freed by the checking heap; values sit at
+                their alignment
+    strict      the seed's layout: `ref_count` at footer offset 0, the footer where `layout_for`
+                puts it, the block's size and alignment, a fat `value_ptr` whose vtable reads as
+                rustc lays out a `dyn Any` vtable (drop, size, align), and the table's `alloc.next`
+                / `alloc.end` / chunk at the offsets compiled code uses
+
+A ref is the address of its `VMExternData`; the table is the address `RuntimeBackend.table_address`
+gives. Nothing here looks at a runtime's objects.
+
+The chunk is compared incrementally: its bytes are read in one go, and the slot-by-slot comparison
+runs only over the slots that can hold a ref (below either side's bump finger); the rest must be
+null bytes on the implementation's side and `None` in the model.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal
+
+from externref_harness.impl import heap as checking_heap
+from externref_harness.impl.adapter import Probe, RefFacts
+from externref_harness.lockstep.projection import RefMap
+from externref_harness.model import layout
+from externref_harness.model.runtime import SeedRuntime
+from externref_harness.model.state import (
+    SCALAR,
+    STACK_TOP,
+    UNINIT,
+    Box,
+    Config,
+    RawPtr,
+    State,
+    WasmFrame,
+    frame_sps,
+)
+from externref_harness.specs.invariants import reachable_refs
+
+Level = Literal["conformant", "strict"]
+CONFORMANT: Level = "conformant"
+STRICT: Level = "strict"
+
+#: Every named check of this module and the projection, with its level.
+CHECKS: dict[str, Level] = {
+    # The observable projection (see `projection.py`).
+    "observed.result": CONFORMANT,
+    "observed.dropped": CONFORMANT,
+    "observed.canary": CONFORMANT,
+    "observed.faults": CONFORMANT,
+    "observed.identity": CONFORMANT,
+    "observed.bump-capacity-bytes": STRICT,
+    "observed.drop-order": STRICT,
+    # What the implementation says of itself (`xr_describe`).
+    "seed.chunk-size": STRICT,
+    "observed.allocations": CONFORMANT,
+    "heap.report": CONFORMANT,
+    "heap.leak": CONFORMANT,
+    # Refs.
+    "refs.reachable-freed": CONFORMANT,
+    "refs.liveness": CONFORMANT,
+    "refs.value-alignment": CONFORMANT,
+    "layout.footer-alignment": STRICT,
+    "layout.block-alignment": STRICT,
+    "layout.footer-offset": STRICT,
+    "layout.block-size": STRICT,
+    "layout.ref-count-offset": STRICT,
+    "layout.value-ptr": STRICT,
+    "layout.vtable": STRICT,
+    # The table.
+    "table.chunk-length": STRICT,
+    "table.capacity-bytes": STRICT,
+    "table.end": STRICT,
+    "table.chunk-slots": STRICT,
+    # The host's side, in memory.
+    "host.handles": CONFORMANT,
+    "host.raws": CONFORMANT,
+    "host.globals": CONFORMANT,
+    "stack.frames": CONFORMANT,
+    "stack.slots": CONFORMANT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One failed check: its name (a key of `CHECKS`) and what was seen."""
+
+    check: str
+    text: str
+
+    @property
+    def level(self) -> Level:
+        return CHECKS[self.check]
+
+    def __str__(self) -> str:
+        return f"[{self.check}] {self.text}"
+
+
+class ChunkCompare:
+    """What the last steps verified, so unchanged memory costs one comparison: the last chunk
+    compared, and each ref whose facts and model box passed every check."""
+
+    def __init__(self) -> None:
+        self._last: tuple[bytes, Sequence[object]] | None = None
+        #: Ref id -> the (facts, box) that last passed; the same pair again needs no re-check.
+        self.verified: dict[int, tuple[RefFacts, Box]] = {}
+
+    def problems(
+        self, chunk: bytes, model_chunk: Sequence[object], filled: int, refs: RefMap
+    ) -> list[Problem]:
+        last = self._last
+        if last is not None and last[1] is model_chunk and last[0] == chunk:
+            return []
+        slots = len(chunk) // 8
+        k = min(slots, filled)
+        head = tuple(refs.slot(w) for w in struct.unpack_from(f"<{k}Q", chunk))
+        same = (
+            head == tuple(model_chunk[:k])
+            and chunk.count(0, k * 8) == (slots - k) * 8
+            and all(x is None for x in model_chunk[k:])
+        )
+        if same:
+            self._last = (chunk, model_chunk)
+            return []
+        full = tuple(refs.slot(w) for w in struct.unpack(f"<{slots}Q", chunk))
+        return [Problem("table.chunk-slots", f"model {_cut(model_chunk)}, impl {_cut(full)}")]
+
+
+def _cut(slots: Sequence[object], keep: int = 8) -> str:
+    """A long chunk summarised: its non-null slots by index, and how many slots there are."""
+    if len(slots) <= 2 * keep:
+        return repr(tuple(slots))
+    filled = {i: x for i, x in enumerate(slots) if x is not None}
+    return f"{len(slots)} slots, non-null {filled}"
+
+
+def memory_problems(
+    cfg: Config, state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare | None = None
+) -> list[Problem]:
+    """Every way the implementation's memory disagrees with the model's state."""
+    chunk = chunk or ChunkCompare()
+    out = _ref_problems(state, probe, chunk.verified)
+    out += _table_problems(cfg, state, probe, refs, chunk)
+    handles = tuple(None if a is None else refs.ref(a) for a in probe.handles)
+    if handles != state.handles:
+        out.append(Problem("host.handles", f"model {state.handles}, impl {handles}"))
+    raws = tuple(None if p is None else RawPtr(refs.ref(p[0]), p[1]) for p in probe.raws)  # type: ignore[arg-type]
+    if raws != state.raws:
+        out.append(Problem("host.raws", f"model {state.raws}, impl {raws}"))
+    globals_ = tuple(UNINIT if g is None else refs.slot(g) for g in probe.globals)
+    if globals_ != state.globals:
+        out.append(Problem("host.globals", f"model {state.globals}, impl {globals_}"))
+    out += _stack_problems(state, probe, refs)
+    return out
+
+
+def _ref_problems(state: State, probe: Probe, verified: dict[int, tuple[RefFacts, Box]]) -> list[Problem]:
+    out: list[Problem] = []
+    if len(probe.refs) != len(state.heap):
+        out.append(
+            Problem(
+                "observed.allocations",
+                f"the model allocated {len(state.heap)} refs, the implementation {len(probe.refs)}",
+            )
+        )
+    reachable: list[set[int]] = []
+
+    def is_reachable(r: int) -> bool:
+        if not reachable:
+            reachable.append(reachable_refs(state))
+        return r in reachable[0]
+
+    for r, (box, facts) in enumerate(zip(state.heap, probe.refs, strict=False)):
+        if verified.get(r) == (facts, box):
+            continue
+        found = len(out)
+        _one_ref_problems(r, box, facts, is_reachable, out)
+        if len(out) == found and (facts.status == checking_heap.LIVE) != box.freed:
+            verified[r] = (facts, box)
+    return out
+
+
+def _one_ref_problems(
+    r: int, box: Box, facts: RefFacts, is_reachable: Callable[[int], bool], out: list[Problem]
+) -> None:
+    at = f"ref {r} (footer {facts.footer:#x})"
+    if facts.value % box.align:
+        out.append(Problem("refs.value-alignment", f"{at}: value at {facts.value:#x}, align {box.align}"))
+    if facts.status != checking_heap.LIVE:
+        # Asked of the checking heap, not of the implementation (nor of the model).
+        if is_reachable(r):
+            text = f"{at}: reachable, yet the checking heap says {facts.status}"
+            out.append(Problem("refs.reachable-freed", text))
+        elif not box.freed:
+            text = f"{at}: the model has it live, the checking heap says {facts.status}"
+            out.append(Problem("refs.liveness", text))
+        return
+    if box.freed:
+        out.append(
+            Problem("refs.liveness", f"{at}: the model freed it, the checking heap says {facts.status}")
+        )
+        return
+    out += _seed_layout_problems(at, box.size, box.align, box.ref_count, facts)
+
+
+def _seed_layout_problems(at: str, size: int, align: int, ref_count: int, facts: RefFacts) -> list[Problem]:
+    out: list[Problem] = []
+    lay = _layout_for(size, align)
+    if facts.footer % layout.EXTERN_DATA_ALIGN:
+        out.append(
+            Problem("layout.footer-alignment", f"{at}: the footer is not {layout.EXTERN_DATA_ALIGN}-aligned")
+        )
+    if facts.block_start % lay.alloc_align:
+        out.append(
+            Problem(
+                "layout.block-alignment",
+                f"{at}: the block at {facts.block_start:#x} is not {lay.alloc_align}-aligned",
+            )
+        )
+    if facts.footer - facts.block_start != lay.footer_offset:
+        out.append(
+            Problem(
+                "layout.footer-offset",
+                f"{at}: the footer is at offset {facts.footer - facts.block_start}, "
+                f"layout_for({size}, {align}) puts it at {lay.footer_offset}",
+            )
+        )
+    if facts.block_size != lay.alloc_size:
+        out.append(
+            Problem(
+                "layout.block-size",
+                f"{at}: a block of {facts.block_size} bytes, layout_for says {lay.alloc_size}",
+            )
+        )
+    if facts.ref_count != ref_count:
+        out.append(
+            Problem(
+                "layout.ref-count-offset",
+                f"{at}: the word at footer offset {layout.REF_COUNT_OFFSET} is {facts.ref_count}, "
+                f"the model's ref_count is {ref_count}",
+            )
+        )
+    if facts.value_ptr_data != facts.block_start:
+        out.append(
+            Problem(
+                "layout.value-ptr", f"{at}: value_ptr is {facts.value_ptr_data:#x}, not the block's start"
+            )
+        )
+    if (facts.vtable_size, facts.vtable_align) != (size, align):
+        out.append(
+            Problem(
+                "layout.vtable",
+                f"{at}: value_ptr's vtable says size {facts.vtable_size} align "
+                f"{facts.vtable_align}, the value has size {size} align {align}",
+            )
+        )
+    return out
+
+
+@cache
+def _layout_for(value_size: int, value_align: int) -> layout.ExternLayout[int]:
+    return layout.layout_for(value_size, value_align)
+
+
+def _table_problems(
+    cfg: Config, state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare
+) -> list[Problem]:
+    table, facts = state.table, probe.table
+    if facts.chunk_len != len(table.chunk) or facts.chunk is None:
+        return [
+            Problem(
+                "table.chunk-length", f"the chunk has {facts.chunk_len} slots, the model's {len(table.chunk)}"
+            )
+        ]
+    out: list[Problem] = []
+    capacity = SeedRuntime(cfg, state).bump_capacity_remaining()
+    if facts.end - facts.next != capacity:
+        out.append(
+            Problem(
+                "table.capacity-bytes",
+                f"end - next = {facts.end - facts.next}, the model's capacity is {capacity}",
+            )
+        )
+    if facts.chunk_len and facts.end != facts.chunk_ptr + facts.chunk_len * layout.EXTERN_DATA_ALIGN:
+        out.append(
+            Problem("table.end", f"end {facts.end:#x} is not just after the chunk at {facts.chunk_ptr:#x}")
+        )
+    impl_filled = (facts.next - facts.chunk_ptr) // 8 if facts.chunk_len else 0
+    filled = max(table.next, impl_filled)
+    out += chunk.problems(facts.chunk, table.chunk, filled, refs)
+    return out
+
+
+def _stack_problems(state: State, probe: Probe, refs: RefMap) -> list[Problem]:
+    if len(probe.frames) != len(state.frames):
+        return [
+            Problem(
+                "stack.frames", f"{len(state.frames)} frames in the model, {len(probe.frames)} on the stack"
+            )
+        ]
+    out: list[Problem] = []
+    for i, (frame, sp, facts) in enumerate(
+        zip(state.frames, frame_sps(state.frames), probe.frames, strict=True)
+    ):
+        if isinstance(frame, WasmFrame) != facts.wasm:
+            out.append(Problem("stack.frames", f"frame {i}: Wasm in one, host in the other"))
+            continue
+        if STACK_TOP - sp != probe.stack_top - facts.sp:
+            out.append(
+                Problem(
+                    "stack.frames",
+                    f"frame {i}: sp is {probe.stack_top - facts.sp} bytes below the top, "
+                    f"the model's {STACK_TOP - sp}",
+                )
+            )
+        if isinstance(frame, WasmFrame):
+            words = tuple(
+                SCALAR if not typed else refs.slot(w)
+                for w, typed in zip(facts.words, facts.ref_typed, strict=True)
+            )
+            if words != frame.slots:
+                out.append(Problem("stack.slots", f"frame {i} slots: model {frame.slots}, impl {words}"))
+    return out

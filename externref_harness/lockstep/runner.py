@@ -1,0 +1,602 @@
+"""Lockstep: the reference model and an implementation driven through the same operations.
+
+After every step the two sides are compared through one explicit observable projection (result,
+values dropped by the step, stack canary, memory faults), computed by `project_model` from the
+model's observation and by `project_impl` from the implementation's plain-data outcome. Then the
+implementation's raw memory is checked against the model's state (`memory_problems`): `ref_count`
+read at footer offset 0, `value_ptr`, every alignment and the footer's place by `layout_for`, the
+table's `next`/`end` words, the chunk, handles, globals and every stack word. Whatever the checking
+heap reported is a failure too, and so are leaks when the run is torn down.
+
+Refs are model ids on one side and footer addresses on the other; `RefMap` pairs them in allocation
+order. The same `Lockstep` runner serves the hypothesis machine (`make_lockstep_machine`, with the
+model machine's move drawing, labels and failure report) and `replay` of a saved trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+
+from externref_harness import trace as tracefile
+from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
+from externref_harness.lockstep import deadline
+from externref_harness.lockstep.deadline import Timeout, time_limit
+from externref_harness.lockstep.memory_checks import (
+    CHECKS,
+    STRICT,
+    ChunkCompare,
+    Level,
+    Problem,
+    memory_problems,
+)
+from externref_harness.lockstep.projection import RefMap, identity_problems, project_impl, project_model
+from externref_harness.model import ops
+from externref_harness.model.moves import Bounds, next_quiesce_op, quiesce_step_bound
+from externref_harness.model.observation import Observation, Panic
+from externref_harness.model.runtime import SeedRuntime
+from externref_harness.model.state import Config, State
+from externref_harness.model.transition import step as model_step
+from externref_harness.report import save_and_format
+from externref_harness.search.model_check import (
+    MACHINE_BOUNDS,
+    MACHINE_CONFIG,
+    CheckOutcome,
+    InvariantViolation,
+    RunStats,
+    draw_move,
+    example_failure,
+    machine_key,
+    misuse_problem,
+    record_step,
+    search_settings,
+)
+from externref_harness.search.shrink import ddmin, delete_with_renumbering
+from externref_harness.specs.invariants import first_violation
+
+LOCKSTEP_CONFIG = MACHINE_CONFIG
+LOCKSTEP_BOUNDS = MACHINE_BOUNDS
+
+AdapterFactory = Callable[[], ImplAdapter]
+#: What `Lockstep._submit` did: None (the adapter steps synchronously), True (the step is under way
+#: in the implementation's process), or the exception that starting it raised.
+Submitted = bool | Exception | None
+
+
+@dataclass(frozen=True)
+class LockstepOptions:
+    """What a lockstep run holds an implementation to, and what to call it in reports."""
+
+    #: Only checks of these levels (`memory_checks.CHECKS`) fail a step.
+    levels: frozenset[Level] = frozenset(("conformant", "strict"))
+    #: Checks known to diverge (an expectations file): reported, not failing.
+    expected: frozenset[str] = frozenset()
+    #: The implementation, as reports name it.
+    impl_name: str = "ctypes impl"
+    #: What `replay` needs besides the trace to run it on the same implementation.
+    replay_args: str = ""
+
+
+DEFAULT_OPTIONS = LockstepOptions()
+
+
+# --- one run on both sides -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    observation: Observation
+    #: The model panicked or broke an invariant.
+    model_problem: str | None
+    #: The implementation diverged, failed a raw-memory check, or the checking heap reported.
+    impl_problem: str | None
+    #: The named checks behind `impl_problem` (empty when it is a crash or an exception).
+    impl_problems: tuple[Problem, ...] = ()
+
+
+class Lockstep:
+    """One run: the model's state and an implementation, stepped together."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        adapter: ImplAdapter,
+        check_invariants: bool = True,
+        options: LockstepOptions = DEFAULT_OPTIONS,
+    ) -> None:
+        self.cfg = cfg
+        self.state = State.initial(cfg)
+        self.adapter = adapter
+        self.refs = RefMap()
+        self.check_invariants = check_invariants
+        #: Only checks of these levels fail a step; `expected` names checks known to diverge.
+        self.levels = options.levels
+        self.expected = options.expected
+        #: Checks that failed but were expected to (an expectations file): reported, not failing.
+        self.expected_seen: set[str] = set()
+        self._chunk = ChunkCompare()
+        self._hashes: dict[int, int] = {}
+        #: Why the teardown stopped before quiescence, if it did.
+        self.gave_up: str | None = None
+        #: Why the implementation is no longer stepped (it hung, or could not start).
+        self.impl_broken: str | None = None
+        try:
+            with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
+                adapter.start(plain_config(cfg))
+        except Timeout as e:
+            self.impl_broken = f"the implementation hung: {e}"
+        except Exception as e:
+            self.impl_broken = f"the implementation raised {type(e).__name__} at start: {e}"
+
+    def step(self, op: ops.Op) -> StepCheck:
+        before = self.state
+        submitted = self._submit(op, before)
+        self.state, obs = model_step(self.cfg, before, op)
+        model_problem = None
+        if isinstance(obs.result, Panic):
+            model_problem = f"the model panicked: {obs.result.message}"
+        elif self.check_invariants:
+            violation = first_violation(self.cfg, self.state)
+            if violation is not None:
+                model_problem = f"{violation[0].id} {violation[0].name}: {violation[1]}"
+        problem, problems = self._impl_step(op, obs, before, submitted)
+        return StepCheck(obs, model_problem, problem, problems)
+
+    def _capacity(self, before: State) -> int | None:
+        """Below the strict level, or when capacity in another unit is an expected divergence, the
+        embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
+        counts in slots is not charged for the embedder's choice."""
+        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+            return SeedRuntime(self.cfg, before).bump_capacity_remaining()
+        return None
+
+    def _submit(self, op: ops.Op, before: State) -> Submitted:
+        """An adapter in another process starts the step now, and runs it while the model steps."""
+        submit = getattr(self.adapter, "submit", None)
+        if submit is None or self.impl_broken is not None:
+            return None
+        try:
+            submit(plain_op(op), self._capacity(before))
+        except Exception as e:
+            return e
+        return True
+
+    def _impl_step(
+        self, op: ops.Op, obs: Observation, before: State, submitted: Submitted = None
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        """The implementation's step and every check of it, under `deadline.STEP_SECONDS`. After
+        a step that hung, the implementation is not run again (its state is unknown)."""
+        if self.impl_broken is not None:
+            return self.impl_broken, ()
+        try:
+            if submitted is not None:
+                # The implementation runs in its own process, which has its own step time limit.
+                return self._impl_step_checked(op, obs, before, submitted)
+            with time_limit(deadline.STEP_SECONDS, f"the implementation's {op}"):
+                return self._impl_step_checked(op, obs, before, submitted)
+        except Timeout as e:
+            self.impl_broken = f"the implementation hung: {e}"
+            return self.impl_broken, ()
+        except Exception as e:  # a check could not read what the implementation handed back
+            return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}", ()
+
+    def _impl_step_checked(
+        self, op: ops.Op, obs: Observation, before: State, submitted: Submitted = None
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        capacity = self._capacity(before)
+        try:
+            if isinstance(submitted, Exception):
+                raise submitted
+            if submitted:
+                outcome = self.adapter.collect()  # type: ignore[attr-defined]
+            elif capacity is None:
+                outcome = self.adapter.step(plain_op(op))
+            else:
+                outcome = self.adapter.step(plain_op(op), capacity)
+            probe = self.adapter.probe()
+        except Exception as e:  # the implementation under test crashed: that is its failure
+            return f"the implementation raised {type(e).__name__}: {e}", ()
+        new_refs = len(self.state.heap) - len(before.heap)
+        if new_refs != len(outcome.allocated):
+            text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
+            return self._verdict([Problem("observed.allocations", text)])
+        for footer, value in outcome.allocated:
+            self.refs.add(footer, value)
+        model_view = project_model(op, obs, before, self.state)
+        impl_view = project_impl(op, outcome, probe, self.refs)
+        if outcome.result[0] == "unsupported":
+            # The runtime lacks this optional function (`num_filled_in_bump_chunk`, `elements`).
+            impl_view = dataclasses.replace(impl_view, result=model_view.result)
+        problems = [
+            Problem(
+                f"observed.{name}", f"model {getattr(model_view, name)!r}, impl {getattr(impl_view, name)!r}"
+            )
+            for name in type(model_view).__slots__
+            if getattr(model_view, name) != getattr(impl_view, name)
+        ]
+        problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
+        problems += drop_order_problems(before, outcome.dropped, self.refs)
+        problems += [
+            Problem("observed.identity", x) for x in identity_problems(op, outcome, probe, self._hashes)
+        ]
+        problems += [Problem("heap.report", format_report(r)) for r in outcome.reports]
+        if not isinstance(obs.result, Panic):
+            problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
+        return self._verdict(problems)
+
+    def _verdict(self, problems: list[Problem]) -> tuple[str | None, tuple[Problem, ...]]:
+        """The problems that fail the step: of a selected level and not expected to diverge."""
+        failing = []
+        for p in problems:
+            if CHECKS[p.check] not in self.levels:
+                continue
+            if p.check in self.expected:
+                self.expected_seen.add(p.check)
+                continue
+            failing.append(p)
+        if not failing:
+            return None, ()
+        lines = "\n".join(f"    {p}" for p in failing)
+        return "the implementation fails the lockstep checks:\n" + lines, tuple(failing)
+
+    def quiesce_ops(self) -> Iterator[ops.Op]:
+        """The shared teardown: unwind, drop everything, GC (`model.moves.next_quiesce_op`), within
+        the steps the state needs (`quiesce_step_bound`); past that `finish` says it gave up."""
+        bound = quiesce_step_bound(self.state)
+        for _ in range(bound):
+            op = next_quiesce_op(self.state)
+            if op is None:
+                return
+            yield op
+        if next_quiesce_op(self.state) is not None:
+            self.gave_up = f"the teardown gave up: {bound} steps did not reach quiescence"
+
+    def finish(self) -> str | None:
+        """Drop the runtime and check that the checking heap is empty (not if teardown gave up:
+        what is still held would read as a leak)."""
+        if self.impl_broken is not None:
+            return self.impl_broken
+        try:
+            with time_limit(deadline.STEP_SECONDS, "the implementation's teardown"):
+                reports = self.adapter.finish()
+        except Timeout as e:
+            return f"the implementation hung: {e}"
+        except Exception as e:
+            return f"the implementation raised {type(e).__name__} at teardown: {e}"
+        if self.gave_up is not None:
+            return f"{self.gave_up} (a harness bug); the leak check was not run"
+        if not reports:
+            return None
+        lines = [f"    {format_report(r)}" for r in reports]
+        return "at teardown the checking heap reports:\n" + "\n".join(lines)
+
+    def close(self) -> None:
+        self.adapter.close()
+
+
+def _capacity_unit(op: ops.Op, p: Problem, model: tuple[object, ...], impl: tuple[object, ...]) -> Problem:
+    """`bump_capacity_remaining` in slots where the seed answers bytes is a strict-level divergence."""
+    if p.check != "observed.result" or not isinstance(op, ops.BumpCapacityRemaining):
+        return p
+    if model[0] == impl[0] == "ok" and isinstance(model[1], int) and impl[1] == model[1] // 8:
+        return Problem("observed.bump-capacity-bytes", f"{p.text} (slots, not bytes)")
+    return p
+
+
+def drop_order_problems(before: State, dropped: Sequence[int], refs: RefMap) -> list[Problem]:
+    """The seed's `sweep` drops the chunk's refs slot by slot, before any hash-set member: a ref
+    held only by chunk slots dies at its last slot, so those drops come in last-slot order."""
+    chunk = before.table.chunk
+    if len(dropped) < 2 or not chunk:
+        return []
+    sets = before.table.over_approximated_stack_roots | before.table.precise_stack_roots
+    last_slot = {r: i for i, r in enumerate(chunk) if r is not None and r not in sets}
+    order = [refs.value(v) for v in dropped]
+    chunk_only = [r for r in order if isinstance(r, int) and r in last_slot]
+    expected = sorted(chunk_only, key=last_slot.__getitem__)
+    if chunk_only == expected:
+        return []
+    return [
+        Problem(
+            "observed.drop-order", f"chunk refs dropped in the order {chunk_only}, the seed's is {expected}"
+        )
+    ]
+
+
+# --- driving a trace ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The first thing that went wrong: 1-based step (`len(steps) + 1` is the teardown)."""
+
+    step: int
+    side: str
+    problem: str
+
+
+@dataclass
+class Driven:
+    """A trace run on both sides: every step run (the teardown's included), what each side showed."""
+
+    steps: list[ops.Op]
+    observations: list[Observation]
+    #: The model's states: the initial one, then one after each step.
+    states: list[State]
+    model_failure: Failure | None = None
+    impl_failure: Failure | None = None
+    #: Expected divergences (`LockstepOptions.expected`) that did happen.
+    expected_seen: frozenset[str] = frozenset()
+
+    @property
+    def first(self) -> Failure | None:
+        found = [f for f in (self.model_failure, self.impl_failure) if f is not None]
+        return min(found, key=lambda f: f.step) if found else None
+
+
+MODEL = "model"
+IMPLEMENTATION = "implementation"
+
+
+def drive(
+    cfg: Config,
+    steps: Sequence[ops.Op],
+    adapter: ImplAdapter,
+    until_first: bool,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+) -> Driven:
+    """Run `steps` in lockstep, then tear down (unless a side panicked or already failed).
+
+    With `until_first`, stop at the first failure of either side; otherwise go on until both
+    sides have failed, so each side's first failure is known.
+    """
+    run = Lockstep(cfg, adapter, options=options)
+    out = Driven([], [], [run.state])
+
+    def note(at: int, op: ops.Op, check: StepCheck) -> bool:
+        out.steps.append(op)
+        out.observations.append(check.observation)
+        out.states.append(run.state)
+        if out.model_failure is None and check.model_problem is not None:
+            out.model_failure = Failure(at, MODEL, check.model_problem)
+        if out.impl_failure is None and check.impl_problem is not None:
+            out.impl_failure = Failure(at, IMPLEMENTATION, check.impl_problem)
+        both = out.model_failure is not None and out.impl_failure is not None
+        return both or (until_first and out.first is not None)
+
+    try:
+        for at, op in enumerate(steps, 1):
+            if note(at, op, run.step(op)):
+                return out
+        teardown = len(steps) + 1
+        if run.state.panic is not None or out.impl_failure is not None:
+            return out
+        for op in run.quiesce_ops():
+            if note(teardown, op, run.step(op)):
+                return out
+        problem = run.finish()
+        if problem is not None:
+            out.impl_failure = Failure(teardown, IMPLEMENTATION, problem)
+        return out
+    finally:
+        out.expected_seen = frozenset(run.expected_seen)
+        run.close()
+
+
+def shrink_lockstep_trace(
+    cfg: Config,
+    steps: Sequence[ops.Op],
+    adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+) -> list[ops.Op]:
+    """The shortest-found trace that still fails on the same side, cut at its failing step."""
+    original = drive(cfg, steps, adapter_factory(), until_first=True, options=options).first
+    if original is None:
+        return list(steps)
+
+    def fails(candidate: Sequence[ops.Op]) -> bool:
+        found = drive(cfg, candidate, adapter_factory(), until_first=True, options=options).first
+        return found is not None and found.side == original.side
+
+    shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
+    final = drive(cfg, shrunk, adapter_factory(), until_first=True, options=options).first
+    assert final is not None
+    return shrunk[: final.step]
+
+
+# --- the hypothesis machine ------------------------------------------------------------------------
+
+
+def make_lockstep_machine(
+    cfg: Config = LOCKSTEP_CONFIG,
+    bounds: Bounds = LOCKSTEP_BOUNDS,
+    stats: RunStats | None = None,
+    adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+    expected_seen: set[str] | None = None,
+) -> type[RuleBasedStateMachine]:
+    """A fresh machine class bound to one config (and so to at most one mutant, of any layer).
+
+    `expected_seen` collects the expected divergences every example showed."""
+    run_stats = stats if stats is not None else RunStats()
+    seen = expected_seen if expected_seen is not None else set()
+
+    class LockstepMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.run = Lockstep(cfg, adapter_factory(), options=options)
+            self.steps: list[ops.Op] = []
+            self.observations: list[Observation] = []
+            self.failed = False
+            run_stats.examples += 1
+
+        def apply(self, op: ops.Op, expect_misuse: bool = False) -> None:
+            before = self.run.state
+            check = self.run.step(op)
+            self.steps.append(op)
+            self.observations.append(check.observation)
+            record_step(op, check.observation, run_stats)
+            problem = (
+                misuse_problem(op, check.observation, expect_misuse)
+                or check.model_problem
+                or check.impl_problem
+            )
+            if problem is not None:
+                self.fail(problem, before)
+
+        def fail(self, problem: str, before: State) -> None:
+            self.failed = True
+            raise example_failure(
+                "Lockstep check",
+                cfg,
+                run_stats,
+                self.steps,
+                self.observations,
+                before,
+                self.run.state,
+                problem,
+            )
+
+        @rule(data=st.data())
+        def step(self, data: st.DataObject) -> None:
+            drawn = draw_move(data, cfg, bounds, self.run.state)
+            if drawn is not None:
+                self.apply(*drawn)
+
+        def teardown(self) -> None:
+            try:
+                if not self.failed:
+                    for op in self.run.quiesce_ops():
+                        self.apply(op)
+                    problem = self.run.finish()
+                    if problem is not None:
+                        self.fail(problem, self.run.state)
+            finally:
+                seen.update(self.run.expected_seen)
+                self.run.close()
+
+    LockstepMachine.__name__ = LockstepMachine.__qualname__ = "LockstepMachine"
+    return LockstepMachine
+
+
+#: Examples per round of a search with a time limit (the limit is checked between rounds).
+ROUND_EXAMPLES = 20
+
+
+def run_lockstep_check(
+    cfg: Config = LOCKSTEP_CONFIG,
+    bounds: Bounds = LOCKSTEP_BOUNDS,
+    hypothesis_settings: settings | None = None,
+    save_as: Path | None = None,
+    adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+    shrink_adapter_factory: AdapterFactory | None = None,
+    stop_at: float | None = None,
+    stats: RunStats | None = None,
+) -> CheckOutcome:
+    """The lockstep machine under a profile's budget; a failure is shrunk (on
+    `shrink_adapter_factory`'s adapters, when given), printed and saved. `stats` (if given) counts
+    as it runs.
+
+    With `stop_at` (a `time.monotonic()` deadline) the budget is spent in rounds of
+    `ROUND_EXAMPLES`, each with its own fixed seed, until the budget or the time runs out:
+    Hypothesis cannot stop one run part-way, and a deterministic profile stays deterministic."""
+    stats = stats if stats is not None else RunStats()
+    seen: set[str] = set()
+    machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, seen)
+    chosen = search_settings(hypothesis_settings, machine_key("lockstep", cfg, bounds))
+    rounds = [chosen]
+    if stop_at is not None:
+        left, rounds = chosen.max_examples, []
+        while left > 0:
+            rounds.append(settings(chosen, max_examples=min(ROUND_EXAMPLES, left)))
+            left -= ROUND_EXAMPLES
+    stopped = False
+    try:
+        for number, round_settings in enumerate(rounds):
+            if stop_at is not None:
+                if time.monotonic() > stop_at:
+                    stopped = True
+                    break
+                machine._hypothesis_internal_use_seed = number
+            run_state_machine_as_test(machine, settings=round_settings)
+    except InvariantViolation as e:
+        shrink_with = shrink_adapter_factory or adapter_factory
+        failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options)
+        return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
+    return CheckOutcome("lockstep", True, stats, stopped_early=stopped, expected_seen=frozenset(seen))
+
+
+def report_lockstep_failure(
+    cfg: Config,
+    failure: InvariantViolation,
+    save_as: Path | None,
+    adapter_factory: AdapterFactory = InProcessImpl,
+    options: LockstepOptions = DEFAULT_OPTIONS,
+) -> str:
+    """Shrink the failing steps, print them with the state diff, and save them for replay."""
+    steps = shrink_lockstep_trace(cfg, failure.steps, adapter_factory, options)
+    driven = drive(cfg, steps, adapter_factory(), until_first=True, options=options)
+    found = driven.first
+    problem = failure.problem if found is None else found.problem
+    teardown = " and the teardown" if found is not None and found.step > len(steps) else ""
+    if found is None:
+        # Only the machine knew this failure (a misuse expectation): show the steps it ran.
+        del driven.steps[len(steps) :], driven.observations[len(steps) :], driven.states[len(steps) + 1 :]
+    return save_and_format(
+        f"Lockstep check of {options.impl_name} failed ({cfg.build} build, mutant={cfg.mutant}; shrunk from "
+        f"{len(failure.steps)} to {len(steps)} steps{teardown}): {problem}",
+        cfg,
+        driven.steps,
+        driven.observations,
+        driven.states,
+        problem,
+        save_as,
+        replay_args=options.replay_args,
+    )
+
+
+# --- replay ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """Where a trace first goes wrong on each side (1-based steps; `steps + 1` is the teardown)."""
+
+    steps: int
+    model_failure: tuple[int, str] | None
+    impl_failure: tuple[int, str] | None
+
+    def describe(self) -> str:
+        def side(name: str, failure: tuple[int, str] | None) -> str:
+            if failure is None:
+                return f"{name}: ok"
+            at = "teardown" if failure[0] == self.steps + 1 else f"step {failure[0]}"
+            return f"{name}: fails at {at}: {failure[1]}"
+
+        return "\n".join(
+            [
+                f"replayed {self.steps} steps on the model and the implementation",
+                side("model", self.model_failure),
+                side("implementation", self.impl_failure),
+            ]
+        )
+
+
+def replay(
+    trace: tracefile.Trace, adapter: ImplAdapter | None = None, options: LockstepOptions = DEFAULT_OPTIONS
+) -> ReplayReport:
+    """Run a trace on both sides with its config (its mutant, of any layer, included)."""
+    driven = drive(trace.config, trace.steps, adapter or InProcessImpl(), until_first=False, options=options)
+
+    def at(failure: Failure | None) -> tuple[int, str] | None:
+        return None if failure is None else (failure.step, failure.problem)
+
+    return ReplayReport(len(trace.steps), at(driven.model_failure), at(driven.impl_failure))

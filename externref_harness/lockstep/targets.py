@@ -1,0 +1,70 @@
+"""What a lockstep run checks: the harness's Python port, or a native library behind the C ABI.
+
+A `Target` makes the adapters of a run and fixes the parts of its config the implementation
+decides: a native library's build (debug or release, from `xr_describe`) and its chunk size (the
+model runs at the implementation's chunk size; a library with `xr_table_new_with_chunk_size` can
+be run at any, and by default runs at the small chunk that keeps slow paths near).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from externref_harness.errors import UsageError
+from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.lockstep.runner import AdapterFactory
+from externref_harness.model.moves import Bounds
+from externref_harness.model.state import Build, Config
+from externref_harness.native.library import Description
+
+#: A chunk at least this large needs host loops of inserts (`InsertMany`) to fill it.
+LARGE_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    adapter_factory: AdapterFactory
+    #: A native library's path and what it says of itself (None: the Python port).
+    path: Path | None = None
+    description: Description | None = None
+
+    def config(self, base: Config, build: Build | None, chunk_size: int | None) -> Config:
+        """`base` with the build and chunk size this target runs at (bad requests: `UsageError`)."""
+        desc = self.description
+        if desc is None:
+            return replace(base, build=build or base.build, chunk_size=chunk_size or base.chunk_size)
+        own: Build = "debug" if desc.debug else "release"
+        if build is not None and build != own:
+            raise UsageError(f"--build {build}: {self.path} is a {own} build")
+        if chunk_size is None:
+            chunk_size = base.chunk_size if desc.has_set_chunk_size else desc.chunk_size
+        elif chunk_size != desc.chunk_size and not desc.has_set_chunk_size:
+            raise UsageError(
+                f"--chunk-size {chunk_size}: {self.path} has a fixed chunk of {desc.chunk_size} "
+                "slots (no xr_table_new_with_chunk_size)"
+            )
+        return replace(base, build=own, chunk_size=chunk_size)
+
+
+def bounds_for(cfg: Config, bounds: Bounds) -> Bounds:
+    """Large chunks are filled by host loops of inserts; small ones by single inserts."""
+    return replace(bounds, insert_many=True) if cfg.chunk_size >= LARGE_CHUNK else bounds
+
+
+PYTHON = Target("ctypes impl", InProcessImpl)
+
+
+def native_target(path: Path) -> Target:
+    """A library loaded and validated (`LibraryError` names it and the problem)."""
+    from externref_harness.native.backend import native_runtime, open_library
+
+    library = open_library(path)
+    desc = library.description
+    factory = native_runtime(library)
+    return Target(f"{desc.name} {desc.version}", lambda: InProcessImpl(factory), path, desc)
+
+
+def target(impl: Path | None) -> Target:
+    return PYTHON if impl is None else native_target(impl)

@@ -1,0 +1,107 @@
+"""A hung or crashing implementation step is a reported, saved failure, never a hang or a crash.
+
+The seeded harness bugs here are real changes to the in-process implementation (a stack walk that
+never reaches the canary, a GC that raises), applied with monkeypatch for one test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from externref_harness import trace as tracefile
+from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.impl.stack import NativeStack
+from externref_harness.impl.world import World
+from externref_harness.lockstep import deadline
+from externref_harness.lockstep.deadline import Timeout, time_limit
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, drive, run_lockstep_check
+from externref_harness.model import ops
+
+#: How long the seeded endless walk really runs before it gives in: far past the test's limit, so
+#: without the limit the step ends (and the test fails) instead of hanging the suite.
+HANG_SECONDS = 4.0
+LIMIT = 0.3
+
+
+def test_time_limit_interrupts_a_busy_loop_and_leaves_no_timer_behind() -> None:
+    started = time.monotonic()
+    with pytest.raises(Timeout, match=r"the loop did not finish within 0\.2 s"), time_limit(0.2, "the loop"):
+        while time.monotonic() - started < HANG_SECONDS:
+            pass
+    assert time.monotonic() - started < HANG_SECONDS / 2
+    with time_limit(0.2, "a quick step"):
+        pass
+    time.sleep(0.3)  # a timer left armed would raise here
+
+
+def _endless_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`backtrace::trace` stuck on the youngest frame: `gc` never finds the canary."""
+    original: Callable[..., Iterator[tuple[int, int]]] = NativeStack.walk
+
+    def walk(self: NativeStack, has_unwind_info: Callable[[int], bool]) -> Iterator[tuple[int, int]]:
+        top = self.frames[-1]
+        until = time.monotonic() + HANG_SECONDS
+        while time.monotonic() < until:
+            yield top.pc, top.sp
+        yield from original(self, has_unwind_info)
+
+    monkeypatch.setattr(NativeStack, "walk", walk)
+
+
+def test_a_step_that_hangs_is_a_failing_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    _endless_walk(monkeypatch)
+    monkeypatch.setattr(deadline, "STEP_SECONDS", LIMIT)
+    started = time.monotonic()
+    steps = [ops.New(8, 8), ops.Gc(), ops.Drop(0)]
+    driven = drive(LOCKSTEP_CONFIG, steps, InProcessImpl(), until_first=False)
+    assert driven.impl_failure is not None, "the hung step was not reported"
+    assert driven.impl_failure.step == 2
+    assert "the implementation hung: the implementation's Gc() did not finish within 0.3 s" in (
+        driven.impl_failure.problem
+    )
+    assert driven.model_failure is None
+    assert time.monotonic() - started < HANG_SECONDS, "later steps are not run on a hung implementation"
+
+
+def test_check_reports_and_saves_a_hung_step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _endless_walk(monkeypatch)
+    monkeypatch.setattr(deadline, "STEP_SECONDS", LIMIT)
+    save_as = tmp_path / "hung.json"
+    ci = settings(settings.get_profile("ci"), max_examples=5, stateful_step_count=20)
+    out = run_lockstep_check(LOCKSTEP_CONFIG, LOCKSTEP_BOUNDS, ci, save_as)
+    assert not out.passed
+    assert out.failure is not None and "did not finish within 0.3 s" in out.failure
+    saved = tracefile.load(save_as)
+    assert saved.steps, "the failing trace is saved for replay"
+
+
+def test_check_reports_and_saves_an_exception_from_the_implementation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def broken_gc(self: World, op: ops.Gc) -> None:
+        raise RuntimeError("seeded: the walk lost its frame pointer")
+
+    monkeypatch.setattr(World, "op_Gc", broken_gc)
+    save_as = tmp_path / "raised.json"
+    ci = settings(settings.get_profile("ci"), max_examples=5, stateful_step_count=20)
+    out = run_lockstep_check(LOCKSTEP_CONFIG, LOCKSTEP_BOUNDS, ci, save_as)
+    assert not out.passed
+    assert out.failure is not None
+    assert "the implementation raised RuntimeError: seeded: the walk lost its frame pointer" in out.failure
+    steps = tracefile.load(save_as).steps
+    assert steps[-1] == ops.Gc()
+
+
+def test_an_implementation_that_cannot_start_fails_its_first_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_start(self: InProcessImpl, config: object) -> None:
+        raise OSError("seeded: no heap")
+
+    monkeypatch.setattr(InProcessImpl, "start", broken_start)
+    driven = drive(LOCKSTEP_CONFIG, [ops.New(8, 8)], InProcessImpl(), until_first=True)
+    assert driven.impl_failure is not None and driven.impl_failure.step == 1
+    assert "the implementation raised OSError at start: seeded: no heap" in driven.impl_failure.problem

@@ -1,0 +1,117 @@
+"""The C reference implementation, built with the system compiler, in lockstep with the model.
+
+It passes every check in both builds, at a small chunk and at the seed's 512 slots (with every
+required path reached there too); each seeded C bug that shows in one process is caught with a
+shrunk trace that `replay --impl` reproduces; bad libraries are refused in one line with exit 2.
+(The bugs that crash or hang the process, and the threads-only ones, are the gate's and the
+parallel check's: see tests/gate/test_gate.py and tests/parallel/test_threads.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from one_line import assert_one_line_exit_2
+
+from externref_harness.cli.main import main
+from externref_harness.lockstep.runner import (
+    LOCKSTEP_BOUNDS,
+    LOCKSTEP_CONFIG,
+    LockstepOptions,
+    run_lockstep_check,
+)
+from externref_harness.lockstep.targets import bounds_for, native_target
+from externref_harness.native.build import C_BUGS, build_reference
+from externref_harness.search.model_check import REQUIRED_EVENTS, CheckOutcome
+
+CI = settings.get_profile("ci")
+#: The bugs a lockstep run in this process catches (the rest crash, hang, or need threads).
+IN_PROCESS_BUGS = sorted(name for name, bug in C_BUGS.items() if not bug.needs & {"crash", "hang", "threads"})
+
+
+def _lockstep(path: Path, chunk: int | None, examples: int, save_as: Path | None = None) -> CheckOutcome:
+    target = native_target(path)
+    cfg = target.config(LOCKSTEP_CONFIG, None, chunk)
+    return run_lockstep_check(
+        cfg,
+        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        settings(CI, max_examples=examples),
+        save_as,
+        target.adapter_factory,
+        LockstepOptions(impl_name=target.name, replay_args=f"--impl {path}"),
+    )
+
+
+@pytest.mark.parametrize("build", ["debug", "release"])
+@pytest.mark.parametrize("chunk", [2, pytest.param(512, marks=pytest.mark.slow)])
+def test_the_c_reference_passes_every_check_and_reaches_every_path(build: str, chunk: int) -> None:
+    out = _lockstep(build_reference(build), chunk, 150 if chunk == 2 else 300)
+    assert out.passed, out.failure
+    missing = [e for e in REQUIRED_EVENTS if not out.stats.events[e]]
+    assert not missing, f"paths not reached at chunk {chunk}: {missing}"
+
+
+def test_a_fixed_chunk_library_runs_at_its_own_size(tmp_path: Path) -> None:
+    path = build_reference("debug", no_optional=True)
+    target = native_target(path)
+    assert target.config(LOCKSTEP_CONFIG, None, None).chunk_size == 512
+    out = _lockstep(path, None, 60)
+    assert out.passed, out.failure
+
+
+@pytest.mark.parametrize("bug", IN_PROCESS_BUGS)
+def test_every_seeded_c_bug_is_caught_and_replays(
+    bug: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = build_reference("debug", bug=bug)
+    saved = tmp_path / "failure.json"
+    out = _lockstep(path, 512 if "chunk-512" in C_BUGS[bug].needs else 2, 300, saved)
+    assert not out.passed, f"{bug} was not caught"
+    assert out.failure is not None and f"replay {saved} --impl {path}" in out.failure
+    steps = json.loads(saved.read_text())["steps"]
+    assert len(steps) <= 12, f"{bug}: the trace shrank only to {len(steps)} steps"
+    capsys.readouterr()
+    assert main(["replay", str(saved), "--impl", str(path)]) == 1
+    assert "implementation: fails at" in capsys.readouterr().out
+    # The same trace on the correct library passes: the failure is the bug's.
+    assert main(["replay", str(saved), "--impl", str(build_reference("debug"))]) == 0
+
+
+def test_the_chunk_512_bug_hides_at_a_small_chunk() -> None:
+    """`c-chunk-index-u8` only misbehaves past 255 filled slots: a small chunk never shows it."""
+    assert _lockstep(build_reference("debug", bug="c-chunk-index-u8"), 2, 100).passed
+    assert not _lockstep(build_reference("debug", bug="c-chunk-index-u8"), 512, 300).passed
+
+
+def test_check_impl_from_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = build_reference("release")
+    # The deterministic profile: a random 20 examples may miss a required path (check fails then).
+    args = ["check", "--impl", str(path), "--hypothesis-profile", "ci", "--max-examples", "20"]
+    args += ["--failures", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "externref-c-reference" in out and "pass" in out
+    bad = build_reference("release", bug="c-early-free")
+    assert main(["check", "--impl", str(bad), "--max-examples", "20", "--failures", str(tmp_path)]) == 1
+
+
+def test_bad_libraries_and_requests_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "lib.so"
+    text.write_text("not a library")
+    fixed = build_reference("debug", no_optional=True)
+    assert_one_line_exit_2(["check", "--impl", str(tmp_path / "missing.so")], capsys, "no such file")
+    assert_one_line_exit_2(["check", "--impl", str(text)], capsys, "not a loadable shared library")
+    old = build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"})
+    assert_one_line_exit_2(["check", "--impl", str(old)], capsys, "ABI version 2")
+    assert_one_line_exit_2(["check", "--impl", str(fixed), "--chunk-size", "4"], capsys, "fixed chunk of 512")
+    assert_one_line_exit_2(["check", "--impl", str(fixed), "--build", "release"], capsys, "is a debug build")
+    assert_one_line_exit_2(
+        ["check", "--impl", str(fixed), "--only", "model"], capsys, "checks the harness itself"
+    )
+    mutant = ["check", "--impl", str(fixed), "--mutant", "impl-early-free"]
+    assert_one_line_exit_2(mutant, capsys, "bug of the Python port")

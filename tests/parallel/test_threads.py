@@ -1,0 +1,315 @@
+"""The parallel check: real threads on the C reference, each history judged against the model.
+
+The linearizability checker is tested on hand-written histories (no threads): the same results are
+accepted when the calls overlap and rejected when real time orders them so that no interleaving
+explains them. On real threads, the two seeded race bugs are caught within a bounded time, the
+correct reference (debug and release) passes the same programs, the threads really overlap (the GIL
+does not serialise them), and a saved parallel trace replays with a failure rate.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from externref_harness.cli.main import main
+from externref_harness.model.state import Config
+from externref_harness.native.backend import open_library
+from externref_harness.native.build import build_reference
+from externref_harness.native.library import XrRef
+from externref_harness.parallel.check import ParallelOptions, run_parallel_check
+from externref_harness.parallel.child import run_isolated
+from externref_harness.parallel.linearizability import check_history
+from externref_harness.parallel.program import ParallelProgram, PStep, load_trace
+from externref_harness.parallel.run import DropEvent, History, OpResult, Runner
+
+REF, VALUE = 0x1000, 0xFE0
+CFG = Config(build="release")
+
+# prefix: r0 = New, Deref(r0); r0 is shared. thread 1: StrongCount(r0). thread 2: r1 = Clone(r0),
+# Drop(r1). epilogue: StrongCount(r0), Drop(r0).
+PROGRAM = ParallelProgram(
+    (PStep("New", 8, 8, 0), PStep("Deref", 0)),
+    ((PStep("StrongCount", 0),), (PStep("Clone", 0, -1, 1), PStep("Drop", 1))),
+)
+
+
+def _history(count_seen: int, count_at: tuple[int, int]) -> History:
+    """Thread 2 clones at [4, 5] and drops at [6, 7]; thread 1's StrongCount sees `count_seen`
+    during `count_at`."""
+    results = (
+        OpResult(0, REF, 0, 1),  # New
+        OpResult(0, VALUE, 2, 3),  # Deref
+        OpResult(0, count_seen, *count_at),  # thread 1: StrongCount(r0)
+        OpResult(0, REF, 4, 5),  # thread 2: Clone(r0)
+        OpResult(0, 0, 6, 7),  # thread 2: Drop(r1)
+        OpResult(0, 1, 20, 21),  # epilogue: StrongCount(r0)
+        OpResult(0, 0, 22, 24),  # epilogue: Drop(r0)
+    )
+    return History(results, (DropEvent(VALUE, 0, 23),), (), False, 1, 1)
+
+
+def test_the_epilogue_is_derived_from_what_stays_live() -> None:
+    assert [str(s) for s in PROGRAM.epilogue] == ["StrongCount(r0)", "Drop(r0)"]
+
+
+@pytest.mark.parametrize(
+    ("seen", "at"),
+    [
+        (1, (8, 9)),  # after the drop responded: the count is back to 1
+        (2, (5, 8)),  # overlapping the clone and the drop: linearized between them
+        (1, (0, 30)),  # overlapping everything: either count is explained
+        (2, (0, 30)),
+    ],
+)
+def test_the_checker_accepts_linearizable_histories(seen: int, at: tuple[int, int]) -> None:
+    verdict = check_history(PROGRAM, _history(seen, at), CFG)
+    assert verdict.passed, verdict.problems
+    assert verdict.linearization is not None and len(verdict.linearization) == 3
+
+
+@pytest.mark.parametrize(
+    ("seen", "at", "why"),
+    [
+        (2, (8, 9), "StrongCount(r0) gave 2, the model says 1"),  # the drop had responded
+        (2, (0, 3), "StrongCount(r0) gave 2, the model says 1"),  # the clone was not invoked yet
+        (3, (0, 30), "gave 3"),  # no interleaving ever has 3
+    ],
+)
+def test_the_checker_rejects_histories_no_interleaving_explains(
+    seen: int, at: tuple[int, int], why: str
+) -> None:
+    verdict = check_history(PROGRAM, _history(seen, at), CFG)
+    assert not verdict.passed
+    assert any("not linearizable" in p and why in p for p in verdict.problems), verdict.problems
+
+
+def test_the_checker_names_a_drop_made_by_the_wrong_call() -> None:
+    history = _history(1, (8, 9))
+    # The value's destructor ran inside thread 2's Drop (count 2 -> 1) instead of the epilogue's.
+    wrong = History(history.results, (DropEvent(VALUE, 2, 6),), (), False, 1, 1)
+    moved = History(
+        (*history.results[:4], OpResult(0, 0, 6, 8), *history.results[5:]),
+        (DropEvent(VALUE, 2, 7),),
+        (),
+        False,
+        1,
+        1,
+    )
+    assert not check_history(PROGRAM, wrong, CFG).passed  # at 6 no call of thread 2 holds it
+    verdict = check_history(PROGRAM, moved, CFG)
+    assert not verdict.passed
+    text = "\n".join(verdict.problems)
+    assert "Drop(r1) dropped value 0, the model says it drops nothing" in text
+
+
+def test_the_checker_reports_final_counts_double_drops_and_panics() -> None:
+    history = _history(1, (8, 9))
+    results = list(history.results)
+    results[5] = OpResult(0, 2, 20, 21)
+    counted = History(tuple(results), (*history.drops, DropEvent(VALUE, 0, 23)), (), False, 1, 1)
+    text = "\n".join(check_history(PROGRAM, counted, CFG).problems)
+    assert "final count of value 0 after the join: 2, the model says 1" in text
+    assert "value 0 was dropped 2 times" in text
+    results[4] = OpResult(2, 0, 6, 7, "assertion failed: ref_count == 0")
+    results[5:] = [OpResult(-1, 0, -1, -1)] * 2
+    panicked = History(tuple(results), (), (), True, 1, 0)
+    verdict = check_history(PROGRAM, panicked, CFG)
+    assert not verdict.passed
+    assert any("returned status 2: assertion failed" in p for p in verdict.problems)
+
+
+def test_malformed_programs_are_refused_with_the_op_named() -> None:
+    with pytest.raises(ValueError, match="thread 1 op 1: Drop of the shared r0"):
+        ParallelProgram((PStep("New", 8, 8, 0), PStep("Deref", 0)), ((PStep("Drop", 0),),))
+    with pytest.raises(ValueError, match="r1 belongs to thread 2"):
+        ParallelProgram(
+            (PStep("New", 8, 8, 0), PStep("Deref", 0), PStep("Clone", 0, -1, 1)),
+            ((PStep("StrongCount", 1),), ()),
+            ((1, 2),),
+        )
+    with pytest.raises(ValueError, match="never dereferenced"):
+        ParallelProgram((PStep("New", 8, 8, 0),), ((),))
+
+
+# ---- real threads -----------------------------------------------------------------------------------
+
+
+def _options(tmp_path: Path, histories: int) -> ParallelOptions:
+    return ParallelOptions(
+        histories=histories,
+        time_limit=10.0,
+        seed=0,
+        save_as=tmp_path / "threads.json",
+        shrink_runs=40,
+        shrink_time=1.0,
+        replay_runs=20,
+    )
+
+
+@pytest.mark.parametrize("bug", ["c-nonatomic-count", "c-drop-reread"])
+def test_each_race_bug_is_caught_within_ten_seconds(bug: str, tmp_path: Path) -> None:
+    library = open_library(build_reference("release", bug=bug))
+    out = run_parallel_check(library, _options(tmp_path, 100_000))
+    assert not out.passed, f"{bug} not caught in {out.histories} histories ({out.seconds:.1f} s)"
+    assert out.detected_after is not None and out.detected_after < 10.0
+    assert out.failure is not None and "Parallel check failed" in out.failure
+    assert out.trace is not None and load_trace(out.trace).program == out.program
+
+
+@pytest.mark.parametrize("build", ["debug", "release"])
+def test_the_correct_reference_passes_the_same_programs(build: str, tmp_path: Path) -> None:
+    library = open_library(build_reference(build))
+    out = run_parallel_check(library, _options(tmp_path, 600))
+    assert out.passed, out.failure
+    assert out.histories == 600
+
+
+def test_the_threads_really_run_at_once() -> None:
+    """If anything on the path took the GIL per call, the two threads' calls would never overlap.
+    (Runs for up to 5 s: on a machine whose cores are all busy, overlaps come in bursts.)"""
+    ops = 16
+    program = ParallelProgram(
+        (PStep("New", 8, 8, 0), PStep("Deref", 0)),
+        tuple(tuple(PStep("StrongCount", 0) for _ in range(ops)) for _ in range(2)),
+    )
+    runner = Runner(open_library(build_reference("release")))
+    overlapping = 0
+    deadline = time.monotonic() + 5.0
+    while overlapping < 3 and time.monotonic() < deadline:
+        history = runner.run(program)
+        one, two = history.results[2 : 2 + ops], history.results[2 + ops : 2 + 2 * ops]
+        overlapping += any(a.inv < b.resp and b.inv < a.resp for a in one for b in two)
+    assert overlapping >= 3
+
+
+def test_a_saved_parallel_trace_replays_with_its_failure_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    buggy = build_reference("debug", bug="c-drop-reread")
+    out = run_parallel_check(open_library(buggy), replace(_options(tmp_path, 100_000), shrink_time=3.0))
+    assert out.trace is not None and out.program is not None
+    assert out.program.n_threads == 2 and out.program.n_ops <= 3  # shrunk to (about) the racing drops
+    saved = json.loads(out.trace.read_text())
+    assert saved["runs"] == 20 and 0 < saved["failures"] <= 20
+    capsys.readouterr()
+    assert main(["replay", str(out.trace), "--impl", str(buggy), "--runs", "30"]) == 1
+    text = capsys.readouterr().out
+    assert "double free" in text and " of 30 runs (" in text
+    assert main(["replay", str(out.trace), "--impl", str(build_reference("debug")), "--runs", "30"]) == 0
+    assert "failed in 0 of 30 runs (0%)" in capsys.readouterr().out
+
+
+def test_the_cli_refuses_what_the_parallel_check_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--only", "threads"]) == 2
+    assert "not applicable without --impl" in capsys.readouterr().err
+    trace = tmp_path / "bad.json"
+    trace.write_text(json.dumps({"format": "externref-harness-parallel-trace", "version": 1, "program": {}}))
+    assert main(["replay", str(trace), "--impl", str(build_reference("debug"))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(trace) in err
+    ok = tmp_path / "ok.json"
+    ok.write_text(json.dumps({"format": "externref-harness-parallel-trace", "version": 1,
+                              "program": PROGRAM.to_json()}))  # fmt: skip
+    assert main(["replay", str(ok)]) == 2
+    assert "give --impl" in capsys.readouterr().err
+
+
+def test_the_search_memoises_interleavings() -> None:
+    """Three threads of four overlapping calls each have 34650 interleavings; with the memo of
+    visited (positions, state) pairs a search that must try them all visits at most 5**3 nodes."""
+    program = ParallelProgram(
+        (PStep("New", 8, 8, 0), PStep("Deref", 0)),
+        tuple(tuple(PStep("StrongCount", 0) for _ in range(4)) for _ in range(3)),
+    )
+    results = [OpResult(0, REF, 0, 1), OpResult(0, VALUE, 2, 3)]
+    results += [OpResult(0, 1, 10 + i, 100 + i) for i in range(12)]
+    results += [OpResult(0, 2, 200, 201), OpResult(0, 0, 202, 204)]  # a final count the model denies
+    history = History(tuple(results), (DropEvent(VALUE, 0, 203),), (), False, 1, 1)
+    verdict = check_history(program, history, CFG)
+    assert not verdict.passed
+    assert verdict.nodes <= 5**3
+
+
+def test_the_driver_gives_the_library_back_its_own_allocator() -> None:
+    """After a run the hooks are uninstalled: a ref made and dropped directly does not reach the
+    driver's heap (whose report is gone: it would crash)."""
+    library = open_library(build_reference("release"))
+    Runner(library).run(PROGRAM)
+    cdll = library.cdll
+    r = XrRef()
+    assert cdll.xr_ref_new(8, 8, 0, ctypes.byref(r)) == 0
+    assert cdll.xr_ref_drop(r) == 0
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [
+        ({"prefix": [{"op": "New", "a": 8, "b": 8, "out": 10**12}], "threads": [[]]}, "registers are r0 to"),
+        ({"prefix": [], "threads": []}, "0 threads"),
+        ({"prefix": [{"op": "Gc", "a": -1, "b": -1, "out": -1}], "threads": [[]]}, "unknown op 'Gc'"),
+        ({"prefix": [{"op": "New", "a": 8, "b": 8, "out": 0}], "threads": [[]], "owners": [[0, 5]]}, "never"),
+    ],
+)
+def test_a_bad_parallel_trace_is_one_line_naming_the_flaw(
+    program: dict[str, object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "bad.json"
+    trace.write_text(
+        json.dumps({"format": "externref-harness-parallel-trace", "version": 1, "program": program})
+    )
+    assert main(["replay", str(trace), "--impl", str(build_reference("debug"))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_crash_of_the_implementations_process_is_a_failure_naming_its_program(tmp_path: Path) -> None:
+    """The check runs in a child process; a SIGSEGV there is reported with the program it ran."""
+    path = build_reference("release")
+
+    def crash_at_run_50(pid: int, runs: int) -> None:
+        if runs == 50:
+            os.kill(pid, signal.SIGSEGV)
+
+    out = run_isolated(path, replace(_options(tmp_path, 10**9), time_limit=20.0), crash_at_run_50)
+    assert not out.passed
+    assert out.failure is not None and "killed by SIGSEGV" in out.failure
+    assert out.trace is not None and out.program is not None
+    assert load_trace(out.trace).program == out.program
+
+
+def test_the_isolated_check_gives_the_childs_verdict(tmp_path: Path) -> None:
+    out = run_isolated(build_reference("release", bug="c-drop-reread"), _options(tmp_path, 10**9))
+    assert not out.passed and out.failure is not None and "double free" in out.failure
+    assert run_isolated(build_reference("release"), _options(tmp_path, 300)).passed
+
+
+def test_replay_refuses_a_library_that_is_not_one_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "ok.json"
+    header = {"format": "externref-harness-parallel-trace", "version": 1}
+    trace.write_text(json.dumps({**header, "program": PROGRAM.to_json()}))
+    assert main(["replay", str(trace), "--impl", str(tmp_path / "missing.so")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+
+
+def test_the_gate_runs_the_parallel_check_by_default(tmp_path: Path) -> None:
+    """A race bug passes every sequential case of the gate and fails its threads case."""
+    report = tmp_path / "gate.json"
+    library = build_reference("release", bug="c-nonatomic-count")
+    args = ["gate", str(library), "--max-examples", "10", "--json", str(report), "--failures", str(tmp_path)]
+    assert main(args) == 1
+    cases = json.loads(report.read_text())["cases"]
+    failing = [c for c in cases if c["status"] == "fail"]
+    assert [c["kind"] for c in failing] == ["threads"], failing
