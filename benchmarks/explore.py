@@ -19,7 +19,9 @@ import argparse
 import time
 from dataclasses import replace
 
-from externref_harness.explore import ExploreBounds, canonical, explore
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import ExploreBounds
+from externref_harness.explore.symmetry import canonical
 from externref_harness.model.moves import flat_moves
 from externref_harness.model.ops import Op
 from externref_harness.model.state import State

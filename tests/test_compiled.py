@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from externref_harness import compiled
-from externref_harness.explore import ExploreBounds, explore
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import ExploreBounds
 
 PACKAGE = Path(compiled.__file__).resolve().parent
 
@@ -97,7 +98,8 @@ def _figures(mutants: list[str | None], interpreted: bool) -> list[object]:
     per mutant, in this process or in an interpreted child."""
     code = (
         "import json, sys\n"
-        "from externref_harness.explore import ExploreBounds, explore\n"
+        "from externref_harness.explore.driver import explore\n"
+        "from externref_harness.explore.explorer import ExploreBounds\n"
         "out = [explore(ExploreBounds(depth=9, mutant=m).search()) for m in json.loads(sys.argv[1])]\n"
         "print(json.dumps([[o.states, o.transitions, o.op_counts, o.path_counts,"
         " None if o.violation is None else [o.violation.title, [str(s) for s in o.violation.trace]]]"
@@ -126,3 +128,19 @@ def test_compiled_and_interpreted_searches_count_the_same() -> None:
     assert mine == _figures([None, "cve-2022-31146"], interpreted=True)
     assert mine[1][-1] is not None  # type: ignore[index]
     assert mine != _figures([None, "cve-2022-24791"], interpreted=True)
+
+
+def test_the_packages_of_compiled_modules_import_only_compiled_modules_in_their_init() -> None:
+    """mypyc builds a module with its packages' `__init__`s, before the dependencies are installed
+    (a fresh install compiles first): an `__init__` that imports, say, Hypothesis breaks the build."""
+    import ast
+
+    allowed = set(compiled.COMPILED_MODULES) | {"externref_harness.compiled", "__future__"}
+    for module in compiled.COMPILED_MODULES:
+        parts = module.split(".")
+        for depth in range(1, len(parts)):
+            init = PACKAGE.joinpath(*parts[1:depth], "__init__.py")
+            tree = ast.parse(init.read_text())
+            imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+            imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            assert imported <= allowed, f"{init} imports {sorted(imported - allowed)}"

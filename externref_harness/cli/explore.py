@@ -23,7 +23,8 @@ from rich.table import Table
 from externref_harness import catalogue, compiled, paths
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, user_path
-from externref_harness.explore import (
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import (
     LIMITS,
     MUTANT_KNOBS,
     ExploreBounds,
@@ -31,7 +32,6 @@ from externref_harness.explore import (
     Outcome,
     Progress,
     ProgressHook,
-    explore,
 )
 from externref_harness.model.state import State
 from externref_harness.model.transition import run as run_model

@@ -19,7 +19,7 @@ from externref_harness import trace as tracefile
 from externref_harness.corpus.format import CorpusTrace, Expect, is_corpus_json, load_file
 from externref_harness.corpus.run import CorpusResult, cannot_run, run_corpus_trace
 from externref_harness.errors import UsageError, shown_path
-from externref_harness.explore import LIMITS
+from externref_harness.explore.explorer import LIMITS
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.lockstep.targets import Target
 

@@ -102,7 +102,8 @@ _GC_IN_WASM: tuple[Op, ...] = (
 def explorer_trace(mutant: str) -> tuple[Config, tuple[Op, ...], str]:
     """The explorer's shortest trace to a violation under `mutant`: its config (mutant removed), the
     operations, and the violation's title. The one function that uses the explorer."""
-    from externref_harness.explore import MUTANT_KNOBS, ExploreBounds, explore
+    from externref_harness.explore.driver import explore
+    from externref_harness.explore.explorer import MUTANT_KNOBS, ExploreBounds
 
     bounds = ExploreBounds(mutant=mutant, **MUTANT_KNOBS.get(mutant, {}))  # type: ignore[arg-type]
     search = bounds.search()

@@ -19,7 +19,9 @@ The parts, one concept each:
   trace;
 - `driver`: `explore`, one process or several.
 
-This package re-exports the names callers use (`explore`, `ExploreBounds`, `canonical`, ...).
+This package's `__init__` imports nothing: the compiled modules here (`partition`, `symmetry`,
+`fingerprints`) are built before the harness's dependencies are installed, and a package's
+`__init__` is part of every build of its modules.
 
 Symmetry reduction (`symmetry`): the search expands one representative per class of states that
 differ only by ref names, tombstones, the order of the bump chunk's filled part and dead stack
@@ -34,33 +36,3 @@ handles than `Bounds.handles + Bounds.args` (the most any guarded move creates) 
 expanded.
 """
 
-from externref_harness.explore.driver import explore
-from externref_harness.explore.explorer import (
-    INTERRUPTED,
-    LIMITS,
-    MUTANT_KNOBS,
-    REFUSED,
-    STATE_LIMIT,
-    TIME_LIMIT,
-    ExploreBounds,
-    Interrupted,
-    Limits,
-    Outcome,
-    Progress,
-    ProgressHook,
-    UnsoundReduction,
-    Violation,
-    interruptible,
-    memory_bytes,
-    rebuild_violation,
-    stop_reason,
-)
-from externref_harness.explore.partition import TICK, Found, Item, Partition, Search, Tick
-from externref_harness.explore.symmetry import canonical, live_handles
-
-__all__ = [
-    "INTERRUPTED", "LIMITS", "MUTANT_KNOBS", "REFUSED", "STATE_LIMIT", "TICK", "TIME_LIMIT",
-    "ExploreBounds", "Found", "Interrupted", "Item", "Limits", "Outcome", "Partition", "Progress",
-    "ProgressHook", "Search", "Tick", "UnsoundReduction", "Violation", "canonical", "explore",
-    "interruptible", "live_handles", "memory_bytes", "rebuild_violation", "stop_reason",
-]  # fmt: skip

@@ -28,7 +28,7 @@ from externref_harness.catalogue import mutant_names
 from externref_harness.checks.plan import CHECKS
 from externref_harness.cli.main import build_parser, main
 from externref_harness.errors import shown_path
-from externref_harness.explore import LIMITS
+from externref_harness.explore.explorer import LIMITS
 from externref_harness.model import ops
 from externref_harness.model.state import Config
 from externref_harness.native.build import C_BUGS, C_VARIANTS, build_reference

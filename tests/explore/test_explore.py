@@ -6,15 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from externref_harness.explore import (
-    MUTANT_KNOBS,
-    REFUSED,
-    ExploreBounds,
-    Outcome,
-    Progress,
-    Search,
-    explore,
-)
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import MUTANT_KNOBS, REFUSED, ExploreBounds, Outcome, Progress
+from externref_harness.explore.partition import Search
 from externref_harness.model.moves import Bounds
 from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
 from externref_harness.model.state import Build, Config, State

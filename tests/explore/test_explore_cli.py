@@ -9,7 +9,8 @@ import pytest
 
 from externref_harness import trace as tracefile
 from externref_harness.cli.main import main
-from externref_harness.explore import ExploreBounds, explore
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import ExploreBounds
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.model import ops
 from externref_harness.model.mutants import MODEL_MUTANTS, Mutant

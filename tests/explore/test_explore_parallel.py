@@ -12,7 +12,8 @@ import pytest
 from test_explore import PINNED, SHORTEST, _check_trace, mutant_bounds
 
 from externref_harness.cli.main import main
-from externref_harness.explore import (
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import (
     INTERRUPTED,
     REFUSED,
     STATE_LIMIT,
@@ -20,7 +21,6 @@ from externref_harness.explore import (
     ExploreBounds,
     Limits,
     Progress,
-    explore,
 )
 from externref_harness.explore.fingerprints import FingerprintStore, collision_probability, fingerprint, owner
 from externref_harness.model.moves import Bounds

@@ -15,7 +15,9 @@ from dataclasses import replace
 
 import pytest
 
-from externref_harness.explore import ExploreBounds, canonical, explore
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import ExploreBounds
+from externref_harness.explore.symmetry import canonical
 from externref_harness.model.moves import flat_moves, moves, ordered_kinds
 from externref_harness.model.mutants import MODEL_MUTANTS
 from externref_harness.model.state import RawPtr, State, Table, WasmFrame, replaced

@@ -64,7 +64,7 @@ def _walked_states() -> list[State]:
     kept up to and including its first violating state."""
     import random
 
-    from externref_harness.explore import ExploreBounds
+    from externref_harness.explore.explorer import ExploreBounds
     from externref_harness.model.moves import flat_moves
     from externref_harness.model.mutants import MODEL_MUTANTS
     from externref_harness.model.transition import step
