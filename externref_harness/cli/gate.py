@@ -145,6 +145,19 @@ def print_report(console: Console, report: GateReport, expect: expectations.Expe
             "the expectations file can drop it",
             style="yellow",
         )
-    failed = sum(c.status == "fail" for c in report.cases)
-    verdict = "[red]FAILED[/]" if failed else "[green]passed[/]"
-    console.print(f"{verdict}: {len(report.cases)} cases, {failed} failing, in {report.seconds:.1f}s")
+    for line in report.not_checked:
+        console.print(f"not checked: {line}", markup=False, highlight=False, soft_wrap=True, style="yellow")
+    console.print(summary_line(report))
+
+
+def summary_line(report: GateReport) -> str:
+    """`passed: 36 cases, 0 failing, 0 skipped, in 1.3s`; the expected divergences and what the
+    verdict did not check are counted too when there are any."""
+    counts = report.counts()
+    verdict = "[red]FAILED[/]" if counts["fail"] else "[green]passed[/]"
+    parts = [f"{len(report.cases)} cases", f"{counts['fail']} failing", f"{counts['skip']} skipped"]
+    if counts["expected-fail"]:
+        parts.append(f"{counts['expected-fail']} expected-fail")
+    if report.not_checked:
+        parts.append(f"{len(report.not_checked)} not checked (above)")
+    return f"{verdict}: {', '.join(parts)}, in {report.seconds:.1f}s"

@@ -30,7 +30,15 @@ from externref_harness.model.moves import next_quiesce_op
 from externref_harness.model.state import Build, Config
 from externref_harness.trace import TraceFormatError
 
-__all__ = ["CorpusResult", "CorpusTrace", "cannot_run", "corpus_files", "load_corpus", "run_corpus_trace"]
+__all__ = [
+    "CorpusResult",
+    "CorpusTrace",
+    "cannot_run",
+    "corpus_files",
+    "load_corpus",
+    "run_config",
+    "run_corpus_trace",
+]
 
 
 @dataclass(frozen=True)
@@ -83,15 +91,34 @@ def load_corpus(directory: Path | None = None, build: Build | None = None) -> li
     return [t for t in traces if build is None or t.config.build == build]
 
 
-def cannot_run(chosen: Target, cfg: Config) -> str | None:
-    """Why `chosen` cannot run a trace of this config (its build, its chunk size); None if it can."""
-    if chosen.description is None:
+def cannot_run(chosen: Target, trace: CorpusTrace | Config) -> str | None:
+    """Why `chosen` cannot run this trace (its build; its chunk size, unless the trace runs at any
+    chunk size of at least its own and the library's is); None if it can."""
+    desc = chosen.description
+    if desc is None:
         return None  # the Python port runs any build and chunk size
-    try:
-        chosen.config(cfg, cfg.build, cfg.chunk_size)
-    except UsageError as e:
-        return str(e)
-    return None
+    cfg = trace.config if isinstance(trace, CorpusTrace) else trace
+    own: Build = "debug" if desc.debug else "release"
+    if cfg.build != own:
+        return f"a {cfg.build} trace; {chosen.path} is a {own} build"
+    if desc.has_set_chunk_size or cfg.chunk_size == desc.chunk_size:
+        return None
+    if isinstance(trace, CorpusTrace) and trace.runs_at(desc.chunk_size):
+        return None
+    at_least = " at least" if isinstance(trace, CorpusTrace) and trace.any_chunk_size else ""
+    return (
+        f"written for a chunk of{at_least} {cfg.chunk_size} slots; {chosen.path} has a fixed chunk of "
+        f"{desc.chunk_size} slots (no xr_table_new_with_chunk_size)"
+    )
+
+
+def run_config(chosen: Target, trace: CorpusTrace) -> Config:
+    """The config `chosen` runs `trace` at: the trace's own, or the library's fixed chunk size when
+    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`)."""
+    desc = chosen.description
+    if desc is None or desc.has_set_chunk_size or not trace.runs_at(desc.chunk_size):
+        return trace.config
+    return replace(trace.config, chunk_size=desc.chunk_size)
 
 
 def run_corpus_trace(
@@ -99,15 +126,19 @@ def run_corpus_trace(
     adapter: ImplAdapter,
     options: lockstep.LockstepOptions = lockstep.DEFAULT_OPTIONS,
     mutant: str | None = None,
+    chunk_size: int | None = None,
 ) -> CorpusResult:
-    """Run `trace` in lockstep on `adapter` (at the trace's config; `mutant` switches a seeded bug
-    of any layer on) and hold the model to the file's expectations.
+    """Run `trace` in lockstep on `adapter` (at the trace's config, or at `chunk_size` where the
+    trace runs at any; `mutant` switches a seeded bug of any layer on) and hold the model to the
+    file's expectations.
 
-    The adapter must run the trace's build and chunk size (see `cannot_run`). The first problem
-    wins. At the same step, a mismatch with the file comes first (the model itself moved), unless a
-    seeded bug is on (then what it breaks does).
+    The adapter must run the trace's build and chunk size (see `cannot_run`, `run_config`). The
+    first problem wins. At the same step, a mismatch with the file comes first (the model itself
+    moved), unless a seeded bug is on (then what it breaks does).
     """
-    cfg = replace(trace.config, mutant=mutant)
+    if chunk_size is not None and not trace.runs_at(chunk_size):
+        raise ValueError(f"{trace.id} does not run at a chunk of {chunk_size} slots")
+    cfg = replace(trace.config, mutant=mutant, chunk_size=chunk_size or trace.config.chunk_size)
     driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
     mismatch = expectation_mismatch(trace, driven, mutant)
     failure = driven.first

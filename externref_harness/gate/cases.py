@@ -18,6 +18,7 @@ from externref_harness.lockstep.memory_checks import CONFORMANT, STRICT, Level
 from externref_harness.native.library import Description
 
 Status = Literal["pass", "fail", "expected-fail", "skip"]
+STATUSES: tuple[Status, ...] = ("pass", "fail", "expected-fail", "skip")
 LEVELS: dict[str, frozenset[Level]] = {
     STRICT: frozenset((CONFORMANT, STRICT)),
     CONFORMANT: frozenset((CONFORMANT,)),
@@ -37,6 +38,8 @@ class CaseResult:
     trace: Path | None = None
     #: Expected divergences this case showed.
     expected_seen: frozenset[str] = frozenset()
+    #: How a limit cut this case short ("": it ran its whole budget).
+    cut_short: str = ""
 
 
 @dataclass
@@ -47,11 +50,18 @@ class GateReport:
     cases: list[CaseResult] = field(default_factory=list)
     #: Expected divergences that no case showed (the expectations file can drop them).
     stale: list[str] = field(default_factory=list)
+    #: What the verdict does not cover, one line each: skipped cases, checks that did not apply,
+    #: phases a limit cut short. A "passed" is printed with these.
+    not_checked: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
         return all(c.status != "fail" for c in self.cases)
+
+    def counts(self) -> dict[Status, int]:
+        """Cases by status, every status present (zero included)."""
+        return {status: sum(c.status == status for c in self.cases) for status in STATUSES}
 
 
 @dataclass(frozen=True)

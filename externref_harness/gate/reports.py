@@ -35,6 +35,8 @@ def to_json(report: GateReport, expectations: Expectations) -> dict[str, Any]:
         "level": report.level,
         "passed": report.passed,
         "seconds": round(report.seconds, 3),
+        "counts": dict(report.counts()),
+        "not_checked": report.not_checked,
         "cases": [
             {
                 "kind": c.kind,
@@ -72,6 +74,7 @@ def to_junit(report: GateReport, expectations: Expectations) -> ET.ElementTree[E
         ("implementation", f"{report.description.name} {report.description.version}"),
         ("level", report.level),
         ("stale_expectations", ",".join(report.stale)),
+        ("not_checked", "; ".join(report.not_checked)),
     ):
         ET.SubElement(props, "property", name=name, value=value)
     for c in cases:

@@ -18,6 +18,7 @@ import pytest
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
+from externref_harness.corpus.run import load_corpus
 from externref_harness.native.build import C_BUGS, build_reference, sanitizer_supported
 
 #: A small budget: the corpus carries most of the weight, the search adds random walks.
@@ -161,3 +162,63 @@ def test_the_pytest_plugin_gates_a_library_from_its_own_suite(tmp_path: Path) ->
     bad = _pytest_with_plugin(tmp_path, build_reference("release", bug="c-early-free"))
     assert bad.returncode == 1
     assert "externref_gate[" in bad.stdout and "FAILED" in bad.stdout
+
+
+# --- what the verdict says it ran --------------------------------------------------------------------
+
+
+def test_a_fixed_chunk_library_runs_every_corpus_scenario(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The seed's chunk is a constant, so an honest build of it has no
+    `xr_table_new_with_chunk_size`: it runs every scenario of the corpus, none skipped."""
+    library = build_reference("release", no_optional=True)
+    junit = tmp_path / "gate.xml"
+    status, report = _gate(tmp_path, library, "--junit", str(junit))
+    assert status == 0, _failing(report)
+    assert report["counts"]["skip"] == 0 and report["counts"]["fail"] == 0
+    corpus_cases = [c for c in report["cases"] if c["kind"] == "corpus"]
+    assert all(c["status"] == "pass" and c["name"].startswith("release/") for c in corpus_cases)
+    ran = {c["name"].removeprefix("release/").removesuffix("-chunk-512") for c in corpus_cases}
+    scenarios = {t.scenario_name for t in load_corpus(build="release")}
+    assert scenarios <= ran and len(corpus_cases) >= 30
+    assert "0 skipped" in capsys.readouterr().out
+    notes = " | ".join(report["not_checked"])
+    assert "did not apply" in notes and "release/path-insert-slow-without-gc" in notes
+    assert "xr_table_elements" in notes and "--no-threads" in notes
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("skipped") == "0"
+
+
+def test_skipped_cases_are_counted_and_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fixed chunk of 256 slots runs the traces that run at any chunk size, and skips the others:
+    counted in the summary line, the JSON and the JUnit, each with its reason, named like the rest."""
+    library = build_reference("debug", no_optional=True, chunk_size=256)
+    junit = tmp_path / "gate.xml"
+    status, report = _gate(tmp_path, library, "--level", "conformant", "--junit", str(junit))
+    assert status == 0, _failing(report)
+    skipped = [c for c in report["cases"] if c["status"] == "skip"]
+    assert skipped and report["counts"]["skip"] == len(skipped)
+    assert all(c["name"].startswith("debug/") for c in report["cases"] if c["kind"] == "corpus")
+    for c in skipped:
+        assert c["detail"].startswith("written for a chunk of"), c
+        assert "fixed chunk of 256 slots" in c["detail"] and "--chunk-size" not in c["detail"]
+    assert f"{len(skipped)} skipped" in capsys.readouterr().out
+    notes = " | ".join(report["not_checked"])
+    assert f"{len(skipped)} trace(s) skipped" in notes
+    assert "the strict checks were not applied" in notes and "seed.chunk-size" in notes
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("skipped") == str(len(skipped))
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert "trace(s) skipped" in str(props["not_checked"])
+
+
+def test_a_search_cut_short_by_the_time_limit_says_so(tmp_path: Path) -> None:
+    status, report = _gate(
+        tmp_path, build_reference("debug"), "--max-examples", "100000", "--time-limit", "0.5"
+    )
+    assert status == 0, _failing(report)
+    (search,) = [c for c in report["cases"] if c["kind"] == "search"]
+    assert "stopped at the 0.5 s limit" in search["detail"]
+    assert any(n.startswith("search: lockstep: stopped at the 0.5 s limit after") for n in report["not_checked"])
+    assert any("of 100000 examples" in n for n in report["not_checked"])
