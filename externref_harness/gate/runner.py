@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from externref_harness.errors import UsageError
 from externref_harness.gate import threads
-from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
+from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, LibraryRefused, Status
 from externref_harness.isolation.pool import ChildPool, describe_status
 from externref_harness.lockstep.memory_checks import CHECKS, STRICT
 from externref_harness.lockstep.runner import (
@@ -54,23 +53,25 @@ def child_env(library: Path) -> dict[str, str] | None:
         return None
     runtime = asan_runtime()
     if runtime is None:
-        raise UsageError(f"library {library} needs AddressSanitizer, and the C compiler has no libasan.so")
+        raise LibraryRefused(
+            f"library {library} needs AddressSanitizer, and the C compiler has no libasan.so"
+        )
     return {"LD_PRELOAD": str(runtime), "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"}
 
 
 def describe_library(library: Path, env: dict[str, str] | None) -> Description:
-    """Load and validate the library in a child process (bad library: one-line `UsageError`)."""
+    """Load and validate the library in a child process (bad library: one-line `LibraryRefused`)."""
     import os
     import stat
 
     try:
         mode = os.stat(library).st_mode
     except FileNotFoundError:
-        raise UsageError(f"library {library}: no such file") from None
+        raise LibraryRefused(f"library {library}: no such file") from None
     except OSError as e:
-        raise UsageError(f"library {library}: {e.strerror or e}") from None
+        raise LibraryRefused(f"library {library}: {e.strerror or e}") from None
     if not stat.S_ISREG(mode):
-        raise UsageError(f"library {library}: not a regular file")
+        raise LibraryRefused(f"library {library}: not a regular file")
     try:
         done = subprocess.run(
             [sys.executable, "-m", "externref_harness.isolation.child", "--describe", str(library)],
@@ -81,17 +82,19 @@ def describe_library(library: Path, env: dict[str, str] | None) -> Description:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise UsageError(f"library {library}: loading it did not finish in {DESCRIBE_TIMEOUT:g} s") from None
+        raise LibraryRefused(
+            f"library {library}: loading it did not finish in {DESCRIBE_TIMEOUT:g} s"
+        ) from None
     if done.returncode == 2:
-        raise UsageError(
+        raise LibraryRefused(
             done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"library {library}"
         )
     if done.returncode != 0:
-        raise UsageError(f"library {library}: loading it {describe_status(done.returncode)}")
+        raise LibraryRefused(f"library {library}: loading it {describe_status(done.returncode)}")
     try:
         return Description(**json.loads(done.stdout.strip().splitlines()[-1]))
     except (ValueError, TypeError, IndexError):
-        raise UsageError(f"library {library}: its description could not be read") from None
+        raise LibraryRefused(f"library {library}: its description could not be read") from None
 
 
 def isolated_target(library: Path, description: Description, pool: ChildPool) -> Target:

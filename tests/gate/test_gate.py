@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,37 @@ def test_a_search_cut_short_by_the_time_limit_says_so(tmp_path: Path) -> None:
     notes = report["not_checked"]
     assert any(n.startswith("search: lockstep: stopped at the 0.5 s limit after") for n in notes)
     assert any("of 100000 examples" in n for n in notes)
+
+
+def _text_file(directory: Path) -> Path:
+    (directory / "text.so").write_text("not a library")
+    return directory / "text.so"
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda d: d / "none.so", "no such file"),
+        (_text_file, "not a loadable shared library"),
+        (lambda d: build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"}), "ABI version 2"),
+    ],
+    ids=["missing", "not-a-library", "other-abi"],
+)
+def test_a_refused_library_still_gets_its_reports(
+    make: Callable[[Path], Path], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 and one line, as any bad input; and the JSON and JUnit CI asked for say why."""
+    library = make(tmp_path)
+    report, junit = tmp_path / "gate.json", tmp_path / "gate.xml"
+    args = ["gate", str(library), "--json", str(report), "--junit", str(junit)]
+    assert_one_line_exit_2(args, capsys, expected)
+    data = json.loads(report.read_text())
+    assert data["passed"] is False and expected in data["refused"] and data["implementation"] is None
+    assert data["library"] == str(library) and data["counts"]["fail"] == 1
+    (case,) = data["cases"]
+    assert (case["kind"], case["name"], case["status"]) == ("describe", "load", "fail")
+    assert data["not_checked"] == ["every case: the library was refused"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "1"
+    failure = suite.find("testcase/failure")
+    assert failure is not None and expected in failure.get("message", "")
