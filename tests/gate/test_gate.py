@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -258,3 +259,43 @@ def test_a_refused_library_still_gets_its_reports(
     assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "1"
     failure = suite.find("testcase/failure")
     assert failure is not None and expected in failure.get("message", "")
+
+
+@pytest.mark.slow
+def test_the_pytest_plugin_saves_traces_in_the_project_never_beside_the_library(tmp_path: Path) -> None:
+    """`pytest --externref-impl PATH` (a space, no ini file): pytest takes PATH for a test path and
+    a rootdir from the library's folder (here the ancestor it shares with the project); the traces
+    still go under the folder pytest ran in, or `--externref-failures DIR`."""
+    lib_dir, project = tmp_path / "vendor", tmp_path / "project"
+    lib_dir.mkdir()
+    project.mkdir()
+    library = lib_dir / "libbuggy.so"
+    shutil.copy(build_reference("release", bug="c-early-free"), library)
+    (project / "test_own.py").write_text(
+        "from pathlib import Path\n\n"
+        "def test_own_suite(request):\n"
+        "    Path('rootdir.txt').write_text(str(request.config.rootpath))\n"
+    )
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        args += ["--externref-impl", str(library), "--externref-time-limit", "5", *extra]
+        env = {k: v for k, v in os.environ.items() if k != "EXTERNREF_HARNESS_FAILURES"}
+        return subprocess.run(
+            args, cwd=project, env={**env, "CI": "true"}, capture_output=True, text=True, timeout=600, check=False
+        )
+
+    done = run()
+    assert done.returncode == 1, done.stdout[-3000:]
+    # pytest's choice, which the traces do not follow.
+    rootdir = Path((project / "rootdir.txt").read_text())
+    assert rootdir != project and library.is_relative_to(rootdir)
+    assert not (rootdir / ".externref-harness").exists()
+    saved = project / ".externref-harness" / "failures" / "gate-libbuggy-strict.json"
+    assert saved.is_file(), done.stdout[-3000:]
+    assert str(saved) in done.stdout
+    assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
+    chosen = tmp_path / "traces"
+    done = run("--externref-failures", str(chosen))
+    assert done.returncode == 1 and (chosen / "gate-libbuggy-strict.json").is_file()
+    assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
