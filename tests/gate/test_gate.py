@@ -281,8 +281,9 @@ def test_the_pytest_plugin_saves_traces_in_the_project_never_beside_the_library(
         args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
         args += ["--externref-impl", str(library), "--externref-time-limit", "5", *extra]
         env = {k: v for k, v in os.environ.items() if k != "EXTERNREF_HARNESS_FAILURES"}
+        env["CI"] = "true"
         return subprocess.run(
-            args, cwd=project, env={**env, "CI": "true"}, capture_output=True, text=True, timeout=600, check=False
+            args, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False
         )
 
     done = run()
