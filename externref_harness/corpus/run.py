@@ -27,7 +27,10 @@ from externref_harness.impl.adapter import ImplAdapter
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.lockstep.targets import Target
 from externref_harness.model.moves import next_quiesce_op
-from externref_harness.model.state import Build, Config
+from externref_harness.model.observation import Panic
+from externref_harness.model.state import Build, Config, State
+from externref_harness.model.transition import step
+from externref_harness.specs.invariants import first_violation
 from externref_harness.trace import TraceFormatError
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "load_corpus",
     "run_config",
     "run_corpus_trace",
+    "run_on_model",
 ]
 
 
@@ -160,6 +164,48 @@ def run_corpus_trace(
         return CorpusResult(trace.id, False, at_step, f"{lockstep_problem}\nalso: {mismatch[1]}", seen)
     also = f"\nalso: {lockstep_problem}" if at_step == mismatch[0] else ""
     return CorpusResult(trace.id, False, mismatch[0], mismatch[1] + also, seen)
+
+
+def run_on_model(trace: CorpusTrace, mutant: str | None = None) -> CorpusResult:
+    """The model alone against the file (no implementation; `mutant` switches a seeded bug of the
+    model or protocol layer on): every step observes what `expect` says, the teardown is the
+    model's own and reaches quiescence, and no invariant breaks. Well under a millisecond a step,
+    so `check` runs the whole corpus this way to catch a change to the shared embedder protocol."""
+    cfg = replace(trace.config, mutant=mutant)
+    if mutant is None:
+        lead = "the model no longer observes what the corpus expects"
+        why = " (the harness's shared code changed what this trace observes)"
+    else:
+        lead, why = f"with {mutant} on, the model observes other than the corpus expects", ""
+    state = State.initial(cfg)
+    for at, s in enumerate(trace.steps, 1):
+        if s.teardown:
+            wanted = next_quiesce_op(state)
+            if wanted != s.op:
+                problem = (
+                    f"{lead} at step {at}: its teardown now runs {wanted} here, the file lists {s.op}{why}"
+                )
+                return CorpusResult(trace.id, False, at, problem)
+        state, obs = step(cfg, state, s.op)
+        observed = expectation(s.op, obs, state)
+        if observed != s.expect:
+            problem = f"{lead} at step {at} ({s.op}): {expect_diff(s.expect, observed)}{why}"
+            return CorpusResult(trace.id, False, at, problem)
+        if isinstance(obs.result, Panic):
+            return CorpusResult(
+                trace.id, False, at, f"the model panicked at step {at} ({s.op}): {obs.result.message}"
+            )
+        bad = first_violation(cfg, state)
+        if bad is not None:
+            problem = f"the model breaks {bad[0].id} {bad[0].name} at step {at} ({s.op}): {bad[1]}"
+            return CorpusResult(trace.id, False, at, problem)
+    left = next_quiesce_op(state)
+    if left is not None:
+        at = len(trace.steps)
+        return CorpusResult(
+            trace.id, False, at, f"{lead} after step {at}: its teardown needs more steps (next: {left}){why}"
+        )
+    return CorpusResult(trace.id, True)
 
 
 def expectation_mismatch(
