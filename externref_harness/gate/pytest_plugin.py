@@ -8,7 +8,9 @@ Installed with the package (entry point `pytest11`), inactive until asked:
 
 adds one test per gate case (`describe`, every corpus trace, the lockstep search, the parallel
 check), each run as `externref-harness gate` runs it, the implementation in a child process. A
-failing case fails its test with the gate's report (the shrunk trace, where it was saved).
+failing case fails its test with the gate's report (the shrunk trace, where it was saved); a
+skipped case is a skipped test with its reason, and the terminal summary lists what the verdict
+did not check.
 
 Failing traces are saved under the invoking project, never beside the library: pytest decides its
 rootdir before it knows this plugin's options, so without an ini file `--externref-impl PATH` (with
@@ -124,7 +126,19 @@ def pytest_collection_modifyitems(
 ) -> None:
     if config.getoption("--externref-impl") is None:
         return
-    items.extend(_items(session, _report(config)))
+    report = _report(config)
+    config.stash[NOT_CHECKED] = report.not_checked
+    items.extend(_items(session, report))
+
+
+#: What the gate's verdict did not check, for the terminal summary.
+NOT_CHECKED = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """A passing run says what it did not check, as `externref-harness gate` does."""
+    for line in config.stash.get(NOT_CHECKED, []):
+        terminalreporter.write_line(f"externref gate: not checked: {line}", yellow=True)
 
 
 def _items(session: pytest.Session, report: GateReport) -> Iterator[pytest.Item]:
