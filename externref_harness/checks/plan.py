@@ -155,6 +155,26 @@ def _machine_result(
     )
 
 
+def _corpus(opts: CheckOptions) -> CheckResult:
+    """The shipped corpus's expectations on the model, both builds. The embedder protocol
+    (`model/protocol.py`) runs on both sides of the lockstep, so a change to it is invisible there;
+    the corpus recorded what it did. With a model or protocol bug on, the row must fail: the traces
+    whose `catches` name it observe otherwise."""
+    from externref_harness.corpus.run import load_corpus, run_on_model
+
+    mutant = opts.mutant if opts.mutant in model_mutant_names() else None
+    traces = load_corpus()
+    failing = [r for r in (run_on_model(t, mutant) for t in traces) if not r.passed]
+    steps = sum(len(t.steps) for t in traces)
+    figures = {"traces": str(len(traces)), "steps": str(steps), "failing": str(len(failing))}
+    if not failing:
+        return CheckResult("corpus expectations on the model", True, figures)
+    shown = "\n".join(f"{r.name}: step {r.step}: {r.problem}" for r in failing[:5])
+    more = f"\n... and {len(failing) - 5} more" if len(failing) > 5 else ""
+    failure = f"{len(failing)} of {len(traces)} corpus traces fail on the model:\n{shown}{more}"
+    return CheckResult("corpus expectations on the model", False, figures, failure)
+
+
 def _lockstep(opts: CheckOptions) -> CheckResult:
     """An implementation (the Python port, or `--impl`) against the model; a mutant of any layer
     applies (the model ignores the implementation's)."""
@@ -289,6 +309,8 @@ CHECKS: list[Check] = [
         "model",
         target=lambda opts: model_target(_model_config(opts), MACHINE_BOUNDS),
     ),
+    # Fast and before the searches: it catches a change to the shared protocol the lockstep cannot.
+    Check("corpus", _corpus, lambda mutant: mutant in model_mutant_names()),
     Check("lockstep", _lockstep, _lockstep_exercises, "lockstep", checks_impl=True, target=_lockstep_target),
     Check("proofs", _proofs, _proofs_exercise),
     # The C bugs it catches are compiled into the library (`reference --bug`), not --mutant.

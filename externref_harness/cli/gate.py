@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import time
 from pathlib import Path
 
 from hypothesis import settings
@@ -19,7 +20,7 @@ from rich.table import Table
 from externref_harness import paths
 from externref_harness.errors import UsageError, user_path
 from externref_harness.gate import expectations
-from externref_harness.gate.cases import LEVELS, GateOptions, GateReport
+from externref_harness.gate.cases import LEVELS, GateOptions, GateReport, LibraryRefused
 from externref_harness.gate.reports import write_json, write_junit
 from externref_harness.gate.runner import run_gate
 from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
@@ -104,13 +105,27 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)
-    report = run_gate(opts, lambda stage: console.print(f"gate: {stage}...", style="dim"))
+    started = time.perf_counter()
+    try:
+        report = run_gate(opts, lambda stage: console.print(f"gate: {stage}...", style="dim"))
+    except LibraryRefused as e:
+        # Bad input all the same (exit 2, one line), but CI reads the reports it asked for.
+        refused = GateReport.of_refusal(opts.library, opts.level, str(e))
+        refused.seconds = time.perf_counter() - started
+        _write_reports(reports, refused, expect)
+        raise
     print_report(console, report, expect)
+    _write_reports(reports, report, expect)
+    return 0 if report.passed else 1
+
+
+def _write_reports(
+    reports: dict[str, Path | None], report: GateReport, expect: expectations.Expectations
+) -> None:
     if reports["--json"] is not None:
         write_json(reports["--json"], report, expect)
     if reports["--junit"] is not None:
         write_junit(reports["--junit"], report, expect)
-    return 0 if report.passed else 1
 
 
 def summary(detail: str) -> str:
@@ -122,6 +137,7 @@ def summary(detail: str) -> str:
 
 def print_report(console: Console, report: GateReport, expect: expectations.Expectations) -> None:
     desc = report.description
+    assert desc is not None, "a refused library has no table"
     title = (
         f"externref-harness gate --level {report.level}: {desc.name} {desc.version} "
         f"({'debug' if desc.debug else 'release'}, chunk {desc.chunk_size})"
@@ -145,6 +161,19 @@ def print_report(console: Console, report: GateReport, expect: expectations.Expe
             "the expectations file can drop it",
             style="yellow",
         )
-    failed = sum(c.status == "fail" for c in report.cases)
-    verdict = "[red]FAILED[/]" if failed else "[green]passed[/]"
-    console.print(f"{verdict}: {len(report.cases)} cases, {failed} failing, in {report.seconds:.1f}s")
+    for line in report.not_checked:
+        console.print(f"not checked: {line}", markup=False, highlight=False, soft_wrap=True, style="yellow")
+    console.print(summary_line(report))
+
+
+def summary_line(report: GateReport) -> str:
+    """`passed: 36 cases, 0 failing, 0 skipped, in 1.3s`; the expected divergences and what the
+    verdict did not check are counted too when there are any."""
+    counts = report.counts()
+    verdict = "[red]FAILED[/]" if counts["fail"] else "[green]passed[/]"
+    parts = [f"{len(report.cases)} cases", f"{counts['fail']} failing", f"{counts['skip']} skipped"]
+    if counts["expected-fail"]:
+        parts.append(f"{counts['expected-fail']} expected-fail")
+    if report.not_checked:
+        parts.append(f"{len(report.not_checked)} not checked (above)")
+    return f"{verdict}: {', '.join(parts)}, in {report.seconds:.1f}s"

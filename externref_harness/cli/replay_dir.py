@@ -17,7 +17,7 @@ from pathlib import Path
 from externref_harness import catalogue
 from externref_harness import trace as tracefile
 from externref_harness.corpus.format import CorpusTrace, Expect, is_corpus_json, load_file
-from externref_harness.corpus.run import CorpusResult, cannot_run, run_corpus_trace
+from externref_harness.corpus.run import CorpusResult, cannot_run, run_config, run_corpus_trace
 from externref_harness.errors import UsageError, shown_path
 from externref_harness.explore.explorer import LIMITS
 from externref_harness.lockstep import runner as lockstep
@@ -111,7 +111,8 @@ def _options(chosen: Target) -> lockstep.LockstepOptions:
 
 
 def run_corpus_file(trace: CorpusTrace, chosen: Target, override: MutantOverride) -> CorpusResult:
-    return run_corpus_trace(trace, chosen.adapter_factory(), _options(chosen), override.apply(None))
+    chunk = run_config(chosen, trace).chunk_size
+    return run_corpus_trace(trace, chosen.adapter_factory(), _options(chosen), override.apply(None), chunk)
 
 
 #: How much of a failure a summary line shows.
@@ -129,7 +130,7 @@ def _run_one(
 ) -> Outcome:
     cfg = loaded.config
     mutant = override.apply(None if isinstance(loaded, CorpusTrace) else cfg.mutant)
-    why_not = cannot_run(chosen, cfg)
+    why_not = cannot_run(chosen, loaded if isinstance(loaded, CorpusTrace) else cfg)
     if why_not is not None:
         return Outcome(label, "skip", why_not)
     tag = f"{cfg.build}" + (f", mutant={mutant}" if mutant else "")
@@ -238,7 +239,7 @@ def format_expect(expect: Expect) -> str:
 
 def _run_corpus_file_verbose(path: Path, chosen: Target, override: MutantOverride) -> int:
     trace = load_file(path)
-    why_not = cannot_run(chosen, trace.config)
+    why_not = cannot_run(chosen, trace)
     if why_not is not None:
         raise UsageError(f"{path}: {why_not}")
     result = run_corpus_file(trace, chosen, override)

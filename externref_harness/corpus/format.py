@@ -3,17 +3,24 @@
 A corpus file is plain JSON that a runner in any language can execute without this harness
 (`corpus/FORMAT.md` describes it, `corpus/schema.json` is its JSON Schema):
 
-    {"corpus_version": 1, "name": "...", "description": "...", "origin": "...",
+    {"corpus_version": 1, "name": "...", "scenario": "...", "description": "...", "origin": "...",
      "catches": ["cve-2021-39216"],
      "config": {"chunk_size": 2, "build": "debug", "slots": 3, "n_globals": 2},
+     "any_chunk_size": true,
      "steps": [{"operation": {"op": "New", "size": 8, "align": 8}, "teardown": false,
                 "expect": {"result": {"kind": "ok", "value": 0}, "dropped": [], "canary": null,
                            "paths": []}}, ...]}
 
 A corpus trace has no mutant: it holds the seed's semantics. Its last steps (`teardown: true`) are
 the model's own teardown (`model.moves.next_quiesce_op`), so the file states the whole expected
-behaviour, down to quiescence. Loading validates eagerly: one `TraceFormatError` line naming the
-file and the place.
+behaviour, down to quiescence.
+
+A scenario may have versions at several chunk sizes (`scenario` names it in each); a trace with
+`any_chunk_size` observes the same at every chunk size of at least its own (the generator verifies
+it), so a library with a fixed chunk at least that large runs it at its own chunk. Together they
+let an implementation with the seed's fixed 512-slot chunk run every scenario.
+
+Loading validates eagerly: one `TraceFormatError` line naming the file and the place.
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ CORPUS_VERSION = 1
 #: The config fields a corpus trace carries (never `mutant`: corpus traces hold the seed's semantics).
 CONFIG_FIELDS = ("chunk_size", "build", "slots", "n_globals")
 RESULT_KINDS = ("ok", "err", "misuse", "panic")
-TOP_FIELDS = ("corpus_version", "name", "description", "origin", "catches", "config", "steps")
+TOP_FIELDS = (
+    "corpus_version", "name", "scenario", "description", "origin", "catches", "config", "any_chunk_size",
+    "steps",
+)  # fmt: skip
 STEP_FIELDS = ("operation", "teardown", "expect")
 EXPECT_FIELDS = ("result", "dropped", "canary", "paths")
 
@@ -61,8 +71,21 @@ class CorpusTrace:
     steps: tuple[CorpusStep, ...]
     #: The model's seeded bugs under which the model no longer runs this trace as `expect` says.
     catches: tuple[str, ...] = ()
+    #: The scenario this trace is a version of ("": its own name): one scenario, several chunk sizes.
+    scenario: str = ""
+    #: The same expectations hold at every chunk size of at least `config.chunk_size`.
+    any_chunk_size: bool = False
     #: Where it was loaded from (None: built in memory).
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def scenario_name(self) -> str:
+        return self.scenario or self.name
+
+    def runs_at(self, chunk_size: int) -> bool:
+        """Whether the file's expectations hold at this chunk size."""
+        own = self.config.chunk_size
+        return chunk_size == own or (self.any_chunk_size and chunk_size > own)
 
     @property
     def id(self) -> str:
@@ -86,10 +109,12 @@ class CorpusTrace:
         return {
             "corpus_version": CORPUS_VERSION,
             "name": self.name,
+            "scenario": self.scenario_name,
             "description": self.description,
             "origin": self.origin,
             "catches": list(self.catches),
             "config": {name: getattr(self.config, name) for name in CONFIG_FIELDS},
+            "any_chunk_size": self.any_chunk_size,
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -226,13 +251,15 @@ def trace_from_json(obj: object) -> CorpusTrace:
     if version != CORPUS_VERSION:
         raise TraceFormatError(f"corpus_version {version!r} is not supported (expected {CORPUS_VERSION})")
     _check_fields(obj, TOP_FIELDS, "")
-    for name in ("name", "description", "origin"):
+    for name in ("name", "scenario", "description", "origin"):
         if not isinstance(obj[name], str) or not obj[name]:
             raise TraceFormatError(f"{name}: expected a non-empty string")
     catches = obj["catches"]
     if not isinstance(catches, list) or not all(isinstance(c, str) for c in catches):
         raise TraceFormatError("catches: expected a list of seeded bug names")
     config = _config(obj["config"])
+    if not isinstance(obj["any_chunk_size"], bool):
+        raise TraceFormatError("any_chunk_size: expected true or false")
     raw_steps = obj["steps"]
     if not isinstance(raw_steps, list) or not raw_steps:
         raise TraceFormatError("steps: expected a non-empty list")
@@ -254,7 +281,16 @@ def trace_from_json(obj: object) -> CorpusTrace:
             raise TraceFormatError(f"{where}a scenario step after the teardown began")
         in_teardown = teardown
         steps.append(CorpusStep(op, _expect(raw["expect"], where), teardown))
-    return CorpusTrace(obj["name"], obj["description"], obj["origin"], config, tuple(steps), tuple(catches))
+    return CorpusTrace(
+        obj["name"],
+        obj["description"],
+        obj["origin"],
+        config,
+        tuple(steps),
+        tuple(catches),
+        obj["scenario"],
+        obj["any_chunk_size"],
+    )
 
 
 def load_file(path: Path) -> CorpusTrace:

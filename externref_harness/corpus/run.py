@@ -27,10 +27,22 @@ from externref_harness.impl.adapter import ImplAdapter
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.lockstep.targets import Target
 from externref_harness.model.moves import next_quiesce_op
-from externref_harness.model.state import Build, Config
+from externref_harness.model.observation import Panic
+from externref_harness.model.state import Build, Config, State
+from externref_harness.model.transition import step
+from externref_harness.specs.invariants import first_violation
 from externref_harness.trace import TraceFormatError
 
-__all__ = ["CorpusResult", "CorpusTrace", "cannot_run", "corpus_files", "load_corpus", "run_corpus_trace"]
+__all__ = [
+    "CorpusResult",
+    "CorpusTrace",
+    "cannot_run",
+    "corpus_files",
+    "load_corpus",
+    "run_config",
+    "run_corpus_trace",
+    "run_on_model",
+]
 
 
 @dataclass(frozen=True)
@@ -83,15 +95,34 @@ def load_corpus(directory: Path | None = None, build: Build | None = None) -> li
     return [t for t in traces if build is None or t.config.build == build]
 
 
-def cannot_run(chosen: Target, cfg: Config) -> str | None:
-    """Why `chosen` cannot run a trace of this config (its build, its chunk size); None if it can."""
-    if chosen.description is None:
+def cannot_run(chosen: Target, trace: CorpusTrace | Config) -> str | None:
+    """Why `chosen` cannot run this trace (its build; its chunk size, unless the trace runs at any
+    chunk size of at least its own and the library's is); None if it can."""
+    desc = chosen.description
+    if desc is None:
         return None  # the Python port runs any build and chunk size
-    try:
-        chosen.config(cfg, cfg.build, cfg.chunk_size)
-    except UsageError as e:
-        return str(e)
-    return None
+    cfg = trace.config if isinstance(trace, CorpusTrace) else trace
+    own: Build = "debug" if desc.debug else "release"
+    if cfg.build != own:
+        return f"a {cfg.build} trace; {chosen.path} is a {own} build"
+    if desc.has_set_chunk_size or cfg.chunk_size == desc.chunk_size:
+        return None
+    if isinstance(trace, CorpusTrace) and trace.runs_at(desc.chunk_size):
+        return None
+    at_least = " at least" if isinstance(trace, CorpusTrace) and trace.any_chunk_size else ""
+    return (
+        f"written for a chunk of{at_least} {cfg.chunk_size} slots; {chosen.path} has a fixed chunk of "
+        f"{desc.chunk_size} slots (no xr_table_new_with_chunk_size)"
+    )
+
+
+def run_config(chosen: Target, trace: CorpusTrace) -> Config:
+    """The config `chosen` runs `trace` at: the trace's own, or the library's fixed chunk size when
+    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`)."""
+    desc = chosen.description
+    if desc is None or desc.has_set_chunk_size or not trace.runs_at(desc.chunk_size):
+        return trace.config
+    return replace(trace.config, chunk_size=desc.chunk_size)
 
 
 def run_corpus_trace(
@@ -99,15 +130,19 @@ def run_corpus_trace(
     adapter: ImplAdapter,
     options: lockstep.LockstepOptions = lockstep.DEFAULT_OPTIONS,
     mutant: str | None = None,
+    chunk_size: int | None = None,
 ) -> CorpusResult:
-    """Run `trace` in lockstep on `adapter` (at the trace's config; `mutant` switches a seeded bug
-    of any layer on) and hold the model to the file's expectations.
+    """Run `trace` in lockstep on `adapter` (at the trace's config, or at `chunk_size` where the
+    trace runs at any; `mutant` switches a seeded bug of any layer on) and hold the model to the
+    file's expectations.
 
-    The adapter must run the trace's build and chunk size (see `cannot_run`). The first problem
-    wins. At the same step, a mismatch with the file comes first (the model itself moved), unless a
-    seeded bug is on (then what it breaks does).
+    The adapter must run the trace's build and chunk size (see `cannot_run`, `run_config`). The
+    first problem wins. At the same step, a mismatch with the file comes first (the model itself
+    moved), unless a seeded bug is on (then what it breaks does).
     """
-    cfg = replace(trace.config, mutant=mutant)
+    if chunk_size is not None and not trace.runs_at(chunk_size):
+        raise ValueError(f"{trace.id} does not run at a chunk of {chunk_size} slots")
+    cfg = replace(trace.config, mutant=mutant, chunk_size=chunk_size or trace.config.chunk_size)
     driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
     mismatch = expectation_mismatch(trace, driven, mutant)
     failure = driven.first
@@ -129,6 +164,48 @@ def run_corpus_trace(
         return CorpusResult(trace.id, False, at_step, f"{lockstep_problem}\nalso: {mismatch[1]}", seen)
     also = f"\nalso: {lockstep_problem}" if at_step == mismatch[0] else ""
     return CorpusResult(trace.id, False, mismatch[0], mismatch[1] + also, seen)
+
+
+def run_on_model(trace: CorpusTrace, mutant: str | None = None) -> CorpusResult:
+    """The model alone against the file (no implementation; `mutant` switches a seeded bug of the
+    model or protocol layer on): every step observes what `expect` says, the teardown is the
+    model's own and reaches quiescence, and no invariant breaks. Well under a millisecond a step,
+    so `check` runs the whole corpus this way to catch a change to the shared embedder protocol."""
+    cfg = replace(trace.config, mutant=mutant)
+    if mutant is None:
+        lead = "the model no longer observes what the corpus expects"
+        why = " (the harness's shared code changed what this trace observes)"
+    else:
+        lead, why = f"with {mutant} on, the model observes other than the corpus expects", ""
+    state = State.initial(cfg)
+    for at, s in enumerate(trace.steps, 1):
+        if s.teardown:
+            wanted = next_quiesce_op(state)
+            if wanted != s.op:
+                problem = (
+                    f"{lead} at step {at}: its teardown now runs {wanted} here, the file lists {s.op}{why}"
+                )
+                return CorpusResult(trace.id, False, at, problem)
+        state, obs = step(cfg, state, s.op)
+        observed = expectation(s.op, obs, state)
+        if observed != s.expect:
+            problem = f"{lead} at step {at} ({s.op}): {expect_diff(s.expect, observed)}{why}"
+            return CorpusResult(trace.id, False, at, problem)
+        if isinstance(obs.result, Panic):
+            return CorpusResult(
+                trace.id, False, at, f"the model panicked at step {at} ({s.op}): {obs.result.message}"
+            )
+        bad = first_violation(cfg, state)
+        if bad is not None:
+            problem = f"the model breaks {bad[0].id} {bad[0].name} at step {at} ({s.op}): {bad[1]}"
+            return CorpusResult(trace.id, False, at, problem)
+    left = next_quiesce_op(state)
+    if left is not None:
+        at = len(trace.steps)
+        return CorpusResult(
+            trace.id, False, at, f"{lead} after step {at}: its teardown needs more steps (next: {left}){why}"
+        )
+    return CorpusResult(trace.id, True)
 
 
 def expectation_mismatch(

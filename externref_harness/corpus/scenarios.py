@@ -9,6 +9,14 @@ Three kinds, each run on the seed's semantics (no mutant):
   (`model_check.REQUIRED_EVENTS`) at a chunk of 2, and a few at the seed's 512 slots, filled by host
   loops of inserts (`InsertMany`).
 
+Every scenario runs on an implementation with the seed's fixed 512-slot chunk: most observe the
+same at any chunk size (the generator verifies it and marks the file `any_chunk_size`); the few
+that need a chunk of 2 to fill have a version at 512 (`at_seed_chunk`), where a host loop first
+fills all but two slots, so the rest runs as it does at a chunk of 2:
+
+    advisory-cve-2021-39216            chunk 2    New Gc ................ CallWasm(0,1,2) ...
+    advisory-cve-2021-39216-chunk-512  chunk 512  New Gc InsertMany(0,510) CallWasm(0,1,2) ...
+
 `externref_harness.corpus.write` turns them into files with the model's observations.
 """
 
@@ -57,6 +65,8 @@ class Scenario:
     ops: tuple[Op, ...]
     #: The path label this scenario exists to reach (path coverage only); checked when generated.
     reaches: str | None = None
+    #: The scenario this is a version of at another chunk size (None: its own).
+    version_of: str | None = None
 
 
 #: Hand-written scenarios run at the model machine's config: a chunk of 2, 3 slots, 2 globals.
@@ -322,5 +332,51 @@ def large_chunk_scenarios() -> list[Scenario]:
     ]
 
 
+# --- versions at the seed's chunk size ---------------------------------------------------------------
+
+#: The scenarios that need a small chunk to fill, with whether their version at the seed's chunk
+#: first fills all but `SMALL.chunk_size` slots (False: the same operations, other observations).
+#: The generator refuses a scenario that observes otherwise at 512 slots and is not listed here.
+SEED_CHUNK_VERSIONS: dict[str, bool] = {
+    "explorer-cve-2021-39216": True,
+    "advisory-cve-2021-39216": True,
+    "path-insert-slow-without-gc": True,
+    "path-sweep-lazy-chunk-allocation": False,
+}
+
+
+def at_seed_chunk(scenario: Scenario, fill: bool) -> Scenario:
+    """`scenario` at the seed's 512 slots. With `fill`, right after the first `Gc` (which allocates
+    the chunk) a host loop of `insert_without_gc` puts clones of handle 0 into all but
+    `SMALL.chunk_size` slots: the rest of the scenario then meets a full chunk where it did at a chunk
+    of 2. Handle 0 stays the host's, so no handle or ref changes its number."""
+    own = scenario.config.chunk_size
+    ops = scenario.ops
+    if fill:
+        first_gc = next(i for i, op in enumerate(ops) if isinstance(op, Gc))
+        ops = (*ops[: first_gc + 1], InsertMany(0, SEED_CHUNK_SIZE - own, False), *ops[first_gc + 1 :])
+        how = (
+            f" At the seed's {SEED_CHUNK_SIZE} slots: after the first GC a host loop fills all but "
+            f"{own} slots with clones of handle 0, so the rest meets the full chunk where it did at {own}."
+        )
+    else:
+        how = f" At the seed's {SEED_CHUNK_SIZE} slots: the same operations."
+    return Scenario(
+        f"{scenario.name}-chunk-{SEED_CHUNK_SIZE}",
+        scenario.description + how,
+        f"{scenario.origin} at chunk size {SEED_CHUNK_SIZE}",
+        replace(scenario.config, chunk_size=SEED_CHUNK_SIZE),
+        ops,
+        scenario.reaches,
+        version_of=scenario.name,
+    )
+
+
 def all_scenarios() -> list[Scenario]:
-    return explorer_scenarios() + advisory_scenarios() + path_scenarios() + large_chunk_scenarios()
+    small = explorer_scenarios() + advisory_scenarios() + path_scenarios()
+    by_name = {s.name: s for s in small}
+    unknown = sorted(set(SEED_CHUNK_VERSIONS) - set(by_name))
+    if unknown:
+        raise RuntimeError(f"SEED_CHUNK_VERSIONS names no scenario: {unknown}")
+    versions = [at_seed_chunk(by_name[name], fill) for name, fill in SEED_CHUNK_VERSIONS.items()]
+    return small + versions + large_chunk_scenarios()

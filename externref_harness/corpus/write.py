@@ -34,7 +34,7 @@ from externref_harness.model import ops
 from externref_harness.model.moves import next_quiesce_op, quiesce_step_bound
 from externref_harness.model.mutants import MODEL_MUTANTS
 from externref_harness.model.observation import Panic
-from externref_harness.model.state import Build, Config, State
+from externref_harness.model.state import SEED_CHUNK_SIZE, Build, Config, State
 from externref_harness.model.transition import step
 from externref_harness.search.path_labels import step_labels
 from externref_harness.specs.invariants import first_violation
@@ -107,7 +107,15 @@ def catches(cfg: Config, steps: tuple[CorpusStep, ...]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def corpus_trace(scenario: Scenario, build: Build) -> CorpusTrace:
+#: The chunk sizes `any_chunk_size` is verified at, beyond every size from a trace's own to the
+#: largest here below 64: the chunk size enters the model only where an insert finds the chunk full,
+#: where the capacity is read and where the protocol compares it with a call's argument count, so a
+#: run that observes the same at all of these fills no chunk it could not fill at any larger size.
+CHUNK_SIZES_CHECKED = (*range(1, 65), 128, 256, 512, 1024, 4096)
+
+
+def _generated(scenario: Scenario, build: Build) -> tuple[CorpusTrace, set[str]]:
+    """The scenario's trace in this build, and the path labels its own steps reach."""
     cfg = replace(scenario.config, build=build, mutant=None)
     steps, problem, labels = model_run(cfg, scenario.ops)
     if problem is not None:
@@ -115,19 +123,65 @@ def corpus_trace(scenario: Scenario, build: Build) -> CorpusTrace:
     if scenario.reaches is not None and scenario.reaches not in labels:
         raise ScenarioError(f"{scenario.name} ({build}): never reaches {scenario.reaches}")
     frozen = tuple(steps)
-    return CorpusTrace(
-        scenario.name, scenario.description, scenario.origin, cfg, frozen, catches(cfg, frozen)
+    trace = CorpusTrace(
+        scenario.name,
+        scenario.description,
+        scenario.origin,
+        cfg,
+        frozen,
+        catches(cfg, frozen),
+        scenario.version_of or scenario.name,
+        same_at_larger_chunks(cfg, scenario.ops, frozen),
     )
+    return trace, labels
+
+
+def same_at_larger_chunks(
+    cfg: Config, scenario_ops: tuple[ops.Op, ...], steps: tuple[CorpusStep, ...]
+) -> bool:
+    """Whether the model runs these operations, teardown included, with the same observations at
+    every larger chunk size of `CHUNK_SIZES_CHECKED`."""
+    for size in CHUNK_SIZES_CHECKED:
+        if size <= cfg.chunk_size:
+            continue
+        other, problem, _ = model_run(replace(cfg, chunk_size=size), scenario_ops)
+        if problem is not None or tuple(other) != steps:
+            return False
+    return True
+
+
+def corpus_trace(scenario: Scenario, build: Build) -> CorpusTrace:
+    return _generated(scenario, build)[0]
 
 
 def build_corpus() -> list[CorpusTrace]:
-    """Every corpus trace, in both builds (the explorer runs here: a few seconds)."""
+    """Every corpus trace, in both builds (the explorer runs here: a few seconds).
+
+    Refused (`ScenarioError`): a name used twice; a scenario that runs neither at the seed's chunk
+    size nor at any chunk size, and has no version that does; a version at the seed's chunk that
+    misses a path its scenario reaches."""
     scenarios = all_scenarios()
     names = [s.name for s in scenarios]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ScenarioError(f"scenario names used twice: {duplicates}")
-    return [corpus_trace(s, build) for build in BUILDS for s in scenarios]
+    out = []
+    for build in BUILDS:
+        generated = {s.name: _generated(s, build) for s in scenarios}
+        for s in scenarios:
+            labels = generated[s.name][1]
+            if s.version_of is not None:
+                missed = sorted(generated[s.version_of][1] - labels)
+                if missed:
+                    raise ScenarioError(f"{s.name} ({build}): misses {missed}, which {s.version_of} reaches")
+        for group in {t.scenario_name for t, _ in generated.values()}:
+            if not any(t.runs_at(SEED_CHUNK_SIZE) for t, _ in generated.values() if t.scenario_name == group):
+                raise ScenarioError(
+                    f"{group} ({build}): no version runs at the seed's chunk of {SEED_CHUNK_SIZE} slots "
+                    "(add one to scenarios.SEED_CHUNK_VERSIONS)"
+                )
+        out += [generated[s.name][0] for s in scenarios]
+    return out
 
 
 def relative_path(trace: CorpusTrace) -> Path:
@@ -216,6 +270,7 @@ def schema() -> dict[str, Any]:
         "properties": {
             "corpus_version": {"const": CORPUS_VERSION},
             "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+            "scenario": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
             "description": {"type": "string", "minLength": 1},
             "origin": {"type": "string", "minLength": 1},
             "catches": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
@@ -230,6 +285,7 @@ def schema() -> dict[str, Any]:
                     "n_globals": {"type": "integer", "minimum": 0},
                 },
             },
+            "any_chunk_size": {"type": "boolean"},
             "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/step"}},
         },
         "$defs": {

@@ -12,12 +12,14 @@ from typing import Literal
 
 from hypothesis import settings
 
+from externref_harness.errors import UsageError
 from externref_harness.gate.expectations import Expectations
 from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
 from externref_harness.lockstep.memory_checks import CONFORMANT, STRICT, Level
 from externref_harness.native.library import Description
 
 Status = Literal["pass", "fail", "expected-fail", "skip"]
+STATUSES: tuple[Status, ...] = ("pass", "fail", "expected-fail", "skip")
 LEVELS: dict[str, frozenset[Level]] = {
     STRICT: frozenset((CONFORMANT, STRICT)),
     CONFORMANT: frozenset((CONFORMANT,)),
@@ -37,21 +39,45 @@ class CaseResult:
     trace: Path | None = None
     #: Expected divergences this case showed.
     expected_seen: frozenset[str] = frozenset()
+    #: How a limit cut this case short ("": it ran its whole budget).
+    cut_short: str = ""
+
+
+class LibraryRefused(UsageError):
+    """The library could not be loaded or described: bad input (exit 2), still reported to CI."""
 
 
 @dataclass
 class GateReport:
     library: Path
     level: str
-    description: Description
+    #: What the library says of itself (None: it was refused before it said anything).
+    description: Description | None
     cases: list[CaseResult] = field(default_factory=list)
     #: Expected divergences that no case showed (the expectations file can drop them).
     stale: list[str] = field(default_factory=list)
+    #: What the verdict does not cover, one line each: skipped cases, checks that did not apply,
+    #: phases a limit cut short. A "passed" is printed with these.
+    not_checked: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Why the library was refused (then `cases` holds the one failing `describe` case).
+    refused: str | None = None
+
+    @classmethod
+    def of_refusal(cls, library: Path, level: str, reason: str) -> GateReport:
+        """The report of a library refused at loading: one failing case, nothing else checked."""
+        case = CaseResult("describe", "load", "fail", reason)
+        return cls(
+            library, level, None, [case], not_checked=["every case: the library was refused"], refused=reason
+        )
 
     @property
     def passed(self) -> bool:
         return all(c.status != "fail" for c in self.cases)
+
+    def counts(self) -> dict[Status, int]:
+        """Cases by status, every status present (zero included)."""
+        return {status: sum(c.status == status for c in self.cases) for status in STATUSES}
 
 
 @dataclass(frozen=True)

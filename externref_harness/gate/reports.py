@@ -2,7 +2,9 @@
 
 JUnit: one `<testcase>` per case (classname `externref_harness.gate.runner.<kind>`): a failing case has a
 `<failure>`, an expected divergence a `<skipped>` naming it and its reason, a skipped case a
-`<skipped>`. GitHub, GitLab and Jenkins show these as they show any test suite.
+`<skipped>`. GitHub, GitLab and Jenkins show these as they show any test suite. A library refused
+at loading (exit 2) still gets both reports: `refused` says why, and its one case, `describe:
+load`, fails with that reason.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ def to_json(report: GateReport, expectations: Expectations) -> dict[str, Any]:
     return {
         "report_version": REPORT_VERSION,
         "library": str(report.library),
-        "implementation": {
+        "implementation": None
+        if desc is None
+        else {
             "name": desc.name,
             "version": desc.version,
             "build": "debug" if desc.debug else "release",
@@ -34,7 +38,10 @@ def to_json(report: GateReport, expectations: Expectations) -> dict[str, Any]:
         },
         "level": report.level,
         "passed": report.passed,
+        "refused": report.refused,
         "seconds": round(report.seconds, 3),
+        "counts": dict(report.counts()),
+        "not_checked": report.not_checked,
         "cases": [
             {
                 "kind": c.kind,
@@ -55,6 +62,7 @@ def to_json(report: GateReport, expectations: Expectations) -> dict[str, Any]:
 
 def to_junit(report: GateReport, expectations: Expectations) -> ET.ElementTree[ET.Element]:
     cases = report.cases
+    desc = report.description
     suites = ET.Element("testsuites")
     suite = ET.SubElement(
         suites,
@@ -69,9 +77,10 @@ def to_junit(report: GateReport, expectations: Expectations) -> ET.ElementTree[E
     props = ET.SubElement(suite, "properties")
     for name, value in (
         ("library", str(report.library)),
-        ("implementation", f"{report.description.name} {report.description.version}"),
+        ("implementation", "" if desc is None else f"{desc.name} {desc.version}"),
         ("level", report.level),
         ("stale_expectations", ",".join(report.stale)),
+        ("not_checked", "; ".join(report.not_checked)),
     ):
         ET.SubElement(props, "property", name=name, value=value)
     for c in cases:

@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from externref_harness.errors import UsageError
 from externref_harness.gate import threads
-from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
+from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, LibraryRefused, Status
 from externref_harness.isolation.pool import ChildPool, describe_status
-from externref_harness.lockstep.memory_checks import STRICT
+from externref_harness.lockstep.memory_checks import CHECKS, STRICT
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
@@ -54,23 +53,25 @@ def child_env(library: Path) -> dict[str, str] | None:
         return None
     runtime = asan_runtime()
     if runtime is None:
-        raise UsageError(f"library {library} needs AddressSanitizer, and the C compiler has no libasan.so")
+        raise LibraryRefused(
+            f"library {library} needs AddressSanitizer, and the C compiler has no libasan.so"
+        )
     return {"LD_PRELOAD": str(runtime), "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"}
 
 
 def describe_library(library: Path, env: dict[str, str] | None) -> Description:
-    """Load and validate the library in a child process (bad library: one-line `UsageError`)."""
+    """Load and validate the library in a child process (bad library: one-line `LibraryRefused`)."""
     import os
     import stat
 
     try:
         mode = os.stat(library).st_mode
     except FileNotFoundError:
-        raise UsageError(f"library {library}: no such file") from None
+        raise LibraryRefused(f"library {library}: no such file") from None
     except OSError as e:
-        raise UsageError(f"library {library}: {e.strerror or e}") from None
+        raise LibraryRefused(f"library {library}: {e.strerror or e}") from None
     if not stat.S_ISREG(mode):
-        raise UsageError(f"library {library}: not a regular file")
+        raise LibraryRefused(f"library {library}: not a regular file")
     try:
         done = subprocess.run(
             [sys.executable, "-m", "externref_harness.isolation.child", "--describe", str(library)],
@@ -81,17 +82,19 @@ def describe_library(library: Path, env: dict[str, str] | None) -> Description:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise UsageError(f"library {library}: loading it did not finish in {DESCRIBE_TIMEOUT:g} s") from None
+        raise LibraryRefused(
+            f"library {library}: loading it did not finish in {DESCRIBE_TIMEOUT:g} s"
+        ) from None
     if done.returncode == 2:
-        raise UsageError(
+        raise LibraryRefused(
             done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"library {library}"
         )
     if done.returncode != 0:
-        raise UsageError(f"library {library}: loading it {describe_status(done.returncode)}")
+        raise LibraryRefused(f"library {library}: loading it {describe_status(done.returncode)}")
     try:
         return Description(**json.loads(done.stdout.strip().splitlines()[-1]))
     except (ValueError, TypeError, IndexError):
-        raise UsageError(f"library {library}: its description could not be read") from None
+        raise LibraryRefused(f"library {library}: its description could not be read") from None
 
 
 def isolated_target(library: Path, description: Description, pool: ChildPool) -> Target:
@@ -123,7 +126,8 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         target = isolated_target(opts.library, description, pool)
         report.cases.append(_describe_case(description, opts))
         progress("corpus")
-        report.cases += _corpus_cases(target, options, pool)
+        corpus_cases, report.not_checked = _corpus_cases(target, options, pool)
+        report.cases += corpus_cases
         progress("search")
         report.cases.append(_timed(lambda: _search_case(target, options, opts, pool)))
         if opts.threads:
@@ -131,10 +135,33 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
             report.cases.append(_timed(lambda: _threads_case(opts)))
     finally:
         pool.close()
+    report.not_checked += not_applied(description, opts, report.cases)
     seen = frozenset().union(*(c.expected_seen for c in report.cases))
     report.stale = sorted(opts.expectations.names - seen)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def not_applied(description: Description, opts: GateOptions, cases: list[CaseResult]) -> list[str]:
+    """The checks that did not apply to this run, and the phases a limit cut short."""
+    notes = []
+    if STRICT not in LEVELS[opts.level]:
+        strict = sorted(name for name, level in CHECKS.items() if level == STRICT)
+        notes.append(f"level {opts.level}: the strict checks were not applied ({', '.join(strict)})")
+    missing = [
+        f"xr_table_{name} (its {op} results were not compared)"
+        for name, op, has in (
+            ("num_filled_in_bump_chunk", "NumFilledInBumpChunk", description.has_num_filled),
+            ("elements", "Elements", description.has_elements),
+        )
+        if not has
+    ]
+    if missing:
+        notes.append(f"optional functions the library lacks: {'; '.join(missing)}")
+    if not opts.threads:
+        notes.append("threads: the parallel check did not run (--no-threads)")
+    notes += [f"{c.kind}: {c.name}: {c.cut_short}" for c in cases if c.cut_short]
+    return notes
 
 
 def _describe_case(description: Description, opts: GateOptions) -> CaseResult:
@@ -158,26 +185,55 @@ def _status(passed: bool, expected_seen: frozenset[str]) -> Status:
     return "expected-fail" if expected_seen else "pass"
 
 
-def _corpus_cases(target: Target, options: LockstepOptions, pool: ChildPool) -> list[CaseResult]:
-    """Every shipped corpus trace of the library's build, in a child, against its expectations."""
-    from externref_harness.corpus.run import cannot_run, load_corpus, run_corpus_trace
+def _corpus_cases(
+    target: Target, options: LockstepOptions, pool: ChildPool
+) -> tuple[list[CaseResult], list[str]]:
+    """Every shipped corpus trace of the library's build, in a child, against its expectations; and
+    what the corpus did not check.
+
+    A library with a fixed chunk runs a trace written for another chunk at its own when the trace
+    runs at any chunk size (`CorpusTrace.runs_at`). A trace it cannot run is a skipped case, unless
+    another version of its scenario ran: then it did not apply, and the notes say so.
+    """
+    from externref_harness.corpus.run import cannot_run, load_corpus, run_config, run_corpus_trace
 
     assert target.description is not None
     build: Build = "debug" if target.description.debug else "release"
-    out = []
-    for trace in load_corpus(build=build):
+    traces = load_corpus(build=build)
+    runnable = {t.scenario_name for t in traces if cannot_run(target, t) is None}
+    out: list[CaseResult] = []
+    not_applicable: list[str] = []
+    for trace in traces:
         started = time.perf_counter()
-        reason = cannot_run(target, trace.config)
+        reason = cannot_run(target, trace)
         if reason is not None:
-            out.append(CaseResult("corpus", trace.name, "skip", reason))
+            if trace.scenario_name in runnable:
+                not_applicable.append(trace.id)
+            else:
+                out.append(CaseResult("corpus", trace.id, "skip", reason))
             continue
-        result = run_corpus_trace(trace, pool.adapter(), options)
+        chunk = run_config(target, trace).chunk_size
+        result = run_corpus_trace(trace, pool.adapter(), options, chunk_size=chunk)
         seen = frozenset(result.expected_seen)
         detail = "" if result.passed else f"step {result.step}: {result.problem}"
+        if chunk != trace.config.chunk_size:
+            detail = f"at the library's chunk of {chunk} slots" + (f"; {detail}" if detail else "")
         case = CaseResult("corpus", result.name, _status(result.passed, seen), detail, expected_seen=seen)
         case.seconds = time.perf_counter() - started
         out.append(case)
-    return out
+    notes = []
+    skipped = [c for c in out if c.status == "skip"]
+    if skipped:
+        notes.append(
+            f"corpus: {len(skipped)} trace(s) skipped, no version of their scenario runs here: "
+            f"{skipped[0].detail}"
+        )
+    if not_applicable:
+        notes.append(
+            f"corpus: {len(not_applicable)} trace(s) did not apply, their scenarios ran in another "
+            f"version at the library's chunk size: {', '.join(not_applicable)}"
+        )
+    return out, notes
 
 
 def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, pool: ChildPool) -> CaseResult:
@@ -195,11 +251,16 @@ def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, po
         stop_at=stop_at,
     )
     figures = f"{out.stats.examples} examples, {out.stats.steps} steps, chunk {cfg.chunk_size}"
+    cut_short = ""
     if out.stopped_early:
         figures += f", stopped at the {opts.time_limit:g} s limit"
+        budget = "" if opts.hypothesis_settings is None else f" of {opts.hypothesis_settings.max_examples}"
+        cut_short = f"stopped at the {opts.time_limit:g} s limit after {out.stats.examples}{budget} examples"
     seen = frozenset(out.expected_seen)
     if out.passed:
-        return CaseResult("search", "lockstep", _status(True, seen), figures, expected_seen=seen)
+        return CaseResult(
+            "search", "lockstep", _status(True, seen), figures, expected_seen=seen, cut_short=cut_short
+        )
     return CaseResult(
         "search", "lockstep", "fail", f"{figures}\n{out.failure}", trace=save_as, expected_seen=seen
     )

@@ -34,5 +34,8 @@ def gate_case(opts: GateOptions) -> CaseResult:
     share = 100 * out.overlapping / max(out.histories, 1)
     figures = f"{out.histories} histories, {out.histories_per_s:.0f}/s, {share:.0f}% overlapping"
     if out.passed:
-        return CaseResult("threads", "parallel", "pass", figures)
+        cut_short = ""
+        if out.histories < histories:
+            cut_short = f"ran {out.histories} of {histories} histories in its {TIME_LIMIT:g} s limit"
+        return CaseResult("threads", "parallel", "pass", figures, cut_short=cut_short)
     return CaseResult("threads", "parallel", "fail", f"{figures}\n{out.failure}", trace=out.trace)

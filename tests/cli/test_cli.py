@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,52 @@ def test_a_mutant_no_selected_check_exercises_is_refused() -> None:
     out = cli("check", "--only", "model", "--mutant", "impl-early-free")
     assert out.returncode == 2
     assert "not exercised by the selected checks (model)" in out.stderr
+
+
+#: `check` in a child whose embedder protocol runs without the pre-GC before entering Wasm (the
+#: model interpreted, or the patched module global would not be the one the compiled model calls).
+_NO_PRE_GC_CHECK = """
+import sys
+from externref_harness.cli.main import main
+from externref_harness.model import protocol
+
+def move_refs_into_table(rt, refs, mutant):
+    previous = rt.set_gc_okay(False)
+    for r in refs:
+        if r is not None:
+            rt.insert_without_gc(r)
+    rt.set_gc_okay(previous)
+
+protocol.move_refs_into_table = move_refs_into_table
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_check_s_corpus_row_fails_on_a_change_to_the_shared_protocol(tmp_path: Path) -> None:
+    """Both sides of the lockstep run the one protocol, so they agree after the edit; the corpus
+    recorded what the protocol did, and `check`'s corpus row fails."""
+    from externref_harness import compiled
+
+    def check(*extra: str) -> subprocess.CompletedProcess[str]:
+        report = tmp_path / "check.json"
+        args = ["check", "--only", "corpus", "--only", "lockstep", "--hypothesis-profile", "ci"]
+        args += ["--max-examples", "10", "--failures", str(tmp_path / "f"), "--json", str(report), *extra]
+        return subprocess.run(
+            [sys.executable, "-c", _NO_PRE_GC_CHECK, *args],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, compiled.ENV_INTERPRETED: "1"},
+        )  # fmt: skip
+
+    done = check()
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {r["check"]: r for r in json.loads((tmp_path / "check.json").read_text())["checks"]}
+    assert rows["lockstep"]["result"] == "pass", rows["lockstep"]["failure"]
+    assert rows["corpus"]["result"] == "fail"
+    assert "the model no longer observes what the corpus expects" in rows["corpus"]["failure"]
+    assert "shared code changed" in rows["corpus"]["failure"]
+    assert "corpus expectations on the model" in done.stdout and "FAIL" in done.stdout
+    # Unpatched, the same row passes in well under a second.
+    out = cli("check", "--only", "corpus", "--json", str(tmp_path / "seed.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    (row,) = json.loads((tmp_path / "seed.json").read_text())["checks"]
+    assert row["result"] == "pass" and row["seconds"] < 1.0 and int(row["figures"]["traces"]) >= 70

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,23 @@ from one_line import assert_one_line_exit_2
 
 from externref_harness import catalogue, compiled
 from externref_harness.cli.main import main
+from externref_harness.corpus import scenarios
 from externref_harness.corpus import write as corpus
 from externref_harness.corpus.format import CORPUS_VERSION, CorpusTrace, load_file
-from externref_harness.corpus.run import CorpusResult, cannot_run, corpus_files, load_corpus, run_corpus_trace
+from externref_harness.corpus.run import (
+    CorpusResult,
+    cannot_run,
+    corpus_files,
+    load_corpus,
+    run_config,
+    run_corpus_trace,
+)
+from externref_harness.corpus.write import ScenarioError, build_corpus
 from externref_harness.errors import UsageError
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.isolation.pool import ChildPool
 from externref_harness.lockstep import runner as lockstep
-from externref_harness.lockstep.targets import native_target
+from externref_harness.lockstep.targets import PYTHON, native_target
 from externref_harness.model import ops, protocol
 from externref_harness.model.mutants import MODEL_MUTANTS
 from externref_harness.native.build import build_reference
@@ -61,7 +71,7 @@ def test_the_corpus_holds_every_origin_in_both_builds() -> None:
         assert origins[f"advisory regression: {cve}"] == 2, cve
     for label in REQUIRED_EVENTS:
         assert origins[f"path coverage: {label}"] == 2, label
-    large = [t for t in TRACES if t.config.chunk_size == 512]
+    large = [t for t in TRACES if t.config.chunk_size == 512 and t.scenario_name == t.name]
     assert len(large) >= 6
     assert all(any(isinstance(op, ops.InsertMany) for op in t.operations) for t in large)
     assert {t.config.build for t in TRACES} == {"debug", "release"}
@@ -90,10 +100,11 @@ def test_every_seeded_model_bug_is_caught_by_its_own_traces() -> None:
     caught = Counter(m for t in TRACES for m in t.catches)
     assert set(caught) == {m.name for m in MODEL_MUTANTS}
     for t in TRACES:
-        if t.origin.startswith("explorer: shortest trace of "):
-            assert t.origin.removeprefix("explorer: shortest trace of ") in t.catches, t.id
-        if t.origin.startswith("advisory regression: "):
-            assert t.origin.removeprefix("advisory regression: ").lower() in t.catches, t.id
+        origin = t.origin.split(" at chunk size ")[0]  # its version at the seed's chunk catches it too
+        if origin.startswith("explorer: shortest trace of "):
+            assert origin.removeprefix("explorer: shortest trace of ") in t.catches, t.id
+        if origin.startswith("advisory regression: "):
+            assert origin.removeprefix("advisory regression: ").lower() in t.catches, t.id
 
 
 @pytest.mark.parametrize("trace", [t for t in TRACES if t.catches], ids=_ids)
@@ -180,19 +191,24 @@ def test_regenerating_the_traces_reproduces_the_files_byte_for_byte() -> None:
     """Fast: every hand-written scenario, and each explorer trace re-run from its own steps (the
     next test runs the explorer too)."""
     from externref_harness.corpus.scenarios import (
+        SEED_CHUNK_VERSIONS,
         Scenario,
         advisory_scenarios,
+        at_seed_chunk,
         large_chunk_scenarios,
         path_scenarios,
     )
 
     expected = {}
+    small = {s.name: s for s in advisory_scenarios() + path_scenarios()}
+    versions = [at_seed_chunk(small[n], fill) for n, fill in SEED_CHUNK_VERSIONS.items() if n in small]
     for build in corpus.BUILDS:
-        for s in advisory_scenarios() + path_scenarios() + large_chunk_scenarios():
+        for s in [*small.values(), *versions, *large_chunk_scenarios()]:
             expected[f"{build}/{s.name}"] = corpus.corpus_trace(s, build)
     for t in TRACES:
         if t.origin.startswith("explorer: "):
-            s = Scenario(t.name, t.description, t.origin, t.config, t.operations)
+            version_of = None if t.scenario_name == t.name else t.scenario_name
+            s = Scenario(t.name, t.description, t.origin, t.config, t.operations, version_of=version_of)
             expected[t.id] = corpus.corpus_trace(s, t.build)
     assert sorted(expected) == sorted(BY_ID)
     for trace in expected.values():
@@ -385,12 +401,53 @@ def test_the_lockstep_s_levels_and_expected_divergences_apply_to_corpus_runs() -
     assert expected.passed and expected.expected_seen == frozenset({"table.chunk-slots"})
 
 
-def test_a_fixed_chunk_library_cannot_run_the_small_chunk_traces() -> None:
+def test_a_fixed_chunk_library_runs_every_scenario_in_some_version() -> None:
+    """The seed's chunk is a constant: a library without `xr_table_new_with_chunk_size` runs the
+    traces that run at any chunk size at its own, and the other scenarios in their 512 version."""
     target = native_target(build_reference("debug", no_optional=True))
-    reasons = {t.id: cannot_run(target, t.config) for t in load_corpus(build="debug")}
-    assert all((why is None) == (BY_ID[i].config.chunk_size == 512) for i, why in reasons.items())
-    assert "fixed chunk of 512" in str(reasons["debug/path-misuse"])
-    assert cannot_run(target, BY_ID["release/path-misuse"].config) is not None  # a debug library
+    traces = load_corpus(build="debug")
+    reasons = {t.id: cannot_run(target, t) for t in traces}
+    assert all((why is None) == BY_ID[i].runs_at(512) for i, why in reasons.items())
+    assert {t.scenario_name for t in traces if reasons[t.id] is None} == {t.scenario_name for t in traces}
+    why = str(reasons["debug/path-insert-slow-without-gc"])
+    assert why.startswith("written for a chunk of 2 slots;") and "fixed chunk of 512" in why
+    assert "--chunk-size" not in why  # no such option was given
+    assert "a release trace;" in str(cannot_run(target, BY_ID["release/path-misuse"]))
+    assert "is a debug build" in str(cannot_run(target, BY_ID["release/path-misuse"]))
+    misuse = BY_ID["debug/path-misuse"]
+    assert run_config(target, misuse).chunk_size == 512
+    assert run_corpus_trace(misuse, target.adapter_factory(), chunk_size=512).passed
+    with pytest.raises(ValueError, match="does not run at a chunk of 512"):
+        run_corpus_trace(BY_ID["debug/path-insert-slow-without-gc"], target.adapter_factory(), chunk_size=512)
+
+
+def test_the_traces_marked_any_chunk_size_observe_the_same_at_other_chunks() -> None:
+    """What `any_chunk_size` claims, on the Python port: the trace passes at other chunk sizes, and
+    a trace not so marked does not."""
+    port = PYTHON.adapter_factory
+    marked = [t for t in TRACES if t.any_chunk_size and t.build == "debug"]
+    assert len(marked) >= 20
+    for t in marked:
+        for size in (3, 256, 512):
+            result = run_corpus_trace(t, port(), chunk_size=size)
+            assert result.passed, (t.id, size, result.problem)
+    unmarked = BY_ID["debug/path-insert-slow-without-gc"]
+    assert not unmarked.any_chunk_size
+    moved = run_corpus_trace(replace(unmarked, any_chunk_size=True), port(), chunk_size=512)
+    assert not moved.passed and "no longer observes what the corpus expects" in moved.problem
+
+
+def test_every_scenario_has_a_version_at_the_seed_s_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    groups: dict[str, list[CorpusTrace]] = {}
+    for t in TRACES:
+        groups.setdefault(f"{t.build}/{t.scenario_name}", []).append(t)
+    assert all(any(t.runs_at(512) for t in group) for group in groups.values())
+    versions = [t for t in TRACES if t.scenario_name != t.name]
+    assert versions and all(t.config.chunk_size == 512 and t.name.endswith("-chunk-512") for t in versions)
+    # The generator refuses a scenario that needs a small chunk and has no version at 512.
+    monkeypatch.delitem(scenarios.SEED_CHUNK_VERSIONS, "path-insert-slow-without-gc")
+    with pytest.raises(ScenarioError, match=r"path-insert-slow-without-gc .*no version runs at the seed"):
+        build_corpus()
 
 
 # --- replay DIR, replay --mutant / --no-mutant -----------------------------------------------------

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
+from externref_harness.corpus.run import load_corpus
 from externref_harness.native.build import C_BUGS, build_reference, sanitizer_supported
 
 #: A small budget: the corpus carries most of the weight, the search adds random walks.
@@ -155,9 +158,163 @@ def _pytest_with_plugin(tmp_path: Path, library: Path) -> subprocess.CompletedPr
 
 @pytest.mark.slow
 def test_the_pytest_plugin_gates_a_library_from_its_own_suite(tmp_path: Path) -> None:
-    done = _pytest_with_plugin(tmp_path, build_reference("release"))
+    done = _pytest_with_plugin(tmp_path, build_reference("release", no_optional=True))
     assert done.returncode == 0, done.stdout[-3000:]
-    assert " passed" in done.stdout
+    assert " passed" in done.stdout and " skipped" not in done.stdout  # the fixed chunk runs every scenario
+    assert "externref gate: not checked: optional functions the library lacks" in done.stdout
     bad = _pytest_with_plugin(tmp_path, build_reference("release", bug="c-early-free"))
     assert bad.returncode == 1
     assert "externref_gate[" in bad.stdout and "FAILED" in bad.stdout
+
+
+# --- what the verdict says it ran --------------------------------------------------------------------
+
+
+def test_a_fixed_chunk_library_runs_every_corpus_scenario(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The seed's chunk is a constant, so an honest build of it has no
+    `xr_table_new_with_chunk_size`: it runs every scenario of the corpus, none skipped."""
+    library = build_reference("release", no_optional=True)
+    junit = tmp_path / "gate.xml"
+    status, report = _gate(tmp_path, library, "--junit", str(junit))
+    assert status == 0, _failing(report)
+    assert report["counts"]["skip"] == 0 and report["counts"]["fail"] == 0
+    corpus_cases = [c for c in report["cases"] if c["kind"] == "corpus"]
+    assert all(c["status"] == "pass" and c["name"].startswith("release/") for c in corpus_cases)
+    ran = {c["name"].removeprefix("release/").removesuffix("-chunk-512") for c in corpus_cases}
+    scenarios = {t.scenario_name for t in load_corpus(build="release")}
+    assert scenarios <= ran and len(corpus_cases) >= 30
+    assert "0 skipped" in capsys.readouterr().out
+    notes = " | ".join(report["not_checked"])
+    assert "did not apply" in notes and "release/path-insert-slow-without-gc" in notes
+    assert "xr_table_elements" in notes and "--no-threads" in notes
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("skipped") == "0"
+
+
+def test_skipped_cases_are_counted_and_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fixed chunk of 256 slots runs the traces that run at any chunk size, and skips the others:
+    counted in the summary line, the JSON and the JUnit, each with its reason, named like the rest."""
+    library = build_reference("debug", no_optional=True, chunk_size=256)
+    junit = tmp_path / "gate.xml"
+    status, report = _gate(tmp_path, library, "--level", "conformant", "--junit", str(junit))
+    assert status == 0, _failing(report)
+    skipped = [c for c in report["cases"] if c["status"] == "skip"]
+    assert skipped and report["counts"]["skip"] == len(skipped)
+    assert all(c["name"].startswith("debug/") for c in report["cases"] if c["kind"] == "corpus")
+    for c in skipped:
+        assert c["detail"].startswith("written for a chunk of"), c
+        assert "fixed chunk of 256 slots" in c["detail"] and "--chunk-size" not in c["detail"]
+    assert f"{len(skipped)} skipped" in capsys.readouterr().out
+    notes = " | ".join(report["not_checked"])
+    assert f"{len(skipped)} trace(s) skipped" in notes
+    assert "the strict checks were not applied" in notes and "seed.chunk-size" in notes
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("skipped") == str(len(skipped))
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert "trace(s) skipped" in str(props["not_checked"])
+
+
+def test_a_search_cut_short_by_the_time_limit_says_so(tmp_path: Path) -> None:
+    status, report = _gate(
+        tmp_path, build_reference("debug"), "--max-examples", "100000", "--time-limit", "0.5"
+    )
+    assert status == 0, _failing(report)
+    (search,) = [c for c in report["cases"] if c["kind"] == "search"]
+    assert "stopped at the 0.5 s limit" in search["detail"]
+    notes = report["not_checked"]
+    assert any(n.startswith("search: lockstep: stopped at the 0.5 s limit after") for n in notes)
+    assert any("of 100000 examples" in n for n in notes)
+
+
+def _text_file(directory: Path) -> Path:
+    (directory / "text.so").write_text("not a library")
+    return directory / "text.so"
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda d: d / "none.so", "no such file"),
+        (_text_file, "not a loadable shared library"),
+        (lambda d: build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"}), "ABI version 2"),
+    ],
+    ids=["missing", "not-a-library", "other-abi"],
+)
+def test_a_refused_library_still_gets_its_reports(
+    make: Callable[[Path], Path], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 and one line, as any bad input; and the JSON and JUnit CI asked for say why."""
+    library = make(tmp_path)
+    report, junit = tmp_path / "gate.json", tmp_path / "gate.xml"
+    args = ["gate", str(library), "--json", str(report), "--junit", str(junit)]
+    assert_one_line_exit_2(args, capsys, expected)
+    data = json.loads(report.read_text())
+    assert data["passed"] is False and expected in data["refused"] and data["implementation"] is None
+    assert data["library"] == str(library) and data["counts"]["fail"] == 1
+    (case,) = data["cases"]
+    assert (case["kind"], case["name"], case["status"]) == ("describe", "load", "fail")
+    assert data["not_checked"] == ["every case: the library was refused"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "1"
+    failure = suite.find("testcase/failure")
+    assert failure is not None and expected in failure.get("message", "")
+
+
+@pytest.mark.slow
+def test_the_pytest_plugin_saves_traces_in_the_project_never_beside_the_library(tmp_path: Path) -> None:
+    """`pytest --externref-impl PATH` (a space, no ini file): pytest takes PATH for a test path and
+    a rootdir from the library's folder (here the ancestor it shares with the project); the traces
+    still go under the folder pytest ran in, or `--externref-failures DIR`."""
+    lib_dir, project = tmp_path / "vendor", tmp_path / "project"
+    lib_dir.mkdir()
+    project.mkdir()
+    library = lib_dir / "libbuggy.so"
+    shutil.copy(build_reference("release", bug="c-early-free"), library)
+    (project / "test_own.py").write_text(
+        "from pathlib import Path\n\n"
+        "def test_own_suite(request):\n"
+        "    Path('rootdir.txt').write_text(str(request.config.rootpath))\n"
+    )
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+        args += ["--externref-impl", str(library), "--externref-time-limit", "5", *extra]
+        env = {k: v for k, v in os.environ.items() if k != "EXTERNREF_HARNESS_FAILURES"}
+        env["CI"] = "true"
+        return subprocess.run(
+            args, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+
+    done = run()
+    assert done.returncode == 1, done.stdout[-3000:]
+    # pytest's choice, which the traces do not follow.
+    rootdir = Path((project / "rootdir.txt").read_text())
+    assert rootdir != project and library.is_relative_to(rootdir)
+    assert not (rootdir / ".externref-harness").exists()
+    saved = project / ".externref-harness" / "failures" / "gate-libbuggy-strict.json"
+    assert saved.is_file(), done.stdout[-3000:]
+    assert str(saved) in done.stdout
+    assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
+    chosen = tmp_path / "traces"
+    done = run("--externref-failures", str(chosen))
+    assert done.returncode == 1 and (chosen / "gate-libbuggy-strict.json").is_file()
+    assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
+
+
+def test_a_parallel_check_cut_short_by_its_limit_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hypothesis import settings
+
+    from externref_harness.gate import threads
+    from externref_harness.gate.cases import GateOptions
+
+    monkeypatch.setattr(threads, "TIME_LIMIT", 0.3)
+    opts = GateOptions(
+        build_reference("release"), hypothesis_settings=settings(max_examples=100000), failures=tmp_path
+    )
+    case = threads.gate_case(opts)
+    assert case.status == "pass", case.detail
+    assert case.cut_short.startswith("ran ") and "of 1000000 histories in its 0.3 s limit" in case.cut_short
