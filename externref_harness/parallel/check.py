@@ -281,15 +281,14 @@ def run_parallel_check(
     runner = Runner(library, on_program, opts.perturbation, seed)
     cfg = model_config(library)
     started = time.perf_counter()
-    n = overlapping = judged = 0
-    pinned: bool | None = None
+    n = overlapping = judged = pinned = 0
     while n < opts.histories and time.perf_counter() - started < opts.time_limit:
         program = generate(rng, opts.shape)
         judge = Judge(runner, program, cfg)
         out, failing, _ = judge.batch(max(1, min(opts.repeats, opts.histories - n)))
         judged += judge.judged
         overlapping += out.overlapped
-        pinned = out.pinned if program.n_threads > 1 else pinned
+        pinned += out.run if out.pinned else 0
         if failing is None:
             n += out.run
             continue
@@ -309,11 +308,11 @@ def run_parallel_check(
         seconds = time.perf_counter() - started
         return ParallelOutcome(
             False, n, seconds, detected, report, program, saved, seed, overlapping,
-            opts.perturbation.describe(pinned), judged,
+            opts.perturbation.describe(pinned / max(n, 1)), judged,
         )  # fmt: skip
     return ParallelOutcome(
         True, n, time.perf_counter() - started, seed=seed, overlapping=overlapping,
-        perturbation=opts.perturbation.describe(pinned), judged=judged,
+        perturbation=opts.perturbation.describe(pinned / max(n, 1)), judged=judged,
     )  # fmt: skip
 
 

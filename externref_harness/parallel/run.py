@@ -219,8 +219,13 @@ class Perturbation:
     #: Pin the threads to distinct cores when the process may use one per thread.
     pin: bool = True
 
-    def describe(self, pinned: bool | None = None) -> str:
-        where = {None: "", True: ", pinned to distinct cores", False: ", not pinned"}[pinned]
+    def describe(self, pinned_share: float | None = None) -> str:
+        """In words; `pinned_share`: the share of histories whose threads ran pinned."""
+        where = ""
+        if pinned_share is not None:
+            where = f", pinned to distinct cores in {100 * pinned_share:.0f}% of histories"
+        elif not self.pin:
+            where = ", not pinned"
         return (
             f"{self.schedules} start schedules of 0-{self.spread} spins per thread, "
             f"0-{self.jitter} spins of jitter{where}"

@@ -392,6 +392,8 @@ static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
 static uint32_t below(uint64_t *s, uint32_t n) { return n == 0 ? 0 : (uint32_t)(rng_next(s) % (n + 1u)); }
 
 static uint64_t gen;     /* bumped by the main thread to start a history; XT_QUIT to end */
+static uint64_t acks;    /* workers that saw this history's gen: they are on a core, spinning */
+static uint64_t go;      /* set to gen once every worker acked and start_at is set */
 static uint64_t done;    /* workers that finished this history's ops */
 static int64_t start_at; /* this history's start instant */
 static uint32_t offset[XT_MAX_THREADS + 1]; /* spins after the start instant, per thread */
@@ -442,6 +444,8 @@ static void *worker_main(void *arg) {
     for (;;) {
         seen = wait_change(&gen, seen);
         if (seen == XT_QUIT) break;
+        __atomic_fetch_add(&acks, 1, __ATOMIC_ACQ_REL);
+        wait_change(&go, seen - 1);
         start_own_ops(w->thread);
         run_ops(w->impl, w->ops, w->n_ops, XT_PARALLEL, w->thread, w->regs, w->results);
         __atomic_fetch_add(&done, 1, __ATOMIC_RELEASE);
@@ -652,8 +656,7 @@ EXPORT int xt_run_batch(const xt_impl *im, const xt_op *ops, size_t n_ops, int32
     spin_before_yield = crowded ? SPIN_BEFORE_YIELD_CROWDED : SPIN_BEFORE_YIELD;
     if (pinned) pin_to(self, cpus[0]);
 
-    gen = 0;
-    done = 0;
+    gen = go = acks = done = 0;
     worker workers[XT_MAX_THREADS];
     int started = 0;
     int status = 0;
@@ -689,8 +692,18 @@ EXPORT int xt_run_batch(const xt_impl *im, const xt_op *ops, size_t n_ops, int32
             for (int32_t t = 1; t <= n_threads; t++) table[t] = base[t] + below(&rng, batch->jitter_spins);
             memcpy(offset, table, sizeof offset);
             __atomic_store_n(&done, 0, __ATOMIC_RELAXED);
-            __atomic_store_n(&start_at, now_ns() + START_LEAD_NS, __ATOMIC_RELEASE);
+            __atomic_store_n(&acks, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&gen, h + 1, __ATOMIC_RELEASE);
+            /* The start instant is set only once every worker is seen spinning (on a core): on a
+             * loaded machine a worker that was descheduled would otherwise start late, alone. */
+            for (unsigned spins = 0; __atomic_load_n(&acks, __ATOMIC_ACQUIRE) < (uint64_t)started; spins++) {
+                if (spins < spin_before_yield)
+                    cpu_relax();
+                else
+                    sched_yield();
+            }
+            __atomic_store_n(&start_at, now_ns() + START_LEAD_NS, __ATOMIC_RELEASE);
+            __atomic_store_n(&go, h + 1, __ATOMIC_RELEASE);
             current_thread = 1;
             start_own_ops(1);
             run_ops(im, ops, n_ops, XT_PARALLEL, 1, regs, res);
