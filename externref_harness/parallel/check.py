@@ -70,9 +70,9 @@ class ParallelOptions:
     #: Histories of each program per call of the driver (the same short history repeated).
     repeats: int = 1024
     #: The perturbation of the threads' start (see `Perturbation`).
-    schedules: int = 4
-    spread: int = 400
-    jitter: int = 60
+    schedules: int = 8
+    spread: int = 100
+    jitter: int = 30
     pin: bool = True
 
     @property

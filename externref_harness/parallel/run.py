@@ -213,9 +213,9 @@ class Perturbation:
     each): history h uses schedule h % schedules (schedule 0 spins none; the others draw each
     thread's spins in 0..spread once per batch) plus a fresh 0..jitter per thread."""
 
-    schedules: int = 4
-    spread: int = 400
-    jitter: int = 60
+    schedules: int = 8
+    spread: int = 100
+    jitter: int = 30
     #: Pin the threads to distinct cores when the process may use one per thread.
     pin: bool = True
 
