@@ -64,11 +64,13 @@ class ParallelOptions:
     overlapping: int = 0
     shape: Shape = field(default_factory=Shape)
     save_as: Path | None = None
-    shrink_runs: int = 2000
+    shrink_runs: int = 1000
     shrink_time: float = 5.0
-    replay_runs: int = 2000
-    #: Histories of each program per call of the driver (the same short history repeated).
+    replay_runs: int = 1000
+    #: Histories of each program per call of the driver (the same short history repeated), at most
+    #: `batch_seconds` of them.
     repeats: int = 1024
+    batch_seconds: float = 0.05
     #: The perturbation of the threads' start (see `Perturbation`).
     schedules: int = 8
     spread: int = 100
@@ -77,7 +79,7 @@ class ParallelOptions:
 
     @property
     def perturbation(self) -> Perturbation:
-        return Perturbation(self.schedules, self.spread, self.jitter, self.pin)
+        return Perturbation(self.schedules, self.spread, self.jitter, self.pin, self.batch_seconds)
 
 
 @dataclass
@@ -218,12 +220,13 @@ class Judge:
 
 
 def fails_within(
-    runner: Runner, program: ParallelProgram, cfg: Config, runs: int
+    runner: Runner, program: ParallelProgram, cfg: Config, runs: int, deadline: float | None = None
 ) -> tuple[History, Verdict] | None:
-    """A failing history within `runs` histories of `program`, or None."""
+    """A failing history within `runs` histories of `program` (and before `deadline` on
+    `time.perf_counter`), or None."""
     judge = Judge(runner, program, cfg)
     done = 0
-    while done < runs:
+    while done < runs and (deadline is None or time.perf_counter() < deadline):
         out, failing, _ = judge.batch(runs - done)
         if failing is not None:
             return failing[0], failing[1]
@@ -246,7 +249,7 @@ def shrink(
         for candidate in smaller(program):
             if time.perf_counter() >= deadline:
                 break
-            found = fails_within(runner, candidate, cfg, opts.shrink_runs)
+            found = fails_within(runner, candidate, cfg, opts.shrink_runs, deadline)
             if found is not None:
                 program, failing, improved = candidate, found, True
                 break

@@ -116,6 +116,7 @@ class XtBatch(ctypes.Structure):
         ("stop_at_failure", ctypes.c_int32),
         ("capacity", ctypes.c_int32),
         ("n_known", ctypes.c_int32),
+        ("max_ns", ctypes.c_int64),
         ("n_sigs", ctypes.c_int32),
         ("pinned", ctypes.c_int32),
         ("failed", ctypes.c_int32),
@@ -218,6 +219,9 @@ class Perturbation:
     jitter: int = 30
     #: Pin the threads to distinct cores when the process may use one per thread.
     pin: bool = True
+    #: A batch ends after this many seconds even short of its histories (slow histories, as with
+    #: a sleep in a race window, would otherwise spend the budget on a few programs).
+    batch_seconds: float = 0.05
 
     def describe(self, pinned_share: float | None = None) -> str:
         """In words; `pinned_share`: the share of histories whose threads ran pinned."""
@@ -397,6 +401,7 @@ class Runner:
             stop_at_failure=int(stop),
             capacity=SIGNATURE_SLOTS,
             n_known=n_known,
+            max_ns=int(p.batch_seconds * 1e9),
         )
 
     def run(self, program: ParallelProgram) -> History:
