@@ -27,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from externref_harness.model.state import Config
@@ -272,6 +272,21 @@ def failure_rate(
     return failures, first
 
 
+#: How many times the histories (and the batch's time) a program gets when two of its threads may
+#: each run a value's last drop: the race that frees twice or too early, and whose window (between
+#: a decrement and the decision to free) is a few instructions wide.
+CONTENDED_FREE_WEIGHT = 8
+
+
+def contended_free(program: ParallelProgram, plan: Plan) -> bool:
+    """Whether calls of two different threads may each be the one that drops some value."""
+    threads: dict[int, set[int]] = {}
+    for (phase, thread, _), value in zip(program.steps(), plan.may_drop, strict=True):
+        if phase == "parallel" and value >= 0:
+            threads.setdefault(value, set()).add(thread)
+    return any(len(t) > 1 for t in threads.values())
+
+
 def run_parallel_check(
     library: NativeLibrary,
     opts: ParallelOptions,
@@ -281,14 +296,17 @@ def run_parallel_check(
     `on_program` is called before every batch of a program (`parallel.child` reports it)."""
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    runner = Runner(library, on_program, opts.perturbation, seed)
+    base = opts.perturbation
+    runner = Runner(library, on_program, base, seed)
     cfg = model_config(library)
     started = time.perf_counter()
     n = overlapping = judged = pinned = 0
     while n < opts.histories and time.perf_counter() - started < opts.time_limit:
         program = generate(rng, opts.shape)
         judge = Judge(runner, program, cfg)
-        out, failing, _ = judge.batch(max(1, min(opts.repeats, opts.histories - n)))
+        weight = CONTENDED_FREE_WEIGHT if contended_free(program, judge.plan) else 1
+        runner.perturbation = replace(base, batch_seconds=base.batch_seconds * weight)
+        out, failing, _ = judge.batch(max(1, min(opts.repeats * weight, opts.histories - n)))
         judged += judge.judged
         overlapping += out.overlapped
         pinned += out.run if out.pinned else 0
@@ -299,6 +317,7 @@ def run_parallel_check(
         n += index + 1
         detected = time.perf_counter() - started
         original = program
+        runner.perturbation = base
         program, (history, verdict) = shrink(runner, program, cfg, (history, verdict), opts)
         failures, _ = failure_rate(runner, program, cfg, opts.replay_runs)
         trace = ParallelTrace(
