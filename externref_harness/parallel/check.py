@@ -275,7 +275,7 @@ def failure_rate(
 #: How many times the histories (and the batch's time) a program gets when two of its threads may
 #: each run a value's last drop: the race that frees twice or too early, and whose window (between
 #: a decrement and the decision to free) is a few instructions wide.
-CONTENDED_FREE_WEIGHT = 8
+CONTENDED_FREE_WEIGHT = 32
 
 
 def contended_free(program: ParallelProgram, plan: Plan) -> bool:
