@@ -145,6 +145,13 @@ C_BUGS: dict[str, CBug] = {
             "check-then-act race: two threads dropping at once can both free (double free)",
             "threads",
         ),
+        _bug(
+            "c-clone-load-store",
+            "clone increments ref_count with an atomic load and an atomic store instead of fetch_add",
+            "lost update (VMExternRef is Send + Sync): a drop or clone between the load and the store is "
+            "undone, so the count ends one too high (a leak) or one too low (an early free)",
+            "threads",
+        ),
     )
 }
 

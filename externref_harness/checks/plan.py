@@ -248,8 +248,9 @@ def _proofs(opts: CheckOptions) -> CheckResult:
     return CheckResult("z3 proofs", True, figures)
 
 
-#: Histories of the parallel check per example of the Hypothesis profile's budget.
-HISTORIES_PER_EXAMPLE = 10
+#: Histories of the parallel check per example of the Hypothesis profile's budget (the driver runs
+#: each program up to 1024 times: `ci`'s 300 examples are about 300 programs, or the time limit).
+HISTORIES_PER_EXAMPLE = 1000
 #: The parallel check's time limit, seconds.
 THREADS_TIME_LIMIT = 10.0
 

@@ -3,6 +3,11 @@
 The gate never loads the implementation in its own process; neither does this: the check runs in a
 child process (`parallel.child.run_isolated`), so a crash or a hang on several threads is this
 case's failure, with the program it was running saved for `replay --runs`.
+
+The case's budget is time, not a count of histories: it runs histories until a failure or until
+`TIME_LIMIT` seconds have passed (the gate's `--time-limit` bounds its search, not this), and
+reports how many ran, how many had calls of two threads overlapping, and the perturbation of the
+threads' start.
 """
 
 from __future__ import annotations
@@ -11,28 +16,30 @@ from externref_harness.gate.cases import CaseResult, GateOptions
 from externref_harness.parallel.check import ParallelOptions
 from externref_harness.parallel.child import run_isolated
 
-#: Histories per example of the Hypothesis budget, and the time limit, as `check --only threads`.
-HISTORIES_PER_EXAMPLE = 10
+#: Seconds of histories the case runs.
 TIME_LIMIT = 10.0
-#: Histories when the gate has no Hypothesis settings.
-DEFAULT_HISTORIES = 3000
+#: No count of histories ends the case before its time does.
+UNBOUNDED = 10**12
 
 
 def gate_case(opts: GateOptions) -> CaseResult:
     chosen = opts.hypothesis_settings
-    histories = DEFAULT_HISTORIES if chosen is None else chosen.max_examples * HISTORIES_PER_EXAMPLE
     seed = 0 if chosen is None or chosen.derandomize else None
+    budget = TIME_LIMIT
     out = run_isolated(
         opts.library,
         ParallelOptions(
-            histories=histories,
-            time_limit=TIME_LIMIT,
+            histories=UNBOUNDED,
+            time_limit=budget,
             seed=seed,
             save_as=opts.failures / f"threads-{opts.library.stem}.json",
         ),
     )
     share = 100 * out.overlapping / max(out.histories, 1)
-    figures = f"{out.histories} histories, {out.histories_per_s:.0f}/s, {share:.0f}% overlapping"
+    figures = (
+        f"{out.histories} histories in {budget:g} s, {out.histories_per_s:.0f}/s, "
+        f"{share:.0f}% overlapping; {out.perturbation}"
+    )
     if out.passed:
         cut_short = ""
         if out.histories < histories:

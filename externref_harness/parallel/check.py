@@ -1,8 +1,18 @@
 """The parallel check: many small parallel programs on real threads, each history judged.
 
-    seeded generator ──▶ ParallelProgram ──▶ driver (C threads, C heap) ──▶ History ──▶ Verdict
-                                   ▲                                                    │ fails
-                                   └───── shrink: a thread fewer, an op fewer, rerun ◀───┘
+    seeded generator ──▶ ParallelProgram ──▶ driver: `repeats` histories per call, perturbed ──┐
+                              │  plan_of (the model)        cheap verdicts, signatures (C)     │
+                              ▼                                                                ▼
+                        memo: signature ──▶ passed      ◀── new signatures, the failing history
+                                   ▲                         judged in Python (check_history)
+                                   └───── shrink: a thread fewer, an op fewer, rerun ◀── fails
+
+Each program runs `repeats` times in one call of the driver, its threads' start spread over a few
+schedules and jittered (`Perturbation`): a race window a few instructions wide is met by running
+the same short history often, each time slightly differently aligned. The driver takes the cheap
+verdicts itself and sends back only a history that fails one, and the first history of each
+signature not yet judged; Python judges those in full (`check_history`: the same verdict as every
+history had before), and a signature judged to pass is passed back as known.
 
 Interleavings are not reproducible, so a failing program is shrunk by rerunning each smaller
 candidate up to `shrink_runs` times (a candidate that fails in one of them is kept), then rerun
@@ -17,12 +27,12 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from externref_harness.model.state import Config
 from externref_harness.native.library import NativeLibrary
-from externref_harness.parallel.linearizability import Verdict, calls_of, check_history
+from externref_harness.parallel.linearizability import Verdict, calls_of, check_history, plan_of
 from externref_harness.parallel.program import (
     ParallelProgram,
     ParallelTrace,
@@ -31,7 +41,16 @@ from externref_harness.parallel.program import (
     save_trace,
     smaller,
 )
-from externref_harness.parallel.run import XT_NOT_RUN, History, Runner
+from externref_harness.parallel.run import (
+    SIGNATURE_OPS,
+    SIGNATURE_SLOTS,
+    XT_NOT_RUN,
+    Batch,
+    History,
+    Perturbation,
+    Plan,
+    Runner,
+)
 
 
 @dataclass(frozen=True)
@@ -45,9 +64,22 @@ class ParallelOptions:
     overlapping: int = 0
     shape: Shape = field(default_factory=Shape)
     save_as: Path | None = None
-    shrink_runs: int = 100
+    shrink_runs: int = 1000
     shrink_time: float = 5.0
-    replay_runs: int = 200
+    replay_runs: int = 1000
+    #: Histories of each program per call of the driver (the same short history repeated), at most
+    #: `batch_seconds` of them.
+    repeats: int = 1024
+    batch_seconds: float = 0.05
+    #: The perturbation of the threads' start (see `Perturbation`).
+    schedules: int = 8
+    spread: int = 100
+    jitter: int = 30
+    pin: bool = True
+
+    @property
+    def perturbation(self) -> Perturbation:
+        return Perturbation(self.schedules, self.spread, self.jitter, self.pin, self.batch_seconds)
 
 
 @dataclass
@@ -64,6 +96,10 @@ class ParallelOutcome:
     seed: int | None = None
     #: Histories in which calls of two threads overlapped in time.
     overlapping: int = 0
+    #: The perturbation used, in words (with whether the threads were pinned).
+    perturbation: str = ""
+    #: Histories judged in Python (the first of each signature, and failing ones).
+    judged: int = 0
 
     @property
     def histories_per_s(self) -> float:
@@ -98,22 +134,103 @@ def run_once(runner: Runner, program: ParallelProgram, cfg: Config) -> tuple[His
     return history, check_history(program, history, cfg)
 
 
-#: Failing reruns a shrinking candidate needs to be kept. One: a rarer but smaller race is the more
-#: readable counterexample, and its failure rate is measured and reported afterwards.
-SHRINK_FAILURES = 1
+class Judge:
+    """Batches of one program, judged: the driver's cheap verdicts, then each signature not judged
+    before. Invariant relied on: histories with one signature get one verdict (see
+    `linearizability`), so a signature judged to pass passes every history that has it.
+
+    A new signature whose results (its `strong_count` answers and droppers) are those of one judged
+    before differs only in which calls real time ordered; if an order that explained those results
+    respects the new real-time order too, it explains the new history (the model's answers depend
+    on the order and the results, not on the stamps), and the model need not run again."""
+
+    def __init__(self, runner: Runner, program: ParallelProgram, cfg: Config) -> None:
+        self.runner, self.program, self.cfg = runner, program, cfg
+        self.plan: Plan = plan_of(program, cfg)
+        #: Signatures judged to pass -> histories seen with them.
+        self.passed: dict[bytes, int] = {}
+        #: Histories judged by the model (the first of each signature no known order explains).
+        self.judged = 0
+        steps = list(program.steps())
+        self._parallel = [i for i, (phase, _, _) in enumerate(steps) if phase == "parallel"]
+        n_values = sum(1 for s in program.prefix if s.kind == "New")
+        #: Bytes of a signature before its real-time bits (see the driver's `signature`).
+        self._head = 8 * (len(self._parallel) + n_values)
+        self._signable = len(self._parallel) <= SIGNATURE_OPS
+        #: Results part -> for each order that explained them, the real-time bits it violates.
+        self._orders: dict[bytes, list[int]] = {}
+
+    def known(self) -> list[bytes]:
+        """The signatures the driver should only count: the most frequent ones it has room for."""
+        ranked = sorted(self.passed, key=self.passed.__getitem__, reverse=True)
+        return ranked[: SIGNATURE_SLOTS // 2]
+
+    def _violations(self, linearization: list[int]) -> int:
+        """The real-time bits (pairs a, b: a responded before b was invoked) this order breaks."""
+        rank = {step: k for k, step in enumerate(linearization)}
+        ranks = [rank[i] for i in self._parallel]
+        n = len(ranks)
+        return sum(1 << (a * n + b) for a in range(n) for b in range(n) if ranks[a] > ranks[b])
+
+    def _explained(self, signature: bytes) -> bool:
+        if not self._signable:
+            return False
+        bits = int.from_bytes(signature[self._head :], "little")
+        return any(bits & broken == 0 for broken in self._orders.get(signature[: self._head], ()))
+
+    def _judge(self, signature: bytes, history: History) -> Verdict | None:
+        """None if the signature passes, else the failing verdict."""
+        if signature in self.passed or self._explained(signature):
+            return None
+        verdict = check_history(self.program, history, self.cfg)
+        self.judged += 1
+        if not verdict.passed:
+            return verdict
+        if self._signable and verdict.linearization is not None:
+            head = signature[: self._head]
+            self._orders.setdefault(head, []).append(self._violations(verdict.linearization))
+        return None
+
+    def batch(
+        self, histories: int, stop_at_failure: bool = True
+    ) -> tuple[Batch, tuple[History, Verdict, int] | None, int]:
+        """One batch: what it did, its first failing history (with its verdict and index in the
+        batch), and how many of its histories failed."""
+        known = self.known()
+        out = self.runner.run_batch(self.program, self.plan, histories, known, stop_at_failure)
+        for sig, n in zip(known, out.known_counts, strict=True):
+            self.passed[sig] += n
+        failing = None
+        failures = out.cheap_failures
+        if out.failing is not None:
+            verdict = check_history(self.program, out.failing, self.cfg)
+            self.judged += 1
+            if verdict.passed:
+                raise RuntimeError(f"the driver failed a history the model explains: {out.why}")
+            failing = (out.failing, verdict, out.failing_index)
+        for signed in out.new:
+            failed = self._judge(signed.signature, signed.history)
+            if failed is None:
+                self.passed[signed.signature] = self.passed.get(signed.signature, 0) + signed.count
+                continue
+            failures += signed.count
+            if failing is None or signed.first_index < failing[2]:
+                failing = (signed.history, failed, signed.first_index)
+        return out, failing, failures
 
 
 def fails_within(
-    runner: Runner, program: ParallelProgram, cfg: Config, runs: int, needed: int = 1
+    runner: Runner, program: ParallelProgram, cfg: Config, runs: int, deadline: float | None = None
 ) -> tuple[History, Verdict] | None:
-    """The `needed`-th failing run of at most `runs`, or None if fewer failed."""
-    seen = 0
-    for _ in range(runs):
-        history, verdict = run_once(runner, program, cfg)
-        if not verdict.passed:
-            seen += 1
-            if seen >= needed:
-                return history, verdict
+    """A failing history within `runs` histories of `program` (and before `deadline` on
+    `time.perf_counter`), or None."""
+    judge = Judge(runner, program, cfg)
+    done = 0
+    while done < runs and (deadline is None or time.perf_counter() < deadline):
+        out, failing, _ = judge.batch(runs - done)
+        if failing is not None:
+            return failing[0], failing[1]
+        done += max(out.run, 1)
     return None
 
 
@@ -132,7 +249,7 @@ def shrink(
         for candidate in smaller(program):
             if time.perf_counter() >= deadline:
                 break
-            found = fails_within(runner, candidate, cfg, opts.shrink_runs, SHRINK_FAILURES)
+            found = fails_within(runner, candidate, cfg, opts.shrink_runs, deadline)
             if found is not None:
                 program, failing, improved = candidate, found, True
                 break
@@ -142,14 +259,32 @@ def shrink(
 def failure_rate(
     runner: Runner, program: ParallelProgram, cfg: Config, runs: int
 ) -> tuple[int, Verdict | None]:
-    """How many of `runs` reruns fail, and the first failing verdict."""
-    failures, first = 0, None
-    for _ in range(runs):
-        _, verdict = run_once(runner, program, cfg)
-        if not verdict.passed:
-            failures += 1
-            first = first or verdict
+    """How many of `runs` histories of `program` (run in batches, perturbed) fail, and the first
+    failing verdict."""
+    judge = Judge(runner, program, cfg)
+    failures, first, done = 0, None, 0
+    while done < runs:
+        out, failing, failed = judge.batch(runs - done, stop_at_failure=False)
+        failures += failed
+        if failing is not None and first is None:
+            first = failing[1]
+        done += max(out.run, 1)
     return failures, first
+
+
+#: How many times the histories (and the batch's time) a program gets when two of its threads may
+#: each run a value's last drop: the race that frees twice or too early, and whose window (between
+#: a decrement and the decision to free) is a few instructions wide.
+CONTENDED_FREE_WEIGHT = 32
+
+
+def contended_free(program: ParallelProgram, plan: Plan) -> bool:
+    """Whether calls of two different threads may each be the one that drops some value."""
+    threads: dict[int, set[int]] = {}
+    for (phase, thread, _), value in zip(program.steps(), plan.may_drop, strict=True):
+        if phase == "parallel" and value >= 0:
+            threads.setdefault(value, set()).add(thread)
+    return any(len(t) > 1 for t in threads.values())
 
 
 def run_parallel_check(
@@ -158,22 +293,31 @@ def run_parallel_check(
     on_program: Callable[[ParallelProgram], None] | None = None,
 ) -> ParallelOutcome:
     """Histories until a failure, the budget or the time limit; a failure shrunk, measured, saved.
-    `on_program` is called before every run of a program (`parallel.child` reports it)."""
+    `on_program` is called before every batch of a program (`parallel.child` reports it)."""
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    runner = Runner(library, on_program)
+    base = opts.perturbation
+    runner = Runner(library, on_program, base, seed)
     cfg = model_config(library)
     started = time.perf_counter()
-    n = overlapping = 0
+    n = overlapping = judged = pinned = 0
     while n < opts.histories and time.perf_counter() - started < opts.time_limit:
         program = generate(rng, opts.shape)
-        history, verdict = run_once(runner, program, cfg)
-        n += 1
-        overlapping += overlapped(program, history)
-        if verdict.passed:
+        judge = Judge(runner, program, cfg)
+        weight = CONTENDED_FREE_WEIGHT if contended_free(program, judge.plan) else 1
+        runner.perturbation = replace(base, batch_seconds=base.batch_seconds * weight)
+        out, failing, _ = judge.batch(max(1, min(opts.repeats * weight, opts.histories - n)))
+        judged += judge.judged
+        overlapping += out.overlapped
+        pinned += out.run if out.pinned else 0
+        if failing is None:
+            n += out.run
             continue
+        history, verdict, index = failing
+        n += index + 1
         detected = time.perf_counter() - started
         original = program
+        runner.perturbation = base
         program, (history, verdict) = shrink(runner, program, cfg, (history, verdict), opts)
         failures, _ = failure_rate(runner, program, cfg, opts.replay_runs)
         trace = ParallelTrace(
@@ -184,8 +328,14 @@ def run_parallel_check(
             library, program, history, verdict, n, detected, original, failures, opts.replay_runs, saved
         )
         seconds = time.perf_counter() - started
-        return ParallelOutcome(False, n, seconds, detected, report, program, saved, seed, overlapping)
-    return ParallelOutcome(True, n, time.perf_counter() - started, seed=seed, overlapping=overlapping)
+        return ParallelOutcome(
+            False, n, seconds, detected, report, program, saved, seed, overlapping,
+            opts.perturbation.describe(pinned / max(n, 1)), judged,
+        )  # fmt: skip
+    return ParallelOutcome(
+        True, n, time.perf_counter() - started, seed=seed, overlapping=overlapping,
+        perturbation=opts.perturbation.describe(pinned / max(n, 1)), judged=judged,
+    )  # fmt: skip
 
 
 # ---- reading a failure ----------------------------------------------------------------------------

@@ -15,6 +15,14 @@ the model state is projected on what the threads can still observe: the heap (co
 the ref each register names. Two interleavings that agree on those give the same answers to every
 remaining call (a thread reaches the model only through its registers), so the projection loses no
 verdict while merging interleavings that differ only in the model's handle numbering.
+
+The cheap part runs in the driver, over many histories per call: `plan_of` computes from the model
+what every interleaving of a program gives (the address each call returns, the answers of `eq` and
+of the epilogue's `strong_count`, which calls may run each value's destructor, which change its
+count), and the driver checks each history against it and signs the ones that pass. The signature
+holds everything `linearize` reads that the plan leaves open (the threads' `strong_count` answers,
+which call dropped each value, and the real-time order of the threads' calls), so one verdict per
+signature is the verdict of every history that has it (`parallel.check` judges each new one).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from externref_harness.model.state import Config, State
 from externref_harness.model.transition import step
 from externref_harness.native.library import XR_OK
 from externref_harness.parallel.program import ParallelProgram, PStep, register_values
-from externref_harness.parallel.run import XT_NOT_RUN, History, OpResult
+from externref_harness.parallel.run import XT_NOT_RUN, History, OpResult, Plan
 
 #: One register's binding: (is_raw, index into the model's handles or raws).
 Env = dict[int, tuple[bool, int]]
@@ -227,6 +235,61 @@ def _final_counts(program: ParallelProgram, calls: list[Call], cfg: Config) -> l
                 f"the model says {obs.result.value}"
             )
     return out
+
+
+#: Ops whose result is the ref address (1) or the value address (2) of the value they name.
+_ADDR = {"New": 1, "Clone": 1, "FromRaw": 1, "CloneFromRaw": 1, "IntoRaw": 1, "Deref": 2}
+
+
+def plan_of(program: ParallelProgram, cfg: Config) -> Plan:
+    """What the model says every interleaving of `program` gives (the driver's cheap verdicts).
+
+    Invariant relied on: the program is well formed, so every interleaving is a correct use of the
+    API; a value's count after the threads, hence whether its destructor runs inside a thread's
+    `drop` (any of them may be the last) or in the epilogue (exactly the model's call), does not
+    depend on the interleaving, and neither do `eq` answers nor the counts read after the join."""
+    steps = list(program.steps())
+    values = register_values(program)
+    state, env = State.initial(cfg), Env()
+    value, addr, counts, expect = [], [], [], []
+    dropped_by: dict[int, int] = {}
+    new_op: dict[int, int] = {}
+    deref_op: dict[int, int] = {}
+    for i, (phase, _, s) in enumerate(steps):
+        v = values[s.out] if s.kind == "New" else values.get(s.a, -1)
+        if s.kind == "New":
+            new_op[v] = i
+        if s.kind == "Deref" and phase == "prefix":
+            deref_op.setdefault(v, i)
+        state, obs = step(cfg, state, model_op(s, env))
+        assert isinstance(obs.result, Ok), obs
+        if s.out >= 0:
+            env[s.out] = (s.kind == "IntoRaw", obs.result.value)
+        for ref in obs.dropped:
+            dropped_by[ref] = i
+        value.append(v)
+        addr.append(_ADDR.get(s.kind, 0))
+        counts.append(v if s.kind in ("Clone", "CloneFromRaw", "Drop") else -1)
+        fixed = s.kind == "Eq" or (s.kind == "StrongCount" and phase != "parallel")
+        expect.append(int(obs.result.value) if fixed else None)
+    may_drop = [-1] * len(steps)
+    for ref, i in dropped_by.items():
+        if steps[i][0] == "parallel":  # the count reached 0 among the threads: any of its drops
+            for j, (phase, _, s) in enumerate(steps):
+                if phase == "parallel" and s.kind == "Drop" and value[j] == ref:
+                    may_drop[j] = ref
+        else:
+            may_drop[i] = ref
+    n_values = len(new_op)
+    return Plan(
+        tuple(new_op[v] for v in range(n_values)),
+        tuple(deref_op[v] for v in range(n_values)),
+        tuple(value),
+        tuple(addr),
+        tuple(counts),
+        tuple(may_drop),
+        tuple(expect),
+    )
 
 
 def linearize(calls: Sequence[Call], cfg: Config) -> Verdict:

@@ -316,9 +316,10 @@ class Shape:
 
 def generate(rng: random.Random, shape: Shape = Shape()) -> ParallelProgram:
     """A random well-formed program: shared or given handles, shared raws, a mix of ref ops."""
-    # Fewer threads than cores leave together most often: two threads are drawn most.
+    # Fewer threads than cores leave together most often, and run many times faster (a thread
+    # waiting for a core waits a time slice): each thread more is drawn a quarter as often.
     counts = list(range(shape.threads[0], shape.threads[1] + 1))
-    n_threads = rng.choices(counts, [2.0**-i for i in range(len(counts))])[0]
+    n_threads = rng.choices(counts, [4.0**-i for i in range(len(counts))])[0]
     prefix: list[PStep] = []
     owners: list[tuple[int, int]] = []
     reg = 0

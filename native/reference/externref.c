@@ -254,7 +254,7 @@ static void drop_and_dealloc(VMExternData *data) {
     xr_dealloc(alloc_ptr, lay.size, lay.align);
 }
 
-#if defined(XR_BUG_NONATOMIC_COUNT) || defined(XR_BUG_DROP_REREAD)
+#if defined(XR_BUG_NONATOMIC_COUNT) || defined(XR_BUG_DROP_REREAD) || defined(XR_BUG_CLONE_LOAD_STORE)
 /* Widens a race window (a few microseconds) so that threads driven from the harness, whose calls
  * are microseconds apart, can fall into it. */
 #ifndef XR_RACE_WINDOW_NS
@@ -283,8 +283,14 @@ static size_t racy_add(size_t *count, size_t delta) {
 
 /* `VMExternData::increment_ref_count`: Relaxed, as `Arc::clone`. */
 static void increment_ref_count(VMExternData *data) {
-#ifdef XR_BUG_NONATOMIC_COUNT
+#if defined(XR_BUG_NONATOMIC_COUNT)
     racy_add(&data->ref_count, 1);
+#elif defined(XR_BUG_CLONE_LOAD_STORE)
+    /* An atomic load and an atomic store instead of one fetch_add: each is atomic, the pair is not,
+     * so a drop or a clone between them is undone by the store. */
+    size_t old = __atomic_load_n(&data->ref_count, __ATOMIC_RELAXED);
+    race_window();
+    __atomic_store_n(&data->ref_count, old + 1, __ATOMIC_RELAXED);
 #else
     __atomic_fetch_add(&data->ref_count, 1, __ATOMIC_RELAXED);
 #endif
