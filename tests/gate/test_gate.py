@@ -301,20 +301,3 @@ def test_the_pytest_plugin_saves_traces_in_the_project_never_beside_the_library(
     done = run("--externref-failures", str(chosen))
     assert done.returncode == 1 and (chosen / "gate-libbuggy-strict.json").is_file()
     assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
-
-
-def test_a_parallel_check_cut_short_by_its_limit_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from hypothesis import settings
-
-    from externref_harness.gate import threads
-    from externref_harness.gate.cases import GateOptions
-
-    monkeypatch.setattr(threads, "TIME_LIMIT", 0.3)
-    opts = GateOptions(
-        build_reference("release"), hypothesis_settings=settings(max_examples=100000), failures=tmp_path
-    )
-    case = threads.gate_case(opts)
-    assert case.status == "pass", case.detail
-    assert case.cut_short.startswith("ran ") and "of 1000000 histories in its 0.3 s limit" in case.cut_short
