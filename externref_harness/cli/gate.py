@@ -145,6 +145,8 @@ def print_report(console: Console, report: GateReport, expect: expectations.Expe
             "the expectations file can drop it",
             style="yellow",
         )
+    for line in report.cut_short:
+        console.print(f"cut short by --time-limit: {line}", style="yellow", markup=False)
     failed = sum(c.status == "fail" for c in report.cases)
     verdict = "[red]FAILED[/]" if failed else "[green]passed[/]"
     console.print(f"{verdict}: {len(report.cases)} cases, {failed} failing, in {report.seconds:.1f}s")

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     pool = None
     if chosen.path is not None:
         # A native library replays in a child process: a crash is reported, never the harness's.
-        from externref_harness.gate.runner import child_env
+        from externref_harness.isolation.describe import child_env
         from externref_harness.isolation.pool import ChildPool
 
         pool = ChildPool(chosen.path, env=child_env(chosen.path))

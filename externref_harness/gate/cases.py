@@ -48,6 +48,8 @@ class GateReport:
     #: Expected divergences that no case showed (the expectations file can drop them).
     stale: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: What the `--time-limit` cut short, one line each (the verdict does not cover it).
+    cut_short: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

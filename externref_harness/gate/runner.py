@@ -15,83 +15,26 @@ happened in, with a shrunk, saved trace; the gate itself goes on.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from externref_harness.errors import UsageError
 from externref_harness.gate import threads
 from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
-from externref_harness.isolation.pool import ChildPool, describe_status
+from externref_harness.isolation.describe import DESCRIBE_TIMEOUT, child_env, describe_library
+from externref_harness.isolation.pool import ChildPool, OutOfTime
 from externref_harness.lockstep.memory_checks import STRICT
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
+    REPORT_GRACE,
     LockstepOptions,
     run_lockstep_check,
 )
 from externref_harness.lockstep.targets import Target, bounds_for
 from externref_harness.model.state import SEED_CHUNK_SIZE, Build
-from externref_harness.native.build import asan_runtime
 from externref_harness.native.library import Description
-
-#: How long loading and describing a library may take.
-DESCRIBE_TIMEOUT = 60.0
-
-
-def child_env(library: Path) -> dict[str, str] | None:
-    """A library built with AddressSanitizer needs its runtime preloaded into the child."""
-    try:
-        if not library.is_file() or library.stat().st_size > 1 << 30:
-            return None  # not a library: `describe_library` says what it is
-        data = library.read_bytes()
-    except OSError:
-        return None
-    if b"libasan.so" not in data:
-        return None
-    runtime = asan_runtime()
-    if runtime is None:
-        raise UsageError(f"library {library} needs AddressSanitizer, and the C compiler has no libasan.so")
-    return {"LD_PRELOAD": str(runtime), "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"}
-
-
-def describe_library(library: Path, env: dict[str, str] | None) -> Description:
-    """Load and validate the library in a child process (bad library: one-line `UsageError`)."""
-    import os
-    import stat
-
-    try:
-        mode = os.stat(library).st_mode
-    except FileNotFoundError:
-        raise UsageError(f"library {library}: no such file") from None
-    except OSError as e:
-        raise UsageError(f"library {library}: {e.strerror or e}") from None
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"library {library}: not a regular file")
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "externref_harness.isolation.child", "--describe", str(library)],
-            capture_output=True,
-            text=True,
-            timeout=DESCRIBE_TIMEOUT,
-            env=None if env is None else {**os.environ, **env},
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise UsageError(f"library {library}: loading it did not finish in {DESCRIBE_TIMEOUT:g} s") from None
-    if done.returncode == 2:
-        raise UsageError(
-            done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"library {library}"
-        )
-    if done.returncode != 0:
-        raise UsageError(f"library {library}: loading it {describe_status(done.returncode)}")
-    try:
-        return Description(**json.loads(done.stdout.strip().splitlines()[-1]))
-    except (ValueError, TypeError, IndexError):
-        raise UsageError(f"library {library}: its description could not be read") from None
 
 
 def isolated_target(library: Path, description: Description, pool: ChildPool) -> Target:
@@ -106,10 +49,44 @@ def _timed(run: Callable[[], CaseResult]) -> CaseResult:
     return result
 
 
+#: The share of `--time-limit` kept for the parallel check (at most its own time limit).
+THREADS_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When each phase must end, from `--time-limit` (None: no limit, the profile's budget alone).
+
+        start ── describe, corpus, search (with its shrink) ──▶ lockstep_end ── threads ──▶ end
+                                                 the failure's report: REPORT_GRACE past lockstep_end
+
+    Every read from a child is bounded by the phase's end (`ChildPool.deadline`), so a library
+    that stops itself, pauses or runs slowly cannot stretch a phase past it; the gate's whole run
+    ends within the limit plus a fixed margin (the report's grace and the children's start-up)."""
+
+    limit: float | None
+    lockstep_end: float | None
+    threads_seconds: float
+
+    @staticmethod
+    def of(opts: GateOptions, started: float) -> Budget:
+        if opts.time_limit is None:
+            return Budget(None, None, threads.TIME_LIMIT)
+        share = min(threads.TIME_LIMIT, opts.time_limit * THREADS_SHARE) if opts.threads else 0.0
+        return Budget(opts.time_limit, started + opts.time_limit - share, share)
+
+    def left(self) -> float | None:
+        return None if self.lockstep_end is None else max(0.0, self.lockstep_end - time.monotonic())
+
+
 def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None) -> GateReport:
     started = time.perf_counter()
+    budget = Budget.of(opts, time.monotonic())
     env = child_env(opts.library)
-    description = describe_library(opts.library, env)
+    left = budget.left()
+    description = describe_library(
+        opts.library, env, DESCRIBE_TIMEOUT if left is None else min(DESCRIBE_TIMEOUT, max(left, 1.0))
+    )
     report = GateReport(opts.library, opts.level, description)
     levels = LEVELS[opts.level]
     options = LockstepOptions(
@@ -118,19 +95,19 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         impl_name=f"{description.name} {description.version}",
         replay_args=f"--impl {opts.library}",
     )
-    pool = ChildPool(opts.library, opts.step_timeout, env)
+    pool = ChildPool(opts.library, opts.step_timeout, env, deadline=budget.lockstep_end)
     try:
         target = isolated_target(opts.library, description, pool)
         report.cases.append(_describe_case(description, opts))
         progress("corpus")
-        report.cases += _corpus_cases(target, options, pool)
+        report.cases += _corpus_cases(target, options, pool, report)
         progress("search")
-        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool)))
-        if opts.threads:
-            progress("threads")
-            report.cases.append(_timed(lambda: _threads_case(opts)))
+        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool, budget, report)))
     finally:
         pool.close()
+    if opts.threads:
+        progress("threads")
+        report.cases.append(_timed(lambda: _threads_case(opts, budget, env, report)))
     seen = frozenset().union(*(c.expected_seen for c in report.cases))
     report.stale = sorted(opts.expectations.names - seen)
     report.seconds = time.perf_counter() - started
@@ -158,32 +135,56 @@ def _status(passed: bool, expected_seen: frozenset[str]) -> Status:
     return "expected-fail" if expected_seen else "pass"
 
 
-def _corpus_cases(target: Target, options: LockstepOptions, pool: ChildPool) -> list[CaseResult]:
+def _corpus_cases(
+    target: Target, options: LockstepOptions, pool: ChildPool, report: GateReport
+) -> list[CaseResult]:
     """Every shipped corpus trace of the library's build, in a child, against its expectations."""
     from externref_harness.corpus.run import cannot_run, load_corpus, run_corpus_trace
 
     assert target.description is not None
     build: Build = "debug" if target.description.debug else "release"
     out = []
+    not_run = []
     for trace in load_corpus(build=build):
         started = time.perf_counter()
         reason = cannot_run(target, trace.config)
         if reason is not None:
             out.append(CaseResult("corpus", trace.name, "skip", reason))
             continue
-        result = run_corpus_trace(trace, pool.adapter(), options)
+        if pool.out_of_time():
+            not_run.append(trace.name)
+            out.append(CaseResult("corpus", trace.name, "skip", "not run: the --time-limit ran out"))
+            continue
+        try:
+            result = run_corpus_trace(trace, pool.adapter(), options)
+        except OutOfTime:
+            not_run.append(trace.name)
+            out.append(CaseResult("corpus", trace.name, "skip", "cut short: the --time-limit ran out"))
+            continue
         seen = frozenset(result.expected_seen)
         detail = "" if result.passed else f"step {result.step}: {result.problem}"
         case = CaseResult("corpus", result.name, _status(result.passed, seen), detail, expected_seen=seen)
         case.seconds = time.perf_counter() - started
         out.append(case)
+    if not_run:
+        report.cut_short.append(f"corpus: {len(not_run)} traces not run (the time limit ran out)")
     return out
 
 
-def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, pool: ChildPool) -> CaseResult:
+def _search_case(
+    target: Target,
+    options: LockstepOptions,
+    opts: GateOptions,
+    pool: ChildPool,
+    budget: Budget,
+    report: GateReport,
+) -> CaseResult:
     cfg = target.config(LOCKSTEP_CONFIG, None, opts.chunk_size)
     save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}.json"
-    stop_at = None if opts.time_limit is None else time.monotonic() + opts.time_limit
+    stop_at = budget.lockstep_end
+    if stop_at is not None:
+        # A failure's final replay and report get a fixed grace past the phase's end.
+        pool.set_deadline(stop_at + REPORT_GRACE)
     out = run_lockstep_check(
         cfg,
         bounds_for(cfg, LOCKSTEP_BOUNDS),
@@ -197,13 +198,21 @@ def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, po
     figures = f"{out.stats.examples} examples, {out.stats.steps} steps, chunk {cfg.chunk_size}"
     if out.stopped_early:
         figures += f", stopped at the {opts.time_limit:g} s limit"
+        report.cut_short.append(f"search: stopped by the time limit after {out.stats.examples} examples")
     seen = frozenset(out.expected_seen)
     if out.passed:
         return CaseResult("search", "lockstep", _status(True, seen), figures, expected_seen=seen)
+    if out.failure is not None and "shrinking cut short by the time limit" in out.failure:
+        report.cut_short.append("search: shrinking the failure (the trace saved is the best found)")
     return CaseResult(
         "search", "lockstep", "fail", f"{figures}\n{out.failure}", trace=save_as, expected_seen=seen
     )
 
 
-def _threads_case(opts: GateOptions) -> CaseResult:
-    return threads.gate_case(opts)
+def _threads_case(
+    opts: GateOptions, budget: Budget, env: dict[str, str] | None, report: GateReport
+) -> CaseResult:
+    if budget.limit is not None and budget.threads_seconds < 1.0:
+        report.cut_short.append("threads: not run (no time left in the --time-limit)")
+        return CaseResult("threads", "parallel", "skip", "not run: no time left in the --time-limit")
+    return threads.gate_case(opts, budget.threads_seconds, env)

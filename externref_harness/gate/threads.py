@@ -18,7 +18,14 @@ TIME_LIMIT = 10.0
 DEFAULT_HISTORIES = 3000
 
 
-def gate_case(opts: GateOptions) -> CaseResult:
+#: Seconds the parallel check's child may run past its budget in the gate before it counts as hung.
+GRACE = 10.0
+
+
+def gate_case(
+    opts: GateOptions, seconds: float = TIME_LIMIT, env: dict[str, str] | None = None
+) -> CaseResult:
+    """The parallel check within `seconds` (its shrinking within half as many more)."""
     chosen = opts.hypothesis_settings
     histories = DEFAULT_HISTORIES if chosen is None else chosen.max_examples * HISTORIES_PER_EXAMPLE
     seed = 0 if chosen is None or chosen.derandomize else None
@@ -26,10 +33,13 @@ def gate_case(opts: GateOptions) -> CaseResult:
         opts.library,
         ParallelOptions(
             histories=histories,
-            time_limit=TIME_LIMIT,
+            time_limit=seconds,
+            shrink_time=min(5.0, seconds / 2),
             seed=seed,
             save_as=opts.failures / f"threads-{opts.library.stem}.json",
         ),
+        env=env,
+        grace=GRACE,
     )
     share = 100 * out.overlapping / max(out.histories, 1)
     figures = f"{out.histories} histories, {out.histories_per_s:.0f}/s, {share:.0f}% overlapping"
