@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from externref_harness.gate import threads
 from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
@@ -32,14 +31,9 @@ from externref_harness.lockstep.runner import (
     LockstepOptions,
     run_lockstep_check,
 )
-from externref_harness.lockstep.targets import Target, bounds_for
+from externref_harness.lockstep.targets import Target, bounds_for, isolated_target
 from externref_harness.model.state import SEED_CHUNK_SIZE, Build
 from externref_harness.native.library import Description
-
-
-def isolated_target(library: Path, description: Description, pool: ChildPool) -> Target:
-    name = f"{description.name} {description.version}"
-    return Target(name, pool.adapter, library, description)
 
 
 def _timed(run: Callable[[], CaseResult]) -> CaseResult:

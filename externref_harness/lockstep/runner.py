@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 
 from externref_harness import trace as tracefile
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
-from externref_harness.isolation.pool import OutOfTime
+from externref_harness.isolation.pool import ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.deadline import Timeout, time_limit
 from externref_harness.lockstep.memory_checks import (
@@ -103,6 +103,14 @@ class StepCheck:
     impl_problems: tuple[Problem, ...] = ()
 
 
+def raised(e: Exception, at: str = "") -> str:
+    """What an adapter's exception says of the implementation: a crash of its process as itself
+    (`the implementation's process killed by SIGSEGV during step`), anything else as raised."""
+    if isinstance(e, ImplementationCrash):
+        return f"{e}{at}"
+    return f"the implementation raised {type(e).__name__}{at}: {e}"
+
+
 class Lockstep:
     """One run: the model's state and an implementation, stepped together."""
 
@@ -135,7 +143,7 @@ class Lockstep:
         except Timeout as e:
             self.impl_broken = f"the implementation hung: {e}"
         except Exception as e:
-            self.impl_broken = f"the implementation raised {type(e).__name__} at start: {e}"
+            self.impl_broken = raised(e, " at start")
 
     def step(self, op: ops.Op) -> StepCheck:
         before = self.state
@@ -204,7 +212,7 @@ class Lockstep:
                 outcome = self.adapter.step(plain_op(op), capacity)
             probe = self.adapter.probe()
         except Exception as e:  # the implementation under test crashed: that is its failure
-            return f"the implementation raised {type(e).__name__}: {e}", ()
+            return raised(e), ()
         new_refs = len(self.state.heap) - len(before.heap)
         if new_refs != len(outcome.allocated):
             text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
@@ -271,7 +279,7 @@ class Lockstep:
         except Timeout as e:
             return f"the implementation hung: {e}"
         except Exception as e:
-            return f"the implementation raised {type(e).__name__} at teardown: {e}"
+            return raised(e, " at teardown")
         if self.gave_up is not None:
             return f"{self.gave_up} (a harness bug); the leak check was not run"
         if not reports:
