@@ -101,13 +101,23 @@ def main(argv: list[str]) -> int:
         impl, argv = argv[1], argv[2:]
     requests, responses = int(argv[0]), int(argv[1])
     try:
-        adapter = _adapter(impl)
-    except Exception as e:
-        write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
-        return 2
-    write_frame(responses, ("ok", "ready"))
-    serve(adapter, requests, responses)
+        try:
+            adapter = _adapter(impl)
+        except Exception as e:
+            write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
+            return 2
+        write_frame(responses, ("ok", "ready"))
+        serve(adapter, requests, responses)
+    except OSError as e:
+        # The library closed or replaced the protocol's descriptors: say so in one line (the
+        # parent shows what the child printed), not as a traceback.
+        print(f"child: the protocol pipes failed ({e}); did the library close descriptors?", file=sys.stderr)
+        return PIPES_FAILED
     return 0
+
+
+#: The child's exit status when its protocol pipes failed under it.
+PIPES_FAILED = 3
 
 
 if __name__ == "__main__":

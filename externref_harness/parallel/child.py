@@ -143,7 +143,10 @@ def run_isolated(
                     if watch is not None:
                         watch(child.pid, histories)
                 elif kind == "outcome":
+                    # The last frame: do not wait for the pipe to close, since whatever the library
+                    # forked may hold its write end open.
                     outcome = outcome_from_wire(value)
+                    break
                 else:
                     raise WireError(f"a {str(kind)[:40]!r} frame")
             except EOFError:
@@ -249,8 +252,11 @@ def rerun_isolated(
                     done += 1
                     failures += text is not None
                     first = first or text
+                    if done == runs:
+                        break  # the last frame (what the library forked may hold the pipe open)
                 elif kind == "error":
                     error = conform(value, str, "error")
+                    break
                 else:
                     raise WireError(f"a {str(kind)[:40]!r} frame")
             except EOFError:
@@ -303,6 +309,18 @@ def _rerun(library: Path, fd: int, program: ParallelProgram, runs: int) -> int:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except OSError as e:
+        # The library closed or replaced the descriptors the frames go through: one line.
+        print(f"child: the protocol pipe failed ({e}); did the library close descriptors?", file=sys.stderr)
+        return 3
+    except LibraryError as e:
+        print(f"child: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     from externref_harness.native.backend import open_library
 
     if argv[:1] == ["--rerun"]:
