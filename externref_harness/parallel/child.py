@@ -42,6 +42,8 @@ from externref_harness.parallel.program import ParallelProgram, ParallelTrace, S
 GRACE = 30.0
 #: Seconds one rerun of a program may take (a run takes milliseconds).
 RUN_TIMEOUT = 10.0
+#: Seconds the rerunning child may take to start and load the library.
+START_ALLOWANCE = 60.0
 
 
 def _options_json(opts: ParallelOptions) -> str:
@@ -239,15 +241,18 @@ def rerun_isolated(
     first: str | None = None
     error: str | None = None
     how: str | None = None
+    ready = False
     try:
         while True:
-            # Loading the library and the first run share the start-up allowance.
-            allowance = run_timeout + (60.0 if done == 0 else 0.0)
+            # Loading the library has the start-up allowance; each run then has `run_timeout`.
+            allowance = run_timeout if ready else START_ALLOWANCE
             try:
                 kind, value = conform(
                     read_frame(read_fd, time.monotonic() + allowance), tuple[str, Any], "frame"
                 )
-                if kind == "run":
+                if kind == "ready" and not ready:
+                    ready = True
+                elif kind == "run" and ready:
                     text = conform(value, str | None, "run")
                     done += 1
                     failures += text is not None
@@ -262,7 +267,11 @@ def rerun_isolated(
             except EOFError:
                 break
             except TimeoutError:
-                how = f"hung (no run finished within {run_timeout:g} s; killed)"
+                how = (
+                    f"hung (no run finished within {run_timeout:g} s; killed)"
+                    if ready
+                    else f"hung while loading the library ({START_ALLOWANCE:g} s; killed)"
+                )
                 break
             except WireError as e:
                 how = f"broke the protocol ({e}; killed)"
@@ -297,6 +306,7 @@ def _rerun(library: Path, fd: int, program: ParallelProgram, runs: int) -> int:
         write_frame(fd, ("error", str(e)))
         return 2
     runner, cfg = Runner(lib), model_config(lib)
+    write_frame(fd, ("ready", None))
     first = True
     for _ in range(runs):
         history, verdict = run_once(runner, program, cfg)

@@ -203,3 +203,31 @@ def _own_copy(tmp_path: Path, library: Path) -> Path:
     copy = tmp_path / library.name
     shutil.copyfile(library, copy)
     return copy
+
+
+@pytest.mark.slow
+def test_a_parallel_trace_replay_of_a_library_that_deadlocks_in_drop_ends(tmp_path: Path) -> None:
+    """`replay PARALLEL-TRACE --runs N` gives each run a time limit: a library whose threads block
+    for ever in `xr_ref_drop` is a hang at that run, its process group killed."""
+    from externref_harness.parallel.program import ParallelProgram, ParallelTrace, PStep, save_trace
+
+    top = "#include <pthread.h>\nstatic pthread_t hooks_thread;\n"
+    library = build(
+        tmp_path,
+        "drop-deadlocks",
+        top=top,
+        set_hooks="hooks_thread = pthread_self()",
+        drop="if (!pthread_equal(pthread_self(), hooks_thread)) pause()",
+    )
+    program = ParallelProgram(
+        (PStep("New", 8, 8, 0), PStep("Deref", 0), PStep("Clone", 0, -1, 1), PStep("Clone", 0, -1, 2)),
+        ((PStep("Drop", 1),), (PStep("Drop", 2),)),
+        ((1, 1), (2, 2)),
+    )
+    trace = save_trace(ParallelTrace(program, str(library)), tmp_path / "threads.json")
+    run = harness("replay", str(trace), "--impl", str(library), "--runs", "5")
+    assert run.status == 1, run.out + run.err
+    assert "hung (no run finished within 10 s; killed) at run 0 of 5" in run.out, run.out
+    assert "Traceback" not in run.out + run.err
+    assert run.seconds < 10 + MARGIN
+    assert leftovers(library) == []
