@@ -84,9 +84,9 @@ class Child:
             try:
                 reply = self._receive(START_TIMEOUT, "loading the library")
             except ImplementationCrash as e:
-                raise ImplementationCrash(
-                    str(e).replace("the implementation's process", "the process", 1)
-                ) from None
+                # `the process exited with status 0 while loading the library`: not yet a step.
+                text = str(e).replace("the implementation's process", "the process", 1)
+                raise ImplementationCrash(text.replace("during loading", "while loading", 1)) from None
             if reply != "ready":
                 self.kill()
                 raise ImplementationCrash(f"the child did not start: it answered {str(reply)[:200]!r}")

@@ -82,7 +82,7 @@ _keep: list[int] = []
         ((("ok", 0), (), ((16, 0),), ()), "step reply[0]"),  # not the four parts of a reply
         ((REPLY[0], PROBE, "1", REPLY[3]), "step reply[2]"),  # a count that is a string
         ((REPLY[0], PROBE, True, REPLY[3]), "step reply[2]"),  # a bool is no count
-        ((REPLY[0], PROBE._replace(canary="x"), 1, REPLY[3]), "step reply[1].canary"),
+        ((REPLY[0], PROBE._replace(canary="x"), 1, REPLY[3]), "step reply[1].canary"),  # type: ignore[arg-type]
     ],
 )
 def test_a_reply_of_the_wrong_shape_names_the_field(value: object, where: str) -> None:
