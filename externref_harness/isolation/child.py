@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from externref_harness.impl.adapter import InProcessImpl, RefFacts
-from externref_harness.isolation.wire import read_frame, write_frame
+from externref_harness.isolation.wire import decode_plain, read_frame, write_frame
 
 
 def _adapter(impl: str | None) -> InProcessImpl:
@@ -41,7 +41,7 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
     sent: list[RefFacts] = []
     while True:
         try:
-            request = read_frame(requests)
+            request = decode_plain(read_frame(requests))
         except EOFError:
             return
         kind = request[0]

@@ -5,10 +5,15 @@
                      ◀─── response pipe ────────────   (stdout/stderr: a capture file)
 
 `ChildProcessImpl` is an `ImplAdapter`: the lockstep cannot tell it from `InProcessImpl`. A child
-that dies (a signal, `abort`, `exit`) or does not answer within the per-step time limit is killed
-and reported as `ImplementationCrash` at that step, with its exit status or signal and the tail of
-what it printed; the lockstep turns that into the step's failure, and the trace is shrunk and
-saved like any other.
+that dies (a signal, `abort`, `exit`), does not answer within the per-step time limit, floods its
+output or breaks the protocol (a frame that is not plain data of the reply's declared types,
+`isolation.wire`) is killed with its process group and reported as `ImplementationCrash` at that
+step, with its exit status or signal and the tail of what it printed; the lockstep turns that into
+the step's failure, and the trace is shrunk and saved like any other.
+
+A pool may have a budget (`deadline`, a `time.monotonic()` instant): no read waits past it, and
+once it has passed every call raises `OutOfTime`, which is not the implementation's failure; the
+driver that set the budget (the gate) stops there and says what it cut short.
 
 Children come from a `ChildPool`, which keeps one spare child warming up (a child's start-up, the
 interpreter and the library, is the slow part). During a search a child serves example after
@@ -27,7 +32,7 @@ from typing import Any
 
 from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, StepOutcome
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
-from externref_harness.isolation.wire import WireError, conform, read_frame, write_frame
+from externref_harness.isolation.wire import WireError, conform, read_frame, tagged, write_frame
 
 __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
 
@@ -139,7 +144,9 @@ class Child:
                 f"its process was killed{self._process.printed()}"
             )
         try:
-            status, value = conform(frame, tuple[str, Any], "response")
+            status, value = tagged(frame, "response")
+            if status == "error":
+                value = conform(value, str, "error")
         except WireError as e:
             self.kill()
             raise ImplementationCrash(

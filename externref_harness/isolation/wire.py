@@ -13,13 +13,15 @@ runs no code, and (4) checks the decoded value against the declared type of what
 (`conform(value, StepOutcome)`), so a hostile frame is a `WireError`: the implementation's failure,
 reported at that step.
 
-Plain data maps onto JSON as: None, bools, ints and strings as themselves; tuples (and lists) as
-arrays, decoded as tuples; `bytes` as `{"b": HEX}`; a dict with string keys as `{"d": {...}}`.
-Floats must be finite (NaN and infinities are refused); ints are bounded to 64 bits.
+Plain data maps onto JSON as: None, bools, ints, floats and strings as themselves; tuples (and
+lists) as arrays, made tuples again by `conform` or `plain`; a dict with string keys as an object;
+`bytes` as `{"__bytes__": HEX}`. Floats must be finite (NaN and infinities are refused); ints are
+bounded to 64 bits and strings to `MAX_TEXT`, checked as the value is conformed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -27,6 +29,7 @@ import struct
 import time
 import types
 import typing
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 HEADER = struct.Struct("<Q")
@@ -88,27 +91,34 @@ def _read_exactly(fd: int, size: int, deadline: float | None, first: bool) -> by
 
 # --- plain data <-> JSON -------------------------------------------------------------------------------
 
+#: The one JSON object key that is not a dict's: `{"__bytes__": HEX}` is a `bytes`.
+BYTES_KEY = "__bytes__"
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {BYTES_KEY: value.hex()}
+    raise TypeError(f"not plain data: {type(value).__name__}")
+
 
 def encode(value: Any) -> bytes:
-    return json.dumps(_to_json(value, 0), separators=(",", ":"), allow_nan=False).encode()
+    """Tuples (NamedTuples included) and lists as arrays, dicts as objects, bytes tagged."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_default).encode()
+    except (TypeError, ValueError) as e:
+        raise WireError(str(e)) from None
 
 
-def _to_json(value: Any, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise WireError(f"nested deeper than {MAX_DEPTH}")
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value
-    if isinstance(value, (tuple, list)):
-        return [_to_json(v, depth + 1) for v in value]
-    if isinstance(value, bytes):
-        return {"b": value.hex()}
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"d": {k: _to_json(v, depth + 1) for k, v in value.items()}}
-    raise WireError(f"not plain data: {type(value).__name__}")
+def _object(pairs: dict[str, Any]) -> Any:
+    if len(pairs) == 1 and BYTES_KEY in pairs:
+        text = pairs[BYTES_KEY]
+        if not isinstance(text, str):
+            raise WireError("tagged bytes that are not a hex string")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise WireError("tagged bytes that are not hex") from None
+    return pairs
 
 
 def _refuse_constant(text: str) -> Any:
@@ -116,42 +126,53 @@ def _refuse_constant(text: str) -> Any:
 
 
 def decode(data: bytes) -> Any:
+    """The JSON as Python (arrays still lists): only `conform` or `plain` make it the value."""
     try:
-        raw = json.loads(
-            data.decode("utf-8"),
-            parse_constant=_refuse_constant,
-        )
+        return json.loads(data.decode("utf-8"), object_hook=_object, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         if isinstance(e, WireError):
             raise
         raise WireError(f"not a JSON frame ({type(e).__name__}: {str(e)[:120]})") from None
-    return _from_json(raw, 0)
 
 
-def _from_json(raw: Any, depth: int) -> Any:
+def plain(value: Any, depth: int = 0) -> Any:
+    """A decoded value as plain data: arrays as tuples, ints within 64 bits, strings bounded."""
     if depth > MAX_DEPTH:
-        raise WireError(f"nested deeper than {MAX_DEPTH}")
-    if raw is None or isinstance(raw, (bool, float)):
-        return raw
-    if isinstance(raw, int):
-        if not INT_MIN <= raw <= INT_MAX:
-            raise WireError("an int outside 64 bits")
-        return raw
-    if isinstance(raw, str):
-        if len(raw) > MAX_TEXT:
-            raise WireError(f"a string of {len(raw):,} characters, more than {MAX_TEXT:,}")
-        return raw
-    if isinstance(raw, list):
-        return tuple(_from_json(v, depth + 1) for v in raw)
-    if isinstance(raw, dict) and len(raw) == 1:
-        if isinstance(raw.get("b"), str):
-            try:
-                return bytes.fromhex(raw["b"])
-            except ValueError:
-                raise WireError("bytes that are not hex") from None
-        if isinstance(raw.get("d"), dict):
-            return {k: _from_json(v, depth + 1) for k, v in raw["d"].items()}
-    raise WireError("an object that is no encoded bytes or dict")
+        raise _Mismatch(f"nested deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind is int:
+        if not INT_MIN <= value <= INT_MAX:
+            raise _Mismatch("an int outside 64 bits")
+        return value
+    if kind is str:
+        if len(value) > MAX_TEXT:
+            raise _Mismatch(f"a string of {len(value):,} characters, more than {MAX_TEXT:,}")
+        return value
+    if value is None or kind is bool or kind is float or kind is bytes:
+        return value
+    if kind is list or kind is tuple:
+        return tuple(plain(v, depth + 1) for v in value)
+    if kind is dict:
+        return {k: plain(v, depth + 1) for k, v in value.items()}
+    raise _Mismatch(f"not plain data: {kind.__name__}")
+
+
+def tagged(frame: Any, where: str = "frame") -> tuple[str, Any]:
+    """A frame `(tag, value)`: its tag checked, its value left to `conform` (checked once, by the
+    type the tag says)."""
+    if not isinstance(frame, (list, tuple)) or len(frame) != 2 or type(frame[0]) is not str:
+        raise WireError(f"{where}: expected (tag, value), got {_kind(frame)}")
+    if len(frame[0]) > 40:
+        raise WireError(f"{where}: a tag of {len(frame[0])} characters")
+    return frame[0], frame[1]
+
+
+def decode_plain(data: Any) -> Any:
+    """`plain` as a `WireError` (for a frame whose whole content is plain data, a request)."""
+    try:
+        return plain(data)
+    except _Mismatch as e:
+        raise WireError(str(e)) from None
 
 
 # --- checking a decoded value against a declared type -----------------------------------------------
@@ -159,63 +180,169 @@ def _from_json(raw: Any, depth: int) -> Any:
 
 def conform(value: Any, expected: Any, where: str = "frame") -> Any:
     """`value` as `expected` (a NamedTuple class, `int`, `tuple[int, ...]`, `X | None`, `Any`, ...),
-    checked field by field; NamedTuples are rebuilt. A mismatch is a `WireError` naming the field."""
+    checked field by field; NamedTuples are rebuilt. A mismatch is a `WireError` naming the field.
+
+    Each type is compiled once into a checker (`_checker`): a step's reply is checked on every
+    step of a search, so the happy path does no formatting and no type introspection."""
+    try:
+        return _checker(expected)(value)
+    except _Mismatch as e:
+        raise WireError(f"{where}{''.join(reversed(e.path))}: {e}") from None
+
+
+class _Mismatch(Exception):
+    """A value that does not fit; `path` is filled in (innermost first) as it propagates."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.path: list[str] = []
+
+
+Check = Callable[[Any], Any]
+
+
+def _exact(kind: type) -> Check:
+    def check(value: Any) -> Any:
+        if type(value) is not kind:
+            raise _Mismatch(f"expected {kind.__name__}, got {_kind(value)}")
+        return value
+
+    return check
+
+
+def _int(value: Any) -> Any:
+    if type(value) is not int:
+        raise _Mismatch(f"expected int, got {_kind(value)}")
+    if not INT_MIN <= value <= INT_MAX:
+        raise _Mismatch("an int outside 64 bits")
+    return value
+
+
+def _str(value: Any) -> Any:
+    if type(value) is not str:
+        raise _Mismatch(f"expected str, got {_kind(value)}")
+    if len(value) > MAX_TEXT:
+        raise _Mismatch(f"a string of {len(value):,} characters, more than {MAX_TEXT:,}")
+    return value
+
+
+def _number(value: Any) -> Any:
+    if type(value) is not int and type(value) is not float:
+        raise _Mismatch(f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _none(value: Any) -> Any:
+    if value is not None:
+        raise _Mismatch(f"expected None, got {_kind(value)}")
+    return None
+
+
+def _each(check: Check, values: Sequence[Any], label: Callable[[int], str]) -> tuple[Any, ...]:
+    """`check` applied to each of `values`; a mismatch names the item."""
+    try:
+        return tuple([check(v) for v in values])
+    except _Mismatch as e:
+        for i, v in enumerate(values):  # the slow path, only to name the item
+            try:
+                check(v)
+            except _Mismatch:
+                e.path.append(label(i))
+                break
+        raise
+
+
+def _index(i: int) -> str:
+    return f"[{i}]"
+
+
+@functools.cache
+def _checker(expected: Any) -> Check:
     if expected is Any:
-        return value
+        return plain
     if expected is None or expected is type(None):
-        if value is not None:
-            raise WireError(f"{where}: expected None, got {_kind(value)}")
-        return None
+        return _none
     if isinstance(expected, type) and issubclass(expected, tuple) and hasattr(expected, "_fields"):
-        return _conform_record(value, expected, where)
+        return _record(expected)
     if expected is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise WireError(f"{where}: expected a number, got {_kind(value)}")
-        return float(value)
-    if expected in (int, str, bool, bytes):
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if not ok:
-            raise WireError(f"{where}: expected {expected.__name__}, got {_kind(value)}")
-        return value
+        return _number
+    if expected is int:
+        return _int
+    if expected is str:
+        return _str
+    if expected in (bool, bytes):
+        return _exact(expected)
     origin = typing.get_origin(expected)
     args = typing.get_args(expected)
     if origin in (Union, types.UnionType):
-        errors = []
-        for option in args:
-            try:
-                return conform(value, option, where)
-            except WireError as e:
-                errors.append(str(e))
-        raise WireError(errors[0] if len(errors) == 1 else f"{where}: {_kind(value)} fits none of {args}")
+        nullable = type(None) in args
+        options = [_checker(option) for option in args if option is not type(None)]
+
+        def one_of(value: Any) -> Any:
+            if value is None and nullable:
+                return None
+            for check in options:
+                try:
+                    return check(value)
+                except _Mismatch as e:
+                    last = e
+            if len(options) == 1:
+                raise last  # `X | None`: say what X wanted
+            raise _Mismatch(f"{_kind(value)} fits none of {args}")
+
+        return one_of
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _checker(args[0])
+        ints = args[0] is int
+        bools = args[0] is bool
+
+        def sequence(value: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise _Mismatch(f"expected a sequence, got {_kind(value)}")
+            if ints and all(type(v) is int and INT_MIN <= v <= INT_MAX for v in value):
+                return tuple(value)
+            if bools and all(type(v) is bool for v in value):
+                return tuple(value)
+            return _each(item, value, _index)
+
+        return sequence
     if origin is tuple:
-        if not isinstance(value, tuple):
-            raise WireError(f"{where}: expected a sequence, got {_kind(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(conform(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise WireError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(conform(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args, strict=True)))
-    if origin is list:
-        if not isinstance(value, tuple):
-            raise WireError(f"{where}: expected a sequence, got {_kind(value)}")
-        return [conform(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_checker(a) for a in args]
+
+        def fixed(value: Any) -> Any:
+            if not isinstance(value, (list, tuple)) or len(value) != len(items):
+                raise _Mismatch(f"expected {len(items)} items, got {_kind(value)}")
+            return _each(lambda pair: pair[0](pair[1]), tuple(zip(items, value, strict=True)), _index)
+
+        return fixed
     raise TypeError(f"conform: no rule for {expected!r}")
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _conform_record(value: Any, cls: Any, where: str) -> Any:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
+def _record(cls: Any) -> Check:
+    hints = typing.get_type_hints(cls)
     fields: tuple[str, ...] = cls._fields
-    if not isinstance(value, tuple) or len(value) != len(fields):
-        raise WireError(f"{where}: expected a {cls.__name__} of {len(fields)} fields, got {_kind(value)}")
-    return cls(*(conform(v, hints[f], f"{where}.{f}") for f, v in zip(fields, value, strict=True)))
+    checks = [_checker(hints[f]) for f in fields]
+    make = cls._make
+
+    def record(value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != len(checks):
+            raise _Mismatch(f"expected a {cls.__name__} of {len(checks)} fields, got {_kind(value)}")
+        try:
+            return make([check(v) for check, v in zip(checks, value, strict=True)])
+        except _Mismatch as e:
+            # The slow path, only to name the field.
+            for name, check, v in zip(fields, checks, value, strict=True):
+                try:
+                    check(v)
+                except _Mismatch:
+                    e.path.append(f".{name}")
+                    break
+            raise
+
+    return record
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, tuple):
+    if isinstance(value, (list, tuple)):
         return f"a sequence of {len(value)}"
     return type(value).__name__

@@ -11,11 +11,15 @@ import pytest
 
 from externref_harness.impl.adapter import Probe, RefFacts, StepOutcome, TableFacts
 from externref_harness.isolation.pool import StepReply
-from externref_harness.isolation.wire import HEADER, WireError, conform, read_frame, write_frame
+from externref_harness.isolation.wire import HEADER, WireError, conform, read_frame, tagged, write_frame
 
 FACTS = RefFacts(16, 0, "live", 1, 0, 0, 8, 8, 0, 32, 8)
 PROBE = Probe(1, None, TableFacts(0, 0, 0, 2, b"\0" * 16), (), (16, None), (), ((8, True), None), (None,), ())
 REPLY = (StepOutcome(("ok", 0), (), ((16, 0),), ()), PROBE, 1, ((0, FACTS),))
+
+
+def _frame(body: bytes) -> bytes:
+    return HEADER.pack(len(body)) + body
 
 
 def _pipe_with(data: bytes) -> int:
@@ -40,13 +44,16 @@ def test_a_step_reply_round_trips_and_is_rebuilt_as_its_types() -> None:
         (HEADER.pack(100) + b"x" * 10, "a partial frame: 10 of 100 bytes arrived, then the pipe closed"),
         (HEADER.pack(5) + b"\x80abcd", "not a JSON frame"),
         (HEADER.pack(3) + b"NaN", "not finite"),
-        (HEADER.pack(24) + b'{"not": "an encoding"}  ', "no encoded bytes or dict"),
-        (HEADER.pack(22) + b"[18446744073709551616]", "outside 64 bits"),
+        (_frame(b'{"__bytes__": "xyz"}'), "tagged bytes that are not hex"),
+        (_frame(b'["ok", {"not": "a reply"}]'), "expected 4 items, got dict"),
+        (_frame(b'{"ok": "no tag"}'), "expected \\(tag, value\\)"),
+        (_frame(b'["ok", [[["ok", 18446744073709551616], [], [], []], 0, 0, []]]'), "outside 64 bits"),
     ],
 )
 def test_a_hostile_frame_is_a_wire_error(data: bytes, expected: str) -> None:
     with pytest.raises(WireError, match=expected):
-        read_frame(_pipe_with(data), time.monotonic() + 5)
+        _, value = tagged(read_frame(_pipe_with(data), time.monotonic() + 5))
+        conform(value, StepReply, "step reply")
 
 
 def test_a_pickle_is_not_a_frame(tmp_path: object) -> None:
