@@ -11,6 +11,9 @@ lists) or `skip`. Each failing check is named and has a level (`memory_checks.CH
 holds the implementation to the seed exactly, `conformant` to what any correct implementation of
 this design must do. A crash or a hang of the implementation is a failing step of the case it
 happened in, with a shrunk, saved trace; the gate itself goes on.
+
+`--time-limit` is a `Budget` for the whole run, every phase and shrinking included: what it cuts
+short is a `skip` row or a figure of its case, and a line of `GateReport.cut_short`.
 """
 
 from __future__ import annotations
