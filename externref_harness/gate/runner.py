@@ -26,6 +26,7 @@ from externref_harness.gate import threads
 from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
 from externref_harness.isolation.describe import DESCRIBE_TIMEOUT, child_env, describe_library
 from externref_harness.isolation.pool import ChildPool, OutOfTime
+from externref_harness.isolation.process import Limits
 from externref_harness.lockstep.memory_checks import STRICT
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
@@ -46,6 +47,8 @@ def _timed(run: Callable[[], CaseResult]) -> CaseResult:
     return result
 
 
+#: CPU seconds a child may use beyond `--time-limit` (its start-up, the failure's report).
+CPU_MARGIN = 60
 #: The share of `--time-limit` kept for the parallel check (at most its own time limit).
 THREADS_SHARE = 0.25
 
@@ -92,7 +95,9 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         impl_name=f"{description.name} {description.version}",
         replay_args=f"--impl {opts.library}",
     )
-    pool = ChildPool(opts.library, opts.step_timeout, env, deadline=budget.lockstep_end)
+    # With a budget, a child may also spend no more CPU time than the whole run may take.
+    limits = Limits() if opts.time_limit is None else Limits(cpu_seconds=int(opts.time_limit) + CPU_MARGIN)
+    pool = ChildPool(opts.library, opts.step_timeout, env, limits, deadline=budget.lockstep_end)
     try:
         target = isolated_target(opts.library, description, pool)
         report.cases.append(_describe_case(description, opts))
