@@ -29,7 +29,7 @@ from externref_harness.impl.backend import (
     StackView,
     Unsupported,
 )
-from externref_harness.impl.heap import HeapExhausted
+from externref_harness.impl.heap import LIVE, WILD, HeapExhausted
 from externref_harness.model.runtime import DebugAssertion
 from externref_harness.model.state import Config
 from externref_harness.native.library import (
@@ -54,6 +54,8 @@ from externref_harness.native.library import (
 )
 
 _U64P = ctypes.POINTER(ctypes.c_uint64)
+#: A ref points at its `VMExternData` footer: `ref_count`, then the fat `value_ptr`.
+_FOOTER_BYTES = 24
 
 
 class NativeRuntime:
@@ -172,9 +174,21 @@ class NativeRuntime:
         raise ContractViolation(f"{name} returned status {status}")
 
     def _ref(self, name: str, *args: Any) -> int:
+        """A ref the library returned, checked before anything uses it: a NULL or wild pointer is
+        the implementation's invalid ref, never a fault of the harness that reads it (a new ref
+        must be the footer of a live block it allocated through the hooks)."""
         out = XrRef()
         self._check(name, getattr(self._cdll, name)(*args, ctypes.byref(out)))
-        return int(out.value)
+        r = int(out.value)
+        if r == 0:
+            raise ContractViolation(f"{name} returned an invalid ref: NULL")
+        status = self._heap.status(r, _FOOTER_BYTES)
+        if status == WILD or (name == "xr_ref_new" and status != LIVE):
+            where = "in no block" if status == WILD else f"{status} memory"
+            raise ContractViolation(
+                f"{name} returned an invalid ref {r:#x}: {where} of those it allocated through the hooks"
+            )
+        return r
 
     def _word(self, name: str, *args: Any) -> int:
         out = ctypes.c_void_p()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypothesis import settings
 
@@ -21,6 +22,10 @@ from externref_harness.search.model_check import (
     run_model_check,
 )
 from externref_harness.trace import failures_dir
+
+if TYPE_CHECKING:
+    from externref_harness.lockstep.runner import AdapterFactory
+    from externref_harness.lockstep.targets import Target
 
 
 @dataclass
@@ -178,17 +183,27 @@ def _corpus(opts: CheckOptions) -> CheckResult:
 def _lockstep(opts: CheckOptions) -> CheckResult:
     """An implementation (the Python port, or `--impl`) against the model; a mutant of any layer
     applies (the model ignores the implementation's)."""
-    from dataclasses import replace
+    from externref_harness.lockstep.targets import PYTHON, open_isolated
 
+    # A native library runs in confined children (a crash or a hang is a failing step; shrinking
+    # gives each candidate a fresh child), never in this process.
+    chosen, pool = (PYTHON, None) if opts.impl is None else open_isolated(opts.impl)
+    try:
+        return _lockstep_on(opts, chosen, None if pool is None else lambda: pool.adapter(fresh=True))
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _lockstep_on(opts: CheckOptions, chosen: Target, shrink_adapters: AdapterFactory | None) -> CheckResult:
     from externref_harness.lockstep.runner import (
         LOCKSTEP_BOUNDS,
         LOCKSTEP_CONFIG,
         LockstepOptions,
         run_lockstep_check,
     )
-    from externref_harness.lockstep.targets import bounds_for, target
+    from externref_harness.lockstep.targets import bounds_for
 
-    chosen = target(opts.impl)
     build = opts.build if opts.build_given or opts.impl is None else None
     cfg = replace(chosen.config(LOCKSTEP_CONFIG, build, opts.chunk_size), mutant=opts.mutant)
     save_as = _saved(opts, lockstep_trace_name(opts.impl, opts.mutant, cfg.build, opts.chunk_size))
@@ -203,6 +218,7 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
         save_as,
         chosen.adapter_factory,
         options,
+        shrink_adapter_factory=shrink_adapters,
         stats=stats,
     )
     result = _machine_result(f"lockstep model vs {chosen.name}", out, save_as, opts.mutant)
@@ -258,13 +274,14 @@ THREADS_TIME_LIMIT = 10.0
 def _threads(opts: CheckOptions) -> CheckResult:
     """Small parallel programs on real threads against `--impl` (in a child process), each history
     checked for linearizability against the model (derandomized profiles use seed 0)."""
-    from externref_harness.native.backend import open_library
+    from externref_harness.isolation.describe import child_env, describe_library
     from externref_harness.parallel.check import ParallelOptions
     from externref_harness.parallel.child import run_isolated
 
     if opts.impl is None:
         raise UsageError("the parallel check runs a native library: give --impl PATH.so")
-    library = open_library(opts.impl)
+    env = child_env(opts.impl)
+    description = describe_library(opts.impl, env)  # in a child: this process never loads it
     seed = 0 if opts.hypothesis_settings.derandomize else None
     # In a child process: a crash or a hang on several threads is this check's failure.
     out = run_isolated(
@@ -275,6 +292,7 @@ def _threads(opts: CheckOptions) -> CheckResult:
             seed=seed,
             save_as=_saved(opts, f"threads-{opts.impl.stem}.json"),
         ),
+        env=env,
     )
     figures = {
         "histories": str(out.histories),
@@ -286,7 +304,7 @@ def _threads(opts: CheckOptions) -> CheckResult:
         figures["seed"] = str(out.seed)
     if out.detected_after is not None:
         figures["detected after"] = f"{out.detected_after:.2f}s"
-    name = f"parallel threads vs {library.description.name}"
+    name = f"parallel threads vs {description.name}"
     return CheckResult(name, out.passed, figures, out.failure, None if out.passed else out.trace)
 
 

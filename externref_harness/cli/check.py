@@ -131,10 +131,13 @@ def plan(args: argparse.Namespace) -> Plan:
         if args.mutant is not None and catalogue.find(args.mutant).layer == "impl":
             raise UsageError(f"mutant {args.mutant!r} is a bug of the Python port, not of --impl")
         from externref_harness.lockstep.runner import LOCKSTEP_CONFIG
-        from externref_harness.lockstep.targets import native_target
+        from externref_harness.lockstep.targets import open_isolated
 
-        # Refuse a bad library, or a build or chunk size it cannot run at, before any check runs.
-        own = native_target(args.impl).config(LOCKSTEP_CONFIG, args.build if build_given else None, None)
+        # Refuse a bad library, or a build or chunk size it cannot run at, before any check runs
+        # (the library is described in a child: this process never loads it).
+        described, pool = open_isolated(args.impl)
+        pool.close()
+        own = described.config(LOCKSTEP_CONFIG, args.build if build_given else None, None)
         args.build = own.build
     native_only = [c.name for c in CHECKS if c.needs_impl and args.only and c.name in args.only]
     if args.impl is None and native_only:

@@ -20,9 +20,10 @@ from rich.table import Table
 from externref_harness import paths
 from externref_harness.errors import UsageError, user_path
 from externref_harness.gate import expectations
-from externref_harness.gate.cases import LEVELS, GateOptions, GateReport, LibraryRefused
+from externref_harness.gate.cases import LEVELS, GateOptions, GateReport
 from externref_harness.gate.reports import write_json, write_junit
 from externref_harness.gate.runner import run_gate
+from externref_harness.isolation.describe import LibraryRefused
 from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
 from externref_harness.search import profiles
 

@@ -84,26 +84,21 @@ def run(args: argparse.Namespace) -> int:
         if json_file.resolve() == path.resolve():
             raise UsageError("--json would overwrite the trace being replayed")
     trace = replay_dir.load(path, args.max_steps)
-    cfg = trace.config
-    from externref_harness.lockstep.targets import target
-
-    chosen = target(args.impl)
-    override = replay_dir.mutant_override(args, chosen)
-    trace = replay_dir.override_trace(trace, override)
-    cfg = trace.config
-    if chosen.description is not None:
-        # The trace's config must be one the library can run (its build, its chunk size).
-        chosen.config(cfg, cfg.build, cfg.chunk_size)
-    pool = None
-    if chosen.path is not None:
-        # A native library replays in a child process: a crash is reported, never the harness's.
-        from externref_harness.gate.runner import child_env
-        from externref_harness.isolation.pool import ChildPool
-
-        pool = ChildPool(chosen.path, env=child_env(chosen.path))
-        counting = _Counting(pool.adapter())
-    else:
-        counting = _Counting(chosen.adapter_factory())
+    # A native library is described and replayed in confined children: a crash is reported,
+    # never the harness's.
+    chosen, pool = replay_dir.open_target(args)
+    try:
+        override = replay_dir.mutant_override(args, chosen)
+        trace = replay_dir.override_trace(trace, override)
+        cfg = trace.config
+        if chosen.description is not None:
+            # The trace's config must be one the library can run (its build, its chunk size).
+            chosen.config(cfg, cfg.build, cfg.chunk_size)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
+    counting = _Counting(chosen.adapter_factory())
     total = len(trace.steps)
 
     def where() -> str:

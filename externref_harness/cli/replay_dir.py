@@ -14,14 +14,15 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from externref_harness import catalogue
+from externref_harness import catalogue, paths
 from externref_harness import trace as tracefile
 from externref_harness.corpus.format import CorpusTrace, Expect, is_corpus_json, load_file
 from externref_harness.corpus.run import CorpusResult, cannot_run, run_config, run_corpus_trace
-from externref_harness.errors import UsageError, shown_path
+from externref_harness.errors import UsageError, printable, shown_path, user_path
 from externref_harness.explore.explorer import LIMITS
+from externref_harness.isolation.pool import ChildPool
 from externref_harness.lockstep import runner as lockstep
-from externref_harness.lockstep.targets import Target
+from externref_harness.lockstep.targets import PYTHON, Target, open_isolated
 
 #: Layers whose seeded bugs a replay runs (the proofs' bugs change no trace).
 REPLAYED_LAYERS = ("model", "protocol", "impl")
@@ -116,7 +117,7 @@ def run_corpus_file(trace: CorpusTrace, chosen: Target, override: MutantOverride
 
 
 #: How much of a failure a summary line shows.
-SUMMARY_LIMIT = 240
+SUMMARY_LIMIT = 400
 
 
 def _one_line(text: str) -> str:
@@ -196,21 +197,57 @@ def load_any(path: Path) -> CorpusTrace | tracefile.Trace:
     return load(path)
 
 
-def run(args: argparse.Namespace) -> int:
-    from externref_harness.lockstep.targets import target
+def _json_file(args: argparse.Namespace, path: Path) -> Path | None:
+    """`--json FILE`, checked before the run (it must not overwrite what is replayed)."""
+    given = getattr(args, "json_file", None)
+    if given is None:
+        return None
+    json_file = user_path(given, "--json")
+    paths.check_file(json_file, "--json")
+    if json_file.resolve() == path.resolve() or path.resolve() in json_file.resolve().parents:
+        raise UsageError("--json would write into what is being replayed")
+    return json_file
 
+
+def open_target(args: argparse.Namespace) -> tuple[Target, ChildPool | None]:
+    """The Python port, or `--impl` described and run in confined children (never in this process:
+    a crash or a hang is that trace's failure, and the next trace runs)."""
+    impl = getattr(args, "impl", None)
+    if impl is None:
+        return PYTHON, None
+    return open_isolated(Path(impl))
+
+
+def run(args: argparse.Namespace) -> int:
     path = Path(args.trace)
-    chosen = target(getattr(args, "impl", None))
-    override = mutant_override(args, chosen)
+    json_file = _json_file(args, path)
     if not path.is_dir():
-        return _run_corpus_file_verbose(path, chosen, override)
+        trace = load_file(path)  # a malformed file is refused before the library is loaded
+        chosen, pool = open_target(args)
+        try:
+            override = mutant_override(args, chosen)
+            status, outcome = _run_corpus_file_verbose(path, trace, chosen, override)
+        finally:
+            if pool is not None:
+                pool.close()
+        if json_file is not None:
+            _write_json(json_file, path, chosen, [outcome], status)
+        return status
     files = trace_files(path)
     if not files:
         raise UsageError(f"{path}: no trace files (*.json) in this directory")
     loaded = [(str(f.relative_to(path)), load_any(f)) for f in files]  # every file checked first
-    outcomes = [_run_one(label, trace, chosen, override) for label, trace in loaded]
-    for outcome in outcomes:
-        print(outcome.line())
+    chosen, pool = open_target(args)
+    outcomes: list[Outcome] = []
+    try:
+        override = mutant_override(args, chosen)
+        for label, loaded_trace in loaded:
+            outcome = _run_one(label, loaded_trace, chosen, override)
+            print(outcome.line(), flush=True)  # each as it ends: a later crash loses none
+            outcomes.append(outcome)
+    finally:
+        if pool is not None:
+            pool.close()
     counts = {v: sum(o.verdict == v for o in outcomes) for v in ("pass", "FAIL", "skip")}
     ran = counts["pass"] + counts["FAIL"]
     skipped = f", {counts['skip']} skipped" if counts["skip"] else ""
@@ -219,7 +256,24 @@ def run(args: argparse.Namespace) -> int:
     )
     if ran == 0:
         raise UsageError(f"{path}: {chosen.name} can run none of these traces")
-    return 1 if counts["FAIL"] else 0
+    status = 1 if counts["FAIL"] else 0
+    if json_file is not None:
+        _write_json(json_file, path, chosen, outcomes, status)
+    return status
+
+
+def _write_json(json_file: Path, path: Path, chosen: Target, outcomes: list[Outcome], status: int) -> None:
+    obj = {
+        "command": "replay",
+        "status": status,
+        "passed": status == 0,
+        "path": str(path),
+        "implementation": chosen.name,
+        "library": None if chosen.path is None else str(chosen.path),
+        "counts": {v: sum(o.verdict == v for o in outcomes) for v in ("pass", "FAIL", "skip")},
+        "traces": [{"label": o.label, "verdict": o.verdict, "detail": o.detail} for o in outcomes],
+    }
+    paths.write_atomically(json_file, json.dumps(obj, indent=1) + "\n")
 
 
 def format_expect(expect: Expect) -> str:
@@ -237,8 +291,9 @@ def format_expect(expect: Expect) -> str:
     return " ".join(parts)
 
 
-def _run_corpus_file_verbose(path: Path, chosen: Target, override: MutantOverride) -> int:
-    trace = load_file(path)
+def _run_corpus_file_verbose(
+    path: Path, trace: CorpusTrace, chosen: Target, override: MutantOverride
+) -> tuple[int, Outcome]:
     why_not = cannot_run(chosen, trace)
     if why_not is not None:
         raise UsageError(f"{path}: {why_not}")
@@ -252,6 +307,15 @@ def _run_corpus_file_verbose(path: Path, chosen: Target, override: MutantOverrid
         mark = ">>" if result.step == i else "  "
         teardown = " (teardown)" if s.teardown else ""
         print(f"{mark}{i:>{width}}. {s.op}{teardown}  expect {format_expect(s.expect)}")
-    print(f"on the model and {chosen.name}: " + ("ok" if result.passed else result.problem))
+    print(f"on the model and {chosen.name}: " + ("ok" if result.passed else printable_lines(result.problem)))
     print("no failure" if result.passed else "FAILED")
-    return 0 if result.passed else 1
+    tag = f"{cfg.build}" + (f", mutant={mutant}" if mutant else "")
+    outcome = Outcome(
+        f"{path.name} (corpus, {tag})", "pass" if result.passed else "FAIL", _one_line(result.problem)
+    )
+    return (0 if result.passed else 1), outcome
+
+
+def printable_lines(text: str) -> str:
+    """What an implementation's process printed, escaped line by line (it may be anything)."""
+    return "\n".join(printable(line) for line in text.splitlines())

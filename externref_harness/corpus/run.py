@@ -157,6 +157,10 @@ def run_corpus_trace(
     side = "the model" if failure.side == lockstep.MODEL else options.impl_name
     where = f"step {at_step}" if at_step is not None else "teardown"
     lockstep_problem = f"{side} fails at {where}: {failure.problem}"
+    other = driven.impl_failure if failure.side == lockstep.MODEL else None
+    if other is not None and other.step == failure.step:
+        # The implementation failed at the same step (it crashed, say): that is news too.
+        lockstep_problem += f"\nalso: {options.impl_name} fails at {where}: {other.problem}"
     if mismatch is None or (at_step is not None and at_step < mismatch[0]):
         return CorpusResult(trace.id, False, at_step, lockstep_problem, seen)
     if at_step == mismatch[0] and mutant is not None:

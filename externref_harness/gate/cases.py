@@ -12,7 +12,6 @@ from typing import Literal
 
 from hypothesis import settings
 
-from externref_harness.errors import UsageError
 from externref_harness.gate.expectations import Expectations
 from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
 from externref_harness.lockstep.memory_checks import CONFORMANT, STRICT, Level
@@ -39,12 +38,6 @@ class CaseResult:
     trace: Path | None = None
     #: Expected divergences this case showed.
     expected_seen: frozenset[str] = frozenset()
-    #: How a limit cut this case short ("": it ran its whole budget).
-    cut_short: str = ""
-
-
-class LibraryRefused(UsageError):
-    """The library could not be loaded or described: bad input (exit 2), still reported to CI."""
 
 
 @dataclass
@@ -60,6 +53,8 @@ class GateReport:
     #: phases a limit cut short. A "passed" is printed with these.
     not_checked: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: What the `--time-limit` cut short, one line each (each is a line of `not_checked` too).
+    cut_short: list[str] = field(default_factory=list)
     #: Why the library was refused (then `cases` holds the one failing `describe` case).
     refused: str | None = None
 

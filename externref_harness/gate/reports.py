@@ -57,6 +57,7 @@ def to_json(report: GateReport, expectations: Expectations) -> dict[str, Any]:
             for c in report.cases
         ],
         "stale_expectations": report.stale,
+        "cut_short": report.cut_short,
     }
 
 

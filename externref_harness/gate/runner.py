@@ -11,95 +11,33 @@ lists) or `skip`. Each failing check is named and has a level (`memory_checks.CH
 holds the implementation to the seed exactly, `conformant` to what any correct implementation of
 this design must do. A crash or a hang of the implementation is a failing step of the case it
 happened in, with a shrunk, saved trace; the gate itself goes on.
+
+`--time-limit` is a `Budget` for the whole run, every phase and shrinking included: what it cuts
+short is a `skip` row or a figure of its case, and a line of `GateReport.cut_short`.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 from externref_harness.gate import threads
-from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, LibraryRefused, Status
-from externref_harness.isolation.pool import ChildPool, describe_status
+from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
+from externref_harness.isolation.describe import DESCRIBE_TIMEOUT, child_env, describe_library
+from externref_harness.isolation.pool import ChildPool, OutOfTime
+from externref_harness.isolation.process import Limits
 from externref_harness.lockstep.memory_checks import CHECKS, STRICT
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
+    REPORT_GRACE,
     LockstepOptions,
     run_lockstep_check,
 )
-from externref_harness.lockstep.targets import Target, bounds_for
+from externref_harness.lockstep.targets import Target, bounds_for, isolated_target
 from externref_harness.model.state import SEED_CHUNK_SIZE, Build
-from externref_harness.native.build import asan_runtime
 from externref_harness.native.library import Description
-
-#: How long loading and describing a library may take.
-DESCRIBE_TIMEOUT = 60.0
-
-
-def child_env(library: Path) -> dict[str, str] | None:
-    """A library built with AddressSanitizer needs its runtime preloaded into the child."""
-    try:
-        if not library.is_file() or library.stat().st_size > 1 << 30:
-            return None  # not a library: `describe_library` says what it is
-        data = library.read_bytes()
-    except OSError:
-        return None
-    if b"libasan.so" not in data:
-        return None
-    runtime = asan_runtime()
-    if runtime is None:
-        raise LibraryRefused(
-            f"library {library} needs AddressSanitizer, and the C compiler has no libasan.so"
-        )
-    return {"LD_PRELOAD": str(runtime), "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1"}
-
-
-def describe_library(library: Path, env: dict[str, str] | None) -> Description:
-    """Load and validate the library in a child process (bad library: one-line `LibraryRefused`)."""
-    import os
-    import stat
-
-    try:
-        mode = os.stat(library).st_mode
-    except FileNotFoundError:
-        raise LibraryRefused(f"library {library}: no such file") from None
-    except OSError as e:
-        raise LibraryRefused(f"library {library}: {e.strerror or e}") from None
-    if not stat.S_ISREG(mode):
-        raise LibraryRefused(f"library {library}: not a regular file")
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "externref_harness.isolation.child", "--describe", str(library)],
-            capture_output=True,
-            text=True,
-            timeout=DESCRIBE_TIMEOUT,
-            env=None if env is None else {**os.environ, **env},
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise LibraryRefused(
-            f"library {library}: loading it did not finish in {DESCRIBE_TIMEOUT:g} s"
-        ) from None
-    if done.returncode == 2:
-        raise LibraryRefused(
-            done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"library {library}"
-        )
-    if done.returncode != 0:
-        raise LibraryRefused(f"library {library}: loading it {describe_status(done.returncode)}")
-    try:
-        return Description(**json.loads(done.stdout.strip().splitlines()[-1]))
-    except (ValueError, TypeError, IndexError):
-        raise LibraryRefused(f"library {library}: its description could not be read") from None
-
-
-def isolated_target(library: Path, description: Description, pool: ChildPool) -> Target:
-    name = f"{description.name} {description.version}"
-    return Target(name, pool.adapter, library, description)
 
 
 def _timed(run: Callable[[], CaseResult]) -> CaseResult:
@@ -109,10 +47,46 @@ def _timed(run: Callable[[], CaseResult]) -> CaseResult:
     return result
 
 
+#: CPU seconds a child may use beyond `--time-limit` (its start-up, the failure's report).
+CPU_MARGIN = 60
+#: The share of `--time-limit` kept for the parallel check (at most its own time limit).
+THREADS_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When each phase must end, from `--time-limit` (None: no limit, the profile's budget alone).
+
+        start ── describe, corpus, search (with its shrink) ──▶ lockstep_end ── threads ──▶ end
+                                                 the failure's report: REPORT_GRACE past lockstep_end
+
+    Every read from a child is bounded by the phase's end (`ChildPool.deadline`), so a library
+    that stops itself, pauses or runs slowly cannot stretch a phase past it; the gate's whole run
+    ends within the limit plus a fixed margin (the report's grace and the children's start-up)."""
+
+    limit: float | None
+    lockstep_end: float | None
+    threads_seconds: float
+
+    @staticmethod
+    def of(opts: GateOptions, started: float) -> Budget:
+        if opts.time_limit is None:
+            return Budget(None, None, threads.TIME_LIMIT)
+        share = min(threads.TIME_LIMIT, opts.time_limit * THREADS_SHARE) if opts.threads else 0.0
+        return Budget(opts.time_limit, started + opts.time_limit - share, share)
+
+    def left(self) -> float | None:
+        return None if self.lockstep_end is None else max(0.0, self.lockstep_end - time.monotonic())
+
+
 def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None) -> GateReport:
     started = time.perf_counter()
+    budget = Budget.of(opts, time.monotonic())
     env = child_env(opts.library)
-    description = describe_library(opts.library, env)
+    left = budget.left()
+    description = describe_library(
+        opts.library, env, DESCRIBE_TIMEOUT if left is None else min(DESCRIBE_TIMEOUT, max(left, 1.0))
+    )
     report = GateReport(opts.library, opts.level, description)
     levels = LEVELS[opts.level]
     options = LockstepOptions(
@@ -121,29 +95,32 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         impl_name=f"{description.name} {description.version}",
         replay_args=f"--impl {opts.library}",
     )
-    pool = ChildPool(opts.library, opts.step_timeout, env)
+    # With a budget, a child may also spend no more CPU time than the whole run may take.
+    limits = Limits() if opts.time_limit is None else Limits(cpu_seconds=int(opts.time_limit) + CPU_MARGIN)
+    pool = ChildPool(opts.library, opts.step_timeout, env, limits, deadline=budget.lockstep_end)
     try:
         target = isolated_target(opts.library, description, pool)
         report.cases.append(_describe_case(description, opts))
         progress("corpus")
-        corpus_cases, report.not_checked = _corpus_cases(target, options, pool)
+        corpus_cases, report.not_checked = _corpus_cases(target, options, pool, report)
         report.cases += corpus_cases
         progress("search")
-        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool)))
-        if opts.threads:
-            progress("threads")
-            report.cases.append(_timed(lambda: _threads_case(opts)))
+        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool, budget, report)))
     finally:
         pool.close()
-    report.not_checked += not_applied(description, opts, report.cases)
+    if opts.threads:
+        progress("threads")
+        report.cases.append(_timed(lambda: _threads_case(opts, budget, env, report)))
+    report.not_checked += not_applied(description, opts)
+    report.not_checked += [f"cut short by --time-limit: {line}" for line in report.cut_short]
     seen = frozenset().union(*(c.expected_seen for c in report.cases))
     report.stale = sorted(opts.expectations.names - seen)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def not_applied(description: Description, opts: GateOptions, cases: list[CaseResult]) -> list[str]:
-    """The checks that did not apply to this run, and the phases a limit cut short."""
+def not_applied(description: Description, opts: GateOptions) -> list[str]:
+    """The checks that did not apply to this run (what a limit cut short is `GateReport.cut_short`)."""
     notes = []
     if STRICT not in LEVELS[opts.level]:
         strict = sorted(name for name, level in CHECKS.items() if level == STRICT)
@@ -160,7 +137,6 @@ def not_applied(description: Description, opts: GateOptions, cases: list[CaseRes
         notes.append(f"optional functions the library lacks: {'; '.join(missing)}")
     if not opts.threads:
         notes.append("threads: the parallel check did not run (--no-threads)")
-    notes += [f"{c.kind}: {c.name}: {c.cut_short}" for c in cases if c.cut_short]
     return notes
 
 
@@ -186,14 +162,15 @@ def _status(passed: bool, expected_seen: frozenset[str]) -> Status:
 
 
 def _corpus_cases(
-    target: Target, options: LockstepOptions, pool: ChildPool
+    target: Target, options: LockstepOptions, pool: ChildPool, report: GateReport
 ) -> tuple[list[CaseResult], list[str]]:
     """Every shipped corpus trace of the library's build, in a child, against its expectations; and
     what the corpus did not check.
 
     A library with a fixed chunk runs a trace written for another chunk at its own when the trace
     runs at any chunk size (`CorpusTrace.runs_at`). A trace it cannot run is a skipped case, unless
-    another version of its scenario ran: then it did not apply, and the notes say so.
+    another version of its scenario ran: then it did not apply, and the notes say so. A trace the
+    `--time-limit` left no time for is skipped too, and `report.cut_short` says so.
     """
     from externref_harness.corpus.run import cannot_run, load_corpus, run_config, run_corpus_trace
 
@@ -203,6 +180,7 @@ def _corpus_cases(
     runnable = {t.scenario_name for t in traces if cannot_run(target, t) is None}
     out: list[CaseResult] = []
     not_applicable: list[str] = []
+    not_run: list[str] = []
     for trace in traces:
         started = time.perf_counter()
         reason = cannot_run(target, trace)
@@ -212,8 +190,17 @@ def _corpus_cases(
             else:
                 out.append(CaseResult("corpus", trace.id, "skip", reason))
             continue
+        if pool.out_of_time():
+            not_run.append(trace.id)
+            out.append(CaseResult("corpus", trace.id, "skip", "not run: the --time-limit ran out"))
+            continue
         chunk = run_config(target, trace).chunk_size
-        result = run_corpus_trace(trace, pool.adapter(), options, chunk_size=chunk)
+        try:
+            result = run_corpus_trace(trace, pool.adapter(), options, chunk_size=chunk)
+        except OutOfTime:
+            not_run.append(trace.id)
+            out.append(CaseResult("corpus", trace.id, "skip", "cut short: the --time-limit ran out"))
+            continue
         seen = frozenset(result.expected_seen)
         detail = "" if result.passed else f"step {result.step}: {result.problem}"
         if chunk != trace.config.chunk_size:
@@ -221,8 +208,10 @@ def _corpus_cases(
         case = CaseResult("corpus", result.name, _status(result.passed, seen), detail, expected_seen=seen)
         case.seconds = time.perf_counter() - started
         out.append(case)
+    if not_run:
+        report.cut_short.append(f"corpus: {len(not_run)} traces not run (the time limit ran out)")
     notes = []
-    skipped = [c for c in out if c.status == "skip"]
+    skipped = [c for c in out if c.status == "skip" and c.name not in not_run]
     if skipped:
         notes.append(
             f"corpus: {len(skipped)} trace(s) skipped, no version of their scenario runs here: "
@@ -236,10 +225,20 @@ def _corpus_cases(
     return out, notes
 
 
-def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, pool: ChildPool) -> CaseResult:
+def _search_case(
+    target: Target,
+    options: LockstepOptions,
+    opts: GateOptions,
+    pool: ChildPool,
+    budget: Budget,
+    report: GateReport,
+) -> CaseResult:
     cfg = target.config(LOCKSTEP_CONFIG, None, opts.chunk_size)
     save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}.json"
-    stop_at = None if opts.time_limit is None else time.monotonic() + opts.time_limit
+    stop_at = budget.lockstep_end
+    if stop_at is not None:
+        # A failure's final replay and report get a fixed grace past the phase's end.
+        pool.set_deadline(stop_at + REPORT_GRACE)
     out = run_lockstep_check(
         cfg,
         bounds_for(cfg, LOCKSTEP_BOUNDS),
@@ -251,20 +250,24 @@ def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, po
         stop_at=stop_at,
     )
     figures = f"{out.stats.examples} examples, {out.stats.steps} steps, chunk {cfg.chunk_size}"
-    cut_short = ""
     if out.stopped_early:
         figures += f", stopped at the {opts.time_limit:g} s limit"
-        budget = "" if opts.hypothesis_settings is None else f" of {opts.hypothesis_settings.max_examples}"
-        cut_short = f"stopped at the {opts.time_limit:g} s limit after {out.stats.examples}{budget} examples"
+        of = "" if opts.hypothesis_settings is None else f" of {opts.hypothesis_settings.max_examples}"
+        report.cut_short.append(f"search: stopped by the time limit after {out.stats.examples}{of} examples")
     seen = frozenset(out.expected_seen)
     if out.passed:
-        return CaseResult(
-            "search", "lockstep", _status(True, seen), figures, expected_seen=seen, cut_short=cut_short
-        )
+        return CaseResult("search", "lockstep", _status(True, seen), figures, expected_seen=seen)
+    if out.failure is not None and "shrinking cut short by the time limit" in out.failure:
+        report.cut_short.append("search: shrinking the failure (the trace saved is the best found)")
     return CaseResult(
         "search", "lockstep", "fail", f"{figures}\n{out.failure}", trace=save_as, expected_seen=seen
     )
 
 
-def _threads_case(opts: GateOptions) -> CaseResult:
-    return threads.gate_case(opts)
+def _threads_case(
+    opts: GateOptions, budget: Budget, env: dict[str, str] | None, report: GateReport
+) -> CaseResult:
+    if budget.limit is not None and budget.threads_seconds < 1.0:
+        report.cut_short.append("threads: not run (no time left in the --time-limit)")
+        return CaseResult("threads", "parallel", "skip", "not run: no time left in the --time-limit")
+    return threads.gate_case(opts, budget.threads_seconds, env)

@@ -2,7 +2,8 @@
 
 `python -m externref_harness.isolation.child [--impl PATH.so] REQUEST_FD RESPONSE_FD` serves the plain-data
 adapter protocol (`impl.adapter.ImplAdapter`) to the parent (`isolation.ChildProcessImpl`): one
-request frame in, one response frame out, each a pickled tuple behind an 8-byte length.
+request frame in, one response frame out, each plain data as `isolation.wire` encodes it (JSON
+behind an 8-byte length; no pickle: the parent runs no code a frame could carry).
 
     parent (Hypothesis, the model)                 child (this module)
     ("start", config)                     ──▶      InProcessImpl.start
@@ -11,47 +12,20 @@ request frame in, one response frame out, each a pickled tuple behind an 8-byte 
     ("finish",) / ("close",) / ("exit",)  ──▶      ...                 ──▶ ("ok", value)
                                                    any exception       ──▶ ("error", "Type: text")
 
-Only plain data crosses. The child's stdout and stderr are the parent's capture of whatever the
-implementation prints; the protocol has its own pipes, so a library that prints cannot corrupt it.
+Only plain data crosses, and the parent checks every field of it (`isolation.pool`). The child's
+stdout and stderr are the parent's capture of whatever the implementation prints; the protocol has
+its own pipes, so a library that prints cannot corrupt it. `--describe PATH FD` loads the library,
+and writes its description (or why it is refused) to FD as one frame.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import struct
 import sys
 from pathlib import Path
 from typing import Any
 
 from externref_harness.impl.adapter import InProcessImpl, RefFacts
-
-HEADER = struct.Struct("<Q")
-
-
-def read_frame(fd: int) -> Any:
-    """One frame from `fd`; EOFError when the other side has gone."""
-    header = _read_exactly(fd, HEADER.size)
-    (size,) = HEADER.unpack(header)
-    return pickle.loads(_read_exactly(fd, size))
-
-
-def write_frame(fd: int, value: Any) -> None:
-    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(HEADER.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = os.read(fd, size)
-        if not chunk:
-            raise EOFError("the other side closed the pipe")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+from externref_harness.isolation.wire import decode_plain, read_frame, write_frame
 
 
 def _adapter(impl: str | None) -> InProcessImpl:
@@ -67,7 +41,7 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
     sent: list[RefFacts] = []
     while True:
         try:
-            request = read_frame(requests)
+            request = decode_plain(read_frame(requests))
         except EOFError:
             return
         kind = request[0]
@@ -100,40 +74,50 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
         write_frame(responses, ("ok", reply))
 
 
-def describe(path: str) -> int:
-    """`--describe PATH`: load and validate the library here, print its description as JSON.
+def describe(path: str, fd: int) -> int:
+    """`--describe PATH FD`: load and validate the library here, write `("ok", description)` or
+    `("refused", why)` to FD.
 
     The parent never loads an implementation itself: a library whose constructor or `xr_describe`
-    crashes takes down only this process."""
+    crashes, or exits, takes down only this process, and the parent says so."""
     import dataclasses
-    import json
 
     from externref_harness.native.library import LibraryError, load_library
 
     try:
         library = load_library(path)
     except LibraryError as e:
-        print(str(e), file=sys.stderr)
+        write_frame(fd, ("refused", str(e)))
         return 2
-    print(json.dumps(dataclasses.asdict(library.description)))
+    write_frame(fd, ("ok", dataclasses.asdict(library.description)))
     return 0
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--describe"]:
-        return describe(argv[1])
+        return describe(argv[1], int(argv[2]))
     impl = None
     if argv[:1] == ["--impl"]:
         impl, argv = argv[1], argv[2:]
     requests, responses = int(argv[0]), int(argv[1])
     try:
-        adapter = _adapter(impl)
-    except Exception as e:
-        write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
-        return 2
-    write_frame(responses, ("ok", "ready"))
-    serve(adapter, requests, responses)
+        try:
+            adapter = _adapter(impl)
+        except Exception as e:
+            write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
+            return 2
+        write_frame(responses, ("ok", "ready"))
+        serve(adapter, requests, responses)
+    except OSError as e:
+        # The library closed or replaced the protocol's descriptors: say so in one line (the
+        # parent shows what the child printed), not as a traceback.
+        print(f"child: the protocol pipes failed ({e}); did the library close descriptors?", file=sys.stderr)
+        return PIPES_FAILED
     return 0
+
+
+#: The child's exit status when its protocol pipes failed under it.
+PIPES_FAILED = 3
 
 
 if __name__ == "__main__":

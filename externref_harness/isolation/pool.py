@@ -5,10 +5,15 @@
                      ◀─── response pipe ────────────   (stdout/stderr: a capture file)
 
 `ChildProcessImpl` is an `ImplAdapter`: the lockstep cannot tell it from `InProcessImpl`. A child
-that dies (a signal, `abort`, `exit`) or does not answer within the per-step time limit is killed
-and reported as `ImplementationCrash` at that step, with its exit status or signal and the tail of
-what it printed; the lockstep turns that into the step's failure, and the trace is shrunk and
-saved like any other.
+that dies (a signal, `abort`, `exit`), does not answer within the per-step time limit, floods its
+output or breaks the protocol (a frame that is not plain data of the reply's declared types,
+`isolation.wire`) is killed with its process group and reported as `ImplementationCrash` at that
+step, with its exit status or signal and the tail of what it printed; the lockstep turns that into
+the step's failure, and the trace is shrunk and saved like any other.
+
+A pool may have a budget (`deadline`, a `time.monotonic()` instant): no read waits past it, and
+once it has passed every call raises `OutOfTime`, which is not the implementation's failure; the
+driver that set the budget (the gate) stops there and says what it cut short.
 
 Children come from a `ChildPool`, which keeps one spare child warming up (a child's start-up, the
 interpreter and the library, is the slow part). During a search a child serves example after
@@ -19,70 +24,77 @@ failure; `fresh=True` gives every run its own child, as shrinking wants.
 from __future__ import annotations
 
 import os
-import select
-import signal
-import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, StepOutcome
-from externref_harness.isolation.child import read_frame, write_frame
+from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
+from externref_harness.isolation.wire import WireError, conform, read_frame, tagged, write_frame
+
+__all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
 
 #: Per-step time limit, seconds (a step of a correct implementation takes milliseconds).
 DEFAULT_STEP_TIMEOUT = 10.0
 #: How long a child may take to start (import the harness, load the library).
 START_TIMEOUT = 60.0
-#: How much of what a dead child printed goes into the report.
-OUTPUT_TAIL = 2000
+#: The most refs a step's reply may say the implementation holds (a search makes thousands at most).
+MAX_REFS = 1 << 20
+#: What a step's reply is: the outcome, the probe (its refs apart), the number of refs, and the
+#: facts of the refs that changed.
+StepReply = tuple[StepOutcome, Probe, int, tuple[tuple[int, RefFacts], ...]]
 
 
 class ImplementationCrash(Exception):
-    """The implementation's process died or hung; the message says how, and what it printed."""
+    """The implementation's process died, hung or broke the protocol; the message says how, and
+    what it printed."""
 
 
-def describe_status(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exited with status {returncode}"
+class OutOfTime(BaseException):
+    """The run's time budget (`ChildPool.deadline`) ran out: not the implementation's failure.
+
+    A `BaseException`, as `KeyboardInterrupt` is: it passes through the lockstep's handlers (which
+    would make any exception the implementation's failure) and ends a Hypothesis run at once, and
+    the driver that set the budget catches it and says what it cut short."""
 
 
 class Child:
-    """One running child process and its two protocol pipes."""
+    """One running child process (its own process group) and its two protocol pipes."""
 
-    def __init__(self, impl: Path | None, env: Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        impl: Path | None,
+        env: Mapping[str, str] | None,
+        limits: Limits,
+        deadline: float | None = None,
+    ) -> None:
         req_r, self._req_w = os.pipe()
         self._resp_r, resp_w = os.pipe()
-        self._output: IO[bytes] = tempfile.TemporaryFile()
         args = [sys.executable, "-m", "externref_harness.isolation.child"]
         if impl is not None:
             args += ["--impl", str(impl)]
-        self.proc = subprocess.Popen(
-            [*args, str(req_r), str(resp_w)],
-            pass_fds=(req_r, resp_w),
-            stdin=subprocess.DEVNULL,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-            env=None if env is None else {**os.environ, **env},
-        )
+        self._process = Confined([*args, str(req_r), str(resp_w)], (req_r, resp_w), env, limits)
+        self.proc = self._process.proc
         os.close(req_r)
         os.close(resp_w)
         self._ready = False
+        #: A `time.monotonic()` instant no read waits past (the pool's budget), or None.
+        self.deadline = deadline
 
     def ensure_ready(self) -> None:
         if not self._ready:
             self._ready = True
-            reply = self._receive(START_TIMEOUT, "starting")
+            try:
+                reply = self._receive(START_TIMEOUT, "loading the library")
+            except ImplementationCrash as e:
+                # `the process exited with status 0 while loading the library`: not yet a step.
+                text = str(e).replace("the implementation's process", "the process", 1)
+                raise ImplementationCrash(text.replace("during loading", "while loading", 1)) from None
             if reply != "ready":
-                raise ImplementationCrash(f"the child did not start: {reply!r}")
+                self.kill()
+                raise ImplementationCrash(f"the child did not start: it answered {str(reply)[:200]!r}")
 
     def call(self, request: tuple[Any, ...], timeout: float) -> Any:
         self.send(request)
@@ -100,67 +112,90 @@ class Child:
         return self._receive(timeout, during)
 
     def _receive(self, timeout: float, during: str) -> Any:
-        ready, _, _ = select.select([self._resp_r], [], [], timeout)
-        if not ready:
+        """The value of the next response frame, within `timeout` and the pool's budget."""
+        started = time.monotonic()
+        limit = started + timeout
+        budget_first = self.deadline is not None and self.deadline < limit
+        if budget_first:
+            assert self.deadline is not None
+            limit = self.deadline
+        try:
+            frame = read_frame(self._resp_r, limit)
+        except TimeoutError:
             self.kill()
+            if budget_first:
+                raise OutOfTime(f"the time limit ran out during {during}") from None
             raise ImplementationCrash(
                 f"the implementation did not answer within {timeout:g} s during {during} "
-                f"(a hang); its process was killed{self._printed()}"
-            )
-        try:
-            status, value = read_frame(self._resp_r)
+                f"(a hang); its process was killed{self._process.printed()}"
+            ) from None
         except (EOFError, OSError):
             raise self._died(f"during {during}") from None
+        except WireError as e:
+            self.kill()
+            raise ImplementationCrash(
+                f"the implementation's process broke the protocol during {during}: {e}; "
+                f"its process was killed{self._process.printed()}"
+            ) from None
+        if self._process.flooded():
+            self.kill()
+            raise ImplementationCrash(
+                f"the implementation printed more than {OUTPUT_LIMIT >> 20} MB during {during} (a flood); "
+                f"its process was killed{self._process.printed()}"
+            )
+        try:
+            status, value = tagged(frame, "response")
+            if status == "error":
+                value = conform(value, str, "error")
+        except WireError as e:
+            self.kill()
+            raise ImplementationCrash(
+                f"the implementation's process broke the protocol during {during}: {e}"
+            ) from None
         if status == "error":
-            raise ImplementationCrash(f"the implementation's process raised {value}")
+            raise ImplementationCrash(f"the implementation's process raised {str(value)[:2000]}")
+        if status != "ok":
+            self.kill()
+            raise ImplementationCrash(
+                f"the implementation's process broke the protocol during {during}: "
+                f"a {str(status)[:40]!r} frame"
+            )
         return value
 
     def _died(self, during: str) -> ImplementationCrash:
         try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        return ImplementationCrash(
-            f"the implementation's process {describe_status(self.proc.returncode)} {during}{self._printed()}"
-        )
-
-    def _printed(self) -> str:
-        try:
-            self._output.seek(0)
-            data = self._output.read()
-        except (OSError, ValueError):
-            return ""
-        text = data.decode("utf-8", "replace").strip()
-        if not text:
-            return ""
-        if len(text) > OUTPUT_TAIL:
-            text = "..." + text[-OUTPUT_TAIL:]
-        return "; it printed:\n" + "\n".join(f"      | {line}" for line in text.splitlines())
+            self.proc.wait(timeout=2)
+            how = describe_status(self.proc.returncode)
+        except Exception:
+            how = (
+                "closed its end of the protocol pipe while still running (did it close descriptors "
+                "it does not own?); it was killed"
+            )
+        self.kill()
+        return ImplementationCrash(f"the implementation's process {how} {during}{self._process.printed()}")
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """Kill the child's whole process group (whatever it forked too)."""
+        self._process.kill()
 
     def close(self) -> None:
-        """Ask the child to exit, then make sure it has."""
+        """Ask the child to exit, then make sure it and everything it forked have."""
         if self.alive and self._ready:
             try:
                 write_frame(self._req_w, ("exit",))
                 self.proc.wait(timeout=2)
-            except (OSError, subprocess.TimeoutExpired):
+            except Exception:
                 pass
-        self.kill()
+        self._process.close()
         for fd in (self._req_w, self._resp_r):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._output.close()
 
 
 class ChildPool:
@@ -171,10 +206,18 @@ class ChildPool:
         impl: Path | None,
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
         env: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.impl = impl
         self.step_timeout = step_timeout
         self.env = dict(env) if env is not None else None
+        asan = env is not None and "LD_PRELOAD" in env
+        chosen = limits if limits is not None else Limits()
+        self.limits = chosen.without_memory_limit() if asan else chosen
+        #: A `time.monotonic()` instant no read from a child waits past (None: no budget); when it
+        #: passes, calls raise `OutOfTime`.
+        self.deadline = deadline
         self._current: Child | None = None
         self._spare: Child | None = None
         #: Children started so far (for reports and the benchmark).
@@ -183,7 +226,17 @@ class ChildPool:
 
     def _spawn(self) -> Child:
         self.started += 1
-        return Child(self.impl, self.env)
+        return Child(self.impl, self.env, self.limits, self.deadline)
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """Bound every later read from a child (the current and the spare included) by `deadline`."""
+        self.deadline = deadline
+        for child in (self._current, self._spare):
+            if child is not None:
+                child.deadline = deadline
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def take(self, fresh: bool) -> Child:
         """A live child: the current one, unless it died or `fresh` asks for a new one."""
@@ -214,7 +267,11 @@ class ChildPool:
 
 
 class ChildProcessImpl:
-    """An `ImplAdapter` whose implementation runs in a child process of `pool`."""
+    """An `ImplAdapter` whose implementation runs in a child process of `pool`.
+
+    Every reply is checked against the adapter's declared types (`wire.conform`) and the ref
+    bookkeeping is bounded (`MAX_REFS`): a reply of the wrong shape is the implementation's
+    failure at that step, like a crash."""
 
     def __init__(self, pool: ChildPool, fresh: bool = False) -> None:
         self._pool = pool
@@ -227,7 +284,7 @@ class ChildProcessImpl:
         assert self._child is not None, "start() first"
         try:
             return self._child.call(request, timeout or self._pool.step_timeout)
-        except ImplementationCrash:
+        except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
 
@@ -238,6 +295,8 @@ class ChildProcessImpl:
         self._pool.retire(self._child)
 
     def start(self, config: Mapping[str, Any]) -> None:
+        if self._pool.out_of_time():
+            raise OutOfTime("the time limit ran out before a run could start")
         self._child = self._pool.take(self._fresh)
         self._failed = False
         self._refs: list[RefFacts] = []
@@ -253,7 +312,7 @@ class ChildProcessImpl:
         assert self._child is not None, "start() first"
         try:
             self._child.send(("step", op, embedder_capacity))
-        except ImplementationCrash:
+        except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
 
@@ -261,35 +320,60 @@ class ChildProcessImpl:
         assert self._child is not None, "start() first"
         try:
             reply = self._child.receive(self._pool.step_timeout, "step")
-        except ImplementationCrash:
+            outcome, probe, n_refs, changed = self._checked(reply)
+        except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
-        outcome, probe, n_refs, changed = reply
         refs = self._refs
         del refs[n_refs:]
         refs.extend([None] * (n_refs - len(refs)))  # type: ignore[list-item]
         for i, facts in changed:
             refs[i] = facts
+        if any(f is None for f in refs):
+            self._child.kill()
+            self._crashed()
+            raise ImplementationCrash(
+                "the implementation's process broke the protocol: facts of a ref never sent"
+            )
         self._probe = probe._replace(refs=tuple(refs))
-        result: StepOutcome = outcome
-        return result
+        return outcome
+
+    def _checked(self, reply: Any) -> StepReply:
+        assert self._child is not None
+        try:
+            outcome, probe, n_refs, changed = conform(reply, StepReply, "step reply")
+            if not 0 <= n_refs <= MAX_REFS:
+                raise WireError(f"step reply: {n_refs} refs, at most {MAX_REFS} are possible")
+            if any(not 0 <= i < n_refs for i, _ in changed):
+                raise WireError("step reply: facts of a ref past the number of refs")
+        except WireError as e:
+            self._child.kill()
+            raise ImplementationCrash(f"the implementation's process broke the protocol: {e}") from None
+        return outcome, probe, n_refs, changed
 
     def probe(self) -> Probe:
         assert self._probe is not None, "probe() follows a step"
         return self._probe
 
     def finish(self) -> tuple[PlainReport, ...]:
-        reports: tuple[PlainReport, ...] = self._call(("finish",))
+        reply = self._call(("finish",))
+        try:
+            reports: tuple[PlainReport, ...] = conform(reply, tuple[PlainReport, ...], "finish reply")
+        except WireError as e:
+            assert self._child is not None
+            self._child.kill()
+            self._crashed()
+            raise ImplementationCrash(f"the implementation's process broke the protocol: {e}") from None
         return reports
 
     def close(self) -> None:
         child, self._child = self._child, None
         if child is None:
             return
-        if self._failed or self._fresh:
+        if self._failed or self._fresh or self._pool.out_of_time():
             self._pool.retire(child)
             return
         try:
             child.call(("close",), self._pool.step_timeout)
-        except ImplementationCrash:
+        except (ImplementationCrash, OutOfTime):
             self._pool.retire(child)

@@ -23,10 +23,12 @@ from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness import trace as tracefile
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
+from externref_harness.isolation.pool import ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.deadline import Timeout, time_limit
 from externref_harness.lockstep.memory_checks import (
@@ -101,6 +103,14 @@ class StepCheck:
     impl_problems: tuple[Problem, ...] = ()
 
 
+def raised(e: Exception, at: str = "") -> str:
+    """What an adapter's exception says of the implementation: a crash of its process as itself
+    (`the implementation's process killed by SIGSEGV during step`), anything else as raised."""
+    if isinstance(e, ImplementationCrash):
+        return f"{e}{at}"
+    return f"the implementation raised {type(e).__name__}{at}: {e}"
+
+
 class Lockstep:
     """One run: the model's state and an implementation, stepped together."""
 
@@ -133,7 +143,7 @@ class Lockstep:
         except Timeout as e:
             self.impl_broken = f"the implementation hung: {e}"
         except Exception as e:
-            self.impl_broken = f"the implementation raised {type(e).__name__} at start: {e}"
+            self.impl_broken = raised(e, " at start")
 
     def step(self, op: ops.Op) -> StepCheck:
         before = self.state
@@ -202,7 +212,7 @@ class Lockstep:
                 outcome = self.adapter.step(plain_op(op), capacity)
             probe = self.adapter.probe()
         except Exception as e:  # the implementation under test crashed: that is its failure
-            return f"the implementation raised {type(e).__name__}: {e}", ()
+            return raised(e), ()
         new_refs = len(self.state.heap) - len(before.heap)
         if new_refs != len(outcome.allocated):
             text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
@@ -269,7 +279,7 @@ class Lockstep:
         except Timeout as e:
             return f"the implementation hung: {e}"
         except Exception as e:
-            return f"the implementation raised {type(e).__name__} at teardown: {e}"
+            return raised(e, " at teardown")
         if self.gave_up is not None:
             return f"{self.gave_up} (a harness bug); the leak check was not run"
         if not reports:
@@ -395,18 +405,46 @@ def shrink_lockstep_trace(
     steps: Sequence[ops.Op],
     adapter_factory: AdapterFactory = InProcessImpl,
     options: LockstepOptions = DEFAULT_OPTIONS,
+    stop_at: float | None = None,
 ) -> list[ops.Op]:
-    """The shortest-found trace that still fails on the same side, cut at its failing step."""
-    original = drive(cfg, steps, adapter_factory(), until_first=True, options=options).first
+    """The shortest-found trace that still fails on the same side, cut at its failing step.
+
+    With `stop_at` (a `time.monotonic()` deadline) no candidate starts after it, and a candidate
+    the adapter cuts short (`OutOfTime`) counts as not failing: the best trace found so far is
+    kept. Each candidate of a slow implementation can take many step timeouts; the budget, not
+    the number of candidates, bounds the shrink."""
+
+    def failure(candidate: Sequence[ops.Op]) -> Failure | None:
+        if stop_at is not None and time.monotonic() >= stop_at:
+            raise OutOfTime("the time limit ran out while shrinking")
+        return drive(cfg, candidate, adapter_factory(), until_first=True, options=options).first
+
+    try:
+        original = failure(steps)
+    except OutOfTime:
+        return list(steps)
     if original is None:
         return list(steps)
+    out_of_time = False
 
     def fails(candidate: Sequence[ops.Op]) -> bool:
-        found = drive(cfg, candidate, adapter_factory(), until_first=True, options=options).first
+        nonlocal out_of_time
+        if out_of_time:
+            return False
+        try:
+            found = failure(candidate)
+        except OutOfTime:
+            out_of_time = True
+            return False
         return found is not None and found.side == original.side
 
     shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
-    final = drive(cfg, shrunk, adapter_factory(), until_first=True, options=options).first
+    if out_of_time:
+        return shrunk
+    try:
+        final = drive(cfg, shrunk, adapter_factory(), until_first=True, options=options).first
+    except OutOfTime:
+        return shrunk
     assert final is not None
     return shrunk[: final.step]
 
@@ -527,11 +565,37 @@ def run_lockstep_check(
                     break
                 machine._hypothesis_internal_use_seed = number
             run_state_machine_as_test(machine, settings=round_settings)
+    except OutOfTime:
+        stopped = True  # the adapter's budget ran out mid-example: nothing failed
     except InvariantViolation as e:
         shrink_with = shrink_adapter_factory or adapter_factory
-        failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options)
+        failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options, stop_at)
+        return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
+    except FlakyFailure as group:
+        # The implementation failed once and not when Hypothesis replayed the example: a process
+        # that serves many examples can carry state between them (a crash at its Nth call).
+        first = _first_violation(group)
+        if first is None:
+            raise
+        shrink_with = shrink_adapter_factory or adapter_factory
+        failure = report_lockstep_failure(cfg, first, save_as, shrink_with, options, stop_at, flaky=True)
         return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
     return CheckOutcome("lockstep", True, stats, stopped_early=stopped, expected_seen=frozenset(seen))
+
+
+def _first_violation(group: BaseException) -> InvariantViolation | None:
+    """The first `InvariantViolation` inside an exception group (nested groups included)."""
+    if isinstance(group, InvariantViolation):
+        return group
+    for inner in getattr(group, "exceptions", ()):
+        found = _first_violation(inner)
+        if found is not None:
+            return found
+    return None
+
+
+#: Seconds the report of a failure (its final replay, in a fresh child) may take past `stop_at`.
+REPORT_GRACE = 15.0
 
 
 def report_lockstep_failure(
@@ -540,19 +604,41 @@ def report_lockstep_failure(
     save_as: Path | None,
     adapter_factory: AdapterFactory = InProcessImpl,
     options: LockstepOptions = DEFAULT_OPTIONS,
+    stop_at: float | None = None,
+    flaky: bool = False,
 ) -> str:
-    """Shrink the failing steps, print them with the state diff, and save them for replay."""
-    steps = shrink_lockstep_trace(cfg, failure.steps, adapter_factory, options)
-    driven = drive(cfg, steps, adapter_factory(), until_first=True, options=options)
-    found = driven.first
+    """Shrink the failing steps, print them with the state diff, and save them for replay.
+
+    With `stop_at`, shrinking stops there (the best trace so far is kept) and the report says so;
+    if the final replay cannot run either (the adapter's budget), the model's side of the trace is
+    printed and saved. `flaky`: the failure did not recur when Hypothesis replayed it."""
+    steps = shrink_lockstep_trace(cfg, failure.steps, adapter_factory, options, stop_at)
+    cut = stop_at is not None and time.monotonic() >= stop_at
+    try:
+        driven = drive(cfg, steps, adapter_factory(), until_first=True, options=options)
+        found = driven.first
+    except OutOfTime:
+        driven, found = model_only(cfg, steps), None
     problem = failure.problem if found is None else found.problem
     teardown = " and the teardown" if found is not None and found.step > len(steps) else ""
     if found is None:
-        # Only the machine knew this failure (a misuse expectation): show the steps it ran.
+        # Only the machine knew this failure (a misuse expectation, a failure that did not recur):
+        # show the steps it ran.
         del driven.steps[len(steps) :], driven.observations[len(steps) :], driven.states[len(steps) + 1 :]
+    how = f"shrunk from {len(failure.steps)} to {len(steps)} steps{teardown}"
+    if cut:
+        how += ", shrinking cut short by the time limit"
+    lead = f"Lockstep check of {options.impl_name} failed"
+    if flaky:
+        lead = (
+            f"Lockstep check of {options.impl_name} failed once, flakily (a flaky crash or failure: "
+            "it did not happen again when the example was replayed, so the implementation's "
+            "process carried state between examples)"
+        )
+        if found is None:
+            problem = f"{problem}\n(the saved trace does not reproduce it on its own)"
     return save_and_format(
-        f"Lockstep check of {options.impl_name} failed ({cfg.build} build, mutant={cfg.mutant}; shrunk from "
-        f"{len(failure.steps)} to {len(steps)} steps{teardown}): {problem}",
+        f"{lead} ({cfg.build} build, mutant={cfg.mutant}; {how}): {problem}",
         cfg,
         driven.steps,
         driven.observations,
@@ -561,6 +647,18 @@ def report_lockstep_failure(
         save_as,
         replay_args=options.replay_args,
     )
+
+
+def model_only(cfg: Config, steps: Sequence[ops.Op]) -> Driven:
+    """The model's side of `steps` alone (when the implementation cannot be run again)."""
+    state = State.initial(cfg)
+    out = Driven([], [], [state])
+    for op in steps:
+        state, obs = model_step(cfg, state, op)
+        out.steps.append(op)
+        out.observations.append(obs)
+        out.states.append(state)
+    return out
 
 
 # --- replay ----------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from externref_harness.errors import UsageError
 from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.isolation.describe import child_env, describe_library
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT, ChildPool
 from externref_harness.lockstep.runner import AdapterFactory
 from externref_harness.model.moves import Bounds
 from externref_harness.model.state import Build, Config
@@ -67,4 +69,19 @@ def native_target(path: Path) -> Target:
 
 
 def target(impl: Path | None) -> Target:
+    """In this process: the Python port, or a library loaded here (`check --impl`'s search)."""
     return PYTHON if impl is None else native_target(impl)
+
+
+def isolated_target(path: Path, description: Description, pool: ChildPool) -> Target:
+    """A library run only in `pool`'s children: a crash or a hang is that run's failure."""
+    return Target(f"{description.name} {description.version}", pool.adapter, path, description)
+
+
+def open_isolated(path: Path, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> tuple[Target, ChildPool]:
+    """A library described in a confined child (a bad one: a one-line `UsageError`) and the pool
+    of children its runs use; the caller closes the pool."""
+    env = child_env(path)
+    description = describe_library(path, env)
+    pool = ChildPool(path, step_timeout, env)
+    return isolated_target(path, description, pool), pool

@@ -224,8 +224,12 @@ def test_a_search_cut_short_by_the_time_limit_says_so(tmp_path: Path) -> None:
     (search,) = [c for c in report["cases"] if c["kind"] == "search"]
     assert "stopped at the 0.5 s limit" in search["detail"]
     notes = report["not_checked"]
-    assert any(n.startswith("search: lockstep: stopped at the 0.5 s limit after") for n in notes)
-    assert any("of 100000 examples" in n for n in notes)
+    assert any(
+        n.startswith("cut short by --time-limit: search: stopped by the time limit after")
+        and n.endswith("of 100000 examples")
+        for n in notes
+    ), notes
+    assert report["cut_short"], "the JSON report lists what the limit cut short"
 
 
 def _text_file(directory: Path) -> Path:

@@ -1,0 +1,155 @@
+"""A confined child process: its own process group, resource limits, bounded captured output.
+
+    parent                                    child's process group (pgid = child's pid)
+    Confined.spawn ──fork/exec──────────────▶ python -m ... (the library loaded here)
+      .output: a temporary file  ◀─ stdout ──   └── anything it forks stays in the group
+      .kill()  ── SIGKILL to the whole group ─▶ nothing left behind, even after a clean exit
+
+The implementation under test is untrusted: it may fork (the group is killed when the run ends,
+whatever its verdict), exhaust memory (`RLIMIT_AS`), spin (`RLIMIT_CPU`), fork without end
+(`RLIMIT_NPROC`, counted above the user's current tasks; a root parent is exempt from it, the
+group kill is what bounds that case), dump core (`RLIMIT_CORE` 0) or flood its output
+(`RLIMIT_FSIZE` caps the capture file; `flooded` tells a parent to fail the run). A library built
+with AddressSanitizer reserves terabytes of shadow memory, so it runs with no address-space limit.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+#: The captured output a child may write (stdout and stderr together) before it counts as a flood.
+OUTPUT_LIMIT = 16 << 20
+#: How much of what a child printed a report shows.
+OUTPUT_TAIL = 2000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a child. None: no limit of that kind."""
+
+    #: Address space, bytes.
+    memory: int | None = 8 << 30
+    #: CPU time, seconds (SIGXCPU at the limit, SIGKILL 5 s later).
+    cpu_seconds: int | None = None
+    #: Tasks (processes and threads) the child's user may have beyond those it has now.
+    extra_tasks: int | None = 512
+
+    def without_memory_limit(self) -> Limits:
+        return Limits(None, self.cpu_seconds, self.extra_tasks)
+
+
+def describe_status(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def _tasks_of_user() -> int:
+    """Tasks (threads included, as `RLIMIT_NPROC` counts them) of this real user, from /proc."""
+    uid = str(os.getuid())
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                status = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("Uid", "").split()[:1] == [uid]:
+            count += int(fields.get("Threads", "1").strip() or 1)
+    return count
+
+
+def _set_limits(limits: Limits, nproc: int | None) -> None:
+    """In the child, between fork and exec (only async-signal-safe work: setrlimit)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
+    if limits.memory is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
+    if limits.cpu_seconds is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+
+class Confined:
+    """One child in its own process group, its output in a bounded capture file."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        pass_fds: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+        limits: Limits = Limits(),
+        stdin: int | IO[bytes] = subprocess.DEVNULL,
+    ) -> None:
+        self.output: IO[bytes] = tempfile.TemporaryFile()
+        nproc = None if limits.extra_tasks is None else _tasks_of_user() + limits.extra_tasks
+        self.proc = subprocess.Popen(
+            list(args),
+            pass_fds=tuple(pass_fds),
+            stdin=stdin,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
+            process_group=0,
+            preexec_fn=lambda: _set_limits(limits, nproc),
+        )
+        self.pid = self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (what the child forked too), then reap the child."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+    def flooded(self) -> bool:
+        """Whether the child's output reached `OUTPUT_LIMIT` (its later writes fail)."""
+        try:
+            return os.fstat(self.output.fileno()).st_size >= OUTPUT_LIMIT
+        except (OSError, ValueError):
+            return False
+
+    def tail(self, limit: int = OUTPUT_TAIL) -> str:
+        """The end of what the child printed, decoded, control characters escaped; "" if nothing."""
+        try:
+            size = os.fstat(self.output.fileno()).st_size
+            self.output.seek(max(0, size - limit))
+            data = self.output.read(limit)
+        except (OSError, ValueError):
+            return ""
+        text = data.decode("utf-8", "replace").strip()
+        text = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+        return ("..." if size > limit else "") + text if text else ""
+
+    def printed(self) -> str:
+        """`tail()` as the end of a report: `; it printed:` and the lines indented, or ""."""
+        text = self.tail()
+        if not text:
+            return ""
+        return "; it printed:\n" + "\n".join(f"      | {line}" for line in text.splitlines())
+
+    def close(self) -> None:
+        self.kill()
+        self.output.close()

@@ -1,0 +1,348 @@
+"""The frames that cross the child boundary: data only, sizes bounded, every field validated.
+
+    ┌──────────────┬──────────────────────────────────────────────────┐
+    │ length: <Q   │ UTF-8 JSON of plain data (at most MAX_FRAME)     │
+    └──────────────┴──────────────────────────────────────────────────┘
+
+The implementation under test runs in the child and can write anything to its response pipe: a
+header announcing a huge length, half a frame, bytes that are no JSON, JSON of the wrong shape, a
+pickle. So the parent (1) reads every frame with a deadline (`read_frame(fd, deadline)`: a partial
+frame is a `WireError`, never a blocked read), (2) refuses a length over `MAX_FRAME` before it
+allocates anything, (3) decodes with `json` only, which builds ints, strings, lists and dicts and
+runs no code, and (4) checks the decoded value against the declared type of what it expects
+(`conform(value, StepOutcome)`), so a hostile frame is a `WireError`: the implementation's failure,
+reported at that step.
+
+Plain data maps onto JSON as: None, bools, ints, floats and strings as themselves; tuples (and
+lists) as arrays, made tuples again by `conform` or `plain`; a dict with string keys as an object;
+`bytes` as `{"__bytes__": HEX}`. Floats must be finite (NaN and infinities are refused); ints are
+bounded to 64 bits and strings to `MAX_TEXT`, checked as the value is conformed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import select
+import struct
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+HEADER = struct.Struct("<Q")
+#: The largest frame either side accepts (a probe of a full 65,536-slot chunk is about 1 MB).
+MAX_FRAME = 64 << 20
+#: The largest string in a frame (a panic message, an error's text).
+MAX_TEXT = 1 << 20
+#: The deepest nesting a frame may have.
+MAX_DEPTH = 32
+#: The range of an int in a frame (addresses are unsigned 64-bit words; counts may be negative).
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
+
+
+class WireError(Exception):
+    """A frame that is not what the protocol says: the other side's failure, with what was wrong."""
+
+
+# --- frames ----------------------------------------------------------------------------------------
+
+
+def write_frame(fd: int, value: Any) -> None:
+    data = encode(value)
+    view = memoryview(HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_frame(fd: int, deadline: float | None = None) -> Any:
+    """One frame from `fd`, decoded (not yet conformed). EOFError when the other side has gone
+    before a frame began; `WireError` for a partial, oversized or malformed frame, or for a frame
+    not complete by `deadline` (a `time.monotonic()` instant; None: wait as long as it takes)."""
+    header = _read_exactly(fd, HEADER.size, deadline, first=True)
+    (size,) = HEADER.unpack(header)
+    if size > MAX_FRAME:
+        raise WireError(f"a frame header announced {size:,} bytes, more than the {MAX_FRAME:,} allowed")
+    return decode(_read_exactly(fd, size, deadline, first=False))
+
+
+def _read_exactly(fd: int, size: int, deadline: float | None, first: bool) -> bytes:
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not ready:
+                if first and not got:
+                    raise TimeoutError("no frame began in time")
+                raise WireError(f"a partial frame: {got} of {size} bytes arrived, then nothing in time")
+        chunk = os.read(fd, min(size - got, 1 << 20))
+        if not chunk:
+            if first and not got:
+                raise EOFError("the other side closed the pipe")
+            raise WireError(f"a partial frame: {got} of {size} bytes arrived, then the pipe closed")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+# --- plain data <-> JSON -------------------------------------------------------------------------------
+
+#: The one JSON object key that is not a dict's: `{"__bytes__": HEX}` is a `bytes`.
+BYTES_KEY = "__bytes__"
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {BYTES_KEY: value.hex()}
+    raise TypeError(f"not plain data: {type(value).__name__}")
+
+
+def encode(value: Any) -> bytes:
+    """Tuples (NamedTuples included) and lists as arrays, dicts as objects, bytes tagged."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_default).encode()
+    except (TypeError, ValueError) as e:
+        raise WireError(str(e)) from None
+
+
+def _object(pairs: dict[str, Any]) -> Any:
+    if len(pairs) == 1 and BYTES_KEY in pairs:
+        text = pairs[BYTES_KEY]
+        if not isinstance(text, str):
+            raise WireError("tagged bytes that are not a hex string")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise WireError("tagged bytes that are not hex") from None
+    return pairs
+
+
+def _refuse_constant(text: str) -> Any:
+    raise WireError(f"a number that is not finite: {text[:40]!r}")
+
+
+def decode(data: bytes) -> Any:
+    """The JSON as Python (arrays still lists): only `conform` or `plain` make it the value."""
+    try:
+        return json.loads(data.decode("utf-8"), object_hook=_object, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        if isinstance(e, WireError):
+            raise
+        raise WireError(f"not a JSON frame ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """A decoded value as plain data: arrays as tuples, ints within 64 bits, strings bounded."""
+    if depth > MAX_DEPTH:
+        raise _Mismatch(f"nested deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind is int:
+        if not INT_MIN <= value <= INT_MAX:
+            raise _Mismatch("an int outside 64 bits")
+        return value
+    if kind is str:
+        if len(value) > MAX_TEXT:
+            raise _Mismatch(f"a string of {len(value):,} characters, more than {MAX_TEXT:,}")
+        return value
+    if value is None or kind is bool or kind is float or kind is bytes:
+        return value
+    if kind is list or kind is tuple:
+        return tuple(plain(v, depth + 1) for v in value)
+    if kind is dict:
+        return {k: plain(v, depth + 1) for k, v in value.items()}
+    raise _Mismatch(f"not plain data: {kind.__name__}")
+
+
+def tagged(frame: Any, where: str = "frame") -> tuple[str, Any]:
+    """A frame `(tag, value)`: its tag checked, its value left to `conform` (checked once, by the
+    type the tag says)."""
+    if not isinstance(frame, (list, tuple)) or len(frame) != 2 or type(frame[0]) is not str:
+        raise WireError(f"{where}: expected (tag, value), got {_kind(frame)}")
+    if len(frame[0]) > 40:
+        raise WireError(f"{where}: a tag of {len(frame[0])} characters")
+    return frame[0], frame[1]
+
+
+def decode_plain(data: Any) -> Any:
+    """`plain` as a `WireError` (for a frame whose whole content is plain data, a request)."""
+    try:
+        return plain(data)
+    except _Mismatch as e:
+        raise WireError(str(e)) from None
+
+
+# --- checking a decoded value against a declared type -----------------------------------------------
+
+
+def conform(value: Any, expected: Any, where: str = "frame") -> Any:
+    """`value` as `expected` (a NamedTuple class, `int`, `tuple[int, ...]`, `X | None`, `Any`, ...),
+    checked field by field; NamedTuples are rebuilt. A mismatch is a `WireError` naming the field.
+
+    Each type is compiled once into a checker (`_checker`): a step's reply is checked on every
+    step of a search, so the happy path does no formatting and no type introspection."""
+    try:
+        return _checker(expected)(value)
+    except _Mismatch as e:
+        raise WireError(f"{where}{''.join(reversed(e.path))}: {e}") from None
+
+
+class _Mismatch(Exception):
+    """A value that does not fit; `path` is filled in (innermost first) as it propagates."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.path: list[str] = []
+
+
+Check = Callable[[Any], Any]
+
+
+def _exact(kind: type) -> Check:
+    def check(value: Any) -> Any:
+        if type(value) is not kind:
+            raise _Mismatch(f"expected {kind.__name__}, got {_kind(value)}")
+        return value
+
+    return check
+
+
+def _int(value: Any) -> Any:
+    if type(value) is not int:
+        raise _Mismatch(f"expected int, got {_kind(value)}")
+    if not INT_MIN <= value <= INT_MAX:
+        raise _Mismatch("an int outside 64 bits")
+    return value
+
+
+def _str(value: Any) -> Any:
+    if type(value) is not str:
+        raise _Mismatch(f"expected str, got {_kind(value)}")
+    if len(value) > MAX_TEXT:
+        raise _Mismatch(f"a string of {len(value):,} characters, more than {MAX_TEXT:,}")
+    return value
+
+
+def _number(value: Any) -> Any:
+    if type(value) is not int and type(value) is not float:
+        raise _Mismatch(f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _none(value: Any) -> Any:
+    if value is not None:
+        raise _Mismatch(f"expected None, got {_kind(value)}")
+    return None
+
+
+def _each(check: Check, values: Sequence[Any], label: Callable[[int], str]) -> tuple[Any, ...]:
+    """`check` applied to each of `values`; a mismatch names the item."""
+    try:
+        return tuple([check(v) for v in values])
+    except _Mismatch as e:
+        for i, v in enumerate(values):  # the slow path, only to name the item
+            try:
+                check(v)
+            except _Mismatch:
+                e.path.append(label(i))
+                break
+        raise
+
+
+def _index(i: int) -> str:
+    return f"[{i}]"
+
+
+@functools.cache
+def _checker(expected: Any) -> Check:
+    if expected is Any:
+        return plain
+    if expected is None or expected is type(None):
+        return _none
+    if isinstance(expected, type) and issubclass(expected, tuple) and hasattr(expected, "_fields"):
+        return _record(expected)
+    if expected is float:
+        return _number
+    if expected is int:
+        return _int
+    if expected is str:
+        return _str
+    if expected in (bool, bytes):
+        return _exact(expected)
+    origin = typing.get_origin(expected)
+    args = typing.get_args(expected)
+    if origin in (Union, types.UnionType):
+        nullable = type(None) in args
+        options = [_checker(option) for option in args if option is not type(None)]
+
+        def one_of(value: Any) -> Any:
+            if value is None and nullable:
+                return None
+            for check in options:
+                try:
+                    return check(value)
+                except _Mismatch as e:
+                    last = e
+            if len(options) == 1:
+                raise last  # `X | None`: say what X wanted
+            raise _Mismatch(f"{_kind(value)} fits none of {args}")
+
+        return one_of
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _checker(args[0])
+        ints = args[0] is int
+        bools = args[0] is bool
+
+        def sequence(value: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise _Mismatch(f"expected a sequence, got {_kind(value)}")
+            if ints and all(type(v) is int and INT_MIN <= v <= INT_MAX for v in value):
+                return tuple(value)
+            if bools and all(type(v) is bool for v in value):
+                return tuple(value)
+            return _each(item, value, _index)
+
+        return sequence
+    if origin is tuple:
+        items = [_checker(a) for a in args]
+
+        def fixed(value: Any) -> Any:
+            if not isinstance(value, (list, tuple)) or len(value) != len(items):
+                raise _Mismatch(f"expected {len(items)} items, got {_kind(value)}")
+            return _each(lambda pair: pair[0](pair[1]), tuple(zip(items, value, strict=True)), _index)
+
+        return fixed
+    raise TypeError(f"conform: no rule for {expected!r}")
+
+
+def _record(cls: Any) -> Check:
+    hints = typing.get_type_hints(cls)
+    fields: tuple[str, ...] = cls._fields
+    checks = [_checker(hints[f]) for f in fields]
+    make = cls._make
+
+    def record(value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != len(checks):
+            raise _Mismatch(f"expected a {cls.__name__} of {len(checks)} fields, got {_kind(value)}")
+        try:
+            return make([check(v) for check, v in zip(checks, value, strict=True)])
+        except _Mismatch as e:
+            # The slow path, only to name the field.
+            for name, check, v in zip(fields, checks, value, strict=True):
+                try:
+                    check(v)
+                except _Mismatch:
+                    e.path.append(f".{name}")
+                    break
+            raise
+
+    return record
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a sequence of {len(value)}"
+    return type(value).__name__
