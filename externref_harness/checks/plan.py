@@ -178,7 +178,7 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
     )
     out = run_lockstep_check(
         cfg,
-        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        bounds_for(cfg, LOCKSTEP_BOUNDS, chosen.description),
         opts.hypothesis_settings,
         save_as,
         chosen.adapter_factory,
