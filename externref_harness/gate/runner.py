@@ -16,6 +16,7 @@ happened in, with a shrunk, saved trace; the gate itself goes on.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import time
@@ -124,8 +125,9 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         report.cases.append(_describe_case(description, opts))
         progress("corpus")
         report.cases += _corpus_cases(target, options, pool)
-        progress("search")
-        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool)))
+        seed = search_seed(opts)
+        progress("search" if seed is None else f"search (seed {seed})")
+        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool, seed)))
         if opts.threads:
             progress("threads")
             report.cases.append(_timed(lambda: _threads_case(opts)))
@@ -180,21 +182,39 @@ def _corpus_cases(target: Target, options: LockstepOptions, pool: ChildPool) -> 
     return out
 
 
-def _search_case(target: Target, options: LockstepOptions, opts: GateOptions, pool: ChildPool) -> CaseResult:
+def search_seed(opts: GateOptions) -> int | None:
+    """The search's first seed: `--seed`; else, when a time limit splits the search into rounds
+    (each needs a seed), 0 under a derandomized profile (`ci`) and a random one otherwise (`dev`
+    is random); else None (one run, Hypothesis's own seed)."""
+    if opts.seed is not None:
+        return opts.seed
+    if opts.time_limit is None:
+        return None
+    derandomized = opts.hypothesis_settings is not None and opts.hypothesis_settings.derandomize
+    return 0 if derandomized else random.SystemRandom().getrandbits(32)
+
+
+def _search_case(
+    target: Target, options: LockstepOptions, opts: GateOptions, pool: ChildPool, seed: int | None
+) -> CaseResult:
     cfg = target.config(LOCKSTEP_CONFIG, None, opts.chunk_size)
     save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}.json"
     stop_at = None if opts.time_limit is None else time.monotonic() + opts.time_limit
     out = run_lockstep_check(
         cfg,
-        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        bounds_for(cfg, LOCKSTEP_BOUNDS, target.description),
         opts.hypothesis_settings,
         save_as,
         pool.adapter,
         options,
         shrink_adapter_factory=lambda: pool.adapter(fresh=True),
         stop_at=stop_at,
+        seed=seed,
     )
     figures = f"{out.stats.examples} examples, {out.stats.steps} steps, chunk {cfg.chunk_size}"
+    if out.seeds:
+        last = f"-{out.seeds[-1]}" if len(out.seeds) > 1 else ""
+        figures += f", seed{'s' if last else ''} {out.seeds[0]}{last}"
     if out.stopped_early:
         figures += f", stopped at the {opts.time_limit:g} s limit"
     seen = frozenset(out.expected_seen)
