@@ -2,9 +2,9 @@
 
 A seeded bug must be caught reliably by every check that claims it, not only by the derandomized
 `ci` profile's one fixed run. For each bug and each check that claims it, the check runs once per
-seed, with the `dev` profile's budget (random, `max_examples` 100 of up to 60 steps) and no example
-database (a database would replay the last failure and measure nothing), until its first failing
-example; no shrinking, so a run costs only its search.
+seed, with the `dev` profile's budget (random, `profiles.DEV_EXAMPLES` examples of up to 60
+steps) and no example database (a database would replay the last failure and measure nothing),
+until its first failing example; no shrinking, so a run costs only its search.
 
     bug layer        the checks that claim it (what `check --mutant NAME` runs)
     model, protocol  model     the model state machine
