@@ -7,9 +7,9 @@ extension to a source of the same name, so an extension built from an older sour
 run old code after an edit. `use_fresh_extensions`, run by the package's `__init__` before any of
 these modules is imported, prevents that:
 
-    source digests == MANIFEST ?  ──yes──>  import the extensions (compiled)
-            │ no (an edited source, no build, or EXTERNREF_HARNESS_INTERPRETED=1)
-            └────────────────────────────>  a finder loads every listed module from its .py
+    digests == MANIFEST, every extension present ?  ──yes──>  import the extensions (compiled)
+            │ no (an edited source, a missing extension, no build, EXTERNREF_HARNESS_INTERPRETED=1)
+            └──────────────────────────────────────────────────>  a finder loads every listed .py
 
 It is all or none: compiled modules call each other directly, so one stale module means none is
 used. `mode()` says which way this process runs, and why; `explore` and `--version` print it.
@@ -72,8 +72,19 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def has_extension(module: str, package_dir: Path = _PACKAGE_DIR) -> bool:
+    """Whether the module's compiled extension is beside its source (any suffix this Python loads)."""
+    source = source_path(module, package_dir)
+    stem = source.with_suffix("")
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    return any(stem.with_name(stem.name + suffix).is_file() for suffix in suffixes)
+
+
 def stale_modules(package_dir: Path = _PACKAGE_DIR) -> list[str] | None:
-    """The compiled modules whose source changed since the build; None if nothing was compiled."""
+    """The compiled modules that cannot be used: the source changed since the build, or the
+    manifest lists the module but its extension is missing (deleted, or a partial build; Python
+    would silently import that one module from its source, a mix the compiled modules' direct calls
+    do not allow). None if nothing was compiled."""
     try:
         recorded = json.loads((package_dir / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -86,7 +97,7 @@ def stale_modules(package_dir: Path = _PACKAGE_DIR) -> list[str] | None:
             same = recorded.get(module) == digest(source_path(module, package_dir))
         except OSError:
             same = False
-        if not same:
+        if not same or not has_extension(module, package_dir):
             stale.append(module)
     return stale
 
@@ -118,7 +129,11 @@ def use_fresh_extensions(package_dir: Path = _PACKAGE_DIR) -> str:
     elif stale is None:
         reason = "not compiled by this install"
     elif stale:
-        names = ", ".join(str(source_path(m, package_dir).relative_to(package_dir)) for m in stale)
+        names = ", ".join(
+            str(source_path(m, package_dir).relative_to(package_dir))
+            + ("" if has_extension(m, package_dir) else " (no extension)")
+            for m in stale
+        )
         reason = f"changed since the build: {names}; reinstall to compile them again"
     else:
         _mode = "compiled (mypyc)"

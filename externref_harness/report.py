@@ -1,9 +1,11 @@
 """Human-readable traces: numbered steps with their observations, and the state diff at a step.
 
 Long traces stay readable: a list of more than `LIST_LIMIT` values prints as its first and last
-few and its length, a path repeated in a row (one per frame walked) prints once with a count, and
-a diff of more than `DIFF_LIMIT` lines is cut, unless the caller asks for everything
-(`full_output()`, the `--full` flag of `check` and `replay`).
+few and its length; a path repeated in a row (one per frame walked), or a group of paths repeated
+(a host loop of inserts alternating fast and slow paths), prints once with a count; a long list of
+slots prints as runs of equal values (`slot_runs`); a diff's consecutive slots with the same change
+print as one line, and a diff of more than `DIFF_LIMIT` lines is cut. The caller can ask for
+everything (`full_output()`, the `--full` flag of `check` and `replay`).
 """
 
 from __future__ import annotations
@@ -77,17 +79,59 @@ def format_op(op: Op) -> str:
     return f"{type(op).__name__}({args})"
 
 
+#: The longest repeated group of path labels `_runs` looks for (an insert, a GC, a sweep: a loop's
+#: body takes a few labels, alternating).
+PERIOD_LIMIT = 6
+
+
+def _repeats(paths: Sequence[str], i: int) -> tuple[int, int]:
+    """`(period, count)` of the group at `i` that repeats over the most labels (period 1 first)."""
+    best = (1, 1)
+    for period in range(1, PERIOD_LIMIT + 1):
+        group = paths[i : i + period]
+        if len(group) < period:
+            break
+        count = 1
+        while paths[i + count * period : i + (count + 1) * period] == group:
+            count += 1
+        if count > 1 and count * period > best[0] * best[1]:
+            best = (period, count)
+    return best
+
+
 def _runs(paths: Sequence[str]) -> list[str]:
-    """`'gc:wasm-frame' x3` for a path taken three times in a row."""
+    """`'gc:wasm-frame' x3` for a path taken three times in a row, `('try_insert:chunk-full',
+    'insert:gc-and-insert-slow') x256` for a group repeated (a host loop of inserts); more than
+    `LIST_LIMIT` groups print as the first and last few and how many were left out."""
     out: list[str] = []
     i = 0
     while i < len(paths):
-        j = i
-        while j < len(paths) and paths[j] == paths[i]:
-            j += 1
-        out.append(repr(paths[i]) + (f" x{j - i}" if j - i > 1 else ""))
-        i = j
+        period, count = _repeats(paths, i)
+        group = paths[i : i + period]
+        shown = repr(group[0]) if period == 1 else "(" + ", ".join(map(repr, group)) + ")"
+        out.append(shown + (f" x{count}" if count > 1 else ""))
+        i += period * count
+    if len(out) > 2 * LIST_LIMIT:
+        left_out = len(out) - 2 * _EDGE
+        out = [*out[:_EDGE], f"... {left_out} more groups ...", *out[-_EDGE:]]
     return out
+
+
+def slot_runs(slots: Sequence[object], limit: int = LIST_LIMIT) -> str:
+    """A long list of slots as runs of equal values: `512 slots: [0-255] 3, [256-511] None`, with
+    more than `limit` runs cut to the first and last few (everything under `full_output()`)."""
+    runs: list[str] = []
+    i = 0
+    while i < len(slots):
+        j = i
+        while j + 1 < len(slots) and slots[j + 1] == slots[i]:
+            j += 1
+        where = f"[{i}]" if i == j else f"[{i}-{j}]"
+        runs.append(f"{where} {_value(slots[i])}")
+        i = j + 1
+    if not _FULL.get() and len(runs) > 2 * limit:
+        runs = [*runs[:limit], f"... {len(runs) - 2 * limit} more runs ...", *runs[-limit:]]
+    return f"{len(slots)} slots: " + ", ".join(runs)
 
 
 def format_observation(obs: Observation) -> str:
@@ -155,22 +199,39 @@ _ABSENT = object()
 
 
 def _indexed(name: str, a: tuple[object, ...], b: tuple[object, ...]) -> list[str]:
+    """One line per changed index; consecutive slots with the same change (a chunk of 512 slots
+    allocated or swept) as one line, `table.chunk[0-511]: (none) -> None (512 slots)`."""
     out = []
-    for i in range(max(len(a), len(b))):
+    n = max(len(a), len(b))
+    i = 0
+    while i < n:
         va = a[i] if i < len(a) else _ABSENT
         vb = b[i] if i < len(b) else _ABSENT
+        i += 1
         if va == vb:
             continue
         names = _field_names(va)
         if type(va) is type(vb) and names:
             changed = [
-                f"{n} {_value(getattr(va, n))} -> {_value(getattr(vb, n))}"
-                for n in names
-                if getattr(va, n) != getattr(vb, n)
+                f"{f} {_value(getattr(va, f))} -> {_value(getattr(vb, f))}"
+                for f in names
+                if getattr(va, f) != getattr(vb, f)
             ]
-            out.append(f"{name}[{i}]: " + ", ".join(changed))
+            out.append(f"{name}[{i - 1}]: " + ", ".join(changed))
+            continue
+        first = i - 1
+        while (
+            not _FULL.get()
+            and i < n
+            and (a[i] if i < len(a) else _ABSENT) == va
+            and (b[i] if i < len(b) else _ABSENT) == vb
+        ):
+            i += 1
+        change = f"{_shown_or_absent(va)} -> {_shown_or_absent(vb)}"
+        if i - first > 1:
+            out.append(f"{name}[{first}-{i - 1}]: {change} ({i - first} slots)")
         else:
-            out.append(f"{name}[{i}]: {_shown_or_absent(va)} -> {_shown_or_absent(vb)}")
+            out.append(f"{name}[{first}]: {change}")
     return out
 
 

@@ -54,7 +54,9 @@ def format_report(report: PlainReport) -> str:
 
 
 class StepOutcome(NamedTuple):
-    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)`, `("panic", message)`, or
+    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` (in a debug build, with a
+    #: fourth item `("panic", message)` or `("returned",)` when the misuse was also sent to the
+    #: runtime: `model.assertions`), `("panic", message)`, or
     #: `("unsupported", name)` for an optional function the runtime does not offer.
     result: tuple[Any, ...]
     #: Addresses of the values whose destructor ran during the step, in order.

@@ -12,7 +12,10 @@ and the code registry, and drives any `impl.backend.RuntimeBackend` (the Python 
 library) through the same calls; `World` itself is the `RuntimeApi[int]` the protocol runs on.
 
 A step's result is plain data: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` or
-`("panic", message)`. Refs in results are addresses: footers, or a value's address for `Deref`.
+`("panic", message)`. In a debug build, a refused misuse that reaches one of the seed's own
+assertions is sent to the runtime too (`model.assertions`), and its result says what the
+runtime did: `("misuse", kind, detail, ("panic", message) | ("returned",))`. Refs in results
+are addresses: footers, or a value's address for `Deref`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from externref_harness.impl.heap import FREED, CheckingHeap
 from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
 from externref_harness.impl.values import fill_byte
 from externref_harness.model import ops, protocol
+from externref_harness.model.assertions import probed_assertion
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
@@ -160,7 +164,10 @@ class World(protocol.RuntimeApi[int]):
             return ("ok", handler(op))
         except MisuseError as e:
             self.host.handles, self.host.raws, self.global_initialised = saved
-            return ("misuse", e.kind, e.detail)
+            assertion = self._probe_assertion(op, e.kind)
+            if assertion is None:
+                return ("misuse", e.kind, e.detail)
+            return ("misuse", e.kind, e.detail, assertion)
         except SeedErr as e:
             return ("err", str(e))
         except Unsupported as e:
@@ -169,6 +176,30 @@ class World(protocol.RuntimeApi[int]):
         except DebugAssertion as e:
             self.panic = str(e)
             return ("panic", self.panic)
+
+    def _probe_assertion(self, op: ops.Op, kind: str) -> tuple[str, ...] | None:
+        """After refusing a misuse that reaches one of the seed's own assertions (debug builds,
+        `model.assertions`), send it to the runtime anyway: `("panic", message)` if it panicked as
+        the seed does, `("returned",)` if it went ahead. A panic here does not end the run (the
+        assertion fires before the runtime changes anything); the canary is set back after the
+        no-canary probe either way."""
+        view = self.stack_view
+        reaches_wasm = any(view.lookup(pc) is not None for pc, _ in view.trace())
+        if not self.cfg.debug or probed_assertion(op, kind, reaches_wasm) is None:
+            return None
+        try:
+            if isinstance(op, ops.SetStackCanary):
+                saved = self.stack_canary()
+                self.rt.set_stack_canary(None)
+                try:
+                    self.rt.gc(self.stack_view)
+                finally:
+                    self.rt.set_stack_canary(saved)
+            else:
+                self.rt.gc(self.stack_view)
+        except DebugAssertion as fired:
+            return ("panic", str(fired))
+        return ("returned",)
 
     # --- the host's bookkeeping -----------------------------------------------------------------
 

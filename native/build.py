@@ -53,7 +53,7 @@ class CBug:
     #: What a run needs to show it: "chunk-512" (a full-size chunk), "threads", "hang" (the run must
     #: be timed out), "crash" (the process dies; run it in a child), "align>8" (values aligned
     #: above 8), "unwind-stops" (a walk that ends before the canary), "release" (the debug build
-    #: panics on it first, which is also a detection).
+    #: panics on it first, which is also a detection), "debug" (only a debug build has the code).
     needs: frozenset[str]
 
 
@@ -131,6 +131,22 @@ C_BUGS: dict[str, CBug] = {
             "non-termination of gc when the unwinder cannot reach the canary",
             "hang",
             "unwind-stops",
+        ),
+        _bug(
+            "c-gc-okay-unchecked",
+            "gc omits the debug build's assert!(gc_okay)",
+            "a seed debug assertion omitted: a GC while the embedder asserted none may happen (misuse "
+            "the host refuses and then sends to the runtime, `model.assertions`) runs instead of "
+            "panicking; it does what the release build does, so only the strict level fails it",
+            "debug",
+        ),
+        _bug(
+            "c-no-wasm-frame-assert",
+            "gc with no canary sweeps without the debug build's walk asserting that no frame is Wasm",
+            "a seed debug assertion omitted: with the canary cleared while Wasm is live (misuse the "
+            "host refuses and then sends to the runtime, `model.assertions`) gc sweeps refs only "
+            "Wasm frames hold instead of panicking",
+            "debug",
         ),
         _bug(
             "c-nonatomic-count",

@@ -105,6 +105,13 @@ typedef struct xr_stack {
 #define XR_HAS_NUM_FILLED_IN_BUMP_CHUNK 1u /* xr_table_num_filled_in_bump_chunk */
 #define XR_HAS_ELEMENTS 2u                 /* xr_table_elements */
 #define XR_HAS_SET_CHUNK_SIZE 4u           /* xr_table_new_with_chunk_size */
+#define XR_HAS_VALUE_LAYOUTS 8u            /* xr_value_layouts (added later in version 1; optional) */
+
+/* A value layout: mem::size_of::<T>() and mem::align_of::<T>() of a value type. */
+typedef struct xr_layout {
+    size_t size;
+    size_t align;
+} xr_layout;
 
 typedef struct xr_description {
     uint32_t abi_version;    /* XR_ABI_VERSION the library was built against */
@@ -171,6 +178,13 @@ int xr_table_num_filled_in_bump_chunk(xr_table *t, size_t *out);
 int xr_table_elements(xr_table *t, void (*f)(void *ctx, xr_ref r), void *ctx);
 /* A table whose chunk has `chunk_size` slots instead of the constant (for faster tests). */
 int xr_table_new_with_chunk_size(size_t chunk_size, xr_table **out);
+
+/* The only value layouts xr_ref_new makes, for a library with a finite set of value types (a Rust
+ * adapter has one type per layout): sets *count (1 to 64) and returns the array, which stays valid
+ * while the library is loaded. Each layout is within max_value_size / max_value_align, its align
+ * a power of two dividing its size; no two are the same. The harness then generates only these.
+ * Without it, the harness generates layouts up to max_value_size and max_value_align. */
+const xr_layout *xr_value_layouts(size_t *count);
 
 #ifdef __cplusplus
 }

@@ -36,6 +36,9 @@ XR_PC_WASM_MAPPED = 2
 XR_HAS_NUM_FILLED_IN_BUMP_CHUNK = 1
 XR_HAS_ELEMENTS = 2
 XR_HAS_SET_CHUNK_SIZE = 4
+XR_HAS_VALUE_LAYOUTS = 8
+#: The most value layouts `xr_value_layouts` may list.
+MAX_VALUE_LAYOUTS = 64
 
 #: `xr_ref`: a `uintptr_t`, the address of the ref's `VMExternData`.
 XrRef = ctypes.c_size_t
@@ -81,6 +84,12 @@ class XrStack(ctypes.Structure):
     """`struct xr_stack`: the harness's native stack (`backtrace::trace` and the code lookup)."""
 
     _fields_ = (("ctx", ctypes.c_void_p), ("trace", TraceFn), ("lookup", LookupFn))
+
+
+class XrLayout(ctypes.Structure):
+    """`struct xr_layout`."""
+
+    _fields_ = (("size", ctypes.c_size_t), ("align", ctypes.c_size_t))
 
 
 class XrDescription(ctypes.Structure):
@@ -140,9 +149,12 @@ OPTIONAL: dict[str, tuple[int, Any, tuple[Any, ...]]] = {
     "xr_table_num_filled_in_bump_chunk": (XR_HAS_NUM_FILLED_IN_BUMP_CHUNK, _int, (_ptr, _P(_size))),
     "xr_table_elements": (XR_HAS_ELEMENTS, _int, (_ptr, ElementsFn, _ptr)),
     "xr_table_new_with_chunk_size": (XR_HAS_SET_CHUNK_SIZE, _int, (_size, _P(_ptr))),
+    "xr_value_layouts": (XR_HAS_VALUE_LAYOUTS, _P(XrLayout), (_P(_size),)),
 }
 
-_ALL_OPTIONAL_BITS = XR_HAS_NUM_FILLED_IN_BUMP_CHUNK | XR_HAS_ELEMENTS | XR_HAS_SET_CHUNK_SIZE
+_ALL_OPTIONAL_BITS = (
+    XR_HAS_NUM_FILLED_IN_BUMP_CHUNK | XR_HAS_ELEMENTS | XR_HAS_SET_CHUNK_SIZE | XR_HAS_VALUE_LAYOUTS
+)
 
 
 class LibraryError(Exception):
@@ -163,6 +175,21 @@ class Description:
     has_num_filled: bool
     has_elements: bool
     has_set_chunk_size: bool
+    #: The only `(size, align)` layouts `xr_ref_new` makes (`xr_value_layouts`); None: any layout
+    #: within `max_value_size` and `max_value_align`.
+    value_layouts: tuple[tuple[int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        # From JSON (a child's description) the layouts arrive as lists.
+        if self.value_layouts is not None:
+            layouts = tuple((int(size), int(align)) for size, align in self.value_layouts)
+            object.__setattr__(self, "value_layouts", layouts)
+
+    def allows(self, size: int, align: int) -> bool:
+        """Whether `xr_ref_new` makes a value of this layout."""
+        if self.value_layouts is not None:
+            return (size, align) in self.value_layouts
+        return size <= self.max_value_size and align <= self.max_value_align
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,6 +253,9 @@ def _describe(cdll: ctypes.CDLL, where: str) -> Description:
             said = "claims" if claimed else "does not claim"
             does = "does not export" if claimed else "exports"
             raise LibraryError(f"{where}: xr_describe's optional {said} {symbol}, which the library {does}")
+    layouts = None
+    if bits & XR_HAS_VALUE_LAYOUTS:
+        layouts = _value_layouts(cdll, where, int(out.max_value_size), align)
     return Description(
         abi_version=int(out.abi_version),
         name=name,
@@ -237,7 +267,40 @@ def _describe(cdll: ctypes.CDLL, where: str) -> Description:
         has_num_filled=bool(bits & XR_HAS_NUM_FILLED_IN_BUMP_CHUNK),
         has_elements=bool(bits & XR_HAS_ELEMENTS),
         has_set_chunk_size=bool(bits & XR_HAS_SET_CHUNK_SIZE),
+        value_layouts=layouts,
     )
+
+
+def _value_layouts(
+    cdll: ctypes.CDLL, where: str, max_size: int, max_align: int
+) -> tuple[tuple[int, int], ...]:
+    """`xr_value_layouts()`, validated: 1 to `MAX_VALUE_LAYOUTS` distinct layouts a Rust type can
+    have, within the description's maxima."""
+    function = cdll.xr_value_layouts
+    function.restype, function.argtypes = OPTIONAL["xr_value_layouts"][1:]
+    count = ctypes.c_size_t(0)
+    array = function(ctypes.byref(count))
+    n = int(count.value)
+    if not 1 <= n <= MAX_VALUE_LAYOUTS:
+        raise LibraryError(
+            f"{where}: xr_value_layouts gives {n} layouts, expected 1 to {MAX_VALUE_LAYOUTS}"
+        )
+    if not array:
+        raise LibraryError(f"{where}: xr_value_layouts gives a NULL array")
+    layouts = tuple((int(array[i].size), int(array[i].align)) for i in range(n))
+    for size, align in layouts:
+        if align == 0 or align & (align - 1) or size % align:
+            raise LibraryError(
+                f"{where}: xr_value_layouts lists size {size}, align {align}: no Rust type has it"
+            )
+        if size > max_size or align > max_align:
+            raise LibraryError(
+                f"{where}: xr_value_layouts lists size {size}, align {align}, beyond its description's "
+                f"max_value_size {max_size} / max_value_align {max_align}"
+            )
+    if len(set(layouts)) != n:
+        raise LibraryError(f"{where}: xr_value_layouts lists a layout twice")
+    return layouts
 
 
 def load_library(path: str | os.PathLike[str]) -> NativeLibrary:

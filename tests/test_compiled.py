@@ -7,6 +7,7 @@ process, when `externref_harness` is first imported.
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import shutil
@@ -52,14 +53,21 @@ def test_the_environment_switch_runs_every_listed_module_interpreted() -> None:
     assert world.endswith("world.py") and is_compiled == "False"
 
 
+def _extension(module: str, package_dir: Path) -> Path:
+    source = compiled.source_path(module, package_dir)
+    return source.with_name(source.stem + importlib.machinery.EXTENSION_SUFFIXES[0])
+
+
 def _package_copy(tmp_path: Path) -> Path:
-    """The installed package's sources and manifest, as a stand-alone tree to edit."""
+    """The installed package's sources and manifest, and a file where each extension would be
+    (only their presence is looked at: the tests' finder never imports them), to edit."""
     copy = tmp_path / "pkg"
     for module in compiled.COMPILED_MODULES:
         source = compiled.source_path(module, PACKAGE)
         target = compiled.source_path(module, copy)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+        _extension(module, copy).write_bytes(b"")
     digests = {m: compiled.digest(compiled.source_path(m, copy)) for m in compiled.COMPILED_MODULES}
     (copy / compiled.MANIFEST).write_text(json.dumps(digests))
     return copy
@@ -73,6 +81,23 @@ def test_an_edited_source_is_named_stale(tmp_path: Path) -> None:
     assert compiled.stale_modules(copy) == ["externref_harness.model.moves"]
     (copy / compiled.MANIFEST).unlink()
     assert compiled.stale_modules(copy) is None
+
+
+def test_a_missing_extension_is_stale(tmp_path: Path) -> None:
+    """The manifest lists a module whose extension is gone: that module counts as stale, so the
+    whole build does, and every listed module runs from its `.py` (never a mix)."""
+    copy = _package_copy(tmp_path)
+    _extension("externref_harness.model.world", copy).unlink()
+    assert compiled.stale_modules(copy) == ["externref_harness.model.world"]
+    code = (
+        "import sys, pathlib, importlib.util, externref_harness.compiled as c\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, c._SourceFinder)]\n"
+        f"print(c.use_fresh_extensions(pathlib.Path({str(copy)!r})))\n"
+        "for m in c.COMPILED_MODULES: print(importlib.util.find_spec(m).origin)\n"
+    )
+    mode, *origins = _child(code).splitlines()
+    assert mode.startswith("interpreted (changed since the build: model/world.py (no extension)")
+    assert origins == [str(compiled.source_path(m, copy)) for m in compiled.COMPILED_MODULES]
 
 
 def test_a_stale_build_runs_the_sources_not_the_extensions(tmp_path: Path) -> None:

@@ -213,7 +213,7 @@ def _lockstep_on(opts: CheckOptions, chosen: Target, shrink_adapters: AdapterFac
     )
     out = run_lockstep_check(
         cfg,
-        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        bounds_for(cfg, LOCKSTEP_BOUNDS, chosen.description),
         opts.hypothesis_settings,
         save_as,
         chosen.adapter_factory,

@@ -65,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-examples", type=int, default=None, metavar="N", help="override the profile's budget"
     )
     p.add_argument(
+        "--seed", type=int, default=None, metavar="N",
+        help="the search's Hypothesis seed; with --time-limit the search runs in rounds with seeds "
+        "N, N+1, ... (default: 0 under the ci profile, a random one otherwise; printed either way)",
+    )  # fmt: skip
+    p.add_argument(
         "--chunk-size", type=int, default=None, metavar="N",
         help="bump-chunk slots of the search (default: 2 when the library can, else its own)",
     )  # fmt: skip
@@ -77,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds")
     if args.max_examples is not None and args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise UsageError("--seed must be a whole number from 0 to 2**64 - 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
     if not str(args.library):
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         failures=failures,
         threads=not args.no_threads,
         chunk_size=args.chunk_size,
+        seed=args.seed,
     )
     console = Console()
     if not console.is_terminal:

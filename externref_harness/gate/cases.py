@@ -88,3 +88,6 @@ class GateOptions:
     threads: bool = True
     #: Chunk size of the search (None: the library's small-chunk default, see `Target.config`).
     chunk_size: int | None = None
+    #: The search's first Hypothesis seed (None: 0 under a derandomized profile, else a random one;
+    #: with `time_limit` each round of the search takes the next).
+    seed: int | None = None

@@ -18,6 +18,7 @@ short is a `skip` row or a figure of its case, and a line of `GateReport.cut_sho
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,8 +105,9 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         progress("corpus")
         corpus_cases, report.not_checked = _corpus_cases(target, options, pool, report)
         report.cases += corpus_cases
-        progress("search")
-        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool, budget, report)))
+        seed = search_seed(opts)
+        progress("search" if seed is None else f"search (seed {seed})")
+        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool, budget, report, seed)))
     finally:
         pool.close()
     if opts.threads:
@@ -225,6 +227,18 @@ def _corpus_cases(
     return out, notes
 
 
+def search_seed(opts: GateOptions) -> int | None:
+    """The search's first seed: `--seed`; else, when a time limit splits the search into rounds
+    (each needs a seed), 0 under a derandomized profile (`ci`) and a random one otherwise (`dev`
+    is random); else None (one run, Hypothesis's own seed)."""
+    if opts.seed is not None:
+        return opts.seed
+    if opts.time_limit is None:
+        return None
+    derandomized = opts.hypothesis_settings is not None and opts.hypothesis_settings.derandomize
+    return 0 if derandomized else random.SystemRandom().getrandbits(32)
+
+
 def _search_case(
     target: Target,
     options: LockstepOptions,
@@ -232,6 +246,7 @@ def _search_case(
     pool: ChildPool,
     budget: Budget,
     report: GateReport,
+    seed: int | None,
 ) -> CaseResult:
     cfg = target.config(LOCKSTEP_CONFIG, None, opts.chunk_size)
     save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}.json"
@@ -241,15 +256,19 @@ def _search_case(
         pool.set_deadline(stop_at + REPORT_GRACE)
     out = run_lockstep_check(
         cfg,
-        bounds_for(cfg, LOCKSTEP_BOUNDS),
+        bounds_for(cfg, LOCKSTEP_BOUNDS, target.description),
         opts.hypothesis_settings,
         save_as,
         pool.adapter,
         options,
         shrink_adapter_factory=lambda: pool.adapter(fresh=True),
         stop_at=stop_at,
+        seed=seed,
     )
     figures = f"{out.stats.examples} examples, {out.stats.steps} steps, chunk {cfg.chunk_size}"
+    if out.seeds:
+        last = f"-{out.seeds[-1]}" if len(out.seeds) > 1 else ""
+        figures += f", seed{'s' if last else ''} {out.seeds[0]}{last}"
     if out.stopped_early:
         figures += f", stopped at the {opts.time_limit:g} s limit"
         of = "" if opts.hypothesis_settings is None else f" of {opts.hypothesis_settings.max_examples}"

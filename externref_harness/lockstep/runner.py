@@ -27,6 +27,7 @@ from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness import trace as tracefile
+from externref_harness.errors import shown
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
 from externref_harness.isolation.pool import ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
@@ -41,8 +42,9 @@ from externref_harness.lockstep.memory_checks import (
 )
 from externref_harness.lockstep.projection import RefMap, identity_problems, project_impl, project_model
 from externref_harness.model import ops
+from externref_harness.model.assertions import probed_assertion, release_outcome, walk_reaches_wasm
 from externref_harness.model.moves import Bounds, next_quiesce_op, quiesce_step_bound
-from externref_harness.model.observation import Observation, Panic
+from externref_harness.model.observation import Misuse, Observation, Panic
 from externref_harness.model.runtime import SeedRuntime
 from externref_harness.model.state import Config, State
 from externref_harness.model.transition import step as model_step
@@ -216,15 +218,19 @@ class Lockstep:
         new_refs = len(self.state.heap) - len(before.heap)
         if new_refs != len(outcome.allocated):
             text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
+            text += _panic_note(outcome.result)
             return self._verdict([Problem("observed.allocations", text)])
         for footer, value in outcome.allocated:
             self.refs.add(footer, value)
+        problems: list[Problem] = []
+        if isinstance(obs.result, Misuse) and len(outcome.result) > 3:
+            problems, obs = self._assertion_probe(op, obs, before, outcome.result[3])
         model_view = project_model(op, obs, before, self.state)
         impl_view = project_impl(op, outcome, probe, self.refs)
         if outcome.result[0] == "unsupported":
             # The runtime lacks this optional function (`num_filled_in_bump_chunk`, `elements`).
             impl_view = dataclasses.replace(impl_view, result=model_view.result)
-        problems = [
+        problems += [
             Problem(
                 f"observed.{name}", f"model {getattr(model_view, name)!r}, impl {getattr(impl_view, name)!r}"
             )
@@ -232,6 +238,7 @@ class Lockstep:
             if getattr(model_view, name) != getattr(impl_view, name)
         ]
         problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
+        problems = [_with_panic_message(p, outcome.result) for p in problems]
         problems += drop_order_problems(before, outcome.dropped, self.refs)
         problems += [
             Problem("observed.identity", x) for x in identity_problems(op, outcome, probe, self._hashes)
@@ -240,6 +247,38 @@ class Lockstep:
         if not isinstance(obs.result, Panic):
             problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
         return self._verdict(problems)
+
+    def _assertion_probe(
+        self, op: ops.Op, obs: Observation, before: State, answer: object
+    ) -> tuple[list[Problem], Observation]:
+        """The refused misuse was also sent to the implementation (`model.assertions`). Strict:
+        it panicked where the seed's assertion fires. Conformant: it kept everything; after a
+        panic the model's state is the refused step's, and an implementation that went ahead is
+        held to the seed's release build from here on, which must break no invariant."""
+        assert isinstance(obs.result, Misuse)
+        expected = probed_assertion(op, obs.result.kind, walk_reaches_wasm(self.cfg, before))
+        if not isinstance(answer, tuple) or answer[:1] not in (("panic",), ("returned",)):
+            text = f"the misuse probe's answer is not understood: {shown(repr(answer)[:200])}"
+            return [Problem("assert.state-kept", text)], obs
+        if expected is None:
+            text = f"{op} was sent to the implementation, though it reaches none of the seed's assertions"
+            return [Problem("assert.state-kept", text)], obs
+        if answer[0] == "panic":
+            return [], obs
+        problems = [
+            Problem("assert.fires", f"the seed panics here ({expected}); the implementation returned")
+        ]
+        self.state, obs = release_outcome(self.cfg, before, op, obs)
+        violation = first_violation(self.cfg, self.state)
+        if violation is not None:
+            problems.append(
+                Problem(
+                    "assert.state-kept",
+                    f"it went on as the seed's release build does, which breaks "
+                    f"{violation[0].id} {violation[0].name}: {violation[1]}",
+                )
+            )
+        return problems, obs
 
     def _verdict(self, problems: list[Problem]) -> tuple[str | None, tuple[Problem, ...]]:
         """The problems that fail the step: of a selected level and not expected to diverge."""
@@ -298,6 +337,24 @@ def _capacity_unit(op: ops.Op, p: Problem, model: tuple[object, ...], impl: tupl
     if model[0] == impl[0] == "ok" and isinstance(model[1], int) and impl[1] == model[1] // 8:
         return Problem("observed.bump-capacity-bytes", f"{p.text} (slots, not bytes)")
     return p
+
+
+#: How much of an implementation's panic message a failing step shows.
+PANIC_MESSAGE_LIMIT = 300
+
+
+def _panic_note(result: tuple[object, ...]) -> str:
+    """What fired when the implementation panicked (the message `xr_panic_message` gave, escaped
+    and cut), for the problem a failing step reports; "" when it did not panic."""
+    if result[:1] != ("panic",) or len(result) < 2:
+        return ""
+    return f"; the implementation panicked: {shown(str(result[1]), PANIC_MESSAGE_LIMIT)}"
+
+
+def _with_panic_message(p: Problem, result: tuple[object, ...]) -> Problem:
+    """A step whose result differs because the implementation panicked says what fired."""
+    note = _panic_note(result)
+    return Problem(p.check, p.text + note) if note and p.check == "observed.result" else p
 
 
 def drop_order_problems(before: State, dropped: Sequence[int], refs: RefMap) -> list[Problem]:
@@ -538,14 +595,17 @@ def run_lockstep_check(
     shrink_adapter_factory: AdapterFactory | None = None,
     stop_at: float | None = None,
     stats: RunStats | None = None,
+    seed: int | None = None,
 ) -> CheckOutcome:
     """The lockstep machine under a profile's budget; a failure is shrunk (on
     `shrink_adapter_factory`'s adapters, when given), printed and saved. `stats` (if given) counts
     as it runs.
 
     With `stop_at` (a `time.monotonic()` deadline) the budget is spent in rounds of
-    `ROUND_EXAMPLES`, each with its own fixed seed, until the budget or the time runs out:
-    Hypothesis cannot stop one run part-way, and a deterministic profile stays deterministic."""
+    `ROUND_EXAMPLES`, with the seeds `seed`, `seed + 1`, ... (`seed` None: 0, 1, ...), until the
+    budget or the time runs out: Hypothesis cannot stop one run part-way, and each round's seed is
+    what makes it reproducible. Without `stop_at`, `seed` (if given) fixes the one run's seed.
+    The outcome lists the seeds used."""
     stats = stats if stats is not None else RunStats()
     seen: set[str] = set()
     machine = make_lockstep_machine(cfg, bounds, stats, adapter_factory, options, seen)
@@ -557,20 +617,27 @@ def run_lockstep_check(
             rounds.append(settings(chosen, max_examples=min(ROUND_EXAMPLES, left)))
             left -= ROUND_EXAMPLES
     stopped = False
+    used: list[int] = []
     try:
         for number, round_settings in enumerate(rounds):
             if stop_at is not None:
                 if time.monotonic() > stop_at:
                     stopped = True
                     break
-                machine._hypothesis_internal_use_seed = number
+                used.append((seed or 0) + number)
+            elif seed is not None:
+                used.append(seed)
+            if used:
+                machine._hypothesis_internal_use_seed = used[-1]
             run_state_machine_as_test(machine, settings=round_settings)
     except OutOfTime:
         stopped = True  # the adapter's budget ran out mid-example: nothing failed
     except InvariantViolation as e:
         shrink_with = shrink_adapter_factory or adapter_factory
         failure = report_lockstep_failure(cfg, e, save_as, shrink_with, options, stop_at)
-        return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
+        return CheckOutcome(
+            "lockstep", False, stats, failure, expected_seen=frozenset(seen), seeds=tuple(used)
+        )
     except FlakyFailure as group:
         # The implementation failed once and not when Hypothesis replayed the example: a process
         # that serves many examples can carry state between them (a crash at its Nth call).
@@ -579,8 +646,12 @@ def run_lockstep_check(
             raise
         shrink_with = shrink_adapter_factory or adapter_factory
         failure = report_lockstep_failure(cfg, first, save_as, shrink_with, options, stop_at, flaky=True)
-        return CheckOutcome("lockstep", False, stats, failure, expected_seen=frozenset(seen))
-    return CheckOutcome("lockstep", True, stats, stopped_early=stopped, expected_seen=frozenset(seen))
+        return CheckOutcome(
+            "lockstep", False, stats, failure, expected_seen=frozenset(seen), seeds=tuple(used)
+        )
+    return CheckOutcome(
+        "lockstep", True, stats, stopped_early=stopped, expected_seen=frozenset(seen), seeds=tuple(used)
+    )
 
 
 def _first_violation(group: BaseException) -> InvariantViolation | None:

@@ -50,9 +50,24 @@ class Target:
         return replace(base, build=own, chunk_size=chunk_size)
 
 
-def bounds_for(cfg: Config, bounds: Bounds) -> Bounds:
-    """Large chunks are filled by host loops of inserts; small ones by single inserts."""
-    return replace(bounds, insert_many=True) if cfg.chunk_size >= LARGE_CHUNK else bounds
+def bounds_for(cfg: Config, bounds: Bounds, description: Description | None = None) -> Bounds:
+    """Large chunks are filled by host loops of inserts; small ones by single inserts. A native
+    library gets only the value layouts it makes: the ones it lists (`xr_value_layouts`), else
+    those of `bounds` within its `max_value_size` and `max_value_align` (bad: `UsageError`)."""
+    if cfg.chunk_size >= LARGE_CHUNK:
+        bounds = replace(bounds, insert_many=True)
+    if description is None:
+        return bounds
+    if description.value_layouts is not None:
+        return replace(bounds, layouts=description.value_layouts)
+    layouts = tuple((size, align) for size, align in bounds.layouts if description.allows(size, align))
+    if not layouts:
+        raise UsageError(
+            f"the library makes values up to size {description.max_value_size}, align "
+            f"{description.max_value_align}: none of the search's layouts {list(bounds.layouts)}; "
+            "list the layouts it makes with xr_value_layouts"
+        )
+    return replace(bounds, layouts=layouts)
 
 
 PYTHON = Target("ctypes impl", InProcessImpl)

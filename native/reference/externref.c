@@ -63,8 +63,12 @@
 #define XR_REPORT_CHUNK_SIZE XR_CHUNK_SIZE
 #endif
 
+#ifndef XR_MAX_VALUE_SIZE
 #define XR_MAX_VALUE_SIZE ((size_t)1 << 20)
+#endif
+#ifndef XR_MAX_VALUE_ALIGN
 #define XR_MAX_VALUE_ALIGN ((size_t)1 << 12)
+#endif
 #define WORD sizeof(uintptr_t)
 /* `NonNull::<TableElem>::dangling()`: where `Box::new([])` points. */
 #define DANGLING ((uintptr_t *)(uintptr_t)8)
@@ -74,8 +78,13 @@
 #else
 #define XR_OPTIONAL_BITS (XR_HAS_NUM_FILLED_IN_BUMP_CHUNK | XR_HAS_ELEMENTS | XR_HAS_SET_CHUNK_SIZE)
 #endif
+#ifdef XR_VALUE_LAYOUTS
+#define XR_LAYOUT_BITS XR_HAS_VALUE_LAYOUTS
+#else
+#define XR_LAYOUT_BITS 0u
+#endif
 #ifndef XR_REPORT_OPTIONAL
-#define XR_REPORT_OPTIONAL XR_OPTIONAL_BITS
+#define XR_REPORT_OPTIONAL (XR_OPTIONAL_BITS | XR_LAYOUT_BITS)
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
@@ -658,14 +667,14 @@ static void rethrow_if_panicked(const struct walk *w) {
 }
 
 static void gc(const xr_stack *stack, xr_table *t) {
-#if XR_DEBUG
+#if XR_DEBUG && !defined(XR_BUG_GC_OKAY_UNCHECKED)
     if (!t->gc_okay) panic("gc while gc_okay is false");
 #endif
     debug_assert(t->precise_stack_roots.len == 0, "precise_stack_roots is empty on entry to gc");
 
     struct walk w = {stack, t, 0, false, 0, false, false};
     if (!t->stack_canary_is_some) {
-#if XR_DEBUG
+#if XR_DEBUG && !defined(XR_BUG_NO_WASM_FRAME_ASSERT)
         stack->trace(stack->ctx, visit_without_canary, &w);
         rethrow_if_panicked(&w);
 #endif
@@ -737,12 +746,28 @@ EXPORT void xr_set_hooks(const xr_hooks *h) {
 
 EXPORT const char *xr_panic_message(void) { return panic_message; }
 
+#ifdef XR_VALUE_LAYOUTS
+/* -DXR_VALUE_LAYOUTS='{8,8},{16,8}': only these value types, as a Rust adapter with one type per
+ * layout has. */
+static const xr_layout value_layouts[] = {XR_VALUE_LAYOUTS};
+
+EXPORT const xr_layout *xr_value_layouts(size_t *count) {
+    *count = sizeof value_layouts / sizeof value_layouts[0];
+    return value_layouts;
+}
+#endif
+
 /* A layout `mem::size_of::<T>()` / `align_of::<T>()` can be, within what this library makes. */
 static void check_value_layout(size_t size, size_t align) {
     if (align == 0 || (align & (align - 1)) != 0 || size % align != 0)
         panic("no Rust type has size %zu, align %zu", size, align);
     if (size > XR_MAX_VALUE_SIZE || align > XR_MAX_VALUE_ALIGN)
         panic("size %zu, align %zu is larger than this implementation makes", size, align);
+#ifdef XR_VALUE_LAYOUTS
+    for (size_t i = 0; i < sizeof value_layouts / sizeof value_layouts[0]; i++)
+        if (value_layouts[i].size == size && value_layouts[i].align == align) return;
+    panic("no value type of size %zu, align %zu in this implementation", size, align);
+#endif
 }
 
 EXPORT int xr_ref_new(size_t size, size_t align, uint8_t fill, xr_ref *out) {

@@ -396,6 +396,7 @@ def value_options(files: Files) -> dict[str, dict[str, st.SearchStrategy[str]]]:
             "--hypothesis-profile": _bad_text(_one_of(PROFILES)),
             "--max-examples": _bad_text(_int_in(1, 10**9)),
             "--chunk-size": _bad_text(_int_in(1, 10**9)),
+            "--seed": _bad_text(_int_in(0, 2**64 - 1)),
         },
         "reference": {
             "--build": _bad_text(_one_of(("debug", "release"))),

@@ -18,7 +18,7 @@ from externref_harness.cli.main import COMMANDS, main
 from externref_harness.model import ops
 from externref_harness.model.observation import Observation, Ok
 from externref_harness.model.state import Config, State, WasmFrame
-from externref_harness.report import format_observation, format_op, full_output, state_diff
+from externref_harness.report import format_observation, format_op, full_output, slot_runs, state_diff
 
 Capture = pytest.CaptureFixture[str]
 
@@ -177,6 +177,27 @@ def test_long_lists_are_summarised_unless_asked_in_full() -> None:
     assert long_call == "CallWasm(args=(0, 1, 2, ..., 97, 98, 99) (100 values))"
     with full_output():
         assert "1000, 1001" in format_observation(obs)
+
+
+def test_alternating_paths_and_long_slot_lists_are_summarised() -> None:
+    """A host loop of 512 inserts at the seed's chunk alternates paths; a chunk of 512 slots
+    allocated is one diff line; a 512-slot chunk in a failure is runs of equal slots."""
+    loop = ["try_insert:chunk-full", "insert:gc-and-insert-slow", "gc:wasm-frame"] * 512
+    line = format_observation(Observation(Ok(), frozenset(), ("gc:canary-found", *loop, "values-dropped")))
+    assert "('try_insert:chunk-full', 'insert:gc-and-insert-slow', 'gc:wasm-frame') x512" in line
+    assert len(line) < 200
+    varied = format_observation(Observation(Ok(), frozenset(), tuple(f"path-{i % 7}" for i in range(700))))
+    assert len(varied) < 400 and "more groups" in varied
+    with full_output():
+        assert format_observation(Observation(Ok(), frozenset(), tuple(loop))).count("gc:wasm-frame") == 512
+    before = State()
+    after = before.with_(table=before.table.with_(chunk=(None,) * 512))
+    assert state_diff(before, after) == ["table.chunk[0-511]: (none) -> None (512 slots)"]
+    chunk = tuple([0] * 200 + [1] * 300 + [None] * 12)
+    assert slot_runs(chunk) == "512 slots: [0-199] 0, [200-499] 1, [500-511] None"
+    assert len(slot_runs(tuple(range(512)))) < 300
+    with full_output():
+        assert "[511] 511" in slot_runs(tuple(range(512)))
 
 
 def test_a_frame_diff_shows_the_changed_slots() -> None:

@@ -53,6 +53,17 @@ def test_the_c_reference_passes_strict(build: str, tmp_path: Path) -> None:
     assert int(suite.get("tests", "0")) == len(report["cases"]) and suite.get("failures") == "0"
 
 
+def test_the_search_seeds_are_printed_and_chosen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --time-limit the search runs in rounds of 20 examples, each with its own seed: --seed
+    chooses the first, and the run says which it used (here 40 examples: two rounds)."""
+    status, report = _gate(tmp_path, build_reference("release"), "--time-limit", "300", "--seed", "77")
+    assert status == 0, _failing(report)
+    assert "gate: search (seed 77)" in capsys.readouterr().out
+    (search,) = [c for c in report["cases"] if c["kind"] == "search"]
+    assert "seeds 77-78" in search["detail"]
+    assert_one_line_exit_2(["gate", str(build_reference("release")), "--seed", "-1"], capsys, "--seed")
+
+
 @pytest.mark.skipif(not sanitizer_supported(), reason="the C compiler has no AddressSanitizer")
 def test_the_c_reference_passes_strict_under_asan(tmp_path: Path) -> None:
     status, report = _gate(tmp_path, build_reference("debug", sanitize=True))

@@ -21,6 +21,7 @@ from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
     LockstepOptions,
+    _panic_note,
     run_lockstep_check,
 )
 from externref_harness.lockstep.targets import bounds_for, native_target
@@ -115,3 +116,39 @@ def test_bad_libraries_and_requests_are_refused_in_one_line(
     )
     mutant = ["check", "--impl", str(fixed), "--mutant", "impl-early-free"]
     assert_one_line_exit_2(mutant, capsys, "bug of the Python port")
+
+
+def test_the_search_makes_only_the_value_layouts_a_library_makes() -> None:
+    """`max_value_size` / `max_value_align` limit the layouts the search draws, and a library that
+    lists its layouts (`xr_value_layouts`) gets exactly those: the C reference built to make only
+    such values panics on any other, so a search that drew one would fail."""
+    limits = {"XR_MAX_VALUE_SIZE": "16", "XR_MAX_VALUE_ALIGN": "8"}
+    small = native_target(build_reference("debug", defines=limits))
+    cfg = small.config(LOCKSTEP_CONFIG, None, None)
+    assert bounds_for(cfg, LOCKSTEP_BOUNDS, small.description).layouts == ((8, 8), (16, 8), (0, 1), (1, 1))
+    listed = build_reference("debug", defines={"XR_VALUE_LAYOUTS": "{16,8},{32,16}"})
+    target = native_target(listed)
+    assert target.description is not None and target.description.value_layouts == ((16, 8), (32, 16))
+    assert bounds_for(cfg, LOCKSTEP_BOUNDS, target.description).layouts == ((16, 8), (32, 16))
+    out = run_lockstep_check(
+        cfg,
+        bounds_for(cfg, LOCKSTEP_BOUNDS, target.description),
+        settings(CI, max_examples=30),
+        None,
+        target.adapter_factory,
+        LockstepOptions(impl_name=target.name),
+    )
+    assert out.passed, out.failure
+    # Without the list the search draws layouts the library does not make: it fails.
+    out = run_lockstep_check(
+        cfg, bounds_for(cfg, LOCKSTEP_BOUNDS), settings(CI, max_examples=30), None, target.adapter_factory
+    )
+    assert not out.passed and out.failure is not None and "no value type of size" in out.failure
+
+
+def test_a_panic_message_is_shown_escaped_and_cut() -> None:
+    """`xr_panic_message` is the implementation's text: escaped (no terminal control) and bounded."""
+    note = _panic_note(("panic", "\x1b[2J" + "x" * 5000))
+    assert note.startswith("; the implementation panicked: \\x1b[2J") and note.endswith("...")
+    assert len(note) < 400
+    assert _panic_note(("ok", None)) == ""

@@ -522,7 +522,21 @@ def test_asks_the_version_before_describe(tmp_path: Path) -> None:
             {"XR_REPORT_OPTIONAL": "3"},
             "xr_describe's optional does not claim xr_table_new_with_chunk_size, which the library exports",
         ),
-        ({"XR_REPORT_OPTIONAL": "9"}, "xr_describe's optional has unknown bits 0x8"),
+        ({"XR_REPORT_OPTIONAL": "17"}, "xr_describe's optional has unknown bits 0x10"),
+        (
+            {"XR_REPORT_OPTIONAL": "15"},
+            "xr_describe's optional claims xr_value_layouts, which the library does not export",
+        ),
+        (
+            {"XR_VALUE_LAYOUTS": "{8,8},{24,16}"},
+            "xr_value_layouts lists size 24, align 16: no Rust type has it",
+        ),
+        ({"XR_VALUE_LAYOUTS": "{8,8},{8,8}"}, "xr_value_layouts lists a layout twice"),
+        (
+            {"XR_VALUE_LAYOUTS": "{64,8}", "XR_MAX_VALUE_SIZE": "32"},
+            "xr_value_layouts lists size 64, align 8, beyond its description's max_value_size 32 / "
+            "max_value_align 4096",
+        ),
     ],
 )
 def test_refuses_an_inconsistent_description(defines: dict[str, str], expected: str) -> None:
