@@ -20,6 +20,7 @@ import resource
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -28,6 +29,28 @@ from typing import IO
 OUTPUT_LIMIT = 16 << 20
 #: How much of what a child printed a report shows.
 OUTPUT_TAIL = 2000
+
+
+
+#: How long `Confined.kill` waits for the killed group's members to be gone.
+GROUP_EXIT_TIMEOUT = 10.0
+
+
+def live_members(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still alive (not a zombie), from `/proc`.
+
+    A zombie has exited: its parent (the child, reaped, so init) only has to collect its status."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -117,12 +140,22 @@ class Confined:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the whole group (what the child forked too), then reap the child."""
+        """SIGKILL the whole group (what the child forked too), reap the child, and wait until no
+        live member of the group is left (at most `GROUP_EXIT_TIMEOUT`): a library that forked
+        thousands of processes takes a while to die, and a verdict must not come before it has."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
-            pass
+            self.proc.wait()
+            return
         self.proc.wait()
+        deadline = time.monotonic() + GROUP_EXIT_TIMEOUT
+        while live_members(self.pid) and time.monotonic() < deadline:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # a member that was mid-fork has a child now
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
 
     def flooded(self) -> bool:
         """Whether the child's output reached `OUTPUT_LIMIT` (its later writes fail)."""
