@@ -80,7 +80,17 @@ def test_a_broken_frame_is_a_failing_case(tmp_path: Path, name: str, new_after: 
         ("pause-in-gc", {"gc": "pause()"}, "did not answer within 2 s"),
         # Slower than the step timeout: every shrink candidate would pay it; the budget bounds them.
         ("slow-gc", {"gc": "sleep(3)"}, "did not answer within 2 s"),
-        ("exhausts-memory", {"new_before": "if (calls == 3) while (malloc(1 << 20)) {}"}, None),
+        # Allocates until the address-space limit refuses, then uses what malloc gave it, unchecked,
+        # as such a library would: a crash, reached in seconds under the limit. (Stopping at the
+        # refusal and going on would be a correct library that leaks outside the hooks.)
+        (
+            "exhausts-memory",
+            {
+                "new_before": "if (calls == 3) "
+                "{ char *p; while ((p = malloc(1 << 20))) {} *(volatile char *)p = 1; }"
+            },
+            None,
+        ),
         ("closes-descriptors", {"set_hooks": "for (int fd = 3; fd < 1024; fd++) close(fd)"}, None),
         (
             "floods-stdout",
