@@ -104,6 +104,33 @@ def _limits(opts: ParallelOptions, env: dict[str, str] | None) -> Limits:
     return limits if env is None or "LD_PRELOAD" not in env else limits.without_memory_limit()
 
 
+
+@dataclass(frozen=True)
+class Ended:
+    """How a confined child ended once its parent stopped reading: why it was killed (None: it was
+    not), its exit status, whether it flooded its output, and the tail of what it printed."""
+
+    how: str | None
+    returncode: int | None
+    flooded: bool
+    printed: str
+
+
+def _end(child: Confined, read_fd: int, how: str | None, lingered: str) -> Ended:
+    """Close the pipe, kill the child if `how` says it misbehaved, give it 5 s to exit (else it
+    `lingered`), and kill its whole group: nothing it forked outlives the check."""
+    os.close(read_fd)
+    if how is not None:
+        child.kill()
+    try:
+        child.proc.wait(timeout=5)
+    except Exception:
+        how = how or lingered
+    ended = Ended(how, child.proc.returncode, child.flooded(), child.printed())
+    child.close()
+    return ended
+
+
 def run_isolated(
     library: Path,
     opts: ParallelOptions,
@@ -160,18 +187,9 @@ def run_isolated(
                 how = f"broke the protocol ({e}; killed)"
                 break
     finally:
-        os.close(read_fd)
-        if how is not None:
-            child.kill()
-        try:
-            child.proc.wait(timeout=5)
-        except Exception:
-            how = how or "did not exit after its outcome (killed)"
-        returncode = child.proc.returncode
-        flooded = child.flooded()
-        printed = child.printed()
-        child.close()  # the whole group: nothing it forked outlives the check
-    if how is None and flooded:
+        ended = _end(child, read_fd, how, "did not exit after its outcome (killed)")
+    how, returncode, printed = ended.how, ended.returncode, ended.printed
+    if how is None and ended.flooded:
         how = "printed more than the output limit (a flood)"
     if how is None and outcome is not None and returncode == 0:
         return outcome
@@ -277,16 +295,8 @@ def rerun_isolated(
                 how = f"broke the protocol ({e}; killed)"
                 break
     finally:
-        os.close(read_fd)
-        if how is not None:
-            child.kill()
-        try:
-            child.proc.wait(timeout=5)
-        except Exception:
-            how = how or "did not exit after its runs (killed)"
-        returncode = child.proc.returncode
-        printed = child.printed()
-        child.close()
+        ended = _end(child, read_fd, how, "did not exit after its runs (killed)")
+    how, returncode, printed = ended.how, ended.returncode, ended.printed
     if error is not None:
         raise LibraryError(error)
     if how is None and returncode != 0:
