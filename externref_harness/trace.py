@@ -42,7 +42,7 @@ class Trace:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "config": {f.name: getattr(self.config, f.name) for f in fields(Config)},
+            "config": config_json(self.config),
             "steps": [op.to_json() for op in self.steps],
             "note": self.note,
         }
@@ -98,6 +98,20 @@ class Trace:
 MAX_TRACE_BYTES = 64 * 1024 * 1024
 #: Largest int a trace field may hold (every field is an index, a count or a size).
 MAX_FIELD = 2**32 - 1
+
+
+def config_json(cfg: Config) -> dict[str, Any]:
+    """A config as a trace stores it: every field, except capabilities when there are none (the
+    seed's set), so a trace of the seed reads as it did before capabilities existed."""
+    out: dict[str, Any] = {}
+    for f in fields(Config):
+        value = getattr(cfg, f.name)
+        if f.name == "capabilities":
+            if value:
+                out[f.name] = list(value)
+            continue
+        out[f.name] = value
+    return out
 
 
 def _check_int_range(where: str, value: object) -> None:

@@ -41,6 +41,8 @@ from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from mypy_extensions import mypyc_attr
 
+from externref_harness.model.capabilities import NAMES, canonical
+
 WORD = 8
 #: Highest stack address of the model's native stack; frames are carved below it.
 STACK_TOP = 0x7FFF_0000_0000
@@ -69,6 +71,13 @@ def check_config_types(values: Mapping[str, object]) -> None:
     build = values.get("build", "debug")
     if build not in ("debug", "release"):
         raise ValueError(f"build must be 'debug' or 'release', got {build!r}")
+    capabilities = values.get("capabilities", ())
+    if not isinstance(capabilities, (list, tuple)) or not all(isinstance(c, str) for c in capabilities):
+        raise ValueError(f"capabilities must be a list of names, got {capabilities!r}")
+    if tuple(capabilities) != canonical(capabilities):  # unknown names raise UnknownCapability
+        raise ValueError(
+            f"capabilities must be listed once each in the order {list(NAMES)}, got {list(capabilities)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +93,20 @@ class Config:
     slots: int = 4
     n_globals: int = 2
     mutant: str | None = None
+    #: The implementation's declared design choices (`model.capabilities`, in bit order); the
+    #: seed has none.
+    capabilities: tuple[str, ...] = ()
 
     @staticmethod
     def from_untyped(values: Mapping[str, Any]) -> Config:
         """A `Config` from values read from a file: each type checked first, with a precise error."""
         check_config_types(values)
+        if "capabilities" in values:
+            values = {**values, "capabilities": tuple(values["capabilities"])}
         return Config(**values)
 
     def __post_init__(self) -> None:
-        names = ("chunk_size", "slots", "n_globals", "mutant", "build")
+        names = ("chunk_size", "slots", "n_globals", "mutant", "build", "capabilities")
         check_config_types({name: getattr(self, name) for name in names})
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
@@ -104,6 +118,10 @@ class Config:
     @property
     def debug(self) -> bool:
         return self.build == "debug"
+
+    def has(self, capability: str) -> bool:
+        """Whether the implementation declared this capability (`model.capabilities`)."""
+        return capability in self.capabilities
 
 
 @mypyc_attr(acyclic=True)

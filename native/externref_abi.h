@@ -1,7 +1,7 @@
 /*
  * externref_abi.h: the C ABI through which externref-harness drives an implementation of
  * wasmtime v0.37.0's `crates/runtime/src/externref.rs` (VMExternRef,
- * VMExternRefActivationsTable, gc). ABI version 1.
+ * VMExternRefActivationsTable, gc). ABI version 2: version 1 plus capabilities (below).
  *
  * An implementation is a shared library exporting the functions below. The user writes a thin
  * adapter from their runtime to this header and nothing else; see ABI.md beside this file for how
@@ -41,7 +41,37 @@
 extern "C" {
 #endif
 
-#define XR_ABI_VERSION 1u
+#define XR_ABI_VERSION 2u
+
+/* ---- capabilities (version 2) ------------------------------------------------------------------
+ * A capability is a declared design choice that differs from the seed's, one rule each (ABI.md
+ * documents each, with what the harness then does). `xr_description.capabilities` is the set, as
+ * these bits; a version 1 library has none: exactly the seed. A bit the harness does not know is
+ * refused. Some capabilities remove functions from the required set (the library need not export
+ * them and the harness never calls them) or add some:
+ *
+ *   XR_CAP_OWN_REGISTRY       adds xr_table_register_module / xr_table_unregister_module; xr_gc
+ *                             and xr_table_insert_with_gc get an xr_stack whose lookup is NULL
+ *   XR_CAP_EAGER_CHUNK        the chunk is allocated by xr_table_new, not lazily by the first sweep
+ *   XR_CAP_NO_GC_FREE_INSERT  removes xr_table_insert_without_gc, xr_table_bump_capacity_remaining,
+ *                             xr_table_set_gc_okay
+ *   XR_CAP_CANARY_GUARD       removes xr_table_stack_canary, xr_table_set_stack_canary; adds
+ *                             xr_table_enter_wasm / xr_table_leave_wasm
+ *   XR_CAP_SINGLE_THREADED    counts are not atomic: xr_ref_* are never called concurrently
+ *   XR_CAP_NO_RAW             removes xr_ref_into_raw, xr_ref_from_raw, xr_ref_clone_from_raw
+ *   XR_CAP_CAPACITY_SLOTS     xr_table_bump_capacity_remaining counts slots, not bytes
+ *   XR_CAP_OPAQUE_REFS        a ref word is a handle (e.g. an index), not a VMExternData address
+ *   XR_CAP_NO_STRONG_COUNT    removes xr_ref_strong_count: counts are not observable
+ */
+#define XR_CAP_OWN_REGISTRY (1u << 0)
+#define XR_CAP_EAGER_CHUNK (1u << 1)
+#define XR_CAP_NO_GC_FREE_INSERT (1u << 2)
+#define XR_CAP_CANARY_GUARD (1u << 3)
+#define XR_CAP_SINGLE_THREADED (1u << 4)
+#define XR_CAP_NO_RAW (1u << 5)
+#define XR_CAP_CAPACITY_SLOTS (1u << 6)
+#define XR_CAP_OPAQUE_REFS (1u << 7)
+#define XR_CAP_NO_STRONG_COUNT (1u << 8)
 
 /* Statuses. */
 #define XR_OK 0
@@ -122,9 +152,10 @@ typedef struct xr_description {
     size_t max_value_size;   /* largest value size xr_ref_new accepts */
     size_t max_value_align;  /* largest value alignment xr_ref_new accepts (a power of two) */
     uint32_t optional;       /* XR_HAS_* bits */
+    uint32_t capabilities;   /* XR_CAP_* bits (version 2; a version 1 library leaves it alone) */
 } xr_description;
 
-/* The ABI version, callable before anything else (the harness refuses any other version). */
+/* The ABI version, callable before anything else (the harness takes 1 and 2, refuses any other). */
 uint32_t xr_abi_version(void);
 void xr_describe(xr_description *out);
 
@@ -169,6 +200,43 @@ int xr_table_set_gc_okay(xr_table *t, int okay, int *previous);
 
 /* gc(module_info_lookup, table). */
 int xr_gc(const xr_stack *stack, xr_table *t);
+
+/* ---- XR_CAP_OWN_REGISTRY: the runtime's own code registry --------------------------------------- */
+
+/* One call site of compiled code: `pc` is the return address of the call, the pc a frame
+ * suspended there shows in the walk. `map` NULL: no live refs at this call site. */
+typedef struct xr_call_site {
+    uintptr_t pc;
+    const xr_stack_map *map;
+} xr_call_site;
+
+/* One function: its code is [start, end); its call sites in ascending pc order, within it. */
+typedef struct xr_function {
+    uintptr_t start;
+    uintptr_t end;
+    size_t n_call_sites;
+    const xr_call_site *call_sites;
+} xr_function;
+
+/* One module's code: its functions in ascending, disjoint code ranges. Everything it points to
+ * is valid only during xr_table_register_module: the runtime copies what it keeps. */
+typedef struct xr_module {
+    size_t n_functions;
+    const xr_function *functions;
+} xr_module;
+
+/* The module is instantiated in the table's store: from now on a pc in its functions' code is
+ * Wasm, with the map of the call site at exactly that pc (none: no live refs). *id names it. */
+int xr_table_register_module(xr_table *t, const xr_module *module, uint64_t *id);
+/* The module was dropped: its pcs are no longer Wasm code. */
+int xr_table_unregister_module(xr_table *t, uint64_t id);
+
+/* ---- XR_CAP_CANARY_GUARD: the canary as a scope ----------------------------------------------- */
+
+/* The oldest host-to-Wasm call enters the scope with the host's sp as the canary; its return
+ * leaves it (the seed: set_stack_canary(Some(sp)), then set_stack_canary(None)). */
+int xr_table_enter_wasm(xr_table *t, uintptr_t canary);
+int xr_table_leave_wasm(xr_table *t);
 
 /* ---- optional (private in the seed) ----------------------------------------------------------- */
 

@@ -1,8 +1,9 @@
-"""Loading an implementation library of the C ABI (`native/externref_abi.h`, version 1) with ctypes.
+"""Loading an implementation library of the C ABI (`native/externref_abi.h`, versions 1 and 2) with ctypes.
 
-`load_library` opens the shared library, checks that it speaks ABI version 1 (asked before anything
-else is called or required), that it exports every required `xr_*` function, and that its `xr_describe`
-is consistent with what it exports; any refusal is a `LibraryError` whose message is one line
+`load_library` opens the shared library, checks that it speaks ABI version 1 or 2 (asked before
+anything else is called or required), that it exports every `xr_*` function its capabilities
+require (`required_functions`: version 1 has none, so it needs exactly version 1's set), and that its
+`xr_describe` is consistent with what it exports; any refusal is a `LibraryError` whose message is one line
 naming the library and the problem. The `NativeLibrary` it returns holds the `ctypes.CDLL` with the
 argument and result types of every function of the header set, the library's `Description`, and
 the ctypes types of the header's callback structures.
@@ -19,8 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The ABI version this harness speaks (`XR_ABI_VERSION`).
-XR_ABI_VERSION = 1
+from externref_harness.model import capabilities
+
+#: The ABI version this harness speaks (`XR_ABI_VERSION`); it also takes every older one.
+XR_ABI_VERSION = 2
+#: Versions `load_library` takes: version 1 is version 2 without capabilities (the seed's set).
+ABI_VERSIONS = (1, 2)
 
 # Statuses.
 XR_OK = 0
@@ -104,7 +109,31 @@ class XrDescription(ctypes.Structure):
         ("max_value_size", ctypes.c_size_t),
         ("max_value_align", ctypes.c_size_t),
         ("optional", ctypes.c_uint32),
+        ("capabilities", ctypes.c_uint32),  # version 2
     )
+
+
+class XrCallSite(ctypes.Structure):
+    """`struct xr_call_site`: a call's return address and its stack map (NULL: none)."""
+
+    _fields_ = (("pc", ctypes.c_size_t), ("map", ctypes.POINTER(XrStackMap)))
+
+
+class XrFunction(ctypes.Structure):
+    """`struct xr_function`: a function's code range and its call sites, in pc order."""
+
+    _fields_ = (
+        ("start", ctypes.c_size_t),
+        ("end", ctypes.c_size_t),
+        ("n_call_sites", ctypes.c_size_t),
+        ("call_sites", ctypes.POINTER(XrCallSite)),
+    )
+
+
+class XrModule(ctypes.Structure):
+    """`struct xr_module`: a module's functions, in ascending disjoint code ranges."""
+
+    _fields_ = (("n_functions", ctypes.c_size_t), ("functions", ctypes.POINTER(XrFunction)))
 
 
 # ---- the functions of the header ------------------------------------------------------------------
@@ -144,6 +173,40 @@ REQUIRED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "xr_gc": (_int, (_P(XrStack), _ptr)),
 }
 
+#: Functions a capability adds to the required set: name -> (restype, argtypes).
+ADDED: dict[str, dict[str, tuple[Any, tuple[Any, ...]]]] = {
+    capabilities.OWN_REGISTRY: {
+        "xr_table_register_module": (_int, (_ptr, _P(XrModule), _P(ctypes.c_uint64))),
+        "xr_table_unregister_module": (_int, (_ptr, ctypes.c_uint64)),
+    },
+    capabilities.CANARY_GUARD: {
+        "xr_table_enter_wasm": (_int, (_ptr, _size)),
+        "xr_table_leave_wasm": (_int, (_ptr,)),
+    },
+}
+
+#: Functions a capability removes from the required set: the harness never calls them then.
+REMOVED: dict[str, tuple[str, ...]] = {
+    capabilities.NO_GC_FREE_INSERT: (
+        "xr_table_insert_without_gc",
+        "xr_table_bump_capacity_remaining",
+        "xr_table_set_gc_okay",
+    ),
+    capabilities.CANARY_GUARD: ("xr_table_stack_canary", "xr_table_set_stack_canary"),
+    capabilities.NO_RAW: ("xr_ref_into_raw", "xr_ref_from_raw", "xr_ref_clone_from_raw"),
+    capabilities.NO_STRONG_COUNT: ("xr_ref_strong_count",),
+}
+
+
+def required_functions(declared: tuple[str, ...]) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """Every function a library with these capabilities must export, with its ctypes signature."""
+    removed = {name for capability in declared for name in REMOVED.get(capability, ())}
+    out = {name: sig for name, sig in REQUIRED.items() if name not in removed}
+    for capability in declared:
+        out.update(ADDED.get(capability, {}))
+    return out
+
+
 #: name -> (bit of `optional`, restype, argtypes) of every optional function.
 OPTIONAL: dict[str, tuple[int, Any, tuple[Any, ...]]] = {
     "xr_table_num_filled_in_bump_chunk": (XR_HAS_NUM_FILLED_IN_BUMP_CHUNK, _int, (_ptr, _P(_size))),
@@ -178,12 +241,15 @@ class Description:
     #: The only `(size, align)` layouts `xr_ref_new` makes (`xr_value_layouts`); None: any layout
     #: within `max_value_size` and `max_value_align`.
     value_layouts: tuple[tuple[int, int], ...] | None = None
+    #: Declared design choices (`model.capabilities`, in bit order); version 1: the seed's, none.
+    capabilities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        # From JSON (a child's description) the layouts arrive as lists.
+        # From JSON (a child's description) the layouts and capabilities arrive as lists.
         if self.value_layouts is not None:
             layouts = tuple((int(size), int(align)) for size, align in self.value_layouts)
             object.__setattr__(self, "value_layouts", layouts)
+        object.__setattr__(self, "capabilities", capabilities.canonical(self.capabilities))
 
     def allows(self, size: int, align: int) -> bool:
         """Whether `xr_ref_new` makes a value of this layout."""
@@ -206,8 +272,10 @@ class NativeLibrary:
         return "(no message)" if raw is None else raw.decode("utf-8", "replace")
 
     def has(self, name: str) -> bool:
-        """Whether the library exports this function of the header."""
-        return name in REQUIRED or (name in OPTIONAL and _exports(self.cdll, name))
+        """Whether the library exports this function of the header (and the harness may call it)."""
+        if name in OPTIONAL:
+            return _exports(self.cdll, name)
+        return name in required_functions(self.description.capabilities)
 
 
 def _exports(cdll: ctypes.CDLL, name: str) -> bool:
@@ -227,14 +295,30 @@ def _text(raw: bytes | None, field: str, where: str) -> str:
         raise LibraryError(f"{where}: xr_describe's {field} is not UTF-8 ({err.reason})") from None
 
 
-def _describe(cdll: ctypes.CDLL, where: str) -> Description:
-    out = XrDescription()
+def _describe(cdll: ctypes.CDLL, where: str, abi_version: int) -> Description:
+    out = XrDescription()  # zeroed: a version 1 library never writes `capabilities`
     cdll.xr_describe(ctypes.byref(out))
-    if out.abi_version != XR_ABI_VERSION:
+    if out.abi_version != abi_version:
         raise LibraryError(
             f"{where}: xr_describe says ABI version {out.abi_version} but xr_abi_version() says "
-            f"{XR_ABI_VERSION}"
+            f"{abi_version}"
         )
+    declared: tuple[str, ...] = capabilities.SEED
+    if abi_version >= 2:
+        try:
+            declared = capabilities.from_bits(int(out.capabilities))
+        except capabilities.UnknownCapability as err:
+            raise LibraryError(f"{where}: xr_describe declares an {err}") from None
+        missing = [name for name in required_functions(declared) if not _exports(cdll, name)]
+        if missing:
+            raise LibraryError(
+                f"{where}: missing symbols its capabilities ({', '.join(declared) or 'none'}) require: "
+                f"{', '.join(missing)}"
+            )
+        for name, (restype, argtypes) in required_functions(declared).items():
+            function = getattr(cdll, name)
+            function.restype = restype
+            function.argtypes = argtypes
     name = _text(out.name, "name", where)
     version = _text(out.version, "version", where)
     if out.chunk_size == 0:
@@ -268,6 +352,7 @@ def _describe(cdll: ctypes.CDLL, where: str) -> Description:
         has_elements=bool(bits & XR_HAS_ELEMENTS),
         has_set_chunk_size=bool(bits & XR_HAS_SET_CHUNK_SIZE),
         value_layouts=layouts,
+        capabilities=declared,
     )
 
 
@@ -304,7 +389,7 @@ def _value_layouts(
 
 
 def load_library(path: str | os.PathLike[str]) -> NativeLibrary:
-    """Open an implementation library and validate it against ABI version 1."""
+    """Open an implementation library and validate it against its ABI version (1 or 2)."""
     lib_path = Path(path)
     where = f"library {lib_path}"
     if not lib_path.is_file():
@@ -314,16 +399,24 @@ def load_library(path: str | os.PathLike[str]) -> NativeLibrary:
     except OSError as err:
         reason = " ".join(str(err).split())
         raise LibraryError(f"{where}: not a loadable shared library ({reason})") from None
-    missing = [name for name in REQUIRED if not _exports(cdll, name)]
-    if "xr_abi_version" not in missing:
-        # Asked first: a library of another version may lack (or retype) anything else.
-        cdll.xr_abi_version.restype, cdll.xr_abi_version.argtypes = REQUIRED["xr_abi_version"]
-        version = int(cdll.xr_abi_version())
-        if version != XR_ABI_VERSION:
-            raise LibraryError(f"{where}: ABI version {version}, the harness speaks version {XR_ABI_VERSION}")
+    if not _exports(cdll, "xr_abi_version"):
+        missing = [name for name in REQUIRED if not _exports(cdll, name)]
+        raise LibraryError(f"{where}: missing required symbols: {', '.join(missing)}")
+    # Asked first: a library of another version may lack (or retype) anything else.
+    cdll.xr_abi_version.restype, cdll.xr_abi_version.argtypes = REQUIRED["xr_abi_version"]
+    version = int(cdll.xr_abi_version())
+    if version not in ABI_VERSIONS:
+        speaks = " and ".join(str(v) for v in ABI_VERSIONS)
+        raise LibraryError(f"{where}: ABI version {version}, the harness speaks versions {speaks}")
+    # What every version needs to be described; the rest depends on the declared capabilities.
+    basic = ("xr_abi_version", "xr_describe", "xr_set_hooks", "xr_panic_message")
+    missing = [name for name in basic if not _exports(cdll, name)]
+    if version == 1:
+        missing = [name for name in REQUIRED if not _exports(cdll, name)]
     if missing:
         raise LibraryError(f"{where}: missing required symbols: {', '.join(missing)}")
-    for name, (restype, argtypes) in REQUIRED.items():
+    for name in REQUIRED if version == 1 else basic:
+        restype, argtypes = REQUIRED[name]
         function = getattr(cdll, name)
         function.restype = restype
         function.argtypes = argtypes
@@ -332,4 +425,4 @@ def load_library(path: str | os.PathLike[str]) -> NativeLibrary:
             function = getattr(cdll, name)
             function.restype = restype
             function.argtypes = argtypes
-    return NativeLibrary(lib_path, cdll, _describe(cdll, where))
+    return NativeLibrary(lib_path, cdll, _describe(cdll, where, version))

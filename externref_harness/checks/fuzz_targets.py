@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from hypothesis.stateful import RuleBasedStateMachine
 
@@ -39,7 +39,7 @@ class Found:
         ident = {
             "check": self.check,
             "invariant": self.invariant,
-            "config": {f.name: getattr(self.trace.config, f.name) for f in fields(Config)},
+            "config": tracefile.config_json(self.trace.config),
             "steps": [op.to_json() for op in self.trace.steps],
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()

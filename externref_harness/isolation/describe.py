@@ -125,4 +125,4 @@ def _description(library: Path, frame: Any) -> Description:
         raise LibraryRefused(f"library {library}: its description could not be read: {e}") from None
 
 
-_TYPES: dict[str, Any] = {"str": str, "int": int, "bool": bool}
+_TYPES: dict[str, Any] = {"str": str, "int": int, "bool": bool, "tuple[str, ...]": tuple[str, ...]}

@@ -1,7 +1,8 @@
 """What a lockstep run checks: the harness's Python port, or a native library behind the C ABI.
 
 A `Target` makes the adapters of a run and fixes the parts of its config the implementation
-decides: a native library's build (debug or release, from `xr_describe`) and its chunk size (the
+decides: a native library's build (debug or release, from `xr_describe`), its declared
+capabilities (`model.capabilities`), and its chunk size (the
 model runs at the implementation's chunk size; a library with `xr_table_new_with_chunk_size` can
 be run at any, and by default runs at the small chunk that keeps slow paths near).
 """
@@ -47,7 +48,7 @@ class Target:
                 f"--chunk-size {chunk_size}: {self.path} has a fixed chunk of {desc.chunk_size} "
                 "slots (no xr_table_new_with_chunk_size)"
             )
-        return replace(base, build=own, chunk_size=chunk_size)
+        return replace(base, build=own, chunk_size=chunk_size, capabilities=desc.capabilities)
 
 
 def bounds_for(cfg: Config, bounds: Bounds, description: Description | None = None) -> Bounds:

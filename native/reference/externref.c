@@ -12,6 +12,9 @@
  *                         descending address order).
  *   XR_BUG_*              one seeded bug each.
  *   XR_RACE_WINDOW_NS=N   the race bugs' pause inside their window (default 5000; 0: none).
+ *   XR_ABI_V1             a version 1 library: reports ABI version 1 and leaves the description's
+ *                         version 2 field (capabilities) alone, as a library built against the
+ *                         version 1 header does.
  *   XR_REPORT_*           what xr_abi_version / xr_describe report (to test the loader's refusals).
  *
  * Panics: each entry point sets a jump buffer; a panic (a failed assert! or debug_assert!)
@@ -44,11 +47,23 @@
 #endif
 #endif
 
+#ifdef XR_ABI_V1
+#define XR_BUILT_ABI_VERSION 1u
+#else
+#define XR_BUILT_ABI_VERSION XR_ABI_VERSION
+#endif
 #ifndef XR_REPORT_ABI_VERSION
-#define XR_REPORT_ABI_VERSION XR_ABI_VERSION
+#define XR_REPORT_ABI_VERSION XR_BUILT_ABI_VERSION
 #endif
 #ifndef XR_REPORT_DESCRIBE_ABI_VERSION
-#define XR_REPORT_DESCRIBE_ABI_VERSION XR_ABI_VERSION
+#define XR_REPORT_DESCRIBE_ABI_VERSION XR_BUILT_ABI_VERSION
+#endif
+/* The XR_CAP_* bits this build declares (the variants below add theirs). */
+#ifndef XR_CAPABILITIES
+#define XR_CAPABILITIES 0u
+#endif
+#ifndef XR_REPORT_CAPABILITIES
+#define XR_REPORT_CAPABILITIES XR_CAPABILITIES
 #endif
 #ifndef XR_REPORT_NAME
 #define XR_REPORT_NAME "externref-c-reference"
@@ -732,6 +747,9 @@ EXPORT void xr_describe(xr_description *out) {
     out->max_value_size = XR_MAX_VALUE_SIZE;
     out->max_value_align = XR_REPORT_MAX_VALUE_ALIGN;
     out->optional = XR_REPORT_OPTIONAL;
+#ifndef XR_ABI_V1
+    out->capabilities = XR_REPORT_CAPABILITIES;
+#endif
 }
 
 EXPORT void xr_set_hooks(const xr_hooks *h) {

@@ -141,8 +141,8 @@ def test_bad_libraries_and_expectation_files_are_refused(
     good = str(build_reference("debug"))
     assert_one_line_exit_2(["gate", str(tmp_path / "none.so")], capsys, "no such file")
     assert_one_line_exit_2(["gate", str(text)], capsys, "not a loadable shared library")
-    old = build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"})
-    assert_one_line_exit_2(["gate", str(old)], capsys, "ABI version 2")
+    old = build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "3"})
+    assert_one_line_exit_2(["gate", str(old)], capsys, "ABI version 3")
     cases = {
         "unknown.toml": ('[divergences."no.such-check"]\nreason = "x"\n', "unknown check"),
         "noreason.toml": ('[divergences."seed.chunk-size"]\n', "needs a non-empty 'reason'"),
@@ -253,7 +253,7 @@ def _text_file(directory: Path) -> Path:
     [
         (lambda d: d / "none.so", "no such file"),
         (_text_file, "not a loadable shared library"),
-        (lambda d: build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"}), "ABI version 2"),
+        (lambda d: build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "3"}), "ABI version 3"),
     ],
     ids=["missing", "not-a-library", "other-abi"],
 )

@@ -107,8 +107,8 @@ def test_bad_libraries_and_requests_are_refused_in_one_line(
     fixed = build_reference("debug", no_optional=True)
     assert_one_line_exit_2(["check", "--impl", str(tmp_path / "missing.so")], capsys, "no such file")
     assert_one_line_exit_2(["check", "--impl", str(text)], capsys, "not a loadable shared library")
-    old = build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "2"})
-    assert_one_line_exit_2(["check", "--impl", str(old)], capsys, "ABI version 2")
+    old = build_reference("debug", defines={"XR_REPORT_ABI_VERSION": "3"})
+    assert_one_line_exit_2(["check", "--impl", str(old)], capsys, "ABI version 3")
     assert_one_line_exit_2(["check", "--impl", str(fixed), "--chunk-size", "4"], capsys, "fixed chunk of 512")
     assert_one_line_exit_2(["check", "--impl", str(fixed), "--build", "release"], capsys, "is a debug build")
     assert_one_line_exit_2(

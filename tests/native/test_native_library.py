@@ -184,7 +184,8 @@ def rt(request: pytest.FixtureRequest) -> Iterator[Runtime]:
 def test_describe_says_what_each_build_is() -> None:
     debug = library.load_library(build.build_reference("debug")).description
     release = library.load_library(build.build_reference("release")).description
-    assert (debug.abi_version, debug.name, debug.version) == (1, "externref-c-reference", "1.0.0")
+    assert (debug.abi_version, debug.name, debug.version) == (2, "externref-c-reference", "1.0.0")
+    assert debug.capabilities == ()
     assert debug.debug and not release.debug
     assert debug.chunk_size == release.chunk_size == 512
     assert (debug.max_value_size, debug.max_value_align) == (1 << 20, 1 << 12)
@@ -486,8 +487,8 @@ def test_refuses_a_library_lacking_symbols(tmp_path: Path) -> None:
 
 
 def test_asks_the_version_before_requiring_the_other_symbols(tmp_path: Path) -> None:
-    path = _stub_library(tmp_path, "unsigned xr_abi_version(void) { return 2; }\n", "version2only")
-    assert _refusal(path).endswith("ABI version 2, the harness speaks version 1")
+    path = _stub_library(tmp_path, "unsigned xr_abi_version(void) { return 3; }\n", "version3only")
+    assert _refusal(path).endswith("ABI version 3, the harness speaks versions 1 and 2")
 
 
 def test_asks_the_version_before_describe(tmp_path: Path) -> None:
@@ -498,21 +499,21 @@ def test_asks_the_version_before_describe(tmp_path: Path) -> None:
     )
     body = (
         "#include <stdlib.h>\n"
-        "unsigned xr_abi_version(void) { return 2; }\n"
+        "unsigned xr_abi_version(void) { return 3; }\n"
         "void xr_describe(void *d) { (void)d; abort(); }\n"  # must never be called
     ) + stubs
     assert _refusal(_stub_library(tmp_path, body, "version2")).endswith(
-        "ABI version 2, the harness speaks version 1"
+        "ABI version 3, the harness speaks versions 1 and 2"
     )
 
 
 @pytest.mark.parametrize(
     ("defines", "expected"),
     [
-        ({"XR_REPORT_ABI_VERSION": "7"}, "ABI version 7, the harness speaks version 1"),
+        ({"XR_REPORT_ABI_VERSION": "7"}, "ABI version 7, the harness speaks versions 1 and 2"),
         (
             {"XR_REPORT_DESCRIBE_ABI_VERSION": "3"},
-            "xr_describe says ABI version 3 but xr_abi_version() says 1",
+            "xr_describe says ABI version 3 but xr_abi_version() says 2",
         ),
         ({"XR_REPORT_CHUNK_SIZE": "0"}, "xr_describe gives chunk_size 0"),
         ({"XR_REPORT_MAX_VALUE_ALIGN": "24"}, "xr_describe's max_value_align 24 is not a power of two"),
@@ -790,3 +791,28 @@ def test_bug_drop_reread_frees_twice_under_threads() -> None:
 
 def test_bug_nonatomic_count_loses_updates_under_threads() -> None:
     assert any(_race_last_drops("c-nonatomic-count", 2000)[1] > 0 for _ in range(RACE_RUNS))
+
+
+def test_a_version_1_library_is_described_with_the_seeds_capabilities() -> None:
+    v1 = library.load_library(build.build_reference("debug", defines={"XR_ABI_V1": "1"})).description
+    assert (v1.abi_version, v1.capabilities) == (1, ())
+    # A version 1 library never writes the version 2 field: what it holds there is not read.
+    junk = build.build_reference("debug", defines={"XR_ABI_V1": "1", "XR_CAPABILITIES": "0xffff"})
+    assert library.load_library(junk).description.capabilities == ()
+
+
+def test_capabilities_are_read_in_bit_order_and_unknown_bits_refused() -> None:
+    both = build.build_reference("debug", defines={"XR_CAPABILITIES": "0x50"})
+    assert library.load_library(both).description.capabilities == ("single-threaded", "capacity-slots")
+    assert _refusal(build.build_reference("debug", defines={"XR_CAPABILITIES": "0x600"})).endswith(
+        "xr_describe declares an unknown capability bit(s) 9, 10 (0x600): the harness models only "
+        "own-registry, eager-chunk, no-gc-free-insert, canary-guard, single-threaded, no-raw, "
+        "capacity-slots, opaque-refs, no-strong-count"
+    )
+
+
+def test_a_capability_that_adds_functions_requires_them() -> None:
+    guard = build.build_reference("debug", defines={"XR_CAPABILITIES": "0x8"})
+    assert _refusal(guard).endswith(
+        "missing symbols its capabilities (canary-guard) require: xr_table_enter_wasm, xr_table_leave_wasm"
+    )
