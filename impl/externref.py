@@ -358,6 +358,13 @@ class PythonRuntime:
         self.table.stack_canary.is_some = canary is not None
         self.table.stack_canary.value = canary or 0
 
+    def enter_wasm(self, canary: int) -> None:
+        """The seed has no scope: entering is `set_stack_canary(Some(canary))`."""
+        self.set_stack_canary(canary)
+
+    def leave_wasm(self) -> None:
+        self.set_stack_canary(None)
+
     def set_gc_okay(self, okay: bool) -> bool:
         if self.debug:
             previous = bool(self.table.gc_okay)

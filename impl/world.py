@@ -37,9 +37,11 @@ from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
 from externref_harness.impl.values import fill_byte
 from externref_harness.model import ops, protocol
 from externref_harness.model.assertions import probed_assertion
+from externref_harness.model.capabilities import CANARY_GUARD, NO_GC_FREE_INSERT
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
+    check_counted_args,
     check_insert_count,
     check_instantiation,
     check_stack_canary,
@@ -85,6 +87,8 @@ class World(protocol.RuntimeApi[int]):
         self.gc_okay = True
         #: The capacity the embedder's next pre-GC check uses instead of the runtime's answer.
         self.embedder_capacity: int | None = None
+        #: Under `canary-guard`: the canary of the scope the host entered (None: not entered).
+        self.guard_canary: int | None = None
         self.rt: RuntimeBackend = runtime(cfg, Hooks(heap, self._value_dropped))
         self.host = HostBookkeeping([], [], self._is_freed)
         n = cfg.n_globals
@@ -139,11 +143,32 @@ class World(protocol.RuntimeApi[int]):
     def insert_without_gc(self, r: int) -> None:
         self.rt.insert_without_gc(r)
 
+    def try_insert(self, r: int) -> bool:
+        return self.rt.try_insert(r)
+
     def stack_canary(self) -> int | None:
+        """The canary: the runtime's answer, or under `canary-guard` (no getter) the scope the host
+        entered, which it knows itself."""
+        if self.cfg.has(CANARY_GUARD):
+            return self.guard_canary
         return self.rt.stack_canary()
 
     def set_stack_canary(self, canary: int | None) -> None:
-        self.rt.set_stack_canary(canary)
+        """`set_stack_canary`; under `canary-guard` setting it enters the scope and clearing it
+        leaves it (`xr_table_enter_wasm` / `xr_table_leave_wasm`), and re-setting what is already
+        true (which the embedder may do, `model.host.check_stack_canary`) calls nothing."""
+        if not self.cfg.has(CANARY_GUARD):
+            self.rt.set_stack_canary(canary)
+            return
+        if canary == self.guard_canary:
+            return
+        if canary is None:
+            self.rt.leave_wasm()
+        else:
+            if self.guard_canary is not None:
+                self.rt.leave_wasm()  # moving the canary: misuse the host refuses first
+            self.rt.enter_wasm(canary)
+        self.guard_canary = canary
 
     def drop_table(self) -> None:
         self.rt.drop_table()
@@ -190,11 +215,11 @@ class World(protocol.RuntimeApi[int]):
         try:
             if isinstance(op, ops.SetStackCanary):
                 saved = self.stack_canary()
-                self.rt.set_stack_canary(None)
+                self.set_stack_canary(None)
                 try:
                     self.rt.gc(self.stack_view)
                 finally:
-                    self.rt.set_stack_canary(saved)
+                    self.set_stack_canary(saved)
             else:
                 self.rt.gc(self.stack_view)
         except DebugAssertion as fired:
@@ -400,8 +425,10 @@ class World(protocol.RuntimeApi[int]):
             self.global_initialised[g] = False
 
     def op_CallWasm(self, op: ops.CallWasm) -> None:
+        if self.cfg.has(NO_GC_FREE_INSERT):
+            check_counted_args(len(op.args), self.cfg.chunk_size)
         refs = self.host.take_args(op.args, self.cfg.slots)
-        protocol.move_refs_into_table(self, refs, self.mutant)
+        protocol.move_refs_into_table(self, refs, self.cfg)
         resets = protocol.enter_wasm(self, self.stack.youngest.sp)
         frame = self._enter_wasm_frame(refs, [True] * len(refs))
         frame.resets_canary = resets
@@ -412,7 +439,7 @@ class World(protocol.RuntimeApi[int]):
             raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
         r = None if op.h is None else self.host.take(op.h)
         # The host function's one externref result counts for the pre-GC even when it is null.
-        protocol.move_refs_into_table(self, [r], self.mutant)
+        protocol.move_refs_into_table(self, [r], self.cfg)
         self.stack.pop()
         caller = self._wasm_frame()
         assert top.ret_slot is not None
@@ -442,7 +469,7 @@ class World(protocol.RuntimeApi[int]):
         value = self._global(op.g)
         self._safepoint(frame, at_wasm_call=False)
         self.stack.push_host(unwind_info=True, called_from_wasm=False, ret_slot=None)  # libcall
-        got = protocol.libcall_global_get(self, value)
+        got = protocol.libcall_global_get(self, value, self.cfg)
         self.stack.pop()
         self._write(frame, op.dst, got or 0, True)
 

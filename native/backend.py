@@ -289,6 +289,12 @@ class NativeRuntime:
         status = self._cdll.xr_table_set_stack_canary(self.table, int(canary is not None), canary or 0)
         self._check("xr_table_set_stack_canary", status)
 
+    def enter_wasm(self, canary: int) -> None:
+        self._check("xr_table_enter_wasm", self._cdll.xr_table_enter_wasm(self.table, canary))
+
+    def leave_wasm(self) -> None:
+        self._check("xr_table_leave_wasm", self._cdll.xr_table_leave_wasm(self.table))
+
     def set_gc_okay(self, okay: bool) -> bool:
         previous = ctypes.c_int()
         status = self._cdll.xr_table_set_gc_okay(self.table, int(okay), ctypes.byref(previous))

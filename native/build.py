@@ -55,11 +55,13 @@ class CBug:
     #: above 8), "unwind-stops" (a walk that ends before the canary), "release" (the debug build
     #: panics on it first, which is also a detection), "debug" (only a debug build has the code).
     needs: frozenset[str]
+    #: The variant (`C_VARIANTS`) the bug lives in, built with it (None: the seed-shaped build).
+    variant: str | None = None
 
 
-def _bug(name: str, description: str, mechanism: str, *needs: str) -> CBug:
+def _bug(name: str, description: str, mechanism: str, *needs: str, variant: str | None = None) -> CBug:
     macro = "XR_BUG_" + name.removeprefix("c-").replace("-", "_").upper()
-    return CBug(name, macro, description, mechanism, frozenset(needs))
+    return CBug(name, macro, description, mechanism, frozenset(needs), variant)
 
 
 C_BUGS: dict[str, CBug] = {
@@ -168,25 +170,61 @@ C_BUGS: dict[str, CBug] = {
             "undone, so the count ends one too high (a leak) or one too low (an early free)",
             "threads",
         ),
+        _bug(
+            "c-eager-chunk-off-by-one",
+            "the chunk xr_table_new allocates eagerly is one slot short",
+            "eager-chunk: inserts before the first GC find the chunk full one slot early (a lost "
+            "insert, an early GC); the table's chunk length is wrong from the start",
+            variant="c-eager-chunk",
+        ),
+        _bug(
+            "c-guard-canary-not-cleared",
+            "xr_table_leave_wasm keeps the canary instead of leaving the scope",
+            "canary-guard: a GC after Wasm returned does not find the stale canary and sweeps "
+            "nothing, so the table keeps refs the seed frees (a leak until the next call)",
+            variant="c-guard-canary",
+        ),
     )
 }
 
 
 @dataclass(frozen=True, slots=True)
 class CVariant:
-    """A correct implementation that is not seed-exact: lockstep must tell it apart, not fail it."""
+    """A correct implementation that is not seed-exact: lockstep must tell it apart, not fail it.
+
+    `macros` are defined together; each variant macro of the source is independent (it ORs its
+    own `XR_CAP_*` bit into `XR_CAPABILITIES`), so a variant may be the union of others."""
 
     name: str
-    macro: str
+    macros: tuple[str, ...]
     description: str
 
 
 C_VARIANTS: dict[str, CVariant] = {
     "c-loose": CVariant(
         "c-loose",
-        "XR_VARIANT_LOOSE",
-        "chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep that clears the "
-        "chunk youngest slot first and drops set members in descending address order",
+        ("XR_VARIANT_LOOSE",),
+        "capacity-slots: chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep "
+        "that clears the chunk youngest slot first and drops set members in descending address order",
+    ),
+    "c-eager-chunk": CVariant(
+        "c-eager-chunk", ("XR_VARIANT_EAGER_CHUNK",), "eager-chunk: xr_table_new allocates the chunk"
+    ),
+    "c-no-gc-free-insert": CVariant(
+        "c-no-gc-free-insert",
+        ("XR_VARIANT_NO_GC_FREE_INSERT",),
+        "no-gc-free-insert: no insert_without_gc, bump_capacity_remaining or set_gc_okay",
+    ),
+    "c-guard-canary": CVariant(
+        "c-guard-canary",
+        ("XR_VARIANT_GUARD_CANARY",),
+        "canary-guard: the canary is a scope (xr_table_enter_wasm / xr_table_leave_wasm), no getter",
+    ),
+    "c-single-threaded": CVariant(
+        "c-single-threaded", ("XR_VARIANT_SINGLE_THREADED",), "single-threaded: plain, non-atomic counts"
+    ),
+    "c-no-raw": CVariant(
+        "c-no-raw", ("XR_VARIANT_NO_RAW",), "no-raw: no into_raw, from_raw or clone_from_raw"
     ),
 }
 
@@ -219,14 +257,18 @@ def reference_flags(
         raise UsageError(f"build {build!r}: expected one of {', '.join(BUILDS)}")
     flags = [*BASE_FLAGS, f"-I{NATIVE_DIR}", f"-DXR_DEBUG={1 if build == 'debug' else 0}"]
     flags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"] if sanitize else ["-O2", "-g"]
+    variants = [] if variant is None else [variant]
     if bug is not None:
         if bug not in C_BUGS:
             raise UsageError(f"C bug {bug!r}: not one of {', '.join(C_BUGS)}")
         flags.append(f"-D{C_BUGS[bug].macro}")
-    if variant is not None:
-        if variant not in C_VARIANTS:
-            raise UsageError(f"C variant {variant!r}: not one of {', '.join(C_VARIANTS)}")
-        flags.append(f"-D{C_VARIANTS[variant].macro}")
+        needed = C_BUGS[bug].variant
+        if needed is not None and needed not in variants:
+            variants.append(needed)  # the bug lives in the variant's code
+    for name in variants:
+        if name not in C_VARIANTS:
+            raise UsageError(f"C variant {name!r}: not one of {', '.join(C_VARIANTS)}")
+        flags += [f"-D{macro}" for macro in C_VARIANTS[name].macros]
     if no_optional:
         flags.append("-DXR_NO_OPTIONAL")
     if chunk_size is not None:

@@ -27,7 +27,7 @@ from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness import trace as tracefile
-from externref_harness.errors import shown
+from externref_harness.errors import UsageError, shown
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
 from externref_harness.isolation.pool import ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
@@ -166,6 +166,7 @@ class Lockstep:
         embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
         counts in slots is not charged for the embedder's choice."""
         if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+            # Under `capacity-slots` the model answers in slots too, so the two sides agree.
             return SeedRuntime(self.cfg, before).bump_capacity_remaining()
         return None
 
@@ -412,6 +413,14 @@ MODEL = "model"
 IMPLEMENTATION = "implementation"
 
 
+def check_available(cfg: Config, steps: Sequence[ops.Op]) -> None:
+    """Every step runs on an implementation with `cfg`'s capabilities (one-line `UsageError`)."""
+    for at, op in enumerate(steps, 1):
+        why = ops.unavailable(op, cfg.capabilities)
+        if why is not None:
+            raise UsageError(f"step {at} ({op}) cannot run: {why} ({', '.join(cfg.capabilities)})")
+
+
 def drive(
     cfg: Config,
     steps: Sequence[ops.Op],
@@ -422,8 +431,10 @@ def drive(
     """Run `steps` in lockstep, then tear down (unless a side panicked or already failed).
 
     With `until_first`, stop at the first failure of either side; otherwise go on until both
-    sides have failed, so each side's first failure is known.
+    sides have failed, so each side's first failure is known. A step that calls a function the
+    implementation lacks by its capabilities (`ops.unavailable`) is refused before anything runs.
     """
+    check_available(cfg, steps)
     run = Lockstep(cfg, adapter, options=options)
     out = Driven([], [], [run.state])
 

@@ -10,6 +10,11 @@
  *   XR_VARIANT_LOOSE      correct but not seed-exact (chunk 256, capacity in slots, a sweep that
  *                         clears the chunk youngest slot first and drops set members in
  *                         descending address order).
+ *   XR_VARIANT_EAGER_CHUNK, XR_VARIANT_NO_GC_FREE_INSERT, XR_VARIANT_GUARD_CANARY,
+ *   XR_VARIANT_SINGLE_THREADED, XR_VARIANT_NO_RAW
+ *                         one capability each (ABI.md "Capabilities"): each declares its XR_CAP_*
+ *                         bit and exports exactly the functions its capability requires; any of
+ *                         them may be combined (-DXR_VARIANT_EAGER_CHUNK -DXR_VARIANT_NO_RAW ...).
  *   XR_BUG_*              one seeded bug each.
  *   XR_RACE_WINDOW_NS=N   the race bugs' pause inside their window (default 5000; 0: none).
  *   XR_ABI_V1             a version 1 library: reports ABI version 1 and leaves the description's
@@ -58,9 +63,42 @@
 #ifndef XR_REPORT_DESCRIBE_ABI_VERSION
 #define XR_REPORT_DESCRIBE_ABI_VERSION XR_BUILT_ABI_VERSION
 #endif
-/* The XR_CAP_* bits this build declares (the variants below add theirs). */
+/* ---- the capability variants: each ORs its XR_CAP_* bit into XR_CAPABILITIES ------------------ */
+#ifdef XR_VARIANT_LOOSE
+#define XR_VARIANT_CAP_LOOSE XR_CAP_CAPACITY_SLOTS
+#else
+#define XR_VARIANT_CAP_LOOSE 0u
+#endif
+#ifdef XR_VARIANT_EAGER_CHUNK
+#define XR_VARIANT_CAP_EAGER_CHUNK XR_CAP_EAGER_CHUNK
+#else
+#define XR_VARIANT_CAP_EAGER_CHUNK 0u
+#endif
+#ifdef XR_VARIANT_NO_GC_FREE_INSERT
+#define XR_VARIANT_CAP_NO_GC_FREE_INSERT XR_CAP_NO_GC_FREE_INSERT
+#else
+#define XR_VARIANT_CAP_NO_GC_FREE_INSERT 0u
+#endif
+#ifdef XR_VARIANT_GUARD_CANARY
+#define XR_VARIANT_CAP_GUARD_CANARY XR_CAP_CANARY_GUARD
+#else
+#define XR_VARIANT_CAP_GUARD_CANARY 0u
+#endif
+#ifdef XR_VARIANT_SINGLE_THREADED
+#define XR_VARIANT_CAP_SINGLE_THREADED XR_CAP_SINGLE_THREADED
+#else
+#define XR_VARIANT_CAP_SINGLE_THREADED 0u
+#endif
+#ifdef XR_VARIANT_NO_RAW
+#define XR_VARIANT_CAP_NO_RAW XR_CAP_NO_RAW
+#else
+#define XR_VARIANT_CAP_NO_RAW 0u
+#endif
+/* The XR_CAP_* bits this build declares: the variants' (another -DXR_CAPABILITIES overrides). */
 #ifndef XR_CAPABILITIES
-#define XR_CAPABILITIES 0u
+#define XR_CAPABILITIES                                                                            \
+    (XR_VARIANT_CAP_LOOSE | XR_VARIANT_CAP_EAGER_CHUNK | XR_VARIANT_CAP_NO_GC_FREE_INSERT |         \
+     XR_VARIANT_CAP_GUARD_CANARY | XR_VARIANT_CAP_SINGLE_THREADED | XR_VARIANT_CAP_NO_RAW)
 #endif
 #ifndef XR_REPORT_CAPABILITIES
 #define XR_REPORT_CAPABILITIES XR_CAPABILITIES
@@ -315,6 +353,8 @@ static void increment_ref_count(VMExternData *data) {
     size_t old = __atomic_load_n(&data->ref_count, __ATOMIC_RELAXED);
     race_window();
     __atomic_store_n(&data->ref_count, old + 1, __ATOMIC_RELAXED);
+#elif defined(XR_VARIANT_SINGLE_THREADED)
+    data->ref_count += 1; /* XR_CAP_SINGLE_THREADED: a plain count */
 #else
     __atomic_fetch_add(&data->ref_count, 1, __ATOMIC_RELAXED);
 #endif
@@ -331,6 +371,8 @@ static void ref_drop(xr_ref r) {
     VMExternData *data = extern_data(r);
 #ifdef XR_BUG_NONATOMIC_COUNT
     size_t old = racy_add(&data->ref_count, (size_t)-1);
+#elif defined(XR_VARIANT_SINGLE_THREADED)
+    size_t old = data->ref_count--; /* XR_CAP_SINGLE_THREADED: a plain count */
 #else
     size_t old = __atomic_fetch_sub(&data->ref_count, 1, __ATOMIC_RELEASE);
 #endif
@@ -465,6 +507,10 @@ _Static_assert(offsetof(struct xr_table, end) == 8, "end at 8");
 _Static_assert(offsetof(struct xr_table, chunk_ptr) == 16, "chunk pointer at 16");
 _Static_assert(offsetof(struct xr_table, chunk_len) == 24, "chunk length at 24");
 
+#ifdef XR_VARIANT_EAGER_CHUNK
+static void table_allocate_chunk_eagerly(xr_table *t);
+#endif
+
 static xr_table *table_new(size_t chunk_size) {
     xr_table *t = xr_alloc(sizeof *t, _Alignof(xr_table));
     memset(t, 0, sizeof *t);
@@ -478,6 +524,9 @@ static xr_table *table_new(size_t chunk_size) {
     t->gc_okay = true;
 #endif
     t->chunk_size = chunk_size;
+#ifdef XR_VARIANT_EAGER_CHUNK
+    table_allocate_chunk_eagerly(t);
+#endif
     return t;
 }
 
@@ -488,7 +537,25 @@ static uintptr_t *new_chunk(const xr_table *t, size_t size) {
     return chunk;
 }
 
-static size_t bump_capacity_remaining(const xr_table *t) {
+/* ---- XR_VARIANT_EAGER_CHUNK (XR_CAP_EAGER_CHUNK): new allocates the chunk --------------------- */
+#ifdef XR_VARIANT_EAGER_CHUNK
+static void table_allocate_chunk_eagerly(xr_table *t) {
+#ifdef XR_BUG_EAGER_CHUNK_OFF_BY_ONE
+    size_t slots = t->chunk_size - 1; /* the seeded bug: one slot short */
+    if (slots == 0) return;           /* no chunk: the first sweep allocates it */
+    t->chunk_ptr = xr_alloc(slots * WORD, WORD);
+    memset(t->chunk_ptr, 0, slots * WORD);
+#else
+    size_t slots = t->chunk_size;
+    t->chunk_ptr = new_chunk(t, slots);
+#endif
+    t->chunk_len = slots;
+    t->next = t->chunk_ptr;
+    t->end = t->chunk_ptr + t->chunk_len;
+}
+#endif
+
+MAYBE_UNUSED static size_t bump_capacity_remaining(const xr_table *t) {
 #ifdef XR_VARIANT_LOOSE
     return (size_t)(t->end - t->next); /* slots */
 #else
@@ -516,7 +583,7 @@ static void insert_slow_without_gc(xr_table *t, xr_ref r) {
     set_insert(&t->over_approximated_stack_roots, r);
 }
 
-static void insert_without_gc(xr_table *t, xr_ref r) {
+MAYBE_UNUSED static void insert_without_gc(xr_table *t, xr_ref r) {
     if (!try_insert(t, r)) insert_slow_without_gc(t, r);
 }
 
@@ -811,6 +878,8 @@ EXPORT int xr_ref_as_raw(xr_ref r, void **out) {
     return XR_OK;
 }
 
+/* XR_VARIANT_NO_RAW (XR_CAP_NO_RAW): no into_raw, from_raw or clone_from_raw. */
+#ifndef XR_VARIANT_NO_RAW
 EXPORT int xr_ref_into_raw(xr_ref r, void **out) {
     *out = (void *)r; /* mem::forget(self): the raw owns the count */
     return XR_OK;
@@ -831,6 +900,7 @@ EXPORT int xr_ref_clone_from_raw(void *raw, xr_ref *out) {
     });
     return XR_OK;
 }
+#endif /* XR_VARIANT_NO_RAW */
 
 EXPORT int xr_ref_strong_count(xr_ref r, size_t *out) {
     *out = __atomic_load_n(&extern_data(r)->ref_count, __ATOMIC_SEQ_CST);
@@ -867,10 +937,14 @@ EXPORT int xr_table_drop(xr_table *t) {
     return XR_OK;
 }
 
+/* XR_VARIANT_NO_GC_FREE_INSERT (XR_CAP_NO_GC_FREE_INSERT): no bump_capacity_remaining,
+ * insert_without_gc or set_gc_okay (below). */
+#ifndef XR_VARIANT_NO_GC_FREE_INSERT
 EXPORT int xr_table_bump_capacity_remaining(xr_table *t, size_t *out) {
     *out = bump_capacity_remaining(t);
     return XR_OK;
 }
+#endif
 
 EXPORT int xr_table_try_insert(xr_table *t, xr_ref r) {
     bool inserted = false;
@@ -883,11 +957,32 @@ EXPORT int xr_table_insert_with_gc(xr_table *t, xr_ref r, const xr_stack *stack)
     return XR_OK;
 }
 
+#ifndef XR_VARIANT_NO_GC_FREE_INSERT
 EXPORT int xr_table_insert_without_gc(xr_table *t, xr_ref r) {
     ENTRY(insert_without_gc(t, r));
     return XR_OK;
 }
+#endif
 
+/* XR_VARIANT_GUARD_CANARY (XR_CAP_CANARY_GUARD): the canary is a scope, entered and left, with no
+ * getter. */
+#ifdef XR_VARIANT_GUARD_CANARY
+EXPORT int xr_table_enter_wasm(xr_table *t, uintptr_t canary) {
+    t->stack_canary_is_some = 1;
+    t->stack_canary = canary;
+    return XR_OK;
+}
+
+EXPORT int xr_table_leave_wasm(xr_table *t) {
+#ifndef XR_BUG_GUARD_CANARY_NOT_CLEARED
+    t->stack_canary_is_some = 0;
+    t->stack_canary = 0;
+#else
+    (void)t; /* the seeded bug: leaving the scope keeps the canary */
+#endif
+    return XR_OK;
+}
+#else
 EXPORT int xr_table_stack_canary(xr_table *t, int *is_some, uintptr_t *canary) {
     *is_some = t->stack_canary_is_some != 0;
     *canary = t->stack_canary_is_some ? t->stack_canary : 0;
@@ -899,7 +994,9 @@ EXPORT int xr_table_set_stack_canary(xr_table *t, int is_some, uintptr_t canary)
     t->stack_canary = is_some ? canary : 0;
     return XR_OK;
 }
+#endif /* XR_VARIANT_GUARD_CANARY */
 
+#ifndef XR_VARIANT_NO_GC_FREE_INSERT
 EXPORT int xr_table_set_gc_okay(xr_table *t, int okay, int *previous) {
 #if XR_DEBUG
     *previous = t->gc_okay;
@@ -911,6 +1008,7 @@ EXPORT int xr_table_set_gc_okay(xr_table *t, int okay, int *previous) {
 #endif
     return XR_OK;
 }
+#endif /* XR_VARIANT_NO_GC_FREE_INSERT */
 
 EXPORT int xr_gc(const xr_stack *stack, xr_table *t) {
     ENTRY(gc(stack, t));
