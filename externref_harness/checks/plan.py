@@ -275,6 +275,7 @@ def _threads(opts: CheckOptions) -> CheckResult:
     """Small parallel programs on real threads against `--impl` (in a child process), each history
     checked for linearizability against the model (derandomized profiles use seed 0)."""
     from externref_harness.isolation.describe import child_env, describe_library
+    from externref_harness.model.capabilities import SINGLE_THREADED
     from externref_harness.parallel.check import ParallelOptions
     from externref_harness.parallel.child import run_isolated
 
@@ -282,6 +283,10 @@ def _threads(opts: CheckOptions) -> CheckResult:
         raise UsageError("the parallel check runs a native library: give --impl PATH.so")
     env = child_env(opts.impl)
     description = describe_library(opts.impl, env)  # in a child: this process never loads it
+    if SINGLE_THREADED in description.capabilities:
+        # Its counts are not atomic by declaration: nothing it promises is run on several threads.
+        reason = "the library declares single-threaded (its counts are not atomic)"
+        return CheckResult(f"parallel threads vs {description.name}", True, {"not run": reason})
     seed = 0 if opts.hypothesis_settings.derandomize else None
     # In a child process: a crash or a hang on several threads is this check's failure.
     out = run_isolated(
