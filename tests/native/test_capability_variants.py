@@ -133,7 +133,7 @@ def test_replay_of_a_step_the_library_lacks_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     saved = tmp_path / "trace.json"
-    trace = tracefile.Trace(Config(), [ops.New(8, 8), ops.IntoRaw(0), ops.FromRaw(0), ops.Drop(0)])
+    trace = tracefile.Trace(Config(), (ops.New(8, 8), ops.IntoRaw(0), ops.FromRaw(0), ops.Drop(0)))
     saved.write_text(json.dumps(trace.to_json()))
     no_raw = str(build.build_reference("debug", variant="c-no-raw"))
     assert_one_line_exit_2(
