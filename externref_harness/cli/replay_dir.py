@@ -112,8 +112,9 @@ def _options(chosen: Target) -> lockstep.LockstepOptions:
 
 
 def run_corpus_file(trace: CorpusTrace, chosen: Target, override: MutantOverride) -> CorpusResult:
-    chunk = run_config(chosen, trace).chunk_size
-    return run_corpus_trace(trace, chosen.adapter_factory(), _options(chosen), override.apply(None), chunk)
+    cfg = run_config(chosen, trace)
+    adapter, mutant = chosen.adapter_factory(), override.apply(None)
+    return run_corpus_trace(trace, adapter, _options(chosen), mutant, cfg.chunk_size, cfg.capabilities)
 
 
 #: How much of a failure a summary line shows.
