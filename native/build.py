@@ -55,11 +55,13 @@ class CBug:
     #: above 8), "unwind-stops" (a walk that ends before the canary), "release" (the debug build
     #: panics on it first, which is also a detection), "debug" (only a debug build has the code).
     needs: frozenset[str]
+    #: The variant (`C_VARIANTS`) the bug is a change of, compiled in with it (None: the seed's code).
+    variant: str | None = None
 
 
-def _bug(name: str, description: str, mechanism: str, *needs: str) -> CBug:
+def _bug(name: str, description: str, mechanism: str, *needs: str, variant: str | None = None) -> CBug:
     macro = "XR_BUG_" + name.removeprefix("c-").replace("-", "_").upper()
-    return CBug(name, macro, description, mechanism, frozenset(needs))
+    return CBug(name, macro, description, mechanism, frozenset(needs), variant)
 
 
 C_BUGS: dict[str, CBug] = {
@@ -168,6 +170,13 @@ C_BUGS: dict[str, CBug] = {
             "undone, so the count ends one too high (a leak) or one too low (an early free)",
             "threads",
         ),
+        _bug(
+            "c-opaque-free-early",
+            "a drop that leaves one owner puts the box's index back on the free list (c-opaque-refs)",
+            "handle reuse while live (opaque-refs): the next New is given the live ref's handle, so two "
+            "refs alias one box; the harness sees a new ref whose word a live ref already has",
+            variant="c-opaque-refs",
+        ),
     )
 }
 
@@ -187,6 +196,13 @@ C_VARIANTS: dict[str, CVariant] = {
         "XR_VARIANT_LOOSE",
         "chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep that clears the "
         "chunk youngest slot first and drops set members in descending address order",
+    ),
+    "c-opaque-refs": CVariant(
+        "c-opaque-refs",
+        "XR_VARIANT_OPAQUE_REFS",
+        "declares opaque-refs: a ref word is a handle, index + 1 into a table of boxes the library "
+        "keeps (with a free list of indices), never a VMExternData address; hash and cmp go "
+        "through the box",
     ),
 }
 
@@ -223,6 +239,9 @@ def reference_flags(
         if bug not in C_BUGS:
             raise UsageError(f"C bug {bug!r}: not one of {', '.join(C_BUGS)}")
         flags.append(f"-D{C_BUGS[bug].macro}")
+        needed = C_BUGS[bug].variant
+        if needed is not None and needed != variant:
+            flags.append(f"-D{C_VARIANTS[needed].macro}")
     if variant is not None:
         if variant not in C_VARIANTS:
             raise UsageError(f"C variant {variant!r}: not one of {', '.join(C_VARIANTS)}")
