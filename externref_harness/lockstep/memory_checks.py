@@ -221,14 +221,34 @@ def memory_problems(
     handles = tuple(None if a is None else refs.ref(a) for a in probe.handles)
     if handles != state.handles:
         out.append(Problem("host.handles", f"model {state.handles}, impl {handles}"))
-    raws = tuple(None if p is None else RawPtr(refs.ref(p[0]), p[1]) for p in probe.raws)  # type: ignore[arg-type]
-    if raws != state.raws:
-        out.append(Problem("host.raws", f"model {state.raws}, impl {raws}"))
+    if not _same_raws(state.raws, probe.raws, refs):
+        # Shown as the model's `RawPtr`s are; a word no ref has reads as `?0x...`.
+        raws = ", ".join(
+            "None" if p is None else f"RawPtr(ref={refs.ref(p[0])}, owned={p[1]})" for p in probe.raws
+        )
+        out.append(
+            Problem("host.raws", f"model {state.raws}, impl ({raws}{',' if len(probe.raws) == 1 else ''})")
+        )
     globals_ = tuple(UNINIT if g is None else refs.slot(g) for g in probe.globals)
     if globals_ != state.globals:
         out.append(Problem("host.globals", f"model {state.globals}, impl {globals_}"))
     out += _stack_problems(state, probe, refs)
     return out
+
+
+def _same_raws(model: Sequence[RawPtr | None], impl: Sequence[tuple[int, bool] | None], refs: RefMap) -> bool:
+    """Each raw pointer holds the word of the model's ref. Compared as words, not as the ids the
+    words map to: a borrowed raw pointer outlives its ref, and under `opaque-refs` a later ref may
+    be given the dead ref's handle (its word then maps to the new id)."""
+    if len(model) != len(impl):
+        return False
+    for m, i in zip(model, impl, strict=True):
+        if m is None or i is None:
+            if (m is None) != (i is None):
+                return False
+        elif i[1] != m.owned or not 0 <= m.ref < len(refs.footers) or refs.footers[m.ref] != i[0]:
+            return False
+    return True
 
 
 def _ref_problems(
