@@ -67,8 +67,17 @@ class StepOutcome(NamedTuple):
     reports: tuple[PlainReport, ...]
 
 
+#: A `RefFacts.status` under `opaque-refs`: the value's destructor ran, its block (if the hooks
+#: gave it) is not freed yet.
+DROPPED = "dropped (value_dropped ran)"
+
+
 class RefFacts(NamedTuple):
-    """One allocation as memory shows it. The words are read at the canonical footer offsets."""
+    """One allocation as memory shows it. The words are read at the canonical footer offsets.
+
+    Under `opaque-refs` `footer` is the ref's handle and nothing is read at it: `status` is `freed` once
+    the block holding the value is (if the hooks gave it), else `DROPPED` once the value's
+    destructor ran, else `live`; the footer words are 0."""
 
     footer: int
     value: int
@@ -218,11 +227,13 @@ class InProcessImpl:
         align once per vtable address (vtables are static)."""
         heap = self.world.heap
         if i == len(self._blocks):
-            self._blocks.append(heap.block_at(footer))
+            self._blocks.append(heap.block_at(value if self.world.opaque else footer))
         block = self._blocks[i]
         known = self._freed.get(i)
         if known is not None:
             return known
+        if self.world.opaque:
+            return self._handle_facts(i, footer, value, block)
         if block is None:
             return RefFacts(footer, value, heap.status(footer), 0, 0, 0, 0, 0, 0, 0, 0)
         status = LIVE if block.live else heap.status(footer)
@@ -241,6 +252,22 @@ class InProcessImpl:
         )
         if not block.live:
             # A freed block stays freed (quarantined, poisoned): its facts never change again.
+            self._freed[i] = facts
+        return facts
+
+    def _handle_facts(self, i: int, handle: int, value: int, block: Block | None) -> RefFacts:
+        """`opaque-refs`: a ref's liveness read off its value, never at its handle: freed when the
+        block the hooks gave for it is, dropped once `value_dropped` ran for it, live otherwise (a
+        value outside the hooks' blocks is judged by its drop alone)."""
+        if block is not None and not block.live:
+            status = self.world.heap.status(value)
+        elif i in self.world.dead:
+            status = DROPPED
+        else:
+            status = LIVE
+        start, size, align = (0, 0, 0) if block is None else (block.start, block.size, block.align)
+        facts = RefFacts(handle, value, status, 0, 0, 0, 0, 0, start, size, align)
+        if block is not None and not block.live:
             self._freed[i] = facts
         return facts
 

@@ -15,7 +15,13 @@ A step's result is plain data: `("ok", value)`, `("err", kind)`, `("misuse", kin
 `("panic", message)`. In a debug build, a refused misuse that reaches one of the seed's own
 assertions is sent to the runtime too (`model.assertions`), and its result says what the
 runtime did: `("misuse", kind, detail, ("panic", message) | ("returned",))`. Refs in results
-are addresses: footers, or a value's address for `Deref`.
+are words: footers (handles under `opaque-refs`), or a value's address for `Deref`.
+
+Under `opaque-refs` the host cannot ask the checking heap whether a ref is freed (its word is a
+handle, in no block), and a freed ref's handle may be given out again. So the world keeps each
+ref's identity as the host knows it: which allocation each word and each value address belongs
+to, which allocations' values were dropped, and which allocation each raw pointer was made from
+(a raw pointer of a freed ref whose handle a new ref now has is still a raw pointer of a freed ref).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
 from externref_harness.impl.values import fill_byte
 from externref_harness.model import ops, protocol
 from externref_harness.model.assertions import probed_assertion
-from externref_harness.model.capabilities import CANARY_GUARD, NO_GC_FREE_INSERT
+from externref_harness.model.capabilities import CANARY_GUARD, NO_GC_FREE_INSERT, OPAQUE_REFS
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
@@ -51,6 +57,7 @@ from externref_harness.model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
     BAD_SLOT,
+    FREED_RAW,
     GC_NOT_OKAY,
     UNINIT_GLOBAL,
     WRONG_FRAME,
@@ -99,11 +106,23 @@ class World(protocol.RuntimeApi[int]):
         self.layouts: dict[int, tuple[int, int]] = {}
         #: `VMExternRef::hash` of the two refs the last `Eq` / `Cmp` compared, `(ref, hash)`.
         self.hashes: list[tuple[int, int]] = []
+        #: A ref word is a handle, not a footer's address (`model.capabilities.OPAQUE_REFS`).
+        self.opaque = cfg.has(OPAQUE_REFS)
+        #: Index in `allocations` of the latest ref with each word, and of each value address.
+        self._allocation_of_word: dict[int, int] = {}
+        self._allocation_of_value: dict[int, int] = {}
+        #: Indices in `allocations` of the refs whose value was dropped.
+        self.dead: set[int] = set()
+        #: Raw pointer -> index in `allocations` of the ref it was made from.
+        self._raw_allocation: dict[int, int] = {}
 
     def _value_dropped(self, address: int) -> None:
         """The runtime ran a value's destructor: its bytes must still be intact."""
         self.heap.unwatch_value(address, "drop_in_place")
         self.dropped.append(address)
+        allocation = self._allocation_of_value.get(address)
+        if allocation is not None:
+            self.dead.add(allocation)
 
     # --- the runtime, as the embedder protocol calls it (`RuntimeApi[int]`) --------------------
 
@@ -241,7 +260,17 @@ class World(protocol.RuntimeApi[int]):
         return top
 
     def _is_freed(self, r: int) -> bool:
+        """Whether ref word `r`'s ref is freed: its footer's block, or (a handle) its value dropped."""
+        if self.opaque:
+            return self._allocation_of_word.get(r) in self.dead
         return self.heap.status(r) == FREED
+
+    def _raw_made(self, p: int, r: int) -> int:
+        """Raw pointer `p` was made from ref word `r`: remember which ref that is."""
+        allocation = self._allocation_of_word.get(r)
+        if allocation is not None:
+            self._raw_allocation[p] = allocation
+        return p
 
     def _global(self, g: int) -> int | None:
         """The externref in global `g` (None: null)."""
@@ -285,9 +314,10 @@ class World(protocol.RuntimeApi[int]):
         fill = fill_byte(len(self.allocations) + 1)
         r = self.rt.new(op.size, op.align, fill)
         value = self.rt.deref(r)
-        if value is None or value % op.align:
+        if not value or value % op.align:
             raise ContractViolation(f"new({op.size}, {op.align}) made a value at {value!r}")
         self.heap.watch_value(value, bytes([fill]) * op.size)
+        self._allocation_of_word[r] = self._allocation_of_value[value] = len(self.allocations)
         self.allocations.append((r, value))
         self.layouts[r] = (op.size, op.align)
         return self.host.new_handle(r)
@@ -307,14 +337,14 @@ class World(protocol.RuntimeApi[int]):
     def op_AsRaw(self, op: ops.AsRaw) -> int:
         r = self.host.handle(op.h)
         self._same_word("as_raw", r, self.rt.as_raw(r))
-        return self.host.as_raw(op.h)
+        return self._raw_made(self.host.as_raw(op.h), r)
 
     def op_IntoRaw(self, op: ops.IntoRaw) -> int:
         p = self.host.into_raw(op.h)
         raw = self.host.raws[p]
         assert raw is not None
         self._same_word("into_raw", raw.ref, self.rt.into_raw(raw.ref))
-        return p
+        return self._raw_made(p, raw.ref)
 
     def op_FromRaw(self, op: ops.FromRaw) -> int:
         h = self.host.from_raw(op.p)
@@ -323,6 +353,10 @@ class World(protocol.RuntimeApi[int]):
         return h
 
     def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> int:
+        if self.opaque and self._raw_allocation.get(op.p, -1) in self.dead:
+            # Its ref was freed, whichever ref has its handle now.
+            word = self.host.raw(op.p).ref
+            raise MisuseError(FREED_RAW, f"raw pointer {op.p} points at freed ref {word:#x}")
         raw = self.host.clone_from_raw_target(op.p)
         return self.host.new_handle(self._same_word("clone_from_raw", raw, self.rt.clone_from_raw(raw)))
 

@@ -30,6 +30,7 @@ from externref_harness.impl.backend import (
     Unsupported,
 )
 from externref_harness.impl.heap import LIVE, WILD, HeapExhausted
+from externref_harness.model.capabilities import OPAQUE_REFS
 from externref_harness.model.runtime import DebugAssertion
 from externref_harness.model.state import Config
 from externref_harness.native.library import (
@@ -68,6 +69,8 @@ class NativeRuntime:
         self._value_dropped = hooks.value_dropped
         self._errors: list[BaseException] = []
         self._stack: StackView | None = None
+        #: A ref word is a handle (`opaque-refs`): nothing can be read at it, only its value.
+        self._opaque = cfg.has(OPAQUE_REFS)
         desc = library.description
         self.description = BackendDescription(
             name=desc.name,
@@ -176,12 +179,16 @@ class NativeRuntime:
     def _ref(self, name: str, *args: Any) -> int:
         """A ref the library returned, checked before anything uses it: a NULL or wild pointer is
         the implementation's invalid ref, never a fault of the harness that reads it (a new ref
-        must be the footer of a live block it allocated through the hooks)."""
+        must be the footer of a live block it allocated through the hooks). Under `opaque-refs`
+        the word is a handle and only NULL is invalid here: the harness never reads at it, and
+        whether it names the right box is judged by behaviour (`refs.distinct`, the drops)."""
         out = XrRef()
         self._check(name, getattr(self._cdll, name)(*args, ctypes.byref(out)))
         r = int(out.value)
         if r == 0:
             raise ContractViolation(f"{name} returned an invalid ref: NULL")
+        if self._opaque:
+            return r
         status = self._heap.status(r, _FOOTER_BYTES)
         if status == WILD or (name == "xr_ref_new" and status != LIVE):
             where = "in no block" if status == WILD else f"{status} memory"

@@ -184,6 +184,13 @@ C_BUGS: dict[str, CBug] = {
             "nothing, so the table keeps refs the seed frees (a leak until the next call)",
             variant="c-guard-canary",
         ),
+        _bug(
+            "c-opaque-free-early",
+            "a drop that leaves one owner puts the box's index back on the free list (c-opaque-refs)",
+            "handle reuse while live (opaque-refs): the next New is given the live ref's handle, so two "
+            "refs alias one box; the harness sees a new ref whose word a live ref already has",
+            variant="c-opaque-refs",
+        ),
     )
 }
 
@@ -225,6 +232,13 @@ C_VARIANTS: dict[str, CVariant] = {
     ),
     "c-no-raw": CVariant(
         "c-no-raw", ("XR_VARIANT_NO_RAW",), "no-raw: no into_raw, from_raw or clone_from_raw"
+    ),
+    "c-opaque-refs": CVariant(
+        "c-opaque-refs",
+        ("XR_VARIANT_OPAQUE_REFS",),
+        "declares opaque-refs: a ref word is a handle, index + 1 into a table of boxes the library "
+        "keeps (with a free list of indices), never a VMExternData address; hash and cmp go "
+        "through the box",
     ),
 }
 

@@ -126,7 +126,9 @@ def cannot_run(chosen: Target, trace: CorpusTrace | Config, steps: Sequence[Op] 
 
 def run_config(chosen: Target, trace: CorpusTrace) -> Config:
     """The config `chosen` runs `trace` at: the trace's own, or the library's fixed chunk size when
-    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`)."""
+    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`); a library's
+    declared capabilities in either case (the checks consult them, `opaque-refs` to read its ref
+    words as handles)."""
     desc = chosen.description
     if desc is None:
         return trace.config
@@ -142,11 +144,12 @@ def run_corpus_trace(
     options: lockstep.LockstepOptions = lockstep.DEFAULT_OPTIONS,
     mutant: str | None = None,
     chunk_size: int | None = None,
-    capabilities: tuple[str, ...] = (),
+    capabilities: tuple[str, ...] | None = None,
 ) -> CorpusResult:
     """Run `trace` in lockstep on `adapter` (at the trace's config, or at `chunk_size` where the
-    trace runs at any; `mutant` switches a seeded bug of any layer on) and hold the model to the
-    file's expectations.
+    trace runs at any; `mutant` switches a seeded bug of any layer on; `capabilities`, when given,
+    are the implementation's, as `run_config` gives them) and hold the model to the file's
+    expectations.
 
     The adapter must run the trace's build and chunk size (see `cannot_run`, `run_config`). The
     first problem wins. At the same step, a mismatch with the file comes first (the model itself
@@ -158,12 +161,9 @@ def run_corpus_trace(
     """
     if chunk_size is not None and not trace.runs_at(chunk_size):
         raise ValueError(f"{trace.id} does not run at a chunk of {chunk_size} slots")
-    cfg = replace(
-        trace.config,
-        mutant=mutant,
-        chunk_size=chunk_size or trace.config.chunk_size,
-        capabilities=capabilities,
-    )
+    cfg = replace(trace.config, mutant=mutant, chunk_size=chunk_size or trace.config.chunk_size)
+    if capabilities is not None:
+        cfg = replace(cfg, capabilities=capabilities)
     driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
     mismatch = None if capabilities else expectation_mismatch(trace, driven, mutant)
     failure = driven.first

@@ -34,7 +34,7 @@ from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateRe
 from externref_harness.isolation.describe import DESCRIBE_TIMEOUT, child_env, describe_library
 from externref_harness.isolation.pool import ChildPool, OutOfTime
 from externref_harness.isolation.process import Limits
-from externref_harness.lockstep.memory_checks import CHECKS, STRICT
+from externref_harness.lockstep.memory_checks import CHECKS, STRICT, checks_ruled_out
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
@@ -184,6 +184,11 @@ def not_applied(description: Description, opts: GateOptions) -> list[str]:
     ]
     if missing:
         notes.append(f"optional functions the library lacks: {'; '.join(missing)}")
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for r in checks_ruled_out(description.capabilities):
+        grouped.setdefault((r.capability, r.reason), []).append(r.check)
+    for (capability, reason), names in grouped.items():
+        notes.append(f"ruled out by {capability}: {', '.join(names)} ({reason})")
     if not opts.threads and capabilities.SINGLE_THREADED not in description.capabilities:
         notes.append("threads: the parallel check did not run (--no-threads)")
     return notes
@@ -266,11 +271,10 @@ def _corpus_cases(
             not_run.append(trace.id)
             out.append(CaseResult("corpus", trace.id, "skip", "not run: the --time-limit ran out"))
             continue
-        run_cfg = run_config(target, trace)
-        chunk = run_cfg.chunk_size
+        cfg = run_config(target, trace)
         try:
             result = run_corpus_trace(
-                trace, pool.adapter(), options, chunk_size=chunk, capabilities=run_cfg.capabilities
+                trace, pool.adapter(), options, chunk_size=cfg.chunk_size, capabilities=cfg.capabilities
             )
         except OutOfTime:
             not_run.append(trace.id)
@@ -278,8 +282,8 @@ def _corpus_cases(
             continue
         seen = frozenset(result.expected_seen)
         detail = "" if result.passed else f"step {result.step}: {result.problem}"
-        if chunk != trace.config.chunk_size:
-            detail = f"at the library's chunk of {chunk} slots" + (f"; {detail}" if detail else "")
+        if cfg.chunk_size != trace.config.chunk_size:
+            detail = f"at the library's chunk of {cfg.chunk_size} slots" + (f"; {detail}" if detail else "")
         case = CaseResult("corpus", result.name, _status(result.passed, seen), detail, expected_seen=seen)
         case.seconds = time.perf_counter() - started
         out.append(case)

@@ -15,6 +15,12 @@ expectations file can name a known divergence:
 A ref is the address of its `VMExternData`; the table is the address `RuntimeBackend.table_address`
 gives. Nothing here looks at a runtime's objects.
 
+A declared capability can rule checks out: `checks_ruled_out` is the one place that says which,
+and why. Under `opaque-refs` a ref word is a handle, not a footer's address, so nothing is read at
+it: the `layout.*` checks and the words' order (`observed.cmp-order`) do not apply, and a ref's
+liveness is read off its value instead (the block holding the value, and whether `value_dropped`
+has run for it: `impl.adapter`). Every behavioural check still applies.
+
 The chunk is compared incrementally: its bytes are read in one go, and the slot-by-slot comparison
 runs only over the slots that can hold a ref (below either side's bump finger); the rest must be
 null bytes on the implementation's side and `None` in the model.
@@ -23,7 +29,7 @@ null bytes on the implementation's side and `None` in the model.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -32,6 +38,7 @@ from externref_harness.impl import heap as checking_heap
 from externref_harness.impl.adapter import Probe, RefFacts
 from externref_harness.lockstep.projection import RefMap
 from externref_harness.model import capabilities, layout
+from externref_harness.model.capabilities import OPAQUE_REFS
 from externref_harness.model.state import (
     SCALAR,
     STACK_TOP,
@@ -59,6 +66,7 @@ CHECKS: dict[str, Level] = {
     "observed.canary": CONFORMANT,
     "observed.faults": CONFORMANT,
     "observed.identity": CONFORMANT,
+    "observed.cmp-order": CONFORMANT,
     "observed.bump-capacity-bytes": STRICT,
     "observed.drop-order": STRICT,
     # What the implementation says of itself (`xr_describe`).
@@ -71,6 +79,7 @@ CHECKS: dict[str, Level] = {
     "heap.report": CONFORMANT,
     "heap.leak": CONFORMANT,
     # Refs.
+    "refs.distinct": CONFORMANT,
     "refs.reachable-freed": CONFORMANT,
     "refs.liveness": CONFORMANT,
     "refs.value-alignment": CONFORMANT,
@@ -96,6 +105,51 @@ CHECKS: dict[str, Level] = {
     # strict level its `seed.<capability>` case of the gate fails (an expectations file may list it).
     **{f"seed.{name}": STRICT for name in capabilities.NAMES},
 }
+
+
+#: The checks that read the seed's `VMExternData` at a ref's word (the ref is the footer's address).
+FOOTER_LAYOUT_CHECKS: tuple[str, ...] = (
+    "layout.footer-alignment",
+    "layout.block-alignment",
+    "layout.footer-offset",
+    "layout.block-size",
+    "layout.ref-count-offset",
+    "layout.value-ptr",
+    "layout.vtable",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RuledOut:
+    """A check that does not apply to an implementation, and the capability that rules it out."""
+
+    check: str
+    capability: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.check} ({self.capability}: {self.reason})"
+
+
+def checks_ruled_out(capabilities: Iterable[str]) -> tuple[RuledOut, ...]:
+    """Every check the declared capabilities rule out, with why: such a check is not run (its
+    problems never fail a step) and the gate lists it among what did not apply."""
+    declared = set(capabilities)
+    out: list[RuledOut] = []
+    if OPAQUE_REFS in declared:
+        out += [
+            RuledOut(name, OPAQUE_REFS, "a ref word is a handle, not the address of a VMExternData footer")
+            for name in FOOTER_LAYOUT_CHECKS
+        ]
+        out.append(
+            RuledOut(
+                "observed.cmp-order",
+                OPAQUE_REFS,
+                "cmp need not follow the words' order; it must be a total order consistent with eq "
+                "(observed.identity)",
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +219,19 @@ def memory_problems(
 ) -> list[Problem]:
     """Every way the implementation's memory disagrees with the model's state."""
     chunk = chunk or ChunkCompare()
-    out = _ref_problems(state, probe, chunk.verified)
+    out = _ref_problems(state, probe, chunk.verified, seed_layout=not cfg.has(OPAQUE_REFS))
     out += _table_problems(cfg, state, probe, refs, chunk)
     handles = tuple(None if a is None else refs.ref(a) for a in probe.handles)
     if handles != state.handles:
         out.append(Problem("host.handles", f"model {state.handles}, impl {handles}"))
-    raws = tuple(None if p is None else RawPtr(refs.ref(p[0]), p[1]) for p in probe.raws)  # type: ignore[arg-type]
-    if raws != state.raws:
-        out.append(Problem("host.raws", f"model {state.raws}, impl {raws}"))
+    if not _same_raws(state.raws, probe.raws, refs):
+        # Shown as the model's `RawPtr`s are; a word no ref has reads as `?0x...`.
+        raws = ", ".join(
+            "None" if p is None else f"RawPtr(ref={refs.ref(p[0])}, owned={p[1]})" for p in probe.raws
+        )
+        out.append(
+            Problem("host.raws", f"model {state.raws}, impl ({raws}{',' if len(probe.raws) == 1 else ''})")
+        )
     globals_ = tuple(UNINIT if g is None else refs.slot(g) for g in probe.globals)
     if globals_ != state.globals:
         out.append(Problem("host.globals", f"model {state.globals}, impl {globals_}"))
@@ -180,7 +239,24 @@ def memory_problems(
     return out
 
 
-def _ref_problems(state: State, probe: Probe, verified: dict[int, tuple[RefFacts, Box]]) -> list[Problem]:
+def _same_raws(model: Sequence[RawPtr | None], impl: Sequence[tuple[int, bool] | None], refs: RefMap) -> bool:
+    """Each raw pointer holds the word of the model's ref. Compared as words, not as the ids the
+    words map to: a borrowed raw pointer outlives its ref, and under `opaque-refs` a later ref may
+    be given the dead ref's handle (its word then maps to the new id)."""
+    if len(model) != len(impl):
+        return False
+    for m, i in zip(model, impl, strict=True):
+        if m is None or i is None:
+            if (m is None) != (i is None):
+                return False
+        elif i[1] != m.owned or not 0 <= m.ref < len(refs.footers) or refs.footers[m.ref] != i[0]:
+            return False
+    return True
+
+
+def _ref_problems(
+    state: State, probe: Probe, verified: dict[int, tuple[RefFacts, Box]], seed_layout: bool = True
+) -> list[Problem]:
     out: list[Problem] = []
     if len(probe.refs) != len(state.heap):
         out.append(
@@ -200,20 +276,26 @@ def _ref_problems(state: State, probe: Probe, verified: dict[int, tuple[RefFacts
         if verified.get(r) == (facts, box):
             continue
         found = len(out)
-        _one_ref_problems(r, box, facts, is_reachable, out)
+        _one_ref_problems(r, box, facts, is_reachable, out, seed_layout)
         if len(out) == found and (facts.status == checking_heap.LIVE) != box.freed:
             verified[r] = (facts, box)
     return out
 
 
 def _one_ref_problems(
-    r: int, box: Box, facts: RefFacts, is_reachable: Callable[[int], bool], out: list[Problem]
+    r: int,
+    box: Box,
+    facts: RefFacts,
+    is_reachable: Callable[[int], bool],
+    out: list[Problem],
+    seed_layout: bool = True,
 ) -> None:
-    at = f"ref {r} (footer {facts.footer:#x})"
+    at = f"ref {r} (footer {facts.footer:#x})" if seed_layout else f"ref {r} (handle {facts.footer:#x})"
     if facts.value % box.align:
         out.append(Problem("refs.value-alignment", f"{at}: value at {facts.value:#x}, align {box.align}"))
     if facts.status != checking_heap.LIVE:
-        # Asked of the checking heap, not of the implementation (nor of the model).
+        # Asked of the checking heap (and, for a handle, of the drop log), not of the
+        # implementation (nor of the model).
         if is_reachable(r):
             text = f"{at}: reachable, yet the checking heap says {facts.status}"
             out.append(Problem("refs.reachable-freed", text))
@@ -226,7 +308,29 @@ def _one_ref_problems(
             Problem("refs.liveness", f"{at}: the model freed it, the checking heap says {facts.status}")
         )
         return
-    out += _seed_layout_problems(at, box.size, box.align, box.ref_count, facts)
+    if seed_layout:
+        out += _seed_layout_problems(at, box.size, box.align, box.ref_count, facts)
+
+
+def new_ref_problems(before: State, allocated: Sequence[tuple[int, int]], refs: RefMap) -> list[Problem]:
+    """A ref a step made has a word and a value address no ref the model has live has
+    (`refs.distinct`): a footer address or a handle names one box, and a value address one value
+    (its identity: `value_dropped` names it), for as long as it lives; only a freed ref's may be
+    given out again."""
+
+    def live(r: int | str) -> bool:
+        return isinstance(r, int) and r < len(before.heap) and not before.heap[r].freed
+
+    out = []
+    for word, value in allocated:
+        r, v = refs.ref(word), refs.value(value)
+        if live(r):
+            text = f"the new ref's word {word:#x} is that of ref {r}, which is live: the two alias one box"
+            out.append(Problem("refs.distinct", text))
+        elif live(v):
+            text = f"the new ref's value is at {value:#x}, where live ref {v}'s value is"
+            out.append(Problem("refs.distinct", text))
+    return out
 
 
 def _seed_layout_problems(at: str, size: int, align: int, ref_count: int, facts: RefFacts) -> list[Problem]:

@@ -8,9 +8,12 @@ read at footer offset 0, `value_ptr`, every alignment and the footer's place by 
 table's `next`/`end` words, the chunk, handles, globals and every stack word. Whatever the checking
 heap reported is a failure too, and so are leaks when the run is torn down.
 
-Refs are model ids on one side and footer addresses on the other; `RefMap` pairs them in allocation
-order. The same `Lockstep` runner serves the hypothesis machine (`make_lockstep_machine`, with the
-model machine's move drawing, labels and failure report) and `replay` of a saved trace.
+Refs are model ids on one side and ref words on the other (footer addresses; handles under
+`opaque-refs`); `RefMap` pairs them in allocation order, after `refs.distinct` has checked that a
+new ref's word is no live ref's. A check the declared capabilities rule out
+(`memory_checks.checks_ruled_out`) never fails a step. The same `Lockstep` runner serves the
+hypothesis machine (`make_lockstep_machine`, with the model machine's move drawing, labels and
+failure report) and `replay` of a saved trace.
 """
 
 from __future__ import annotations
@@ -32,17 +35,21 @@ from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_re
 from externref_harness.isolation.pool import ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.deadline import Timeout, time_limit
+from externref_harness.lockstep.identity import IdentityChecks
 from externref_harness.lockstep.memory_checks import (
     CHECKS,
     STRICT,
     ChunkCompare,
     Level,
     Problem,
+    checks_ruled_out,
     memory_problems,
+    new_ref_problems,
 )
-from externref_harness.lockstep.projection import RefMap, identity_problems, project_impl, project_model
+from externref_harness.lockstep.projection import RefMap, project_impl, project_model
 from externref_harness.model import ops
 from externref_harness.model.assertions import probed_assertion, release_outcome, walk_reaches_wasm
+from externref_harness.model.capabilities import OPAQUE_REFS
 from externref_harness.model.moves import Bounds, next_quiesce_op, quiesce_step_bound
 from externref_harness.model.observation import Misuse, Observation, Panic
 from externref_harness.model.runtime import SeedRuntime
@@ -134,7 +141,9 @@ class Lockstep:
         #: Checks that failed but were expected to (an expectations file): reported, not failing.
         self.expected_seen: set[str] = set()
         self._chunk = ChunkCompare()
-        self._hashes: dict[int, int] = {}
+        self._identity = IdentityChecks(opaque=cfg.has(OPAQUE_REFS))
+        #: Checks the declared capabilities rule out: never run, never failing.
+        self.ruled_out = frozenset(r.check for r in checks_ruled_out(cfg.capabilities))
         #: Why the teardown stopped before quiescence, if it did.
         self.gave_up: str | None = None
         #: Why the implementation is no longer stepped (it hung, or could not start).
@@ -221,11 +230,12 @@ class Lockstep:
             text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
             text += _panic_note(outcome.result)
             return self._verdict([Problem("observed.allocations", text)])
-        for footer, value in outcome.allocated:
-            self.refs.add(footer, value)
-        problems: list[Problem] = []
+        problems: list[Problem] = new_ref_problems(before, outcome.allocated, self.refs)
+        for word, value in outcome.allocated:
+            self.refs.add(word, value)
         if isinstance(obs.result, Misuse) and len(outcome.result) > 3:
-            problems, obs = self._assertion_probe(op, obs, before, outcome.result[3])
+            probed, obs = self._assertion_probe(op, obs, before, outcome.result[3])
+            problems += probed
         model_view = project_model(op, obs, before, self.state)
         impl_view = project_impl(op, outcome, probe, self.refs)
         if outcome.result[0] == "unsupported":
@@ -241,9 +251,7 @@ class Lockstep:
         problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
         problems = [_with_panic_message(p, outcome.result) for p in problems]
         problems += drop_order_problems(before, outcome.dropped, self.refs)
-        problems += [
-            Problem("observed.identity", x) for x in identity_problems(op, outcome, probe, self._hashes)
-        ]
+        problems += self._identity.problems(op, outcome, probe, self.refs)
         problems += [Problem("heap.report", format_report(r)) for r in outcome.reports]
         if not isinstance(obs.result, Panic):
             problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
@@ -285,7 +293,7 @@ class Lockstep:
         """The problems that fail the step: of a selected level and not expected to diverge."""
         failing = []
         for p in problems:
-            if CHECKS[p.check] not in self.levels:
+            if CHECKS[p.check] not in self.levels or p.check in self.ruled_out:
                 continue
             if p.check in self.expected:
                 self.expected_seen.add(p.check)

@@ -15,6 +15,10 @@
  *                         one capability each (ABI.md "Capabilities"): each declares its XR_CAP_*
  *                         bit and exports exactly the functions its capability requires; any of
  *                         them may be combined (-DXR_VARIANT_EAGER_CHUNK -DXR_VARIANT_NO_RAW ...).
+ *   XR_VARIANT_OPAQUE_REFS  the opaque-refs capability: a ref word is a handle (index + 1 into
+ *                         a table of boxes the library keeps), not the address of a VMExternData
+ *                         (ORs XR_CAP_OPAQUE_REFS into the declared capabilities; combines with
+ *                         the other variants).
  *   XR_BUG_*              one seeded bug each.
  *   XR_RACE_WINDOW_NS=N   the race bugs' pause inside their window (default 5000; 0: none).
  *   XR_ABI_V1             a version 1 library: reports ABI version 1 and leaves the description's
@@ -94,11 +98,20 @@
 #else
 #define XR_VARIANT_CAP_NO_RAW 0u
 #endif
+#if defined(XR_BUG_OPAQUE_FREE_EARLY) && !defined(XR_VARIANT_OPAQUE_REFS)
+#define XR_VARIANT_OPAQUE_REFS /* the bug is in the opaque-refs variant's handle table */
+#endif
+#ifdef XR_VARIANT_OPAQUE_REFS
+#define XR_VARIANT_CAP_OPAQUE_REFS XR_CAP_OPAQUE_REFS
+#else
+#define XR_VARIANT_CAP_OPAQUE_REFS 0u
+#endif
 /* The XR_CAP_* bits this build declares: the variants' (another -DXR_CAPABILITIES overrides). */
 #ifndef XR_CAPABILITIES
 #define XR_CAPABILITIES                                                                            \
     (XR_VARIANT_CAP_LOOSE | XR_VARIANT_CAP_EAGER_CHUNK | XR_VARIANT_CAP_NO_GC_FREE_INSERT |         \
-     XR_VARIANT_CAP_GUARD_CANARY | XR_VARIANT_CAP_SINGLE_THREADED | XR_VARIANT_CAP_NO_RAW)
+     XR_VARIANT_CAP_GUARD_CANARY | XR_VARIANT_CAP_SINGLE_THREADED | XR_VARIANT_CAP_NO_RAW |          \
+     XR_VARIANT_CAP_OPAQUE_REFS)
 #endif
 #ifndef XR_REPORT_CAPABILITIES
 #define XR_REPORT_CAPABILITIES XR_CAPABILITIES
@@ -266,7 +279,94 @@ typedef struct VMExternData {
 _Static_assert(sizeof(VMExternData) == 24, "VMExternData is three words");
 _Static_assert(offsetof(VMExternData, ref_count) == 0, "ref_count at offset 0");
 
+#ifndef XR_VARIANT_OPAQUE_REFS
+/* The seed: a ref is the address of its VMExternData. */
 static inline VMExternData *extern_data(xr_ref r) { return (VMExternData *)r; }
+static inline xr_ref ref_of_new_box(VMExternData *data) { return (xr_ref)data; }
+static inline void ref_box_freed(xr_ref r) { (void)r; }
+#else
+/* ---- opaque-refs: handles into a table of boxes ---------------------------------------------
+ *
+ *     ref word (handle) = index + 1          boxes[index] ──▶ VMExternData (through the hooks)
+ *     1, 2, 3, ... XR_OPAQUE_CAPACITY        free indices: a stack; a freed box's index is reused
+ *
+ * A handle is never 0 and never above XR_OPAQUE_CAPACITY (65536): every handle lies in the lowest
+ * 64 KiB, which Linux never maps (vm.mmap_min_addr), so no handle is a valid address by accident.
+ * The boxes keep the seed's VMExternData shape and come from the hooks; only the word that names
+ * them changed. A box is found by its handle on every use (clone, drop, strong_count, deref, hash,
+ * cmp, and gc's precise roots read from the stack); an index out of range or a freed one panics,
+ * as a Rust slice index or `Option::unwrap` would, in every build.
+ *
+ * Threads: boxes[i] changes only while no live handle names it (when it is issued, and when its
+ * last owner frees it), so lookups read it without the lock; issuing and freeing take `lock`.
+ * The table is reset whenever hooks are installed or uninstalled: the harness frees every block
+ * of a world before it leaves it, so a handle is valid only under the hooks it was made under. */
+#ifndef XR_OPAQUE_CAPACITY
+#define XR_OPAQUE_CAPACITY 65536u
+#endif
+static VMExternData *boxes[XR_OPAQUE_CAPACITY];
+static uint32_t free_indices[XR_OPAQUE_CAPACITY];
+static size_t n_free;  /* entries of free_indices in use (under lock) */
+static size_t n_issued; /* indices below it have been handed out at least once (atomic) */
+static char boxes_lock;
+
+static void boxes_acquire(void) {
+    while (__atomic_test_and_set(&boxes_lock, __ATOMIC_ACQUIRE)) {
+    }
+}
+
+static void boxes_release(void) { __atomic_clear(&boxes_lock, __ATOMIC_RELEASE); }
+
+static void boxes_reset(void) {
+    boxes_acquire();
+    n_free = 0;
+    __atomic_store_n(&n_issued, 0, __ATOMIC_RELEASE);
+    boxes_release();
+}
+
+static inline VMExternData *extern_data(xr_ref r) {
+    size_t index = (size_t)r - 1;
+    if (r == 0 || index >= __atomic_load_n(&n_issued, __ATOMIC_ACQUIRE))
+        panic("index out of bounds: %#zx is not a handle this library issued", (size_t)r);
+    VMExternData *data = __atomic_load_n(&boxes[index], __ATOMIC_ACQUIRE);
+    if (data == NULL) panic("called `Option::unwrap()` on a `None` value: handle %#zx is free", (size_t)r);
+    return data;
+}
+
+static xr_ref ref_of_new_box(VMExternData *data) {
+    size_t index;
+    boxes_acquire();
+    if (n_free > 0) {
+        index = free_indices[--n_free];
+    } else if (n_issued < XR_OPAQUE_CAPACITY) {
+        index = n_issued;
+    } else {
+        boxes_release();
+        panic("more than %u live refs", XR_OPAQUE_CAPACITY);
+    }
+    __atomic_store_n(&boxes[index], data, __ATOMIC_RELEASE);
+    if (index == n_issued) __atomic_store_n(&n_issued, index + 1, __ATOMIC_RELEASE);
+    boxes_release();
+    return (xr_ref)(index + 1);
+}
+
+/* The box of `r` is gone (or, under the seeded bug, believed gone): its index goes back. */
+static void index_release(xr_ref r, bool clear) {
+    size_t index = (size_t)r - 1;
+    boxes_acquire();
+    if (clear) __atomic_store_n(&boxes[index], NULL, __ATOMIC_RELEASE);
+    free_indices[n_free++] = (uint32_t)index;
+    boxes_release();
+}
+
+static inline void ref_box_freed(xr_ref r) {
+#ifndef XR_BUG_OPAQUE_FREE_EARLY
+    index_release(r, true);
+#else
+    (void)r; /* the bug gave the index back already, when one owner was left */
+#endif
+}
+#endif /* XR_VARIANT_OPAQUE_REFS */
 
 struct layout {
     size_t size;
@@ -376,6 +476,11 @@ static void ref_drop(xr_ref r) {
 #else
     size_t old = __atomic_fetch_sub(&data->ref_count, 1, __ATOMIC_RELEASE);
 #endif
+#ifdef XR_BUG_OPAQUE_FREE_EARLY
+    /* One owner is left, yet the index goes back on the free list (the box stays in it until the
+     * next New takes the index): that New's ref aliases the live one. */
+    if (old == 2) index_release(r, false);
+#endif
 #if defined(XR_BUG_EARLY_FREE)
     if (old != 2) return;
 #elif defined(XR_BUG_DROP_REREAD)
@@ -385,6 +490,7 @@ static void ref_drop(xr_ref r) {
 #endif
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     drop_and_dealloc(data);
+    ref_box_freed(r);
 }
 
 /* `VMExternRef::new_with`: one allocation, the value at offset 0, the footer after it. */
@@ -396,7 +502,7 @@ static xr_ref ref_new(size_t size, size_t align, uint8_t fill) {
     data->ref_count = 1;
     data->value_data = alloc_ptr;
     data->value_vtable = vtable_for(size, align);
-    return (xr_ref)data;
+    return ref_of_new_box(data);
 }
 
 /* ---- a HashSet<VMExternRefWithTraits> ------------------------------------------------------- */
@@ -416,6 +522,20 @@ static uint64_t hash_address(uintptr_t p) {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
     return z ^ (z >> 31);
 }
+
+#ifndef XR_VARIANT_OPAQUE_REFS
+/* `VMExternRef::hash` and `cmp`: the pointer itself. */
+static uint64_t ref_hash(xr_ref r) { return hash_address(r); }
+static int ref_cmp(xr_ref a, xr_ref b) { return (a > b) - (a < b); }
+#else
+/* opaque-refs: eq stays word equality (one handle per box), but hash and cmp go through the box,
+ * as a runtime whose identity is its heap object does: neither is a function of the word. */
+static uint64_t ref_hash(xr_ref r) { return hash_address((uintptr_t)extern_data(r)); }
+static int ref_cmp(xr_ref a, xr_ref b) {
+    uintptr_t x = (uintptr_t)extern_data(a), y = (uintptr_t)extern_data(b);
+    return (x > y) - (x < y);
+}
+#endif
 
 static bool set_contains(const struct ref_set *s, uintptr_t r) {
     if (s->capacity == 0) return false;
@@ -823,10 +943,16 @@ EXPORT void xr_set_hooks(const xr_hooks *h) {
     __atomic_store_n(&hooks_installed, 0, __ATOMIC_RELEASE);
     if (h == NULL) {
         memset(&hooks, 0, sizeof hooks);
+#ifdef XR_VARIANT_OPAQUE_REFS
+        boxes_reset();
+#endif
         return;
     }
     hooks = *h;
     __atomic_store_n(&hooks_installed, 1, __ATOMIC_RELEASE);
+#ifdef XR_VARIANT_OPAQUE_REFS
+    boxes_reset(); /* a new world: no handle of the last one is valid */
+#endif
 }
 
 EXPORT const char *xr_panic_message(void) { return panic_message; }
@@ -903,7 +1029,7 @@ EXPORT int xr_ref_clone_from_raw(void *raw, xr_ref *out) {
 #endif /* XR_VARIANT_NO_RAW */
 
 EXPORT int xr_ref_strong_count(xr_ref r, size_t *out) {
-    *out = __atomic_load_n(&extern_data(r)->ref_count, __ATOMIC_SEQ_CST);
+    ENTRY(*out = __atomic_load_n(&extern_data(r)->ref_count, __ATOMIC_SEQ_CST));
     return XR_OK;
 }
 
@@ -913,17 +1039,17 @@ EXPORT int xr_ref_eq(xr_ref a, xr_ref b, int *out) {
 }
 
 EXPORT int xr_ref_hash(xr_ref r, uint64_t *out) {
-    *out = hash_address(r);
+    ENTRY(*out = ref_hash(r));
     return XR_OK;
 }
 
 EXPORT int xr_ref_cmp(xr_ref a, xr_ref b, int *out) {
-    *out = (a > b) - (a < b);
+    ENTRY(*out = ref_cmp(a, b));
     return XR_OK;
 }
 
 EXPORT int xr_ref_deref(xr_ref r, void **value) {
-    *value = extern_data(r)->value_data;
+    ENTRY(*value = extern_data(r)->value_data);
     return XR_OK;
 }
 
