@@ -19,6 +19,7 @@ from externref_harness.model.moves import Bounds, flat_moves, misuse_moves
 from externref_harness.model.observation import Observation, Ok
 from externref_harness.model.state import Config, State
 from externref_harness.model.transition import run
+from externref_harness.search.model_check import REQUIRED_EVENTS, required_events
 
 SEED = Config(chunk_size=2, slots=3, n_globals=1)
 
@@ -87,6 +88,9 @@ def test_capacity_slots_answers_slots_and_the_embedder_compares_with_them() -> N
     assert state.table.chunk == (0, 1) and state.table.over_approximated_stack_roots == {2}
 
 
+NO_GC_FREE = _with(capabilities.NO_GC_FREE_INSERT)
+
+
 # --- no-gc-free-insert: the counted protocol is pinned in test_protocol_pinned.py -----------------
 
 
@@ -140,3 +144,14 @@ def test_a_trace_step_the_library_lacks_is_refused_in_one_line() -> None:
     assert ops.unavailable(ops.InsertMany(0, 3, False), (capabilities.NO_GC_FREE_INSERT,)) is not None
     assert ops.unavailable(ops.InsertMany(0, 3, True), (capabilities.NO_GC_FREE_INSERT,)) is None
     assert ops.unavailable(ops.IntoRaw(0), ()) is None
+
+
+def test_the_required_paths_leave_out_only_what_a_capability_rules_out() -> None:
+    """`check` fails a run that misses a required path; an eager chunk is never allocated by a
+    sweep, and nothing calls insert_without_gc under no-gc-free-insert."""
+    assert required_events(SEED) == REQUIRED_EVENTS
+    eager = set(REQUIRED_EVENTS) - set(required_events(_with(capabilities.EAGER_CHUNK)))
+    assert eager == {"sweep:lazy-chunk-allocation"}
+    counted = set(REQUIRED_EVENTS) - set(required_events(NO_GC_FREE))
+    assert counted == {"insert:slow-without-gc"}
+    assert required_events(_with(capabilities.NO_RAW)) == REQUIRED_EVENTS

@@ -141,3 +141,18 @@ def test_replay_of_a_step_the_library_lacks_is_one_line_exit_2(
     )
     # The seed-shaped library replays it.
     assert main(["replay", str(saved), "--impl", str(build.build_reference("debug"))]) == 0
+
+
+def test_the_no_canary_probe_under_canary_guard_leaves_and_enters_the_scope() -> None:
+    """Clearing the canary while Wasm is live is refused and probed (`model.assertions`): under
+    canary-guard the host leaves the scope, GCs (the library's debug assertion fires, as the seed's
+    does) and enters it again, so later GCs still find the canary and nothing is lost."""
+    target = native_target(build.build_reference("debug", variant="c-guard-canary"))
+    cfg = target.config(Config(chunk_size=2, slots=3), None, 2)
+    steps = [
+        ops.New(8, 8), ops.CallWasm((0,)), ops.WasmCallHost((0,), 1), ops.SetStackCanary(None), ops.Gc(),
+        ops.ReturnToWasm(None), ops.WasmReturn(None), ops.Gc(),
+    ]  # fmt: skip
+    driven = drive(cfg, steps, target.adapter_factory(), until_first=True)
+    assert driven.first is None, driven.first
+    assert driven.observations[3].result.kind == "bad-canary"  # type: ignore[union-attr]
