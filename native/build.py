@@ -55,11 +55,13 @@ class CBug:
     #: above 8), "unwind-stops" (a walk that ends before the canary), "release" (the debug build
     #: panics on it first, which is also a detection), "debug" (only a debug build has the code).
     needs: frozenset[str]
+    #: The variant (`C_VARIANTS`) the bug is a change of: it is built with that variant's macro.
+    variant: str | None = None
 
 
-def _bug(name: str, description: str, mechanism: str, *needs: str) -> CBug:
+def _bug(name: str, description: str, mechanism: str, *needs: str, variant: str | None = None) -> CBug:
     macro = "XR_BUG_" + name.removeprefix("c-").replace("-", "_").upper()
-    return CBug(name, macro, description, mechanism, frozenset(needs))
+    return CBug(name, macro, description, mechanism, frozenset(needs), variant)
 
 
 C_BUGS: dict[str, CBug] = {
@@ -168,6 +170,32 @@ C_BUGS: dict[str, CBug] = {
             "undone, so the count ends one too high (a leak) or one too low (an early free)",
             "threads",
         ),
+        _bug(
+            "c-registry-nearest-safepoint",
+            "own-registry: a pc with no exact entry gets the map of the nearest earlier mapped call "
+            "site of its function",
+            "CVE-2021-39218: a frame stopped at a call site without a map is read with an earlier "
+            "call site's map, so the non-ref words in the slots it covers are taken for refs",
+            variant="c-own-registry",
+        ),
+        _bug(
+            "c-registry-previous-function",
+            "own-registry: a pc before its function's first mapped call site gets the previous "
+            "function's last map (the exact-match check looks only at the pc's own function)",
+            "a registry lookup that crosses a function boundary: the previous function's map read "
+            "over a frame whose slots hold no live refs",
+            variant="c-own-registry",
+        ),
+        _bug(
+            "c-registry-first-pc-panics",
+            "own-registry: a pc before the module's first mapped call site indexes the entry before "
+            "the first (a debug build panics: index out of bounds; a release build reads out of bounds)",
+            "an unchecked binary-search result: the lookup fails on the module's first call site "
+            "when it has no map; only the debug build shows it (the release build's read is seen "
+            "by an AddressSanitizer build)",
+            "debug",
+            variant="c-own-registry",
+        ),
     )
 }
 
@@ -187,6 +215,13 @@ C_VARIANTS: dict[str, CVariant] = {
         "XR_VARIANT_LOOSE",
         "chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep that clears the "
         "chunk youngest slot first and drops set members in descending address order",
+    ),
+    "c-own-registry": CVariant(
+        "c-own-registry",
+        "XR_VARIANT_OWN_REGISTRY",
+        "declares own-registry: copies the modules registered with xr_table_register_module into "
+        "its own registry and looks pcs up there (binary search over each module's mapped call "
+        "sites, exact match) instead of calling the stack's lookup",
     ),
 }
 
@@ -223,6 +258,10 @@ def reference_flags(
         if bug not in C_BUGS:
             raise UsageError(f"C bug {bug!r}: not one of {', '.join(C_BUGS)}")
         flags.append(f"-D{C_BUGS[bug].macro}")
+        needed = C_BUGS[bug].variant
+        if needed is not None and variant not in (None, needed):
+            raise UsageError(f"C bug {bug!r} is a change of the variant {needed!r}, not of {variant!r}")
+        variant = variant or needed
     if variant is not None:
         if variant not in C_VARIANTS:
             raise UsageError(f"C variant {variant!r}: not one of {', '.join(C_VARIANTS)}")
@@ -253,6 +292,8 @@ def build_reference(
     for testing the loader's refusals).
     """
     flags = reference_flags(build, bug, variant, sanitize, no_optional, chunk_size, defines)
+    if bug is not None and variant is None:
+        variant = C_BUGS[bug].variant
     label = "-".join(part for part in (build, bug or "seed", variant, "asan" if sanitize else None) if part)
     return compile_shared(SOURCE, flags, label, depends=(HEADER,))
 
