@@ -93,6 +93,11 @@ class NativeRuntime:
         # With `own-registry` the runtime looks pcs up in what it was given (`register_module`):
         # the stack it is handed has only the frame walk.
         self._own_registry = cfg.has(OWN_REGISTRY)
+        if self._own_registry != (OWN_REGISTRY in desc.capabilities):
+            raise ContractViolation(
+                f"the run's capabilities {list(cfg.capabilities)} are not those {desc.name} declares "
+                f"({list(desc.capabilities)}): the host world would not register its modules as it expects"
+            )
         self._xr_stack = XrStack(None, self._trace, LookupFn() if self._own_registry else self._lookup)
         self._installed = True
         self._cdll.xr_set_hooks(ctypes.byref(self._hooks))

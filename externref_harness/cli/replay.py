@@ -8,6 +8,7 @@ failure" as if it still failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
         trace = replay_dir.override_trace(trace, override)
         cfg = trace.config
         if chosen.description is not None:
-            # The trace's config must be one the library can run (its build, its chunk size).
-            chosen.config(cfg, cfg.build, cfg.chunk_size)
+            # The trace's config must be one the library can run (its build, its chunk size); the
+            # host world follows the capabilities the library declares.
+            cfg = chosen.config(cfg, cfg.build, cfg.chunk_size)
+            trace = dataclasses.replace(trace, config=cfg)
     except BaseException:
         if pool is not None:
             pool.close()

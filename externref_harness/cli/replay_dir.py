@@ -112,8 +112,15 @@ def _options(chosen: Target) -> lockstep.LockstepOptions:
 
 
 def run_corpus_file(trace: CorpusTrace, chosen: Target, override: MutantOverride) -> CorpusResult:
-    chunk = run_config(chosen, trace).chunk_size
-    return run_corpus_trace(trace, chosen.adapter_factory(), _options(chosen), override.apply(None), chunk)
+    config = run_config(chosen, trace)
+    return run_corpus_trace(
+        trace,
+        chosen.adapter_factory(),
+        _options(chosen),
+        override.apply(None),
+        config.chunk_size,
+        config.capabilities,
+    )
 
 
 #: How much of a failure a summary line shows.

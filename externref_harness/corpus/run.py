@@ -118,11 +118,16 @@ def cannot_run(chosen: Target, trace: CorpusTrace | Config) -> str | None:
 
 def run_config(chosen: Target, trace: CorpusTrace) -> Config:
     """The config `chosen` runs `trace` at: the trace's own, or the library's fixed chunk size when
-    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`)."""
+    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`); with the library's
+    capabilities (a corpus trace is the seed's, and the host world follows what the library
+    declares, e.g. registers its modules with an `own-registry` library)."""
     desc = chosen.description
-    if desc is None or desc.has_set_chunk_size or not trace.runs_at(desc.chunk_size):
+    if desc is None:
         return trace.config
-    return replace(trace.config, chunk_size=desc.chunk_size)
+    config = replace(trace.config, capabilities=desc.capabilities)
+    if desc.has_set_chunk_size or not trace.runs_at(desc.chunk_size):
+        return config
+    return replace(config, chunk_size=desc.chunk_size)
 
 
 def run_corpus_trace(
@@ -131,10 +136,11 @@ def run_corpus_trace(
     options: lockstep.LockstepOptions = lockstep.DEFAULT_OPTIONS,
     mutant: str | None = None,
     chunk_size: int | None = None,
+    capabilities: tuple[str, ...] = (),
 ) -> CorpusResult:
     """Run `trace` in lockstep on `adapter` (at the trace's config, or at `chunk_size` where the
-    trace runs at any; `mutant` switches a seeded bug of any layer on) and hold the model to the
-    file's expectations.
+    trace runs at any; `mutant` switches a seeded bug of any layer on; `capabilities` are the
+    implementation's, `run_config`) and hold the model to the file's expectations.
 
     The adapter must run the trace's build and chunk size (see `cannot_run`, `run_config`). The
     first problem wins. At the same step, a mismatch with the file comes first (the model itself
@@ -142,7 +148,12 @@ def run_corpus_trace(
     """
     if chunk_size is not None and not trace.runs_at(chunk_size):
         raise ValueError(f"{trace.id} does not run at a chunk of {chunk_size} slots")
-    cfg = replace(trace.config, mutant=mutant, chunk_size=chunk_size or trace.config.chunk_size)
+    cfg = replace(
+        trace.config,
+        mutant=mutant,
+        chunk_size=chunk_size or trace.config.chunk_size,
+        capabilities=capabilities or trace.config.capabilities,
+    )
     driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
     mismatch = expectation_mismatch(trace, driven, mutant)
     failure = driven.first

@@ -196,9 +196,12 @@ def _corpus_cases(
             not_run.append(trace.id)
             out.append(CaseResult("corpus", trace.id, "skip", "not run: the --time-limit ran out"))
             continue
-        chunk = run_config(target, trace).chunk_size
+        config = run_config(target, trace)
+        chunk = config.chunk_size
         try:
-            result = run_corpus_trace(trace, pool.adapter(), options, chunk_size=chunk)
+            result = run_corpus_trace(
+                trace, pool.adapter(), options, chunk_size=chunk, capabilities=config.capabilities
+            )
         except OutOfTime:
             not_run.append(trace.id)
             out.append(CaseResult("corpus", trace.id, "skip", "cut short: the --time-limit ran out"))
