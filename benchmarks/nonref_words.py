@@ -56,12 +56,15 @@ class Census:
                 for i, typed in enumerate(frame.ref_typed)
                 if not (typed and frame.own_word(i, world.stack.load(frame.sp + 8 * i)))
             ]
+            # An i64 slot holds its own non-ref word; a null externref slot one the world left.
+            i64 = [i for i in unmapped if not frame.ref_typed[i]]
             self.unmapped_slots += len(unmapped)
-            self.nonref_slots += len(frame.planted)
+            self.nonref_slots += len(frame.planted) + len(i64)
             self.kinds.update(kind for _, _, kind in frame.planted.values())
+            self.kinds["i64"] += len(i64)
             if unmapped:
                 self.with_unmapped += 1
-                self.with_nonref += bool(frame.planted)
+                self.with_nonref += bool(frame.planted or i64)
 
     def line(self, label: str) -> str:
         share = self.with_nonref / self.frames if self.frames else 0.0
@@ -101,7 +104,7 @@ def counting(factory: Callable[[], Any], census: Census) -> Callable[[], InProce
         def started(config: Any) -> None:
             start(config)
             world = adapter.world
-            world.rt = _Watched(world.rt, world, census)  # type: ignore[assignment]
+            world.rt = _Watched(world.rt, world, census)
 
         adapter.start = started  # type: ignore[method-assign]
         return adapter

@@ -4,8 +4,9 @@ A stack-map lookup bug shows only when a slot the right map leaves out holds a n
 is not a live ref: the runtime then counts, roots or frees something it must not touch. Real
 frames are full of such words (dead values the register allocator left behind, spilled
 integers), so while a Wasm frame is suspended at a call site (`impl.world.World._safepoint`)
-every slot that holds no live ref and that no map the world's lookup gives for that pc covers
-holds one of these, chosen from counters of the run:
+every externref slot that holds null and that no map the world's lookup gives for that pc covers
+holds one of these, chosen from counters of the run (an i64 slot holds `SCALAR_WORD`, its own
+value, which is one already):
 
     stale      the footer of a ref already freed (the checking heap quarantines freed blocks,
                so the address names no other block for the run)

@@ -264,8 +264,10 @@ class World(protocol.RuntimeApi[int]):
 
     def _safepoint(self, frame: Frame, at_wasm_call: bool) -> None:
         """The youngest Wasm frame calls out: it stops at the call site of its function whose map
-        is the one the compiler emits here, and each slot that holds no live ref and that no map
-        the lookup gives for that pc covers holds a non-ref word until the frame resumes."""
+        is the one the compiler emits here, and each externref slot that holds no live ref (null)
+        and that no map the lookup gives for that pc covers holds a non-ref word until the frame
+        resumes (the null is rematerialised after the call). An i64 slot keeps its own word, a
+        non-ref word already: a live i64 is not overwritten by a call."""
         view: list[Slot] = []
         for i in range(len(frame.ref_typed)):
             word, is_ref = self._read(frame, i)
@@ -277,7 +279,7 @@ class World(protocol.RuntimeApi[int]):
             frame.last_map = stack_map
         covered = self.registry.stack_map_at(self.cfg, frame.pc) or ()
         for i, slot in enumerate(view):
-            if isinstance(slot, int) or i in covered:
+            if slot is not None or i in covered:
                 continue
             kind, word = self.nonref.word(self.safepoints + i)
             frame.planted[i] = (self._read(frame, i)[0], word, kind)
