@@ -71,6 +71,8 @@ class Function:
 @dataclass(frozen=True, slots=True)
 class Module:
     functions: tuple[Function, ...]
+    #: The words every stack map of the module covers: a frame's slots.
+    mapped_words: int
 
     @property
     def start(self) -> int:
@@ -177,7 +179,7 @@ def code_layout(slots: int) -> CodeLayout:
         for _ in range(FUNCTIONS_PER_MODULE):
             functions.append(_function(start, slots))
             start = functions[-1].end
-        modules.append(Module(tuple(functions)))
+        modules.append(Module(tuple(functions), slots))
     return CodeLayout(slots, tuple(modules))
 
 

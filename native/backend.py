@@ -386,18 +386,11 @@ class _ModuleStructs:
 
 
 def _stack_map(stack_map: tuple[int, ...], module: Module) -> tuple[XrStackMap, Any]:
-    mapped_words = _mapped_words(module)
+    mapped_words = module.mapped_words
     bits = (ctypes.c_uint64 * ((mapped_words + 63) // 64))()
     for i in stack_map:
         bits[i // 64] |= 1 << (i % 64)
     return XrStackMap(mapped_words, ctypes.cast(bits, _U64P)), bits
-
-
-def _mapped_words(module: Module) -> int:
-    """Every map covers the frame's slots: the last call site of a function maps all of them."""
-    last = module.functions[0].call_sites[-1].stack_map
-    assert last is not None
-    return len(last)
 
 
 #: The ctypes form of each module of the (static, cached) code layouts, by identity.
