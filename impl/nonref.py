@@ -57,30 +57,30 @@ class NonRefWords:
         self.decoy_address = ctypes.addressof(self.decoy)
         self.decoy_bytes = bytes(self.decoy)
 
-    def word(self, turn: int) -> tuple[str, int]:
-        """The `turn`-th choice: its kind, and the word (the next kind when one has no candidate)."""
-        for k in range(len(KINDS)):
-            kind = KINDS[(turn + k) % len(KINDS)]
-            word = self._of_kind(kind, turn)
-            if word is not None:
-                return kind, word
-        raise AssertionError("the decoy and scalar kinds always have a word")
+    def words(self, turns: Sequence[int]) -> list[tuple[str, int]]:
+        """The choice for each turn: its kind, and the word (the next kind when one has no
+        candidate now). The candidates are read once, from the heap as it is."""
+        candidates = self._candidates()
+        out = []
+        for turn in turns:
+            for k in range(len(KINDS)):
+                kind = KINDS[(turn + k) % len(KINDS)]
+                if candidates[kind]:
+                    out.append((kind, candidates[kind][turn % len(candidates[kind])]))
+                    break
+        return out
 
-    def _of_kind(self, kind: str, turn: int) -> int | None:
-        if kind == "scalar":
-            return SCALAR_WORD
-        if kind == "decoy":
-            return self.decoy_address + WORD * (turn % DECOY_WORDS)
-        if kind == "stale":
-            freed = [footer for footer, _ in self._allocations if self._status(footer) == FREED]
-            return freed[turn % len(freed)] if freed else None
+    def _candidates(self) -> dict[str, list[int]]:
         live = [(f, v) for f, v in self._allocations if self._status(f) == LIVE]
-        if kind == "value":
-            values = [v for f, v in live if v != f]
-            return values[turn % len(values)] if values else None
-        # interior: a word inside the value past its first, else the footer's `value_ptr`.
+        # interior: a word inside the value past its first, or the footer's `value_ptr`.
         inside: list[int] = []
         for footer, value in live:
             inside += range(value + WORD, value + min(self._size(footer), 4 * WORD), WORD)
             inside.append(footer + VALUE_PTR_OFFSET)
-        return inside[turn % len(inside)] if inside else None
+        return {
+            "stale": [footer for footer, _ in self._allocations if self._status(footer) == FREED],
+            "decoy": [self.decoy_address + WORD * i for i in range(DECOY_WORDS)],
+            "interior": inside,
+            "value": [v for f, v in live if v != f],
+            "scalar": [SCALAR_WORD],
+        }

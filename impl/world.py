@@ -278,12 +278,12 @@ class World(protocol.RuntimeApi[int]):
         if stack_map is not None:
             frame.last_map = stack_map
         covered = self.registry.stack_map_at(self.cfg, frame.pc) or ()
-        for i, slot in enumerate(view):
-            if slot is not None or i in covered:
-                continue
-            kind, word = self.nonref.word(self.safepoints + i)
-            frame.planted[i] = (self._read(frame, i)[0], word, kind)
-            self.stack.store(frame.sp + i * WORD, word)
+        empty = [i for i, slot in enumerate(view) if slot is None and i not in covered]
+        if empty:
+            chosen = self.nonref.words([self.safepoints + i for i in empty])
+            for i, (kind, word) in zip(empty, chosen, strict=True):
+                frame.planted[i] = (self._read(frame, i)[0], word, kind)
+                self.stack.store(frame.sp + i * WORD, word)
 
     def _resume(self, frame: Frame) -> None:
         """The frame's call returned: its slots hold their own words again."""
