@@ -201,7 +201,7 @@ class InProcessImpl:
             FrameFacts(
                 f.wasm,
                 f.sp,
-                tuple(world.stack.load(f.sp + 8 * i) for i in range(len(f.ref_typed))),
+                tuple(f.own_word(i, world.stack.load(f.sp + 8 * i)) for i in range(len(f.ref_typed))),
                 tuple(f.ref_typed),
             )
             for f in world.stack.frames

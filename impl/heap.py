@@ -103,6 +103,8 @@ class CheckingHeap:
         self._starts: list[int] = []
         self._blocks: dict[int, Block] = {}
         self._values: dict[int, bytes] = {}
+        #: Memory that is no block and that nothing may write (`watch_foreign`): address -> bytes, what.
+        self._foreign: dict[int, tuple[bytes, str]] = {}
         self.reports: list[Report] = []
         self._released = False
 
@@ -154,6 +156,7 @@ class CheckingHeap:
         self._starts.clear()
         self._blocks.clear()
         self._values.clear()
+        self._foreign.clear()
 
     # --- queries (harness side; they never report) ------------------------------------------
 
@@ -240,8 +243,18 @@ class CheckingHeap:
         if data is not None and ctypes.string_at(address, len(data)) != data:
             self.report(VALUE_CORRUPTED, address, access, "value bytes changed while alive")
 
+    def watch_foreign(self, address: int, data: bytes, what: str) -> None:
+        """Memory outside every block that must keep these bytes: a write through a pointer into
+        it is a wild access (the accessors refuse it as one, since no block covers it)."""
+        self._foreign[address] = (data, what)
+
     def verify(self) -> None:
-        """Find writes the accessors did not see: values, freed blocks' poison, redzones."""
+        """Find writes the accessors did not see: values, freed blocks' poison, redzones, and
+        memory watched with `watch_foreign`."""
+        for address, (data, what) in self._foreign.items():
+            if ctypes.string_at(address, len(data)) != data:
+                self.report(WILD_ACCESS, address, "verify", f"{what} written")
+                ctypes.memmove(address, data, len(data))
         for address, data in self._values.items():
             now = ctypes.string_at(address, len(data))
             if now != data:

@@ -38,12 +38,14 @@ from externref_harness.impl.backend import (
     StackView,
     Unsupported,
 )
+from externref_harness.impl.code import Module
 from externref_harness.impl.heap import FREED, CheckingHeap
+from externref_harness.impl.nonref import SCALAR_WORD, NonRefWords
 from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
 from externref_harness.impl.values import fill_byte
 from externref_harness.model import ops, protocol
 from externref_harness.model.assertions import probed_assertion
-from externref_harness.model.capabilities import CANARY_GUARD, NO_GC_FREE_INSERT, OPAQUE_REFS
+from externref_harness.model.capabilities import CANARY_GUARD, NO_GC_FREE_INSERT, OPAQUE_REFS, OWN_REGISTRY
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
@@ -66,8 +68,7 @@ from externref_harness.model.runtime import CVE_2022_23636, DebugAssertion, Misu
 from externref_harness.model.state import SCALAR, WORD, Config, Slot
 from externref_harness.model.world import emit_stack_map
 
-#: An i64 the register allocator spilled into a slot: odd, so never a footer, and in no block.
-SCALAR_WORD = 0x0BAD_5CA1_A12F_0001
+__all__ = ["SCALAR_WORD", "World"]
 #: The bytes of a `VMGlobalDefinition` instantiation never wrote.
 UNINIT_GLOBAL_WORD = 0xBEBE_BEBE_BEBE_BEBE
 
@@ -84,7 +85,7 @@ class World(protocol.RuntimeApi[int]):
         self.mutant = cfg.mutant
         self.heap = heap
         self.stack = NativeStack()
-        self.registry = CodeRegistry()
+        self.registry = CodeRegistry(cfg)
         self.stack_view = StackView(cfg, self.stack, self.registry)
         #: Addresses of the values whose destructor ran, in order.
         self.dropped: list[int] = []
@@ -115,6 +116,20 @@ class World(protocol.RuntimeApi[int]):
         self.dead: set[int] = set()
         #: Raw pointer -> index in `allocations` of the ref it was made from.
         self._raw_allocation: dict[int, int] = {}
+        #: The non-ref words suspended frames hold in the slots no map covers (`impl.nonref`).
+        self.nonref = NonRefWords(self.allocations, heap.status, lambda r: self.layouts[r][0])
+        heap.watch_foreign(
+            self.nonref.decoy_address,
+            self.nonref.decoy_bytes,
+            "the host's decoy region (a non-ref stack word)",
+        )
+        #: Counters of the run that place frames in the code layout and choose non-ref words.
+        self.frames_entered = 0
+        self.safepoints = 0
+        #: With `own-registry`: the id the runtime gave each registered module (`register_modules`).
+        self.module_ids: list[int] = []
+        if cfg.has(OWN_REGISTRY):
+            self.register_modules(self.registry.layout.modules)
 
     def _value_dropped(self, address: int) -> None:
         """The runtime ran a value's destructor: its bytes must still be intact."""
@@ -190,7 +205,15 @@ class World(protocol.RuntimeApi[int]):
         self.guard_canary = canary
 
     def drop_table(self) -> None:
+        # The instance's modules are dropped with it, before the store's table.
+        while self.module_ids:
+            self.rt.unregister_module(self.module_ids.pop())
         self.rt.drop_table()
+
+    def register_modules(self, modules: tuple[Module, ...]) -> None:
+        """`own-registry`: the runtime learns the code of each module when it is instantiated."""
+        for module in modules:
+            self.module_ids.append(self.rt.register_module(module))
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -293,18 +316,44 @@ class World(protocol.RuntimeApi[int]):
         frame.ref_typed[i] = is_ref
 
     def _safepoint(self, frame: Frame, at_wasm_call: bool) -> None:
-        """The youngest Wasm frame calls out: its pc becomes a safepoint with the compiler's map."""
+        """The youngest Wasm frame calls out: it stops at the call site of its function whose map
+        is the one the compiler emits here, and each externref slot that holds no live ref (null)
+        and that no map the lookup gives for that pc covers holds a non-ref word until the frame
+        resumes (the null is rematerialised after the call). An i64 slot keeps its own word, a
+        non-ref word already: a live i64 is not overwritten by a call."""
         view: list[Slot] = []
         for i in range(len(frame.ref_typed)):
             word, is_ref = self._read(frame, i)
             view.append((word or None) if is_ref else SCALAR)
         stack_map = emit_stack_map(self.cfg, tuple(view), at_wasm_call)
-        frame.pc = self.registry.register_safepoint(stack_map, len(view), frame.pc)
+        self.safepoints += 1
+        frame.pc = self.registry.layout.call_site(frame.function, stack_map, frame.last_map, self.safepoints)
+        if stack_map is not None:
+            frame.last_map = stack_map
+        covered = self.registry.stack_map_at(self.cfg, frame.pc) or ()
+        empty = [i for i, slot in enumerate(view) if slot is None and i not in covered]
+        if empty:
+            chosen = self.nonref.words([self.safepoints + i for i in empty])
+            for i, (kind, word) in zip(empty, chosen, strict=True):
+                frame.planted[i] = (self._read(frame, i)[0], word, kind)
+                self.stack.store(frame.sp + i * WORD, word)
+
+    def _resume(self, frame: Frame) -> None:
+        """The frame's call returned: its slots hold their own words again."""
+        for i, (own, planted, _) in frame.planted.items():
+            address = frame.sp + i * WORD
+            if self.stack.load(address) == planted:
+                self.stack.store(address, own)
+        frame.planted.clear()
 
     def _enter_wasm_frame(self, words: list[int], ref_typed: list[bool]) -> Frame:
+        """A new frame runs the next function of the code layout, in turn."""
         padding = self.cfg.slots - len(words)
+        functions = self.registry.layout.functions
+        function = self.frames_entered % len(functions)
+        self.frames_entered += 1
         return self.stack.push_wasm(
-            words + [0] * padding, ref_typed + [True] * padding, self.registry.fresh_pc()
+            words + [0] * padding, ref_typed + [True] * padding, function, functions[function].start
         )
 
     # --- VMExternRef ----------------------------------------------------------------------------
@@ -476,6 +525,7 @@ class World(protocol.RuntimeApi[int]):
         protocol.move_refs_into_table(self, [r], self.cfg)
         self.stack.pop()
         caller = self._wasm_frame()
+        self._resume(caller)
         assert top.ret_slot is not None
         self._write(caller, top.ret_slot, r or 0, True)
 
@@ -503,8 +553,11 @@ class World(protocol.RuntimeApi[int]):
         value = self._global(op.g)
         self._safepoint(frame, at_wasm_call=False)
         self.stack.push_host(unwind_info=True, called_from_wasm=False, ret_slot=None)  # libcall
-        got = protocol.libcall_global_get(self, value, self.cfg)
-        self.stack.pop()
+        try:
+            got = protocol.libcall_global_get(self, value, self.cfg)
+        finally:
+            self.stack.pop()
+            self._resume(frame)
         self._write(frame, op.dst, got or 0, True)
 
     def op_WasmGlobalSet(self, op: ops.WasmGlobalSet) -> None:
@@ -522,8 +575,8 @@ class World(protocol.RuntimeApi[int]):
         for i in (*op.args, op.ret_slot):
             self._slot(frame, i)
         check_arity(len(op.args), self.cfg.slots)
-        self._safepoint(frame, at_wasm_call=True)
         args = [self._read(frame, i) for i in op.args]
+        self._safepoint(frame, at_wasm_call=True)
         callee = self._enter_wasm_frame([w for w, _ in args], [t for _, t in args])
         callee.called_from_wasm, callee.ret_slot = True, op.ret_slot
 
@@ -531,12 +584,12 @@ class World(protocol.RuntimeApi[int]):
         frame = self._wasm_frame()
         for i in (*op.args, op.ret_slot):
             self._slot(frame, i)
+        args = [self._read(frame, i) for i in op.args]
         self._safepoint(frame, at_wasm_call=False)
         self.stack.push_host(op.unwind_info, called_from_wasm=True, ret_slot=op.ret_slot)
         # `Func::invoke` reads each externref argument with `clone_from_raw`.
         got: list[int | None] = []
-        for i in op.args:
-            word, is_ref = self._read(frame, i)
+        for word, is_ref in args:
             got.append(self.host.new_handle(self.clone(word)) if is_ref and word else None)
         return tuple(got)
 
@@ -548,6 +601,7 @@ class World(protocol.RuntimeApi[int]):
         self.stack.pop()
         if frame.called_from_wasm:
             caller = self._wasm_frame()
+            self._resume(caller)
             assert frame.ret_slot is not None
             self._write(caller, frame.ret_slot, word, is_ref)
             return None

@@ -191,6 +191,32 @@ C_BUGS: dict[str, CBug] = {
             "refs alias one box; the harness sees a new ref whose word a live ref already has",
             variant="c-opaque-refs",
         ),
+        _bug(
+            "c-registry-nearest-safepoint",
+            "own-registry: a pc with no exact entry gets the map of the nearest earlier mapped call "
+            "site of its function",
+            "CVE-2021-39218: a frame stopped at a call site without a map is read with an earlier "
+            "call site's map, so the non-ref words in the slots it covers are taken for refs",
+            variant="c-own-registry",
+        ),
+        _bug(
+            "c-registry-previous-function",
+            "own-registry: a pc before its function's first mapped call site gets the previous "
+            "function's last map (the exact-match check looks only at the pc's own function)",
+            "a registry lookup that crosses a function boundary: the previous function's map read "
+            "over a frame whose slots hold no live refs",
+            variant="c-own-registry",
+        ),
+        _bug(
+            "c-registry-first-pc-panics",
+            "own-registry: a pc before the module's first mapped call site indexes the entry before "
+            "the first (a debug build panics: index out of bounds; a release build reads out of bounds)",
+            "an unchecked binary-search result: the lookup fails on the module's first call site "
+            "when it has no map; only the debug build shows it (the release build's read is seen "
+            "by an AddressSanitizer build)",
+            "debug",
+            variant="c-own-registry",
+        ),
     )
 }
 
@@ -239,6 +265,13 @@ C_VARIANTS: dict[str, CVariant] = {
         "declares opaque-refs: a ref word is a handle, index + 1 into a table of boxes the library "
         "keeps (with a free list of indices), never a VMExternData address; hash and cmp go "
         "through the box",
+    ),
+    "c-own-registry": CVariant(
+        "c-own-registry",
+        ("XR_VARIANT_OWN_REGISTRY",),
+        "declares own-registry: copies the modules registered with xr_table_register_module into "
+        "its own registry and looks pcs up there (binary search over each module's mapped call "
+        "sites, exact match) instead of calling the stack's lookup",
     ),
 }
 
@@ -309,6 +342,8 @@ def build_reference(
     for testing the loader's refusals).
     """
     flags = reference_flags(build, bug, variant, sanitize, no_optional, chunk_size, defines)
+    if bug is not None and variant is None:
+        variant = C_BUGS[bug].variant
     label = "-".join(part for part in (build, bug or "seed", variant, "asan" if sanitize else None) if part)
     return compile_shared(SOURCE, flags, label, depends=(HEADER,))
 

@@ -106,12 +106,17 @@
 #else
 #define XR_VARIANT_CAP_OPAQUE_REFS 0u
 #endif
+#ifdef XR_VARIANT_OWN_REGISTRY
+#define XR_VARIANT_CAP_OWN_REGISTRY XR_CAP_OWN_REGISTRY
+#else
+#define XR_VARIANT_CAP_OWN_REGISTRY 0u
+#endif
 /* The XR_CAP_* bits this build declares: the variants' (another -DXR_CAPABILITIES overrides). */
 #ifndef XR_CAPABILITIES
 #define XR_CAPABILITIES                                                                            \
     (XR_VARIANT_CAP_LOOSE | XR_VARIANT_CAP_EAGER_CHUNK | XR_VARIANT_CAP_NO_GC_FREE_INSERT |         \
      XR_VARIANT_CAP_GUARD_CANARY | XR_VARIANT_CAP_SINGLE_THREADED | XR_VARIANT_CAP_NO_RAW |          \
-     XR_VARIANT_CAP_OPAQUE_REFS)
+     XR_VARIANT_CAP_OPAQUE_REFS | XR_VARIANT_CAP_OWN_REGISTRY)
 #endif
 #ifndef XR_REPORT_CAPABILITIES
 #define XR_REPORT_CAPABILITIES XR_CAPABILITIES
@@ -620,6 +625,9 @@ struct xr_table {
 #ifdef XR_BUG_BUMP_OFF_BY_ONE
     bool overran;
 #endif
+#ifdef XR_VARIANT_OWN_REGISTRY
+    struct registry *registry; /* the modules registered in this table's store */
+#endif
 };
 
 _Static_assert(offsetof(struct xr_table, next) == 0, "next at 0");
@@ -773,9 +781,16 @@ static void sweep(xr_table *t) {
 #endif
 }
 
+#ifdef XR_VARIANT_OWN_REGISTRY
+static void registry_free(xr_table *t);
+#endif
+
 static void table_drop(xr_table *t) {
     /* Field by field, in declaration order: alloc (its chunk's slots, then the chunk), then
      * over_approximated_stack_roots, then precise_stack_roots. */
+#ifdef XR_VARIANT_OWN_REGISTRY
+    registry_free(t); /* modules still registered go with the store */
+#endif
     for (size_t i = 0; i < t->chunk_len; i++) {
         uintptr_t elem = t->chunk_ptr[i];
         if (elem) ref_drop(elem);
@@ -790,6 +805,192 @@ static void table_drop(xr_table *t) {
     xr_dealloc(t, sizeof *t, _Alignof(xr_table));
 }
 
+#ifdef XR_VARIANT_OWN_REGISTRY
+/* ---- own-registry: the runtime's own code registry ------------------------------------------
+ *
+ * Each registered module is copied: its functions' code ranges, and one entry per call site that
+ * has a stack map (a call site without one has no entry: no live refs there), in pc order over
+ * the whole module, as wasmtime's `FunctionInfo::stack_maps` keeps them per function. A pc is
+ * Wasm when a function's range holds it; its map is the entry at exactly that pc, found by binary
+ * search; no entry there means no map. The seeded bugs below each get one of these steps wrong. */
+
+struct reg_entry {
+    uintptr_t pc;
+    size_t function; /* index in the module's functions */
+    xr_stack_map map;
+};
+
+struct reg_function {
+    uintptr_t start, end;
+    size_t first_entry, n_entries;
+};
+
+struct reg_module {
+    uint64_t id;
+    size_t n_functions;
+    struct reg_function *functions;
+    size_t n_entries;
+    struct reg_entry *entries;
+    size_t n_bits;
+    uint64_t *bits; /* every entry's bitmap words, one block */
+};
+
+struct registry {
+    size_t n_modules, capacity;
+    struct reg_module *modules;
+    uint64_t next_id;
+};
+
+static size_t bitmap_words(size_t mapped_words) { return (mapped_words + 63) / 64; }
+
+static void module_free(struct reg_module *m) {
+    if (m->n_functions) xr_dealloc(m->functions, m->n_functions * sizeof *m->functions, _Alignof(struct reg_function));
+    if (m->n_entries) xr_dealloc(m->entries, m->n_entries * sizeof *m->entries, _Alignof(struct reg_entry));
+    if (m->n_bits) xr_dealloc(m->bits, m->n_bits * sizeof *m->bits, _Alignof(uint64_t));
+}
+
+static void registry_free(xr_table *t) {
+    struct registry *r = t->registry;
+    if (r == NULL) return;
+    for (size_t i = 0; i < r->n_modules; i++) module_free(&r->modules[i]);
+    if (r->capacity) xr_dealloc(r->modules, r->capacity * sizeof *r->modules, _Alignof(struct reg_module));
+    xr_dealloc(r, sizeof *r, _Alignof(struct registry));
+    t->registry = NULL;
+}
+
+/* Copies `module` after checking its shape (a malformed module panics, and nothing is kept). */
+static uint64_t register_module(xr_table *t, const xr_module *module) {
+    if (module == NULL || module->n_functions == 0 || module->functions == NULL)
+        panic("xr_table_register_module: a module with no functions");
+    size_t n_entries = 0, n_bits = 0;
+    for (size_t f = 0; f < module->n_functions; f++) {
+        const xr_function *fn = &module->functions[f];
+        if (fn->start >= fn->end || (f > 0 && fn->start < module->functions[f - 1].end))
+            panic("xr_table_register_module: function %zu's code is not after the previous one's", f);
+        if (fn->n_call_sites && fn->call_sites == NULL) panic("xr_table_register_module: no call sites");
+        for (size_t c = 0; c < fn->n_call_sites; c++) {
+            const xr_call_site *cs = &fn->call_sites[c];
+            if (cs->pc < fn->start || cs->pc >= fn->end || (c > 0 && cs->pc <= fn->call_sites[c - 1].pc))
+                panic("xr_table_register_module: call site %zu of function %zu is out of order", c, f);
+            if (cs->map != NULL) {
+                if (cs->map->mapped_words && cs->map->bits == NULL)
+                    panic("xr_table_register_module: a stack map without bits");
+                n_entries++;
+                n_bits += bitmap_words(cs->map->mapped_words);
+            }
+        }
+    }
+    struct reg_module m = {0, module->n_functions, NULL, n_entries, NULL, n_bits, NULL};
+    m.functions = xr_alloc(m.n_functions * sizeof *m.functions, _Alignof(struct reg_function));
+    if (n_entries) m.entries = xr_alloc(n_entries * sizeof *m.entries, _Alignof(struct reg_entry));
+    if (n_bits) m.bits = xr_alloc(n_bits * sizeof *m.bits, _Alignof(uint64_t));
+    size_t e = 0, b = 0;
+    for (size_t f = 0; f < module->n_functions; f++) {
+        const xr_function *fn = &module->functions[f];
+        m.functions[f] = (struct reg_function){fn->start, fn->end, e, 0};
+        for (size_t c = 0; c < fn->n_call_sites; c++) {
+            const xr_call_site *cs = &fn->call_sites[c];
+            if (cs->map == NULL) continue;
+            size_t words = bitmap_words(cs->map->mapped_words);
+            if (words) memcpy(&m.bits[b], cs->map->bits, words * sizeof *m.bits);
+            m.entries[e++] = (struct reg_entry){cs->pc, f, {cs->map->mapped_words, words ? &m.bits[b] : NULL}};
+            b += words;
+        }
+        m.functions[f].n_entries = e - m.functions[f].first_entry;
+    }
+    if (t->registry == NULL) {
+        t->registry = xr_alloc(sizeof *t->registry, _Alignof(struct registry));
+        memset(t->registry, 0, sizeof *t->registry);
+    }
+    struct registry *r = t->registry;
+    if (r->n_modules == r->capacity) {
+        size_t capacity = r->capacity ? 2 * r->capacity : 4;
+        struct reg_module *modules = xr_alloc(capacity * sizeof *modules, _Alignof(struct reg_module));
+        if (r->n_modules) memcpy(modules, r->modules, r->n_modules * sizeof *modules);
+        if (r->capacity) xr_dealloc(r->modules, r->capacity * sizeof *r->modules, _Alignof(struct reg_module));
+        r->modules = modules;
+        r->capacity = capacity;
+    }
+    m.id = ++r->next_id;
+#ifndef XR_OWN_REGISTRY_IGNORED
+    r->modules[r->n_modules++] = m;
+#else
+    /* A library that declares own-registry and ignores what it is given (for the harness's tests). */
+    module_free(&m);
+#endif
+    return m.id;
+}
+
+static void unregister_module(xr_table *t, uint64_t id) {
+    struct registry *r = t->registry;
+    for (size_t i = 0; r != NULL && i < r->n_modules; i++) {
+        if (r->modules[i].id != id) continue;
+        module_free(&r->modules[i]);
+        memmove(&r->modules[i], &r->modules[i + 1], (r->n_modules - i - 1) * sizeof *r->modules);
+        r->n_modules--;
+        return;
+    }
+#ifndef XR_OWN_REGISTRY_IGNORED
+    panic("xr_table_unregister_module: no module %llu is registered", (unsigned long long)id);
+#endif
+}
+
+/* The first index in [lo, hi) whose entry's pc is above `pc` (hi if none). */
+static size_t entries_above(const struct reg_entry *entries, size_t lo, size_t hi, uintptr_t pc) {
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (entries[mid].pc <= pc) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* `ModuleInfoLookup::lookup(pc)` and `ModuleInfo::lookup_stack_map(pc)`, from the registry. */
+static int registry_lookup(const xr_table *t, uintptr_t pc, xr_stack_map *map) {
+    const struct registry *r = t->registry;
+    for (size_t i = 0; r != NULL && i < r->n_modules; i++) {
+        const struct reg_module *m = &r->modules[i];
+        if (pc < m->functions[0].start || pc >= m->functions[m->n_functions - 1].end) continue;
+        size_t lo = 0, hi = m->n_functions; /* the last function starting at or before pc */
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (m->functions[mid].start <= pc) lo = mid + 1;
+            else hi = mid;
+        }
+        size_t f = lo - 1;
+        const struct reg_function *fn = &m->functions[f];
+        if (pc >= fn->end) return XR_PC_HOST; /* between two functions */
+        const struct reg_entry *e;
+#if defined(XR_BUG_REGISTRY_NEAREST_SAFEPOINT)
+        /* CVE-2021-39218's lookup: no exact entry takes the nearest earlier one in the function. */
+        size_t above = entries_above(m->entries, fn->first_entry, fn->first_entry + fn->n_entries, pc);
+        if (above == fn->first_entry) return XR_PC_WASM;
+        e = &m->entries[above - 1];
+#else
+        size_t above = entries_above(m->entries, 0, m->n_entries, pc);
+#if defined(XR_BUG_REGISTRY_FIRST_PC_PANICS)
+        /* No entry at or before pc leaves `above - 1` wrapped: out of bounds. */
+        size_t at = above - 1;
+        debug_assert(at < m->n_entries, "index out of bounds: the len is %zu but the index is %zu", m->n_entries, at);
+        e = &m->entries[at];
+#else
+        if (above == 0) return XR_PC_WASM;
+        e = &m->entries[above - 1];
+#endif
+#if defined(XR_BUG_REGISTRY_PREVIOUS_FUNCTION)
+        /* The exact match is checked only against the pc's own function's entries. */
+        if (e->function == f && e->pc != pc) return XR_PC_WASM;
+#else
+        if (e->pc != pc) return XR_PC_WASM;
+#endif
+#endif
+        *map = e->map;
+        return XR_PC_WASM_MAPPED;
+    }
+    return XR_PC_HOST;
+}
+#endif /* XR_VARIANT_OWN_REGISTRY */
+
 /* ---- gc ------------------------------------------------------------------------------------ */
 
 struct walk {
@@ -802,12 +1003,21 @@ struct walk {
     bool panicked;
 };
 
+/* What the walk learns of a pc: from the embedder's lookup, or (own-registry) the table's own. */
+static int lookup_pc(const struct walk *w, uintptr_t pc, xr_stack_map *map) {
+#ifdef XR_VARIANT_OWN_REGISTRY
+    return registry_lookup(w->table, pc, map);
+#else
+    return w->stack->lookup(w->stack->ctx, pc, map);
+#endif
+}
+
 MAYBE_UNUSED static int map_bit(const xr_stack_map *map, size_t i) { return (int)((map->bits[i / 64] >> (i % 64)) & 1u); }
 
 /* The closure given to `backtrace::trace` when there is a canary. */
 static void visit_frame(struct walk *w, uintptr_t pc, uintptr_t sp) {
     xr_stack_map map = {0, NULL};
-    if (w->stack->lookup(w->stack->ctx, pc, &map) == XR_PC_WASM_MAPPED) {
+    if (lookup_pc(w, pc, &map) == XR_PC_WASM_MAPPED) {
         debug_assert(sp != 0, "we should always get a valid SP for Wasm frames");
         for (size_t i = 0; i < map.mapped_words; i++) {
 #ifdef XR_BUG_WILD_READ
@@ -856,7 +1066,7 @@ MAYBE_UNUSED static int visit_without_canary(void *walk_ctx, uintptr_t pc, uintp
     struct walk *w = walk_ctx;
     xr_stack_map map = {0, NULL};
     (void)sp;
-    if (w->stack->lookup(w->stack->ctx, pc, &map) != XR_PC_HOST) {
+    if (lookup_pc(w, pc, &map) != XR_PC_HOST) {
         snprintf(panic_message, sizeof panic_message, "no canary, yet a Wasm frame is on the stack");
         w->panicked = true;
         return 0;
@@ -1140,6 +1350,18 @@ EXPORT int xr_gc(const xr_stack *stack, xr_table *t) {
     ENTRY(gc(stack, t));
     return XR_OK;
 }
+
+#ifdef XR_VARIANT_OWN_REGISTRY
+EXPORT int xr_table_register_module(xr_table *t, const xr_module *module, uint64_t *id) {
+    ENTRY(*id = register_module(t, module));
+    return XR_OK;
+}
+
+EXPORT int xr_table_unregister_module(xr_table *t, uint64_t id) {
+    ENTRY(unregister_module(t, id));
+    return XR_OK;
+}
+#endif
 
 #ifndef XR_NO_OPTIONAL
 EXPORT int xr_table_num_filled_in_bump_chunk(xr_table *t, size_t *out) {
