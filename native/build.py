@@ -273,6 +273,33 @@ C_VARIANTS: dict[str, CVariant] = {
         "its own registry and looks pcs up there (binary search over each module's mapped call "
         "sites, exact match) instead of calling the stack's lookup",
     ),
+    "c-capacity-slots": CVariant(
+        "c-capacity-slots",
+        ("XR_VARIANT_CAPACITY_SLOTS",),
+        "capacity-slots: bump_capacity_remaining in slots instead of bytes, and nothing else of c-loose",
+    ),
+    "c-no-strong-count": CVariant(
+        "c-no-strong-count",
+        ("XR_VARIANT_NO_STRONG_COUNT",),
+        "no-strong-count: no xr_ref_strong_count; counts are judged through drops and leaks",
+    ),
+    "c-family": CVariant(
+        "c-family",
+        (
+            "XR_VARIANT_OWN_REGISTRY",
+            "XR_VARIANT_EAGER_CHUNK",
+            "XR_VARIANT_NO_GC_FREE_INSERT",
+            "XR_VARIANT_GUARD_CANARY",
+            "XR_VARIANT_SINGLE_THREADED",
+            "XR_VARIANT_NO_RAW",
+            "XR_VARIANT_CAPACITY_SLOTS",
+            "XR_VARIANT_OPAQUE_REFS",
+            "XR_VARIANT_NO_STRONG_COUNT",
+        ),
+        "every capability at once: an implementation of the design that shares none of the seed's "
+        "API choices (its own registry, an eager chunk, no GC-free insert, a canary scope, plain "
+        "counts, no raw pointers, capacity in slots, refs that are indices, no strong_count)",
+    ),
 }
 
 

@@ -11,7 +11,8 @@
  *                         clears the chunk youngest slot first and drops set members in
  *                         descending address order).
  *   XR_VARIANT_EAGER_CHUNK, XR_VARIANT_NO_GC_FREE_INSERT, XR_VARIANT_GUARD_CANARY,
- *   XR_VARIANT_SINGLE_THREADED, XR_VARIANT_NO_RAW
+ *   XR_VARIANT_SINGLE_THREADED, XR_VARIANT_NO_RAW, XR_VARIANT_CAPACITY_SLOTS,
+ *   XR_VARIANT_NO_STRONG_COUNT
  *                         one capability each (ABI.md "Capabilities"): each declares its XR_CAP_*
  *                         bit and exports exactly the functions its capability requires; any of
  *                         them may be combined (-DXR_VARIANT_EAGER_CHUNK -DXR_VARIANT_NO_RAW ...).
@@ -111,12 +112,23 @@
 #else
 #define XR_VARIANT_CAP_OWN_REGISTRY 0u
 #endif
+#ifdef XR_VARIANT_CAPACITY_SLOTS
+#define XR_VARIANT_CAP_CAPACITY_SLOTS XR_CAP_CAPACITY_SLOTS
+#else
+#define XR_VARIANT_CAP_CAPACITY_SLOTS 0u
+#endif
+#ifdef XR_VARIANT_NO_STRONG_COUNT
+#define XR_VARIANT_CAP_NO_STRONG_COUNT XR_CAP_NO_STRONG_COUNT
+#else
+#define XR_VARIANT_CAP_NO_STRONG_COUNT 0u
+#endif
 /* The XR_CAP_* bits this build declares: the variants' (another -DXR_CAPABILITIES overrides). */
 #ifndef XR_CAPABILITIES
 #define XR_CAPABILITIES                                                                            \
     (XR_VARIANT_CAP_LOOSE | XR_VARIANT_CAP_EAGER_CHUNK | XR_VARIANT_CAP_NO_GC_FREE_INSERT |         \
      XR_VARIANT_CAP_GUARD_CANARY | XR_VARIANT_CAP_SINGLE_THREADED | XR_VARIANT_CAP_NO_RAW |          \
-     XR_VARIANT_CAP_OPAQUE_REFS | XR_VARIANT_CAP_OWN_REGISTRY)
+     XR_VARIANT_CAP_OPAQUE_REFS | XR_VARIANT_CAP_OWN_REGISTRY | XR_VARIANT_CAP_CAPACITY_SLOTS |    \
+     XR_VARIANT_CAP_NO_STRONG_COUNT)
 #endif
 #ifndef XR_REPORT_CAPABILITIES
 #define XR_REPORT_CAPABILITIES XR_CAPABILITIES
@@ -684,7 +696,7 @@ static void table_allocate_chunk_eagerly(xr_table *t) {
 #endif
 
 MAYBE_UNUSED static size_t bump_capacity_remaining(const xr_table *t) {
-#ifdef XR_VARIANT_LOOSE
+#if defined(XR_VARIANT_LOOSE) || defined(XR_VARIANT_CAPACITY_SLOTS)
     return (size_t)(t->end - t->next); /* slots */
 #else
     return (uintptr_t)t->end - (uintptr_t)t->next; /* the seed's arithmetic: bytes */
@@ -1238,10 +1250,13 @@ EXPORT int xr_ref_clone_from_raw(void *raw, xr_ref *out) {
 }
 #endif /* XR_VARIANT_NO_RAW */
 
+/* XR_VARIANT_NO_STRONG_COUNT (XR_CAP_NO_STRONG_COUNT): counts are not observable. */
+#ifndef XR_VARIANT_NO_STRONG_COUNT
 EXPORT int xr_ref_strong_count(xr_ref r, size_t *out) {
     ENTRY(*out = __atomic_load_n(&extern_data(r)->ref_count, __ATOMIC_SEQ_CST));
     return XR_OK;
 }
+#endif /* XR_VARIANT_NO_STRONG_COUNT */
 
 EXPORT int xr_ref_eq(xr_ref a, xr_ref b, int *out) {
     *out = a == b;

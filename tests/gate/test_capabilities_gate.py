@@ -16,6 +16,7 @@ import pytest
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
+from externref_harness.model import capabilities
 from externref_harness.native.build import C_BUGS, build_reference
 
 FAST = ["--max-examples", "40", "--no-threads"]
@@ -26,6 +27,10 @@ VARIANTS = {
     "c-guard-canary": "canary-guard",
     "c-single-threaded": "single-threaded",
     "c-no-raw": "no-raw",
+    "c-capacity-slots": "capacity-slots",
+    "c-no-strong-count": "no-strong-count",
+    "c-own-registry": "own-registry",
+    "c-opaque-refs": "opaque-refs",
 }
 
 
@@ -56,7 +61,10 @@ def test_each_variant_passes_conformant_and_fails_strict_only_on_its_seed_case(
     assert status == 0, _failing(report)
     (case,) = [c for c in report["cases"] if c["name"] == f"seed.{capability}"]
     assert case["status"] == "pass"
-    assert any(line.startswith(f"capability {capability}: ") for line in report["not_checked"])
+    # What the capability left out is said (own-registry leaves nothing out: every check runs).
+    said = (f"capability {capability}: ", f"ruled out by {capability}: ")
+    left_out = any(line.startswith(said) for line in report["not_checked"])
+    assert left_out == (capability != "own-registry")
 
 
 def test_a_declared_capability_is_expectable_at_the_strict_level(tmp_path: Path) -> None:
@@ -136,3 +144,22 @@ def test_an_unknown_capability_is_refused_by_gate_and_check(
     expected = "declares an unknown capability bit(s) 9 (0x200)"
     assert_one_line_exit_2(["gate", library, "--failures", str(tmp_path / "f")], capsys, expected)
     assert_one_line_exit_2(["check", "--impl", library, "--failures", str(tmp_path / "f")], capsys, expected)
+
+
+@pytest.mark.slow
+def test_c_family_every_capability_at_once_passes_conformant_and_fails_strict_only_on_seed_cases(
+    tmp_path: Path,
+) -> None:
+    library = build_reference("debug", variant="c-family")
+    status, report = _gate(tmp_path, library)
+    declared = report["implementation"]["capabilities"]
+    assert declared == list(capabilities.NAMES)
+    assert status == 1 and sorted(_failing(report)) == sorted(f"seed.{name}" for name in declared)
+    status, report = _gate(tmp_path, library, "--level", "conformant")
+    assert status == 0, _failing(report)
+    # What each capability left out is said, except own-registry's: it leaves nothing out (the
+    # runtime looks pcs up itself, and every check still runs).
+    for name in declared:
+        said = (f"capability {name}: ", f"ruled out by {name}: ")
+        left_out = any(line.startswith(said) for line in report["not_checked"])
+        assert left_out == (name != "own-registry"), name
