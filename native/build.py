@@ -168,6 +168,13 @@ C_BUGS: dict[str, CBug] = {
             "undone, so the count ends one too high (a leak) or one too low (an early free)",
             "threads",
         ),
+        _bug(
+            "c-wild-write-footer",
+            "gc decrements the count of the oldest live ref the table does not hold (one the step "
+            "does not otherwise touch)",
+            "a wild write outside the step's refs: memory corruption far from what the step was "
+            "asked to do, which a check of the step's refs alone would miss",
+        ),
     )
 }
 

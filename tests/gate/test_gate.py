@@ -316,3 +316,20 @@ def test_the_pytest_plugin_saves_traces_in_the_project_never_beside_the_library(
     done = run("--externref-failures", str(chosen))
     assert done.returncode == 1 and (chosen / "gate-libbuggy-strict.json").is_file()
     assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
+
+
+def test_a_wild_write_outside_the_steps_refs_fails_the_default_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`c-wild-write-footer` writes the count of a ref the failing step does not otherwise touch;
+    the gate (its default checks, strict) fails the search with a shrunk trace that replays."""
+    library = build_reference("debug", bug="c-wild-write-footer")
+    status, report = _gate(tmp_path, library)
+    assert status == 1
+    (search,) = [c for c in report["cases"] if c["kind"] == "search"]
+    assert search["status"] == "fail" and "layout.ref-count-offset" in search["detail"], search
+    trace = Path(search["trace"])
+    assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 6
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+    assert "[layout.ref-count-offset]" in capsys.readouterr().out

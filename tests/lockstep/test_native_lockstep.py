@@ -152,3 +152,23 @@ def test_a_panic_message_is_shown_escaped_and_cut() -> None:
     assert note.startswith("; the implementation panicked: \\x1b[2J") and note.endswith("...")
     assert len(note) < 400
     assert _panic_note(("ok", None)) == ""
+
+
+def test_a_wild_write_outside_the_steps_refs_is_caught_by_check_impl(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`c-wild-write-footer` decrements, during gc, the count of a ref only the host holds: no
+    operation of the failing step names it, so only a check of the whole heap sees the write. The
+    default `check --impl` catches it and saves a shrunk trace that replays to the same failure."""
+    bad = build_reference("debug", bug="c-wild-write-footer")
+    args = ["check", "--impl", str(bad), "--hypothesis-profile", "ci", "--failures", str(tmp_path)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "[layout.ref-count-offset]" in out
+    (saved,) = tmp_path.glob("lockstep-*.json")
+    steps = json.loads(saved.read_text())["steps"]
+    assert len(steps) <= 6, f"the trace shrank only to {len(steps)} steps"
+    assert any(s["op"] in ("Gc", "InsertWithGc", "CallWasm") for s in steps), steps
+    assert main(["replay", str(saved), "--impl", str(bad)]) == 1
+    assert "[layout.ref-count-offset]" in capsys.readouterr().out
+    assert main(["replay", str(saved), "--impl", str(build_reference("debug"))]) == 0
