@@ -185,7 +185,12 @@ class CheckingHeap:
         base: int | None = _mmap(None, size, _PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS, -1, 0)
         if base is None or base == _MAP_FAILED:
             raise HeapExhausted(f"mmap of a {size}-byte segment failed (a block of {length} bytes)")
-        seg = _Segment(base, size, 0, (ctypes.c_char * size)())
+        try:
+            shadow = (ctypes.c_char * size)()
+        except MemoryError:
+            _munmap(base, size)
+            raise HeapExhausted(f"no memory for the shadow of a {size}-byte segment") from None
+        seg = _Segment(base, size, 0, shadow)
         self._segments.append(seg)
         start = -(-base // align) * align
         seg.used = start + length - base
