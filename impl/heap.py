@@ -1,4 +1,4 @@
-"""A checking heap: the C allocator through ctypes, watched the way a sanitizer's allocator is.
+"""A checking heap: memory mapped through ctypes, watched the way a sanitizer's allocator is.
 
 The implementation allocates every `VMExternData` block and its table chunk here, and makes every
 access to them through the checked accessors (`load`, `store`, `fetch_add`), which look the address
@@ -6,7 +6,7 @@ up *before* touching memory: an access to a freed block, past the end of a block
 no block covers is reported and not performed, so a buggy implementation never writes through a wild
 pointer.
 
-    posix_memalign(align, size + REDZONE)
+    size + REDZONE bytes at an address aligned to max(align, 8), carved from a segment
     +---------------------------+----------+
     | user bytes (size)         | redzone  |   fresh user bytes hold FRESH_BYTE,
     +---------------------------+----------+   redzone bytes REDZONE_BYTE
@@ -14,8 +14,8 @@ pointer.
     out again during a run, so an address names one allocation for the whole run)
 
 `verify()` (run after every step) also finds writes that bypassed the accessors: a changed
-redzone, a freed block whose poison changed, or a live value whose bytes changed. `release()` frees
-every block for real at the end of a run; `leaks()` lists the blocks still live before that.
+redzone, a freed block whose poison changed, or a live value whose bytes changed. `release()`
+unmaps every segment at the end of a run; `leaks()` lists the blocks still live before that.
 
 The write record. Blocks are carved, in address order, out of segments this heap maps itself
 (`mmap`), and each segment has a shadow: a copy of its bytes as the last `verify()` left them. A
