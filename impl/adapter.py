@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
-from externref_harness.impl.heap import LIVE, Block, CheckingHeap, Report
+from externref_harness.impl.heap import LIVE, REDZONE, Block, CheckingHeap, Report
 from externref_harness.impl.memory import reader
 from externref_harness.impl.world import World
 from externref_harness.model import layout
@@ -175,6 +175,12 @@ class InProcessImpl:
         self._blocks: list[Block | None] = []
         self._vtables: dict[int, tuple[int, int]] = {}
         self._freed: dict[int, RefFacts] = {}
+        #: Every ref's facts as the last probe read them.
+        self._facts: list[RefFacts] = []
+        #: Block start -> the refs whose footer words lie in that block (user bytes or redzone).
+        self._refs_in: dict[int, list[int]] = {}
+        #: Refs whose footer words no single block covers: read again by every probe.
+        self._unblocked: list[int] = []
         self._reported = self._dropped = self._allocated = 0
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
@@ -194,9 +200,28 @@ class InProcessImpl:
         return tuple(plain_report(r) for r in reports)
 
     def probe(self) -> Probe:
-        """Memory by address and offset: footers, vtables, the table's words, the stack."""
+        """Memory by address and offset: footers, vtables, the table's words, the stack.
+
+        A ref's footer is read again only when the checking heap's write record says its block
+        changed (`CheckingHeap.take_changed`, after the step's `verify`): any other footer holds
+        the bytes it held when last read, so its facts are the same."""
         world = self.world
-        refs = [self._ref_facts(i, footer, value) for i, (footer, value) in enumerate(world.allocations)]
+        facts = self._facts
+        allocations = world.allocations
+        for start in world.heap.take_changed():
+            for i in self._refs_in.get(start, ()):
+                facts[i] = self._ref_facts(i, *allocations[i])
+        for i in self._unblocked:
+            facts[i] = self._ref_facts(i, *allocations[i])
+        for i in range(len(facts), len(allocations)):
+            footer, value = allocations[i]
+            facts.append(self._ref_facts(i, footer, value))
+            block = self._blocks[i]
+            if block is not None and footer + _FOOTER.size <= block.start + block.size + REDZONE:
+                self._refs_in.setdefault(block.start, []).append(i)
+            else:
+                self._unblocked.append(i)
+        refs = facts
         frames = tuple(
             FrameFacts(
                 f.wasm,

@@ -217,6 +217,13 @@ C_BUGS: dict[str, CBug] = {
             "debug",
             variant="c-own-registry",
         ),
+        _bug(
+            "c-wild-write-footer",
+            "gc decrements the count of the oldest live ref the table does not hold (one the step "
+            "does not otherwise touch)",
+            "a wild write outside the step's refs: memory corruption far from what the step was "
+            "asked to do, which a check of the step's refs alone would miss",
+        ),
     )
 }
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
+from externref_harness.changes import changed_positions
 from externref_harness.impl import heap as checking_heap
 from externref_harness.impl.adapter import Probe, RefFacts
 from externref_harness.lockstep.projection import RefMap
@@ -169,12 +170,27 @@ class Problem:
 
 class ChunkCompare:
     """What the last steps verified, so unchanged memory costs one comparison: the last chunk
-    compared, and each ref whose facts and model box passed every check."""
+    compared, each ref whose facts and model box passed every check, and the handles.
+
+    Invariant relied on: a ref whose (facts, box) pair passed the per-ref checks passes them again
+    while the pair is unchanged (the checks are functions of the pair, and of reachability only
+    for a ref that fails). So a step re-checks only the refs whose box or facts changed since the
+    last step (`changes.changed_positions` of the two heaps and the two fact tuples) and the refs
+    that did not pass last time: its cost follows what it touched, not the heap's size. Every
+    other ref was checked with the same pair before, which is what `verified` used to re-confirm
+    one ref at a time."""
 
     def __init__(self) -> None:
         self._last: tuple[bytes, Sequence[object]] | None = None
         #: Ref id -> the (facts, box) that last passed; the same pair again needs no re-check.
         self.verified: dict[int, tuple[RefFacts, Box]] = {}
+        #: The model's heap and the implementation's facts the last step checked.
+        self.last_heap: Sequence[Box] = ()
+        self.last_facts: Sequence[RefFacts] = ()
+        #: Refs checked last step that did not pass.
+        self.unverified: set[int] = set()
+        #: The (model, implementation) handles that last matched, if the last step's did.
+        self.last_handles: tuple[Sequence[object], Sequence[int | None]] | None = None
 
     def problems(
         self, chunk: bytes, model_chunk: Sequence[object], filled: int, refs: RefMap
@@ -219,11 +235,9 @@ def memory_problems(
 ) -> list[Problem]:
     """Every way the implementation's memory disagrees with the model's state."""
     chunk = chunk or ChunkCompare()
-    out = _ref_problems(state, probe, chunk.verified, seed_layout=not cfg.has(OPAQUE_REFS))
+    out = _ref_problems(state, probe, chunk, seed_layout=not cfg.has(OPAQUE_REFS))
     out += _table_problems(cfg, state, probe, refs, chunk)
-    handles = tuple(None if a is None else refs.ref(a) for a in probe.handles)
-    if handles != state.handles:
-        out.append(Problem("host.handles", f"model {state.handles}, impl {handles}"))
+    out += _handle_problems(state, probe, refs, chunk)
     if not _same_raws(state.raws, probe.raws, refs):
         # Shown as the model's `RawPtr`s are; a word no ref has reads as `?0x...`.
         raws = ", ".join(
@@ -254,9 +268,32 @@ def _same_raws(model: Sequence[RawPtr | None], impl: Sequence[tuple[int, bool] |
     return True
 
 
+def _handle_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare) -> list[Problem]:
+    """`host.handles`; after a step whose handles matched, only the positions either side changed
+    are translated and compared (an address names one ref for the whole run)."""
+    last = chunk.last_handles
+    chunk.last_handles = None
+    if last is not None and len(state.handles) == len(probe.handles):
+        positions = set(changed_positions(last[0], state.handles))
+        positions.update(changed_positions(last[1], probe.handles))
+        if all(_handle(probe.handles[i], refs) == state.handles[i] for i in positions):
+            chunk.last_handles = (state.handles, probe.handles)
+            return []
+    handles = tuple(_handle(a, refs) for a in probe.handles)
+    if handles != state.handles:
+        return [Problem("host.handles", f"model {state.handles}, impl {handles}")]
+    chunk.last_handles = (state.handles, probe.handles)
+    return []
+
+
+def _handle(address: int | None, refs: RefMap) -> int | str | None:
+    return None if address is None else refs.ref(address)
+
+
 def _ref_problems(
-    state: State, probe: Probe, verified: dict[int, tuple[RefFacts, Box]], seed_layout: bool = True
+    state: State, probe: Probe, chunk: ChunkCompare, seed_layout: bool = True
 ) -> list[Problem]:
+    verified = chunk.verified
     out: list[Problem] = []
     if len(probe.refs) != len(state.heap):
         out.append(
@@ -272,13 +309,25 @@ def _ref_problems(
             reachable.append(reachable_refs(state))
         return r in reachable[0]
 
-    for r, (box, facts) in enumerate(zip(state.heap, probe.refs, strict=False)):
+    heap, facts_now = state.heap, probe.refs
+    candidates = set(changed_positions(chunk.last_heap, heap))
+    candidates.update(changed_positions(chunk.last_facts, facts_now))
+    candidates |= chunk.unverified
+    chunk.last_heap, chunk.last_facts = heap, facts_now
+    unverified: set[int] = set()
+    for r in sorted(candidates):
+        if r >= len(heap) or r >= len(facts_now):
+            continue
+        box, facts = heap[r], facts_now[r]
         if verified.get(r) == (facts, box):
             continue
         found = len(out)
         _one_ref_problems(r, box, facts, is_reachable, out, seed_layout)
         if len(out) == found and (facts.status == checking_heap.LIVE) != box.freed:
             verified[r] = (facts, box)
+        else:
+            unverified.add(r)
+    chunk.unverified = unverified
     return out
 
 

@@ -112,6 +112,18 @@ class StepCheck:
     impl_problems: tuple[Problem, ...] = ()
 
 
+class _StepName:
+    """"the implementation's OP", formatted only if a time limit needs it."""
+
+    __slots__ = ("op",)
+
+    def __init__(self, op: ops.Op) -> None:
+        self.op = op
+
+    def __str__(self) -> str:
+        return f"the implementation's {self.op}"
+
+
 def raised(e: Exception, at: str = "") -> str:
     """What an adapter's exception says of the implementation: a crash of its process as itself
     (`the implementation's process killed by SIGSEGV during step`), anything else as raised."""
@@ -201,7 +213,7 @@ class Lockstep:
             if submitted is not None:
                 # The implementation runs in its own process, which has its own step time limit.
                 return self._impl_step_checked(op, obs, before, submitted)
-            with time_limit(deadline.STEP_SECONDS, f"the implementation's {op}"):
+            with time_limit(deadline.STEP_SECONDS, _StepName(op)):
                 return self._impl_step_checked(op, obs, before, submitted)
         except Timeout as e:
             self.impl_broken = f"the implementation hung: {e}"

@@ -417,6 +417,23 @@ static struct layout layout_for(size_t value_size, size_t value_align) {
     return (struct layout){alloc_size, alloc_align, value_and_padding_size};
 }
 
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+/* The seeded wild write: every ref made since the table was, in allocation order, so that gc can
+ * decrement the count of one the step does not otherwise touch (held by the host alone). */
+#define WILD_REFS 65536u
+static uintptr_t wild_refs[WILD_REFS];
+static size_t wild_refs_len;
+
+static void wild_remember(uintptr_t r) {
+    if (wild_refs_len < WILD_REFS) wild_refs[wild_refs_len++] = r;
+}
+
+static void wild_forget(uintptr_t r) {
+    for (size_t i = 0; i < wild_refs_len; i++)
+        if (wild_refs[i] == r) wild_refs[i] = 0;
+}
+#endif
+
 /* `VMExternData::drop_and_dealloc`. */
 static void drop_and_dealloc(VMExternData *data) {
     size_t rc = __atomic_load_n(&data->ref_count, __ATOMIC_SEQ_CST);
@@ -427,6 +444,9 @@ static void drop_and_dealloc(VMExternData *data) {
     struct layout lay = layout_for(vtable->size, _Alignof(VMExternData));
 #else
     struct layout lay = layout_for(vtable->size, vtable->align);
+#endif
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_forget((uintptr_t)data);
 #endif
     vtable->drop_in_place(data->value_data);
     void *alloc_ptr = data->value_data;
@@ -519,6 +539,9 @@ static xr_ref ref_new(size_t size, size_t align, uint8_t fill) {
     data->ref_count = 1;
     data->value_data = alloc_ptr;
     data->value_vtable = vtable_for(size, align);
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_remember((uintptr_t)data);
+#endif
     return ref_of_new_box(data);
 }
 
@@ -666,6 +689,9 @@ static xr_table *table_new(size_t chunk_size) {
     t->chunk_size = chunk_size;
 #ifdef XR_VARIANT_EAGER_CHUNK
     table_allocate_chunk_eagerly(t);
+#endif
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_refs_len = 0; /* a new run: the refs of earlier tables' runs are the harness's no more */
 #endif
     return t;
 }
@@ -1090,7 +1116,30 @@ static void rethrow_if_panicked(const struct walk *w) {
     if (w->panicked) longjmp(*panic_target, 1); /* the message is already written */
 }
 
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+/* A wild write during gc: the oldest live ref the table does not hold (so neither the walk nor the
+ * sweep touches it) loses one from its count. */
+static void wild_write_footer(const xr_table *t) {
+    for (size_t i = 0; i < wild_refs_len; i++) {
+        uintptr_t r = wild_refs[i];
+        if (r == 0 || table_contains(t, r)) continue;
+        VMExternData *data = extern_data(r);
+        if (data->ref_count > 0) data->ref_count -= 1;
+        return;
+    }
+}
+#endif
+
+static void gc_inner(const xr_stack *stack, xr_table *t);
+
 static void gc(const xr_stack *stack, xr_table *t) {
+    gc_inner(stack, t);
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_write_footer(t);
+#endif
+}
+
+static void gc_inner(const xr_stack *stack, xr_table *t) {
 #if XR_DEBUG && !defined(XR_BUG_GC_OKAY_UNCHECKED)
     if (!t->gc_okay) panic("gc while gc_okay is false");
 #endif
