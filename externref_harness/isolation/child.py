@@ -9,6 +9,8 @@ behind an 8-byte length; no pickle: the parent runs no code a frame could carry)
     ("start", config)                     ──▶      InProcessImpl.start
     ("step", op, capacity)                ──▶      step + probe        ──▶ ("ok", (outcome, probe,
                                                                                    n_refs, changed refs))
+    ("steps", [[op, capacity], ...])      ──▶      each in turn        ──▶ one such frame per step,
+                                                   ending after a panic or misuse (`batch`)
     ("finish",) / ("close",) / ("exit",)  ──▶      ...                 ──▶ ("ok", value)
                                                    any exception       ──▶ ("error", "Type: text")
 
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from externref_harness.changes import changed_positions
-from externref_harness.impl.adapter import InProcessImpl, RefFacts
+from externref_harness.impl.adapter import InProcessImpl, Probe, RefFacts, StepOutcome
+from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.wire import decode_plain, read_frame, write_frame
 
 
@@ -35,6 +38,17 @@ def _adapter(impl: str | None) -> InProcessImpl:
     from externref_harness.native.backend import native_runtime, open_library
 
     return InProcessImpl(native_runtime(open_library(Path(impl))))
+
+
+def _step(
+    adapter: InProcessImpl, op: Any, capacity: Any, sent: tuple[RefFacts, ...]
+) -> tuple[tuple[StepOutcome, Probe, int, list[tuple[int, RefFacts]]], tuple[RefFacts, ...]]:
+    """One step and its reply; only the refs whose facts changed since `sent` cross (the parent
+    keeps the rest)."""
+    outcome = adapter.step(op, capacity)
+    probe = adapter.probe()
+    changed = [(i, probe.refs[i]) for i in changed_positions(sent, probe.refs)]
+    return (outcome, probe._replace(refs=()), len(probe.refs), changed), probe.refs
 
 
 def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
@@ -52,12 +66,17 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
                 sent = ()
                 reply: Any = None
             elif kind == "step":
-                outcome = adapter.step(request[1], request[2])
-                probe = adapter.probe()
-                # Only the refs whose facts changed cross: the parent keeps the rest.
-                changed = [(i, probe.refs[i]) for i in changed_positions(sent, probe.refs)]
-                sent = probe.refs
-                reply = (outcome, probe._replace(refs=()), len(sent), changed)
+                reply, sent = _step(adapter, request[1], request[2], sent)
+            elif kind == "steps":
+                # A batch: one reply frame per step, as each is done; it ends after a step that
+                # panicked or was a misuse (`batch.ends_batch`), and at an exception (which the
+                # error frame below reports at that step).
+                for op, capacity in request[1]:
+                    reply, sent = _step(adapter, op, capacity, sent)
+                    write_frame(responses, ("ok", reply))
+                    if ends_batch(reply[0]):
+                        break
+                continue
             elif kind == "finish":
                 reply = adapter.finish()
             elif kind == "close":

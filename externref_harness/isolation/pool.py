@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, StepOutcome
+from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
 from externref_harness.isolation.wire import WireError, conform, read_frame, tagged, write_frame
 
@@ -38,6 +39,9 @@ __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", 
 
 #: Per-step time limit, seconds (a step of a correct implementation takes milliseconds).
 DEFAULT_STEP_TIMEOUT = 10.0
+#: How long the replies of a batch's steps after a run's end are waited for (then the child is
+#: retired instead: a correct implementation's step takes milliseconds).
+DRAIN_TIMEOUT = 1.0
 #: How long a child may take to start (import the harness, load the library).
 START_TIMEOUT = 60.0
 #: The most refs a step's reply may say the implementation holds (a search makes thousands at most).
@@ -279,6 +283,8 @@ class ChildProcessImpl:
         self._child: Child | None = None
         self._probe: Probe | None = None
         self._failed = False
+        #: Steps sent whose replies are not yet read (a batch's, `submit_many`).
+        self.pending = 0
 
     def _call(self, request: tuple[Any, ...], timeout: float | None = None) -> Any:
         assert self._child is not None, "start() first"
@@ -291,6 +297,7 @@ class ChildProcessImpl:
     def _crashed(self) -> None:
         assert self._child is not None
         self._failed = True
+        self.pending = 0
         self._pool.crashes += 1
         self._pool.retire(self._child)
 
@@ -299,6 +306,7 @@ class ChildProcessImpl:
             raise OutOfTime("the time limit ran out before a run could start")
         self._child = self._pool.take(self._fresh)
         self._failed = False
+        self.pending = 0
         self._refs: list[RefFacts] = []
         self._call(("start", dict(config)), START_TIMEOUT)
 
@@ -315,15 +323,32 @@ class ChildProcessImpl:
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
+        self.pending = 1
+
+    def submit_many(self, steps: Sequence[tuple[PlainOp, int | None]]) -> None:
+        """Start a batch of steps in the child in one frame; `collect` gets their replies one by
+        one, in order. The child runs them back to back and ends the batch at a step that panics
+        (`child.serve`), as `collect` does here, so `pending` says what is still under way."""
+        assert self._child is not None, "start() first"
+        assert not self.pending, "a batch follows the replies of the steps before it"
+        try:
+            self._child.send(("steps", [list(step) for step in steps]))
+        except (ImplementationCrash, OutOfTime):
+            self._crashed()
+            raise
+        self.pending = len(steps)
 
     def collect(self) -> StepOutcome:
         assert self._child is not None, "start() first"
+        assert self.pending, "collect() follows submit()"
         try:
             reply = self._child.receive(self._pool.step_timeout, "step")
             outcome, probe, n_refs, changed = self._checked(reply)
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
+        # The child ends a batch at a step that panics: the rest were never run.
+        self.pending = 0 if ends_batch(outcome) else self.pending - 1
         refs = self._refs
         del refs[n_refs:]
         missing = set(range(len(refs), n_refs))  # only new refs can lack facts
@@ -358,6 +383,7 @@ class ChildProcessImpl:
         return self._probe
 
     def finish(self) -> tuple[PlainReport, ...]:
+        assert not self.pending, "finish() follows the replies of every step sent"
         reply = self._call(("finish",))
         try:
             reports: tuple[PlainReport, ...] = conform(reply, tuple[PlainReport, ...], "finish reply")
@@ -376,6 +402,14 @@ class ChildProcessImpl:
             self._pool.retire(child)
             return
         try:
+            # A run that stopped (at a divergence) before the end of a batch: the rest of the
+            # batch's replies are read and dropped, so the child serves the next run; a step of
+            # them that crashes or takes longer than `DRAIN_TIMEOUT` retires it instead.
+            for _ in range(self.pending):
+                reply = child.receive(min(DRAIN_TIMEOUT, self._pool.step_timeout), "a step after the end")
+                if ends_batch(conform(reply, StepReply, "step reply")[0]):
+                    break
+            self.pending = 0
             child.call(("close",), self._pool.step_timeout)
-        except (ImplementationCrash, OutOfTime):
+        except (ImplementationCrash, OutOfTime, WireError):
             self._pool.retire(child)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,8 @@ AdapterFactory = Callable[[], ImplAdapter]
 #: What `Lockstep._submit` did: None (the adapter steps synchronously), True (the step is under way
 #: in the implementation's process), or the exception that starting it raised.
 Submitted = bool | Exception | None
+#: The most steps sent to the implementation's process in one batch (`Lockstep.step`'s `following`).
+BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class Lockstep:
         self.gave_up: str | None = None
         #: Why the implementation is no longer stepped (it hung, or could not start).
         self.impl_broken: str | None = None
+        #: Steps sent to the implementation's process ahead of this one, in order (a batch): each
+        #: is under way there, its reply collected when `step` reaches it.
+        self._under_way: deque[ops.Op] = deque()
         try:
             with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
                 adapter.start(plain_config(cfg))
@@ -168,9 +174,20 @@ class Lockstep:
         except Exception as e:
             self.impl_broken = raised(e, " at start")
 
-    def step(self, op: ops.Op) -> StepCheck:
+    def step(self, op: ops.Op, following: Sequence[ops.Op] = ()) -> StepCheck:
+        """Step both sides by `op` and check them.
+
+        `following` (the steps the caller will give next, when it knows them) lets an adapter in
+        another process take `op` and the steps after it in one batch (`_submit`): the child runs
+        them back to back while the parent compares each reply as it comes back, instead of a
+        round trip per step. The checks are the same, step by step, in order."""
         before = self.state
-        submitted = self._submit(op, before)
+        if self._under_way:
+            assert self._under_way[0] is op, "step() must be given the steps it was told follow"
+            self._under_way.popleft()
+            submitted: Submitted = True
+        else:
+            submitted = self._submit(op, before, following)
         self.state, obs = model_step(self.cfg, before, op)
         model_problem = None
         if isinstance(obs.result, Panic):
@@ -191,16 +208,40 @@ class Lockstep:
             return SeedRuntime(self.cfg, before).bump_capacity_remaining()
         return None
 
-    def _submit(self, op: ops.Op, before: State) -> Submitted:
-        """An adapter in another process starts the step now, and runs it while the model steps."""
+    def _submit(self, op: ops.Op, before: State, following: Sequence[ops.Op] = ()) -> Submitted:
+        """An adapter in another process starts the step now, and runs it while the model steps;
+        with `following`, it starts the batch `_batch` cuts from `op` and them."""
         submit = getattr(self.adapter, "submit", None)
         if submit is None or self.impl_broken is not None:
             return None
+        submit_many = getattr(self.adapter, "submit_many", None)
         try:
-            submit(plain_op(op), self._capacity(before))
+            if following and submit_many is not None:
+                batch = self._batch(op, before, following)
+                submit_many([(plain_op(o), capacity) for o, capacity in batch])
+                self._under_way.extend(o for o, _ in batch[1:])
+            else:
+                submit(plain_op(op), self._capacity(before))
         except Exception as e:
             return e
         return True
+
+    def _batch(
+        self, op: ops.Op, before: State, following: Sequence[ops.Op]
+    ) -> list[tuple[ops.Op, int | None]]:
+        """`op` and the steps after it, each with the embedder capacity its model state gives,
+        up to `BATCH` steps. The model's states are computed ahead here (the model is
+        deterministic); the batch ends at a step the model panics on or refuses, since after a
+        refused misuse the model's state depends on the implementation's answer
+        (`_assertion_probe`). The child ends it at a step the implementation panics on."""
+        batch: list[tuple[ops.Op, int | None]] = []
+        state = before
+        for o in (op, *following[: BATCH - 1]):
+            batch.append((o, self._capacity(state)))
+            state, obs = model_step(self.cfg, state, o)
+            if isinstance(obs.result, (Panic, Misuse)):
+                break
+        return batch
 
     def _impl_step(
         self, op: ops.Op, obs: Observation, before: State, submitted: Submitted = None
@@ -229,7 +270,13 @@ class Lockstep:
             if isinstance(submitted, Exception):
                 raise submitted
             if submitted:
-                outcome = self.adapter.collect()  # type: ignore[attr-defined]
+                try:
+                    outcome = self.adapter.collect()  # type: ignore[attr-defined]
+                finally:
+                    # The adapter says how many of the batch are still under way: none after a
+                    # panic (the child ended the batch there) or a crash.
+                    for _ in range(len(self._under_way) - getattr(self.adapter, "pending", 0)):
+                        self._under_way.pop()
             elif capacity is None:
                 outcome = self.adapter.step(plain_op(op))
             else:
@@ -471,7 +518,7 @@ def drive(
 
     try:
         for at, op in enumerate(steps, 1):
-            if note(at, op, run.step(op)):
+            if note(at, op, run.step(op, steps[at : at + BATCH])):
                 return out
         teardown = len(steps) + 1
         if run.state.panic is not None or out.impl_failure is not None:
