@@ -2,12 +2,13 @@
 
 The same deterministic workload (the random walks of `benchmarks/native.py`) runs on the library
 loaded here (`InProcessImpl`) and on the library in a child process (`isolation.ChildPool`, one
-child serving every walk, as the gate's search uses it). Best of the rounds; only the ratio measured
+child serving every walk; `drive` sends each walk's steps to it in batches,
+`Lockstep.step`'s `following`). Best of the rounds; only the ratio measured
 within one run means anything on a shared machine.
 
     .venv/bin/python benchmarks/gate.py [--rounds R] [--walks N]
 
-Last line: `gate_ratio=<child steps/s / in-process steps/s>` (target >= 0.5).
+Last line: `gate_ratio=<child steps/s / in-process steps/s>` (target >= 0.9).
 """
 
 from __future__ import annotations
