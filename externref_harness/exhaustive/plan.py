@@ -29,6 +29,7 @@ from externref_harness.explore.symmetry import live_handles
 from externref_harness.model.ops import Op
 from externref_harness.model.state import State
 from externref_harness.model.transition import step
+from externref_harness.specs.invariants import first_violation
 
 #: `Plan.parent` of the root class.
 NO_PARENT = -1
@@ -37,6 +38,9 @@ NO_PARENT = -1
 @dataclass(frozen=True)
 class Plan:
     """The spanning tree of a bounded search over concrete states (breadth-first class numbers).
+
+    A class that breaks an invariant is not expanded (only a model bug makes one; the run that
+    reaches it fails there), so a buggy model's space stays as bounded as the seed's.
 
     Invariants: class 0 is the initial state; `parent[c] < c` and `depth[c] == depth[parent[c]] + 1`;
     `moves[c]` is the number of transitions of class c (0 for a class the constraint or the depth
@@ -55,6 +59,8 @@ class Plan:
     #: Classes checked but not expanded: beyond the live-handle constraint, at the depth limit.
     constrained: int
     depth_cut: int
+    #: Classes that break an invariant (a model bug): not expanded.
+    violating: int = 0
 
     @property
     def classes(self) -> int:
@@ -93,13 +99,19 @@ def build_plan(search: Search) -> Plan:
     parent, via, depth, n_moves = array("i", [NO_PARENT]), array("i", [0]), array("i", [0]), array("i")
     children: list[dict[int, int]] = [{}]
     frontier: list[tuple[int, State]] = [(0, root)]
-    transitions = constrained = depth_cut = 0
+    transitions = constrained = depth_cut = violating = 0
     level = 0
     while frontier:
         grown: list[tuple[int, State]] = []
         for c, state in frontier:
             if limit is not None and level >= limit:
                 depth_cut += 1
+                n_moves.append(0)
+                continue
+            if first_violation(cfg, state) is not None:
+                # A seeded bug of the model: the run reaching it fails there; beyond it the
+                # space need not be bounded (the explorer stops at the first one).
+                violating += 1
                 n_moves.append(0)
                 continue
             if live_handles(state) > max_live:
@@ -126,5 +138,15 @@ def build_plan(search: Search) -> Plan:
         frontier = grown
         level += 1
     return Plan(
-        search, fps, parent, via, depth, n_moves, tuple(children), transitions, constrained, depth_cut
+        search,
+        fps,
+        parent,
+        via,
+        depth,
+        n_moves,
+        tuple(children),
+        transitions,
+        constrained,
+        depth_cut,
+        violating,
     )
