@@ -188,9 +188,7 @@ def lockstep_target(
     )
 
 
-def native_lockstep_target(
-    impl: Path, base: Config, base_bounds: Bounds, step_timeout: float
-) -> FuzzTarget:
+def native_lockstep_target(impl: Path, base: Config, base_bounds: Bounds, step_timeout: float) -> FuzzTarget:
     """The lockstep machine against a native library, only ever loaded in confined children of
     one pool (described in one first; a bad library: `UsageError`), at the config and bounds
     `check --impl` uses, so both share example-database keys. Its `close` ends the children."""
