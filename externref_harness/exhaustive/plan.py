@@ -22,7 +22,7 @@ the path on the model, in lockstep with the implementation.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from externref_harness.explore.partition import Search
 from externref_harness.explore.symmetry import live_handles
@@ -59,6 +59,10 @@ class Plan:
     #: Classes checked but not expanded: beyond the live-handle constraint, at the depth limit.
     constrained: int
     depth_cut: int
+    #: Each class's concrete state (the one its path reaches, whose moves are its transitions).
+    states: tuple[State, ...] = ()
+    #: Class number by representative fingerprint.
+    index: dict[int, int] = field(default_factory=dict)
     #: Classes that break an invariant (a model bug): not expanded.
     violating: int = 0
 
@@ -99,6 +103,7 @@ def build_plan(search: Search) -> Plan:
     parent, via, depth, n_moves = array("i", [NO_PARENT]), array("i", [0]), array("i", [0]), array("i")
     children: list[dict[int, int]] = [{}]
     frontier: list[tuple[int, State]] = [(0, root)]
+    states: list[State] = [root]
     transitions = constrained = depth_cut = violating = 0
     level = 0
     while frontier:
@@ -135,6 +140,7 @@ def build_plan(search: Search) -> Plan:
                 children.append({})
                 children[c][i] = new
                 grown.append((new, succ))
+                states.append(succ)
         frontier = grown
         level += 1
     return Plan(
@@ -148,5 +154,7 @@ def build_plan(search: Search) -> Plan:
         transitions,
         constrained,
         depth_cut,
+        tuple(states),
+        seen,
         violating,
     )
