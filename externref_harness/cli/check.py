@@ -378,12 +378,14 @@ def _exhaustive(args: argparse.Namespace) -> int:
         if value:
             hint = " (its chunk is --chunk N)" if option == "--chunk-size" else ""
             raise UsageError(f"{option} has no use with --exhaustive{hint}")
-    bounds = exhaustive_bounds(args)
     mutant = args.mutant
     if mutant is not None:
         layer = catalogue.find(mutant).layer
         if args.impl is not None and layer == "impl":
             raise UsageError(f"mutant {mutant!r} is a bug of the Python port, not of --impl")
+        if layer not in ("model", "protocol", "impl"):
+            raise UsageError(f"mutant {mutant!r} is a bug of the {layer}, which --exhaustive does not run")
+    bounds, switched = exhaustive_bounds(args, mutant)
     failures = paths.failures_dir(args.failures)
     paths.check_dir(failures, paths.failures_source(args.failures))
     json_file = None
@@ -408,6 +410,8 @@ def _exhaustive(args: argparse.Namespace) -> int:
         shrink = partial(opened.adapter, fresh=True)
         name = args.impl.stem
     save_as = failures / f"exhaustive-{name}-{mutant or 'seed'}.json"
+    if switched:
+        console.print(f"{mutant} needs {' '.join(switched)} to be reachable: switched on", markup=False)
     started = time.perf_counter()
     try:
         with full_output(args.full):

@@ -146,10 +146,17 @@ def bounds_given(args: argparse.Namespace) -> dict[str, int | bool]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def exhaustive_bounds(args: argparse.Namespace) -> ExploreBounds:
-    """The bounds of `--exhaustive` (`add_bound_arguments`; bad values: `UsageError`)."""
+def exhaustive_bounds(args: argparse.Namespace, mutant: str | None = None) -> tuple[ExploreBounds, list[str]]:
+    """The bounds of `--exhaustive` (`add_bound_arguments`; bad values: `UsageError`), with the
+    knobs a model `mutant` needs switched on unless given (`MUTANT_KNOBS`), and those knobs."""
+    given = bounds_given(args)
+    switched: list[str] = []
+    for name, value in MUTANT_KNOBS.get(mutant or "", {}).items():
+        if name not in given and getattr(_DEFAULTS, name) < value:
+            given[name] = value
+            switched.append(_option(name, value))
     try:
-        return ExploreBounds(**bounds_given(args))  # type: ignore[arg-type]
+        return ExploreBounds(**given), switched  # type: ignore[arg-type]
     except ValueError as e:
         raise UsageError(str(e)) from None
 

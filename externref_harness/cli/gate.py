@@ -157,7 +157,7 @@ def _exhaustive_bounds(args: argparse.Namespace) -> ExploreBounds | None:
         if getattr(args, name) is not None:
             option = "--" + name.replace("_", "-")
             raise UsageError(f"{option} has no use with --exhaustive (it runs no Hypothesis search)")
-    return exhaustive_bounds(args)
+    return exhaustive_bounds(args)[0]
 
 
 def _write_reports(

@@ -83,7 +83,8 @@ def test_each_seeded_c_bug_in_the_bounds_is_found_shrunk_and_replayable(
 
 def test_a_model_bug_is_found_on_the_python_port(tmp_path: Path) -> None:
     report = tmp_path / "check.json"
-    args = ["check", "--exhaustive", "--refs", "2", "--frames", "1", "--args", "2"]
+    # cve-2021-39216 needs --args 2 (two refs moved by one call): switched on as explore does.
+    args = ["check", "--exhaustive", "--refs", "2", "--frames", "1"]
     status = main([*args, "--mutant", "cve-2021-39216", "--failures", str(tmp_path), "--json", str(report)])
     assert status == 1
     got = json.loads(report.read_text())
@@ -154,3 +155,5 @@ def test_bad_exhaustive_options_are_one_line_and_exit_2(
     assert_one_line_exit_2(["gate", library, "--exhaustive", *args], capsys, expected)
     assert_one_line_exit_2(["check", "--impl", library, "--exhaustive", *args], capsys, expected)
     assert_one_line_exit_2(["check", "--refs", "1"], capsys, "add --exhaustive")
+    proof_bug = ["check", "--exhaustive", "--mutant", "proof-drop-roots-in-table-assumption"]
+    assert_one_line_exit_2(proof_bug, capsys, "which --exhaustive does not run")
