@@ -98,7 +98,9 @@ def _run_model(bug: str, seed: int) -> tuple[bool, int]:
     return False, stats.examples
 
 
-def _run_lockstep(bug: str, layer: str, seed: int, pool: object | None) -> tuple[bool, int]:
+def _run_lockstep(
+    bug: str, layer: str, seed: int, pool: object | None, capabilities: tuple[str, ...] = ()
+) -> tuple[bool, int]:
     from hypothesis.stateful import run_state_machine_as_test
 
     from externref_harness.lockstep.runner import (
@@ -116,7 +118,8 @@ def _run_lockstep(bug: str, layer: str, seed: int, pool: object | None) -> tuple
 
         assert isinstance(pool, ChildPool)
         chunk = SEED_CHUNK if "chunk-512" in C_BUGS[bug].needs else LOCKSTEP_CONFIG.chunk_size
-        cfg = replace(LOCKSTEP_CONFIG, chunk_size=chunk)
+        # The library's declared capabilities, as `Target.config` gives a gate's run.
+        cfg = replace(LOCKSTEP_CONFIG, chunk_size=chunk, capabilities=capabilities)
         factory: AdapterFactory = pool.adapter
     else:
         cfg = replace(PYTHON.config(LOCKSTEP_CONFIG, None, None), mutant=bug)
@@ -141,18 +144,22 @@ def _run_proofs(bug: str) -> tuple[bool, int]:
 def worker(bug: str, layer: str, check: str, seeds: list[int]) -> None:
     """Print one JSON line per seed: {"seed", "caught", "examples", "seconds"}."""
     pool = None
+    capabilities: tuple[str, ...] = ()
     if layer == "c":
+        from externref_harness.isolation.describe import child_env, describe_library
         from externref_harness.isolation.pool import ChildPool
         from externref_harness.native.build import build_reference
 
-        pool = ChildPool(build_reference("debug", bug=bug))
+        library = build_reference("debug", bug=bug)
+        capabilities = describe_library(library, child_env(library)).capabilities
+        pool = ChildPool(library)
     try:
         for seed in seeds:
             started = time.perf_counter()
             if check == "model":
                 caught, examples = _run_model(bug, seed)
             elif check == "lockstep":
-                caught, examples = _run_lockstep(bug, layer, seed, pool)
+                caught, examples = _run_lockstep(bug, layer, seed, pool, capabilities)
             else:
                 caught, examples = _run_proofs(bug)
             line = {"seed": seed, "caught": caught, "examples": examples}

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
-from externref_harness.impl.heap import LIVE, Block, CheckingHeap, Report
+from externref_harness.impl.heap import LIVE, REDZONE, Block, CheckingHeap, Report
 from externref_harness.impl.memory import reader
 from externref_harness.impl.world import World
 from externref_harness.model import layout
@@ -67,8 +67,17 @@ class StepOutcome(NamedTuple):
     reports: tuple[PlainReport, ...]
 
 
+#: A `RefFacts.status` under `opaque-refs`: the value's destructor ran, its block (if the hooks
+#: gave it) is not freed yet.
+DROPPED = "dropped (value_dropped ran)"
+
+
 class RefFacts(NamedTuple):
-    """One allocation as memory shows it. The words are read at the canonical footer offsets."""
+    """One allocation as memory shows it. The words are read at the canonical footer offsets.
+
+    Under `opaque-refs` `footer` is the ref's handle and nothing is read at it: `status` is `freed` once
+    the block holding the value is (if the hooks gave it), else `DROPPED` once the value's
+    destructor ran, else `live`; the footer words are 0."""
 
     footer: int
     value: int
@@ -166,6 +175,12 @@ class InProcessImpl:
         self._blocks: list[Block | None] = []
         self._vtables: dict[int, tuple[int, int]] = {}
         self._freed: dict[int, RefFacts] = {}
+        #: Every ref's facts as the last probe read them.
+        self._facts: list[RefFacts] = []
+        #: Block start -> the refs whose footer words lie in that block (user bytes or redzone).
+        self._refs_in: dict[int, list[int]] = {}
+        #: Refs whose footer words no single block covers: read again by every probe.
+        self._unblocked: list[int] = []
         self._reported = self._dropped = self._allocated = 0
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
@@ -185,14 +200,33 @@ class InProcessImpl:
         return tuple(plain_report(r) for r in reports)
 
     def probe(self) -> Probe:
-        """Memory by address and offset: footers, vtables, the table's words, the stack."""
+        """Memory by address and offset: footers, vtables, the table's words, the stack.
+
+        A ref's footer is read again only when the checking heap's write record says its block
+        changed (`CheckingHeap.take_changed`, after the step's `verify`): any other footer holds
+        the bytes it held when last read, so its facts are the same."""
         world = self.world
-        refs = [self._ref_facts(i, footer, value) for i, (footer, value) in enumerate(world.allocations)]
+        facts = self._facts
+        allocations = world.allocations
+        for start in world.heap.take_changed():
+            for i in self._refs_in.get(start, ()):
+                facts[i] = self._ref_facts(i, *allocations[i])
+        for i in self._unblocked:
+            facts[i] = self._ref_facts(i, *allocations[i])
+        for i in range(len(facts), len(allocations)):
+            footer, value = allocations[i]
+            facts.append(self._ref_facts(i, footer, value))
+            block = self._blocks[i]
+            if block is not None and footer + _FOOTER.size <= block.start + block.size + REDZONE:
+                self._refs_in.setdefault(block.start, []).append(i)
+            else:
+                self._unblocked.append(i)
+        refs = facts
         frames = tuple(
             FrameFacts(
                 f.wasm,
                 f.sp,
-                tuple(world.stack.load(f.sp + 8 * i) for i in range(len(f.ref_typed))),
+                tuple(f.own_word(i, world.stack.load(f.sp + 8 * i)) for i in range(len(f.ref_typed))),
                 tuple(f.ref_typed),
             )
             for f in world.stack.frames
@@ -218,11 +252,13 @@ class InProcessImpl:
         align once per vtable address (vtables are static)."""
         heap = self.world.heap
         if i == len(self._blocks):
-            self._blocks.append(heap.block_at(footer))
+            self._blocks.append(heap.block_at(value if self.world.opaque else footer))
         block = self._blocks[i]
         known = self._freed.get(i)
         if known is not None:
             return known
+        if self.world.opaque:
+            return self._handle_facts(i, footer, value, block)
         if block is None:
             return RefFacts(footer, value, heap.status(footer), 0, 0, 0, 0, 0, 0, 0, 0)
         status = LIVE if block.live else heap.status(footer)
@@ -241,6 +277,22 @@ class InProcessImpl:
         )
         if not block.live:
             # A freed block stays freed (quarantined, poisoned): its facts never change again.
+            self._freed[i] = facts
+        return facts
+
+    def _handle_facts(self, i: int, handle: int, value: int, block: Block | None) -> RefFacts:
+        """`opaque-refs`: a ref's liveness read off its value, never at its handle: freed when the
+        block the hooks gave for it is, dropped once `value_dropped` ran for it, live otherwise (a
+        value outside the hooks' blocks is judged by its drop alone)."""
+        if block is not None and not block.live:
+            status = self.world.heap.status(value)
+        elif i in self.world.dead:
+            status = DROPPED
+        else:
+            status = LIVE
+        start, size, align = (0, 0, 0) if block is None else (block.start, block.size, block.align)
+        facts = RefFacts(handle, value, status, 0, 0, 0, 0, 0, start, size, align)
+        if block is not None and not block.live:
             self._freed[i] = facts
         return facts
 

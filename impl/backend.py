@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from externref_harness.impl.code import Module
 from externref_harness.impl.heap import CheckingHeap
 from externref_harness.impl.stack import CodeRegistry, NativeStack
 from externref_harness.model.state import WORD, Config
@@ -130,6 +131,14 @@ class RuntimeBackend(Protocol):
     def insert_without_gc(self, r: int) -> None: ...
     def stack_canary(self) -> int | None: ...
     def set_stack_canary(self, canary: int | None) -> None: ...
+    def enter_wasm(self, canary: int) -> None:
+        """`canary-guard`: the oldest host-to-Wasm call enters the canary's scope."""
+        ...
+
+    def leave_wasm(self) -> None:
+        """`canary-guard`: that call returned; the scope is left."""
+        ...
+
     def set_gc_okay(self, okay: bool) -> bool: ...
     def gc(self, stack: StackView) -> None: ...
     def num_filled_in_bump_chunk(self) -> int:
@@ -142,6 +151,15 @@ class RuntimeBackend(Protocol):
 
     def drop_table(self) -> None:
         """`Drop for VMExternRefActivationsTable`."""
+        ...
+
+    def register_module(self, module: Module) -> int:
+        """`own-registry`: the module's code, call sites and stack maps; returns its id.
+        Raises `Unsupported` when the runtime takes a `ModuleInfoLookup` instead."""
+        ...
+
+    def unregister_module(self, module_id: int) -> None:
+        """`own-registry`: the module was dropped."""
         ...
 
     def close(self) -> None:

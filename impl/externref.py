@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from externref_harness.impl import mutants
-from externref_harness.impl.backend import BackendDescription, Hooks, StackMapRecord, StackView
+from externref_harness.impl.backend import (
+    BackendDescription,
+    Hooks,
+    StackMapRecord,
+    StackView,
+    Unsupported,
+)
+from externref_harness.impl.code import Module
 from externref_harness.impl.heap import DECREMENT, WILD_ACCESS
 from externref_harness.impl.values import AnyVTable, Values, call_drop_in_place
 from externref_harness.model import layout
@@ -358,12 +365,25 @@ class PythonRuntime:
         self.table.stack_canary.is_some = canary is not None
         self.table.stack_canary.value = canary or 0
 
+    def enter_wasm(self, canary: int) -> None:
+        """The seed has no scope: entering is `set_stack_canary(Some(canary))`."""
+        self.set_stack_canary(canary)
+
+    def leave_wasm(self) -> None:
+        self.set_stack_canary(None)
+
     def set_gc_okay(self, okay: bool) -> bool:
         if self.debug:
             previous = bool(self.table.gc_okay)
             self.table.gc_okay = okay
             return previous
         return True
+
+    def register_module(self, module: Module) -> int:
+        raise Unsupported("the seed takes a ModuleInfoLookup from its embedder (no own-registry)")
+
+    def unregister_module(self, module_id: int) -> None:
+        raise Unsupported("the seed takes a ModuleInfoLookup from its embedder (no own-registry)")
 
     def drop_table(self) -> None:
         """`Drop for VMExternRefActivationsTable`, field by field in declaration order: `alloc`

@@ -1,4 +1,4 @@
-"""A checking heap: the C allocator through ctypes, watched the way a sanitizer's allocator is.
+"""A checking heap: memory mapped through ctypes, watched the way a sanitizer's allocator is.
 
 The implementation allocates every `VMExternData` block and its table chunk here, and makes every
 access to them through the checked accessors (`load`, `store`, `fetch_add`), which look the address
@@ -6,7 +6,7 @@ up *before* touching memory: an access to a freed block, past the end of a block
 no block covers is reported and not performed, so a buggy implementation never writes through a wild
 pointer.
 
-    posix_memalign(align, size + REDZONE)
+    size + REDZONE bytes at an address aligned to max(align, 8), carved from a segment
     +---------------------------+----------+
     | user bytes (size)         | redzone  |   fresh user bytes hold FRESH_BYTE,
     +---------------------------+----------+   redzone bytes REDZONE_BYTE
@@ -14,8 +14,27 @@ pointer.
     out again during a run, so an address names one allocation for the whole run)
 
 `verify()` (run after every step) also finds writes that bypassed the accessors: a changed
-redzone, a freed block whose poison changed, or a live value whose bytes changed. `release()` frees
-every block for real at the end of a run; `leaks()` lists the blocks still live before that.
+redzone, a freed block whose poison changed, or a live value whose bytes changed. `release()`
+unmaps every segment at the end of a run; `leaks()` lists the blocks still live before that.
+
+The write record. Blocks are carved, in address order, out of segments this heap maps itself
+(`mmap`), and each segment has a shadow: a copy of its bytes as the last `verify()` left them. A
+step's writes, whoever made them (the Python port through the accessors, a native library
+directly, a wild pointer), are found by comparing the segment with its shadow:
+
+    segment  |blk 0|rz|blk 1|rz|  ...  |blk k|rz|              (bump-allocated, never reused)
+    shadow   |     copy after the last verify()   |
+      memcmp per 64 KiB window -> per 4 KiB page -> the differing bytes of a page (one XOR of the
+      page as two integers) -> the blocks that cover them
+
+Only the blocks whose bytes (user bytes or redzone) changed, or that were allocated, freed or
+given a watched value since the last `verify()`, are checked again; every other block is
+byte-for-byte what the last check passed, so its redzone, poison and watched value need no second
+look. The comparison runs at `memcmp` speed over the heap's bytes (a few nanoseconds per live
+ref); the Python work is proportional to what changed. `take_changed()` hands the starts of the
+changed blocks to the probe, which re-reads only their footers. Invariant relied on: no byte of a
+segment changes without showing in the comparison, since the shadow is refreshed only from the
+segment itself, page by page, after that page's blocks were checked.
 """
 
 from __future__ import annotations
@@ -59,12 +78,25 @@ OVERFLOW = "overflow"
 WILD = "wild"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_posix_memalign = _libc.posix_memalign
-_posix_memalign.argtypes = (ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t)
-_posix_memalign.restype = ctypes.c_int
-_free = _libc.free
-_free.argtypes = (ctypes.c_void_p,)
-_free.restype = None
+_mmap = _libc.mmap
+_mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_mmap.restype = ctypes.c_void_p
+_munmap = _libc.munmap
+_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_munmap.restype = ctypes.c_int
+_memcmp = _libc.memcmp
+_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_memcmp.restype = ctypes.c_int
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_PROT_READ_WRITE = 0x1 | 0x2
+_MAP_PRIVATE_ANONYMOUS = 0x02 | 0x20
+#: Bytes of the first segment; each next one is twice the last, up to `MAX_SEGMENT` (a block bigger
+#: than that gets a segment of its own size). A short run maps and compares little.
+SEGMENT = 1 << 16
+MAX_SEGMENT = 1 << 22
+PAGE = 4096
+#: The comparison's first level: windows of this many bytes, then pages within a differing one.
+WINDOW = 16 * PAGE
 
 _WORD_FROM = ctypes.c_uint64.from_address
 
@@ -96,6 +128,16 @@ class Block:
     live: bool = True
 
 
+@dataclass(slots=True)
+class _Segment:
+    """A mapped range blocks are bump-allocated from, and its shadow (the bytes `verify` last saw)."""
+
+    base: int
+    size: int
+    used: int
+    shadow: ctypes.Array[ctypes.c_char]
+
+
 class CheckingHeap:
     """Live blocks, quarantined freed blocks, watched value bytes, and the reports made so far."""
 
@@ -103,8 +145,17 @@ class CheckingHeap:
         self._starts: list[int] = []
         self._blocks: dict[int, Block] = {}
         self._values: dict[int, bytes] = {}
+        #: Memory that is no block and that nothing may write (`watch_foreign`): address -> bytes, what.
+        self._foreign: dict[int, tuple[bytes, str]] = {}
+        #: Block start -> the watched value addresses inside it.
+        self._values_in: dict[int, set[int]] = {}
         self.reports: list[Report] = []
         self._released = False
+        self._segments: list[_Segment] = []
+        #: Blocks to check at the next `verify` whatever their bytes (allocated, freed, watched).
+        self._touched: set[int] = set()
+        #: Blocks `verify` found changed (or touched) since the last `take_changed`.
+        self._changed: set[int] = set()
 
     # --- allocation -------------------------------------------------------------------------
 
@@ -115,14 +166,36 @@ class CheckingHeap:
         if align < 1 or align & (align - 1):
             raise ValueError(f"an alignment must be a power of two, got {align}")
         real_align = max(align, WORD)
-        out = ctypes.c_void_p()
-        if _posix_memalign(ctypes.byref(out), real_align, size + REDZONE) != 0 or not out.value:
-            raise HeapExhausted(f"posix_memalign({real_align}, {size + REDZONE}) failed")
-        start = out.value
+        start = self._carve(size + REDZONE, real_align)
         ctypes.memset(start, FRESH_BYTE, size)
         ctypes.memset(start + size, REDZONE_BYTE, REDZONE)
         bisect.insort(self._starts, start)
         self._blocks[start] = Block(start, size, align, tag)
+        self._touched.add(start)
+        return start
+
+    def _carve(self, length: int, align: int) -> int:
+        """`length` bytes at an `align`-aligned address of a segment (a new one if none has room)."""
+        if self._segments:
+            seg = self._segments[-1]
+            start = -(-(seg.base + seg.used) // align) * align
+            if start + length <= seg.base + seg.size:
+                seg.used = start + length - seg.base
+                return start
+        grown = min(MAX_SEGMENT, 2 * self._segments[-1].size) if self._segments else SEGMENT
+        size = max(grown, -(-(length + align) // PAGE) * PAGE)
+        base: int | None = _mmap(None, size, _PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS, -1, 0)
+        if base is None or base == _MAP_FAILED:
+            raise HeapExhausted(f"mmap of a {size}-byte segment failed (a block of {length} bytes)")
+        try:
+            shadow = (ctypes.c_char * size)()
+        except MemoryError:
+            _munmap(base, size)
+            raise HeapExhausted(f"no memory for the shadow of a {size}-byte segment") from None
+        seg = _Segment(base, size, 0, shadow)
+        self._segments.append(seg)
+        start = -(-base // align) * align
+        seg.used = start + length - base
         return start
 
     def free(self, start: int, size: int, align: int, access: str) -> None:
@@ -143,17 +216,21 @@ class CheckingHeap:
         block.live = False
         self._values.pop(start, None)
         ctypes.memset(start, FREED_BYTE, block.size)
+        self._touched.add(start)
 
     def release(self) -> None:
         """Frees every block for real (live and quarantined). The heap is unusable afterwards."""
         if self._released:
             return
         self._released = True
-        for start in self._starts:
-            _free(start)
+        for seg in self._segments:
+            _munmap(seg.base, seg.size)
+        self._segments.clear()
         self._starts.clear()
         self._blocks.clear()
         self._values.clear()
+        self._foreign.clear()
+        self._values_in.clear()
 
     # --- queries (harness side; they never report) ------------------------------------------
 
@@ -233,28 +310,124 @@ class CheckingHeap:
         """The value written at `address` must keep these bytes until it is dropped."""
         if data:
             self._values[address] = data
+            block = self.block_at(address)
+            if block is not None:
+                self._values_in.setdefault(block.start, set()).add(address)
+                self._touched.add(block.start)
+            else:
+                self._values_in.setdefault(-1, set()).add(address)
 
     def unwatch_value(self, address: int, access: str) -> None:
         """The value at `address` is being dropped: its bytes must still be intact."""
         data = self._values.pop(address, None)
+        block = self.block_at(address)
+        self._values_in.get(-1 if block is None else block.start, set()).discard(address)
         if data is not None and ctypes.string_at(address, len(data)) != data:
             self.report(VALUE_CORRUPTED, address, access, "value bytes changed while alive")
 
+    def watch_foreign(self, address: int, data: bytes, what: str) -> None:
+        """Memory outside every block that must keep these bytes: a write through a pointer into
+        it is a wild access (the accessors refuse it as one, since no block covers it)."""
+        self._foreign[address] = (data, what)
+
     def verify(self) -> None:
-        """Find writes the accessors did not see: values, freed blocks' poison, redzones."""
-        for address, data in self._values.items():
-            now = ctypes.string_at(address, len(data))
-            if now != data:
-                self.report(VALUE_CORRUPTED, address, "verify", "value bytes changed while alive")
-                self._values[address] = now
-        for block in self._blocks.values():
-            end = block.start + block.size
-            if ctypes.string_at(end, REDZONE) != _REDZONE_BYTES:
-                self.report(REDZONE_WRITTEN, end, "verify", f"behind a {block.tag} block")
-                ctypes.memset(end, REDZONE_BYTE, REDZONE)
-            if not block.live and ctypes.string_at(block.start, block.size) != _freed(block.size):
-                self.report(FREED_BLOCK_WRITTEN, block.start, "verify", f"freed {block.tag} block")
-                ctypes.memset(block.start, FREED_BYTE, block.size)
+        """Find writes the accessors did not see: values, freed blocks' poison, redzones, and
+        memory watched with `watch_foreign` (outside every block: compared every time).
+
+        Only blocks whose bytes changed since the last call, or that were allocated, freed or
+        given a watched value, are looked at (see the module's docstring): the others passed
+        these checks with the bytes they still have."""
+        for address, (data, what) in self._foreign.items():
+            if ctypes.string_at(address, len(data)) != data:
+                self.report(WILD_ACCESS, address, "verify", f"{what} written")
+                ctypes.memmove(address, data, len(data))
+        dirty_pages: list[tuple[_Segment, int]] = []
+        blocks = self._touched
+        self._touched = set()
+        for seg in self._segments:
+            for offset in self._dirty_pages(seg):
+                dirty_pages.append((seg, offset))
+                self._changed_blocks(seg, offset, blocks)
+        for start in sorted(blocks):
+            self._check_block(self._blocks[start])
+        for address in self._values_in.get(-1, ()):  # outside every block: checked every time
+            self._check_value(address)
+        for seg, offset in dirty_pages:
+            length = min(PAGE, seg.used - offset)
+            ctypes.memmove(ctypes.addressof(seg.shadow) + offset, seg.base + offset, length)
+        for start in blocks:
+            # A block allocated, freed or repaired: its pages go into the shadow as they are now.
+            self._refresh(start)
+        self._changed |= blocks
+
+    def take_changed(self) -> set[int]:
+        """Starts of the blocks `verify` found changed (or allocated, freed, watched) since the
+        last call: the ones whose footers a probe must read again."""
+        out, self._changed = self._changed, set()
+        return out
+
+    def _dirty_pages(self, seg: _Segment) -> list[int]:
+        """Offsets of the pages of `seg` whose bytes differ from its shadow."""
+        shadow = ctypes.addressof(seg.shadow)
+        out: list[int] = []
+        for window in range(0, seg.used, WINDOW):
+            length = min(WINDOW, seg.used - window)
+            if not _memcmp(seg.base + window, shadow + window, length):
+                continue
+            for offset in range(window, window + length, PAGE):
+                size = min(PAGE, seg.used - offset)
+                if _memcmp(seg.base + offset, shadow + offset, size):
+                    out.append(offset)
+        return out
+
+    def _changed_blocks(self, seg: _Segment, offset: int, into: set[int]) -> None:
+        """Add the blocks covering the bytes of page `offset` that differ from the shadow."""
+        length = min(PAGE, seg.used - offset)
+        now = ctypes.string_at(seg.base + offset, length)
+        then = ctypes.string_at(ctypes.addressof(seg.shadow) + offset, length)
+        diff = int.from_bytes(now, "little") ^ int.from_bytes(then, "little")
+        at = seg.base + offset
+        while diff:
+            skip = ((diff & -diff).bit_length() - 1) >> 3
+            at += skip
+            diff >>= skip * 8
+            block = self.block_at(at)
+            step = 1
+            if block is not None:
+                into.add(block.start)
+                step = block.start + block.size + REDZONE - at
+            at += step
+            diff >>= step * 8
+
+    def _refresh(self, start: int) -> None:
+        """Copy a block's bytes (user bytes and redzone) into its segment's shadow."""
+        block = self._blocks[start]
+        for seg in self._segments:
+            if seg.base <= start < seg.base + seg.size:
+                ctypes.memmove(
+                    ctypes.addressof(seg.shadow) + (start - seg.base), start, block.size + REDZONE
+                )
+                return
+
+    def _check_block(self, block: Block) -> None:
+        for address in self._values_in.get(block.start, ()):
+            self._check_value(address)
+        end = block.start + block.size
+        if ctypes.string_at(end, REDZONE) != _REDZONE_BYTES:
+            self.report(REDZONE_WRITTEN, end, "verify", f"behind a {block.tag} block")
+            ctypes.memset(end, REDZONE_BYTE, REDZONE)
+        if not block.live and ctypes.string_at(block.start, block.size) != _freed(block.size):
+            self.report(FREED_BLOCK_WRITTEN, block.start, "verify", f"freed {block.tag} block")
+            ctypes.memset(block.start, FREED_BYTE, block.size)
+
+    def _check_value(self, address: int) -> None:
+        data = self._values.get(address)
+        if data is None:
+            return
+        now = ctypes.string_at(address, len(data))
+        if now != data:
+            self.report(VALUE_CORRUPTED, address, "verify", "value bytes changed while alive")
+            self._values[address] = now
 
     def report(self, kind: str, address: int, access: str, detail: str = "") -> None:
         self.reports.append(Report(kind, address, access, detail))

@@ -12,8 +12,9 @@ sides. Every frame ends with a saved frame pointer and a return address, as on x
 
 `walk()` is the stand-in for `backtrace::trace`: from the youngest frame's registers it follows the
 saved frame pointers in memory, youngest first, and stops after a host frame whose code has no
-unwind info. `CodeRegistry` is `ModuleInfoLookup` / `ModuleInfo`: a pc in Wasm code may have a
-stack map, stored in memory as `[mapped_words, bitmap words...]`.
+unwind info. `CodeRegistry` is `ModuleInfoLookup` / `ModuleInfo` over the static code layout
+(`impl.code`): a pc in Wasm code may have a stack map, stored in memory as
+`[mapped_words, bitmap words...]`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 
+from externref_harness.impl.code import code_layout, map_records
 from externref_harness.model.state import WORD, Config, HostFrame, StackMap, WasmFrame, frame_bytes
 from externref_harness.model.world import lookup_stack_map
 
@@ -30,9 +32,6 @@ from externref_harness.model.world import lookup_stack_map
 HOST_CODE = 0x5555_5555_0000
 #: Host code without unwind info: the walk cannot step past a frame suspended here.
 OPAQUE_HOST_CODE = 0x5555_5556_0000
-#: Compiled Wasm code: every function entry and every safepoint gets a fresh pc here.
-WASM_CODE = 0x7E00_0000_0000
-WASM_PC_STEP = 4
 
 STACK_BYTES = 1 << 16
 #: The two words every frame ends with: saved frame pointer, return address.
@@ -70,6 +69,18 @@ class Frame:
     resets_canary: bool = False
     #: The compiler's static type of each slot: True for externref, False for i64.
     ref_typed: list[bool] = field(default_factory=list)
+    #: The function of the code layout this frame runs (an index into `CodeLayout.functions`).
+    function: int = 0
+    #: The map of this frame's last call site that had one (where its next call without one is).
+    last_map: StackMap | None = None
+    #: While suspended: slot -> (its own word, the non-ref word left there, that word's kind).
+    planted: dict[int, tuple[int, int, str]] = field(default_factory=dict)
+
+    def own_word(self, slot: int, word: int) -> int:
+        """What slot `slot` holds for the program, given the word in memory: its own word while a
+        non-ref word stands in for it, unless something overwrote that word (then what is there)."""
+        entry = self.planted.get(slot)
+        return entry[0] if entry is not None and entry[1] == word else word
 
 
 class NativeStack:
@@ -102,9 +113,9 @@ class NativeStack:
         frame.called_from_wasm, frame.ret_slot = called_from_wasm, ret_slot
         return frame
 
-    def push_wasm(self, words: list[int], ref_typed: list[bool], entry_pc: int) -> Frame:
+    def push_wasm(self, words: list[int], ref_typed: list[bool], function: int, entry_pc: int) -> Frame:
         frame = self._push(wasm=True, nbytes=wasm_frame_bytes(len(words)), pc=entry_pc, words=words)
-        frame.ref_typed = ref_typed
+        frame.ref_typed, frame.function = ref_typed, function
         return frame
 
     def _push(self, wasm: bool, nbytes: int, pc: int, words: tuple[int, ...] | list[int]) -> Frame:
@@ -139,13 +150,11 @@ class NativeStack:
 
 
 class CodeRegistry:
-    """`ModuleInfoLookup` over the compiled code, with the stack maps the compiler registered."""
+    """`ModuleInfoLookup` / `ModuleInfo` over the compiled code's static layout (`impl.code`)."""
 
-    def __init__(self) -> None:
-        self._next_pc = WASM_CODE
-        #: pc -> (stack map record address or 0, the previous safepoint's record address or 0)
-        self._entries: dict[int, tuple[int, int]] = {}
-        self._records: list[ctypes.Array[ctypes.c_uint64]] = []
+    def __init__(self, cfg: Config) -> None:
+        self.layout = code_layout(cfg.slots)
+        self._records = map_records(cfg.slots)
 
     @staticmethod
     def has_unwind_info(pc: int) -> bool:
@@ -153,36 +162,20 @@ class CodeRegistry:
 
     def is_wasm(self, pc: int) -> bool:
         """`ModuleInfoLookup::lookup(pc).is_some()`."""
-        return WASM_CODE <= pc < self._next_pc
+        return self.layout.function_at(pc) is not None
 
-    def fresh_pc(self) -> int:
-        pc = self._next_pc
-        self._next_pc += WASM_PC_STEP
-        return pc
-
-    def register_safepoint(self, stack_map: StackMap | None, mapped_words: int, pc: int) -> int:
-        """A new safepoint after the one at `pc`: its own map (if any) and a link to the last map."""
-        record, previous = self._entries.get(pc, (0, 0))
-        if stack_map is not None:
-            bits = [0] * ((mapped_words + 63) // 64)
-            for i in stack_map:
-                bits[i // 64] |= 1 << (i % 64)
-            array = (ctypes.c_uint64 * (1 + len(bits)))(mapped_words, *bits)
-            self._records.append(array)
-            new_record = ctypes.addressof(array)
-        else:
-            new_record = 0
-        new_pc = self.fresh_pc()
-        self._entries[new_pc] = (new_record, record or previous)
-        return new_pc
-
-    def lookup_stack_map(self, cfg: Config, pc: int) -> int | None:
-        """`ModuleInfo::lookup_stack_map(pc)`: the record address, by the registry's one rule."""
-        record, previous = self._entries.get(pc, (0, 0))
+    def stack_map_at(self, cfg: Config, pc: int) -> StackMap | None:
+        """`ModuleInfo::lookup_stack_map(pc)`, by the registry's one rule (`model.world`): the
+        exact call site's map, or under CVE-2021-39218 the nearest earlier one in the function
+        (the layout places it so that it is the frame's previous map, as the model has it)."""
         frame = WasmFrame(
             slots=(),
-            stack_map=(record,) if record else None,
-            previous_stack_map=(previous,) if previous else None,
+            stack_map=self.layout.exact_map(pc),
+            previous_stack_map=self.layout.nearest_earlier_map(pc),
         )
-        chosen = lookup_stack_map(cfg, frame)
-        return None if chosen is None else chosen[0]
+        return lookup_stack_map(cfg, frame)
+
+    def lookup_stack_map(self, cfg: Config, pc: int) -> int | None:
+        """The address of the record of `stack_map_at(pc)`, `[mapped_words, bitmap words...]`."""
+        stack_map = self.stack_map_at(cfg, pc)
+        return None if stack_map is None else self._records.address(stack_map)

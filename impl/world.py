@@ -15,7 +15,13 @@ A step's result is plain data: `("ok", value)`, `("err", kind)`, `("misuse", kin
 `("panic", message)`. In a debug build, a refused misuse that reaches one of the seed's own
 assertions is sent to the runtime too (`model.assertions`), and its result says what the
 runtime did: `("misuse", kind, detail, ("panic", message) | ("returned",))`. Refs in results
-are addresses: footers, or a value's address for `Deref`.
+are words: footers (handles under `opaque-refs`), or a value's address for `Deref`.
+
+Under `opaque-refs` the host cannot ask the checking heap whether a ref is freed (its word is a
+handle, in no block), and a freed ref's handle may be given out again. So the world keeps each
+ref's identity as the host knows it: which allocation each word and each value address belongs
+to, which allocations' values were dropped, and which allocation each raw pointer was made from
+(a raw pointer of a freed ref whose handle a new ref now has is still a raw pointer of a freed ref).
 """
 
 from __future__ import annotations
@@ -32,14 +38,18 @@ from externref_harness.impl.backend import (
     StackView,
     Unsupported,
 )
+from externref_harness.impl.code import Module
 from externref_harness.impl.heap import FREED, CheckingHeap
+from externref_harness.impl.nonref import SCALAR_WORD, NonRefWords
 from externref_harness.impl.stack import CodeRegistry, Frame, NativeStack
 from externref_harness.impl.values import fill_byte
 from externref_harness.model import ops, protocol
 from externref_harness.model.assertions import probed_assertion
+from externref_harness.model.capabilities import CANARY_GUARD, NO_GC_FREE_INSERT, OPAQUE_REFS, OWN_REGISTRY
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
+    check_counted_args,
     check_insert_count,
     check_instantiation,
     check_stack_canary,
@@ -49,6 +59,7 @@ from externref_harness.model.observation import (
     BAD_FRAME,
     BAD_GLOBAL,
     BAD_SLOT,
+    FREED_RAW,
     GC_NOT_OKAY,
     UNINIT_GLOBAL,
     WRONG_FRAME,
@@ -57,8 +68,7 @@ from externref_harness.model.runtime import CVE_2022_23636, DebugAssertion, Misu
 from externref_harness.model.state import SCALAR, WORD, Config, Slot
 from externref_harness.model.world import emit_stack_map
 
-#: An i64 the register allocator spilled into a slot: odd, so never a footer, and in no block.
-SCALAR_WORD = 0x0BAD_5CA1_A12F_0001
+__all__ = ["SCALAR_WORD", "World"]
 #: The bytes of a `VMGlobalDefinition` instantiation never wrote.
 UNINIT_GLOBAL_WORD = 0xBEBE_BEBE_BEBE_BEBE
 
@@ -75,7 +85,7 @@ class World(protocol.RuntimeApi[int]):
         self.mutant = cfg.mutant
         self.heap = heap
         self.stack = NativeStack()
-        self.registry = CodeRegistry()
+        self.registry = CodeRegistry(cfg)
         self.stack_view = StackView(cfg, self.stack, self.registry)
         #: Addresses of the values whose destructor ran, in order.
         self.dropped: list[int] = []
@@ -85,6 +95,8 @@ class World(protocol.RuntimeApi[int]):
         self.gc_okay = True
         #: The capacity the embedder's next pre-GC check uses instead of the runtime's answer.
         self.embedder_capacity: int | None = None
+        #: Under `canary-guard`: the canary of the scope the host entered (None: not entered).
+        self.guard_canary: int | None = None
         self.rt: RuntimeBackend = runtime(cfg, Hooks(heap, self._value_dropped))
         self.host = HostBookkeeping([], [], self._is_freed)
         n = cfg.n_globals
@@ -95,11 +107,37 @@ class World(protocol.RuntimeApi[int]):
         self.layouts: dict[int, tuple[int, int]] = {}
         #: `VMExternRef::hash` of the two refs the last `Eq` / `Cmp` compared, `(ref, hash)`.
         self.hashes: list[tuple[int, int]] = []
+        #: A ref word is a handle, not a footer's address (`model.capabilities.OPAQUE_REFS`).
+        self.opaque = cfg.has(OPAQUE_REFS)
+        #: Index in `allocations` of the latest ref with each word, and of each value address.
+        self._allocation_of_word: dict[int, int] = {}
+        self._allocation_of_value: dict[int, int] = {}
+        #: Indices in `allocations` of the refs whose value was dropped.
+        self.dead: set[int] = set()
+        #: Raw pointer -> index in `allocations` of the ref it was made from.
+        self._raw_allocation: dict[int, int] = {}
+        #: The non-ref words suspended frames hold in the slots no map covers (`impl.nonref`).
+        self.nonref = NonRefWords(self.allocations, heap.status, lambda r: self.layouts[r][0])
+        heap.watch_foreign(
+            self.nonref.decoy_address,
+            self.nonref.decoy_bytes,
+            "the host's decoy region (a non-ref stack word)",
+        )
+        #: Counters of the run that place frames in the code layout and choose non-ref words.
+        self.frames_entered = 0
+        self.safepoints = 0
+        #: With `own-registry`: the id the runtime gave each registered module (`register_modules`).
+        self.module_ids: list[int] = []
+        if cfg.has(OWN_REGISTRY):
+            self.register_modules(self.registry.layout.modules)
 
     def _value_dropped(self, address: int) -> None:
         """The runtime ran a value's destructor: its bytes must still be intact."""
         self.heap.unwatch_value(address, "drop_in_place")
         self.dropped.append(address)
+        allocation = self._allocation_of_value.get(address)
+        if allocation is not None:
+            self.dead.add(allocation)
 
     # --- the runtime, as the embedder protocol calls it (`RuntimeApi[int]`) --------------------
 
@@ -139,14 +177,43 @@ class World(protocol.RuntimeApi[int]):
     def insert_without_gc(self, r: int) -> None:
         self.rt.insert_without_gc(r)
 
+    def try_insert(self, r: int) -> bool:
+        return self.rt.try_insert(r)
+
     def stack_canary(self) -> int | None:
+        """The canary: the runtime's answer, or under `canary-guard` (no getter) the scope the host
+        entered, which it knows itself."""
+        if self.cfg.has(CANARY_GUARD):
+            return self.guard_canary
         return self.rt.stack_canary()
 
     def set_stack_canary(self, canary: int | None) -> None:
-        self.rt.set_stack_canary(canary)
+        """`set_stack_canary`; under `canary-guard` setting it enters the scope and clearing it
+        leaves it (`xr_table_enter_wasm` / `xr_table_leave_wasm`), and re-setting what is already
+        true (which the embedder may do, `model.host.check_stack_canary`) calls nothing."""
+        if not self.cfg.has(CANARY_GUARD):
+            self.rt.set_stack_canary(canary)
+            return
+        if canary == self.guard_canary:
+            return
+        if canary is None:
+            self.rt.leave_wasm()
+        else:
+            if self.guard_canary is not None:
+                self.rt.leave_wasm()  # moving the canary: misuse the host refuses first
+            self.rt.enter_wasm(canary)
+        self.guard_canary = canary
 
     def drop_table(self) -> None:
+        # The instance's modules are dropped with it, before the store's table.
+        while self.module_ids:
+            self.rt.unregister_module(self.module_ids.pop())
         self.rt.drop_table()
+
+    def register_modules(self, modules: tuple[Module, ...]) -> None:
+        """`own-registry`: the runtime learns the code of each module when it is instantiated."""
+        for module in modules:
+            self.module_ids.append(self.rt.register_module(module))
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -190,11 +257,11 @@ class World(protocol.RuntimeApi[int]):
         try:
             if isinstance(op, ops.SetStackCanary):
                 saved = self.stack_canary()
-                self.rt.set_stack_canary(None)
+                self.set_stack_canary(None)
                 try:
                     self.rt.gc(self.stack_view)
                 finally:
-                    self.rt.set_stack_canary(saved)
+                    self.set_stack_canary(saved)
             else:
                 self.rt.gc(self.stack_view)
         except DebugAssertion as fired:
@@ -216,7 +283,17 @@ class World(protocol.RuntimeApi[int]):
         return top
 
     def _is_freed(self, r: int) -> bool:
+        """Whether ref word `r`'s ref is freed: its footer's block, or (a handle) its value dropped."""
+        if self.opaque:
+            return self._allocation_of_word.get(r) in self.dead
         return self.heap.status(r) == FREED
+
+    def _raw_made(self, p: int, r: int) -> int:
+        """Raw pointer `p` was made from ref word `r`: remember which ref that is."""
+        allocation = self._allocation_of_word.get(r)
+        if allocation is not None:
+            self._raw_allocation[p] = allocation
+        return p
 
     def _global(self, g: int) -> int | None:
         """The externref in global `g` (None: null)."""
@@ -239,18 +316,44 @@ class World(protocol.RuntimeApi[int]):
         frame.ref_typed[i] = is_ref
 
     def _safepoint(self, frame: Frame, at_wasm_call: bool) -> None:
-        """The youngest Wasm frame calls out: its pc becomes a safepoint with the compiler's map."""
+        """The youngest Wasm frame calls out: it stops at the call site of its function whose map
+        is the one the compiler emits here, and each externref slot that holds no live ref (null)
+        and that no map the lookup gives for that pc covers holds a non-ref word until the frame
+        resumes (the null is rematerialised after the call). An i64 slot keeps its own word, a
+        non-ref word already: a live i64 is not overwritten by a call."""
         view: list[Slot] = []
         for i in range(len(frame.ref_typed)):
             word, is_ref = self._read(frame, i)
             view.append((word or None) if is_ref else SCALAR)
         stack_map = emit_stack_map(self.cfg, tuple(view), at_wasm_call)
-        frame.pc = self.registry.register_safepoint(stack_map, len(view), frame.pc)
+        self.safepoints += 1
+        frame.pc = self.registry.layout.call_site(frame.function, stack_map, frame.last_map, self.safepoints)
+        if stack_map is not None:
+            frame.last_map = stack_map
+        covered = self.registry.stack_map_at(self.cfg, frame.pc) or ()
+        empty = [i for i, slot in enumerate(view) if slot is None and i not in covered]
+        if empty:
+            chosen = self.nonref.words([self.safepoints + i for i in empty])
+            for i, (kind, word) in zip(empty, chosen, strict=True):
+                frame.planted[i] = (self._read(frame, i)[0], word, kind)
+                self.stack.store(frame.sp + i * WORD, word)
+
+    def _resume(self, frame: Frame) -> None:
+        """The frame's call returned: its slots hold their own words again."""
+        for i, (own, planted, _) in frame.planted.items():
+            address = frame.sp + i * WORD
+            if self.stack.load(address) == planted:
+                self.stack.store(address, own)
+        frame.planted.clear()
 
     def _enter_wasm_frame(self, words: list[int], ref_typed: list[bool]) -> Frame:
+        """A new frame runs the next function of the code layout, in turn."""
         padding = self.cfg.slots - len(words)
+        functions = self.registry.layout.functions
+        function = self.frames_entered % len(functions)
+        self.frames_entered += 1
         return self.stack.push_wasm(
-            words + [0] * padding, ref_typed + [True] * padding, self.registry.fresh_pc()
+            words + [0] * padding, ref_typed + [True] * padding, function, functions[function].start
         )
 
     # --- VMExternRef ----------------------------------------------------------------------------
@@ -260,9 +363,10 @@ class World(protocol.RuntimeApi[int]):
         fill = fill_byte(len(self.allocations) + 1)
         r = self.rt.new(op.size, op.align, fill)
         value = self.rt.deref(r)
-        if value is None or value % op.align:
+        if not value or value % op.align:
             raise ContractViolation(f"new({op.size}, {op.align}) made a value at {value!r}")
         self.heap.watch_value(value, bytes([fill]) * op.size)
+        self._allocation_of_word[r] = self._allocation_of_value[value] = len(self.allocations)
         self.allocations.append((r, value))
         self.layouts[r] = (op.size, op.align)
         return self.host.new_handle(r)
@@ -282,14 +386,14 @@ class World(protocol.RuntimeApi[int]):
     def op_AsRaw(self, op: ops.AsRaw) -> int:
         r = self.host.handle(op.h)
         self._same_word("as_raw", r, self.rt.as_raw(r))
-        return self.host.as_raw(op.h)
+        return self._raw_made(self.host.as_raw(op.h), r)
 
     def op_IntoRaw(self, op: ops.IntoRaw) -> int:
         p = self.host.into_raw(op.h)
         raw = self.host.raws[p]
         assert raw is not None
         self._same_word("into_raw", raw.ref, self.rt.into_raw(raw.ref))
-        return p
+        return self._raw_made(p, raw.ref)
 
     def op_FromRaw(self, op: ops.FromRaw) -> int:
         h = self.host.from_raw(op.p)
@@ -298,6 +402,10 @@ class World(protocol.RuntimeApi[int]):
         return h
 
     def op_CloneFromRaw(self, op: ops.CloneFromRaw) -> int:
+        if self.opaque and self._raw_allocation.get(op.p, -1) in self.dead:
+            # Its ref was freed, whichever ref has its handle now.
+            word = self.host.raw(op.p).ref
+            raise MisuseError(FREED_RAW, f"raw pointer {op.p} points at freed ref {word:#x}")
         raw = self.host.clone_from_raw_target(op.p)
         return self.host.new_handle(self._same_word("clone_from_raw", raw, self.rt.clone_from_raw(raw)))
 
@@ -400,8 +508,10 @@ class World(protocol.RuntimeApi[int]):
             self.global_initialised[g] = False
 
     def op_CallWasm(self, op: ops.CallWasm) -> None:
+        if self.cfg.has(NO_GC_FREE_INSERT):
+            check_counted_args(len(op.args), self.cfg.chunk_size)
         refs = self.host.take_args(op.args, self.cfg.slots)
-        protocol.move_refs_into_table(self, refs, self.mutant)
+        protocol.move_refs_into_table(self, refs, self.cfg)
         resets = protocol.enter_wasm(self, self.stack.youngest.sp)
         frame = self._enter_wasm_frame(refs, [True] * len(refs))
         frame.resets_canary = resets
@@ -412,9 +522,10 @@ class World(protocol.RuntimeApi[int]):
             raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
         r = None if op.h is None else self.host.take(op.h)
         # The host function's one externref result counts for the pre-GC even when it is null.
-        protocol.move_refs_into_table(self, [r], self.mutant)
+        protocol.move_refs_into_table(self, [r], self.cfg)
         self.stack.pop()
         caller = self._wasm_frame()
+        self._resume(caller)
         assert top.ret_slot is not None
         self._write(caller, top.ret_slot, r or 0, True)
 
@@ -442,8 +553,11 @@ class World(protocol.RuntimeApi[int]):
         value = self._global(op.g)
         self._safepoint(frame, at_wasm_call=False)
         self.stack.push_host(unwind_info=True, called_from_wasm=False, ret_slot=None)  # libcall
-        got = protocol.libcall_global_get(self, value)
-        self.stack.pop()
+        try:
+            got = protocol.libcall_global_get(self, value, self.cfg)
+        finally:
+            self.stack.pop()
+            self._resume(frame)
         self._write(frame, op.dst, got or 0, True)
 
     def op_WasmGlobalSet(self, op: ops.WasmGlobalSet) -> None:
@@ -461,8 +575,8 @@ class World(protocol.RuntimeApi[int]):
         for i in (*op.args, op.ret_slot):
             self._slot(frame, i)
         check_arity(len(op.args), self.cfg.slots)
-        self._safepoint(frame, at_wasm_call=True)
         args = [self._read(frame, i) for i in op.args]
+        self._safepoint(frame, at_wasm_call=True)
         callee = self._enter_wasm_frame([w for w, _ in args], [t for _, t in args])
         callee.called_from_wasm, callee.ret_slot = True, op.ret_slot
 
@@ -470,12 +584,12 @@ class World(protocol.RuntimeApi[int]):
         frame = self._wasm_frame()
         for i in (*op.args, op.ret_slot):
             self._slot(frame, i)
+        args = [self._read(frame, i) for i in op.args]
         self._safepoint(frame, at_wasm_call=False)
         self.stack.push_host(op.unwind_info, called_from_wasm=True, ret_slot=op.ret_slot)
         # `Func::invoke` reads each externref argument with `clone_from_raw`.
         got: list[int | None] = []
-        for i in op.args:
-            word, is_ref = self._read(frame, i)
+        for word, is_ref in args:
             got.append(self.host.new_handle(self.clone(word)) if is_ref and word else None)
         return tuple(got)
 
@@ -487,6 +601,7 @@ class World(protocol.RuntimeApi[int]):
         self.stack.pop()
         if frame.called_from_wasm:
             caller = self._wasm_frame()
+            self._resume(caller)
             assert frame.ret_slot is not None
             self._write(caller, frame.ret_slot, word, is_ref)
             return None

@@ -23,6 +23,12 @@ The implementation's answer is judged at two levels (`lockstep.runner`):
   assertions are compiled out), and that must break no invariant. With no canary and Wasm live the
   release build sweeps refs only those frames hold: a use after free the assertion exists to stop.
 
+Under the capabilities (`model.capabilities`): a `no-gc-free-insert` implementation has no
+`set_gc_okay`, so `gc_okay` stays true and the first probe never arises (nothing draws
+`SetGcOkay`). Under `canary-guard` the second probe leaves the canary's scope, GCs and enters it
+again (`impl.world.World.set_stack_canary` maps set and clear onto enter and leave), which is what
+the seed's set and reset do: the assertion and the release outcome are the same.
+
 `insert_with_gc`'s own `assert!(self.gc_okay)` (line 649) is not probed: its panic unwinds through
 the ref passed in by value, which the seed's unwinding drops and an implementation without
 unwinding (a C `longjmp`) cannot, so the count after it would say nothing about the table.

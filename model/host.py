@@ -55,6 +55,17 @@ def check_arity(args: int, slots: int) -> None:
         raise MisuseError(BAD_SLOT, f"{args} arguments, {slots} slots")
 
 
+def check_counted_args(refs: int, chunk_size: int) -> None:
+    """Under `no-gc-free-insert` a call passes at most `chunk_size + 1` non-null refs: what the
+    counted protocol (`model.protocol.move_refs_counted`) can keep in the table across its one GC."""
+    if refs > chunk_size + 1:
+        raise MisuseError(
+            BAD_SLOT,
+            f"{refs} externref arguments; without insert_without_gc at most {chunk_size + 1} "
+            f"(the chunk's {chunk_size} slots and the hash set) fit across one GC",
+        )
+
+
 def check_stack_canary(new: int | None, current: int | None, wasm_on_stack: bool) -> None:
     """`set_stack_canary` as the embedder may call it (CONTEXT.md, SPEC.md "The stack canary").
 

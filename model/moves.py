@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mypy_extensions import mypyc_attr
 
 from externref_harness.model import ops
+from externref_harness.model.capabilities import NO_GC_FREE_INSERT
 from externref_harness.model.host import check_value_layout
 from externref_harness.model.runtime import MisuseError
 from externref_harness.model.state import (
@@ -116,7 +117,30 @@ def moves(cfg: Config, bounds: Bounds, state: State) -> dict[str, list[ops.Op]]:
         _host_moves(cfg, bounds, state, top, n_wasm, add)
     else:
         _wasm_moves(cfg, bounds, state, top, n_wasm, add)
+    if cfg.capabilities:
+        return _available(cfg, out)
     return out
+
+
+def _available(cfg: Config, groups: dict[str, list[ops.Op]]) -> dict[str, list[ops.Op]]:
+    """The moves an implementation with `cfg`'s capabilities can run: none that calls a function
+    it lacks (`ops.unavailable`), and under `no-gc-free-insert` no call with more refs than the
+    counted protocol carries across a GC (`model.host.check_counted_args`). The seed has no
+    capabilities and never comes here, so its move counts are what they always were."""
+    out: dict[str, list[ops.Op]] = {}
+    for kind, group in groups.items():
+        kept = [op for op in group if _runs_on(cfg, op)]
+        if kept:
+            out[kind] = kept
+    return out
+
+
+def _runs_on(cfg: Config, op: ops.Op) -> bool:
+    if ops.unavailable(op, cfg.capabilities) is not None:
+        return False
+    if isinstance(op, ops.CallWasm) and cfg.has(NO_GC_FREE_INSERT):
+        return len(op.args) <= cfg.chunk_size + 1
+    return True
 
 
 #: Kinds in the order a random driver should prefer them: what changes the state first, pure
@@ -341,6 +365,8 @@ def misuse_moves(cfg: Config, state: State) -> list[ops.Op]:
         out.append(ops.WasmGlobalGet(cfg.n_globals, 0))
         for g in uninit[:1]:
             out += [ops.WasmGlobalGet(g, 0), ops.WasmGlobalSet(g, 0)]
+    if cfg.capabilities:
+        return [op for op in out if ops.unavailable(op, cfg.capabilities) is None]
     return out
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from externref_harness.errors import json_type, shown_json
+from externref_harness.model import capabilities
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +385,30 @@ def op_from_json(obj: object) -> Op:
             raise TraceFormatError(f"{name}: missing field {fname!r}")
         kwargs[fname] = _field_value(cls.__name__, fname, str(f.type), obj[fname])
     return cls(**kwargs)
+
+
+#: The operations a capability takes away, because each calls a function the implementation then
+#: lacks (`native.library.REMOVED`): they are never generated, and a trace holding one does not run
+#: against such an implementation (`unavailable`). `InsertMany` without GC loops over
+#: `insert_without_gc`. `SetStackCanary` stays under `canary-guard`: the host maps it onto the
+#: scope's enter and leave; only the getter is gone.
+REMOVED_BY: dict[str, tuple[type[Op], ...]] = {
+    capabilities.NO_GC_FREE_INSERT: (InsertWithoutGc, BumpCapacityRemaining, SetGcOkay),
+    capabilities.CANARY_GUARD: (StackCanary,),
+    capabilities.NO_RAW: (IntoRaw, FromRaw, CloneFromRaw),
+    capabilities.NO_STRONG_COUNT: (StrongCount,),
+}
+
+
+def unavailable(op: Op, declared: tuple[str, ...]) -> str | None:
+    """Why `op` cannot run on an implementation with these capabilities (None: it can)."""
+    for capability in declared:
+        if isinstance(op, REMOVED_BY.get(capability, ())):
+            return f"{type(op).__name__} calls a function a {capability} implementation lacks"
+    if isinstance(op, InsertMany) and not op.gc and capabilities.NO_GC_FREE_INSERT in declared:
+        lacking = capabilities.NO_GC_FREE_INSERT
+        return f"InsertMany(gc=False) calls insert_without_gc, which a {lacking} implementation lacks"
+    return None
 
 
 #: Fields that index the host's handle table, per operation (everything else is a slot, a global,

@@ -23,6 +23,7 @@ from typing import Final
 from mypy_extensions import mypyc_attr
 
 from externref_harness.model import layout
+from externref_harness.model.capabilities import CAPACITY_SLOTS
 from externref_harness.model.observation import GC_NOT_OKAY
 from externref_harness.model.protocol import RuntimeApi
 from externref_harness.model.state import WORD, Box, Config, Scalar, Slot, State, Table
@@ -257,8 +258,10 @@ class SeedRuntime(RuntimeApi[int]):
     # --- VMExternRefActivationsTable ------------------------------------------------------------
 
     def bump_capacity_remaining(self) -> int:
-        """`end - next` as raw addresses: a number of *bytes*, not slots (mirrored as is)."""
-        return (len(self.chunk) - self.next) * WORD
+        """`end - next` as raw addresses: a number of *bytes*, not slots (mirrored as is); in
+        slots under `capacity-slots` (`model.capabilities`), the one place that unit is decided."""
+        slots = len(self.chunk) - self.next
+        return slots if self.cfg.has(CAPACITY_SLOTS) else slots * WORD
 
     def try_insert(self, r: int) -> bool:
         if self.next == len(self.chunk):

@@ -5,7 +5,8 @@ A `State` is everything the seed's runtime and the world around it hold between 
     State
     ├── heap: (Box, ...)                   every `VMExternRef` allocation, by ref id (allocation order)
     ├── table: Table                       the `VMExternRefActivationsTable`
-    │     ├── chunk: (ref|None, ...)       the bump chunk; `()` until the first `sweep` (lazy)
+    │     ├── chunk: (ref|None, ...)       the bump chunk; `()` until the first `sweep` (lazy;
+    │     │                                  full-size from the start under `eager-chunk`)
     │     ├── next                         bump finger, as a slot index into `chunk`
     │     ├── over_approximated_stack_roots, precise_stack_roots
     │     └── stack_canary, gc_okay
@@ -41,7 +42,7 @@ from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from mypy_extensions import mypyc_attr
 
-from externref_harness.model.capabilities import NAMES, canonical
+from externref_harness.model.capabilities import EAGER_CHUNK, NAMES, canonical
 
 WORD = 8
 #: Highest stack address of the model's native stack; frames are carved below it.
@@ -502,7 +503,11 @@ class State:
 
     @staticmethod
     def initial(cfg: Config) -> State:
-        return State(globals=(UNINIT,) * cfg.n_globals)
+        """The state before the first operation. The seed's table starts with no chunk (the first
+        `sweep` allocates it); under `eager-chunk` (`model.capabilities`) `new` has allocated a
+        full-size empty one, so capacity and inserts before the first GC follow from it."""
+        table = Table(chunk=(None,) * cfg.chunk_size) if cfg.has(EAGER_CHUNK) else None
+        return State(table=table, globals=(UNINIT,) * cfg.n_globals)
 
     def with_(self, **changes: Any) -> State:
         return replaced(self, **changes)

@@ -15,9 +15,11 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from externref_harness.model import ops, protocol
+from externref_harness.model.capabilities import NO_GC_FREE_INSERT
 from externref_harness.model.host import (
     HostBookkeeping,
     check_arity,
+    check_counted_args,
     check_insert_count,
     check_instantiation,
     check_stack_canary,
@@ -362,8 +364,10 @@ class Machine(SeedRuntime):
         return Ok()
 
     def op_CallWasm(self, op: ops.CallWasm) -> Result:
+        if self.cfg.has(NO_GC_FREE_INSERT):
+            check_counted_args(len(op.args), self.cfg.chunk_size)
         refs = self.host.take_args(op.args, self.cfg.slots)
-        protocol.move_refs_into_table(self, refs, self.cfg.mutant)
+        protocol.move_refs_into_table(self, refs, self.cfg)
         resets = protocol.enter_wasm(self, self.youngest_sp())
         slots: tuple[Slot, ...] = (*refs, *([None] * (self.cfg.slots - len(refs))))
         self.frames.append(WasmFrame(slots=slots, resets_canary=resets))
@@ -375,7 +379,7 @@ class Machine(SeedRuntime):
             raise MisuseError(WRONG_FRAME, "this host frame was not called from Wasm")
         r = None if op.h is None else self.host.take(op.h)
         # The host function's one externref result counts for the pre-GC even when it is null.
-        protocol.move_refs_into_table(self, [r], self.cfg.mutant)
+        protocol.move_refs_into_table(self, [r], self.cfg)
         self.frames.pop()
         caller = self._wasm_frame()
         assert top.ret_slot is not None
@@ -409,7 +413,7 @@ class Machine(SeedRuntime):
         value = _ref(self._global(op.g))
         self._safepoint(frame, at_wasm_call=False)
         self.frames.append(HostFrame())  # the libcall's own frame
-        got = protocol.libcall_global_get(self, value)
+        got = protocol.libcall_global_get(self, value, self.cfg)
         self.frames.pop()
         self._set_top(_write(self._wasm_frame(), op.dst, got))
         return Ok()

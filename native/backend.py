@@ -29,7 +29,9 @@ from externref_harness.impl.backend import (
     StackView,
     Unsupported,
 )
+from externref_harness.impl.code import Module
 from externref_harness.impl.heap import LIVE, WILD, HeapExhausted
+from externref_harness.model.capabilities import OPAQUE_REFS, OWN_REGISTRY
 from externref_harness.model.runtime import DebugAssertion
 from externref_harness.model.state import Config
 from externref_harness.native.library import (
@@ -46,7 +48,10 @@ from externref_harness.native.library import (
     NativeLibrary,
     TraceFn,
     ValueDroppedFn,
+    XrCallSite,
+    XrFunction,
     XrHooks,
+    XrModule,
     XrRef,
     XrStack,
     XrStackMap,
@@ -68,6 +73,8 @@ class NativeRuntime:
         self._value_dropped = hooks.value_dropped
         self._errors: list[BaseException] = []
         self._stack: StackView | None = None
+        #: A ref word is a handle (`opaque-refs`): nothing can be read at it, only its value.
+        self._opaque = cfg.has(OPAQUE_REFS)
         desc = library.description
         self.description = BackendDescription(
             name=desc.name,
@@ -85,7 +92,15 @@ class NativeRuntime:
         self._hooks = XrHooks(None, self._alloc, self._dealloc, self._dropped)
         self._trace = TraceFn(self._on_trace)
         self._lookup = LookupFn(self._on_lookup)
-        self._xr_stack = XrStack(None, self._trace, self._lookup)
+        # With `own-registry` the runtime looks pcs up in what it was given (`register_module`):
+        # the stack it is handed has only the frame walk.
+        self._own_registry = cfg.has(OWN_REGISTRY)
+        if self._own_registry != (OWN_REGISTRY in desc.capabilities):
+            raise ContractViolation(
+                f"the run's capabilities {list(cfg.capabilities)} are not those {desc.name} declares "
+                f"({list(desc.capabilities)}): the host world would not register its modules as it expects"
+            )
+        self._xr_stack = XrStack(None, self._trace, LookupFn() if self._own_registry else self._lookup)
         self._installed = True
         self._cdll.xr_set_hooks(ctypes.byref(self._hooks))
         table = ctypes.c_void_p()
@@ -176,12 +191,16 @@ class NativeRuntime:
     def _ref(self, name: str, *args: Any) -> int:
         """A ref the library returned, checked before anything uses it: a NULL or wild pointer is
         the implementation's invalid ref, never a fault of the harness that reads it (a new ref
-        must be the footer of a live block it allocated through the hooks)."""
+        must be the footer of a live block it allocated through the hooks). Under `opaque-refs`
+        the word is a handle and only NULL is invalid here: the harness never reads at it, and
+        whether it names the right box is judged by behaviour (`refs.distinct`, the drops)."""
         out = XrRef()
         self._check(name, getattr(self._cdll, name)(*args, ctypes.byref(out)))
         r = int(out.value)
         if r == 0:
             raise ContractViolation(f"{name} returned an invalid ref: NULL")
+        if self._opaque:
+            return r
         status = self._heap.status(r, _FOOTER_BYTES)
         if status == WILD or (name == "xr_ref_new" and status != LIVE):
             where = "in no block" if status == WILD else f"{status} memory"
@@ -289,6 +308,12 @@ class NativeRuntime:
         status = self._cdll.xr_table_set_stack_canary(self.table, int(canary is not None), canary or 0)
         self._check("xr_table_set_stack_canary", status)
 
+    def enter_wasm(self, canary: int) -> None:
+        self._check("xr_table_enter_wasm", self._cdll.xr_table_enter_wasm(self.table, canary))
+
+    def leave_wasm(self) -> None:
+        self._check("xr_table_leave_wasm", self._cdll.xr_table_leave_wasm(self.table))
+
     def set_gc_okay(self, okay: bool) -> bool:
         previous = ctypes.c_int()
         status = self._cdll.xr_table_set_gc_okay(self.table, int(okay), ctypes.byref(previous))
@@ -323,6 +348,21 @@ class NativeRuntime:
         self._check("xr_table_elements", self._cdll.xr_table_elements(self.table, callback, None))
         return found
 
+    def register_module(self, module: Module) -> int:
+        if not self._own_registry:
+            raise Unsupported("xr_table_register_module (the library does not declare own-registry)")
+        out = ctypes.c_uint64()
+        structs = _xr_module(module)
+        status = self._cdll.xr_table_register_module(self.table, structs.pointer, ctypes.byref(out))
+        self._check("xr_table_register_module", status)
+        return int(out.value)
+
+    def unregister_module(self, module_id: int) -> None:
+        if not self._own_registry:
+            raise Unsupported("xr_table_unregister_module (the library does not declare own-registry)")
+        status = self._cdll.xr_table_unregister_module(self.table, module_id)
+        self._check("xr_table_unregister_module", status)
+
     def drop_table(self) -> None:
         table, self._table = self.table, None
         self._check("xr_table_drop", self._cdll.xr_table_drop(table))
@@ -332,6 +372,48 @@ class NativeRuntime:
         if self._installed:
             self._installed = False
             self._cdll.xr_set_hooks(None)
+
+
+class _ModuleStructs:
+    """One module as `struct xr_module` and everything it points to, kept alive together."""
+
+    def __init__(self, module: Module) -> None:
+        maps: dict[tuple[int, ...], Any] = {}
+        self._keep: list[Any] = []
+        functions = []
+        for function in module.functions:
+            sites = (XrCallSite * len(function.call_sites))()
+            for i, site in enumerate(function.call_sites):
+                sites[i].pc = site.pc
+                if site.stack_map is not None:
+                    if site.stack_map not in maps:
+                        maps[site.stack_map] = _stack_map(site.stack_map, module)
+                    sites[i].map = ctypes.pointer(maps[site.stack_map][0])
+            self._keep.append(sites)
+            functions.append(XrFunction(function.start, function.end, len(function.call_sites), sites))
+        self._keep.append(maps)
+        self._functions = (XrFunction * len(functions))(*functions)
+        self.module = XrModule(len(functions), self._functions)
+        self.pointer = ctypes.pointer(self.module)
+
+
+def _stack_map(stack_map: tuple[int, ...], module: Module) -> tuple[XrStackMap, Any]:
+    mapped_words = module.mapped_words
+    bits = (ctypes.c_uint64 * ((mapped_words + 63) // 64))()
+    for i in stack_map:
+        bits[i // 64] |= 1 << (i % 64)
+    return XrStackMap(mapped_words, ctypes.cast(bits, _U64P)), bits
+
+
+#: The ctypes form of each module of the (static, cached) code layouts, by identity.
+_MODULES: dict[int, tuple[Module, _ModuleStructs]] = {}
+
+
+def _xr_module(module: Module) -> _ModuleStructs:
+    entry = _MODULES.get(id(module))
+    if entry is None or entry[0] is not module:
+        entry = _MODULES[id(module)] = (module, _ModuleStructs(module))
+    return entry[1]
 
 
 _LOADED: dict[Path, NativeLibrary] = {}

@@ -55,11 +55,13 @@ class CBug:
     #: above 8), "unwind-stops" (a walk that ends before the canary), "release" (the debug build
     #: panics on it first, which is also a detection), "debug" (only a debug build has the code).
     needs: frozenset[str]
+    #: The variant (`C_VARIANTS`) the bug lives in, built with it (None: the seed-shaped build).
+    variant: str | None = None
 
 
-def _bug(name: str, description: str, mechanism: str, *needs: str) -> CBug:
+def _bug(name: str, description: str, mechanism: str, *needs: str, variant: str | None = None) -> CBug:
     macro = "XR_BUG_" + name.removeprefix("c-").replace("-", "_").upper()
-    return CBug(name, macro, description, mechanism, frozenset(needs))
+    return CBug(name, macro, description, mechanism, frozenset(needs), variant)
 
 
 C_BUGS: dict[str, CBug] = {
@@ -168,25 +170,142 @@ C_BUGS: dict[str, CBug] = {
             "undone, so the count ends one too high (a leak) or one too low (an early free)",
             "threads",
         ),
+        _bug(
+            "c-eager-chunk-off-by-one",
+            "the chunk xr_table_new allocates eagerly is one slot short",
+            "eager-chunk: inserts before the first GC find the chunk full one slot early (a lost "
+            "insert, an early GC); the table's chunk length is wrong from the start",
+            variant="c-eager-chunk",
+        ),
+        _bug(
+            "c-guard-canary-not-cleared",
+            "xr_table_leave_wasm keeps the canary instead of leaving the scope",
+            "canary-guard: a GC after Wasm returned does not find the stale canary and sweeps "
+            "nothing, so the table keeps refs the seed frees (a leak until the next call)",
+            variant="c-guard-canary",
+        ),
+        _bug(
+            "c-opaque-free-early",
+            "a drop that leaves one owner puts the box's index back on the free list (c-opaque-refs)",
+            "handle reuse while live (opaque-refs): the next New is given the live ref's handle, so two "
+            "refs alias one box; the harness sees a new ref whose word a live ref already has",
+            variant="c-opaque-refs",
+        ),
+        _bug(
+            "c-registry-nearest-safepoint",
+            "own-registry: a pc with no exact entry gets the map of the nearest earlier mapped call "
+            "site of its function",
+            "CVE-2021-39218: a frame stopped at a call site without a map is read with an earlier "
+            "call site's map, so the non-ref words in the slots it covers are taken for refs",
+            variant="c-own-registry",
+        ),
+        _bug(
+            "c-registry-previous-function",
+            "own-registry: a pc before its function's first mapped call site gets the previous "
+            "function's last map (the exact-match check looks only at the pc's own function)",
+            "a registry lookup that crosses a function boundary: the previous function's map read "
+            "over a frame whose slots hold no live refs",
+            variant="c-own-registry",
+        ),
+        _bug(
+            "c-registry-first-pc-panics",
+            "own-registry: a pc before the module's first mapped call site indexes the entry before "
+            "the first (a debug build panics: index out of bounds; a release build reads out of bounds)",
+            "an unchecked binary-search result: the lookup fails on the module's first call site "
+            "when it has no map; only the debug build shows it (the release build's read is seen "
+            "by an AddressSanitizer build)",
+            "debug",
+            variant="c-own-registry",
+        ),
+        _bug(
+            "c-wild-write-footer",
+            "gc decrements the count of the oldest live ref the table does not hold (one the step "
+            "does not otherwise touch)",
+            "a wild write outside the step's refs: memory corruption far from what the step was "
+            "asked to do, which a check of the step's refs alone would miss",
+        ),
     )
 }
 
 
 @dataclass(frozen=True, slots=True)
 class CVariant:
-    """A correct implementation that is not seed-exact: lockstep must tell it apart, not fail it."""
+    """A correct implementation that is not seed-exact: lockstep must tell it apart, not fail it.
+
+    `macros` are defined together; each variant macro of the source is independent (it ORs its
+    own `XR_CAP_*` bit into `XR_CAPABILITIES`), so a variant may be the union of others."""
 
     name: str
-    macro: str
+    macros: tuple[str, ...]
     description: str
 
 
 C_VARIANTS: dict[str, CVariant] = {
     "c-loose": CVariant(
         "c-loose",
-        "XR_VARIANT_LOOSE",
-        "chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep that clears the "
-        "chunk youngest slot first and drops set members in descending address order",
+        ("XR_VARIANT_LOOSE",),
+        "capacity-slots: chunk size 256, bump_capacity_remaining in slots instead of bytes, a sweep "
+        "that clears the chunk youngest slot first and drops set members in descending address order",
+    ),
+    "c-eager-chunk": CVariant(
+        "c-eager-chunk", ("XR_VARIANT_EAGER_CHUNK",), "eager-chunk: xr_table_new allocates the chunk"
+    ),
+    "c-no-gc-free-insert": CVariant(
+        "c-no-gc-free-insert",
+        ("XR_VARIANT_NO_GC_FREE_INSERT",),
+        "no-gc-free-insert: no insert_without_gc, bump_capacity_remaining or set_gc_okay",
+    ),
+    "c-guard-canary": CVariant(
+        "c-guard-canary",
+        ("XR_VARIANT_GUARD_CANARY",),
+        "canary-guard: the canary is a scope (xr_table_enter_wasm / xr_table_leave_wasm), no getter",
+    ),
+    "c-single-threaded": CVariant(
+        "c-single-threaded", ("XR_VARIANT_SINGLE_THREADED",), "single-threaded: plain, non-atomic counts"
+    ),
+    "c-no-raw": CVariant(
+        "c-no-raw", ("XR_VARIANT_NO_RAW",), "no-raw: no into_raw, from_raw or clone_from_raw"
+    ),
+    "c-opaque-refs": CVariant(
+        "c-opaque-refs",
+        ("XR_VARIANT_OPAQUE_REFS",),
+        "declares opaque-refs: a ref word is a handle, index + 1 into a table of boxes the library "
+        "keeps (with a free list of indices), never a VMExternData address; hash and cmp go "
+        "through the box",
+    ),
+    "c-own-registry": CVariant(
+        "c-own-registry",
+        ("XR_VARIANT_OWN_REGISTRY",),
+        "declares own-registry: copies the modules registered with xr_table_register_module into "
+        "its own registry and looks pcs up there (binary search over each module's mapped call "
+        "sites, exact match) instead of calling the stack's lookup",
+    ),
+    "c-capacity-slots": CVariant(
+        "c-capacity-slots",
+        ("XR_VARIANT_CAPACITY_SLOTS",),
+        "capacity-slots: bump_capacity_remaining in slots instead of bytes, and nothing else of c-loose",
+    ),
+    "c-no-strong-count": CVariant(
+        "c-no-strong-count",
+        ("XR_VARIANT_NO_STRONG_COUNT",),
+        "no-strong-count: no xr_ref_strong_count; counts are judged through drops and leaks",
+    ),
+    "c-family": CVariant(
+        "c-family",
+        (
+            "XR_VARIANT_OWN_REGISTRY",
+            "XR_VARIANT_EAGER_CHUNK",
+            "XR_VARIANT_NO_GC_FREE_INSERT",
+            "XR_VARIANT_GUARD_CANARY",
+            "XR_VARIANT_SINGLE_THREADED",
+            "XR_VARIANT_NO_RAW",
+            "XR_VARIANT_CAPACITY_SLOTS",
+            "XR_VARIANT_OPAQUE_REFS",
+            "XR_VARIANT_NO_STRONG_COUNT",
+        ),
+        "every capability at once: an implementation of the design that shares none of the seed's "
+        "API choices (its own registry, an eager chunk, no GC-free insert, a canary scope, plain "
+        "counts, no raw pointers, capacity in slots, refs that are indices, no strong_count)",
     ),
 }
 
@@ -219,14 +338,18 @@ def reference_flags(
         raise UsageError(f"build {build!r}: expected one of {', '.join(BUILDS)}")
     flags = [*BASE_FLAGS, f"-I{NATIVE_DIR}", f"-DXR_DEBUG={1 if build == 'debug' else 0}"]
     flags += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"] if sanitize else ["-O2", "-g"]
+    variants = [] if variant is None else [variant]
     if bug is not None:
         if bug not in C_BUGS:
             raise UsageError(f"C bug {bug!r}: not one of {', '.join(C_BUGS)}")
         flags.append(f"-D{C_BUGS[bug].macro}")
-    if variant is not None:
-        if variant not in C_VARIANTS:
-            raise UsageError(f"C variant {variant!r}: not one of {', '.join(C_VARIANTS)}")
-        flags.append(f"-D{C_VARIANTS[variant].macro}")
+        needed = C_BUGS[bug].variant
+        if needed is not None and needed not in variants:
+            variants.append(needed)  # the bug lives in the variant's code
+    for name in variants:
+        if name not in C_VARIANTS:
+            raise UsageError(f"C variant {name!r}: not one of {', '.join(C_VARIANTS)}")
+        flags += [f"-D{macro}" for macro in C_VARIANTS[name].macros]
     if no_optional:
         flags.append("-DXR_NO_OPTIONAL")
     if chunk_size is not None:
@@ -253,6 +376,8 @@ def build_reference(
     for testing the loader's refusals).
     """
     flags = reference_flags(build, bug, variant, sanitize, no_optional, chunk_size, defines)
+    if bug is not None and variant is None:
+        variant = C_BUGS[bug].variant
     label = "-".join(part for part in (build, bug or "seed", variant, "asan" if sanitize else None) if part)
     return compile_shared(SOURCE, flags, label, depends=(HEADER,))
 

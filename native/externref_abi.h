@@ -60,7 +60,8 @@ extern "C" {
  *   XR_CAP_SINGLE_THREADED    counts are not atomic: xr_ref_* are never called concurrently
  *   XR_CAP_NO_RAW             removes xr_ref_into_raw, xr_ref_from_raw, xr_ref_clone_from_raw
  *   XR_CAP_CAPACITY_SLOTS     xr_table_bump_capacity_remaining counts slots, not bytes
- *   XR_CAP_OPAQUE_REFS        a ref word is a handle (e.g. an index), not a VMExternData address
+ *   XR_CAP_OPAQUE_REFS        a ref word is a handle (e.g. an index), not a VMExternData address:
+ *                             never 0, one word per box for its life, distinct among live refs
  *   XR_CAP_NO_STRONG_COUNT    removes xr_ref_strong_count: counts are not observable
  */
 #define XR_CAP_OWN_REGISTRY (1u << 0)

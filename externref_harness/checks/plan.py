@@ -19,6 +19,7 @@ from externref_harness.search.model_check import (
     REQUIRED_EVENTS,
     CheckOutcome,
     RunStats,
+    required_events,
     run_model_check,
 )
 from externref_harness.trace import failures_dir
@@ -114,34 +115,35 @@ def _model(opts: CheckOptions) -> CheckResult:
     save_as = _saved(opts, trace_name("model", mutant, opts.build))
     stats = opts.live.stats = RunStats()
     out = run_model_check(cfg, MACHINE_BOUNDS, opts.hypothesis_settings, save_as, stats)
-    return _machine_result("model state machine", out, save_as, opts.mutant)
+    return _machine_result("model state machine", out, save_as, opts.mutant, REQUIRED_EVENTS)
 
 
 
 
-def _machine_figures(stats: RunStats) -> dict[str, str]:
+def _machine_figures(stats: RunStats, required: tuple[str, ...] = REQUIRED_EVENTS) -> dict[str, str]:
     """Examples, steps, and how many of the required paths the run reached."""
-    covered = len(REQUIRED_EVENTS) - len(missing_paths(stats))
+    covered = len(required) - len(missing_paths(stats, required))
     return {
         "examples": str(stats.examples),
         "steps": str(stats.steps),
-        "paths": f"{covered}/{len(REQUIRED_EVENTS)}",
+        "paths": f"{covered}/{len(required)}",
     }
 
 
-def missing_paths(stats: RunStats) -> list[str]:
-    """The required paths (`REQUIRED_EVENTS`) a run never reached."""
-    return [e for e in REQUIRED_EVENTS if not stats.events[e]]
+def missing_paths(stats: RunStats, required: tuple[str, ...] = REQUIRED_EVENTS) -> list[str]:
+    """The required paths (`REQUIRED_EVENTS`, or a capability's fewer: `required_events`) a run
+    never reached."""
+    return [e for e in required if not stats.events[e]]
 
 
 def _machine_result(
-    name: str, out: CheckOutcome, save_as: Path | None, mutant: str | None
+    name: str, out: CheckOutcome, save_as: Path | None, mutant: str | None, required: tuple[str, ...]
 ) -> CheckResult:
     """A machine's verdict: it fails on a failing example, and on the seed also when it passed
     without reaching every required path (a run that never reached the stack-map scan proves
     nothing). With a seeded bug a pass already says "missed", and a failure must mean "caught"."""
-    figures = _machine_figures(out.stats)
-    missing = missing_paths(out.stats)
+    figures = _machine_figures(out.stats, required)
+    missing = missing_paths(out.stats, required)
     if out.passed and missing and mutant is None:
         n = out.stats.examples
         failure = (
@@ -221,7 +223,12 @@ def _lockstep_on(opts: CheckOptions, chosen: Target, shrink_adapters: AdapterFac
         shrink_adapter_factory=shrink_adapters,
         stats=stats,
     )
-    result = _machine_result(f"lockstep model vs {chosen.name}", out, save_as, opts.mutant)
+    required = required_events(cfg)
+    result = _machine_result(f"lockstep model vs {chosen.name}", out, save_as, opts.mutant, required)
+    if len(required) < len(REQUIRED_EVENTS):
+        # Paths the library's capabilities rule out (a pass says what did not run).
+        left_out = [e for e in REQUIRED_EVENTS if e not in required]
+        result.figures["not required"] = f"{', '.join(left_out)} (capabilities)"
     result.figures["chunk"] = str(cfg.chunk_size)
     return result
 
@@ -275,6 +282,7 @@ def _threads(opts: CheckOptions) -> CheckResult:
     """Small parallel programs on real threads against `--impl` (in a child process), each history
     checked for linearizability against the model (derandomized profiles use seed 0)."""
     from externref_harness.isolation.describe import child_env, describe_library
+    from externref_harness.model.capabilities import SINGLE_THREADED
     from externref_harness.parallel.check import ParallelOptions
     from externref_harness.parallel.child import run_isolated
 
@@ -282,6 +290,10 @@ def _threads(opts: CheckOptions) -> CheckResult:
         raise UsageError("the parallel check runs a native library: give --impl PATH.so")
     env = child_env(opts.impl)
     description = describe_library(opts.impl, env)  # in a child: this process never loads it
+    if SINGLE_THREADED in description.capabilities:
+        # Its counts are not atomic by declaration: nothing it promises is run on several threads.
+        reason = "the library declares single-threaded (its counts are not atomic)"
+        return CheckResult(f"parallel threads vs {description.name}", True, {"not run": reason})
     seed = 0 if opts.hypothesis_settings.derandomize else None
     # In a child process: a crash or a hang on several threads is this check's failure.
     out = run_isolated(

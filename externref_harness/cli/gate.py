@@ -181,7 +181,8 @@ def print_report(console: Console, report: GateReport, expect: expectations.Expe
     assert desc is not None, "a refused library has no table"
     title = (
         f"externref-harness gate --level {report.level}: {desc.name} {desc.version} "
-        f"({'debug' if desc.debug else 'release'}, chunk {desc.chunk_size})"
+        f"({'debug' if desc.debug else 'release'}, chunk {desc.chunk_size}, "
+        f"capabilities: {', '.join(desc.capabilities) or 'none (the seed)'})"
     )
     table = Table("kind", "case", "result", "time", "detail", title=title)
     for c in report.cases:

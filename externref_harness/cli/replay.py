@@ -94,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
         if chosen.description is not None:
             # The trace's config must be one the library can run (its build, its chunk size).
             chosen.config(cfg, cfg.build, cfg.chunk_size)
+            # The model runs with the library's capabilities; a step it lacks the function of is
+            # refused in one line (`lockstep.check_available`).
+            trace = replay_dir.adopt_capabilities(trace, chosen)
+            cfg = trace.config
+            lockstep.check_available(cfg, trace.steps)
     except BaseException:
         if pool is not None:
             pool.close()

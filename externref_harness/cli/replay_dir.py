@@ -112,8 +112,10 @@ def _options(chosen: Target) -> lockstep.LockstepOptions:
 
 
 def run_corpus_file(trace: CorpusTrace, chosen: Target, override: MutantOverride) -> CorpusResult:
-    chunk = run_config(chosen, trace).chunk_size
-    return run_corpus_trace(trace, chosen.adapter_factory(), _options(chosen), override.apply(None), chunk)
+    cfg = run_config(chosen, trace)
+    mutant = override.apply(None)
+    factory = chosen.adapter_factory()
+    return run_corpus_trace(trace, factory, _options(chosen), mutant, cfg.chunk_size, cfg.capabilities)
 
 
 #: How much of a failure a summary line shows.
@@ -126,12 +128,23 @@ def _one_line(text: str) -> str:
     return joined if len(joined) <= SUMMARY_LIMIT else joined[: SUMMARY_LIMIT - 3] + "..."
 
 
+def adopt_capabilities(trace: tracefile.Trace, chosen: Target) -> tracefile.Trace:
+    """A saved trace as `chosen` runs it: with the library's declared capabilities (a trace of
+    the seed runs on a library with capabilities under their rules, where its steps allow)."""
+    if chosen.description is None or trace.config.capabilities == chosen.description.capabilities:
+        return trace
+    return replace(trace, config=replace(trace.config, capabilities=chosen.description.capabilities))
+
+
 def _run_one(
     label: str, loaded: CorpusTrace | tracefile.Trace, chosen: Target, override: MutantOverride
 ) -> Outcome:
     cfg = loaded.config
     mutant = override.apply(None if isinstance(loaded, CorpusTrace) else cfg.mutant)
-    why_not = cannot_run(chosen, loaded if isinstance(loaded, CorpusTrace) else cfg)
+    if isinstance(loaded, CorpusTrace):
+        why_not = cannot_run(chosen, loaded)
+    else:
+        why_not = cannot_run(chosen, cfg, loaded.steps)
     if why_not is not None:
         return Outcome(label, "skip", why_not)
     tag = f"{cfg.build}" + (f", mutant={mutant}" if mutant else "")
@@ -140,7 +153,8 @@ def _run_one(
         if result.passed:
             return Outcome(f"{label} (corpus, {tag})", "pass")
         return Outcome(f"{label} (corpus, {tag})", "FAIL", _one_line(result.problem))
-    report = lockstep.replay(override_trace(loaded, override), chosen.adapter_factory(), _options(chosen))
+    trace = adopt_capabilities(override_trace(loaded, override), chosen)
+    report = lockstep.replay(trace, chosen.adapter_factory(), _options(chosen))
     for side, failure in (("model", report.model_failure), ("implementation", report.impl_failure)):
         if failure is not None:
             at = "teardown" if failure[0] == report.steps + 1 else f"step {failure[0]}"

@@ -11,6 +11,7 @@ changed what the trace observes, a change both sides of a lockstep would agree o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from externref_harness.lockstep import runner as lockstep
 from externref_harness.lockstep.targets import Target
 from externref_harness.model.moves import next_quiesce_op
 from externref_harness.model.observation import Panic
+from externref_harness.model.ops import Op, unavailable
 from externref_harness.model.state import Build, Config, State
 from externref_harness.model.transition import step
 from externref_harness.specs.invariants import first_violation
@@ -95,9 +97,11 @@ def load_corpus(directory: Path | None = None, build: Build | None = None) -> li
     return [t for t in traces if build is None or t.config.build == build]
 
 
-def cannot_run(chosen: Target, trace: CorpusTrace | Config) -> str | None:
-    """Why `chosen` cannot run this trace (its build; its chunk size, unless the trace runs at any
-    chunk size of at least its own and the library's is); None if it can."""
+def cannot_run(chosen: Target, trace: CorpusTrace | Config, steps: Sequence[Op] = ()) -> str | None:
+    """Why `chosen` cannot run this trace (its build; a step calling a function the library lacks
+    by its capabilities, `ops.unavailable`; its chunk size, unless the trace runs at any chunk
+    size of at least its own and the library's is); None if it can. A `Config` stands for a
+    saved trace, whose `steps` are given."""
     desc = chosen.description
     if desc is None:
         return None  # the Python port runs any build and chunk size
@@ -105,6 +109,10 @@ def cannot_run(chosen: Target, trace: CorpusTrace | Config) -> str | None:
     own: Build = "debug" if desc.debug else "release"
     if cfg.build != own:
         return f"a {cfg.build} trace; {chosen.path} is a {own} build"
+    for at, op in enumerate(trace.all_operations if isinstance(trace, CorpusTrace) else steps, 1):
+        why = unavailable(op, desc.capabilities)
+        if why is not None:
+            return f"step {at} ({op}): {why}"
     if desc.has_set_chunk_size or cfg.chunk_size == desc.chunk_size:
         return None
     if isinstance(trace, CorpusTrace) and trace.runs_at(desc.chunk_size):
@@ -118,11 +126,16 @@ def cannot_run(chosen: Target, trace: CorpusTrace | Config) -> str | None:
 
 def run_config(chosen: Target, trace: CorpusTrace) -> Config:
     """The config `chosen` runs `trace` at: the trace's own, or the library's fixed chunk size when
-    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`)."""
+    the trace runs at any chunk size at least as large (`CorpusTrace.runs_at`); a library's
+    declared capabilities in either case (the checks consult them, `opaque-refs` to read its ref
+    words as handles)."""
     desc = chosen.description
-    if desc is None or desc.has_set_chunk_size or not trace.runs_at(desc.chunk_size):
+    if desc is None:
         return trace.config
-    return replace(trace.config, chunk_size=desc.chunk_size)
+    cfg = replace(trace.config, capabilities=desc.capabilities)
+    if desc.has_set_chunk_size or not trace.runs_at(desc.chunk_size):
+        return cfg
+    return replace(cfg, chunk_size=desc.chunk_size)
 
 
 def run_corpus_trace(
@@ -131,20 +144,28 @@ def run_corpus_trace(
     options: lockstep.LockstepOptions = lockstep.DEFAULT_OPTIONS,
     mutant: str | None = None,
     chunk_size: int | None = None,
+    capabilities: tuple[str, ...] | None = None,
 ) -> CorpusResult:
     """Run `trace` in lockstep on `adapter` (at the trace's config, or at `chunk_size` where the
-    trace runs at any; `mutant` switches a seeded bug of any layer on) and hold the model to the
-    file's expectations.
+    trace runs at any; `mutant` switches a seeded bug of any layer on; `capabilities`, when given,
+    are the implementation's, as `run_config` gives them) and hold the model to the file's
+    expectations.
 
     The adapter must run the trace's build and chunk size (see `cannot_run`, `run_config`). The
     first problem wins. At the same step, a mismatch with the file comes first (the model itself
     moved), unless a seeded bug is on (then what it breaks does).
+
+    With `capabilities` (an implementation's declared ones, `model.capabilities`) the model runs
+    with them, and the file's expectations, which are the seed's, are not compared: the trace is
+    held to the lockstep with that model alone.
     """
     if chunk_size is not None and not trace.runs_at(chunk_size):
         raise ValueError(f"{trace.id} does not run at a chunk of {chunk_size} slots")
     cfg = replace(trace.config, mutant=mutant, chunk_size=chunk_size or trace.config.chunk_size)
+    if capabilities is not None:
+        cfg = replace(cfg, capabilities=capabilities)
     driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
-    mismatch = expectation_mismatch(trace, driven, mutant)
+    mismatch = None if capabilities else expectation_mismatch(trace, driven, mutant)
     failure = driven.first
     seen = driven.expected_seen
     if failure is None:

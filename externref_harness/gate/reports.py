@@ -35,6 +35,7 @@ def to_json(report: GateReport, expectations: Expectations) -> dict[str, Any]:
             "version": desc.version,
             "build": "debug" if desc.debug else "release",
             "chunk_size": desc.chunk_size,
+            "capabilities": list(desc.capabilities),
         },
         "level": report.level,
         "passed": report.passed,
@@ -80,6 +81,7 @@ def to_junit(report: GateReport, expectations: Expectations) -> ET.ElementTree[E
         ("library", str(report.library)),
         ("implementation", "" if desc is None else f"{desc.name} {desc.version}"),
         ("level", report.level),
+        ("capabilities", "" if desc is None else ",".join(desc.capabilities)),
         ("stale_expectations", ",".join(report.stale)),
         ("not_checked", "; ".join(report.not_checked)),
     ):

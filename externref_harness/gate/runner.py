@@ -6,6 +6,12 @@
       3. search     the Hypothesis lockstep search, the implementation in a child process; or,
                     with --exhaustive, every transition of a bounded model graph (`exhaustive`)
       4. threads    the parallel reference-counting check (when it is available), unless skipped
+                    (or the library declares `single-threaded`)
+
+A library's declared capabilities (`model.capabilities`) are run as what they are: the model, the
+generators and the checks each apply the capability's rule. At the strict level each is also a
+`seed.<capability>` case of the describe phase that fails, since the seed made the other choice;
+what a capability leaves out of the run is a line of `not_checked` (`NOT_APPLIED_BY`).
 
 Each case gets a status: `pass`, `fail`, `expected-fail` (only divergences the expectations file
 lists) or `skip`. Each failing check is named and has a level (`memory_checks.CHECKS`): `strict`
@@ -29,7 +35,7 @@ from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateRe
 from externref_harness.isolation.describe import DESCRIBE_TIMEOUT, child_env, describe_library
 from externref_harness.isolation.pool import ChildPool, OutOfTime
 from externref_harness.isolation.process import Limits
-from externref_harness.lockstep.memory_checks import CHECKS, STRICT
+from externref_harness.lockstep.memory_checks import CHECKS, STRICT, checks_ruled_out
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
@@ -38,6 +44,7 @@ from externref_harness.lockstep.runner import (
     run_lockstep_check,
 )
 from externref_harness.lockstep.targets import Target, bounds_for, isolated_target
+from externref_harness.model import capabilities
 from externref_harness.model.state import SEED_CHUNK_SIZE, Build
 from externref_harness.native.library import Description
 
@@ -102,7 +109,7 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
     pool = ChildPool(opts.library, opts.step_timeout, env, limits, deadline=budget.lockstep_end)
     try:
         target = isolated_target(opts.library, description, pool)
-        report.cases.append(_describe_case(description, opts))
+        report.cases += _describe_cases(description, opts)
         progress("corpus")
         corpus_cases, report.not_checked = _corpus_cases(target, options, pool, report)
         report.cases += corpus_cases
@@ -117,7 +124,9 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
             )
     finally:
         pool.close()
-    if opts.threads:
+    if opts.threads and capabilities.SINGLE_THREADED in description.capabilities:
+        report.cases.append(CaseResult("threads", "parallel", "skip", SINGLE_THREADED_SKIP))
+    elif opts.threads:
         progress("threads")
         report.cases.append(_timed(lambda: _threads_case(opts, budget, env, report)))
     report.not_checked += not_applied(description, opts)
@@ -128,11 +137,49 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
     return report
 
 
+SINGLE_THREADED_SKIP = "not run: the library declares single-threaded (its counts are not atomic)"
+
+#: What each capability leaves out of a run, one line each (every other check applies as to the
+#: seed). A capability without a line here leaves nothing out.
+NOT_APPLIED_BY: dict[str, str] = {
+    capabilities.EAGER_CHUNK: "the seed's lazy chunk allocation by the first sweep is not exercised",
+    capabilities.NO_GC_FREE_INSERT: (
+        "InsertWithoutGc, InsertMany(gc=False), BumpCapacityRemaining and SetGcOkay are not "
+        "generated; arguments go in by the counted protocol (model.protocol.move_refs_counted), not "
+        "the seed's pre-GC; the gc_okay assertion probe (assert.fires, assert.state-kept on a Gc "
+        "while gc_okay is false) never runs"
+    ),
+    capabilities.CANARY_GUARD: (
+        "StackCanary is not generated, and observed.canary compares the scope the host entered "
+        "(the library has no getter): the canary is judged by what each GC sweeps"
+    ),
+    capabilities.SINGLE_THREADED: "threads: the parallel check did not run (counts are not atomic)",
+    capabilities.NO_RAW: "IntoRaw, FromRaw and CloneFromRaw are not generated",
+    capabilities.CAPACITY_SLOTS: (
+        "observed.bump-capacity-bytes: bump_capacity_remaining is compared in slots"
+    ),
+    capabilities.NO_STRONG_COUNT: (
+        "StrongCount is not generated: counts are judged through drops and leaks alone"
+    ),
+}
+
+
 def not_applied(description: Description, opts: GateOptions) -> list[str]:
     """The checks that did not apply to this run (what a limit cut short is `GateReport.cut_short`)."""
-    notes = []
+    notes = [
+        f"capability {name}: {NOT_APPLIED_BY[name]}"
+        for name in description.capabilities
+        if name in NOT_APPLIED_BY
+    ]
+    if description.capabilities:
+        notes.append(
+            "corpus: the files' expected observations are the seed's; with capabilities each trace "
+            "is held to the lockstep with the model run under them"
+        )
     if STRICT not in LEVELS[opts.level]:
-        strict = sorted(name for name, level in CHECKS.items() if level == STRICT)
+        # Of the seed.<capability> cases, only those of the declared capabilities exist here.
+        undeclared = {f"seed.{name}" for name in capabilities.NAMES if name not in description.capabilities}
+        strict = sorted(name for name, level in CHECKS.items() if level == STRICT and name not in undeclared)
         notes.append(f"level {opts.level}: the strict checks were not applied ({', '.join(strict)})")
     missing = [
         f"xr_table_{name} (its {op} results were not compared)"
@@ -144,7 +191,12 @@ def not_applied(description: Description, opts: GateOptions) -> list[str]:
     ]
     if missing:
         notes.append(f"optional functions the library lacks: {'; '.join(missing)}")
-    if not opts.threads:
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for r in checks_ruled_out(description.capabilities):
+        grouped.setdefault((r.capability, r.reason), []).append(r.check)
+    for (capability, reason), names in grouped.items():
+        notes.append(f"ruled out by {capability}: {', '.join(names)} ({reason})")
+    if not opts.threads and capabilities.SINGLE_THREADED not in description.capabilities:
         notes.append("threads: the parallel check did not run (--no-threads)")
     if opts.exhaustive is not None:
         notes.append(
@@ -154,19 +206,42 @@ def not_applied(description: Description, opts: GateOptions) -> list[str]:
     return notes
 
 
-def _describe_case(description: Description, opts: GateOptions) -> CaseResult:
-    """What the library says of itself, against the seed: its chunk is the seed's 512 slots."""
-    if description.chunk_size == SEED_CHUNK_SIZE or STRICT not in LEVELS[opts.level]:
-        return CaseResult("describe", "seed.chunk-size", "pass", f"chunk of {description.chunk_size} slots")
-    text = (
-        f"[seed.chunk-size] a chunk of {description.chunk_size} slots, "
-        f"the seed's CHUNK_SIZE is {SEED_CHUNK_SIZE}"
-    )
-    if "seed.chunk-size" in opts.expectations.names:
-        return CaseResult(
-            "describe", "seed.chunk-size", "expected-fail", text, expected_seen=frozenset({"seed.chunk-size"})
+def _describe_cases(description: Description, opts: GateOptions) -> list[CaseResult]:
+    """What the library says of itself, against the seed: its chunk is the seed's 512 slots, and
+    each capability it declares (`seed.<capability>`) is a choice the seed did not make."""
+    strict = STRICT in LEVELS[opts.level]
+    chunk = description.chunk_size
+    out = [
+        _seed_case(
+            "seed.chunk-size",
+            chunk == SEED_CHUNK_SIZE or not strict,
+            f"chunk of {chunk} slots",
+            f"a chunk of {chunk} slots, the seed's CHUNK_SIZE is {SEED_CHUNK_SIZE}",
+            opts,
         )
-    return CaseResult("describe", "seed.chunk-size", "fail", text)
+    ]
+    for capability in capabilities.CAPABILITIES:
+        if capability.name in description.capabilities:
+            out.append(
+                _seed_case(
+                    f"seed.{capability.name}",
+                    not strict,
+                    f"declared: {capability.differs} (held to its own rule at this level)",
+                    f"declares {capability.name}: {capability.differs}; the seed does not",
+                    opts,
+                )
+            )
+    return out
+
+
+def _seed_case(name: str, passed: bool, passing: str, failing: str, opts: GateOptions) -> CaseResult:
+    """One describe case: a pass, else a one-line failure naming its check (expectable)."""
+    if passed:
+        return CaseResult("describe", name, "pass", passing)
+    text = f"[{name}] {failing}"
+    if name in opts.expectations.names:
+        return CaseResult("describe", name, "expected-fail", text, expected_seen=frozenset({name}))
+    return CaseResult("describe", name, "fail", text)
 
 
 def _status(passed: bool, expected_seen: frozenset[str]) -> Status:
@@ -208,17 +283,19 @@ def _corpus_cases(
             not_run.append(trace.id)
             out.append(CaseResult("corpus", trace.id, "skip", "not run: the --time-limit ran out"))
             continue
-        chunk = run_config(target, trace).chunk_size
+        cfg = run_config(target, trace)
         try:
-            result = run_corpus_trace(trace, pool.adapter(), options, chunk_size=chunk)
+            result = run_corpus_trace(
+                trace, pool.adapter(), options, chunk_size=cfg.chunk_size, capabilities=cfg.capabilities
+            )
         except OutOfTime:
             not_run.append(trace.id)
             out.append(CaseResult("corpus", trace.id, "skip", "cut short: the --time-limit ran out"))
             continue
         seen = frozenset(result.expected_seen)
         detail = "" if result.passed else f"step {result.step}: {result.problem}"
-        if chunk != trace.config.chunk_size:
-            detail = f"at the library's chunk of {chunk} slots" + (f"; {detail}" if detail else "")
+        if cfg.chunk_size != trace.config.chunk_size:
+            detail = f"at the library's chunk of {cfg.chunk_size} slots" + (f"; {detail}" if detail else "")
         case = CaseResult("corpus", result.name, _status(result.passed, seen), detail, expected_seen=seen)
         case.seconds = time.perf_counter() - started
         out.append(case)

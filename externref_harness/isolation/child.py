@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from externref_harness.changes import changed_positions
 from externref_harness.impl.adapter import InProcessImpl, RefFacts
 from externref_harness.isolation.wire import decode_plain, read_frame, write_frame
 
@@ -38,7 +39,7 @@ def _adapter(impl: str | None) -> InProcessImpl:
 
 def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
     #: The ref facts the parent holds (it is sent only what changes).
-    sent: list[RefFacts] = []
+    sent: tuple[RefFacts, ...] = ()
     while True:
         try:
             request = decode_plain(read_frame(requests))
@@ -48,14 +49,14 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
         try:
             if kind == "start":
                 adapter.start(request[1])
-                sent = []
+                sent = ()
                 reply: Any = None
             elif kind == "step":
                 outcome = adapter.step(request[1], request[2])
                 probe = adapter.probe()
                 # Only the refs whose facts changed cross: the parent keeps the rest.
-                changed = [(i, f) for i, f in enumerate(probe.refs) if i >= len(sent) or sent[i] != f]
-                sent = list(probe.refs)
+                changed = [(i, probe.refs[i]) for i in changed_positions(sent, probe.refs)]
+                sent = probe.refs
                 reply = (outcome, probe._replace(refs=()), len(sent), changed)
             elif kind == "finish":
                 reply = adapter.finish()

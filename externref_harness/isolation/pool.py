@@ -326,10 +326,12 @@ class ChildProcessImpl:
             raise
         refs = self._refs
         del refs[n_refs:]
+        missing = set(range(len(refs), n_refs))  # only new refs can lack facts
         refs.extend([None] * (n_refs - len(refs)))  # type: ignore[list-item]
         for i, facts in changed:
             refs[i] = facts
-        if any(f is None for f in refs):
+            missing.discard(i)
+        if missing:
             self._child.kill()
             self._crashed()
             raise ImplementationCrash(

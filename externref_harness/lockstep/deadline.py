@@ -6,16 +6,22 @@ arms `ITIMER_REAL` around the step and raises `Timeout` from the `SIGALRM` handl
 lockstep reports as a failing step. The handler runs between Python bytecodes, so it interrupts
 Python code (the ctypes implementation and its checking heap), not a loop inside native code;
 that needs the implementation in another process.
+
+A lockstep arms a limit around every step, so arming costs two `setitimer` calls and nothing
+else: the `SIGALRM` handler is installed once, on the first limit, and stays. Between limits it
+hands the signal to whatever handled `SIGALRM` before it (the default action included), so code
+outside a limit sees `SIGALRM` as if the handler were not there.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any
 
 #: Seconds one step of the implementation may take. Steps take milliseconds; this only has to
 #: tell a loaded machine from a step that will never end.
@@ -34,24 +40,67 @@ def available() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
-@contextmanager
-def time_limit(seconds: float, what: str) -> Iterator[None]:
+#: The armed limits, innermost last (empty: the signal is not ours).
+_armed: list[time_limit] = []
+#: What handled `SIGALRM` before `_on_alarm` was installed.
+_previous: list[Callable[[int, FrameType | None], Any] | int | None] = []
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    if _armed:
+        raise Timeout(_armed[-1].message())
+    previous = _previous[0] if _previous else signal.SIG_DFL
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        # The default action (the process ends), as if this handler were not installed.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGALRM)
+
+
+def _install() -> None:
+    """Install `_on_alarm`, unless it is already the handler (someone may have replaced it)."""
+    current = signal.getsignal(signal.SIGALRM)
+    if current is not _on_alarm:
+        _previous[:] = [current]
+        signal.signal(signal.SIGALRM, _on_alarm)
+
+
+class time_limit:
     """Raise `Timeout` inside the block if it runs longer than `seconds` (no limit if <= 0 or not
-    `available()`). An outer timer that was armed is re-armed with what is left of it."""
-    if seconds <= 0 or not available():
-        yield
-        return
+    `available()`). An outer timer that was armed is re-armed with what is left of it. `what` is
+    formatted (`str`) only when the limit is reached: a step's name costs nothing until then."""
 
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Timeout(f"{what} did not finish within {seconds:g} s")
+    __slots__ = ("_active", "_outer", "_seconds", "_started", "_what")
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
-    started = time.monotonic()
-    try:
-        yield
-    finally:
+    def __init__(self, seconds: float, what: object) -> None:
+        self._seconds = seconds
+        self._what = what
+        self._active = False
+        self._outer = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        if self._seconds <= 0 or not available():
+            return
+        if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+            _install()
+        self._active = True
+        _armed.append(self)
+        self._outer, _ = signal.setitimer(signal.ITIMER_REAL, self._seconds)
+        self._started = time.monotonic() if self._outer > 0 else 0.0
+
+    def message(self) -> str:
+        return f"{self._what} did not finish within {self._seconds:g} s"
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._active:
+            return
+        self._active = False
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer > 0:
-            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
+        _armed.pop()
+        if self._outer > 0:
+            left = self._outer - (time.monotonic() - self._started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))

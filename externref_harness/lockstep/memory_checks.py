@@ -15,6 +15,12 @@ expectations file can name a known divergence:
 A ref is the address of its `VMExternData`; the table is the address `RuntimeBackend.table_address`
 gives. Nothing here looks at a runtime's objects.
 
+A declared capability can rule checks out: `checks_ruled_out` is the one place that says which,
+and why. Under `opaque-refs` a ref word is a handle, not a footer's address, so nothing is read at
+it: the `layout.*` checks and the words' order (`observed.cmp-order`) do not apply, and a ref's
+liveness is read off its value instead (the block holding the value, and whether `value_dropped`
+has run for it: `impl.adapter`). Every behavioural check still applies.
+
 The chunk is compared incrementally: its bytes are read in one go, and the slot-by-slot comparison
 runs only over the slots that can hold a ref (below either side's bump finger); the rest must be
 null bytes on the implementation's side and `None` in the model.
@@ -23,20 +29,22 @@ null bytes on the implementation's side and `None` in the model.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
+from externref_harness.changes import changed_positions
 from externref_harness.impl import heap as checking_heap
 from externref_harness.impl.adapter import Probe, RefFacts
 from externref_harness.lockstep.projection import RefMap
-from externref_harness.model import layout
-from externref_harness.model.runtime import SeedRuntime
+from externref_harness.model import capabilities, layout
+from externref_harness.model.capabilities import OPAQUE_REFS
 from externref_harness.model.state import (
     SCALAR,
     STACK_TOP,
     UNINIT,
+    WORD,
     Box,
     Config,
     RawPtr,
@@ -59,7 +67,9 @@ CHECKS: dict[str, Level] = {
     "observed.canary": CONFORMANT,
     "observed.faults": CONFORMANT,
     "observed.identity": CONFORMANT,
-    "observed.bump-capacity-bytes": STRICT,
+    "observed.cmp-order": CONFORMANT,
+    # Capacity in slots is a choice to declare (`capacity-slots`); undeclared it fails every level.
+    "observed.bump-capacity-bytes": CONFORMANT,
     "observed.drop-order": STRICT,
     # What the implementation says of itself (`xr_describe`).
     "seed.chunk-size": STRICT,
@@ -71,6 +81,7 @@ CHECKS: dict[str, Level] = {
     "heap.report": CONFORMANT,
     "heap.leak": CONFORMANT,
     # Refs.
+    "refs.distinct": CONFORMANT,
     "refs.reachable-freed": CONFORMANT,
     "refs.liveness": CONFORMANT,
     "refs.value-alignment": CONFORMANT,
@@ -92,7 +103,55 @@ CHECKS: dict[str, Level] = {
     "host.globals": CONFORMANT,
     "stack.frames": CONFORMANT,
     "stack.slots": CONFORMANT,
+    # Each declared capability (`model.capabilities`) is a choice the seed did not make: at the
+    # strict level its `seed.<capability>` case of the gate fails (an expectations file may list it).
+    **{f"seed.{name}": STRICT for name in capabilities.NAMES},
 }
+
+
+#: The checks that read the seed's `VMExternData` at a ref's word (the ref is the footer's address).
+FOOTER_LAYOUT_CHECKS: tuple[str, ...] = (
+    "layout.footer-alignment",
+    "layout.block-alignment",
+    "layout.footer-offset",
+    "layout.block-size",
+    "layout.ref-count-offset",
+    "layout.value-ptr",
+    "layout.vtable",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RuledOut:
+    """A check that does not apply to an implementation, and the capability that rules it out."""
+
+    check: str
+    capability: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.check} ({self.capability}: {self.reason})"
+
+
+def checks_ruled_out(capabilities: Iterable[str]) -> tuple[RuledOut, ...]:
+    """Every check the declared capabilities rule out, with why: such a check is not run (its
+    problems never fail a step) and the gate lists it among what did not apply."""
+    declared = set(capabilities)
+    out: list[RuledOut] = []
+    if OPAQUE_REFS in declared:
+        out += [
+            RuledOut(name, OPAQUE_REFS, "a ref word is a handle, not the address of a VMExternData footer")
+            for name in FOOTER_LAYOUT_CHECKS
+        ]
+        out.append(
+            RuledOut(
+                "observed.cmp-order",
+                OPAQUE_REFS,
+                "cmp need not follow the words' order; it must be a total order consistent with eq "
+                "(observed.identity)",
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +171,27 @@ class Problem:
 
 class ChunkCompare:
     """What the last steps verified, so unchanged memory costs one comparison: the last chunk
-    compared, and each ref whose facts and model box passed every check."""
+    compared, each ref whose facts and model box passed every check, and the handles.
+
+    Invariant relied on: a ref whose (facts, box) pair passed the per-ref checks passes them again
+    while the pair is unchanged (the checks are functions of the pair, and of reachability only
+    for a ref that fails). So a step re-checks only the refs whose box or facts changed since the
+    last step (`changes.changed_positions` of the two heaps and the two fact tuples) and the refs
+    that did not pass last time: its cost follows what it touched, not the heap's size. Every
+    other ref was checked with the same pair before, which is what `verified` used to re-confirm
+    one ref at a time."""
 
     def __init__(self) -> None:
         self._last: tuple[bytes, Sequence[object]] | None = None
         #: Ref id -> the (facts, box) that last passed; the same pair again needs no re-check.
         self.verified: dict[int, tuple[RefFacts, Box]] = {}
+        #: The model's heap and the implementation's facts the last step checked.
+        self.last_heap: Sequence[Box] = ()
+        self.last_facts: Sequence[RefFacts] = ()
+        #: Refs checked last step that did not pass.
+        self.unverified: set[int] = set()
+        #: The (model, implementation) handles that last matched, if the last step's did.
+        self.last_handles: tuple[Sequence[object], Sequence[int | None]] | None = None
 
     def problems(
         self, chunk: bytes, model_chunk: Sequence[object], filled: int, refs: RefMap
@@ -162,14 +236,17 @@ def memory_problems(
 ) -> list[Problem]:
     """Every way the implementation's memory disagrees with the model's state."""
     chunk = chunk or ChunkCompare()
-    out = _ref_problems(state, probe, chunk.verified)
+    out = _ref_problems(state, probe, chunk, seed_layout=not cfg.has(OPAQUE_REFS))
     out += _table_problems(cfg, state, probe, refs, chunk)
-    handles = tuple(None if a is None else refs.ref(a) for a in probe.handles)
-    if handles != state.handles:
-        out.append(Problem("host.handles", f"model {state.handles}, impl {handles}"))
-    raws = tuple(None if p is None else RawPtr(refs.ref(p[0]), p[1]) for p in probe.raws)  # type: ignore[arg-type]
-    if raws != state.raws:
-        out.append(Problem("host.raws", f"model {state.raws}, impl {raws}"))
+    out += _handle_problems(state, probe, refs, chunk)
+    if not _same_raws(state.raws, probe.raws, refs):
+        # Shown as the model's `RawPtr`s are; a word no ref has reads as `?0x...`.
+        raws = ", ".join(
+            "None" if p is None else f"RawPtr(ref={refs.ref(p[0])}, owned={p[1]})" for p in probe.raws
+        )
+        out.append(
+            Problem("host.raws", f"model {state.raws}, impl ({raws}{',' if len(probe.raws) == 1 else ''})")
+        )
     globals_ = tuple(UNINIT if g is None else refs.slot(g) for g in probe.globals)
     if globals_ != state.globals:
         out.append(Problem("host.globals", f"model {state.globals}, impl {globals_}"))
@@ -177,7 +254,47 @@ def memory_problems(
     return out
 
 
-def _ref_problems(state: State, probe: Probe, verified: dict[int, tuple[RefFacts, Box]]) -> list[Problem]:
+def _same_raws(model: Sequence[RawPtr | None], impl: Sequence[tuple[int, bool] | None], refs: RefMap) -> bool:
+    """Each raw pointer holds the word of the model's ref. Compared as words, not as the ids the
+    words map to: a borrowed raw pointer outlives its ref, and under `opaque-refs` a later ref may
+    be given the dead ref's handle (its word then maps to the new id)."""
+    if len(model) != len(impl):
+        return False
+    for m, i in zip(model, impl, strict=True):
+        if m is None or i is None:
+            if (m is None) != (i is None):
+                return False
+        elif i[1] != m.owned or not 0 <= m.ref < len(refs.footers) or refs.footers[m.ref] != i[0]:
+            return False
+    return True
+
+
+def _handle_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare) -> list[Problem]:
+    """`host.handles`; after a step whose handles matched, only the positions either side changed
+    are translated and compared (an address names one ref for the whole run)."""
+    last = chunk.last_handles
+    chunk.last_handles = None
+    if last is not None and len(state.handles) == len(probe.handles):
+        positions = set(changed_positions(last[0], state.handles))
+        positions.update(changed_positions(last[1], probe.handles))
+        if all(_handle(probe.handles[i], refs) == state.handles[i] for i in positions):
+            chunk.last_handles = (state.handles, probe.handles)
+            return []
+    handles = tuple(_handle(a, refs) for a in probe.handles)
+    if handles != state.handles:
+        return [Problem("host.handles", f"model {state.handles}, impl {handles}")]
+    chunk.last_handles = (state.handles, probe.handles)
+    return []
+
+
+def _handle(address: int | None, refs: RefMap) -> int | str | None:
+    return None if address is None else refs.ref(address)
+
+
+def _ref_problems(
+    state: State, probe: Probe, chunk: ChunkCompare, seed_layout: bool = True
+) -> list[Problem]:
+    verified = chunk.verified
     out: list[Problem] = []
     if len(probe.refs) != len(state.heap):
         out.append(
@@ -193,24 +310,42 @@ def _ref_problems(state: State, probe: Probe, verified: dict[int, tuple[RefFacts
             reachable.append(reachable_refs(state))
         return r in reachable[0]
 
-    for r, (box, facts) in enumerate(zip(state.heap, probe.refs, strict=False)):
+    heap, facts_now = state.heap, probe.refs
+    candidates = set(changed_positions(chunk.last_heap, heap))
+    candidates.update(changed_positions(chunk.last_facts, facts_now))
+    candidates |= chunk.unverified
+    chunk.last_heap, chunk.last_facts = heap, facts_now
+    unverified: set[int] = set()
+    for r in sorted(candidates):
+        if r >= len(heap) or r >= len(facts_now):
+            continue
+        box, facts = heap[r], facts_now[r]
         if verified.get(r) == (facts, box):
             continue
         found = len(out)
-        _one_ref_problems(r, box, facts, is_reachable, out)
+        _one_ref_problems(r, box, facts, is_reachable, out, seed_layout)
         if len(out) == found and (facts.status == checking_heap.LIVE) != box.freed:
             verified[r] = (facts, box)
+        else:
+            unverified.add(r)
+    chunk.unverified = unverified
     return out
 
 
 def _one_ref_problems(
-    r: int, box: Box, facts: RefFacts, is_reachable: Callable[[int], bool], out: list[Problem]
+    r: int,
+    box: Box,
+    facts: RefFacts,
+    is_reachable: Callable[[int], bool],
+    out: list[Problem],
+    seed_layout: bool = True,
 ) -> None:
-    at = f"ref {r} (footer {facts.footer:#x})"
+    at = f"ref {r} (footer {facts.footer:#x})" if seed_layout else f"ref {r} (handle {facts.footer:#x})"
     if facts.value % box.align:
         out.append(Problem("refs.value-alignment", f"{at}: value at {facts.value:#x}, align {box.align}"))
     if facts.status != checking_heap.LIVE:
-        # Asked of the checking heap, not of the implementation (nor of the model).
+        # Asked of the checking heap (and, for a handle, of the drop log), not of the
+        # implementation (nor of the model).
         if is_reachable(r):
             text = f"{at}: reachable, yet the checking heap says {facts.status}"
             out.append(Problem("refs.reachable-freed", text))
@@ -223,7 +358,29 @@ def _one_ref_problems(
             Problem("refs.liveness", f"{at}: the model freed it, the checking heap says {facts.status}")
         )
         return
-    out += _seed_layout_problems(at, box.size, box.align, box.ref_count, facts)
+    if seed_layout:
+        out += _seed_layout_problems(at, box.size, box.align, box.ref_count, facts)
+
+
+def new_ref_problems(before: State, allocated: Sequence[tuple[int, int]], refs: RefMap) -> list[Problem]:
+    """A ref a step made has a word and a value address no ref the model has live has
+    (`refs.distinct`): a footer address or a handle names one box, and a value address one value
+    (its identity: `value_dropped` names it), for as long as it lives; only a freed ref's may be
+    given out again."""
+
+    def live(r: int | str) -> bool:
+        return isinstance(r, int) and r < len(before.heap) and not before.heap[r].freed
+
+    out = []
+    for word, value in allocated:
+        r, v = refs.ref(word), refs.value(value)
+        if live(r):
+            text = f"the new ref's word {word:#x} is that of ref {r}, which is live: the two alias one box"
+            out.append(Problem("refs.distinct", text))
+        elif live(v):
+            text = f"the new ref's value is at {value:#x}, where live ref {v}'s value is"
+            out.append(Problem("refs.distinct", text))
+    return out
 
 
 def _seed_layout_problems(at: str, size: int, align: int, ref_count: int, facts: RefFacts) -> list[Problem]:
@@ -296,12 +453,14 @@ def _table_problems(
             )
         ]
     out: list[Problem] = []
-    capacity = SeedRuntime(cfg, state).bump_capacity_remaining()
+    # The words compiled code reads are addresses, so their difference is in bytes whatever unit
+    # `bump_capacity_remaining` answers in (`capacity-slots` changes only the answer).
+    capacity = (len(table.chunk) - table.next) * WORD
     if facts.end - facts.next != capacity:
         out.append(
             Problem(
                 "table.capacity-bytes",
-                f"end - next = {facts.end - facts.next}, the model's capacity is {capacity}",
+                f"end - next = {facts.end - facts.next}, the model's capacity is {capacity} bytes",
             )
         )
     if facts.chunk_len and facts.end != facts.chunk_ptr + facts.chunk_len * layout.EXTERN_DATA_ALIGN:

@@ -2,8 +2,9 @@
 
 `project_model` reads it off the model's observation and states, `project_impl` off the
 implementation's plain-data outcome and probe; the lockstep compares the two (`projection_diff`).
-Refs are model ids on one side and footer addresses on the other; `RefMap` pairs them in
-allocation order. Nothing here peeks at an implementation's internals.
+Refs are model ids on one side and ref words on the other (footer addresses, or handles under
+`opaque-refs`); `RefMap` pairs them in allocation order. Nothing here peeks at an implementation's
+internals. What `eq`, `cmp` and `hash` must answer is `identity.py`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from externref_harness.model.state import STACK_TOP, State
 
 
 class RefMap:
-    """Model ref ids <-> footer addresses (and value addresses), paired in allocation order."""
+    """Model ref ids <-> ref words (and value addresses), paired in allocation order.
+
+    A word names the latest ref allocated with it: footer addresses are never reused during a run
+    (the checking heap quarantines freed blocks), but a handle (`opaque-refs`) may be given out
+    again once its ref is freed, and a value kept outside the hooks may reuse a dead value's
+    address. Giving out a live ref's word again is `refs.distinct`'s failure
+    (`memory_checks.new_ref_problems`), checked before the new pair is added."""
 
     def __init__(self) -> None:
         self.footers: list[int] = []
@@ -35,7 +42,7 @@ class RefMap:
         self._by_value[value] = r
 
     def ref(self, footer: int) -> int | str:
-        """The model id of a footer address; an unknown address reads as `?0x...`."""
+        """The model id of a ref word; an unknown word reads as `?0x...`."""
         r = self._by_footer.get(footer)
         return f"?{footer:#x}" if r is None else r
 
@@ -139,24 +146,3 @@ def projection_diff(model: Projection, impl: Projection) -> list[str]:
         if getattr(model, name) != getattr(impl, name)
     ]
 
-
-def identity_problems(
-    op: ops.Op, outcome: StepOutcome, probe: Probe, hashes_seen: dict[int, int]
-) -> list[str]:
-    """`eq` and `cmp` follow the addresses the handles hold, and a ref's hash never changes while
-    it lives (`hashes_seen` remembers the first hash of each ref, across steps)."""
-    if outcome.result[0] != "ok" or not isinstance(op, ops.Eq | ops.Cmp):
-        return []
-    a, b = probe.handles[op.a], probe.handles[op.b]
-    if a is None or b is None:
-        return [f"{op} answered for a dropped handle"]
-    expected: object = a == b if isinstance(op, ops.Eq) else (a > b) - (a < b)
-    got = outcome.result[1]
-    if got != expected:
-        return [f"{op} answered {got!r}; the addresses say {expected!r}"]
-    out = []
-    for r, h in probe.hashes:
-        first = hashes_seen.setdefault(r, h)
-        if first != h:
-            out.append(f"{op}: the hash of {r:#x} changed from {first:#x} to {h:#x}")
-    return out

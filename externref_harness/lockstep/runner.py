@@ -8,9 +8,12 @@ read at footer offset 0, `value_ptr`, every alignment and the footer's place by 
 table's `next`/`end` words, the chunk, handles, globals and every stack word. Whatever the checking
 heap reported is a failure too, and so are leaks when the run is torn down.
 
-Refs are model ids on one side and footer addresses on the other; `RefMap` pairs them in allocation
-order. The same `Lockstep` runner serves the hypothesis machine (`make_lockstep_machine`, with the
-model machine's move drawing, labels and failure report) and `replay` of a saved trace.
+Refs are model ids on one side and ref words on the other (footer addresses; handles under
+`opaque-refs`); `RefMap` pairs them in allocation order, after `refs.distinct` has checked that a
+new ref's word is no live ref's. A check the declared capabilities rule out
+(`memory_checks.checks_ruled_out`) never fails a step. The same `Lockstep` runner serves the
+hypothesis machine (`make_lockstep_machine`, with the model machine's move drawing, labels and
+failure report) and `replay` of a saved trace.
 """
 
 from __future__ import annotations
@@ -27,22 +30,25 @@ from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from externref_harness import trace as tracefile
-from externref_harness.errors import shown
+from externref_harness.errors import UsageError, shown
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
 from externref_harness.isolation.pool import ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.deadline import Timeout, time_limit
+from externref_harness.lockstep.identity import IdentityChecks
 from externref_harness.lockstep.memory_checks import (
     CHECKS,
-    STRICT,
     ChunkCompare,
     Level,
     Problem,
+    checks_ruled_out,
     memory_problems,
+    new_ref_problems,
 )
-from externref_harness.lockstep.projection import RefMap, identity_problems, project_impl, project_model
+from externref_harness.lockstep.projection import RefMap, project_impl, project_model
 from externref_harness.model import ops
 from externref_harness.model.assertions import probed_assertion, release_outcome, walk_reaches_wasm
+from externref_harness.model.capabilities import OPAQUE_REFS
 from externref_harness.model.moves import Bounds, next_quiesce_op, quiesce_step_bound
 from externref_harness.model.observation import Misuse, Observation, Panic
 from externref_harness.model.runtime import SeedRuntime
@@ -105,6 +111,18 @@ class StepCheck:
     impl_problems: tuple[Problem, ...] = ()
 
 
+class _StepName:
+    """"the implementation's OP", formatted only if a time limit needs it."""
+
+    __slots__ = ("op",)
+
+    def __init__(self, op: ops.Op) -> None:
+        self.op = op
+
+    def __str__(self) -> str:
+        return f"the implementation's {self.op}"
+
+
 def raised(e: Exception, at: str = "") -> str:
     """What an adapter's exception says of the implementation: a crash of its process as itself
     (`the implementation's process killed by SIGSEGV during step`), anything else as raised."""
@@ -134,7 +152,9 @@ class Lockstep:
         #: Checks that failed but were expected to (an expectations file): reported, not failing.
         self.expected_seen: set[str] = set()
         self._chunk = ChunkCompare()
-        self._hashes: dict[int, int] = {}
+        self._identity = IdentityChecks(opaque=cfg.has(OPAQUE_REFS))
+        #: Checks the declared capabilities rule out: never run, never failing.
+        self.ruled_out = frozenset(r.check for r in checks_ruled_out(cfg.capabilities))
         #: Why the teardown stopped before quiescence, if it did.
         self.gave_up: str | None = None
         #: Why the implementation is no longer stepped (it hung, or could not start).
@@ -162,10 +182,12 @@ class Lockstep:
         return StepCheck(obs, model_problem, problem, problems)
 
     def _capacity(self, before: State) -> int | None:
-        """Below the strict level, or when capacity in another unit is an expected divergence, the
+        """When capacity in another unit is an expected divergence (an expectations file), the
         embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
-        counts in slots is not charged for the embedder's choice."""
-        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+        counts in slots is charged for that one divergence, not for the embedder's knock-on choices.
+        Without it, capacity in slots must be declared (`capacity-slots`): it is no tolerance."""
+        if "observed.bump-capacity-bytes" in self.expected:
+            # Under `capacity-slots` the model answers in slots too, so the two sides agree.
             return SeedRuntime(self.cfg, before).bump_capacity_remaining()
         return None
 
@@ -191,7 +213,7 @@ class Lockstep:
             if submitted is not None:
                 # The implementation runs in its own process, which has its own step time limit.
                 return self._impl_step_checked(op, obs, before, submitted)
-            with time_limit(deadline.STEP_SECONDS, f"the implementation's {op}"):
+            with time_limit(deadline.STEP_SECONDS, _StepName(op)):
                 return self._impl_step_checked(op, obs, before, submitted)
         except Timeout as e:
             self.impl_broken = f"the implementation hung: {e}"
@@ -220,11 +242,12 @@ class Lockstep:
             text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
             text += _panic_note(outcome.result)
             return self._verdict([Problem("observed.allocations", text)])
-        for footer, value in outcome.allocated:
-            self.refs.add(footer, value)
-        problems: list[Problem] = []
+        problems: list[Problem] = new_ref_problems(before, outcome.allocated, self.refs)
+        for word, value in outcome.allocated:
+            self.refs.add(word, value)
         if isinstance(obs.result, Misuse) and len(outcome.result) > 3:
-            problems, obs = self._assertion_probe(op, obs, before, outcome.result[3])
+            probed, obs = self._assertion_probe(op, obs, before, outcome.result[3])
+            problems += probed
         model_view = project_model(op, obs, before, self.state)
         impl_view = project_impl(op, outcome, probe, self.refs)
         if outcome.result[0] == "unsupported":
@@ -240,9 +263,7 @@ class Lockstep:
         problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
         problems = [_with_panic_message(p, outcome.result) for p in problems]
         problems += drop_order_problems(before, outcome.dropped, self.refs)
-        problems += [
-            Problem("observed.identity", x) for x in identity_problems(op, outcome, probe, self._hashes)
-        ]
+        problems += self._identity.problems(op, outcome, probe, self.refs)
         problems += [Problem("heap.report", format_report(r)) for r in outcome.reports]
         if not isinstance(obs.result, Panic):
             problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
@@ -284,7 +305,7 @@ class Lockstep:
         """The problems that fail the step: of a selected level and not expected to diverge."""
         failing = []
         for p in problems:
-            if CHECKS[p.check] not in self.levels:
+            if CHECKS[p.check] not in self.levels or p.check in self.ruled_out:
                 continue
             if p.check in self.expected:
                 self.expected_seen.add(p.check)
@@ -331,11 +352,15 @@ class Lockstep:
 
 
 def _capacity_unit(op: ops.Op, p: Problem, model: tuple[object, ...], impl: tuple[object, ...]) -> Problem:
-    """`bump_capacity_remaining` in slots where the seed answers bytes is a strict-level divergence."""
+    """`bump_capacity_remaining` in slots where the model answers bytes: named, so the failure says
+    what to declare (`capacity-slots`) or expect."""
     if p.check != "observed.result" or not isinstance(op, ops.BumpCapacityRemaining):
         return p
     if model[0] == impl[0] == "ok" and isinstance(model[1], int) and impl[1] == model[1] // 8:
-        return Problem("observed.bump-capacity-bytes", f"{p.text} (slots, not bytes)")
+        return Problem(
+            "observed.bump-capacity-bytes",
+            f"{p.text} (slots, not bytes: a library that counts in slots declares capacity-slots)",
+        )
     return p
 
 
@@ -412,6 +437,14 @@ MODEL = "model"
 IMPLEMENTATION = "implementation"
 
 
+def check_available(cfg: Config, steps: Sequence[ops.Op]) -> None:
+    """Every step runs on an implementation with `cfg`'s capabilities (one-line `UsageError`)."""
+    for at, op in enumerate(steps, 1):
+        why = ops.unavailable(op, cfg.capabilities)
+        if why is not None:
+            raise UsageError(f"step {at} ({op}) cannot run: {why} ({', '.join(cfg.capabilities)})")
+
+
 def drive(
     cfg: Config,
     steps: Sequence[ops.Op],
@@ -422,8 +455,10 @@ def drive(
     """Run `steps` in lockstep, then tear down (unless a side panicked or already failed).
 
     With `until_first`, stop at the first failure of either side; otherwise go on until both
-    sides have failed, so each side's first failure is known.
+    sides have failed, so each side's first failure is known. A step that calls a function the
+    implementation lacks by its capabilities (`ops.unavailable`) is refused before anything runs.
     """
+    check_available(cfg, steps)
     run = Lockstep(cfg, adapter, options=options)
     out = Driven([], [], [run.state])
 

@@ -38,6 +38,7 @@ from externref_harness.parallel.program import (
     ParallelTrace,
     Shape,
     generate,
+    omitted_kinds,
     save_trace,
     smaller,
 )
@@ -115,7 +116,9 @@ def default_seed() -> int | None:
 
 def model_config(library: NativeLibrary) -> Config:
     desc = library.description
-    return Config(chunk_size=desc.chunk_size, build="debug" if desc.debug else "release")
+    return Config(
+        chunk_size=desc.chunk_size, build="debug" if desc.debug else "release", capabilities=desc.capabilities
+    )
 
 
 def overlapped(program: ParallelProgram, history: History) -> bool:
@@ -302,7 +305,7 @@ def run_parallel_check(
     started = time.perf_counter()
     n = overlapping = judged = pinned = 0
     while n < opts.histories and time.perf_counter() - started < opts.time_limit:
-        program = generate(rng, opts.shape)
+        program = generate(rng, opts.shape, omitted_kinds(library.description.capabilities))
         judge = Judge(runner, program, cfg)
         weight = CONTENDED_FREE_WEIGHT if contended_free(program, judge.plan) else 1
         runner.perturbation = replace(base, batch_seconds=base.batch_seconds * weight)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from externref_harness.errors import UsageError
+from externref_harness.model.ops import REMOVED_BY
 
 #: Op kinds, numbered as the driver's `XT_*` (native/threads/driver.c).
 KINDS: dict[str, int] = {
@@ -314,8 +315,18 @@ class Shape:
     values: tuple[int, int] = (1, 2)
 
 
-def generate(rng: random.Random, shape: Shape = Shape()) -> ParallelProgram:
-    """A random well-formed program: shared or given handles, shared raws, a mix of ref ops."""
+def omitted_kinds(declared: tuple[str, ...]) -> frozenset[str]:
+    """The op kinds a library with these capabilities lacks the function of (`ops.REMOVED_BY`:
+    `no-raw`, `no-strong-count`): never generated for it, and a program holding one does not run."""
+    removed = (cls.__name__ for capability in declared for cls in REMOVED_BY.get(capability, ()))
+    return frozenset(name for name in removed if name in KINDS)
+
+
+def generate(
+    rng: random.Random, shape: Shape = Shape(), omit: frozenset[str] = frozenset()
+) -> ParallelProgram:
+    """A random well-formed program: shared or given handles, shared raws, a mix of ref ops; none
+    of the kinds in `omit` (`omitted_kinds`)."""
     # Fewer threads than cores leave together most often, and run many times faster (a thread
     # waiting for a core waits a time slice): each thread more is drawn a quarter as often.
     counts = list(range(shape.threads[0], shape.threads[1] + 1))
@@ -347,7 +358,7 @@ def generate(rng: random.Random, shape: Shape = Shape()) -> ParallelProgram:
             prefix.append(PStep("Clone", r, -1, c))
             owners.append((c, t))
             own[t].append(c)
-        if rng.random() < 0.25:
+        if "IntoRaw" not in omit and rng.random() < 0.25:
             c, raw = fresh(), fresh()
             prefix += [PStep("Clone", r, -1, c), PStep("IntoRaw", c, -1, raw)]
             shared_raws.append(raw)
@@ -366,6 +377,7 @@ def generate(rng: random.Random, shape: Shape = Shape()) -> ParallelProgram:
                 choices.append(("CloneFromRaw", 2))
             if own_raws[t]:
                 choices.append(("FromRaw", 2))
+            choices = [(k, w) for k, w in choices if k not in omit]
             if not choices:
                 break
             kind = rng.choices([k for k, _ in choices], [w for _, w in choices])[0]

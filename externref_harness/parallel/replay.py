@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from externref_harness.errors import UsageError
+from externref_harness.isolation.describe import child_env, describe_library
 from externref_harness.parallel.check import format_program
 from externref_harness.parallel.child import rerun_isolated
-from externref_harness.parallel.program import load_trace
+from externref_harness.parallel.program import load_trace, omitted_kinds
 
 #: Reruns of a parallel trace when `replay --runs` is not given.
 DEFAULT_REPLAY_RUNS = 100
@@ -26,6 +27,12 @@ def replay_parallel(path: Path, impl: Path | None, runs: int | None) -> int:
     runs = DEFAULT_REPLAY_RUNS if runs is None else runs
     if runs < 1:
         raise UsageError(f"--runs {runs}: must be at least 1")
+    lacking = omitted_kinds(describe_library(impl, child_env(impl)).capabilities)
+    used = sorted({s.kind for _, _, s in trace.program.steps()} & lacking)
+    if used:
+        raise UsageError(
+            f"{path}: its program calls {', '.join(used)}, which {impl} lacks by its declared capabilities"
+        )
     print(f"parallel trace {path}: {trace.program.n_threads} threads, {trace.program.n_ops} ops")
     if trace.runs:
         print(f"when saved: failed in {trace.failures} of {trace.runs} reruns on {trace.library}")

@@ -61,6 +61,11 @@ _IMPL_FIELDS = (
 )
 
 
+def _address(cdll: ctypes.CDLL, symbol: str) -> int | None:
+    function = getattr(cdll, symbol, None)
+    return None if function is None else ctypes.cast(function, ctypes.c_void_p).value
+
+
 class XtImpl(ctypes.Structure):
     _fields_ = tuple((name, ctypes.c_void_p) for name, _ in _IMPL_FIELDS)
 
@@ -323,7 +328,9 @@ class Runner:
         self._driver = _driver()
         cdll = library.cdll
         self._impl = XtImpl(
-            *(ctypes.cast(getattr(cdll, sym), ctypes.c_void_p).value for _, sym in _IMPL_FIELDS)
+            # A function the library lacks by its capabilities is NULL: no program calls it
+            # (`program.omitted_kinds`).
+            *(_address(cdll, sym) for _, sym in _IMPL_FIELDS)
         )
         self._report = XtReport()
         self._program: ParallelProgram | None = None

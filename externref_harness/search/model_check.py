@@ -21,6 +21,7 @@ from hypothesis import Phase, Verbosity, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from externref_harness.model.capabilities import EAGER_CHUNK, NO_GC_FREE_INSERT
 from externref_harness.model.moves import (
     Bounds,
     misuse_moves,
@@ -68,6 +69,20 @@ REQUIRED_EVENTS = (
     "values-dropped",
     "misuse",
 )
+#: Required paths a capability makes unreachable: the seed's code that runs them is not the
+#: implementation's (`sweep` never allocates an eager chunk; nothing calls `insert_without_gc`).
+UNREACHABLE_BY: dict[str, tuple[str, ...]] = {
+    EAGER_CHUNK: ("sweep:lazy-chunk-allocation",),
+    NO_GC_FREE_INSERT: ("insert:slow-without-gc",),
+}
+
+
+def required_events(cfg: Config) -> tuple[str, ...]:
+    """The paths a run of `cfg` must reach: `REQUIRED_EVENTS` less what its capabilities rule out."""
+    if not cfg.capabilities:
+        return REQUIRED_EVENTS
+    gone = {e for name in cfg.capabilities for e in UNREACHABLE_BY.get(name, ())}
+    return tuple(e for e in REQUIRED_EVENTS if e not in gone)
 T = TypeVar("T")
 
 #: How many times more often than others a driver picks these kinds: the moves that lead to a

@@ -10,6 +10,16 @@
  *   XR_VARIANT_LOOSE      correct but not seed-exact (chunk 256, capacity in slots, a sweep that
  *                         clears the chunk youngest slot first and drops set members in
  *                         descending address order).
+ *   XR_VARIANT_EAGER_CHUNK, XR_VARIANT_NO_GC_FREE_INSERT, XR_VARIANT_GUARD_CANARY,
+ *   XR_VARIANT_SINGLE_THREADED, XR_VARIANT_NO_RAW, XR_VARIANT_CAPACITY_SLOTS,
+ *   XR_VARIANT_NO_STRONG_COUNT
+ *                         one capability each (ABI.md "Capabilities"): each declares its XR_CAP_*
+ *                         bit and exports exactly the functions its capability requires; any of
+ *                         them may be combined (-DXR_VARIANT_EAGER_CHUNK -DXR_VARIANT_NO_RAW ...).
+ *   XR_VARIANT_OPAQUE_REFS  the opaque-refs capability: a ref word is a handle (index + 1 into
+ *                         a table of boxes the library keeps), not the address of a VMExternData
+ *                         (ORs XR_CAP_OPAQUE_REFS into the declared capabilities; combines with
+ *                         the other variants).
  *   XR_BUG_*              one seeded bug each.
  *   XR_RACE_WINDOW_NS=N   the race bugs' pause inside their window (default 5000; 0: none).
  *   XR_ABI_V1             a version 1 library: reports ABI version 1 and leaves the description's
@@ -58,9 +68,67 @@
 #ifndef XR_REPORT_DESCRIBE_ABI_VERSION
 #define XR_REPORT_DESCRIBE_ABI_VERSION XR_BUILT_ABI_VERSION
 #endif
-/* The XR_CAP_* bits this build declares (the variants below add theirs). */
+/* ---- the capability variants: each ORs its XR_CAP_* bit into XR_CAPABILITIES ------------------ */
+#ifdef XR_VARIANT_LOOSE
+#define XR_VARIANT_CAP_LOOSE XR_CAP_CAPACITY_SLOTS
+#else
+#define XR_VARIANT_CAP_LOOSE 0u
+#endif
+#ifdef XR_VARIANT_EAGER_CHUNK
+#define XR_VARIANT_CAP_EAGER_CHUNK XR_CAP_EAGER_CHUNK
+#else
+#define XR_VARIANT_CAP_EAGER_CHUNK 0u
+#endif
+#ifdef XR_VARIANT_NO_GC_FREE_INSERT
+#define XR_VARIANT_CAP_NO_GC_FREE_INSERT XR_CAP_NO_GC_FREE_INSERT
+#else
+#define XR_VARIANT_CAP_NO_GC_FREE_INSERT 0u
+#endif
+#ifdef XR_VARIANT_GUARD_CANARY
+#define XR_VARIANT_CAP_GUARD_CANARY XR_CAP_CANARY_GUARD
+#else
+#define XR_VARIANT_CAP_GUARD_CANARY 0u
+#endif
+#ifdef XR_VARIANT_SINGLE_THREADED
+#define XR_VARIANT_CAP_SINGLE_THREADED XR_CAP_SINGLE_THREADED
+#else
+#define XR_VARIANT_CAP_SINGLE_THREADED 0u
+#endif
+#ifdef XR_VARIANT_NO_RAW
+#define XR_VARIANT_CAP_NO_RAW XR_CAP_NO_RAW
+#else
+#define XR_VARIANT_CAP_NO_RAW 0u
+#endif
+#if defined(XR_BUG_OPAQUE_FREE_EARLY) && !defined(XR_VARIANT_OPAQUE_REFS)
+#define XR_VARIANT_OPAQUE_REFS /* the bug is in the opaque-refs variant's handle table */
+#endif
+#ifdef XR_VARIANT_OPAQUE_REFS
+#define XR_VARIANT_CAP_OPAQUE_REFS XR_CAP_OPAQUE_REFS
+#else
+#define XR_VARIANT_CAP_OPAQUE_REFS 0u
+#endif
+#ifdef XR_VARIANT_OWN_REGISTRY
+#define XR_VARIANT_CAP_OWN_REGISTRY XR_CAP_OWN_REGISTRY
+#else
+#define XR_VARIANT_CAP_OWN_REGISTRY 0u
+#endif
+#ifdef XR_VARIANT_CAPACITY_SLOTS
+#define XR_VARIANT_CAP_CAPACITY_SLOTS XR_CAP_CAPACITY_SLOTS
+#else
+#define XR_VARIANT_CAP_CAPACITY_SLOTS 0u
+#endif
+#ifdef XR_VARIANT_NO_STRONG_COUNT
+#define XR_VARIANT_CAP_NO_STRONG_COUNT XR_CAP_NO_STRONG_COUNT
+#else
+#define XR_VARIANT_CAP_NO_STRONG_COUNT 0u
+#endif
+/* The XR_CAP_* bits this build declares: the variants' (another -DXR_CAPABILITIES overrides). */
 #ifndef XR_CAPABILITIES
-#define XR_CAPABILITIES 0u
+#define XR_CAPABILITIES                                                                            \
+    (XR_VARIANT_CAP_LOOSE | XR_VARIANT_CAP_EAGER_CHUNK | XR_VARIANT_CAP_NO_GC_FREE_INSERT |         \
+     XR_VARIANT_CAP_GUARD_CANARY | XR_VARIANT_CAP_SINGLE_THREADED | XR_VARIANT_CAP_NO_RAW |          \
+     XR_VARIANT_CAP_OPAQUE_REFS | XR_VARIANT_CAP_OWN_REGISTRY | XR_VARIANT_CAP_CAPACITY_SLOTS |    \
+     XR_VARIANT_CAP_NO_STRONG_COUNT)
 #endif
 #ifndef XR_REPORT_CAPABILITIES
 #define XR_REPORT_CAPABILITIES XR_CAPABILITIES
@@ -228,7 +296,94 @@ typedef struct VMExternData {
 _Static_assert(sizeof(VMExternData) == 24, "VMExternData is three words");
 _Static_assert(offsetof(VMExternData, ref_count) == 0, "ref_count at offset 0");
 
+#ifndef XR_VARIANT_OPAQUE_REFS
+/* The seed: a ref is the address of its VMExternData. */
 static inline VMExternData *extern_data(xr_ref r) { return (VMExternData *)r; }
+static inline xr_ref ref_of_new_box(VMExternData *data) { return (xr_ref)data; }
+static inline void ref_box_freed(xr_ref r) { (void)r; }
+#else
+/* ---- opaque-refs: handles into a table of boxes ---------------------------------------------
+ *
+ *     ref word (handle) = index + 1          boxes[index] ──▶ VMExternData (through the hooks)
+ *     1, 2, 3, ... XR_OPAQUE_CAPACITY        free indices: a stack; a freed box's index is reused
+ *
+ * A handle is never 0 and never above XR_OPAQUE_CAPACITY (65536): every handle lies in the lowest
+ * 64 KiB, which Linux never maps (vm.mmap_min_addr), so no handle is a valid address by accident.
+ * The boxes keep the seed's VMExternData shape and come from the hooks; only the word that names
+ * them changed. A box is found by its handle on every use (clone, drop, strong_count, deref, hash,
+ * cmp, and gc's precise roots read from the stack); an index out of range or a freed one panics,
+ * as a Rust slice index or `Option::unwrap` would, in every build.
+ *
+ * Threads: boxes[i] changes only while no live handle names it (when it is issued, and when its
+ * last owner frees it), so lookups read it without the lock; issuing and freeing take `lock`.
+ * The table is reset whenever hooks are installed or uninstalled: the harness frees every block
+ * of a world before it leaves it, so a handle is valid only under the hooks it was made under. */
+#ifndef XR_OPAQUE_CAPACITY
+#define XR_OPAQUE_CAPACITY 65536u
+#endif
+static VMExternData *boxes[XR_OPAQUE_CAPACITY];
+static uint32_t free_indices[XR_OPAQUE_CAPACITY];
+static size_t n_free;  /* entries of free_indices in use (under lock) */
+static size_t n_issued; /* indices below it have been handed out at least once (atomic) */
+static char boxes_lock;
+
+static void boxes_acquire(void) {
+    while (__atomic_test_and_set(&boxes_lock, __ATOMIC_ACQUIRE)) {
+    }
+}
+
+static void boxes_release(void) { __atomic_clear(&boxes_lock, __ATOMIC_RELEASE); }
+
+static void boxes_reset(void) {
+    boxes_acquire();
+    n_free = 0;
+    __atomic_store_n(&n_issued, 0, __ATOMIC_RELEASE);
+    boxes_release();
+}
+
+static inline VMExternData *extern_data(xr_ref r) {
+    size_t index = (size_t)r - 1;
+    if (r == 0 || index >= __atomic_load_n(&n_issued, __ATOMIC_ACQUIRE))
+        panic("index out of bounds: %#zx is not a handle this library issued", (size_t)r);
+    VMExternData *data = __atomic_load_n(&boxes[index], __ATOMIC_ACQUIRE);
+    if (data == NULL) panic("called `Option::unwrap()` on a `None` value: handle %#zx is free", (size_t)r);
+    return data;
+}
+
+static xr_ref ref_of_new_box(VMExternData *data) {
+    size_t index;
+    boxes_acquire();
+    if (n_free > 0) {
+        index = free_indices[--n_free];
+    } else if (n_issued < XR_OPAQUE_CAPACITY) {
+        index = n_issued;
+    } else {
+        boxes_release();
+        panic("more than %u live refs", XR_OPAQUE_CAPACITY);
+    }
+    __atomic_store_n(&boxes[index], data, __ATOMIC_RELEASE);
+    if (index == n_issued) __atomic_store_n(&n_issued, index + 1, __ATOMIC_RELEASE);
+    boxes_release();
+    return (xr_ref)(index + 1);
+}
+
+/* The box of `r` is gone (or, under the seeded bug, believed gone): its index goes back. */
+static void index_release(xr_ref r, bool clear) {
+    size_t index = (size_t)r - 1;
+    boxes_acquire();
+    if (clear) __atomic_store_n(&boxes[index], NULL, __ATOMIC_RELEASE);
+    free_indices[n_free++] = (uint32_t)index;
+    boxes_release();
+}
+
+static inline void ref_box_freed(xr_ref r) {
+#ifndef XR_BUG_OPAQUE_FREE_EARLY
+    index_release(r, true);
+#else
+    (void)r; /* the bug gave the index back already, when one owner was left */
+#endif
+}
+#endif /* XR_VARIANT_OPAQUE_REFS */
 
 struct layout {
     size_t size;
@@ -262,6 +417,23 @@ static struct layout layout_for(size_t value_size, size_t value_align) {
     return (struct layout){alloc_size, alloc_align, value_and_padding_size};
 }
 
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+/* The seeded wild write: every ref made since the table was, in allocation order, so that gc can
+ * decrement the count of one the step does not otherwise touch (held by the host alone). */
+#define WILD_REFS 65536u
+static uintptr_t wild_refs[WILD_REFS];
+static size_t wild_refs_len;
+
+static void wild_remember(uintptr_t r) {
+    if (wild_refs_len < WILD_REFS) wild_refs[wild_refs_len++] = r;
+}
+
+static void wild_forget(uintptr_t r) {
+    for (size_t i = 0; i < wild_refs_len; i++)
+        if (wild_refs[i] == r) wild_refs[i] = 0;
+}
+#endif
+
 /* `VMExternData::drop_and_dealloc`. */
 static void drop_and_dealloc(VMExternData *data) {
     size_t rc = __atomic_load_n(&data->ref_count, __ATOMIC_SEQ_CST);
@@ -272,6 +444,9 @@ static void drop_and_dealloc(VMExternData *data) {
     struct layout lay = layout_for(vtable->size, _Alignof(VMExternData));
 #else
     struct layout lay = layout_for(vtable->size, vtable->align);
+#endif
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_forget((uintptr_t)data);
 #endif
     vtable->drop_in_place(data->value_data);
     void *alloc_ptr = data->value_data;
@@ -315,6 +490,8 @@ static void increment_ref_count(VMExternData *data) {
     size_t old = __atomic_load_n(&data->ref_count, __ATOMIC_RELAXED);
     race_window();
     __atomic_store_n(&data->ref_count, old + 1, __ATOMIC_RELAXED);
+#elif defined(XR_VARIANT_SINGLE_THREADED)
+    data->ref_count += 1; /* XR_CAP_SINGLE_THREADED: a plain count */
 #else
     __atomic_fetch_add(&data->ref_count, 1, __ATOMIC_RELAXED);
 #endif
@@ -331,8 +508,15 @@ static void ref_drop(xr_ref r) {
     VMExternData *data = extern_data(r);
 #ifdef XR_BUG_NONATOMIC_COUNT
     size_t old = racy_add(&data->ref_count, (size_t)-1);
+#elif defined(XR_VARIANT_SINGLE_THREADED)
+    size_t old = data->ref_count--; /* XR_CAP_SINGLE_THREADED: a plain count */
 #else
     size_t old = __atomic_fetch_sub(&data->ref_count, 1, __ATOMIC_RELEASE);
+#endif
+#ifdef XR_BUG_OPAQUE_FREE_EARLY
+    /* One owner is left, yet the index goes back on the free list (the box stays in it until the
+     * next New takes the index): that New's ref aliases the live one. */
+    if (old == 2) index_release(r, false);
 #endif
 #if defined(XR_BUG_EARLY_FREE)
     if (old != 2) return;
@@ -343,6 +527,7 @@ static void ref_drop(xr_ref r) {
 #endif
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     drop_and_dealloc(data);
+    ref_box_freed(r);
 }
 
 /* `VMExternRef::new_with`: one allocation, the value at offset 0, the footer after it. */
@@ -354,7 +539,10 @@ static xr_ref ref_new(size_t size, size_t align, uint8_t fill) {
     data->ref_count = 1;
     data->value_data = alloc_ptr;
     data->value_vtable = vtable_for(size, align);
-    return (xr_ref)data;
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_remember((uintptr_t)data);
+#endif
+    return ref_of_new_box(data);
 }
 
 /* ---- a HashSet<VMExternRefWithTraits> ------------------------------------------------------- */
@@ -374,6 +562,20 @@ static uint64_t hash_address(uintptr_t p) {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
     return z ^ (z >> 31);
 }
+
+#ifndef XR_VARIANT_OPAQUE_REFS
+/* `VMExternRef::hash` and `cmp`: the pointer itself. */
+static uint64_t ref_hash(xr_ref r) { return hash_address(r); }
+static int ref_cmp(xr_ref a, xr_ref b) { return (a > b) - (a < b); }
+#else
+/* opaque-refs: eq stays word equality (one handle per box), but hash and cmp go through the box,
+ * as a runtime whose identity is its heap object does: neither is a function of the word. */
+static uint64_t ref_hash(xr_ref r) { return hash_address((uintptr_t)extern_data(r)); }
+static int ref_cmp(xr_ref a, xr_ref b) {
+    uintptr_t x = (uintptr_t)extern_data(a), y = (uintptr_t)extern_data(b);
+    return (x > y) - (x < y);
+}
+#endif
 
 static bool set_contains(const struct ref_set *s, uintptr_t r) {
     if (s->capacity == 0) return false;
@@ -458,12 +660,19 @@ struct xr_table {
 #ifdef XR_BUG_BUMP_OFF_BY_ONE
     bool overran;
 #endif
+#ifdef XR_VARIANT_OWN_REGISTRY
+    struct registry *registry; /* the modules registered in this table's store */
+#endif
 };
 
 _Static_assert(offsetof(struct xr_table, next) == 0, "next at 0");
 _Static_assert(offsetof(struct xr_table, end) == 8, "end at 8");
 _Static_assert(offsetof(struct xr_table, chunk_ptr) == 16, "chunk pointer at 16");
 _Static_assert(offsetof(struct xr_table, chunk_len) == 24, "chunk length at 24");
+
+#ifdef XR_VARIANT_EAGER_CHUNK
+static void table_allocate_chunk_eagerly(xr_table *t);
+#endif
 
 static xr_table *table_new(size_t chunk_size) {
     xr_table *t = xr_alloc(sizeof *t, _Alignof(xr_table));
@@ -478,6 +687,12 @@ static xr_table *table_new(size_t chunk_size) {
     t->gc_okay = true;
 #endif
     t->chunk_size = chunk_size;
+#ifdef XR_VARIANT_EAGER_CHUNK
+    table_allocate_chunk_eagerly(t);
+#endif
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_refs_len = 0; /* a new run: the refs of earlier tables' runs are the harness's no more */
+#endif
     return t;
 }
 
@@ -488,8 +703,26 @@ static uintptr_t *new_chunk(const xr_table *t, size_t size) {
     return chunk;
 }
 
-static size_t bump_capacity_remaining(const xr_table *t) {
-#ifdef XR_VARIANT_LOOSE
+/* ---- XR_VARIANT_EAGER_CHUNK (XR_CAP_EAGER_CHUNK): new allocates the chunk --------------------- */
+#ifdef XR_VARIANT_EAGER_CHUNK
+static void table_allocate_chunk_eagerly(xr_table *t) {
+#ifdef XR_BUG_EAGER_CHUNK_OFF_BY_ONE
+    size_t slots = t->chunk_size - 1; /* the seeded bug: one slot short */
+    if (slots == 0) return;           /* no chunk: the first sweep allocates it */
+    t->chunk_ptr = xr_alloc(slots * WORD, WORD);
+    memset(t->chunk_ptr, 0, slots * WORD);
+#else
+    size_t slots = t->chunk_size;
+    t->chunk_ptr = new_chunk(t, slots);
+#endif
+    t->chunk_len = slots;
+    t->next = t->chunk_ptr;
+    t->end = t->chunk_ptr + t->chunk_len;
+}
+#endif
+
+MAYBE_UNUSED static size_t bump_capacity_remaining(const xr_table *t) {
+#if defined(XR_VARIANT_LOOSE) || defined(XR_VARIANT_CAPACITY_SLOTS)
     return (size_t)(t->end - t->next); /* slots */
 #else
     return (uintptr_t)t->end - (uintptr_t)t->next; /* the seed's arithmetic: bytes */
@@ -516,7 +749,7 @@ static void insert_slow_without_gc(xr_table *t, xr_ref r) {
     set_insert(&t->over_approximated_stack_roots, r);
 }
 
-static void insert_without_gc(xr_table *t, xr_ref r) {
+MAYBE_UNUSED static void insert_without_gc(xr_table *t, xr_ref r) {
     if (!try_insert(t, r)) insert_slow_without_gc(t, r);
 }
 
@@ -586,9 +819,16 @@ static void sweep(xr_table *t) {
 #endif
 }
 
+#ifdef XR_VARIANT_OWN_REGISTRY
+static void registry_free(xr_table *t);
+#endif
+
 static void table_drop(xr_table *t) {
     /* Field by field, in declaration order: alloc (its chunk's slots, then the chunk), then
      * over_approximated_stack_roots, then precise_stack_roots. */
+#ifdef XR_VARIANT_OWN_REGISTRY
+    registry_free(t); /* modules still registered go with the store */
+#endif
     for (size_t i = 0; i < t->chunk_len; i++) {
         uintptr_t elem = t->chunk_ptr[i];
         if (elem) ref_drop(elem);
@@ -603,6 +843,192 @@ static void table_drop(xr_table *t) {
     xr_dealloc(t, sizeof *t, _Alignof(xr_table));
 }
 
+#ifdef XR_VARIANT_OWN_REGISTRY
+/* ---- own-registry: the runtime's own code registry ------------------------------------------
+ *
+ * Each registered module is copied: its functions' code ranges, and one entry per call site that
+ * has a stack map (a call site without one has no entry: no live refs there), in pc order over
+ * the whole module, as wasmtime's `FunctionInfo::stack_maps` keeps them per function. A pc is
+ * Wasm when a function's range holds it; its map is the entry at exactly that pc, found by binary
+ * search; no entry there means no map. The seeded bugs below each get one of these steps wrong. */
+
+struct reg_entry {
+    uintptr_t pc;
+    size_t function; /* index in the module's functions */
+    xr_stack_map map;
+};
+
+struct reg_function {
+    uintptr_t start, end;
+    size_t first_entry, n_entries;
+};
+
+struct reg_module {
+    uint64_t id;
+    size_t n_functions;
+    struct reg_function *functions;
+    size_t n_entries;
+    struct reg_entry *entries;
+    size_t n_bits;
+    uint64_t *bits; /* every entry's bitmap words, one block */
+};
+
+struct registry {
+    size_t n_modules, capacity;
+    struct reg_module *modules;
+    uint64_t next_id;
+};
+
+static size_t bitmap_words(size_t mapped_words) { return (mapped_words + 63) / 64; }
+
+static void module_free(struct reg_module *m) {
+    if (m->n_functions) xr_dealloc(m->functions, m->n_functions * sizeof *m->functions, _Alignof(struct reg_function));
+    if (m->n_entries) xr_dealloc(m->entries, m->n_entries * sizeof *m->entries, _Alignof(struct reg_entry));
+    if (m->n_bits) xr_dealloc(m->bits, m->n_bits * sizeof *m->bits, _Alignof(uint64_t));
+}
+
+static void registry_free(xr_table *t) {
+    struct registry *r = t->registry;
+    if (r == NULL) return;
+    for (size_t i = 0; i < r->n_modules; i++) module_free(&r->modules[i]);
+    if (r->capacity) xr_dealloc(r->modules, r->capacity * sizeof *r->modules, _Alignof(struct reg_module));
+    xr_dealloc(r, sizeof *r, _Alignof(struct registry));
+    t->registry = NULL;
+}
+
+/* Copies `module` after checking its shape (a malformed module panics, and nothing is kept). */
+static uint64_t register_module(xr_table *t, const xr_module *module) {
+    if (module == NULL || module->n_functions == 0 || module->functions == NULL)
+        panic("xr_table_register_module: a module with no functions");
+    size_t n_entries = 0, n_bits = 0;
+    for (size_t f = 0; f < module->n_functions; f++) {
+        const xr_function *fn = &module->functions[f];
+        if (fn->start >= fn->end || (f > 0 && fn->start < module->functions[f - 1].end))
+            panic("xr_table_register_module: function %zu's code is not after the previous one's", f);
+        if (fn->n_call_sites && fn->call_sites == NULL) panic("xr_table_register_module: no call sites");
+        for (size_t c = 0; c < fn->n_call_sites; c++) {
+            const xr_call_site *cs = &fn->call_sites[c];
+            if (cs->pc < fn->start || cs->pc >= fn->end || (c > 0 && cs->pc <= fn->call_sites[c - 1].pc))
+                panic("xr_table_register_module: call site %zu of function %zu is out of order", c, f);
+            if (cs->map != NULL) {
+                if (cs->map->mapped_words && cs->map->bits == NULL)
+                    panic("xr_table_register_module: a stack map without bits");
+                n_entries++;
+                n_bits += bitmap_words(cs->map->mapped_words);
+            }
+        }
+    }
+    struct reg_module m = {0, module->n_functions, NULL, n_entries, NULL, n_bits, NULL};
+    m.functions = xr_alloc(m.n_functions * sizeof *m.functions, _Alignof(struct reg_function));
+    if (n_entries) m.entries = xr_alloc(n_entries * sizeof *m.entries, _Alignof(struct reg_entry));
+    if (n_bits) m.bits = xr_alloc(n_bits * sizeof *m.bits, _Alignof(uint64_t));
+    size_t e = 0, b = 0;
+    for (size_t f = 0; f < module->n_functions; f++) {
+        const xr_function *fn = &module->functions[f];
+        m.functions[f] = (struct reg_function){fn->start, fn->end, e, 0};
+        for (size_t c = 0; c < fn->n_call_sites; c++) {
+            const xr_call_site *cs = &fn->call_sites[c];
+            if (cs->map == NULL) continue;
+            size_t words = bitmap_words(cs->map->mapped_words);
+            if (words) memcpy(&m.bits[b], cs->map->bits, words * sizeof *m.bits);
+            m.entries[e++] = (struct reg_entry){cs->pc, f, {cs->map->mapped_words, words ? &m.bits[b] : NULL}};
+            b += words;
+        }
+        m.functions[f].n_entries = e - m.functions[f].first_entry;
+    }
+    if (t->registry == NULL) {
+        t->registry = xr_alloc(sizeof *t->registry, _Alignof(struct registry));
+        memset(t->registry, 0, sizeof *t->registry);
+    }
+    struct registry *r = t->registry;
+    if (r->n_modules == r->capacity) {
+        size_t capacity = r->capacity ? 2 * r->capacity : 4;
+        struct reg_module *modules = xr_alloc(capacity * sizeof *modules, _Alignof(struct reg_module));
+        if (r->n_modules) memcpy(modules, r->modules, r->n_modules * sizeof *modules);
+        if (r->capacity) xr_dealloc(r->modules, r->capacity * sizeof *r->modules, _Alignof(struct reg_module));
+        r->modules = modules;
+        r->capacity = capacity;
+    }
+    m.id = ++r->next_id;
+#ifndef XR_OWN_REGISTRY_IGNORED
+    r->modules[r->n_modules++] = m;
+#else
+    /* A library that declares own-registry and ignores what it is given (for the harness's tests). */
+    module_free(&m);
+#endif
+    return m.id;
+}
+
+static void unregister_module(xr_table *t, uint64_t id) {
+    struct registry *r = t->registry;
+    for (size_t i = 0; r != NULL && i < r->n_modules; i++) {
+        if (r->modules[i].id != id) continue;
+        module_free(&r->modules[i]);
+        memmove(&r->modules[i], &r->modules[i + 1], (r->n_modules - i - 1) * sizeof *r->modules);
+        r->n_modules--;
+        return;
+    }
+#ifndef XR_OWN_REGISTRY_IGNORED
+    panic("xr_table_unregister_module: no module %llu is registered", (unsigned long long)id);
+#endif
+}
+
+/* The first index in [lo, hi) whose entry's pc is above `pc` (hi if none). */
+static size_t entries_above(const struct reg_entry *entries, size_t lo, size_t hi, uintptr_t pc) {
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (entries[mid].pc <= pc) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* `ModuleInfoLookup::lookup(pc)` and `ModuleInfo::lookup_stack_map(pc)`, from the registry. */
+static int registry_lookup(const xr_table *t, uintptr_t pc, xr_stack_map *map) {
+    const struct registry *r = t->registry;
+    for (size_t i = 0; r != NULL && i < r->n_modules; i++) {
+        const struct reg_module *m = &r->modules[i];
+        if (pc < m->functions[0].start || pc >= m->functions[m->n_functions - 1].end) continue;
+        size_t lo = 0, hi = m->n_functions; /* the last function starting at or before pc */
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (m->functions[mid].start <= pc) lo = mid + 1;
+            else hi = mid;
+        }
+        size_t f = lo - 1;
+        const struct reg_function *fn = &m->functions[f];
+        if (pc >= fn->end) return XR_PC_HOST; /* between two functions */
+        const struct reg_entry *e;
+#if defined(XR_BUG_REGISTRY_NEAREST_SAFEPOINT)
+        /* CVE-2021-39218's lookup: no exact entry takes the nearest earlier one in the function. */
+        size_t above = entries_above(m->entries, fn->first_entry, fn->first_entry + fn->n_entries, pc);
+        if (above == fn->first_entry) return XR_PC_WASM;
+        e = &m->entries[above - 1];
+#else
+        size_t above = entries_above(m->entries, 0, m->n_entries, pc);
+#if defined(XR_BUG_REGISTRY_FIRST_PC_PANICS)
+        /* No entry at or before pc leaves `above - 1` wrapped: out of bounds. */
+        size_t at = above - 1;
+        debug_assert(at < m->n_entries, "index out of bounds: the len is %zu but the index is %zu", m->n_entries, at);
+        e = &m->entries[at];
+#else
+        if (above == 0) return XR_PC_WASM;
+        e = &m->entries[above - 1];
+#endif
+#if defined(XR_BUG_REGISTRY_PREVIOUS_FUNCTION)
+        /* The exact match is checked only against the pc's own function's entries. */
+        if (e->function == f && e->pc != pc) return XR_PC_WASM;
+#else
+        if (e->pc != pc) return XR_PC_WASM;
+#endif
+#endif
+        *map = e->map;
+        return XR_PC_WASM_MAPPED;
+    }
+    return XR_PC_HOST;
+}
+#endif /* XR_VARIANT_OWN_REGISTRY */
+
 /* ---- gc ------------------------------------------------------------------------------------ */
 
 struct walk {
@@ -615,12 +1041,21 @@ struct walk {
     bool panicked;
 };
 
+/* What the walk learns of a pc: from the embedder's lookup, or (own-registry) the table's own. */
+static int lookup_pc(const struct walk *w, uintptr_t pc, xr_stack_map *map) {
+#ifdef XR_VARIANT_OWN_REGISTRY
+    return registry_lookup(w->table, pc, map);
+#else
+    return w->stack->lookup(w->stack->ctx, pc, map);
+#endif
+}
+
 MAYBE_UNUSED static int map_bit(const xr_stack_map *map, size_t i) { return (int)((map->bits[i / 64] >> (i % 64)) & 1u); }
 
 /* The closure given to `backtrace::trace` when there is a canary. */
 static void visit_frame(struct walk *w, uintptr_t pc, uintptr_t sp) {
     xr_stack_map map = {0, NULL};
-    if (w->stack->lookup(w->stack->ctx, pc, &map) == XR_PC_WASM_MAPPED) {
+    if (lookup_pc(w, pc, &map) == XR_PC_WASM_MAPPED) {
         debug_assert(sp != 0, "we should always get a valid SP for Wasm frames");
         for (size_t i = 0; i < map.mapped_words; i++) {
 #ifdef XR_BUG_WILD_READ
@@ -669,7 +1104,7 @@ MAYBE_UNUSED static int visit_without_canary(void *walk_ctx, uintptr_t pc, uintp
     struct walk *w = walk_ctx;
     xr_stack_map map = {0, NULL};
     (void)sp;
-    if (w->stack->lookup(w->stack->ctx, pc, &map) != XR_PC_HOST) {
+    if (lookup_pc(w, pc, &map) != XR_PC_HOST) {
         snprintf(panic_message, sizeof panic_message, "no canary, yet a Wasm frame is on the stack");
         w->panicked = true;
         return 0;
@@ -681,7 +1116,30 @@ static void rethrow_if_panicked(const struct walk *w) {
     if (w->panicked) longjmp(*panic_target, 1); /* the message is already written */
 }
 
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+/* A wild write during gc: the oldest live ref the table does not hold (so neither the walk nor the
+ * sweep touches it) loses one from its count. */
+static void wild_write_footer(const xr_table *t) {
+    for (size_t i = 0; i < wild_refs_len; i++) {
+        uintptr_t r = wild_refs[i];
+        if (r == 0 || table_contains(t, r)) continue;
+        VMExternData *data = extern_data(r);
+        if (data->ref_count > 0) data->ref_count -= 1;
+        return;
+    }
+}
+#endif
+
+static void gc_inner(const xr_stack *stack, xr_table *t);
+
 static void gc(const xr_stack *stack, xr_table *t) {
+    gc_inner(stack, t);
+#ifdef XR_BUG_WILD_WRITE_FOOTER
+    wild_write_footer(t);
+#endif
+}
+
+static void gc_inner(const xr_stack *stack, xr_table *t) {
 #if XR_DEBUG && !defined(XR_BUG_GC_OKAY_UNCHECKED)
     if (!t->gc_okay) panic("gc while gc_okay is false");
 #endif
@@ -756,10 +1214,16 @@ EXPORT void xr_set_hooks(const xr_hooks *h) {
     __atomic_store_n(&hooks_installed, 0, __ATOMIC_RELEASE);
     if (h == NULL) {
         memset(&hooks, 0, sizeof hooks);
+#ifdef XR_VARIANT_OPAQUE_REFS
+        boxes_reset();
+#endif
         return;
     }
     hooks = *h;
     __atomic_store_n(&hooks_installed, 1, __ATOMIC_RELEASE);
+#ifdef XR_VARIANT_OPAQUE_REFS
+    boxes_reset(); /* a new world: no handle of the last one is valid */
+#endif
 }
 
 EXPORT const char *xr_panic_message(void) { return panic_message; }
@@ -811,6 +1275,8 @@ EXPORT int xr_ref_as_raw(xr_ref r, void **out) {
     return XR_OK;
 }
 
+/* XR_VARIANT_NO_RAW (XR_CAP_NO_RAW): no into_raw, from_raw or clone_from_raw. */
+#ifndef XR_VARIANT_NO_RAW
 EXPORT int xr_ref_into_raw(xr_ref r, void **out) {
     *out = (void *)r; /* mem::forget(self): the raw owns the count */
     return XR_OK;
@@ -831,11 +1297,15 @@ EXPORT int xr_ref_clone_from_raw(void *raw, xr_ref *out) {
     });
     return XR_OK;
 }
+#endif /* XR_VARIANT_NO_RAW */
 
+/* XR_VARIANT_NO_STRONG_COUNT (XR_CAP_NO_STRONG_COUNT): counts are not observable. */
+#ifndef XR_VARIANT_NO_STRONG_COUNT
 EXPORT int xr_ref_strong_count(xr_ref r, size_t *out) {
-    *out = __atomic_load_n(&extern_data(r)->ref_count, __ATOMIC_SEQ_CST);
+    ENTRY(*out = __atomic_load_n(&extern_data(r)->ref_count, __ATOMIC_SEQ_CST));
     return XR_OK;
 }
+#endif /* XR_VARIANT_NO_STRONG_COUNT */
 
 EXPORT int xr_ref_eq(xr_ref a, xr_ref b, int *out) {
     *out = a == b;
@@ -843,17 +1313,17 @@ EXPORT int xr_ref_eq(xr_ref a, xr_ref b, int *out) {
 }
 
 EXPORT int xr_ref_hash(xr_ref r, uint64_t *out) {
-    *out = hash_address(r);
+    ENTRY(*out = ref_hash(r));
     return XR_OK;
 }
 
 EXPORT int xr_ref_cmp(xr_ref a, xr_ref b, int *out) {
-    *out = (a > b) - (a < b);
+    ENTRY(*out = ref_cmp(a, b));
     return XR_OK;
 }
 
 EXPORT int xr_ref_deref(xr_ref r, void **value) {
-    *value = extern_data(r)->value_data;
+    ENTRY(*value = extern_data(r)->value_data);
     return XR_OK;
 }
 
@@ -867,10 +1337,14 @@ EXPORT int xr_table_drop(xr_table *t) {
     return XR_OK;
 }
 
+/* XR_VARIANT_NO_GC_FREE_INSERT (XR_CAP_NO_GC_FREE_INSERT): no bump_capacity_remaining,
+ * insert_without_gc or set_gc_okay (below). */
+#ifndef XR_VARIANT_NO_GC_FREE_INSERT
 EXPORT int xr_table_bump_capacity_remaining(xr_table *t, size_t *out) {
     *out = bump_capacity_remaining(t);
     return XR_OK;
 }
+#endif
 
 EXPORT int xr_table_try_insert(xr_table *t, xr_ref r) {
     bool inserted = false;
@@ -883,11 +1357,32 @@ EXPORT int xr_table_insert_with_gc(xr_table *t, xr_ref r, const xr_stack *stack)
     return XR_OK;
 }
 
+#ifndef XR_VARIANT_NO_GC_FREE_INSERT
 EXPORT int xr_table_insert_without_gc(xr_table *t, xr_ref r) {
     ENTRY(insert_without_gc(t, r));
     return XR_OK;
 }
+#endif
 
+/* XR_VARIANT_GUARD_CANARY (XR_CAP_CANARY_GUARD): the canary is a scope, entered and left, with no
+ * getter. */
+#ifdef XR_VARIANT_GUARD_CANARY
+EXPORT int xr_table_enter_wasm(xr_table *t, uintptr_t canary) {
+    t->stack_canary_is_some = 1;
+    t->stack_canary = canary;
+    return XR_OK;
+}
+
+EXPORT int xr_table_leave_wasm(xr_table *t) {
+#ifndef XR_BUG_GUARD_CANARY_NOT_CLEARED
+    t->stack_canary_is_some = 0;
+    t->stack_canary = 0;
+#else
+    (void)t; /* the seeded bug: leaving the scope keeps the canary */
+#endif
+    return XR_OK;
+}
+#else
 EXPORT int xr_table_stack_canary(xr_table *t, int *is_some, uintptr_t *canary) {
     *is_some = t->stack_canary_is_some != 0;
     *canary = t->stack_canary_is_some ? t->stack_canary : 0;
@@ -899,7 +1394,9 @@ EXPORT int xr_table_set_stack_canary(xr_table *t, int is_some, uintptr_t canary)
     t->stack_canary = is_some ? canary : 0;
     return XR_OK;
 }
+#endif /* XR_VARIANT_GUARD_CANARY */
 
+#ifndef XR_VARIANT_NO_GC_FREE_INSERT
 EXPORT int xr_table_set_gc_okay(xr_table *t, int okay, int *previous) {
 #if XR_DEBUG
     *previous = t->gc_okay;
@@ -911,11 +1408,24 @@ EXPORT int xr_table_set_gc_okay(xr_table *t, int okay, int *previous) {
 #endif
     return XR_OK;
 }
+#endif /* XR_VARIANT_NO_GC_FREE_INSERT */
 
 EXPORT int xr_gc(const xr_stack *stack, xr_table *t) {
     ENTRY(gc(stack, t));
     return XR_OK;
 }
+
+#ifdef XR_VARIANT_OWN_REGISTRY
+EXPORT int xr_table_register_module(xr_table *t, const xr_module *module, uint64_t *id) {
+    ENTRY(*id = register_module(t, module));
+    return XR_OK;
+}
+
+EXPORT int xr_table_unregister_module(xr_table *t, uint64_t id) {
+    ENTRY(unregister_module(t, id));
+    return XR_OK;
+}
+#endif
 
 #ifndef XR_NO_OPTIONAL
 EXPORT int xr_table_num_filled_in_bump_chunk(xr_table *t, size_t *out) {

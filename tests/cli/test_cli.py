@@ -182,7 +182,7 @@ import sys
 from externref_harness.cli.main import main
 from externref_harness.model import protocol
 
-def move_refs_into_table(rt, refs, mutant):
+def move_refs_into_table(rt, refs, cfg):
     previous = rt.set_gc_okay(False)
     for r in refs:
         if r is not None:

@@ -260,7 +260,7 @@ def test_every_trace_of_a_build_runs_clean_on_the_c_reference(build: str) -> Non
 
 
 def _skip_the_pre_gc(
-    rt: protocol.RuntimeApi[object], refs: Sequence[object | None], mutant: str | None
+    rt: protocol.RuntimeApi[object], refs: Sequence[object | None], cfg: object
 ) -> None:
     """`move_refs_into_table` as a careless edit might leave it: no pre-GC (still no GC between
     the inserts, so nothing is swept early and every invariant holds)."""

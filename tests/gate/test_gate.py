@@ -25,7 +25,7 @@ from externref_harness.native.build import C_BUGS, build_reference, sanitizer_su
 
 #: A small budget: the corpus carries most of the weight, the search adds random walks.
 FAST = ["--max-examples", "40", "--no-threads"]
-LOOSE_DIVERGENCES = ("seed.chunk-size", "observed.bump-capacity-bytes", "observed.drop-order")
+LOOSE_DIVERGENCES = ("seed.chunk-size", "seed.capacity-slots", "observed.drop-order")
 
 
 def _gate(tmp_path: Path, library: Path, *extra: str) -> tuple[int, dict[str, Any]]:
@@ -51,6 +51,8 @@ def test_the_c_reference_passes_strict(build: str, tmp_path: Path) -> None:
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
     assert int(suite.get("tests", "0")) == len(report["cases"]) and suite.get("failures") == "0"
+    # The seed's set of capabilities rules nothing out: every layout check ran.
+    assert not any("ruled out" in line for line in report["not_checked"]), report["not_checked"]
 
 
 def test_the_search_seeds_are_printed_and_chosen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,7 +114,9 @@ def test_the_loose_variant_fails_strict_and_passes_conformant(tmp_path: Path) ->
     status, report = _gate(tmp_path, loose)
     assert status == 1
     named = " ".join(c["detail"] for c in _failing(report))
-    assert "[seed.chunk-size]" in named and "[observed.bump-capacity-bytes]" in named
+    # Capacity in slots is its declared capability now: a seed.<capability> case, not a divergence.
+    assert "[seed.chunk-size]" in named and "[seed.capacity-slots]" in named
+    assert "[observed.bump-capacity-bytes]" not in named
     status, report = _gate(tmp_path, loose, "--level", "conformant")
     assert status == 0, _failing(report)
 
@@ -125,7 +129,7 @@ def test_expectations_let_strict_pass_and_name_what_no_longer_happens(tmp_path: 
     status, report = _gate(tmp_path, build_reference("debug", variant="c-loose"), "--expect", str(expect))
     assert status == 0, _failing(report)
     seen = {name for c in report["cases"] for name in c["expected"]}
-    assert {"seed.chunk-size", "observed.bump-capacity-bytes"} <= seen
+    assert {"seed.chunk-size", "seed.capacity-slots"} <= seen
     assert any(c["status"] == "expected-fail" for c in report["cases"])
     assert report["stale_expectations"] == ["layout.vtable"]
     # The correct reference with the same file: nothing it lists happens, and it says so.
@@ -316,3 +320,20 @@ def test_the_pytest_plugin_saves_traces_in_the_project_never_beside_the_library(
     done = run("--externref-failures", str(chosen))
     assert done.returncode == 1 and (chosen / "gate-libbuggy-strict.json").is_file()
     assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
+
+
+def test_a_wild_write_outside_the_steps_refs_fails_the_default_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`c-wild-write-footer` writes the count of a ref the failing step does not otherwise touch;
+    the gate (its default checks, strict) fails the search with a shrunk trace that replays."""
+    library = build_reference("debug", bug="c-wild-write-footer")
+    status, report = _gate(tmp_path, library)
+    assert status == 1
+    (search,) = [c for c in report["cases"] if c["kind"] == "search"]
+    assert search["status"] == "fail" and "layout.ref-count-offset" in search["detail"], search
+    trace = Path(search["trace"])
+    assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 6
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+    assert "[layout.ref-count-offset]" in capsys.readouterr().out

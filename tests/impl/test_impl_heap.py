@@ -124,3 +124,25 @@ def test_every_report_kind_is_covered_by_these_tests() -> None:
     constant = {getattr(h, n): n for n in dir(h) if n.isupper() and isinstance(getattr(h, n), str)}
     missing = [k for k in h.REPORT_KINDS if f"h.{constant[k]}" not in source]
     assert not missing, f"report kinds no test makes fire: {missing}"
+
+
+def test_the_write_record_finds_a_write_to_any_block_after_a_clean_verify(heap: CheckingHeap) -> None:
+    """`verify` looks only at blocks whose bytes changed: a write that bypasses the accessors,
+    to any of many blocks nothing else touched, is still found, and `take_changed` names exactly
+    the blocks written (the probe re-reads only their footers)."""
+    blocks = [heap.alloc(24, 8, "VMExternData") for _ in range(3000)]  # several segments
+    freed = heap.alloc(24, 8, "VMExternData")
+    heap.free(freed, 24, 8, "free")
+    heap.verify()
+    heap.take_changed()
+    heap.verify()
+    assert heap.take_changed() == set() and heap.reports == []
+    far = blocks[2500]
+    ctypes.memset(far, 0x01, 1)  # a footer word, in place: no report, but a change
+    ctypes.memset(blocks[10] + 24, 0, 1)  # a redzone
+    ctypes.memset(freed + 8, 0, 1)  # a freed block
+    heap.verify()
+    assert heap.take_changed() == {far, blocks[10], freed}
+    assert sorted(kinds(heap)) == sorted([h.REDZONE_WRITTEN, h.FREED_BLOCK_WRITTEN])
+    heap.verify()  # repaired, and the shadow follows: nothing new
+    assert len(heap.reports) == 2 and heap.take_changed() == set()

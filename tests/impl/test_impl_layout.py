@@ -10,6 +10,7 @@ import pytest
 
 from externref_harness.impl import mutants
 from externref_harness.impl.adapter import InProcessImpl, plain_config, plain_op
+from externref_harness.impl.code import WASM_CODE
 from externref_harness.impl.externref import (
     DANGLING,
     PythonRuntime,
@@ -19,7 +20,7 @@ from externref_harness.impl.externref import (
     VMExternRefTableAlloc,
 )
 from externref_harness.impl.heap import CheckingHeap
-from externref_harness.impl.stack import WASM_CODE, wasm_frame_bytes
+from externref_harness.impl.stack import wasm_frame_bytes
 from externref_harness.impl.values import AnyVTable
 from externref_harness.impl.world import World
 from externref_harness.lockstep.memory_checks import memory_problems

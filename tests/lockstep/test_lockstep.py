@@ -23,6 +23,7 @@ from externref_harness.lockstep.runner import (
     run_lockstep_check,
 )
 from externref_harness.model import ops
+from externref_harness.model.capabilities import OPAQUE_REFS
 from externref_harness.model.runtime import CVE_2021_39218
 from externref_harness.model.state import Build, Config
 from externref_harness.model.transition import run
@@ -117,13 +118,34 @@ def _forge_misuse(op: tuple[Any, ...], out: StepOutcome) -> StepOutcome:
 
 @pytest.mark.parametrize(
     "tamper,expected",
-    [(_swap_cmp, "the addresses say"), (_hide_drops, "observed.dropped"), (_forge_misuse, "observed.result")],
+    [
+        (_swap_cmp, "[observed.cmp-order]"),
+        (_hide_drops, "observed.dropped"),
+        (_forge_misuse, "observed.result"),
+    ],
 )
 def test_the_comparison_fails_when_an_observable_differs(tamper: Any, expected: str) -> None:
     steps = [*OBSERVABLES, ops.Drop(0), ops.Drop(1), ops.Drop(4), ops.Gc()]
     driven = drive(LOCKSTEP_CONFIG, steps, Lying(tamper), until_first=True)
     assert driven.impl_failure is not None
     assert expected in driven.impl_failure.problem
+
+
+def test_under_opaque_refs_cmp_may_reverse_the_words_order_but_not_change_its_mind() -> None:
+    cfg = replace(LOCKSTEP_CONFIG, capabilities=(OPAQUE_REFS,))
+    steps = [ops.New(8, 8), ops.New(8, 8), ops.Cmp(0, 1), ops.Cmp(1, 0), ops.Cmp(0, 1)]
+    assert drive(cfg, steps, Lying(_swap_cmp), until_first=True).first is None
+    flips = iter((1, 1, -1))
+
+    def flip(op: tuple[Any, ...], out: StepOutcome) -> StepOutcome:
+        return out._replace(result=("ok", next(flips))) if op[0] == "Cmp" else out
+
+    driven = drive(cfg, [*steps[:3], ops.Cmp(0, 1), ops.Cmp(0, 1)], Lying(flip), until_first=True)
+    assert driven.impl_failure is not None and driven.impl_failure.step == 5
+    assert (
+        "[observed.identity]" in driven.impl_failure.problem
+        and "earlier above it" in driven.impl_failure.problem
+    )
 
 
 class SaltedHashes(InProcessImpl):

@@ -4,7 +4,8 @@ It passes every check in both builds, at a small chunk and at the seed's 512 slo
 required path reached there too); each seeded C bug that shows in one process is caught with a
 shrunk trace that `replay --impl` reproduces; bad libraries are refused in one line with exit 2.
 (The bugs that crash or hang the process, and the threads-only ones, are the gate's and the
-parallel check's: see tests/gate/test_gate.py and tests/parallel/test_threads.py.)
+parallel check's: see tests/gate/test_gate.py and tests/parallel/test_threads.py.) The
+`c-opaque-refs` variant's refs are handles, and it passes too.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ def test_every_seeded_c_bug_is_caught_and_replays(
     capsys.readouterr()
     assert main(["replay", str(saved), "--impl", str(path)]) == 1
     assert "implementation: fails at" in capsys.readouterr().out
-    # The same trace on the correct library passes: the failure is the bug's.
-    assert main(["replay", str(saved), "--impl", str(build_reference("debug"))]) == 0
+    # The same trace on the correct library (the variant the bug is a change of) passes: the
+    # failure is the bug's.
+    correct = build_reference("debug", variant=C_BUGS[bug].variant)
+    assert main(["replay", str(saved), "--impl", str(correct)]) == 0
 
 
 def test_the_chunk_512_bug_hides_at_a_small_chunk() -> None:
@@ -152,3 +155,23 @@ def test_a_panic_message_is_shown_escaped_and_cut() -> None:
     assert note.startswith("; the implementation panicked: \\x1b[2J") and note.endswith("...")
     assert len(note) < 400
     assert _panic_note(("ok", None)) == ""
+
+
+def test_a_wild_write_outside_the_steps_refs_is_caught_by_check_impl(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`c-wild-write-footer` decrements, during gc, the count of a ref only the host holds: no
+    operation of the failing step names it, so only a check of the whole heap sees the write. The
+    default `check --impl` catches it and saves a shrunk trace that replays to the same failure."""
+    bad = build_reference("debug", bug="c-wild-write-footer")
+    args = ["check", "--impl", str(bad), "--hypothesis-profile", "ci", "--failures", str(tmp_path)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "[layout.ref-count-offset]" in out
+    (saved,) = tmp_path.glob("lockstep-*.json")
+    steps = json.loads(saved.read_text())["steps"]
+    assert len(steps) <= 6, f"the trace shrank only to {len(steps)} steps"
+    assert any(s["op"] in ("Gc", "InsertWithGc", "CallWasm") for s in steps), steps
+    assert main(["replay", str(saved), "--impl", str(bad)]) == 1
+    assert "[layout.ref-count-offset]" in capsys.readouterr().out
+    assert main(["replay", str(saved), "--impl", str(build_reference("debug"))]) == 0

@@ -11,16 +11,23 @@ worked out by hand from the seed's code, not read back from the model:
   frame whose older neighbour's sp bounds the canary (the main host frame here).
 
 Each trace also runs in lockstep, so the implementation agrees with what is written here.
+
+Under `no-gc-free-insert` the host passes arguments by the counted protocol instead (the last
+traces): its own counted copy of each argument until every insert is done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.lockstep.runner import drive
-from externref_harness.model import ops
-from externref_harness.model.observation import Observation, Ok
+from externref_harness.model import capabilities, ops
+from externref_harness.model.observation import Misuse, Observation, Ok
 from externref_harness.model.state import Config, HostFrame, State, WasmFrame
 from externref_harness.model.transition import run
+from externref_harness.model.world import Machine
 
 CFG = Config(chunk_size=2, slots=3, n_globals=1)
 
@@ -30,8 +37,12 @@ WALK_ONE_WASM_FRAME = ("gc:wasm-frame", "gc:wasm-frame-without-stack-map", "gc:c
 
 
 def _run(steps: list[ops.Op]) -> tuple[list[Observation], State]:
-    results = run(CFG, steps)
-    driven = drive(CFG, steps, InProcessImpl(), until_first=False)
+    return _run_with(CFG, steps)
+
+
+def _run_with(cfg: Config, steps: list[ops.Op]) -> tuple[list[Observation], State]:
+    results = run(cfg, steps)
+    driven = drive(cfg, steps, InProcessImpl(), until_first=False)
     assert driven.first is None, driven.first
     return [obs for _, obs in results], results[-1][0]
 
@@ -141,3 +152,58 @@ def test_global_get_hands_wasm_the_value_and_returning_it_gives_the_host_a_count
     assert state.handles == (None, 0)
     assert state.heap[0].ref_count == 3
     assert isinstance(state.frames[-1], HostFrame) and state.table.stack_canary is None
+
+
+# --- no-gc-free-insert: the counted protocol (model.protocol.move_refs_counted) --------------------
+
+NO_GC_FREE = replace(CFG, capabilities=(capabilities.NO_GC_FREE_INSERT,))
+#: A full-size chunk, three refs, then a call that passes all three: the third insert finds the
+#: chunk full and GCs (no canary yet: it sweeps the first two out of the chunk).
+COUNTED = [ops.Gc(), ops.New(8, 8), ops.New(8, 8), ops.New(8, 8), ops.CallWasm((0, 1, 2))]
+
+
+def test_the_counted_protocol_keeps_arguments_alive_across_a_gc_in_a_later_insert() -> None:
+    """try_insert(0), try_insert(1) fill the chunk; try_insert(2) fails, insert_with_gc(2) GCs:
+    the sweep drops the chunk's counts of 0 and 1, which the host's copies keep alive; 2 goes to
+    the hash set; 0 and 1 go in again from the copies; the copies are dropped. Nothing is freed,
+    each ref has one count (the table's), and every argument is in the table."""
+    observations, state = _run_with(NO_GC_FREE, COUNTED)
+    assert observations[4] == Observation(
+        Ok(), frozenset(), ("insert:gc-and-insert-slow", "gc:no-canary")
+    )
+    assert state.table.chunk == (0, 1) and state.table.over_approximated_stack_roots == {2}
+    assert [box.ref_count for box in state.heap] == [1, 1, 1]
+    assert not any(box.freed for box in state.heap)
+
+
+def _insert_each_with_gc(machine: Machine, refs: Sequence[int]) -> None:
+    """The obvious protocol without GC-free inserts: each argument in with `insert_with_gc`."""
+    for r in refs:
+        machine.insert_with_gc(r)
+
+
+def test_without_the_host_s_copies_the_gc_in_a_later_insert_frees_arguments() -> None:
+    """What the counted protocol exists for: the same call with plain GC-capable inserts frees the
+    two arguments the GC swept, though the Wasm frame about to be pushed holds them."""
+    state = run(NO_GC_FREE, COUNTED[:4])[-1][0]
+    machine = Machine(NO_GC_FREE, state)
+    _insert_each_with_gc(machine, [machine.host.take(h) for h in (0, 1, 2)])
+    after = machine.freeze()
+    assert [box.freed for box in after.heap] == [True, True, False]
+
+
+def test_the_counted_protocol_carries_at_most_chunk_size_plus_one_refs() -> None:
+    steps = [ops.New(8, 8), ops.New(8, 8), ops.New(8, 8), ops.New(8, 8)]
+    results = run(Config(chunk_size=2, slots=4, capabilities=(capabilities.NO_GC_FREE_INSERT,)), [
+        *steps, ops.CallWasm((0, 1, 2, 3))
+    ])  # fmt: skip
+    result = results[-1][1].result
+    assert isinstance(result, Misuse) and "at most 3" in result.detail
+
+
+def test_global_get_needs_no_gc_free_insert() -> None:
+    steps = [ops.InitGlobals(1), ops.New(8, 8), ops.HostGlobalSet(0, 0), ops.CallWasm(())]
+    steps += [ops.WasmGlobalGet(0, 1), ops.WasmReturn(1)]
+    _, seed_state = _run(steps)
+    _, state = _run_with(NO_GC_FREE, steps)
+    assert seed_state.heap[0].ref_count == state.heap[0].ref_count

@@ -15,12 +15,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
 from externref_harness.model.state import Config
@@ -36,7 +38,15 @@ from externref_harness.parallel.check import (
 )
 from externref_harness.parallel.child import run_isolated
 from externref_harness.parallel.linearizability import Verdict, check_history, plan_of
-from externref_harness.parallel.program import ParallelProgram, PStep, load_trace
+from externref_harness.parallel.program import (
+    ParallelProgram,
+    ParallelTrace,
+    PStep,
+    generate,
+    load_trace,
+    omitted_kinds,
+    save_trace,
+)
 from externref_harness.parallel.run import DropEvent, History, OpResult, Runner
 
 REF, VALUE = 0x1000, 0xFE0
@@ -462,3 +472,33 @@ def test_threads_started_together_overlap_in_most_histories() -> None:
     runner, cfg = Runner(library), model_config(library)
     out = runner.run_batch(LAST_DROPS, plan_of(LAST_DROPS, cfg), 5_000)
     assert out.run > 100 and out.overlapped > out.run // 4, (out.overlapped, out.run)
+
+
+def test_a_library_without_raw_functions_gets_programs_without_raw_operations(tmp_path: Path) -> None:
+    """`no-raw` removes into_raw, from_raw and clone_from_raw: the generator draws none of them (the
+    seed's programs do), the driver gets NULL for the functions, and the check passes."""
+    rng = random.Random(0)
+    omit = omitted_kinds(("no-raw",))
+    assert omit == {"IntoRaw", "FromRaw", "CloneFromRaw"}
+    assert omitted_kinds(("no-strong-count",)) == {"StrongCount"}
+    drawn = {s.kind for _ in range(200) for _, _, s in generate(rng, omit=omit).steps()}
+    seed_drawn = {s.kind for _ in range(200) for _, _, s in generate(rng).steps()}
+    assert not drawn & omit and omit <= seed_drawn
+    library = open_library(build_reference("release", variant="c-no-raw"))
+    out = run_parallel_check(library, _options(tmp_path, 300))
+    assert out.passed, out.failure
+    assert out.histories == 300
+
+
+def test_replaying_a_parallel_trace_the_library_lacks_a_function_of_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "raw.json"
+    rng = random.Random(1)
+    programs = (generate(rng) for _ in range(100))
+    program = next(p for p in programs if any(s.kind == "IntoRaw" for _, _, s in p.steps()))
+    save_trace(ParallelTrace(program, note="a raw program"), saved)
+    no_raw = build_reference("release", variant="c-no-raw")
+    assert_one_line_exit_2(
+        ["replay", str(saved), "--impl", str(no_raw)], capsys, "which " + str(no_raw) + " lacks"
+    )
