@@ -73,7 +73,8 @@ def test_each_seeded_c_bug_in_the_bounds_is_found_shrunk_and_replayable(
     library = build_reference(build, bug=bug)
     status, report = _check(tmp_path, library, *knobs)
     assert status == 1
-    assert isinstance(report["covered"], int) and report["covered"] < report["transitions"]
+    covered, total = report["covered"], report["transitions"]
+    assert isinstance(covered, int) and isinstance(total, int) and covered < total
     assert "shrunk from" in str(report["failure"])
     trace = Path(str(report["trace"]))
     assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 8
