@@ -26,7 +26,7 @@ import signal
 import time
 import unittest
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from externref_harness import trace as tracefile
 from externref_harness.checks.fuzz_targets import Found, FuzzTarget
 from externref_harness.checks.plan import CHECKS, CheckOptions
 from externref_harness.errors import UsageError
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
 from externref_harness.model.state import Build
 from externref_harness.search.databases import (
     DEFAULT_DIRECTORY,
@@ -71,10 +72,41 @@ class CampaignOptions:
     #: The first worker's seed; None for a random one.
     seed: int | None = None
     batch_seconds: float = BATCH_SECONDS
+    #: A native library to search (`fuzz --impl`): only the lockstep, the library only in each
+    #: worker's confined children (`isolation`), a step slower than `step_timeout` a hang.
+    impl: Path | None = None
+    step_timeout: float = DEFAULT_STEP_TIMEOUT
 
 
-def fuzz_targets(names: Sequence[str], mutant: str | None, build: Build) -> list[FuzzTarget]:
-    """The targets of the named checks of `checks.CHECKS`; a check that is not a search is refused."""
+#: The checks `fuzz --impl` can search: those that run an implementation.
+IMPL_CHECKS = ("lockstep",)
+
+
+def check_impl_checks(names: Sequence[str]) -> None:
+    """Only the checks of an implementation run against `--impl` (others: `UsageError`)."""
+    wrong = [name for name in names if name not in IMPL_CHECKS]
+    if wrong:
+        raise UsageError(
+            f"--checks: {', '.join(wrong)} cannot run against --impl; choose from {list(IMPL_CHECKS)}"
+        )
+
+
+def fuzz_targets(
+    names: Sequence[str],
+    mutant: str | None,
+    build: Build,
+    impl: Path | None = None,
+    step_timeout: float = DEFAULT_STEP_TIMEOUT,
+) -> list[FuzzTarget]:
+    """The targets of the named checks of `checks.CHECKS`; a check that is not a search is refused.
+    With `impl` the lockstep runs against that library (its own build), in child processes."""
+    if impl is not None:
+        check_impl_checks(names)
+        from externref_harness.checks.fuzz_targets import native_lockstep_target
+        from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG
+
+        base = replace(LOCKSTEP_CONFIG, mutant=mutant)
+        return [native_lockstep_target(impl, base, LOCKSTEP_BOUNDS, step_timeout)]
     by_name = {c.name: c for c in CHECKS}
     searchable = [c.name for c in CHECKS if c.target is not None]
     opts = CheckOptions(settings(), build, mutant)
@@ -87,9 +119,10 @@ def fuzz_targets(names: Sequence[str], mutant: str | None, build: Build) -> list
     return out
 
 
-def trace_path(failures: Path, found: Found) -> Path:
+def trace_path(failures: Path, found: Found, impl: Path | None = None) -> Path:
     cfg = found.trace.config
-    return failures / f"fuzz-{found.check}-{cfg.mutant or 'seed'}-{cfg.build}-{found.fingerprint[:12]}.json"
+    check = found.check if impl is None else f"{found.check}-{impl.stem}"
+    return failures / f"fuzz-{check}-{cfg.mutant or 'seed'}-{cfg.build}-{found.fingerprint[:12]}.json"
 
 
 # --- the worker ------------------------------------------------------------------------------------
@@ -119,7 +152,7 @@ class Worker:
         self.spec = spec
         self.conn = conn
         opts = spec.options
-        self.targets = fuzz_targets(opts.checks, opts.mutant, opts.build)
+        self.targets = fuzz_targets(opts.checks, opts.mutant, opts.build, opts.impl, opts.step_timeout)
         self.stats = {t.name: RunStats() for t in self.targets}
         self.reported = (0, 0)
         self.cpu_at_start = time.process_time()
@@ -263,7 +296,7 @@ class Worker:
     def record(self, found: Found) -> None:
         """Keep a failure and save its trace file (a full disk is reported, and ends the campaign)."""
         self.known[found.fingerprint] = found
-        path = trace_path(self.spec.options.failures, found)
+        path = trace_path(self.spec.options.failures, found, self.spec.options.impl)
         if not path.exists():
             try:
                 tracefile.save(found.trace, path)
@@ -277,7 +310,7 @@ class Worker:
             check=found.check,
             invariant=found.invariant,
             fingerprint=found.fingerprint,
-            trace=str(trace_path(self.spec.options.failures, found)),
+            trace=str(trace_path(self.spec.options.failures, found, self.spec.options.impl)),
             steps=len(found.trace.steps),
             original_steps=found.original_steps,
             note=found.trace.note,
@@ -306,12 +339,16 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _request_stop)
     fatal: tuple[type[BaseException], ...] = (UsageError, *database_errors())
+    worker = None
     try:
-        Worker(spec, conn).run()
+        worker = Worker(spec, conn)
+        worker.run()
     except fatal as e:
         conn.send({"kind": "fatal", "worker": spec.index, "time": time.time(), "error": f"{e}"})
         raise SystemExit(2) from None
     finally:
+        for target in worker.targets if worker is not None else ():
+            target.close()
         conn.close()
 
 

@@ -13,6 +13,8 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypothesis.stateful import RuleBasedStateMachine
 
@@ -21,6 +23,9 @@ from externref_harness.model.moves import Bounds
 from externref_harness.model.ops import Op
 from externref_harness.model.state import Config, State
 from externref_harness.search.model_check import InvariantViolation, RunStats, machine_key
+
+if TYPE_CHECKING:
+    from externref_harness.lockstep.runner import AdapterFactory, LockstepOptions
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class FuzzTarget:
     shrink: Callable[[InvariantViolation], Found]
     #: The invariant a stored trace still breaks here, or None if it passes.
     replay: Callable[[Sequence[Op]], str | None]
+    #: Ends what the target holds (a native library's child processes).
+    close: Callable[[], None] = lambda: None
 
     @property
     def machine_key(self) -> bytes:
@@ -128,18 +135,36 @@ def model_target(cfg: Config, bounds: Bounds) -> FuzzTarget:
     )
 
 
-def lockstep_target(cfg: Config, bounds: Bounds) -> FuzzTarget:
-    """The lockstep machine on the in-process ctypes implementation."""
+def lockstep_target(
+    cfg: Config,
+    bounds: Bounds,
+    adapters: AdapterFactory | None = None,
+    fresh_adapters: AdapterFactory | None = None,
+    options: LockstepOptions | None = None,
+    close: Callable[[], None] = lambda: None,
+) -> FuzzTarget:
+    """The lockstep machine on the in-process ctypes implementation, or on `adapters` (a native
+    library's children: `native_lockstep_target`), shrinking and replaying on `fresh_adapters`."""
     from externref_harness.impl.adapter import InProcessImpl
-    from externref_harness.lockstep.runner import MODEL, drive, make_lockstep_machine, shrink_lockstep_trace
+    from externref_harness.lockstep.runner import (
+        DEFAULT_OPTIONS,
+        MODEL,
+        drive,
+        make_lockstep_machine,
+        shrink_lockstep_trace,
+    )
+
+    make = adapters or InProcessImpl
+    fresh = fresh_adapters or make
+    opts = options or DEFAULT_OPTIONS
 
     def invariant_of(side: str, problem: str) -> str:
         # The implementation's messages carry addresses; its side is what stays the same.
         return _first_part(problem) if side == MODEL else "the implementation fails the lockstep checks"
 
     def shrink(failure: InvariantViolation) -> Found:
-        steps = shrink_lockstep_trace(cfg, failure.steps)
-        first = drive(cfg, steps, InProcessImpl(), until_first=True).first
+        steps = shrink_lockstep_trace(cfg, failure.steps, fresh, opts)
+        first = drive(cfg, steps, fresh(), until_first=True, options=opts).first
         if first is None:
             invariant, problem = _first_part(failure.problem), failure.problem
         else:
@@ -147,11 +172,39 @@ def lockstep_target(cfg: Config, bounds: Bounds) -> FuzzTarget:
         return Found("lockstep", invariant, tracefile.Trace(cfg, tuple(steps), problem), len(failure.steps))
 
     def replay(steps: Sequence[Op]) -> str | None:
-        first = drive(cfg, steps, InProcessImpl(), until_first=True).first
+        first = drive(cfg, steps, fresh(), until_first=True, options=opts).first
         return (
             misuse_failure(cfg, bounds, steps) if first is None else invariant_of(first.side, first.problem)
         )
 
     return FuzzTarget(
-        "lockstep", cfg, bounds, lambda stats: make_lockstep_machine(cfg, bounds, stats), shrink, replay
+        "lockstep",
+        cfg,
+        bounds,
+        lambda stats: make_lockstep_machine(cfg, bounds, stats, make, opts),
+        shrink,
+        replay,
+        close,
+    )
+
+
+def native_lockstep_target(impl: Path, base: Config, base_bounds: Bounds, step_timeout: float) -> FuzzTarget:
+    """The lockstep machine against a native library, only ever loaded in confined children of
+    one pool (described in one first; a bad library: `UsageError`), at the config and bounds
+    `check --impl` uses, so both share example-database keys. Its `close` ends the children."""
+    from dataclasses import replace
+
+    from externref_harness.lockstep.runner import LockstepOptions
+    from externref_harness.lockstep.targets import bounds_for, open_isolated
+
+    target, pool = open_isolated(impl, step_timeout)
+    cfg = replace(target.config(base, None, None), mutant=base.mutant)
+    options = LockstepOptions(impl_name=target.name, replay_args=f"--impl {impl}")
+    return lockstep_target(
+        cfg,
+        bounds_for(cfg, base_bounds, target.description),
+        pool.adapter,
+        lambda: pool.adapter(fresh=True),
+        options,
+        pool.close,
     )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from rich.table import Table
 
 from externref_harness import catalogue, paths
 from externref_harness.checks.plan import CHECKS, Check, CheckOptions, CheckResult
+from externref_harness.cli.explore import add_bound_arguments, bounds_given, exhaustive_bounds
 from externref_harness.errors import UsageError, shown, user_path
 from externref_harness.model.mutants import Mutant
 from externref_harness.progress import progress
@@ -89,6 +92,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--database", metavar="DIR|redis://HOST:PORT/DB", default=None,
         help="replay (and keep) examples in this example database, e.g. a `fuzz` campaign's",
     )  # fmt: skip
+    exhaustive = p.add_argument_group(
+        "exhaustive conformance",
+        "--exhaustive runs every transition of the bounded model graph `explore` enumerates (its "
+        "bounds, the same defaults) in lockstep on the Python port, or with --impl on the library "
+        "in child processes, in place of the checks above; a divergence is shrunk and saved",
+    )
+    exhaustive.add_argument(
+        "--exhaustive", action="store_true",
+        help="every transition of the bounded model graph, on the Python port or --impl",
+    )  # fmt: skip
+    add_bound_arguments(exhaustive)
 
 
 @dataclass
@@ -183,6 +197,8 @@ def plan(args: argparse.Namespace) -> Plan:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.exhaustive or bounds_given(args):
+        return _exhaustive(args)
     p = plan(args)
     console = Console()
     if not console.is_terminal:
@@ -347,3 +363,88 @@ def _all_mutants(args: argparse.Namespace, p: Plan, console: Console) -> int:
             },
         )
     return status
+
+
+def _exhaustive(args: argparse.Namespace) -> int:
+    """`check --exhaustive`: every transition of the bounds, in lockstep (exit 1 on a divergence)."""
+    if not args.exhaustive:
+        first = next(iter(bounds_given(args))).replace("_", "-")
+        raise UsageError(f"--{first} bounds the space of --exhaustive; add --exhaustive")
+    for option, value in (
+        ("--only", args.only), ("--all-mutants", args.all_mutants), ("--chunk-size", args.chunk_size),
+        ("--max-examples", args.max_examples), ("--hypothesis-profile", args.hypothesis_profile),
+        ("--database", args.database),
+    ):  # fmt: skip
+        if value:
+            hint = " (its chunk is --chunk N)" if option == "--chunk-size" else ""
+            raise UsageError(f"{option} has no use with --exhaustive{hint}")
+    mutant = args.mutant
+    if mutant is not None:
+        layer = catalogue.find(mutant).layer
+        if args.impl is not None and layer == "impl":
+            raise UsageError(f"mutant {mutant!r} is a bug of the Python port, not of --impl")
+        if layer not in ("model", "protocol", "impl"):
+            raise UsageError(f"mutant {mutant!r} is a bug of the {layer}, which --exhaustive does not run")
+    bounds, switched = exhaustive_bounds(args, mutant)
+    failures = paths.failures_dir(args.failures)
+    paths.check_dir(failures, paths.failures_source(args.failures))
+    json_file = None
+    if args.json_file is not None:
+        json_file = user_path(args.json_file, "--json")
+        paths.check_file(json_file, "--json")
+    from externref_harness.exhaustive.check import exhaustive_check
+    from externref_harness.lockstep.runner import LockstepOptions
+    from externref_harness.lockstep.targets import PYTHON, open_isolated
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    pool = None
+    if args.impl is None:
+        target, options, shrink = PYTHON, LockstepOptions(), None
+        name = "python-port"
+    else:
+        target, opened = open_isolated(args.impl)
+        pool = opened
+        options = LockstepOptions(impl_name=target.name, replay_args=f"--impl {args.impl}")
+        shrink = partial(opened.adapter, fresh=True)
+        name = args.impl.stem
+    save_as = failures / f"exhaustive-{name}-{mutant or 'seed'}.json"
+    if switched:
+        console.print(f"{mutant} needs {' '.join(switched)} to be reachable: switched on", markup=False)
+    started = time.perf_counter()
+    try:
+        with full_output(args.full):
+            result = exhaustive_check(
+                target, bounds, args.build, mutant, options, save_as, shrink,
+                progress=lambda s: print(
+                    f"check --exhaustive: {s.covered:,} of {s.transitions:,} transitions, "
+                    f"{s.runs:,} runs, {s.steps:,} steps, {s.elapsed:.0f}s", file=sys.stderr, flush=True,
+                ),
+            )  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.close()
+    seconds = time.perf_counter() - started
+    if result.failure is not None:
+        console.rule("[red]exhaustive")
+        console.print(result.failure, markup=False, highlight=False, soft_wrap=True)
+    verdict = "[green]pass[/]" if result.passed else "[red]FAIL[/]"
+    table = Table("check", "result", "figures", "time", title="externref-harness check --exhaustive")
+    table.add_row(f"exhaustive ({escape(target.name)})", verdict, escape(result.figures()), f"{seconds:.1f}s")
+    console.print(table)
+    o = result.outcome
+    if result.passed and o.stopped is None:
+        console.print(f"[green]every transition covered:[/] {o.stats.covered:,} of {o.plan.transitions:,}")
+    status = 0 if result.passed else 1
+    if json_file is not None:
+        _write_json(json_file, {
+            "command": "check --exhaustive", "status": status, "passed": result.passed,
+            "implementation": target.name, "mutant": mutant,
+            "states": o.plan.classes, "transitions": o.plan.transitions, "covered": o.stats.covered,
+            "runs": o.stats.runs, "steps": o.stats.steps, "teardowns": o.stats.teardowns,
+            "seconds": round(seconds, 3), "trace": None if result.passed else str(save_as),
+            "failure": result.failure,
+        })  # fmt: skip
+    return status
+

@@ -78,24 +78,7 @@ printed to stderr every --progress-every seconds.
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = _EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    for name, help_text in _INT_BOUNDS:
-        low, high = LIMITS[name]
-        default = getattr(_DEFAULTS, name)
-        p.add_argument(
-            f"--{name}", type=int, default=None, metavar="N",
-            help=f"{help_text}; {low}..{high}, default {default}",
-        )  # fmt: skip
-    low, high = LIMITS["depth"]
-    p.add_argument(
-        "--depth", type=int, default=None, metavar="N",
-        help=f"longest trace explored; {low}..{high}, default: until the space is exhausted",
-    )  # fmt: skip
-    for name, help_text in _FLAGS:
-        default = getattr(_DEFAULTS, name)
-        p.add_argument(
-            f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-            default=None, help=f"{help_text}; default {'on' if default else 'off'}",
-        )  # fmt: skip
+    add_bound_arguments(p)
     p.add_argument(
         "--symmetry", action=argparse.BooleanOptionalAction, default=True,
         help="merge states that differ only by ref names, tombstones, chunk order, dead maps",
@@ -133,6 +116,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between plain progress lines off a terminal; default 10",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def add_bound_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The bounds of the searched space (`ExploreBounds`), as `explore` and `--exhaustive` take them."""
+    for name, help_text in _INT_BOUNDS:
+        low, high = LIMITS[name]
+        default = getattr(_DEFAULTS, name)
+        p.add_argument(
+            f"--{name}", type=int, default=None, metavar="N",
+            help=f"{help_text}; {low}..{high}, default {default}",
+        )  # fmt: skip
+    low, high = LIMITS["depth"]
+    p.add_argument(
+        "--depth", type=int, default=None, metavar="N",
+        help=f"longest trace explored; {low}..{high}, default: until the space is exhausted",
+    )  # fmt: skip
+    for name, help_text in _FLAGS:
+        default = getattr(_DEFAULTS, name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+            default=None, help=f"{help_text}; default {'on' if default else 'off'}",
+        )  # fmt: skip
+
+
+def bounds_given(args: argparse.Namespace) -> dict[str, int | bool]:
+    """The bounds set on the command line (`add_bound_arguments`), by `ExploreBounds` field."""
+    names = [name for name, _ in _INT_BOUNDS] + ["depth"] + [name for name, _ in _FLAGS]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def exhaustive_bounds(args: argparse.Namespace, mutant: str | None = None) -> tuple[ExploreBounds, list[str]]:
+    """The bounds of `--exhaustive` (`add_bound_arguments`; bad values: `UsageError`), with the
+    knobs a model `mutant` needs switched on unless given (`MUTANT_KNOBS`), and those knobs."""
+    given = bounds_given(args)
+    switched: list[str] = []
+    for name, value in MUTANT_KNOBS.get(mutant or "", {}).items():
+        if name not in given and getattr(_DEFAULTS, name) < value:
+            given[name] = value
+            switched.append(_option(name, value))
+    try:
+        return ExploreBounds(**given), switched  # type: ignore[arg-type]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 MAX_WORKERS = 64

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -21,14 +22,18 @@ from rich.table import Table
 
 from externref_harness import catalogue
 from externref_harness.campaign.campaign import (
+    IMPL_CHECKS,
     STOP_GRACE,
     Campaign,
     CampaignOptions,
     FailureRecord,
+    check_impl_checks,
     fuzz_targets,
 )
 from externref_harness.checks.plan import CHECKS
 from externref_harness.errors import UsageError
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
+from externref_harness.model.state import Build
 from externref_harness.search.databases import open_database
 from externref_harness.search.model_check import REQUIRED_EVENTS
 from externref_harness.trace import ensure_writable, failures_dir
@@ -58,8 +63,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--mutant", metavar="NAME", default=None, help="search with this seeded bug")
     p.add_argument(
-        "--build", choices=("debug", "release"), default="debug",
-        help="which build of the seed the workers search: debug (assertions on, the default) or release",
+        "--build", choices=("debug", "release"), default=None,
+        help="which build of the seed the workers search: debug (assertions on, the default) or "
+        "release; with --impl, the library's own",
+    )  # fmt: skip
+    p.add_argument(
+        "--impl", type=Path, default=None, metavar="PATH.so",
+        help="search this native library (the C ABI) in lockstep with the model, loaded only in "
+        "each worker's child processes: a crash or a hang is a failure, shrunk and saved "
+        f"(checks: {','.join(IMPL_CHECKS)})",
+    )  # fmt: skip
+    p.add_argument(
+        "--step-timeout", type=float, default=DEFAULT_STEP_TIMEOUT, metavar="S",
+        help=f"with --impl, a step that takes longer is a hang (default {DEFAULT_STEP_TIMEOUT:g})",
     )  # fmt: skip
     p.add_argument("--failures", type=Path, default=None, help="where to save failing traces")
     p.add_argument("--seed", type=int, default=None, help="the first worker's seed (default: random)")
@@ -74,6 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> CampaignOptions:
+    if args.impl is not None and args.checks == ",".join(DEFAULT_CHECKS):
+        args.checks = ",".join(IMPL_CHECKS)
     checks = tuple(name.strip() for name in args.checks.split(",") if name.strip())
     if not checks:
         raise UsageError("--checks: name at least one check")
@@ -83,7 +101,13 @@ def options_from(args: argparse.Namespace) -> CampaignOptions:
         raise UsageError(f"--time-limit must be positive, got {args.time_limit}")
     if not args.progress_every > 0:
         raise UsageError(f"--progress-every must be positive, got {args.progress_every}")
-    fuzz_targets(checks, None, args.build)
+    if not (math.isfinite(args.step_timeout) and args.step_timeout > 0):
+        raise UsageError(f"--step-timeout must be a positive number of seconds, got {args.step_timeout}")
+    if args.impl is None:
+        args.build = args.build or "debug"
+        fuzz_targets(checks, None, args.build)
+    else:
+        args.build = _impl_build(args, checks)
     if args.mutant is not None:
         catalogue.find(args.mutant)
         by_name = {c.name: c for c in CHECKS}
@@ -95,8 +119,25 @@ def options_from(args: argparse.Namespace) -> CampaignOptions:
         ensure_writable(args.json)
     open_database(args.database)
     return CampaignOptions(
-        checks, args.workers, args.time_limit, args.database, failures, args.mutant, args.build, args.seed
-    )
+        checks, args.workers, args.time_limit, args.database, failures, args.mutant, args.build, args.seed,
+        impl=args.impl, step_timeout=args.step_timeout,
+    )  # fmt: skip
+
+
+def _impl_build(args: argparse.Namespace, checks: tuple[str, ...]) -> Build:
+    """`--impl`'s checks and mutant are those of an implementation; the library is described in
+    a child (a bad one: one line, exit 2) and runs as the build it says it is."""
+    check_impl_checks(checks)
+    if args.mutant is not None and catalogue.find(args.mutant).layer == "impl":
+        raise UsageError(f"mutant {args.mutant!r} is a bug of the Python port, not of --impl")
+    if not str(args.impl):
+        raise UsageError("--impl needs a path, got an empty string")
+    from externref_harness.lockstep.runner import LOCKSTEP_CONFIG
+    from externref_harness.lockstep.targets import open_isolated
+
+    target, pool = open_isolated(args.impl)
+    pool.close()
+    return target.config(LOCKSTEP_CONFIG, args.build, None).build
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         for f in campaign.failures.values():
             if f.fingerprint not in shown:
                 shown.add(f.fingerprint)
-                print(failure_line(len(shown), f), flush=True)
+                print(failure_line(len(shown), f, options.impl), flush=True)
 
     campaign.start()
     live = (
@@ -154,12 +195,12 @@ def run(args: argparse.Namespace) -> int:
     return 1 if campaign.failures else 0
 
 
-def failure_line(number: int, f: FailureRecord) -> str:
+def failure_line(number: int, f: FailureRecord, impl: Path | None = None) -> str:
     how = "replayed from the database" if f.source == "database" else "found"
     shrunk = f" (shrunk from {f.original_steps})" if f.original_steps else ""
     return (
         f"failure {number}: {f.check}: {f.invariant}: {f.steps} steps{shrunk}, {how} by worker {f.found_by}"
-        f" at {f.at:.1f}s; externref-harness replay {f.trace}"
+        f" at {f.at:.1f}s; externref-harness replay {f.trace}" + ("" if impl is None else f" --impl {impl}")
     )
 
 

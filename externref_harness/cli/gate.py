@@ -18,7 +18,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from externref_harness import paths
+from externref_harness.cli.explore import add_bound_arguments, bounds_given, exhaustive_bounds
 from externref_harness.errors import UsageError, user_path
+from externref_harness.explore.explorer import ExploreBounds
 from externref_harness.gate import expectations
 from externref_harness.gate.cases import LEVELS, GateOptions, GateReport
 from externref_harness.gate.reports import write_json, write_junit
@@ -73,6 +75,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--chunk-size", type=int, default=None, metavar="N",
         help="bump-chunk slots of the search (default: 2 when the library can, else its own)",
     )  # fmt: skip
+    exhaustive = p.add_argument_group(
+        "exhaustive conformance",
+        "--exhaustive runs every transition of the bounded model graph `explore` enumerates (its "
+        "bounds, the same defaults) on the library, in place of the Hypothesis search, and reports "
+        "the transitions covered out of the total; a divergence is shrunk and saved for replay",
+    )
+    exhaustive.add_argument(
+        "--exhaustive", action="store_true",
+        help="every transition of the bounded model graph instead of the Hypothesis search",
+    )  # fmt: skip
+    add_bound_arguments(exhaustive)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--seed must be a whole number from 0 to 2**64 - 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
+    bounds = _exhaustive_bounds(args)
     if not str(args.library):
         raise UsageError("PATH.so needs a path, got an empty string")
     expect = expectations.load(args.expect) if args.expect is not None else expectations.Expectations()
@@ -110,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         threads=not args.no_threads,
         chunk_size=args.chunk_size,
         seed=args.seed,
+        exhaustive=bounds,
     )
     console = Console()
     if not console.is_terminal:
@@ -126,6 +141,23 @@ def run(args: argparse.Namespace) -> int:
     print_report(console, report, expect)
     _write_reports(reports, report, expect)
     return 0 if report.passed else 1
+
+
+def _exhaustive_bounds(args: argparse.Namespace) -> ExploreBounds | None:
+    """`--exhaustive`'s bounds; a bound without it, or `--chunk-size` with it, is bad input."""
+    given = bounds_given(args)
+    if not args.exhaustive:
+        if given:
+            first = next(iter(given)).replace("_", "-")
+            raise UsageError(f"--{first} bounds the space of --exhaustive; add --exhaustive")
+        return None
+    if args.chunk_size is not None:
+        raise UsageError("--chunk-size is the search's; --exhaustive takes its chunk as --chunk N")
+    for name in ("max_examples", "seed", "hypothesis_profile"):
+        if getattr(args, name) is not None:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"{option} has no use with --exhaustive (it runs no Hypothesis search)")
+    return exhaustive_bounds(args)[0]
 
 
 def _write_reports(

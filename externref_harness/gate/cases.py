@@ -12,6 +12,7 @@ from typing import Literal
 
 from hypothesis import settings
 
+from externref_harness.explore.explorer import ExploreBounds
 from externref_harness.gate.expectations import Expectations
 from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
 from externref_harness.lockstep.memory_checks import CONFORMANT, STRICT, Level
@@ -91,3 +92,5 @@ class GateOptions:
     #: The search's first Hypothesis seed (None: 0 under a derandomized profile, else a random one;
     #: with `time_limit` each round of the search takes the next).
     seed: int | None = None
+    #: `--exhaustive`: every transition of these bounds instead of the Hypothesis search.
+    exhaustive: ExploreBounds | None = None

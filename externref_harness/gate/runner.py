@@ -3,7 +3,8 @@
     gate PATH.so
       1. describe   the library is loaded and validated in a child (`child --describe`)
       2. corpus     every shipped corpus trace, in lockstep, with the model's expected observations
-      3. search     the Hypothesis lockstep search, the implementation in a child process
+      3. search     the Hypothesis lockstep search, the implementation in a child process; or,
+                    with --exhaustive, every transition of a bounded model graph (`exhaustive`)
       4. threads    the parallel reference-counting check (when it is available), unless skipped
                     (or the library declares `single-threaded`)
 
@@ -112,9 +113,15 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         progress("corpus")
         corpus_cases, report.not_checked = _corpus_cases(target, options, pool, report)
         report.cases += corpus_cases
-        seed = search_seed(opts)
-        progress("search" if seed is None else f"search (seed {seed})")
-        report.cases.append(_timed(lambda: _search_case(target, options, opts, pool, budget, report, seed)))
+        if opts.exhaustive is not None:
+            progress("exhaustive")
+            report.cases.append(_timed(lambda: _exhaustive_case(target, options, opts, pool, budget, report)))
+        else:
+            seed = search_seed(opts)
+            progress("search" if seed is None else f"search (seed {seed})")
+            report.cases.append(
+                _timed(lambda: _search_case(target, options, opts, pool, budget, report, seed))
+            )
     finally:
         pool.close()
     if opts.threads and capabilities.SINGLE_THREADED in description.capabilities:
@@ -191,6 +198,11 @@ def not_applied(description: Description, opts: GateOptions) -> list[str]:
         notes.append(f"ruled out by {capability}: {', '.join(names)} ({reason})")
     if not opts.threads and capabilities.SINGLE_THREADED not in description.capabilities:
         notes.append("threads: the parallel check did not run (--no-threads)")
+    if opts.exhaustive is not None:
+        notes.append(
+            "search: the Hypothesis search did not run (--exhaustive covered the bounded space "
+            "instead; states beyond its bounds were not checked)"
+        )
     return notes
 
 
@@ -358,6 +370,39 @@ def _search_case(
     return CaseResult(
         "search", "lockstep", "fail", f"{figures}\n{out.failure}", trace=save_as, expected_seen=seen
     )
+
+
+def _exhaustive_case(
+    target: Target,
+    options: LockstepOptions,
+    opts: GateOptions,
+    pool: ChildPool,
+    budget: Budget,
+    report: GateReport,
+) -> CaseResult:
+    """Every transition of the bounded model graph, in the pool's children (`exhaustive`)."""
+    from externref_harness.exhaustive.check import exhaustive_check
+
+    assert opts.exhaustive is not None
+    save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}-exhaustive.json"
+    stop_at = budget.lockstep_end
+    if stop_at is not None:
+        pool.set_deadline(stop_at + REPORT_GRACE)
+    result = exhaustive_check(
+        target,
+        opts.exhaustive,
+        options=options,
+        save_as=save_as,
+        shrink_factory=lambda: pool.adapter(fresh=True),
+        stop_at=stop_at,
+    )
+    figures = result.figures()
+    if result.outcome.stopped is not None:
+        left = result.outcome.plan.transitions - result.outcome.stats.covered
+        report.cut_short.append(f"exhaustive: {left:,} transitions not covered (the time limit ran out)")
+    if result.passed:
+        return CaseResult("exhaustive", "transitions", "pass", figures)
+    return CaseResult("exhaustive", "transitions", "fail", f"{figures}\n{result.failure}", trace=save_as)
 
 
 def _threads_case(

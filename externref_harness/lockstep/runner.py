@@ -39,7 +39,6 @@ from externref_harness.lockstep.deadline import Timeout, time_limit
 from externref_harness.lockstep.identity import IdentityChecks
 from externref_harness.lockstep.memory_checks import (
     CHECKS,
-    STRICT,
     ChunkCompare,
     Level,
     Problem,
@@ -200,10 +199,11 @@ class Lockstep:
         return StepCheck(obs, model_problem, problem, problems)
 
     def _capacity(self, before: State) -> int | None:
-        """Below the strict level, or when capacity in another unit is an expected divergence, the
+        """When capacity in another unit is an expected divergence (an expectations file), the
         embedder's pre-GC check uses the model's capacity (the seed's bytes), so a runtime that
-        counts in slots is not charged for the embedder's choice."""
-        if STRICT not in self.levels or "observed.bump-capacity-bytes" in self.expected:
+        counts in slots is charged for that one divergence, not for the embedder's knock-on choices.
+        Without it, capacity in slots must be declared (`capacity-slots`): it is no tolerance."""
+        if "observed.bump-capacity-bytes" in self.expected:
             # Under `capacity-slots` the model answers in slots too, so the two sides agree.
             return SeedRuntime(self.cfg, before).bump_capacity_remaining()
         return None
@@ -399,11 +399,15 @@ class Lockstep:
 
 
 def _capacity_unit(op: ops.Op, p: Problem, model: tuple[object, ...], impl: tuple[object, ...]) -> Problem:
-    """`bump_capacity_remaining` in slots where the seed answers bytes is a strict-level divergence."""
+    """`bump_capacity_remaining` in slots where the model answers bytes: named, so the failure says
+    what to declare (`capacity-slots`) or expect."""
     if p.check != "observed.result" or not isinstance(op, ops.BumpCapacityRemaining):
         return p
     if model[0] == impl[0] == "ok" and isinstance(model[1], int) and impl[1] == model[1] // 8:
-        return Problem("observed.bump-capacity-bytes", f"{p.text} (slots, not bytes)")
+        return Problem(
+            "observed.bump-capacity-bytes",
+            f"{p.text} (slots, not bytes: a library that counts in slots declares capacity-slots)",
+        )
     return p
 
 

@@ -404,6 +404,10 @@ def value_options(files: Files) -> dict[str, dict[str, st.SearchStrategy[str]]]:
             "--variant": _bad_text(_one_of(sorted(C_VARIANTS))),
         },
     }
+    # The bounds of --exhaustive (given without it, any value is refused as well).
+    bounds = {f"--{name}": _bad_text(_int_in(low, high)) for name, (low, high) in LIMITS.items()}
+    options["gate"] |= bounds
+    options["check"] |= bounds
     options["check"] |= {
         "--impl": st.sampled_from(files.not_a_trace()),
         "--chunk-size": _bad_text(_int_in(1, 10**9)),

@@ -136,6 +136,23 @@ def test_the_runtime_s_own_choices_agree_with_the_model_in_lockstep(
     assert "[observed.result]" in seed.first.problem or "[observed.bump-capacity-bytes]" in seed.first.problem
 
 
+def test_capacity_in_slots_undeclared_fails_the_conformant_level() -> None:
+    """A design choice is declared, never tolerated: the same library without its capacity-slots
+    bit fails `observed.bump-capacity-bytes` at the conformant level too."""
+    undeclared = build.build_reference("debug", variant="c-capacity-slots", defines={"XR_CAPABILITIES": "0"})
+    target = native_target(undeclared)
+    cfg = target.config(Config(chunk_size=2, slots=3), None, 2)
+    assert cfg.capabilities == ()
+    conformant = LockstepOptions(levels=frozenset({CONFORMANT}))
+    driven = drive(cfg, RUNTIME_TRACE, target.adapter_factory(), until_first=True, options=conformant)
+    assert driven.first is not None and "[observed.bump-capacity-bytes]" in driven.first.problem
+    assert "declares capacity-slots" in driven.first.problem
+    declared = native_target(build.build_reference("debug", variant="c-capacity-slots"))
+    cfg = declared.config(Config(chunk_size=2, slots=3), None, 2)
+    driven = drive(cfg, RUNTIME_TRACE, declared.adapter_factory(), until_first=True, options=conformant)
+    assert driven.first is None, driven.first
+
+
 def test_a_corpus_trace_with_a_step_the_library_lacks_cannot_run_and_says_why() -> None:
     target = native_target(build.build_reference("debug", variant="c-guard-canary"))
     reasons = {t.id: cannot_run(target, t) for t in load_corpus(build="debug")}

@@ -1,0 +1,81 @@
+"""Seconds of `gate LIB --exhaustive` on the C reference against seconds of `explore`, same bounds.
+
+Both are run as the commands a user runs (a process each, wall-clock, start-up included), on the
+same bounds: `explore`'s by default (2 refs, a chunk of 2, 2 frames, 2 slots), smaller ones with the
+bound options `explore` takes (`--refs 1 --frames 1`, ...). The gate runs with `--no-threads` (the
+parallel check is not part of the bounded space) and must cover every transition: the figures are
+read from its JSON report, and a run that did not cover them all, or failed, is an error. Its
+describe and corpus cases (a second or two) are part of its time, as they are of any gate run. The
+last line is `exhaustive_vs_explore=<gate seconds / explore seconds>` (target at most 30).
+
+    .venv/bin/python benchmarks/exhaustive.py [--refs N --frames N ...] [--build debug|release]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from externref_harness.cli.explore import add_bound_arguments, bounds_given
+from externref_harness.native.build import build_reference
+
+CLI = [sys.executable, "-m", "externref_harness.cli"]
+
+
+def bound_options(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for name, value in bounds_given(args).items():
+        option = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            out.append(option if value else f"--no-{name.replace('_', '-')}")
+        else:
+            out += [option, str(value)]
+    return out
+
+
+def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    return time.perf_counter() - started, done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_bound_arguments(parser)
+    parser.add_argument("--build", choices=("debug", "release"), default="debug")
+    args = parser.parse_args()
+    bounds = bound_options(args)
+    library = build_reference(args.build)
+    explore_s, explored = timed([*CLI, "explore", *bounds, "--quiet", "--build", args.build])
+    if explored.returncode != 0:
+        raise SystemExit(f"explore did not exhaust the space:\n{explored.stdout}{explored.stderr}")
+    transitions = int(re.search(r"transitions\s*│\s*([\d,]+)", explored.stdout)[1].replace(",", ""))  # type: ignore[index]
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "gate.json"
+        gate_s, gated = timed([
+            *CLI, "gate", str(library), "--exhaustive", *bounds, "--no-threads",
+            "--json", str(report), "--failures", scratch,
+        ])  # fmt: skip
+        if gated.returncode != 0:
+            raise SystemExit(f"the gate did not pass:\n{gated.stdout[-3000:]}{gated.stderr}")
+        cases = json.loads(report.read_text())["cases"]
+    (case,) = [c for c in cases if c["kind"] == "exhaustive"]
+    covered = re.search(r"([\d,]+) of ([\d,]+) transitions covered", case["detail"])
+    assert covered is not None, case["detail"]
+    done, total = (int(x.replace(",", "")) for x in covered.groups())
+    if not done == total == transitions:
+        raise SystemExit(f"covered {done} of {total} transitions; explore counts {transitions}")
+    print(f"bounds: {' '.join(bounds) or '(explore defaults)'}; {transitions:,} transitions")
+    print(f"explore_s={explore_s:.2f}")
+    print(f"gate_exhaustive_s={gate_s:.2f} (exhaustive case {case['seconds']:.2f}s: {case['detail']})")
+    print(f"exhaustive_vs_explore={gate_s / explore_s:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The bounded model graph as concrete operation sequences: what `--exhaustive` executes.
+
+The explorer (`explore.partition`) expands one canonical representative per symmetry class. A
+representative need not be a state any operation sequence reaches (its refs are renamed, its chunk
+sorted), so the implementation cannot be put into it. `build_plan` searches the same classes,
+breadth-first, with the same bounds, constraint and depth limit, but keeps for each class the first
+*concrete* state that reached it (from `State.initial`, by real operations) and expands that one:
+
+    class c ── its concrete state x_c = the state after path(c) ── moves(x_c) = the transitions of c
+
+so every transition it counts is a move of a concrete state that `path(c)` reaches exactly, and the
+implementation can be driven there. Moves are symmetric within a class (`explore.symmetry`: a
+bisimulation), so a class has as many moves from its concrete state as from its representative and
+the total equals the explorer's transition count; `tests/exhaustive` checks that it does.
+
+The plan keeps only a spanning tree (each class's parent class and the index of the move that first
+reached it, breadth-first, so a path is a shortest one) and, per class, its number of moves and which
+of them are tree edges. The executor (`exhaustive.execute`) re-derives each concrete state by running
+the path on the model, in lockstep with the implementation.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+
+from externref_harness.explore.partition import Search
+from externref_harness.explore.symmetry import live_handles
+from externref_harness.model.ops import Op
+from externref_harness.model.state import State
+from externref_harness.model.transition import step
+from externref_harness.specs.invariants import first_violation
+
+#: `Plan.parent` of the root class.
+NO_PARENT = -1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The spanning tree of a bounded search over concrete states (breadth-first class numbers).
+
+    A class that breaks an invariant is not expanded (only a model bug makes one; the run that
+    reaches it fails there), so a buggy model's space stays as bounded as the seed's.
+
+    Invariants: class 0 is the initial state; `parent[c] < c` and `depth[c] == depth[parent[c]] + 1`;
+    `moves[c]` is the number of transitions of class c (0 for a class the constraint or the depth
+    limit leaves unexpanded); `children[c]` maps a move index of c to the class it first reached.
+    """
+
+    search: Search
+    #: The fingerprint of each class's representative (`Search.key`, `Search.fingerprint`).
+    fingerprints: array  # type: ignore[type-arg]
+    parent: array  # type: ignore[type-arg]
+    via: array  # type: ignore[type-arg]
+    depth: array  # type: ignore[type-arg]
+    moves: array  # type: ignore[type-arg]
+    children: tuple[dict[int, int], ...]
+    transitions: int
+    #: Classes checked but not expanded: beyond the live-handle constraint, at the depth limit.
+    constrained: int
+    depth_cut: int
+    #: Each class's concrete state (the one its path reaches, whose moves are its transitions).
+    states: tuple[State, ...] = ()
+    #: Class number by representative fingerprint.
+    index: dict[int, int] = field(default_factory=dict)
+    #: Classes that break an invariant (a model bug): not expanded.
+    violating: int = 0
+
+    @property
+    def classes(self) -> int:
+        return len(self.parent)
+
+    def path(self, c: int) -> list[tuple[int, int]]:
+        """The (class, move index) pairs of the tree path from the root to class `c`."""
+        out: list[tuple[int, int]] = []
+        while self.parent[c] != NO_PARENT:
+            out.append((self.parent[c], self.via[c]))
+            c = self.parent[c]
+        out.reverse()
+        return out
+
+    def ops_to(self, c: int) -> list[Op]:
+        """The real operations that reach class `c`'s concrete state from `State.initial`."""
+        search = self.search
+        state = State.initial(search.cfg)
+        out: list[Op] = []
+        for _, move in self.path(c):
+            op = search.moves(state)[move]
+            state = step(search.cfg, state, op)[0]
+            out.append(op)
+        return out
+
+
+def build_plan(search: Search) -> Plan:
+    """Every class of `search`, each expanded from the first concrete state reaching it."""
+    cfg = search.cfg
+    limit = search.depth
+    max_live = search.max_live_handles
+    root = State.initial(cfg)
+    root_fp = search.fingerprint(search.key(root))
+    seen: dict[int, int] = {root_fp: 0}
+    fps = array("Q", [root_fp])
+    parent, via, depth, n_moves = array("i", [NO_PARENT]), array("i", [0]), array("i", [0]), array("i")
+    children: list[dict[int, int]] = [{}]
+    frontier: list[tuple[int, State]] = [(0, root)]
+    states: list[State] = [root]
+    transitions = constrained = depth_cut = violating = 0
+    level = 0
+    while frontier:
+        grown: list[tuple[int, State]] = []
+        for c, state in frontier:
+            if limit is not None and level >= limit:
+                depth_cut += 1
+                n_moves.append(0)
+                continue
+            if first_violation(cfg, state) is not None:
+                # A seeded bug of the model: the run reaching it fails there; beyond it the
+                # space need not be bounded (the explorer stops at the first one).
+                violating += 1
+                n_moves.append(0)
+                continue
+            if live_handles(state) > max_live:
+                constrained += 1
+                n_moves.append(0)
+                continue
+            moves = search.moves(state)
+            n_moves.append(len(moves))
+            transitions += len(moves)
+            for i, op in enumerate(moves):
+                succ = step(cfg, state, op)[0]
+                fp = search.fingerprint(search.key(succ))
+                if fp in seen:
+                    continue
+                new = len(parent)
+                seen[fp] = new
+                fps.append(fp)
+                parent.append(c)
+                via.append(i)
+                depth.append(level + 1)
+                children.append({})
+                children[c][i] = new
+                grown.append((new, succ))
+                states.append(succ)
+        frontier = grown
+        level += 1
+    return Plan(
+        search,
+        fps,
+        parent,
+        via,
+        depth,
+        n_moves,
+        tuple(children),
+        transitions,
+        constrained,
+        depth_cut,
+        tuple(states),
+        seen,
+        violating,
+    )

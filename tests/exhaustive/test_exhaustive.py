@@ -1,0 +1,160 @@
+"""`--exhaustive`: the plan covers exactly the explorer's graph; the correct C reference covers
+every transition; each seeded C bug inside the bounds, and a model bug, is found with a shrunk
+trace that `replay` reproduces; a crash and a hang are saved, shrunk traces; bad options are one
+line and exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from one_line import assert_one_line_exit_2
+
+from externref_harness.cli.main import main
+from externref_harness.exhaustive.plan import build_plan
+from externref_harness.explore.driver import explore
+from externref_harness.explore.explorer import NO_LIMITS, ExploreBounds
+from externref_harness.model.state import State
+from externref_harness.model.transition import step
+from externref_harness.native.build import build_reference
+
+SMALL = ["--refs", "1", "--frames", "1"]
+
+
+@pytest.mark.parametrize("bounds", [ExploreBounds(refs=1, frames=1), ExploreBounds(frames=1, chunk=1)])
+def test_the_plan_has_the_explorers_states_and_transitions(bounds: ExploreBounds) -> None:
+    search = bounds.search()
+    plan = build_plan(search)
+    outcome = explore(search, None, 10.0, NO_LIMITS, 1)
+    assert outcome.status == "exhausted"
+    assert (plan.classes, plan.transitions) == (outcome.states, outcome.transitions)
+    # Every class's path is real operations from the initial state to a member of its class.
+    for c in range(0, plan.classes, max(1, plan.classes // 25)):
+        state = State.initial(search.cfg)
+        for op in plan.ops_to(c):
+            state = step(search.cfg, state, op)[0]
+        assert search.fingerprint(search.key(state)) == plan.fingerprints[c]
+        assert len(plan.ops_to(c)) == plan.depth[c]
+
+
+def _check(tmp_path: Path, library: Path, *extra: str) -> tuple[int, dict[str, object]]:
+    report = tmp_path / "check.json"
+    args = ["check", "--impl", str(library), "--exhaustive", *SMALL, "--failures", str(tmp_path / "f")]
+    status = main([*args, *extra, "--json", str(report)])
+    return status, json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("build", ["debug", "release"])
+def test_the_c_reference_covers_every_transition(build: str, tmp_path: Path) -> None:
+    status, report = _check(tmp_path, build_reference(build))
+    assert status == 0
+    assert report["covered"] == report["transitions"] == 2686
+    assert report["states"] == 295
+
+
+#: Each seeded C bug inside small bounds, with the knobs that reach it and its build.
+BUGS_IN_BOUNDS = [
+    ("c-early-free", "debug", ()),
+    ("c-precise-root-uncounted", "debug", ()),
+    ("c-stack-map-offset", "debug", ()),
+    ("c-leak-chunk", "debug", ()),
+    ("c-duplicate-insert-leaks", "debug", ()),
+    ("c-sweep-without-canary", "debug", ("--opaque-frames",)),
+    ("c-bump-off-by-one", "release", ()),
+    ("c-wild-read", "debug", ("--scalars",)),
+]
+
+
+@pytest.mark.parametrize("bug,build,knobs", BUGS_IN_BOUNDS, ids=[b for b, _, _ in BUGS_IN_BOUNDS])
+def test_each_seeded_c_bug_in_the_bounds_is_found_shrunk_and_replayable(
+    bug: str, build: str, knobs: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    library = build_reference(build, bug=bug)
+    status, report = _check(tmp_path, library, *knobs)
+    assert status == 1
+    covered, total = report["covered"], report["transitions"]
+    assert isinstance(covered, int) and isinstance(total, int) and covered < total
+    assert "shrunk from" in str(report["failure"])
+    trace = Path(str(report["trace"]))
+    assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 8
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+
+
+def test_a_model_bug_is_found_on_the_python_port(tmp_path: Path) -> None:
+    report = tmp_path / "check.json"
+    # cve-2021-39216 needs --args 2 (two refs moved by one call): switched on as explore does.
+    args = ["check", "--exhaustive", "--refs", "2", "--frames", "1"]
+    status = main([*args, "--mutant", "cve-2021-39216", "--failures", str(tmp_path), "--json", str(report)])
+    assert status == 1
+    got = json.loads(report.read_text())
+    assert "I1" in str(got["failure"]) and Path(str(got["trace"])).exists()
+
+
+def test_the_python_port_covers_every_transition(tmp_path: Path) -> None:
+    report = tmp_path / "check.json"
+    assert main(["check", "--exhaustive", *SMALL, "--json", str(report)]) == 0
+    got = json.loads(report.read_text())
+    assert got["covered"] == got["transitions"] == 2686
+
+
+def _gate(tmp_path: Path, library: Path, *extra: str) -> tuple[int, dict[str, object]]:
+    report = tmp_path / "gate.json"
+    args = ["gate", str(library), "--exhaustive", *SMALL, "--no-threads", "--failures", str(tmp_path / "f")]
+    status = main([*args, *extra, "--json", str(report)])
+    return status, json.loads(report.read_text())
+
+
+def _exhaustive_case(report: dict[str, object]) -> dict[str, object]:
+    cases = report["cases"]
+    assert isinstance(cases, list)
+    (case,) = [c for c in cases if c["kind"] == "exhaustive"]
+    assert not [c for c in cases if c["kind"] == "search"]
+    return case  # type: ignore[no-any-return]
+
+
+def test_the_gate_covers_every_transition_and_says_the_search_did_not_run(tmp_path: Path) -> None:
+    status, report = _gate(tmp_path, build_reference("debug"))
+    assert status == 0
+    case = _exhaustive_case(report)
+    assert case["status"] == "pass" and "2,686 of 2,686 transitions covered" in str(case["detail"])
+    assert any("--exhaustive covered the bounded space" in line for line in report["not_checked"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "bug,knob,expected",
+    [("c-wild-read", "--scalars", "killed by SIGSEGV"), ("c-gc-hang", "--opaque-frames", "did not answer")],
+)
+def test_a_crash_and_a_hang_are_saved_shrunk_traces(
+    bug: str, knob: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    library = build_reference("release", bug=bug)
+    status, report = _gate(tmp_path, library, knob, "--step-timeout", "2")
+    assert status == 1
+    case = _exhaustive_case(report)
+    assert case["status"] == "fail" and expected in str(case["detail"])
+    trace = Path(str(case["trace"]))
+    assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 6
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--refs", "9"], "refs must be between 1 and 8"),
+        (["--chunk-size", "4"], "--chunk N"),
+        (["--max-examples", "5"], "--max-examples has no use with --exhaustive"),
+    ],
+)
+def test_bad_exhaustive_options_are_one_line_and_exit_2(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    library = str(build_reference("debug"))
+    assert_one_line_exit_2(["gate", library, "--exhaustive", *args], capsys, expected)
+    assert_one_line_exit_2(["check", "--impl", library, "--exhaustive", *args], capsys, expected)
+    assert_one_line_exit_2(["check", "--refs", "1"], capsys, "add --exhaustive")
+    proof_bug = ["check", "--exhaustive", "--mutant", "proof-drop-roots-in-table-assumption"]
+    assert_one_line_exit_2(proof_bug, capsys, "which --exhaustive does not run")
