@@ -180,17 +180,20 @@ def _one_run(
     steps: list[Op] = []
     stats.runs += 1
 
-    def take(at: int, move: int) -> None:
+    def take(at: int, move: int, following: list[Op] | None = None) -> None:
         op = search.moves(run.state)[move]
-        check = run.step(op)
+        check = run.step(op, following or ())
         steps.append(op)
         stats.steps += 1
         _raise_on(check, op, steps)
         coverage.mark(at, move)
 
     try:
-        for at, move in plan.path(c):
-            take(at, move)
+        # The tree path is known before it runs: its steps go to the implementation's process in
+        # batches (`Lockstep.step`'s `following`), each still checked in order as it comes back.
+        path_ops = plan.ops_to(c)
+        for i, (at, move) in enumerate(plan.path(c)):
+            take(at, move, path_ops[i + 1 :])
         if search.fingerprint(search.key(run.state)) != plan.fingerprints[c]:
             raise AssertionError(f"the tree path to class {c} does not reach its class")
         while True:
