@@ -5,7 +5,6 @@ arguments are one line and exit 2."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from crashing import crashing_gc_library
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
@@ -76,25 +76,12 @@ def test_the_correct_reference_passes_a_short_campaign(tmp_path: Path) -> None:
     assert not re.search(r"^failure \d+:", out, re.MULTILINE), out
 
 
-def _crashing_gc(tmp_path: Path) -> Path:
-    """The C reference whose `xr_gc` dies by SIGSEGV: a crash every campaign reaches (a wild read's
-    crash depends on which non-ref word it reads, most of which are mapped memory)."""
-    source = ROOT / "tests" / "isolation" / "misbehaving.py"
-    spec = importlib.util.spec_from_file_location("misbehaving", source)
-    assert spec is not None and spec.loader is not None
-    misbehaving = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("misbehaving", misbehaving)  # its dataclasses look their module up
-    spec.loader.exec_module(misbehaving)
-    library: Path = misbehaving.build(tmp_path, "gc-segfaults", gc="raise(SIGSEGV)")
-    return library
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("bug,expected", [("crash", "SIGSEGV"), ("c-gc-hang", "did not answer")])
 def test_a_crash_and_a_hang_are_saved_shrunk_traces(
     bug: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    library = _crashing_gc(tmp_path) if bug == "crash" else build_reference("release", bug=bug)
+    library = crashing_gc_library(tmp_path) if bug == "crash" else build_reference("release", bug=bug)
     args = ("--time-limit", "300", "--seed", "1", "--step-timeout", "2")
     found, out = _first_failure(_fuzz(tmp_path, library, *args))
     trace = tmp_path / found["trace"]

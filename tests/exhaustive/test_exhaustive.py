@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from crashing import crashing_gc_library
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
@@ -125,12 +126,12 @@ def test_the_gate_covers_every_transition_and_says_the_search_did_not_run(tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "bug,knob,expected",
-    [("c-wild-read", "--scalars", "killed by SIGSEGV"), ("c-gc-hang", "--opaque-frames", "did not answer")],
+    [("crash", "--scalars", "killed by SIGSEGV"), ("c-gc-hang", "--opaque-frames", "did not answer")],
 )
 def test_a_crash_and_a_hang_are_saved_shrunk_traces(
     bug: str, knob: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    library = build_reference("release", bug=bug)
+    library = crashing_gc_library(tmp_path) if bug == "crash" else build_reference("release", bug=bug)
     status, report = _gate(tmp_path, library, knob, "--step-timeout", "2")
     assert status == 1
     case = _exhaustive_case(report)
