@@ -21,6 +21,7 @@ from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
 from externref_harness.corpus.run import load_corpus
+from externref_harness.lockstep.memory_checks import FOOTER_LAYOUT_CHECKS
 from externref_harness.native.build import C_BUGS, build_reference, sanitizer_supported
 
 #: A small budget: the corpus carries most of the weight, the search adds random walks.
@@ -320,6 +321,54 @@ def test_the_pytest_plugin_saves_traces_in_the_project_never_beside_the_library(
     done = run("--externref-failures", str(chosen))
     assert done.returncode == 1 and (chosen / "gate-libbuggy-strict.json").is_file()
     assert sorted(p.name for p in lib_dir.iterdir()) == ["libbuggy.so"]
+
+
+# --- opaque-refs ------------------------------------------------------------------------------------
+
+#: What the gate says `opaque-refs` ruled out (memory_checks.checks_ruled_out).
+OPAQUE_RULED_OUT = (*FOOTER_LAYOUT_CHECKS, "observed.cmp-order")
+
+
+def _ruled_out(report: dict[str, Any]) -> set[str]:
+    lines = [line for line in report["not_checked"] if line.startswith("ruled out by opaque-refs: ")]
+    return {name for line in lines for name in OPAQUE_RULED_OUT if name in line}
+
+
+def test_the_opaque_refs_variant_passes_conformant_and_names_what_did_not_apply(tmp_path: Path) -> None:
+    library = build_reference("debug", variant="c-opaque-refs")
+    status, report = _gate(tmp_path, library, "--level", "conformant")
+    assert status == 0, _failing(report)
+    assert _ruled_out(report) == set(OPAQUE_RULED_OUT)
+    # Strict holds it to the seed: only the capability itself may fail there (the layout checks
+    # were not run, and are named).
+    status, report = _gate(tmp_path, library)
+    assert all(c["kind"] == "describe" and c["name"] == "seed.opaque-refs" for c in _failing(report))
+    assert _ruled_out(report) == set(OPAQUE_RULED_OUT)
+
+
+def test_a_library_whose_refs_are_addresses_may_declare_opaque_refs(tmp_path: Path) -> None:
+    library = build_reference("release", defines={"XR_CAPABILITIES": "XR_CAP_OPAQUE_REFS"})
+    status, report = _gate(tmp_path, library, "--level", "conformant")
+    assert status == 0, _failing(report)
+    assert _ruled_out(report) == set(OPAQUE_RULED_OUT)
+
+
+def test_the_opaque_free_early_bug_is_caught_with_a_replayable_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    library = build_reference("debug", bug="c-opaque-free-early")
+    status, report = _gate(tmp_path, library)
+    assert status == 1
+    (search,) = [c for c in report["cases"] if c["kind"] == "search"]
+    assert search["status"] == "fail" and "refs.distinct" in search["detail"], search
+    trace = Path(search["trace"])
+    saved = json.loads(trace.read_text())
+    assert saved["config"]["capabilities"] == ["opaque-refs"] and len(saved["steps"]) <= 8
+    capsys.readouterr()
+    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+    assert "[refs.distinct]" in capsys.readouterr().out
+    correct = build_reference("debug", variant="c-opaque-refs")
+    assert main(["replay", str(trace), "--impl", str(correct)]) == 0
 
 
 def test_a_wild_write_outside_the_steps_refs_fails_the_default_gate(

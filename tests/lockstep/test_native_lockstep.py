@@ -18,14 +18,19 @@ from hypothesis import settings
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
+from externref_harness.impl.adapter import plain_config, plain_op
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
     LockstepOptions,
     _panic_note,
+    drive,
     run_lockstep_check,
 )
 from externref_harness.lockstep.targets import bounds_for, native_target
+from externref_harness.model import ops
+from externref_harness.model.capabilities import OPAQUE_REFS
+from externref_harness.model.observation import FREED_RAW, Misuse
 from externref_harness.native.build import C_BUGS, build_reference
 from externref_harness.search.model_check import REQUIRED_EVENTS, CheckOutcome
 
@@ -155,6 +160,50 @@ def test_a_panic_message_is_shown_escaped_and_cut() -> None:
     assert note.startswith("; the implementation panicked: \\x1b[2J") and note.endswith("...")
     assert len(note) < 400
     assert _panic_note(("ok", None)) == ""
+
+
+# --- opaque-refs ------------------------------------------------------------------------------------
+
+
+def test_the_opaque_refs_variant_hands_out_handles_and_passes_every_check() -> None:
+    path = build_reference("debug", variant="c-opaque-refs")
+    target = native_target(path)
+    assert target.description is not None and target.description.capabilities == (OPAQUE_REFS,)
+    cfg = target.config(LOCKSTEP_CONFIG, None, None)
+    impl = target.adapter_factory()
+    impl.start(plain_config(cfg))
+    try:
+        words = [impl.step(plain_op(ops.New(8, 8))).allocated[0][0] for _ in range(3)]
+    finally:
+        impl.close()
+    assert words == [1, 2, 3], "refs are index + 1, not addresses"
+    out = _lockstep(path, 2, 150)
+    assert out.passed, out.failure
+    missing = [e for e in REQUIRED_EVENTS if not out.stats.events[e]]
+    assert not missing, missing
+
+
+def test_a_raw_pointer_of_a_freed_ref_stays_refused_when_its_handle_is_given_out_again() -> None:
+    """`as_raw`, the ref freed, a New that takes its handle: `clone_from_raw` of the old raw pointer
+    is still misuse (the host refuses it, as the model does), and nothing else diverges."""
+    path = build_reference("debug", variant="c-opaque-refs")
+    target = native_target(path)
+    cfg = target.config(LOCKSTEP_CONFIG, None, None)
+    steps = [ops.New(8, 8), ops.AsRaw(0), ops.Drop(0), ops.New(8, 8), ops.CloneFromRaw(0)]
+    driven = drive(cfg, steps, target.adapter_factory(), until_first=False)
+    assert driven.first is None, driven.first
+    refused = driven.observations[len(steps) - 1].result  # the teardown's steps follow
+    assert isinstance(refused, Misuse) and refused.kind == FREED_RAW
+    # The scenario is real: the second New was given the first ref's handle.
+    impl = target.adapter_factory()
+    impl.start(plain_config(cfg))
+    try:
+        first = impl.step(plain_op(steps[0])).allocated[0][0]
+        for op in steps[1:3]:
+            impl.step(plain_op(op))
+        assert impl.step(plain_op(steps[3])).allocated[0][0] == first
+    finally:
+        impl.close()
 
 
 def test_a_wild_write_outside_the_steps_refs_is_caught_by_check_impl(
