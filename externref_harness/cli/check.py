@@ -25,6 +25,7 @@ from rich.table import Table
 from externref_harness import catalogue, paths
 from externref_harness.checks.plan import CHECKS, Check, CheckOptions, CheckResult
 from externref_harness.cli.explore import add_bound_arguments, bounds_given, exhaustive_bounds
+from externref_harness.cli.numbers import count
 from externref_harness.errors import UsageError, shown, user_path
 from externref_harness.model.mutants import Mutant
 from externref_harness.progress import progress
@@ -39,16 +40,6 @@ EXIT_STATUS = (
 NOT_APPLICABLE = "not applicable"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(repr(text))}") from None
-    if not 1 <= value <= 10**9:
-        raise argparse.ArgumentTypeError(f"must be in 1..{10**9:,}, got {shown(text)}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hypothesis-profile",
@@ -57,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="budget and randomness (default: $HYPOTHESIS_PROFILE, else ci when CI is set, else dev)",
     )
     p.add_argument(
-        "--max-examples", type=_positive_int, default=None, metavar="N",
+        "--max-examples", type=count, default=None, metavar="N",
         help="examples per check, overriding the profile's budget",
     )  # fmt: skip
     p.add_argument(
@@ -85,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Python port; only the checks of an implementation (lockstep) run",
     )  # fmt: skip
     p.add_argument(
-        "--chunk-size", type=_positive_int, default=None, metavar="N",
+        "--chunk-size", type=count, default=None, metavar="N",
         help="bump-chunk slots of the lockstep run (default: 2, or a native library's fixed size)",
     )  # fmt: skip
     p.add_argument(
@@ -447,4 +438,3 @@ def _exhaustive(args: argparse.Namespace) -> int:
             "failure": result.failure,
         })  # fmt: skip
     return status
-

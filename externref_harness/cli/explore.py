@@ -317,9 +317,7 @@ def summary(outcome: Outcome, without: Outcome | None = None) -> Table:
     if without is not None:
         a, b = (outcome, without) if search.symmetry else (without, outcome)
         factor = b.states / a.states if a.states else 0.0
-        table.add_row(
-            "states without / with symmetry", f"{b.states:,} / {a.states:,} ({factor:.2f}x)"
-        )
+        table.add_row("states without / with symmetry", f"{b.states:,} / {a.states:,} ({factor:.2f}x)")
     table.add_row("status", outcome.status + (f" ({outcome.stopped})" if outcome.stopped else ""))
     table.add_row("workers", str(outcome.workers))
     table.add_row("model", compiled.mode())
@@ -327,9 +325,7 @@ def summary(outcome: Outcome, without: Outcome | None = None) -> Table:
     table.add_row("fingerprint collision probability", f"{outcome.collision_probability:.1e} (optimistic)")
     if search.depth is not None:
         table.add_row("left at the depth limit", f"{outcome.depth_cut:,} (limit {search.depth})")
-    table.add_row(
-        f"beyond {search.max_live_handles} live handles (not expanded)", f"{outcome.constrained:,}"
-    )
+    table.add_row(f"beyond {search.max_live_handles} live handles (not expanded)", f"{outcome.constrained:,}")
     cfg = search.cfg
     table.add_row("config", f"chunk={cfg.chunk_size} slots={cfg.slots} globals={cfg.n_globals} "
                   f"build={cfg.build} mutant={cfg.mutant}")  # fmt: skip

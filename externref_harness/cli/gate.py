@@ -19,6 +19,7 @@ from rich.table import Table
 
 from externref_harness import paths
 from externref_harness.cli.explore import add_bound_arguments, bounds_given, exhaustive_bounds
+from externref_harness.cli.numbers import count, whole_number
 from externref_harness.errors import UsageError, user_path
 from externref_harness.explore.explorer import ExploreBounds
 from externref_harness.gate import expectations
@@ -64,15 +65,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the search's budget (default: ci when CI is set, else dev)",
     )  # fmt: skip
     p.add_argument(
-        "--max-examples", type=int, default=None, metavar="N", help="override the profile's budget"
+        "--max-examples", type=count, default=None, metavar="N", help="override the profile's budget"
     )
     p.add_argument(
-        "--seed", type=int, default=None, metavar="N",
+        "--seed", type=whole_number(0, 2**64 - 1), default=None, metavar="N",
         help="the search's Hypothesis seed; with --time-limit the search runs in rounds with seeds "
         "N, N+1, ... (default: 0 under the ci profile, a random one otherwise; printed either way)",
     )  # fmt: skip
     p.add_argument(
-        "--chunk-size", type=int, default=None, metavar="N",
+        "--chunk-size", type=count, default=None, metavar="N",
         help="bump-chunk slots of the search (default: 2 when the library can, else its own)",
     )  # fmt: skip
     exhaustive = p.add_argument_group(
@@ -93,12 +94,6 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"--{name.replace('_', '-')} must be a positive number of seconds")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise UsageError("--max-examples must be at least 1")
-    if args.seed is not None and not 0 <= args.seed < 2**64:
-        raise UsageError("--seed must be a whole number from 0 to 2**64 - 1")
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise UsageError("--chunk-size must be at least 1")
     bounds = _exhaustive_bounds(args)
     if not str(args.library):
         raise UsageError("PATH.so needs a path, got an empty string")

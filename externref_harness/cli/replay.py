@@ -16,7 +16,8 @@ from typing import Any
 from externref_harness import paths
 from externref_harness import trace as tracefile
 from externref_harness.cli import replay_dir
-from externref_harness.errors import UsageError, printable, shown, shown_path, user_path
+from externref_harness.cli.numbers import whole_number
+from externref_harness.errors import UsageError, printable, shown_path, user_path
 from externref_harness.impl.adapter import ImplAdapter, PlainOp, PlainReport, Probe, StepOutcome
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.model.transition import run as run_model
@@ -36,20 +37,10 @@ DEFAULT_MAX_STEPS = 5_000
 NOTE_LIMIT = 500
 
 
-def _max_steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {shown(repr(text))}") from None
-    if not 1 <= value <= 10_000_000:
-        raise argparse.ArgumentTypeError(f"must be in 1..10,000,000, got {shown(text)}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("trace", metavar="TRACE", help="a trace file saved by explore, check, prove or a test")
     p.add_argument(
-        "--max-steps", type=_max_steps, default=DEFAULT_MAX_STEPS, metavar="N",
+        "--max-steps", type=whole_number(1, 10_000_000), default=DEFAULT_MAX_STEPS, metavar="N",
         help=f"refuse a trace of more than N steps (default {DEFAULT_MAX_STEPS:,})",
     )  # fmt: skip
     p.add_argument("--full", action="store_true", help="print long lists in full, not summarised")

@@ -31,6 +31,7 @@ REPLAYED_LAYERS = ("model", "protocol", "impl")
 #: The largest chunk a trace may ask for (the seed's is 512 slots).
 MAX_CHUNK_SIZE = 1 << 16
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument(

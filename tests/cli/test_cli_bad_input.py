@@ -238,6 +238,11 @@ def test_the_writability_probe_never_touches_a_users_file(tmp_path: Path, capsys
         (["check", "--only", "y" * 5000], "unknown check 'yyyyyy"),
         (["check", "--max-examples", "9" * 5000], "argument --max-examples"),
         (["check", "--max-examples", "0"], "must be in 1.."),
+        # A budget past any run's reach is refused before the gate starts a search that never ends.
+        (["gate", "x.so", "--max-examples", "1000000000000"], "must be in 1..1,000,000,000"),
+        (["gate", "x.so", "--chunk-size", "0"], "argument --chunk-size: must be in 1.."),
+        (["gate", "x.so", "--seed", str(2**64)], "argument --seed: must be in 0.."),
+        (["replay", "x.json", "--max-steps", "0"], "argument --max-steps: must be in 1..10,000,000"),
         (["check", "--json", ""], "--json needs a path"),
         (["check", "--json", "/dev/zero"], "--json /dev/zero: not a regular file (a character device)"),
         (["check", "--json", "/"], "--json /: is a directory"),
