@@ -11,10 +11,17 @@ whatever its verdict), exhaust memory (`RLIMIT_AS`), spin (`RLIMIT_CPU`), fork w
 group kill is what bounds that case), dump core (`RLIMIT_CORE` 0) or flood its output
 (`RLIMIT_FSIZE` caps the capture file; `flooded` tells a parent to fail the run). A library built
 with AddressSanitizer reserves terabytes of shadow memory, so it runs with no address-space limit.
+
+A parent that dies without `kill` (a campaign's worker ended by SIGTERM, a test run interrupted)
+must not leave a child spinning in the library's endless loop, so the child gets SIGKILL when its
+parent dies (`PR_SET_PDEATHSIG`, set before exec; a parent already gone by then is noticed by the
+child's parent pid). The signal comes when the thread that spawned the child ends: every `Confined`
+is spawned from a thread that outlives it (the harness spawns from its main thread only).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import signal
@@ -98,8 +105,16 @@ def _tasks_of_user() -> int:
     return count
 
 
-def _set_limits(limits: Limits, nproc: int | None) -> None:
-    """In the child, between fork and exec (only async-signal-safe work: setrlimit)."""
+#: `prctl(2)`, looked up in the parent: between fork and exec the child only calls it.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+PR_SET_PDEATHSIG = 1
+
+
+def _set_limits(limits: Limits, nproc: int | None, parent: int) -> None:
+    """In the child, between fork and exec (only async-signal-safe work: prctl, setrlimit)."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
     if limits.memory is not None:
@@ -123,6 +138,7 @@ class Confined:
     ) -> None:
         self.output: IO[bytes] = tempfile.TemporaryFile()
         nproc = None if limits.extra_tasks is None else _tasks_of_user() + limits.extra_tasks
+        parent = os.getpid()
         self.proc = subprocess.Popen(
             list(args),
             pass_fds=tuple(pass_fds),
@@ -131,7 +147,7 @@ class Confined:
             stderr=subprocess.STDOUT,
             env=None if env is None else {**os.environ, **env},
             process_group=0,
-            preexec_fn=lambda: _set_limits(limits, nproc),
+            preexec_fn=lambda: _set_limits(limits, nproc, parent),
         )
         self.pid = self.proc.pid
 

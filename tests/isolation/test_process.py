@@ -75,3 +75,25 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+def test_a_child_dies_with_a_parent_that_never_killed_it() -> None:
+    """A parent ended by SIGKILL (a campaign worker, an interrupted run) leaves no child spinning."""
+    import signal
+    import subprocess
+
+    parent_code = (
+        "import sys\nfrom externref_harness.isolation.process import Confined\n"
+        "child = Confined([sys.executable, '-c', 'while True: pass'])\n"
+        "print(child.pid, flush=True)\nwhile True: pass\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the orphaned child is still running"
