@@ -50,6 +50,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "externref_harness.search.path_labels",
     "externref_harness.specs.invariants",
     "externref_harness.explore.partition",
+    # The lockstep's per-step diff of heap-sized tuples.
+    "externref_harness.changes",
 )
 #: Written by `setup.py` beside this file: {module: sha256 of the source it was compiled from}.
 MANIFEST = "_compiled.json"

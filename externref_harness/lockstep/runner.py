@@ -70,7 +70,7 @@ from externref_harness.search.model_check import (
     search_settings,
 )
 from externref_harness.search.shrink import ddmin, delete_with_renumbering
-from externref_harness.specs.invariants import first_violation
+from externref_harness.specs.invariants import Incremental, first_violation
 
 LOCKSTEP_CONFIG = MACHINE_CONFIG
 LOCKSTEP_BOUNDS = MACHINE_BOUNDS
@@ -156,6 +156,8 @@ class Lockstep:
         self.expected_seen: set[str] = set()
         self._chunk = ChunkCompare()
         self._identity = IdentityChecks(opaque=cfg.has(OPAQUE_REFS))
+        #: The model's invariants after each step, at the cost of what the step changed.
+        self._invariants = Incremental()
         #: Checks the declared capabilities rule out: never run, never failing.
         self.ruled_out = frozenset(r.check for r in checks_ruled_out(cfg.capabilities))
         #: Why the teardown stopped before quiescence, if it did.
@@ -192,7 +194,7 @@ class Lockstep:
         if isinstance(obs.result, Panic):
             model_problem = f"the model panicked: {obs.result.message}"
         elif self.check_invariants:
-            violation = first_violation(self.cfg, self.state)
+            violation = self._invariants.check(self.cfg, before, self.state)
             if violation is not None:
                 model_problem = f"{violation[0].id} {violation[0].name}: {violation[1]}"
         problem, problems = self._impl_step(op, obs, before, submitted)
