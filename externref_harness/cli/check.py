@@ -358,17 +358,12 @@ def _all_mutants(args: argparse.Namespace, p: Plan, console: Console) -> int:
 
 def _exhaustive(args: argparse.Namespace) -> int:
     """`check --exhaustive`: every transition of the bounds, in lockstep (exit 1 on a divergence)."""
-    if not args.exhaustive:
-        first = next(iter(bounds_given(args))).replace("_", "-")
-        raise UsageError(f"--{first} bounds the space of --exhaustive; add --exhaustive")
-    for option, value in (
+    unused = (
         ("--only", args.only), ("--all-mutants", args.all_mutants), ("--chunk-size", args.chunk_size),
         ("--max-examples", args.max_examples), ("--hypothesis-profile", args.hypothesis_profile),
         ("--database", args.database),
-    ):  # fmt: skip
-        if value:
-            hint = " (its chunk is --chunk N)" if option == "--chunk-size" else ""
-            raise UsageError(f"{option} has no use with --exhaustive{hint}")
+    )  # fmt: skip
+    exhaustive_bounds(args, unused)  # the options' checks, before the mutant's
     mutant = args.mutant
     if mutant is not None:
         layer = catalogue.find(mutant).layer
@@ -376,7 +371,9 @@ def _exhaustive(args: argparse.Namespace) -> int:
             raise UsageError(f"mutant {mutant!r} is a bug of the Python port, not of --impl")
         if layer not in ("model", "protocol", "impl"):
             raise UsageError(f"mutant {mutant!r} is a bug of the {layer}, which --exhaustive does not run")
-    bounds, switched = exhaustive_bounds(args, mutant)
+    chosen = exhaustive_bounds(args, unused, mutant)
+    assert chosen is not None  # `run` comes here with --exhaustive or a bound
+    bounds, switched = chosen
     failures = paths.failures_dir(args.failures)
     paths.check_dir(failures, paths.failures_source(args.failures))
     json_file = None

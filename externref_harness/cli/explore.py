@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
@@ -146,10 +146,24 @@ def bounds_given(args: argparse.Namespace) -> dict[str, int | bool]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def exhaustive_bounds(args: argparse.Namespace, mutant: str | None = None) -> tuple[ExploreBounds, list[str]]:
-    """The bounds of `--exhaustive` (`add_bound_arguments`; bad values: `UsageError`), with the
-    knobs a model `mutant` needs switched on unless given (`MUTANT_KNOBS`), and those knobs."""
+def exhaustive_bounds(
+    args: argparse.Namespace, unused: Sequence[tuple[str, object]] = (), mutant: str | None = None
+) -> tuple[ExploreBounds, list[str]] | None:
+    """`check` and `gate`'s `--exhaustive`: None without it (a bound given without it is bad
+    input), else its bounds (`add_bound_arguments`; bad values: `UsageError`), with the knobs a
+    model `mutant` needs switched on unless given (`MUTANT_KNOBS`), and those knobs. `unused`
+    names the command's options (with their values) that have no use with `--exhaustive`: one
+    given is bad input too."""
     given = bounds_given(args)
+    if not args.exhaustive:
+        if given:
+            first = next(iter(given)).replace("_", "-")
+            raise UsageError(f"--{first} bounds the space of --exhaustive; add --exhaustive")
+        return None
+    for option, value in unused:
+        if value is not None and value is not False and value != [] and value != ():
+            hint = " (its chunk is --chunk N)" if option == "--chunk-size" else ""
+            raise UsageError(f"{option} has no use with --exhaustive{hint}")
     switched: list[str] = []
     for name, value in MUTANT_KNOBS.get(mutant or "", {}).items():
         if name not in given and getattr(_DEFAULTS, name) < value:

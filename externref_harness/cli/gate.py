@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from externref_harness import paths
-from externref_harness.cli.explore import add_bound_arguments, bounds_given, exhaustive_bounds
+from externref_harness.cli.explore import add_bound_arguments, exhaustive_bounds
 from externref_harness.cli.numbers import count, whole_number
 from externref_harness.errors import UsageError, user_path
 from externref_harness.explore.explorer import ExploreBounds
@@ -139,20 +139,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _exhaustive_bounds(args: argparse.Namespace) -> ExploreBounds | None:
-    """`--exhaustive`'s bounds; a bound without it, or `--chunk-size` with it, is bad input."""
-    given = bounds_given(args)
-    if not args.exhaustive:
-        if given:
-            first = next(iter(given)).replace("_", "-")
-            raise UsageError(f"--{first} bounds the space of --exhaustive; add --exhaustive")
-        return None
-    if args.chunk_size is not None:
-        raise UsageError("--chunk-size is the search's; --exhaustive takes its chunk as --chunk N")
-    for name in ("max_examples", "seed", "hypothesis_profile"):
-        if getattr(args, name) is not None:
-            option = "--" + name.replace("_", "-")
-            raise UsageError(f"{option} has no use with --exhaustive (it runs no Hypothesis search)")
-    return exhaustive_bounds(args)[0]
+    """`--exhaustive`'s bounds; a bound without it, or a search option with it, is bad input."""
+    unused = [(f"--{name.replace('_', '-')}", getattr(args, name))
+              for name in ("chunk_size", "max_examples", "seed", "hypothesis_profile")]  # fmt: skip
+    chosen = exhaustive_bounds(args, unused)
+    return None if chosen is None else chosen[0]
 
 
 def _write_reports(

@@ -148,6 +148,7 @@ def test_a_crash_and_a_hang_are_saved_shrunk_traces(
         (["--refs", "9"], "refs must be between 1 and 8"),
         (["--chunk-size", "4"], "--chunk N"),
         (["--max-examples", "5"], "--max-examples has no use with --exhaustive"),
+        (["--hypothesis-profile", "ci"], "--hypothesis-profile has no use with --exhaustive"),
     ],
 )
 def test_bad_exhaustive_options_are_one_line_and_exit_2(
@@ -157,5 +158,7 @@ def test_bad_exhaustive_options_are_one_line_and_exit_2(
     assert_one_line_exit_2(["gate", library, "--exhaustive", *args], capsys, expected)
     assert_one_line_exit_2(["check", "--impl", library, "--exhaustive", *args], capsys, expected)
     assert_one_line_exit_2(["check", "--refs", "1"], capsys, "add --exhaustive")
+    assert_one_line_exit_2(["gate", library, "--refs", "1"], capsys, "add --exhaustive")
+    assert_one_line_exit_2(["gate", library, "--exhaustive", "--seed", "0"], capsys, "--seed has no use")
     proof_bug = ["check", "--exhaustive", "--mutant", "proof-drop-roots-in-table-assumption"]
     assert_one_line_exit_2(proof_bug, capsys, "which --exhaustive does not run")
