@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from externref_harness.gate import threads
 from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
@@ -339,10 +340,7 @@ def _search_case(
 ) -> CaseResult:
     cfg = target.config(LOCKSTEP_CONFIG, None, opts.chunk_size)
     save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}.json"
-    stop_at = budget.lockstep_end
-    if stop_at is not None:
-        # A failure's final replay and report get a fixed grace past the phase's end.
-        pool.set_deadline(stop_at + REPORT_GRACE)
+    stop_at = _lockstep_deadline(pool, budget)
     out = run_lockstep_check(
         cfg,
         bounds_for(cfg, LOCKSTEP_BOUNDS, target.description),
@@ -362,14 +360,10 @@ def _search_case(
         figures += f", stopped at the {opts.time_limit:g} s limit"
         of = "" if opts.hypothesis_settings is None else f" of {opts.hypothesis_settings.max_examples}"
         report.cut_short.append(f"search: stopped by the time limit after {out.stats.examples}{of} examples")
-    seen = frozenset(out.expected_seen)
-    if out.passed:
-        return CaseResult("search", "lockstep", _status(True, seen), figures, expected_seen=seen)
     if out.failure is not None and "shrinking cut short by the time limit" in out.failure:
         report.cut_short.append("search: shrinking the failure (the trace saved is the best found)")
-    return CaseResult(
-        "search", "lockstep", "fail", f"{figures}\n{out.failure}", trace=save_as, expected_seen=seen
-    )
+    passed, seen = out.passed, out.expected_seen
+    return _lockstep_result("search", "lockstep", passed, figures, out.failure, save_as, seen)
 
 
 def _exhaustive_case(
@@ -385,9 +379,7 @@ def _exhaustive_case(
 
     assert opts.exhaustive is not None
     save_as = opts.failures / f"gate-{opts.library.stem}-{opts.level}-exhaustive.json"
-    stop_at = budget.lockstep_end
-    if stop_at is not None:
-        pool.set_deadline(stop_at + REPORT_GRACE)
+    stop_at = _lockstep_deadline(pool, budget)
     result = exhaustive_check(
         target,
         opts.exhaustive,
@@ -400,9 +392,32 @@ def _exhaustive_case(
     if result.outcome.stopped is not None:
         left = result.outcome.plan.transitions - result.outcome.stats.covered
         report.cut_short.append(f"exhaustive: {left:,} transitions not covered (the time limit ran out)")
-    if result.passed:
-        return CaseResult("exhaustive", "transitions", "pass", figures)
-    return CaseResult("exhaustive", "transitions", "fail", f"{figures}\n{result.failure}", trace=save_as)
+    return _lockstep_result("exhaustive", "transitions", result.passed, figures, result.failure, save_as)
+
+
+def _lockstep_deadline(pool: ChildPool, budget: Budget) -> float | None:
+    """When the lockstep phase ends (None: no time limit); a failure's final replay and report
+    get a fixed grace past it in the pool's children."""
+    stop_at = budget.lockstep_end
+    if stop_at is not None:
+        pool.set_deadline(stop_at + REPORT_GRACE)
+    return stop_at
+
+
+def _lockstep_result(
+    name: str,
+    kind: str,
+    passed: bool,
+    figures: str,
+    failure: str | None,
+    save_as: Path,
+    expected_seen: Iterable[str] = (),
+) -> CaseResult:
+    """A lockstep case's verdict: its figures, and on a failure what failed and the saved trace."""
+    seen = frozenset(expected_seen)
+    if passed:
+        return CaseResult(name, kind, _status(True, seen), figures, expected_seen=seen)
+    return CaseResult(name, kind, "fail", f"{figures}\n{failure}", trace=save_as, expected_seen=seen)
 
 
 def _threads_case(
