@@ -63,6 +63,10 @@ CAPABILITIES: tuple[Capability, ...] = (
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in CAPABILITIES)
+#: Capabilities that only take operations or checks away: the seed (and its Python port) meets
+#: them as it is. The others change what the runtime does, so only a library declaring them runs
+#: a trace recorded with them.
+RELAXATIONS: frozenset[str] = frozenset((SINGLE_THREADED, NO_RAW, OPAQUE_REFS, NO_STRONG_COUNT))
 #: The seed's own set: none. A version 1 library is described with it.
 SEED: tuple[str, ...] = ()
 

@@ -20,6 +20,7 @@ from externref_harness.cli.numbers import whole_number
 from externref_harness.errors import UsageError, printable, shown_path, user_path
 from externref_harness.impl.adapter import ImplAdapter, PlainOp, PlainReport, Probe, StepOutcome
 from externref_harness.lockstep import runner as lockstep
+from externref_harness.model import capabilities
 from externref_harness.model.transition import run as run_model
 from externref_harness.progress import progress
 from externref_harness.report import format_steps, full_output
@@ -82,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
         override = replay_dir.mutant_override(args, chosen)
         trace = replay_dir.override_trace(trace, override)
         cfg = trace.config
+        behaviour = [c for c in cfg.capabilities if c not in capabilities.RELAXATIONS]
+        if chosen.description is None and behaviour:
+            raise UsageError(
+                f"{shown_path(path)} was recorded with {', '.join(behaviour)}, which the Python port "
+                "(the seed) does not have: replay it with --impl and the library that declares them"
+            )
         if chosen.description is not None:
             # The trace's config must be one the library can run (its build, its chunk size).
             chosen.config(cfg, cfg.build, cfg.chunk_size)

@@ -279,3 +279,20 @@ def test_a_real_process_with_a_strict_stdout_prints_surrogates_escaped(tmp_path:
     )  # fmt: skip
     assert out.returncode == 0 and b"Traceback" not in out.stderr, out.stderr
     assert b"n\\udcffme.json" in out.stdout and b"lone \\udc80" in out.stdout
+
+
+def test_a_trace_of_a_capability_the_seed_lacks_needs_its_library(tmp_path: Path, capsys: Capture) -> None:
+    """The Python port is the seed: a trace recorded with own-registry (or any capability that
+    changes what the runtime does) is refused in one line; one that only takes checks away runs."""
+    own = tracefile.save(
+        tracefile.Trace(Config(chunk_size=2, capabilities=("own-registry",)), (ops.Gc(),), ""),
+        tmp_path / "own.json",
+    )
+    assert main(["replay", str(own)]) == 2
+    line = one_error_line(capsys, "replay")
+    assert "recorded with own-registry" in line and "--impl" in line, line
+    opaque = tracefile.save(
+        tracefile.Trace(Config(chunk_size=2, capabilities=("opaque-refs",)), (ops.New(8, 8), ops.Gc()), ""),
+        tmp_path / "opaque.json",
+    )
+    assert main(["replay", str(opaque)]) == 0
