@@ -19,6 +19,7 @@ from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
 from externref_harness.impl.heap import LIVE, REDZONE, Block, CheckingHeap, Report
 from externref_harness.impl.memory import reader
+from externref_harness.impl.stack import Frame
 from externref_harness.impl.world import World
 from externref_harness.model import layout
 from externref_harness.model.ops import OPS_BY_NAME, Op
@@ -226,7 +227,7 @@ class InProcessImpl:
             FrameFacts(
                 f.wasm,
                 f.sp,
-                tuple(f.own_word(i, world.stack.load(f.sp + 8 * i)) for i in range(len(f.ref_typed))),
+                _own_words(f, world.stack.words(f.sp, len(f.ref_typed))),
                 tuple(f.ref_typed),
             )
             for f in world.stack.frames
@@ -332,3 +333,11 @@ class InProcessImpl:
             self._heap.release()
         self._heap = None
         self._world = None
+
+
+def _own_words(frame: Frame, words: tuple[int, ...]) -> tuple[int, ...]:
+    """A frame's slots as the program holds them (`Frame.own_word`); the words as they are when
+    no non-ref word stands in for a slot."""
+    if not frame.planted:
+        return words
+    return tuple(frame.own_word(i, w) for i, w in enumerate(words))

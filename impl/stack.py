@@ -86,6 +86,8 @@ class Frame:
 class NativeStack:
     def __init__(self, size: int = STACK_BYTES) -> None:
         self._region = (ctypes.c_uint64 * (size // WORD))()
+        #: The region as unsigned 64-bit words (`words`): no ctypes object per word read.
+        self._words = memoryview(self._region).cast("B").cast("Q")
         self.base = ctypes.addressof(self._region)
         self.top = self.base + size
         self.frames: list[Frame] = []
@@ -94,6 +96,15 @@ class NativeStack:
     def load(self, address: int) -> int:
         self._bounds(address)
         return ctypes.c_uint64.from_address(address).value
+
+    def words(self, address: int, n: int) -> tuple[int, ...]:
+        """The `n` words from `address` (a frame's slots), read in one slice of the region."""
+        if n == 0:
+            return ()
+        self._bounds(address)
+        self._bounds(address + (n - 1) * WORD)
+        first = (address - self.base) // WORD
+        return tuple(self._words[first : first + n])
 
     def store(self, address: int, value: int) -> None:
         self._bounds(address)
