@@ -52,9 +52,12 @@ class WireError(Exception):
 
 def write_frame(fd: int, value: Any) -> None:
     data = encode(value)
-    view = memoryview(HEADER.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    frame = HEADER.pack(len(data)) + data
+    view = memoryview(frame)
+    # Counted, not `while view:`: compiled (mypyc), a memoryview's truth is not its length.
+    sent = 0
+    while sent < len(frame):
+        sent += os.write(fd, view[sent:])
 
 
 def read_frame(fd: int, deadline: float | None = None) -> Any:

@@ -11,7 +11,15 @@ import pytest
 
 from externref_harness.impl.adapter import Probe, RefFacts, StepOutcome, TableFacts
 from externref_harness.isolation.pool import StepReply
-from externref_harness.isolation.wire import HEADER, WireError, conform, read_frame, tagged, write_frame
+from externref_harness.isolation.wire import (
+    HEADER,
+    WireError,
+    conform,
+    encode,
+    read_frame,
+    tagged,
+    write_frame,
+)
 
 FACTS = RefFacts(16, 0, "live", 1, 0, 0, 8, 8, 0, 32, 8)
 PROBE = Probe(1, None, TableFacts(0, 0, 0, 2, b"\0" * 16), (), (16, None), (), ((8, True), None), (None,), ())
@@ -95,3 +103,27 @@ _keep: list[int] = []
 def test_a_reply_of_the_wrong_shape_names_the_field(value: object, where: str) -> None:
     with pytest.raises(WireError, match=where.replace("[", r"\[").replace("]", r"\]")):
         conform(value, StepReply, "step reply")
+
+
+def test_a_frame_is_written_once_whole_and_read_back_once() -> None:
+    """What a pipe carries is the header and the JSON, once (a compiled `while view:` wrote it
+    twice: a memoryview's truth is not its length there)."""
+    r, w = os.pipe()
+    try:
+        write_frame(w, ("ok", (1, None, "x")))
+        os.close(w)
+        w = -1
+        data = os.read(r, 1 << 16)
+        body = encode(("ok", (1, None, "x")))
+        assert data == HEADER.pack(len(body)) + body
+        r2, w2 = os.pipe()
+        write_frame(w2, ["a", 1])
+        os.close(w2)
+        assert read_frame(r2) == ["a", 1]
+        with pytest.raises(EOFError):
+            read_frame(r2)
+        os.close(r2)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
