@@ -9,6 +9,7 @@ internals. What `eq`, `cmp` and `hash` must answer is `identity.py`'s.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,10 @@ class Projection:
     canary: int | None
     #: Memory faults of the step, as `model.runtime` FAULT_* kinds.
     faults: tuple[str, ...]
+
+
+#: The projection's fields, in order: what a step's comparison goes through, name by name.
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Projection))
 
 
 def _sorted_ids(ids: Iterator[int | str]) -> tuple[int | str, ...]:
@@ -142,7 +147,7 @@ def project_impl(op: ops.Op, outcome: StepOutcome, probe: Probe, refs: RefMap) -
 def projection_diff(model: Projection, impl: Projection) -> list[str]:
     return [
         f"{name}: model {getattr(model, name)!r}, impl {getattr(impl, name)!r}"
-        for name in Projection.__slots__
+        for name in FIELDS
         if getattr(model, name) != getattr(impl, name)
     ]
 

@@ -46,7 +46,7 @@ from externref_harness.lockstep.memory_checks import (
     memory_problems,
     new_ref_problems,
 )
-from externref_harness.lockstep.projection import RefMap, project_impl, project_model
+from externref_harness.lockstep.projection import FIELDS, RefMap, project_impl, project_model
 from externref_harness.model import ops
 from externref_harness.model.assertions import probed_assertion, release_outcome, walk_reaches_wasm
 from externref_harness.model.capabilities import OPAQUE_REFS
@@ -306,7 +306,7 @@ class Lockstep:
             Problem(
                 f"observed.{name}", f"model {getattr(model_view, name)!r}, impl {getattr(impl_view, name)!r}"
             )
-            for name in type(model_view).__slots__
+            for name in FIELDS
             if getattr(model_view, name) != getattr(impl_view, name)
         ]
         problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
