@@ -400,6 +400,18 @@ REMOVED_BY: dict[str, tuple[type[Op], ...]] = {
 }
 
 
+#: The removed operations that only observe: no later step depends on what they answered, so a
+#: corpus trace of the seed runs on an implementation without them with those steps left out
+#: (`left_out`), instead of not at all. A saved trace still replays exactly, or is refused.
+OBSERVING_ONLY: tuple[type[Op], ...] = (StrongCount, BumpCapacityRemaining, StackCanary)
+
+
+def left_out(op: Op, declared: tuple[str, ...]) -> bool:
+    """Whether a corpus run on an implementation with these capabilities leaves `op` out: it only
+    observes, and calls a function the implementation lacks."""
+    return isinstance(op, OBSERVING_ONLY) and unavailable(op, declared) is not None
+
+
 def unavailable(op: Op, declared: tuple[str, ...]) -> str | None:
     """Why `op` cannot run on an implementation with these capabilities (None: it can)."""
     for capability in declared:

@@ -29,7 +29,7 @@ from externref_harness.lockstep import runner as lockstep
 from externref_harness.lockstep.targets import Target
 from externref_harness.model.moves import next_quiesce_op
 from externref_harness.model.observation import Panic
-from externref_harness.model.ops import Op, unavailable
+from externref_harness.model.ops import Op, left_out, unavailable
 from externref_harness.model.state import Build, Config, State
 from externref_harness.model.transition import step
 from externref_harness.specs.invariants import first_violation
@@ -58,6 +58,8 @@ class CorpusResult:
     problem: str = ""
     #: Expected divergences (`LockstepOptions.expected`) that did happen.
     expected_seen: frozenset[str] = frozenset()
+    #: Steps left out: observers the implementation lacks by its capabilities (`ops.left_out`).
+    left_out: tuple[str, ...] = ()
 
     def summary(self) -> str:
         if self.passed:
@@ -109,7 +111,10 @@ def cannot_run(chosen: Target, trace: CorpusTrace | Config, steps: Sequence[Op] 
     own: Build = "debug" if desc.debug else "release"
     if cfg.build != own:
         return f"a {cfg.build} trace; {chosen.path} is a {own} build"
+    corpus = isinstance(trace, CorpusTrace)
     for at, op in enumerate(trace.all_operations if isinstance(trace, CorpusTrace) else steps, 1):
+        if corpus and left_out(op, desc.capabilities):
+            continue  # the run leaves it out (`run_corpus_trace`)
         why = unavailable(op, desc.capabilities)
         if why is not None:
             return f"step {at} ({op}): {why}"
@@ -164,17 +169,23 @@ def run_corpus_trace(
     cfg = replace(trace.config, mutant=mutant, chunk_size=chunk_size or trace.config.chunk_size)
     if capabilities is not None:
         cfg = replace(cfg, capabilities=capabilities)
-    driven = lockstep.drive(cfg, trace.all_operations, adapter, until_first=True, options=options)
+    # Under capabilities, observers the implementation lacks are left out; `kept` maps each step
+    # driven to its step in the file (1-based).
+    ops_ = trace.all_operations
+    kept = [at for at, op in enumerate(ops_, 1) if not (capabilities and left_out(op, capabilities))]
+    driven_steps = set(kept)
+    dropped = tuple(f"step {at} ({op})" for at, op in enumerate(ops_, 1) if at not in driven_steps)
+    driven = lockstep.drive(cfg, [ops_[at - 1] for at in kept], adapter, until_first=True, options=options)
     mismatch = None if capabilities else expectation_mismatch(trace, driven, mutant)
     failure = driven.first
     seen = driven.expected_seen
     if failure is None:
         if mismatch is None:
-            return CorpusResult(trace.id, True, None, "", seen)
-        return CorpusResult(trace.id, False, mismatch[0], mismatch[1], seen)
+            return CorpusResult(trace.id, True, None, "", seen, dropped)
+        return CorpusResult(trace.id, False, mismatch[0], mismatch[1], seen, dropped)
     # The file's teardown steps are driven as steps: past them is only the final heap check (or a
     # teardown the model grew, already a mismatch).
-    at_step = failure.step if failure.step <= len(trace.steps) else None
+    at_step = kept[failure.step - 1] if failure.step <= len(kept) else None
     side = "the model" if failure.side == lockstep.MODEL else options.impl_name
     where = f"step {at_step}" if at_step is not None else "teardown"
     lockstep_problem = f"{side} fails at {where}: {failure.problem}"
@@ -183,12 +194,13 @@ def run_corpus_trace(
         # The implementation failed at the same step (it crashed, say): that is news too.
         lockstep_problem += f"\nalso: {options.impl_name} fails at {where}: {other.problem}"
     if mismatch is None or (at_step is not None and at_step < mismatch[0]):
-        return CorpusResult(trace.id, False, at_step, lockstep_problem, seen)
+        return CorpusResult(trace.id, False, at_step, lockstep_problem, seen, dropped)
     if at_step == mismatch[0] and mutant is not None:
         # A seeded bug on: what it breaks says more than how the observation moved.
-        return CorpusResult(trace.id, False, at_step, f"{lockstep_problem}\nalso: {mismatch[1]}", seen)
+        problem = f"{lockstep_problem}\nalso: {mismatch[1]}"
+        return CorpusResult(trace.id, False, at_step, problem, seen, dropped)
     also = f"\nalso: {lockstep_problem}" if at_step == mismatch[0] else ""
-    return CorpusResult(trace.id, False, mismatch[0], mismatch[1] + also, seen)
+    return CorpusResult(trace.id, False, mismatch[0], mismatch[1] + also, seen, dropped)
 
 
 def run_on_model(trace: CorpusTrace, mutant: str | None = None) -> CorpusResult:

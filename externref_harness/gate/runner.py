@@ -297,6 +297,9 @@ def _corpus_cases(
         detail = "" if result.passed else f"step {result.step}: {result.problem}"
         if cfg.chunk_size != trace.config.chunk_size:
             detail = f"at the library's chunk of {cfg.chunk_size} slots" + (f"; {detail}" if detail else "")
+        if result.left_out:
+            left = f"{len(result.left_out)} observer step(s) it lacks left out: {', '.join(result.left_out)}"
+            detail = left + (f"; {detail}" if detail else "")
         case = CaseResult("corpus", result.name, _status(result.passed, seen), detail, expected_seen=seen)
         case.seconds = time.perf_counter() - started
         out.append(case)

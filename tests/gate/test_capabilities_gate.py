@@ -82,9 +82,9 @@ def test_a_declared_capability_is_expectable_at_the_strict_level(tmp_path: Path)
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
     assert props["capabilities"] == "canary-guard"
     assert "capability canary-guard: StackCanary is not generated" in (props["not_checked"] or "")
-    # A corpus trace that reads the canary cannot run here: skipped or not applied, with the reason.
-    assert any("StackCanary calls a function a canary-guard implementation lacks" in line
-               for line in report["not_checked"])  # fmt: skip
+    # A corpus trace that reads the canary runs here without that step, and its case says so.
+    assert any("left out: step 5 (StackCanary())" in c["detail"]
+               for c in report["cases"] if c["name"] == "debug/path-gc-canary-found")  # fmt: skip
 
 
 def test_single_threaded_skips_the_parallel_check_and_says_so(
