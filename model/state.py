@@ -581,8 +581,13 @@ def owned_refs(state: State) -> list[int]:
         if p is not None and p.owned:
             out.append(p.ref)
     out.extend(global_refs(state.globals))
-    table = state.table
-    out.extend(table.over_approximated_stack_roots)
+    out.extend(table_owned_refs(state.table))
+    return out
+
+
+def table_owned_refs(table: Table) -> list[int]:
+    """`owned_refs`' table part: over-approximated roots, the filled chunk, precise roots."""
+    out = list(table.over_approximated_stack_roots)
     out.extend([r for r in table.chunk[: table.next] if r is not None])
     out.extend(table.precise_stack_roots)
     return out

@@ -39,6 +39,7 @@ from externref_harness.model.state import (
     global_refs,
     owned_refs,
     table_elements,
+    table_owned_refs,
     wasm_live_refs,
 )
 
@@ -214,16 +215,6 @@ def first_violation(cfg: Config, state: State) -> tuple[Invariant, str] | None:
     return None
 
 
-def _table_owners(state: State) -> list[int]:
-    """The table's counted owners (`owned_refs`' table part): over-approximated and precise roots,
-    and the filled part of the chunk."""
-    table = state.table
-    out = list(table.over_approximated_stack_roots)
-    out.extend([r for r in table.chunk[: table.next] if r is not None])
-    out.extend(table.precise_stack_roots)
-    return out
-
-
 class Incremental:
     """`first_violation` of each state of one walk, at the cost of what each step changed.
 
@@ -272,9 +263,9 @@ class Incremental:
             for r in global_refs(after.globals):
                 count(r, 1)
         if before.table is not after.table:
-            for r in _table_owners(before):
+            for r in table_owned_refs(before.table):
                 count(r, -1)
-            for r in _table_owners(after):
+            for r in table_owned_refs(after.table):
                 count(r, 1)
         if len(after.handles) < len(before.handles) or len(after.raws) < len(before.raws):
             return self._restart(cfg, after)  # never done by a step: count it all again
