@@ -357,16 +357,9 @@ def test_the_opaque_free_early_bug_is_caught_with_a_replayable_trace(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     library = build_reference("debug", bug="c-opaque-free-early")
-    status, report = _gate(tmp_path, library)
-    assert status == 1
-    (search,) = [c for c in report["cases"] if c["kind"] == "search"]
-    assert search["status"] == "fail" and "refs.distinct" in search["detail"], search
-    trace = Path(search["trace"])
+    trace = _search_fails_and_replays(tmp_path, library, "refs.distinct", capsys)
     saved = json.loads(trace.read_text())
     assert saved["config"]["capabilities"] == ["opaque-refs"] and len(saved["steps"]) <= 8
-    capsys.readouterr()
-    assert main(["replay", str(trace), "--impl", str(library)]) == 1
-    assert "[refs.distinct]" in capsys.readouterr().out
     correct = build_reference("debug", variant="c-opaque-refs")
     assert main(["replay", str(trace), "--impl", str(correct)]) == 0
 
@@ -377,12 +370,21 @@ def test_a_wild_write_outside_the_steps_refs_fails_the_default_gate(
     """`c-wild-write-footer` writes the count of a ref the failing step does not otherwise touch;
     the gate (its default checks, strict) fails the search with a shrunk trace that replays."""
     library = build_reference("debug", bug="c-wild-write-footer")
+    trace = _search_fails_and_replays(tmp_path, library, "layout.ref-count-offset", capsys)
+    assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 6
+
+
+def _search_fails_and_replays(
+    tmp_path: Path, library: Path, check: str, capsys: pytest.CaptureFixture[str]
+) -> Path:
+    """The default gate fails `library`'s search on `check`, and its saved trace, replayed on the
+    library, fails on `check` again; the trace's path."""
     status, report = _gate(tmp_path, library)
     assert status == 1
     (search,) = [c for c in report["cases"] if c["kind"] == "search"]
-    assert search["status"] == "fail" and "layout.ref-count-offset" in search["detail"], search
+    assert search["status"] == "fail" and check in search["detail"], search
     trace = Path(search["trace"])
-    assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 6
     capsys.readouterr()
     assert main(["replay", str(trace), "--impl", str(library)]) == 1
-    assert "[layout.ref-count-offset]" in capsys.readouterr().out
+    assert f"[{check}]" in capsys.readouterr().out
+    return trace
