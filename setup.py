@@ -1,4 +1,5 @@
-"""The build's one step beyond `pyproject.toml`: compile the hot modules with mypyc.
+"""The build's one step beyond `pyproject.toml`: compile the hot modules with mypyc, and build
+the C modules (`compiled.C_MODULES`).
 
 `externref_harness/compiled.py` lists them and explains how a process decides to use them. Each
 source's digest goes into the manifest beside it, so an extension is never used after its source
@@ -13,7 +14,7 @@ import runpy
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "externref_harness"
@@ -37,10 +38,14 @@ def ext_modules() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
-    sources = {m: compiled["source_path"](m, PACKAGE) for m in compiled["COMPILED_MODULES"]}
+    sources = {m: compiled["source_path"](m, PACKAGE) for m in compiled["BUILT_MODULES"]}
     extensions = mypycify(
-        [str(path.relative_to(ROOT)) for path in sources.values()], opt_level="3"
+        [str(sources[m].relative_to(ROOT)) for m in compiled["COMPILED_MODULES"]], opt_level="3"
     )
+    extensions += [
+        Extension(m, [str(sources[m].relative_to(ROOT))], extra_compile_args=["-O2"])
+        for m in compiled["C_MODULES"]
+    ]
     digests = {m: compiled["digest"](path) for m, path in sources.items()}
     manifest.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
     return list(extensions)

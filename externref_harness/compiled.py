@@ -55,6 +55,12 @@ COMPILED_MODULES: tuple[str, ...] = (
     "externref_harness.changes",
     "externref_harness.isolation.wire",
 )
+#: Modules written in C (`<name>.c` beside where the `.py` would be), built by `setup.py` with the
+#: mypyc modules and used on the same terms: all of them, fresh, or none. Each has a pure-Python
+#: fallback in the module that imports it, which computes the same thing more slowly.
+C_MODULES: tuple[str, ...] = ("externref_harness._changes",)
+#: Everything the install builds, whose sources the manifest records.
+BUILT_MODULES: tuple[str, ...] = COMPILED_MODULES + C_MODULES
 #: Written by `setup.py` beside this file: {module: sha256 of the source it was compiled from}.
 MANIFEST = "_compiled.json"
 #: Set to 1 to run every module interpreted although it is compiled (to compare, or to debug).
@@ -65,11 +71,12 @@ _mode = "interpreted (not yet decided)"
 
 
 def source_path(module: str, package_dir: Path = _PACKAGE_DIR) -> Path:
-    """`externref_harness.model.state` -> `<package>/model/state.py`."""
+    """`externref_harness.model.state` -> `<package>/model/state.py`; a C module's `.c`."""
     parts = module.split(".")
     if parts[0] != "externref_harness":
         raise ValueError(f"{module} is not a module of externref_harness")
-    return package_dir.joinpath(*parts[1:-1], parts[-1] + ".py")
+    suffix = ".c" if module in C_MODULES else ".py"
+    return package_dir.joinpath(*parts[1:-1], parts[-1] + suffix)
 
 
 def digest(path: Path) -> str:
@@ -96,7 +103,7 @@ def stale_modules(package_dir: Path = _PACKAGE_DIR) -> list[str] | None:
     if not isinstance(recorded, dict):
         return None
     stale = []
-    for module in COMPILED_MODULES:
+    for module in BUILT_MODULES:
         try:
             same = recorded.get(module) == digest(source_path(module, package_dir))
         except OSError:
@@ -107,7 +114,8 @@ def stale_modules(package_dir: Path = _PACKAGE_DIR) -> list[str] | None:
 
 
 class _SourceFinder:
-    """A meta-path finder that loads the listed modules from their `.py`, never an extension."""
+    """A meta-path finder that loads the listed modules from their `.py`, never an extension, and
+    refuses the C modules (their importers fall back to Python)."""
 
     def __init__(self, modules: Sequence[str], package_dir: Path) -> None:
         self.sources = {m: source_path(m, package_dir) for m in modules}
@@ -115,6 +123,8 @@ class _SourceFinder:
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
+        if fullname in C_MODULES:
+            raise ModuleNotFoundError(f"{fullname} is not used: {_mode}", name=fullname)
         source = self.sources.get(fullname)
         if source is None:
             return None

@@ -13,8 +13,9 @@ import ctypes
 import dataclasses
 import struct
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
+from externref_harness.changes import same
 from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
 from externref_harness.impl.heap import LIVE, REDZONE, Block, CheckingHeap, Report
@@ -145,6 +146,8 @@ class ImplAdapter(Protocol):
         ...
 
 
+T = TypeVar("T")
+
 #: `ref_count`, `value_ptr.data`, `value_ptr.vtable`: the footer's three words.
 _FOOTER = struct.Struct("<3Q")
 #: Largest chunk the probe reads (a wild chunk length must not make it read the address space).
@@ -183,6 +186,10 @@ class InProcessImpl:
         #: Refs whose footer words no single block covers: read again by every probe.
         self._unblocked: list[int] = []
         self._reported = self._dropped = self._allocated = 0
+        #: The last probe's heap-sized tuples, shared by the next probe while they are unchanged.
+        self._refs: tuple[RefFacts, ...] | None = None
+        self._handles: tuple[int | None, ...] = ()
+        self._hashes: tuple[tuple[int, int], ...] = ()
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
         world = self.world
@@ -209,9 +216,11 @@ class InProcessImpl:
         world = self.world
         facts = self._facts
         allocations = world.allocations
+        read = bool(self._unblocked) or len(facts) < len(allocations)
         for start in world.heap.take_changed():
             for i in self._refs_in.get(start, ()):
                 facts[i] = self._ref_facts(i, *allocations[i])
+                read = True
         for i in self._unblocked:
             facts[i] = self._ref_facts(i, *allocations[i])
         for i in range(len(facts), len(allocations)):
@@ -222,7 +231,12 @@ class InProcessImpl:
                 self._refs_in.setdefault(block.start, []).append(i)
             else:
                 self._unblocked.append(i)
-        refs = facts
+        if read or self._refs is None:
+            self._refs = tuple(facts)
+        # The heap-sized parts are frozen again only when they changed (compared in place, a
+        # pointer per position): at 4,096 live refs a copy costs more than the rest of a probe.
+        self._handles = _frozen(world.host.handles, self._handles)
+        self._hashes = _frozen(world.hashes, self._hashes)
         frames = tuple(
             FrameFacts(
                 f.wasm,
@@ -236,9 +250,9 @@ class InProcessImpl:
             stack_top=world.stack.top,
             canary=world.stack_canary(),
             table=self._table_facts(),
-            refs=tuple(refs),
-            handles=tuple(world.host.handles),
-            hashes=tuple(world.hashes),
+            refs=self._refs,
+            handles=self._handles,
+            hashes=self._hashes,
             raws=tuple(None if p is None else (p.ref, p.owned) for p in world.host.raws),
             globals=tuple(
                 int(world.globals_memory[g]) if init else None
@@ -333,6 +347,11 @@ class InProcessImpl:
             self._heap.release()
         self._heap = None
         self._world = None
+
+
+def _frozen(now: list[T], last: tuple[T, ...]) -> tuple[T, ...]:
+    """`last` while `now` holds the same items, else `now` as a tuple."""
+    return last if same(now, last) else tuple(now)
 
 
 def _own_words(frame: Frame, words: tuple[int, ...]) -> tuple[int, ...]:

@@ -24,8 +24,8 @@ directly, a wild pointer), are found by comparing the segment with its shadow:
 
     segment  |blk 0|rz|blk 1|rz|  ...  |blk k|rz|              (bump-allocated, never reused)
     shadow   |     copy after the last verify()   |
-      memcmp per 64 KiB window -> per 4 KiB page -> the differing bytes of a page (one XOR of the
-      page as two integers) -> the blocks that cover them
+      memcmp per 4 KiB page (`changes.changed_pages`, one C loop) -> the differing bytes of a
+      page (one XOR of the page as two integers) -> the blocks that cover them
 
 Only the blocks whose bytes (user bytes or redzone) changed, or that were allocated, freed or
 given a watched value since the last `verify()`, are checked again; every other block is
@@ -43,6 +43,8 @@ import bisect
 import ctypes
 import ctypes.util
 from dataclasses import dataclass
+
+from externref_harness.changes import changed_pages
 
 WORD = 8
 REDZONE = 32
@@ -84,9 +86,6 @@ _mmap.restype = ctypes.c_void_p
 _munmap = _libc.munmap
 _munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _munmap.restype = ctypes.c_int
-_memcmp = _libc.memcmp
-_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-_memcmp.restype = ctypes.c_int
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _PROT_READ_WRITE = 0x1 | 0x2
 _MAP_PRIVATE_ANONYMOUS = 0x02 | 0x20
@@ -95,8 +94,6 @@ _MAP_PRIVATE_ANONYMOUS = 0x02 | 0x20
 SEGMENT = 1 << 16
 MAX_SEGMENT = 1 << 22
 PAGE = 4096
-#: The comparison's first level: windows of this many bytes, then pages within a differing one.
-WINDOW = 16 * PAGE
 
 _WORD_FROM = ctypes.c_uint64.from_address
 
@@ -368,17 +365,7 @@ class CheckingHeap:
 
     def _dirty_pages(self, seg: _Segment) -> list[int]:
         """Offsets of the pages of `seg` whose bytes differ from its shadow."""
-        shadow = ctypes.addressof(seg.shadow)
-        out: list[int] = []
-        for window in range(0, seg.used, WINDOW):
-            length = min(WINDOW, seg.used - window)
-            if not _memcmp(seg.base + window, shadow + window, length):
-                continue
-            for offset in range(window, window + length, PAGE):
-                size = min(PAGE, seg.used - offset)
-                if _memcmp(seg.base + offset, shadow + offset, size):
-                    out.append(offset)
-        return out
+        return changed_pages(seg.base, ctypes.addressof(seg.shadow), seg.used, PAGE)
 
     def _changed_blocks(self, seg: _Segment, offset: int, into: set[int]) -> None:
         """Add the blocks covering the bytes of page `offset` that differ from the shadow."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from mypy_extensions import mypyc_attr
 
+from externref_harness.changes import same
 from externref_harness.model import ops, protocol
 from externref_harness.model.capabilities import NO_GC_FREE_INSERT
 from externref_harness.model.host import (
@@ -145,15 +146,14 @@ class Machine(SeedRuntime):
         """The state after the step; parts the step did not touch, or left equal, are the thawed
         state's own objects, so successive states share them and compare fast."""
         s = self._thawed
-        heap = tuple(self.heap)
         host = self._host
-        handles = s.handles if host is None else _same(tuple(host.handles), s.handles)
-        raws = s.raws if host is None else _same(tuple(host.raws), s.raws)
-        globals_ = s.globals if self._globals is None else _same(tuple(self._globals), s.globals)
-        frames = s.frames if self._frames is None else _same(tuple(self._frames), s.frames)
+        handles = s.handles if host is None else _same(host.handles, s.handles)
+        raws = s.raws if host is None else _same(host.raws, s.raws)
+        globals_ = s.globals if self._globals is None else _same(self._globals, s.globals)
+        frames = s.frames if self._frames is None else _same(self._frames, s.frames)
         faults = self.faults_if_touched()
         return State(
-            s.heap if heap == s.heap else heap,
+            s.heap if same(self.heap, s.heap) else tuple(self.heap),
             self.frozen_table(),
             handles,
             raws,
@@ -473,9 +473,10 @@ class Machine(SeedRuntime):
         return Ok(None)
 
 
-def _same(now: tuple[Any, ...], before: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`before` itself when a thawed part came back equal (sharing keeps comparisons cheap)."""
-    return before if now == before else now
+def _same(now: list[Any], before: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`before` itself when a thawed part came back equal (sharing keeps comparisons cheap), else
+    the part frozen (compared in place first: most steps leave most parts equal)."""
+    return before if same(now, before) else tuple(now)
 
 
 def _ref(value: GlobalValue) -> int | None:

@@ -54,7 +54,21 @@ class Invariant:
 def reachable_refs(state: State) -> set[int]:
     """Refs something still uses: handles, owned raws, globals, live Wasm slots, the table."""
     out: set[int] = {h for h in state.handles if h is not None}
-    out.update(p.ref for p in state.raws if p is not None and p.owned)
+    out.update(_reachable_beyond_handles(state))
+    return out
+
+
+def is_reachable(state: State, r: int) -> bool:
+    """`r in reachable_refs(state)`, without building the set: the handles, as many as the live
+    refs, are searched in place (a lockstep step asks this of one ref it saw freed)."""
+    for h in state.handles:  # compiled: an unboxed comparison per handle, not a rich one
+        if h is not None and h == r:
+            return True
+    return r in _reachable_beyond_handles(state)
+
+
+def _reachable_beyond_handles(state: State) -> set[int]:
+    out: set[int] = {p.ref for p in state.raws if p is not None and p.owned}
     out.update(global_refs(state.globals))
     out.update(wasm_live_refs(state.frames))
     out.update(table_elements(state.table))

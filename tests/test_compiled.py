@@ -62,13 +62,13 @@ def _package_copy(tmp_path: Path) -> Path:
     """The installed package's sources and manifest, and a file where each extension would be
     (only their presence is looked at: the tests' finder never imports them), to edit."""
     copy = tmp_path / "pkg"
-    for module in compiled.COMPILED_MODULES:
+    for module in compiled.BUILT_MODULES:
         source = compiled.source_path(module, PACKAGE)
         target = compiled.source_path(module, copy)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         _extension(module, copy).write_bytes(b"")
-    digests = {m: compiled.digest(compiled.source_path(m, copy)) for m in compiled.COMPILED_MODULES}
+    digests = {m: compiled.digest(compiled.source_path(m, copy)) for m in compiled.BUILT_MODULES}
     (copy / compiled.MANIFEST).write_text(json.dumps(digests))
     return copy
 
@@ -98,6 +98,29 @@ def test_a_missing_extension_is_stale(tmp_path: Path) -> None:
     mode, *origins = _child(code).splitlines()
     assert mode.startswith("interpreted (changed since the build: model/world.py (no extension)")
     assert origins == [str(compiled.source_path(m, copy)) for m in compiled.COMPILED_MODULES]
+
+
+def test_an_edited_c_source_is_stale_and_refused(tmp_path: Path) -> None:
+    """A C module is judged as the mypyc modules are: edited after the build, the whole build is
+    stale, and the C module is refused, so its importer runs its Python loop."""
+    copy = _package_copy(tmp_path)
+    source = compiled.source_path("externref_harness._changes", copy)
+    assert source.suffix == ".c"
+    source.write_text(source.read_text() + "\n/* edited */\n")
+    assert compiled.stale_modules(copy) == ["externref_harness._changes"]
+    code = (
+        "import sys, pathlib, externref_harness.compiled as c\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, c._SourceFinder)]\n"
+        "sys.modules.pop('externref_harness._changes', None)\n"
+        f"print(c.use_fresh_extensions(pathlib.Path({str(copy)!r})))\n"
+        "try:\n"
+        "    import externref_harness._changes\n"
+        "except ImportError as e:\n"
+        "    print('refused')\n"
+    )
+    mode, refused = _child(code).splitlines()
+    assert mode.startswith("interpreted (changed since the build: _changes.c")
+    assert refused == "refused"
 
 
 def test_a_stale_build_runs_the_sources_not_the_extensions(tmp_path: Path) -> None:

@@ -1,0 +1,220 @@
+/* The C core of `externref_harness.changes`: which positions of two sequences differ, identity
+ * first and by value only where the identities differ; and which pages of a memory range differ
+ * from its shadow copy (the checking heap's write record, `impl/heap.py`).
+ *
+ * A step of the lockstep changes a handful of positions of tuples as long as the heap and leaves
+ * every other position the very same object (`changes`' docstring says why). Comparing two
+ * 4,096-long tuples element by element costs about 20 us in Python or mypyc, which increment and
+ * decrement a count per element; the loop below reads the two item arrays in place, a pointer
+ * comparison per unchanged position (a few microseconds for 4,096). `setup.py` builds it and
+ * `compiled.py` decides, with the mypyc modules, whether this process may use it; without it
+ * `changes` runs its own loop, which computes the same result.
+ *
+ * Invariant relied on: a value comparison (`PyObject_RichCompareBool`) may run Python code that
+ * changes a list given here, so both sequences' item arrays and lengths are read again after each
+ * one; the two items compared are held while they are compared.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* 1 if `a` and `b` differ (not the same object and not equal), 0 if not, -1 on an error. */
+static int
+differ(PyObject *a, PyObject *b)
+{
+    if (a == b) {
+        return 0;
+    }
+    Py_INCREF(a);
+    Py_INCREF(b);
+    int equal = PyObject_RichCompareBool(a, b, Py_EQ);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return equal < 0 ? -1 : !equal;
+}
+
+/* Walk the common prefix of `old` and `new`; add each differing index to `out` (a list), or, if
+ * `out` is NULL, stop at the first. Returns the number found (0 or 1 without `out`), -1 on error. */
+static Py_ssize_t
+walk(PyObject *old, PyObject *new, PyObject *out)
+{
+    Py_ssize_t found = 0;
+    for (Py_ssize_t i = 0;; i++) {
+        Py_ssize_t common = Py_MIN(PySequence_Fast_GET_SIZE(old), PySequence_Fast_GET_SIZE(new));
+        PyObject **a = PySequence_Fast_ITEMS(old);
+        PyObject **b = PySequence_Fast_ITEMS(new);
+        while (i < common && a[i] == b[i]) {
+            i++;
+        }
+        if (i >= common) {
+            return found;
+        }
+        int d = differ(a[i], b[i]);
+        if (d < 0) {
+            return -1;
+        }
+        if (d) {
+            found++;
+            if (out == NULL) {
+                return found;
+            }
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(out, index) < 0) {
+                Py_XDECREF(index);
+                return -1;
+            }
+            Py_DECREF(index);
+        }
+    }
+}
+
+static int
+fast_pair(PyObject *const *args, Py_ssize_t nargs, const char *name, PyObject **old, PyObject **new)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)", name, nargs);
+        return -1;
+    }
+    *old = PySequence_Fast(args[0], "old must be a sequence");
+    if (*old == NULL) {
+        return -1;
+    }
+    *new = PySequence_Fast(args[1], "new must be a sequence");
+    if (*new == NULL) {
+        Py_DECREF(*old);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(changed_positions_doc,
+"changed_positions(old, new) -> list[int]\n\n"
+"The indices i < len(new) where new[i] != old[i] (compared by identity first), or old has no\n"
+"index i, ascending.");
+
+static PyObject *
+changed_positions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *old, *new;
+    if (fast_pair(args, nargs, "changed_positions", &old, &new) < 0) {
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL || walk(old, new, out) < 0) {
+        goto error;
+    }
+    Py_ssize_t n_old = PySequence_Fast_GET_SIZE(old);
+    Py_ssize_t n_new = PySequence_Fast_GET_SIZE(new);
+    for (Py_ssize_t i = n_old; i < n_new; i++) {
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(out, index) < 0) {
+            Py_XDECREF(index);
+            goto error;
+        }
+        Py_DECREF(index);
+    }
+    Py_DECREF(old);
+    Py_DECREF(new);
+    return out;
+error:
+    Py_XDECREF(out);
+    Py_DECREF(old);
+    Py_DECREF(new);
+    return NULL;
+}
+
+PyDoc_STRVAR(same_doc,
+"same(old, new) -> bool\n\n"
+"Whether the two sequences have the same length and equal items (compared by identity first).");
+
+static PyObject *
+same(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *old, *new;
+    if (fast_pair(args, nargs, "same", &old, &new) < 0) {
+        return NULL;
+    }
+    Py_ssize_t found = 0;
+    if (PySequence_Fast_GET_SIZE(old) == PySequence_Fast_GET_SIZE(new)) {
+        found = walk(old, new, NULL);
+    }
+    int equal_length = PySequence_Fast_GET_SIZE(old) == PySequence_Fast_GET_SIZE(new);
+    Py_DECREF(old);
+    Py_DECREF(new);
+    if (found < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(equal_length && found == 0);
+}
+
+PyDoc_STRVAR(changed_pages_doc,
+"changed_pages(now, then, length, page) -> list[int]\n\n"
+"The offsets (multiples of page, below length) of the pages whose bytes differ between the\n"
+"memory at address now and at address then, ascending. Both ranges must be mapped.");
+
+static PyObject *
+changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "changed_pages() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    size_t addresses[2];
+    for (int k = 0; k < 2; k++) {
+        addresses[k] = PyLong_AsSize_t(args[k]);
+        if (addresses[k] == (size_t)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    Py_ssize_t length = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t page = PyLong_AsSsize_t(args[3]);
+    if ((length == -1 || page == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (length < 0 || page <= 0) {
+        PyErr_SetString(PyExc_ValueError, "changed_pages: length must be >= 0 and page > 0");
+        return NULL;
+    }
+    const char *now = (const char *)addresses[0];
+    const char *then = (const char *)addresses[1];
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t offset = 0; offset < length; offset += page) {
+        Py_ssize_t size = Py_MIN(page, length - offset);
+        if (memcmp(now + offset, then + offset, (size_t)size) == 0) {
+            continue;
+        }
+        PyObject *index = PyLong_FromSsize_t(offset);
+        if (index == NULL || PyList_Append(out, index) < 0) {
+            Py_XDECREF(index);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(index);
+    }
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"changed_pages", (PyCFunction)(void (*)(void))changed_pages, METH_FASTCALL, changed_pages_doc},
+    {"changed_positions", (PyCFunction)(void (*)(void))changed_positions, METH_FASTCALL,
+     changed_positions_doc},
+    {"same", (PyCFunction)(void (*)(void))same, METH_FASTCALL, same_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "externref_harness._changes",
+    "The C core of externref_harness.changes (identity-first sequence comparison).",
+    0,
+    methods,
+};
+
+PyMODINIT_FUNC
+PyInit__changes(void)
+{
+    return PyModule_Create(&module);
+}

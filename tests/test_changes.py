@@ -1,0 +1,103 @@
+"""`changes`: the C loop and this module's own loop find the same positions, identity first.
+
+In CI the package is built, so `changed_positions` and `same` run `_changes.c`; each test compares
+them with `python_changed_positions`, the loop that runs without the build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from externref_harness import changes
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="a developer's checkout may be interpreted")
+def test_ci_uses_the_c_loop() -> None:
+    assert changes.uses_c_loop()
+
+
+items = st.one_of(st.integers(-3, 3), st.none(), st.tuples(st.integers(0, 2)))
+
+
+@given(st.lists(items, max_size=12), st.lists(items, max_size=12), st.booleans())
+def test_both_loops_find_the_same_positions(old: list[Any], new: list[Any], as_tuples: bool) -> None:
+    a: Any = tuple(old) if as_tuples else old
+    b: Any = tuple(new) if as_tuples else new
+    expected = [i for i in range(len(new)) if i >= len(old) or old[i] != new[i]]
+    assert changes.changed_positions(a, b) == expected
+    assert changes.python_changed_positions(a, b) == expected
+    assert changes.same(a, b) == (old == new)
+
+
+class _Equal:
+    """Equal to every other `_Equal`: a position holding another one did not change."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Equal)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_different_but_equal_object_is_not_a_change() -> None:
+    old, new = (_Equal(), 1, _Equal()), (_Equal(), 2, _Equal())
+    assert changes.changed_positions(old, new) == [1]
+    assert changes.same(old, (_Equal(), 1, _Equal()))
+
+
+class _Shrinks:
+    """A comparison that empties the list being compared: the loop must read its length again."""
+
+    def __init__(self, victim: list[Any]) -> None:
+        self.victim = victim
+
+    def __eq__(self, other: object) -> bool:
+        self.victim.clear()
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_comparison_that_changes_the_list_is_survived() -> None:
+    new: list[Any] = []
+    old: list[Any] = [_Shrinks(new), 1, 2, 3]
+    new.extend([object(), 1, 2, 3])
+    assert changes.changed_positions(old, new) == [0]  # `new` is empty after the comparison
+    assert not changes.same(old, new)
+
+
+def test_a_comparison_that_raises_propagates() -> None:
+    class Raises:
+        def __eq__(self, other: object) -> bool:
+            raise ValueError("no comparison")
+
+        __hash__ = None  # type: ignore[assignment]
+
+    with pytest.raises(ValueError, match="no comparison"):
+        changes.changed_positions([Raises()], [Raises()])
+    with pytest.raises(ValueError, match="no comparison"):
+        changes.same([Raises()], [Raises()])
+
+
+@given(st.integers(0, 5 * 4096 + 100), st.sets(st.integers(0, 5 * 4096 + 99), max_size=6))
+def test_both_loops_find_the_same_changed_pages(length: int, written: set[int]) -> None:
+    now = ctypes.create_string_buffer(b"\x55" * length, length)
+    then = ctypes.create_string_buffer(b"\x55" * length, length)
+    for at in written:
+        if at < length:
+            now[at] = 0x66
+    expected = sorted({at // 4096 * 4096 for at in written if at < length})
+    addresses = (ctypes.addressof(now), ctypes.addressof(then), length, 4096)
+    assert changes.changed_pages(*addresses) == expected
+    assert changes.python_changed_pages(*addresses) == expected
+
+
+def test_changed_pages_refuses_bad_sizes() -> None:
+    buffer = ctypes.create_string_buffer(16)
+    with pytest.raises(ValueError, match="page > 0"):
+        changes.changed_pages(ctypes.addressof(buffer), ctypes.addressof(buffer), 16, 0)
