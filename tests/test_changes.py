@@ -90,7 +90,7 @@ def test_both_loops_find_the_same_changed_pages(length: int, written: set[int]) 
     then = ctypes.create_string_buffer(b"\x55" * length, length)
     for at in written:
         if at < length:
-            now[at] = 0x66
+            now[at] = b"\x66"
     expected = sorted({at // 4096 * 4096 for at in written if at < length})
     addresses = (ctypes.addressof(now), ctypes.addressof(then), length, 4096)
     assert changes.changed_pages(*addresses) == expected

@@ -65,6 +65,12 @@ class Plan:
     index: dict[int, int] = field(default_factory=dict)
     #: Classes that break an invariant (a model bug): not expanded.
     violating: int = 0
+    #: The class each transition leads to: `targets[offsets[c] + i]` for move i of class c.
+    targets: array = field(default_factory=lambda: array("i"))  # type: ignore[type-arg]
+    #: Where each class's moves start in `targets` (`offsets[c + 1] - offsets[c] == moves[c]`).
+    offsets: array = field(default_factory=lambda: array("q", [0]))  # type: ignore[type-arg]
+    #: The operation of each class's tree edge (move `via[c]` of its parent's concrete state).
+    via_op: tuple[Op | None, ...] = ()
 
     @property
     def classes(self) -> int:
@@ -79,15 +85,19 @@ class Plan:
         out.reverse()
         return out
 
+    def target(self, c: int, move: int) -> int:
+        """The class move `move` of class `c` leads to."""
+        return int(self.targets[self.offsets[c] + move])
+
     def ops_to(self, c: int) -> list[Op]:
         """The real operations that reach class `c`'s concrete state from `State.initial`."""
-        search = self.search
-        state = State.initial(search.cfg)
         out: list[Op] = []
-        for _, move in self.path(c):
-            op = search.moves(state)[move]
-            state = step(search.cfg, state, op)[0]
+        while self.parent[c] != NO_PARENT:
+            op = self.via_op[c]
+            assert op is not None
             out.append(op)
+            c = self.parent[c]
+        out.reverse()
         return out
 
 
@@ -105,6 +115,8 @@ def build_plan(search: Search) -> Plan:
     frontier: list[tuple[int, State]] = [(0, root)]
     states: list[State] = [root]
     transitions = constrained = depth_cut = violating = 0
+    targets, offsets = array("i"), array("q", [0])
+    via_op: list[Op | None] = [None]  # the root has no tree edge
     level = 0
     while frontier:
         grown: list[tuple[int, State]] = []
@@ -112,16 +124,19 @@ def build_plan(search: Search) -> Plan:
             if limit is not None and level >= limit:
                 depth_cut += 1
                 n_moves.append(0)
+                offsets.append(len(targets))
                 continue
             if first_violation(cfg, state) is not None:
                 # A seeded bug of the model: the run reaching it fails there; beyond it the
                 # space need not be bounded (the explorer stops at the first one).
                 violating += 1
                 n_moves.append(0)
+                offsets.append(len(targets))
                 continue
             if live_handles(state) > max_live:
                 constrained += 1
                 n_moves.append(0)
+                offsets.append(len(targets))
                 continue
             moves = search.moves(state)
             n_moves.append(len(moves))
@@ -129,18 +144,22 @@ def build_plan(search: Search) -> Plan:
             for i, op in enumerate(moves):
                 succ = step(cfg, state, op)[0]
                 fp = search.fingerprint(search.key(succ))
-                if fp in seen:
+                known = seen.get(fp)
+                targets.append(len(parent) if known is None else known)
+                if known is not None:
                     continue
                 new = len(parent)
                 seen[fp] = new
                 fps.append(fp)
                 parent.append(c)
                 via.append(i)
+                via_op.append(op)
                 depth.append(level + 1)
                 children.append({})
                 children[c][i] = new
                 grown.append((new, succ))
                 states.append(succ)
+            offsets.append(len(targets))
         frontier = grown
         level += 1
     return Plan(
@@ -157,4 +176,7 @@ def build_plan(search: Search) -> Plan:
         tuple(states),
         seen,
         violating,
+        targets,
+        offsets,
+        tuple(via_op),
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -365,17 +365,25 @@ class Lockstep:
         lines = "\n".join(f"    {p}" for p in failing)
         return "the implementation fails the lockstep checks:\n" + lines, tuple(failing)
 
-    def quiesce_ops(self) -> Iterator[ops.Op]:
+    def quiesce_ops(self) -> list[ops.Op]:
         """The shared teardown: unwind, drop everything, GC (`model.moves.next_quiesce_op`), within
-        the steps the state needs (`quiesce_step_bound`); past that `finish` says it gave up."""
+        the steps the state needs (`quiesce_step_bound`); past that `finish` says it gave up.
+
+        Worked out on the model before any runs (the lockstep steps the model by the same rule),
+        so the caller can hand the implementation's process the whole teardown as one batch
+        (`step`'s `following`)."""
         bound = quiesce_step_bound(self.state)
+        state = self.state
+        out: list[ops.Op] = []
         for _ in range(bound):
-            op = next_quiesce_op(self.state)
+            op = next_quiesce_op(state)
             if op is None:
-                return
-            yield op
-        if next_quiesce_op(self.state) is not None:
+                return out
+            out.append(op)
+            state = model_step(self.cfg, state, op)[0]
+        if next_quiesce_op(state) is not None:
             self.gave_up = f"the teardown gave up: {bound} steps did not reach quiescence"
+        return out
 
     def finish(self) -> str | None:
         """Drop the runtime and check that the checking heap is empty (not if teardown gave up:
@@ -529,8 +537,9 @@ def drive(
         teardown = len(steps) + 1
         if run.state.panic is not None or out.impl_failure is not None:
             return out
-        for op in run.quiesce_ops():
-            if note(teardown, op, run.step(op)):
+        quiesce = run.quiesce_ops()
+        for i, op in enumerate(quiesce):
+            if note(teardown, op, run.step(op, quiesce[i + 1 :])):
                 return out
         problem = run.finish()
         if problem is not None:

@@ -13,9 +13,11 @@ from crashing import crashing_gc_library
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
+from externref_harness.exhaustive.execute import corresponding_move
 from externref_harness.exhaustive.plan import build_plan
 from externref_harness.explore.driver import explore
 from externref_harness.explore.explorer import NO_LIMITS, ExploreBounds
+from externref_harness.model.ops import Clone, Drop, New
 from externref_harness.model.state import State
 from externref_harness.model.transition import step
 from externref_harness.native.build import build_reference
@@ -37,6 +39,43 @@ def test_the_plan_has_the_explorers_states_and_transitions(bounds: ExploreBounds
             state = step(search.cfg, state, op)[0]
         assert search.fingerprint(search.key(state)) == plan.fingerprints[c]
         assert len(plan.ops_to(c)) == plan.depth[c]
+
+
+def test_each_move_of_a_class_leads_where_the_plan_says() -> None:
+    search = ExploreBounds(refs=1, frames=1).search()
+    plan = build_plan(search)
+    assert len(plan.targets) == plan.transitions == plan.offsets[-1]
+    expanded = [c for c in range(plan.classes) if plan.moves[c]]
+    assert len(expanded) == plan.classes - plan.constrained - plan.depth_cut - plan.violating
+    for c in expanded[:: max(1, len(expanded) // 40)]:
+        state = plan.states[c]
+        assert len(search.moves(state)) == plan.moves[c]
+        for move, op in enumerate(search.moves(state)):
+            after = step(search.cfg, state, op)[0]
+            assert plan.index[search.fingerprint(search.key(after))] == plan.target(c, move)
+
+
+def test_a_move_is_made_from_another_state_of_its_class_only_where_it_corresponds() -> None:
+    """A run goes on from a state of a class that is not the plan's concrete state (a clone then
+    its drop leaves a tombstone: same class, other handle numbers): the move made there reaches the
+    class the plan's move reaches. From a state of another class, a move is refused (None) where
+    it would not: the check is what makes the coverage count honest."""
+    search = ExploreBounds(refs=1, frames=1).search()
+    plan = build_plan(search)
+    cfg = search.cfg
+    state = State.initial(cfg)
+    for first in (New(8, 8), Clone(0), Drop(0)):  # handle 1 is live, handle 0 a tombstone
+        state = step(cfg, state, first)[0]
+    c = plan.index[search.fingerprint(search.key(state))]
+    assert plan.states[c] != state
+    for move in range(plan.moves[c]):
+        op = corresponding_move(plan, c, move, state)
+        assert op is not None
+        after = step(cfg, state, op)[0]
+        assert plan.index[search.fingerprint(search.key(after))] == plan.target(c, move)
+    other = next(d for d in range(plan.classes) if d != c and plan.moves[d] == plan.moves[c])
+    refused = [corresponding_move(plan, other, move, state) for move in range(plan.moves[c])]
+    assert None in refused
 
 
 def _check(tmp_path: Path, library: Path, *extra: str) -> tuple[int, dict[str, object]]:
