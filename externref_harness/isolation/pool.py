@@ -37,6 +37,14 @@ from externref_harness.isolation.wire import WireError, conform, read_frame, tag
 
 __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
 
+
+#: How a step slower than the step timeout is named in its failure (`lockstep.runner` looks for it).
+HANG = "(a hang)"
+#: While a hang is shrunk, a candidate's steps get this share of the step timeout, at least
+#: `SHRINK_STEP_FLOOR` seconds (`ChildProcessImpl.limit_steps_for_shrinking`).
+SHRINK_STEP_SHARE = 0.25
+SHRINK_STEP_FLOOR = 0.5
+
 #: Per-step time limit, seconds (a step of a correct implementation takes milliseconds).
 DEFAULT_STEP_TIMEOUT = 10.0
 #: How long the replies of a batch's steps after a run's end are waited for (then the child is
@@ -131,7 +139,7 @@ class Child:
                 raise OutOfTime(f"the time limit ran out during {during}") from None
             raise ImplementationCrash(
                 f"the implementation did not answer within {timeout:g} s during {during} "
-                f"(a hang); its process was killed{self._process.printed()}"
+                f"{HANG}; its process was killed{self._process.printed()}"
             ) from None
         except (EOFError, OSError):
             raise self._died(f"during {during}") from None
@@ -285,11 +293,23 @@ class ChildProcessImpl:
         self._failed = False
         #: Steps sent whose replies are not yet read (a batch's, `submit_many`).
         self.pending = 0
+        #: The step timeout of this adapter's calls (None: the pool's).
+        self.step_timeout: float | None = None
+
+    def limit_steps_for_shrinking(self) -> None:
+        """A shorter step timeout, for the candidates of a hang being shrunk: each candidate that
+        still hangs costs this instead of the whole timeout. The shrinker confirms its result at
+        the full timeout (`lockstep.runner.shrink_lockstep_trace`)."""
+        full = self._pool.step_timeout
+        self.step_timeout = min(full, max(SHRINK_STEP_FLOOR, full * SHRINK_STEP_SHARE))
+
+    def _timeout(self) -> float:
+        return self.step_timeout or self._pool.step_timeout
 
     def _call(self, request: tuple[Any, ...], timeout: float | None = None) -> Any:
         assert self._child is not None, "start() first"
         try:
-            return self._child.call(request, timeout or self._pool.step_timeout)
+            return self._child.call(request, timeout or self._timeout())
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
@@ -342,7 +362,7 @@ class ChildProcessImpl:
         assert self._child is not None, "start() first"
         assert self.pending, "collect() follows submit()"
         try:
-            reply = self._child.receive(self._pool.step_timeout, "step")
+            reply = self._child.receive(self._timeout(), "step")
             outcome, probe, n_refs, changed = self._checked(reply)
         except (ImplementationCrash, OutOfTime):
             self._crashed()
@@ -406,10 +426,10 @@ class ChildProcessImpl:
             # batch's replies are read and dropped, so the child serves the next run; a step of
             # them that crashes or takes longer than `DRAIN_TIMEOUT` retires it instead.
             for _ in range(self.pending):
-                reply = child.receive(min(DRAIN_TIMEOUT, self._pool.step_timeout), "a step after the end")
+                reply = child.receive(min(DRAIN_TIMEOUT, self._timeout()), "a step after the end")
                 if ends_batch(conform(reply, StepReply, "step reply")[0]):
                     break
             self.pending = 0
-            child.call(("close",), self._pool.step_timeout)
+            child.call(("close",), self._timeout())
         except (ImplementationCrash, OutOfTime, WireError):
             self._pool.retire(child)

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -33,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, shown
 from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
-from externref_harness.isolation.pool import ImplementationCrash, OutOfTime
+from externref_harness.isolation.pool import HANG, ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.deadline import Timeout, time_limit
 from externref_harness.lockstep.identity import IdentityChecks
@@ -562,12 +563,12 @@ def shrink_lockstep_trace(
     With `stop_at` (a `time.monotonic()` deadline) no candidate starts after it, and a candidate
     the adapter cuts short (`OutOfTime`) counts as not failing: the best trace found so far is
     kept. Each candidate of a slow implementation can take many step timeouts; the budget, not
-    the number of candidates, bounds the shrink."""
+    the number of candidates, bounds the shrink. A hang's candidates run with a shorter step
+    timeout where the adapter offers one (`ShrinksHangs`: a child process's), and the result is
+    confirmed at the full timeout: a step merely slower than the short one is not taken for it."""
 
     def failure(candidate: Sequence[ops.Op]) -> Failure | None:
-        if stop_at is not None and time.monotonic() >= stop_at:
-            raise OutOfTime("the time limit ran out while shrinking")
-        return drive(cfg, candidate, adapter_factory(), until_first=True, options=options).first
+        return _failure(cfg, candidate, adapter_factory(), options, stop_at)
 
     try:
         original = failure(steps)
@@ -576,27 +577,58 @@ def shrink_lockstep_trace(
     if original is None:
         return list(steps)
     out_of_time = False
+    # A hang costs each candidate that still hangs a whole step timeout. Its candidates run with a
+    # shorter one (adapters in child processes offer it); the result is confirmed at the full
+    # timeout below, and shrunk again at the full timeout if it does not hang there.
+    quick = HANG in original.problem
+    shortened = False
 
     def fails(candidate: Sequence[ops.Op]) -> bool:
-        nonlocal out_of_time
+        nonlocal out_of_time, shortened
         if out_of_time:
             return False
         try:
-            found = failure(candidate)
+            adapter = adapter_factory()
+            if quick and isinstance(adapter, ShrinksHangs):
+                adapter.limit_steps_for_shrinking()
+                shortened = True
+            found = _failure(cfg, candidate, adapter, options, stop_at)
         except OutOfTime:
             out_of_time = True
             return False
         return found is not None and found.side == original.side
 
-    shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
-    if out_of_time:
-        return shrunk
-    try:
-        final = drive(cfg, shrunk, adapter_factory(), until_first=True, options=options).first
-    except OutOfTime:
-        return shrunk
-    assert final is not None
-    return shrunk[: final.step]
+    while True:
+        shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
+        if out_of_time:
+            return shrunk
+        try:
+            final = drive(cfg, shrunk, adapter_factory(), until_first=True, options=options).first
+        except OutOfTime:
+            return shrunk
+        if final is not None and (final.side == original.side or not shortened):
+            return shrunk[: final.step]
+        assert shortened, "a shrunk trace that failed every candidate check did not fail"
+        quick = shortened = False  # a step slower than the short timeout, not a hang: again
+
+
+@runtime_checkable
+class ShrinksHangs(Protocol):
+    """An adapter that can give its steps a shorter timeout while a hang is shrunk."""
+
+    def limit_steps_for_shrinking(self) -> None: ...
+
+
+def _failure(
+    cfg: Config,
+    candidate: Sequence[ops.Op],
+    adapter: ImplAdapter,
+    options: LockstepOptions,
+    stop_at: float | None,
+) -> Failure | None:
+    if stop_at is not None and time.monotonic() >= stop_at:
+        raise OutOfTime("the time limit ran out while shrinking")
+    return drive(cfg, candidate, adapter, until_first=True, options=options).first
 
 
 # --- the hypothesis machine ------------------------------------------------------------------------
