@@ -53,6 +53,8 @@ from externref_harness.search.model_check import misuse_problem
 #: How far a run walks through covered moves to reach a class with uncovered ones, instead of
 #: ending (a new run's tree path is about as long as the class is deep).
 WALK_RADIUS = 4
+#: ... and gives up looking once it has seen this many classes (the search is Python, per run).
+WALK_SEARCH_LIMIT = 300
 #: Why an incomplete run stopped.
 TIME_LIMIT = "time limit"
 
@@ -291,6 +293,8 @@ def _way_to_uncovered(plan: Plan, coverage: _Coverage, c: int, radius: int) -> l
     came: dict[int, tuple[int, int]] = {c: (c, -1)}
     level = [c]
     for _ in range(radius):
+        if len(came) > WALK_SEARCH_LIMIT:
+            return None  # nothing uncovered near a well-covered region: a new run is cheaper
         grown: list[int] = []
         for at in level:
             base = offsets[at]
@@ -335,14 +339,13 @@ def corresponding_move(plan: Plan, c: int, move: int, state: State) -> Op | None
     must be of the same kind, and it must lead to the class the plan's move leads to; otherwise
     the run stops there and a new one reaches the class by its tree path."""
     search = plan.search
-    concrete = plan.states[c]
+    if state is plan.states[c] or state == plan.states[c]:
+        return plan.ops[c][move]
     moves = search.moves(state)
-    if state == concrete:
-        return moves[move]
     if len(moves) != plan.moves[c]:
         return None
     op = moves[move]
-    if type(op) is not type(search.moves(concrete)[move]):
+    if type(op) is not type(plan.ops[c][move]):
         return None
     successor = step(search.cfg, state, op)[0]
     if plan.index.get(search.fingerprint(search.key(successor))) != plan.target(c, move):

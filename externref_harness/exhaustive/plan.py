@@ -71,6 +71,8 @@ class Plan:
     offsets: array = field(default_factory=lambda: array("q", [0]))  # type: ignore[type-arg]
     #: The operation of each class's tree edge (move `via[c]` of its parent's concrete state).
     via_op: tuple[Op | None, ...] = ()
+    #: Each class's moves, as made from its concrete state (empty for an unexpanded class).
+    ops: tuple[tuple[Op, ...], ...] = ()
 
     @property
     def classes(self) -> int:
@@ -117,6 +119,7 @@ def build_plan(search: Search) -> Plan:
     transitions = constrained = depth_cut = violating = 0
     targets, offsets = array("i"), array("q", [0])
     via_op: list[Op | None] = [None]  # the root has no tree edge
+    class_ops: list[tuple[Op, ...]] = []
     level = 0
     while frontier:
         grown: list[tuple[int, State]] = []
@@ -125,6 +128,7 @@ def build_plan(search: Search) -> Plan:
                 depth_cut += 1
                 n_moves.append(0)
                 offsets.append(len(targets))
+                class_ops.append(())
                 continue
             if first_violation(cfg, state) is not None:
                 # A seeded bug of the model: the run reaching it fails there; beyond it the
@@ -132,13 +136,16 @@ def build_plan(search: Search) -> Plan:
                 violating += 1
                 n_moves.append(0)
                 offsets.append(len(targets))
+                class_ops.append(())
                 continue
             if live_handles(state) > max_live:
                 constrained += 1
                 n_moves.append(0)
                 offsets.append(len(targets))
+                class_ops.append(())
                 continue
             moves = search.moves(state)
+            class_ops.append(tuple(moves))
             n_moves.append(len(moves))
             transitions += len(moves)
             for i, op in enumerate(moves):
@@ -179,4 +186,5 @@ def build_plan(search: Search) -> Plan:
         targets,
         offsets,
         tuple(via_op),
+        tuple(class_ops),
     )
