@@ -235,7 +235,7 @@ class InProcessImpl:
             self._refs = tuple(facts)
         # The heap-sized parts are frozen again only when they changed (compared in place, a
         # pointer per position): at 4,096 live refs a copy costs more than the rest of a probe.
-        self._handles = _frozen(world.host.handles, self._handles)
+        self._handles = world.handles_frozen = _frozen(world.host.handles, self._handles)
         self._hashes = _frozen(world.hashes, self._hashes)
         frames = tuple(
             FrameFacts(

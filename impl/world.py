@@ -30,6 +30,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
+from externref_harness.changes import same
 from externref_harness.impl.backend import (
     BackendFactory,
     ContractViolation,
@@ -99,6 +100,8 @@ class World(protocol.RuntimeApi[int]):
         self.guard_canary: int | None = None
         self.rt: RuntimeBackend = runtime(cfg, Hooks(heap, self._value_dropped))
         self.host = HostBookkeeping([], [], self._is_freed)
+        #: The host's handles as a tuple, as the adapter's last probe froze them (`apply`'s copy).
+        self.handles_frozen: tuple[int | None, ...] = ()
         n = cfg.n_globals
         self.globals_memory = (ctypes.c_uint64 * max(n, 1))(*[UNINIT_GLOBAL_WORD] * n)
         self.global_initialised = [False] * n
@@ -221,7 +224,12 @@ class World(protocol.RuntimeApi[int]):
         if self.panic is not None:
             return ("panic", self.panic)
         self.hashes = []
-        saved = (list(self.host.handles), list(self.host.raws), list(self.global_initialised))
+        # Put back if the host refuses the op (misuse). The handles are as many as the live refs:
+        # the adapter's last probe froze them already (`handles_frozen`), and while they are still
+        # those, that tuple is the copy.
+        frozen = self.handles_frozen
+        handles = frozen if same(self.host.handles, frozen) else tuple(self.host.handles)
+        saved = (handles, list(self.host.raws), list(self.global_initialised))
         try:
             if op.WASM:
                 self._wasm_frame()
@@ -230,7 +238,8 @@ class World(protocol.RuntimeApi[int]):
             handler: Callable[[Any], Any] = getattr(self, "op_" + type(op).__name__)
             return ("ok", handler(op))
         except MisuseError as e:
-            self.host.handles, self.host.raws, self.global_initialised = saved
+            self.host.handles = list(saved[0])
+            self.host.raws, self.global_initialised = saved[1], saved[2]
             assertion = self._probe_assertion(op, e.kind)
             if assertion is None:
                 return ("misuse", e.kind, e.detail)

@@ -15,6 +15,7 @@ outside a limit sees `SIGALRM` as if the handler were not there.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # CPython's C module under `signal` (no stubs)
 import os
 import signal
 import threading
@@ -58,6 +59,13 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
         os.kill(os.getpid(), signal.SIGALRM)
 
 
+def _handler(signum: int) -> object:
+    """The signal's handler as installed. `signal.getsignal` turns it into a `Handlers` member
+    where it can, which for a function means raising and catching a `ValueError` inside the enum
+    machinery: 4 µs on every step, where the C function alone takes 0.06 µs."""
+    return _signal.getsignal(signum)
+
+
 def _install() -> None:
     """Install `_on_alarm`, unless it is already the handler (someone may have replaced it)."""
     current = signal.getsignal(signal.SIGALRM)
@@ -83,7 +91,7 @@ class time_limit:
     def __enter__(self) -> None:
         if self._seconds <= 0 or not available():
             return
-        if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        if _handler(signal.SIGALRM) is not _on_alarm:
             _install()
         self._active = True
         _armed.append(self)
