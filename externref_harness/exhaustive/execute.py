@@ -109,10 +109,8 @@ class _Coverage:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.offset = [0] * (plan.classes + 1)
-        for c in range(plan.classes):
-            self.offset[c + 1] = self.offset[c] + plan.moves[c]
-        self.done = bytearray(self.offset[-1])
+        self.offset = plan.offsets
+        self.done = bytearray(plan.transitions)
         #: The lowest move index of each class that may still be uncovered.
         self.cursor = [0] * plan.classes
         #: How many moves of each class are not covered yet.
@@ -322,7 +320,7 @@ def _next_move(plan: Plan, coverage: _Coverage, c: int) -> int:
     assert first is not None
     base = coverage.offset[c]
     for move in range(first, plan.moves[c]):
-        if not coverage.done[base + move] and coverage.next_uncovered(plan.target(c, move)) is not None:
+        if not coverage.done[base + move] and coverage.left[plan.target(c, move)]:
             return move
     return first
 

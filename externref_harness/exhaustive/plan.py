@@ -13,16 +13,16 @@ implementation can be driven there. Moves are symmetric within a class (`explore
 bisimulation), so a class has as many moves from its concrete state as from its representative and
 the total equals the explorer's transition count; `tests/exhaustive` checks that it does.
 
-The plan keeps only a spanning tree (each class's parent class and the index of the move that first
-reached it, breadth-first, so a path is a shortest one) and, per class, its number of moves and which
-of them are tree edges. The executor (`exhaustive.execute`) re-derives each concrete state by running
-the path on the model, in lockstep with the implementation.
+The plan keeps a spanning tree (each class's parent class and the index of the move that first
+reached it, breadth-first, so a path is a shortest one) and, per class, its moves and the class each
+leads to. The executor (`exhaustive.execute`) re-derives each concrete state by running the path on
+the model, in lockstep with the implementation, and walks the class graph from there.
 """
 
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from externref_harness.explore.partition import Search
 from externref_harness.explore.symmetry import live_handles
@@ -43,36 +43,35 @@ class Plan:
     reaches it fails there), so a buggy model's space stays as bounded as the seed's.
 
     Invariants: class 0 is the initial state; `parent[c] < c` and `depth[c] == depth[parent[c]] + 1`;
-    `moves[c]` is the number of transitions of class c (0 for a class the constraint or the depth
-    limit leaves unexpanded); `children[c]` maps a move index of c to the class it first reached.
+    `ops[c]` are the moves of class c's concrete state, `moves[c] == len(ops[c])` its number of
+    transitions (0 for a class the constraint or the depth limit leaves unexpanded), and
+    `targets[offsets[c] + i]` the class its move i leads to.
     """
 
     search: Search
     #: The fingerprint of each class's representative (`Search.key`, `Search.fingerprint`).
     fingerprints: array  # type: ignore[type-arg]
     parent: array  # type: ignore[type-arg]
+    #: The index, among its parent's moves, of the move that first reached each class.
     via: array  # type: ignore[type-arg]
     depth: array  # type: ignore[type-arg]
     moves: array  # type: ignore[type-arg]
-    children: tuple[dict[int, int], ...]
     transitions: int
     #: Classes checked but not expanded: beyond the live-handle constraint, at the depth limit.
     constrained: int
     depth_cut: int
     #: Each class's concrete state (the one its path reaches, whose moves are its transitions).
-    states: tuple[State, ...] = ()
+    states: tuple[State, ...]
     #: Class number by representative fingerprint.
-    index: dict[int, int] = field(default_factory=dict)
+    index: dict[int, int]
     #: Classes that break an invariant (a model bug): not expanded.
-    violating: int = 0
-    #: The class each transition leads to: `targets[offsets[c] + i]` for move i of class c.
-    targets: array = field(default_factory=lambda: array("i"))  # type: ignore[type-arg]
-    #: Where each class's moves start in `targets` (`offsets[c + 1] - offsets[c] == moves[c]`).
-    offsets: array = field(default_factory=lambda: array("q", [0]))  # type: ignore[type-arg]
-    #: The operation of each class's tree edge (move `via[c]` of its parent's concrete state).
-    via_op: tuple[Op | None, ...] = ()
+    violating: int
     #: Each class's moves, as made from its concrete state (empty for an unexpanded class).
-    ops: tuple[tuple[Op, ...], ...] = ()
+    ops: tuple[tuple[Op, ...], ...]
+    #: The class each transition leads to: `targets[offsets[c] + i]` for move i of class c.
+    targets: array  # type: ignore[type-arg]
+    #: Where each class's moves start in `targets` (`offsets[c + 1] - offsets[c] == moves[c]`).
+    offsets: array  # type: ignore[type-arg]
 
     @property
     def classes(self) -> int:
@@ -93,14 +92,7 @@ class Plan:
 
     def ops_to(self, c: int) -> list[Op]:
         """The real operations that reach class `c`'s concrete state from `State.initial`."""
-        out: list[Op] = []
-        while self.parent[c] != NO_PARENT:
-            op = self.via_op[c]
-            assert op is not None
-            out.append(op)
-            c = self.parent[c]
-        out.reverse()
-        return out
+        return [self.ops[at][move] for at, move in self.path(c)]
 
 
 def build_plan(search: Search) -> Plan:
@@ -112,13 +104,11 @@ def build_plan(search: Search) -> Plan:
     root_fp = search.fingerprint(search.key(root))
     seen: dict[int, int] = {root_fp: 0}
     fps = array("Q", [root_fp])
-    parent, via, depth, n_moves = array("i", [NO_PARENT]), array("i", [0]), array("i", [0]), array("i")
-    children: list[dict[int, int]] = [{}]
+    parent, via, depth = array("i", [NO_PARENT]), array("i", [0]), array("i", [0])
     frontier: list[tuple[int, State]] = [(0, root)]
     states: list[State] = [root]
-    transitions = constrained = depth_cut = violating = 0
-    targets, offsets = array("i"), array("q", [0])
-    via_op: list[Op | None] = [None]  # the root has no tree edge
+    constrained = depth_cut = violating = 0
+    targets = array("i")
     class_ops: list[tuple[Op, ...]] = []
     level = 0
     while frontier:
@@ -126,28 +116,20 @@ def build_plan(search: Search) -> Plan:
         for c, state in frontier:
             if limit is not None and level >= limit:
                 depth_cut += 1
-                n_moves.append(0)
-                offsets.append(len(targets))
                 class_ops.append(())
                 continue
             if first_violation(cfg, state) is not None:
                 # A seeded bug of the model: the run reaching it fails there; beyond it the
                 # space need not be bounded (the explorer stops at the first one).
                 violating += 1
-                n_moves.append(0)
-                offsets.append(len(targets))
                 class_ops.append(())
                 continue
             if live_handles(state) > max_live:
                 constrained += 1
-                n_moves.append(0)
-                offsets.append(len(targets))
                 class_ops.append(())
                 continue
-            moves = search.moves(state)
-            class_ops.append(tuple(moves))
-            n_moves.append(len(moves))
-            transitions += len(moves)
+            moves = tuple(search.moves(state))
+            class_ops.append(moves)
             for i, op in enumerate(moves):
                 succ = step(cfg, state, op)[0]
                 fp = search.fingerprint(search.key(succ))
@@ -155,20 +137,19 @@ def build_plan(search: Search) -> Plan:
                 targets.append(len(parent) if known is None else known)
                 if known is not None:
                     continue
-                new = len(parent)
-                seen[fp] = new
+                seen[fp] = len(parent)
                 fps.append(fp)
                 parent.append(c)
                 via.append(i)
-                via_op.append(op)
                 depth.append(level + 1)
-                children.append({})
-                children[c][i] = new
-                grown.append((new, succ))
+                grown.append((len(parent) - 1, succ))
                 states.append(succ)
-            offsets.append(len(targets))
         frontier = grown
         level += 1
+    n_moves = array("i", [len(m) for m in class_ops])
+    offsets = array("q", [0])
+    for n in n_moves:
+        offsets.append(offsets[-1] + n)
     return Plan(
         search,
         fps,
@@ -176,15 +157,13 @@ def build_plan(search: Search) -> Plan:
         via,
         depth,
         n_moves,
-        tuple(children),
-        transitions,
+        len(targets),
         constrained,
         depth_cut,
         tuple(states),
         seen,
         violating,
+        tuple(class_ops),
         targets,
         offsets,
-        tuple(via_op),
-        tuple(class_ops),
     )
