@@ -119,13 +119,20 @@ def main(argv: list[str]) -> int:
     impl = None
     if argv[:1] == ["--impl"]:
         impl, argv = argv[1], argv[2:]
+    if argv[:1] == ["--fork-server"]:
+        return fork_server(impl, int(argv[1]))
     requests, responses = int(argv[0]), int(argv[1])
     try:
-        try:
-            adapter = _adapter(impl)
-        except Exception as e:
-            write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
-            return 2
+        adapter = _adapter(impl)
+    except Exception as e:
+        write_frame(responses, ("error", f"{type(e).__name__}: {e}"))
+        return 2
+    return _serve_ready(adapter, requests, responses)
+
+
+def _serve_ready(adapter: InProcessImpl, requests: int, responses: int) -> int:
+    """Say the library is loaded, then serve the parent until it is done; the exit status."""
+    try:
         write_frame(responses, ("ok", "ready"))
         serve(adapter, requests, responses)
     except OSError as e:
@@ -134,6 +141,68 @@ def main(argv: list[str]) -> int:
         print(f"child: the protocol pipes failed ({e}); did the library close descriptors?", file=sys.stderr)
         return PIPES_FAILED
     return 0
+
+
+def fork_server(impl: str | None, sock_fd: int) -> int:
+    """`--fork-server FD`: load the library once, then fork a worker for each request on the
+    socket FD and reap each (`isolation.forkserver` explains the messages). A library that does not
+    load, or leaves a second thread, gets no "R": the parent execs its children instead."""
+    import ctypes
+    import os
+    import select
+    import signal
+    import socket
+
+    from externref_harness.isolation.forkserver import MESSAGE
+    from externref_harness.isolation.process import PR_SET_PDEATHSIG
+
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        adapter = _adapter(impl)
+    except Exception:
+        return 2
+    if len(os.listdir("/proc/self/task")) != 1:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    server = os.getpid()
+    sock.send(MESSAGE.pack(b"R", server, 0))
+    workers: dict[int, int] = {}  # pidfd -> pid
+    while True:
+        for fd in select.select([sock_fd, *workers], [], [])[0]:
+            if fd in workers:
+                pid = workers.pop(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                sock.send(MESSAGE.pack(b"S", pid, os.waitstatus_to_exitcode(status)))
+                continue
+            _, fds, _, _ = socket.recv_fds(sock, 1, 3, socket.MSG_CMSG_CLOEXEC)
+            if len(fds) != 3:  # the parent closed its end
+                return 0
+            requests, responses, output = fds
+            libc.fflush(None)  # nothing the library buffered is written twice
+            pid = os.fork()
+            if pid == 0:
+                status = 70
+                try:
+                    os.setpgid(0, 0)
+                    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                    if os.getppid() != server:  # the server died before the line above
+                        os._exit(1)
+                    os.dup2(output, 1)
+                    os.dup2(output, 2)
+                    for own in (sock_fd, output, *workers):
+                        os.close(own)
+                    status = _serve_ready(adapter, requests, responses)
+                finally:
+                    os._exit(status)
+            try:
+                os.setpgid(pid, pid)  # before the parent can signal the group
+            except OSError:
+                pass  # the worker has set it already, or has already ended
+            for own in fds:
+                os.close(own)
+            workers[os.pidfd_open(pid)] = pid
+            sock.send(MESSAGE.pack(b"P", pid, 0))
 
 
 #: The child's exit status when its protocol pipes failed under it.

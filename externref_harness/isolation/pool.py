@@ -15,10 +15,12 @@ A pool may have a budget (`deadline`, a `time.monotonic()` instant): no read wai
 once it has passed every call raises `OutOfTime`, which is not the implementation's failure; the
 driver that set the budget (the gate) stops there and says what it cut short.
 
-Children come from a `ChildPool`, which keeps one spare child warming up (a child's start-up, the
-interpreter and the library, is the slow part). During a search a child serves example after
-example (each `start` makes a fresh world, table and checking heap in it) and is replaced after any
-failure; `fresh=True` gives every run its own child, as shrinking wants.
+Children come from a `ChildPool`, which forks them from a server that has loaded the library
+(`isolation.forkserver`: a fresh child in milliseconds, where an interpreter's start-up and the
+library's load take 130 ms of CPU; a library the server cannot copy gets exec'd children) and keeps
+one spare child ready. During a search a child serves example after example (each `start` makes a
+fresh world, table and checking heap in it) and is replaced after any failure; `fresh=True` gives
+every run its own child, as shrinking wants.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, StepOutcome
 from externref_harness.isolation.batch import ends_batch
+from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
 from externref_harness.isolation.wire import WireError, conform, read_frame, tagged, write_frame
 
@@ -81,14 +85,19 @@ class Child:
         env: Mapping[str, str] | None,
         limits: Limits,
         deadline: float | None = None,
+        server: ForkServer | None = None,
     ) -> None:
         req_r, self._req_w = os.pipe()
         self._resp_r, resp_w = os.pipe()
-        args = [sys.executable, "-m", "externref_harness.isolation.child"]
-        if impl is not None:
-            args += ["--impl", str(impl)]
-        self._process = Confined([*args, str(req_r), str(resp_w)], (req_r, resp_w), env, limits)
-        self.proc = self._process.proc
+        self._process: Confined | Forked
+        if server is not None:
+            self._process = server.fork(req_r, resp_w)
+        else:
+            args = [sys.executable, "-m", "externref_harness.isolation.child"]
+            if impl is not None:
+                args += ["--impl", str(impl)]
+            self._process = Confined([*args, str(req_r), str(resp_w)], (req_r, resp_w), env, limits)
+        self.proc: Popen[bytes] | ForkedProc = self._process.proc
         os.close(req_r)
         os.close(resp_w)
         self._ready = False
@@ -220,6 +229,7 @@ class ChildPool:
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         deadline: float | None = None,
+        fork: bool = True,
     ) -> None:
         self.impl = impl
         self.step_timeout = step_timeout
@@ -232,13 +242,38 @@ class ChildPool:
         self.deadline = deadline
         self._current: Child | None = None
         self._spare: Child | None = None
+        #: Where children come from: forks of a process that has loaded the library
+        #: (`isolation.forkserver`), unless `fork` is false: then each child is exec'd.
+        self._server: ForkServer | None = None
+        self.fork = fork
         #: Children started so far (for reports and the benchmark).
         self.started = 0
         self.crashes = 0
 
     def _spawn(self) -> Child:
         self.started += 1
-        return Child(self.impl, self.env, self.limits, self.deadline)
+        return Child(self.impl, self.env, self.limits, self.deadline, self._fork_server())
+
+    def _fork_server(self) -> ForkServer | None:
+        """The server to fork children from, started if need be; None: exec each child (a
+        library the server could not load and copy, `isolation.forkserver`)."""
+        server = self._server
+        if server is not None and server.alive:
+            return server
+        if server is not None:
+            server.close()
+        self._server = None
+        if not self.fork:
+            return None
+        server = ForkServer(self.impl, self.env, self.limits)
+        wait = START_TIMEOUT
+        if self.deadline is not None:
+            wait = min(wait, max(0.0, self.deadline - time.monotonic()))
+        if not server.wait_ready(wait):
+            self.fork = False
+            return None
+        self._server = server
+        return server
 
     def set_deadline(self, deadline: float | None) -> None:
         """Bound every later read from a child (the current and the spare included) by `deadline`."""
@@ -273,6 +308,9 @@ class ChildPool:
             if child is not None:
                 child.close()
         self._current = self._spare = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def adapter(self, fresh: bool = False) -> ChildProcessImpl:
         return ChildProcessImpl(self, fresh)

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -125,6 +125,61 @@ def _set_limits(limits: Limits, nproc: int | None, parent: int) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
+class Capture:
+    """A child's stdout and stderr: a temporary file, bounded by `RLIMIT_FSIZE` in the child."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.TemporaryFile()
+
+    def flooded(self) -> bool:
+        """Whether the child's output reached `OUTPUT_LIMIT` (its later writes fail)."""
+        try:
+            return os.fstat(self.file.fileno()).st_size >= OUTPUT_LIMIT
+        except (OSError, ValueError):
+            return False
+
+    def tail(self, limit: int = OUTPUT_TAIL) -> str:
+        """The end of what the child printed, decoded, control characters escaped; "" if nothing."""
+        try:
+            size = os.fstat(self.file.fileno()).st_size
+            self.file.seek(max(0, size - limit))
+            data = self.file.read(limit)
+        except (OSError, ValueError):
+            return ""
+        text = data.decode("utf-8", "replace").strip()
+        text = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+        return ("..." if size > limit else "") + text if text else ""
+
+    def printed(self) -> str:
+        """`tail()` as the end of a report: `; it printed:` and the lines indented, or ""."""
+        text = self.tail()
+        if not text:
+            return ""
+        return "; it printed:\n" + "\n".join(f"      | {line}" for line in text.splitlines())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def kill_group(pgid: int, reap: Callable[[], object]) -> None:
+    """SIGKILL the whole group `pgid` (what its leader forked too), `reap` the leader, and wait
+    until no live member of the group is left (at most `GROUP_EXIT_TIMEOUT`): a library that forked
+    thousands of processes takes a while to die, and a verdict must not come before it has."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        reap()
+        return
+    reap()
+    deadline = time.monotonic() + GROUP_EXIT_TIMEOUT
+    while live_members(pgid) and time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # a member that was mid-fork has a child now
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+
+
 class Confined:
     """One child in its own process group, its output in a bounded capture file."""
 
@@ -136,7 +191,8 @@ class Confined:
         limits: Limits = Limits(),
         stdin: int | IO[bytes] = subprocess.DEVNULL,
     ) -> None:
-        self.output: IO[bytes] = tempfile.TemporaryFile()
+        self.capture = Capture()
+        self.output: IO[bytes] = self.capture.file
         nproc = None if limits.extra_tasks is None else _tasks_of_user() + limits.extra_tasks
         parent = os.getpid()
         self.proc = subprocess.Popen(
@@ -156,49 +212,18 @@ class Confined:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the whole group (what the child forked too), reap the child, and wait until no
-        live member of the group is left (at most `GROUP_EXIT_TIMEOUT`): a library that forked
-        thousands of processes takes a while to die, and a verdict must not come before it has."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            self.proc.wait()
-            return
-        self.proc.wait()
-        deadline = time.monotonic() + GROUP_EXIT_TIMEOUT
-        while live_members(self.pid) and time.monotonic() < deadline:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)  # a member that was mid-fork has a child now
-            except ProcessLookupError:
-                return
-            time.sleep(0.01)
+        """SIGKILL the child's whole group and wait for it (`kill_group`)."""
+        kill_group(self.pid, self.proc.wait)
 
     def flooded(self) -> bool:
-        """Whether the child's output reached `OUTPUT_LIMIT` (its later writes fail)."""
-        try:
-            return os.fstat(self.output.fileno()).st_size >= OUTPUT_LIMIT
-        except (OSError, ValueError):
-            return False
+        return self.capture.flooded()
 
     def tail(self, limit: int = OUTPUT_TAIL) -> str:
-        """The end of what the child printed, decoded, control characters escaped; "" if nothing."""
-        try:
-            size = os.fstat(self.output.fileno()).st_size
-            self.output.seek(max(0, size - limit))
-            data = self.output.read(limit)
-        except (OSError, ValueError):
-            return ""
-        text = data.decode("utf-8", "replace").strip()
-        text = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
-        return ("..." if size > limit else "") + text if text else ""
+        return self.capture.tail(limit)
 
     def printed(self) -> str:
-        """`tail()` as the end of a report: `; it printed:` and the lines indented, or ""."""
-        text = self.tail()
-        if not text:
-            return ""
-        return "; it printed:\n" + "\n".join(f"      | {line}" for line in text.splitlines())
+        return self.capture.printed()
 
     def close(self) -> None:
         self.kill()
-        self.output.close()
+        self.capture.close()
