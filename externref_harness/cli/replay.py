@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     path = user_path(args.trace, "TRACE")
     if is_parallel_trace(path):
+        if args.step_timeout is not None:
+            raise UsageError("--step-timeout applies to sequential traces (a parallel run has its own limit)")
         return replay_parallel(path, args.impl, args.runs)
     if args.runs is not None:
         raise UsageError("--runs applies to parallel traces only (a sequential trace replays exactly)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from externref_harness.corpus.format import CorpusTrace, Expect, is_corpus_json,
 from externref_harness.corpus.run import CorpusResult, cannot_run, run_config, run_corpus_trace
 from externref_harness.errors import UsageError, printable, shown_path, user_path
 from externref_harness.explore.explorer import LIMITS
-from externref_harness.isolation.pool import ChildPool
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT, ChildPool
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.lockstep.targets import PYTHON, Target, open_isolated
 
@@ -33,6 +34,11 @@ MAX_CHUNK_SIZE = 1 << 16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--step-timeout", type=float, default=None, metavar="S",
+        help=f"with --impl: a step slower than S seconds is a hang (default {DEFAULT_STEP_TIMEOUT:g}; "
+        "a hang saved by a gate or campaign run with a shorter --step-timeout replays faster with it)",
+    )  # fmt: skip
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--mutant", metavar="NAME", default=None,
@@ -228,9 +234,14 @@ def open_target(args: argparse.Namespace) -> tuple[Target, ChildPool | None]:
     """The Python port, or `--impl` described and run in confined children (never in this process:
     a crash or a hang is that trace's failure, and the next trace runs)."""
     impl = getattr(args, "impl", None)
+    timeout = getattr(args, "step_timeout", None)
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--step-timeout must be a positive number of seconds, got {timeout}")
     if impl is None:
+        if timeout is not None:
+            raise UsageError("--step-timeout applies to --impl only (the Python port runs in this process)")
         return PYTHON, None
-    return open_isolated(Path(impl))
+    return open_isolated(Path(impl), DEFAULT_STEP_TIMEOUT if timeout is None else timeout)
 
 
 def run(args: argparse.Namespace) -> int:

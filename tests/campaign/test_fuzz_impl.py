@@ -90,7 +90,7 @@ def test_a_crash_and_a_hang_are_saved_shrunk_traces(
     assert shrunk is not None and int(shrunk[1]) <= int(shrunk[2]), out
     assert expected in saved["note"] and len(saved["steps"]) == int(shrunk[1]), out
     capsys.readouterr()
-    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+    assert main(["replay", str(trace), "--impl", str(library), "--step-timeout", "2"]) == 1
     assert expected in capsys.readouterr().out
 
 

@@ -16,6 +16,7 @@ from externref_harness import trace as tracefile
 from externref_harness.cli.main import main, os_error_message
 from externref_harness.model import ops
 from externref_harness.model.state import Config
+from externref_harness.native.build import build_reference
 
 Capture = pytest.CaptureFixture[str]
 SMALL_EXPLORE = ["explore", "--frames", "1", "--slots", "1", "--chunk", "1", "--quiet"]
@@ -111,6 +112,17 @@ def test_a_trace_too_long_to_replay_is_refused_with_its_limit(tmp_path: Path, ca
     for bad in ("0", "-1", "many", ""):
         assert main(["replay", str(path), "--max-steps", bad]) == 2
         assert "--max-steps" in one_error_line(capsys, "replay")
+
+
+def test_a_bad_step_timeout_for_replay_is_one_line(tmp_path: Path, capsys: Capture) -> None:
+    path = write(tmp_path / "t.json", json.dumps(valid_trace_json()))
+    library = str(build_reference("debug"))
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main(["replay", str(path), "--impl", library, "--step-timeout", bad]) == 2
+        assert "--step-timeout must be a positive number of seconds" in one_error_line(capsys, "replay")
+    assert main(["replay", str(path), "--step-timeout", "1"]) == 2
+    assert "--step-timeout applies to --impl only" in one_error_line(capsys, "replay")
+    assert main(["replay", str(path), "--impl", library, "--step-timeout", "5"]) == 0
 
 
 def test_a_lone_surrogate_and_a_non_utf8_file_name_print_on_a_strict_stdout(

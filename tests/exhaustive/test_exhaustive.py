@@ -178,7 +178,7 @@ def test_a_crash_and_a_hang_are_saved_shrunk_traces(
     trace = Path(str(case["trace"]))
     assert 1 <= len(json.loads(trace.read_text())["steps"]) <= 6
     capsys.readouterr()
-    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+    assert main(["replay", str(trace), "--impl", str(library), "--step-timeout", "2"]) == 1
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def test_a_crash_and_a_hang_become_saved_shrunk_traces(
     assert 1 <= len(steps) <= 10
     capsys.readouterr()
     # The saved trace replays to the same crash, in a child: the replaying process survives it.
-    assert main(["replay", str(trace), "--impl", str(library)]) == 1
+    assert main(["replay", str(trace), "--impl", str(library), "--step-timeout", "2"]) == 1
     assert expected.split(" 2 s")[0] in capsys.readouterr().out
 
 
