@@ -17,7 +17,7 @@ from externref_harness.native.build import build_reference
 
 #: The gate's budget in these tests, and the fixed margin it may overrun by (a failure's report,
 #: the children's start-up, the interpreter's).
-TIME_LIMIT = 20
+TIME_LIMIT = 10
 MARGIN = 30
 
 
