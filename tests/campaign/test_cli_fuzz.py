@@ -383,6 +383,7 @@ def value_options(files: Files) -> dict[str, dict[str, st.SearchStrategy[str]]]:
             "--mutant": _bad_text(mutants),
             # A sequential trace refuses any --runs (it replays exactly); bad numbers too.
             "--runs": st.sampled_from(["1", "100", "-1", "0", "x", "9" * 5000]),
+            "--step-timeout": _bad_text(_positive_finite),
         },
         "gate": {
             "TRACE": st.sampled_from(files.not_a_trace()),
