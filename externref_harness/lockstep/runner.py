@@ -70,7 +70,7 @@ from externref_harness.search.model_check import (
     record_step,
     search_settings,
 )
-from externref_harness.search.shrink import ddmin, delete_with_renumbering
+from externref_harness.search.shrink import ddmin, delete_with_renumbering, simplify_fields
 from externref_harness.specs.invariants import Incremental, first_violation
 
 LOCKSTEP_CONFIG = MACHINE_CONFIG
@@ -600,6 +600,7 @@ def shrink_lockstep_trace(
 
     while True:
         shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
+        shrunk = delete_with_renumbering(cfg, simplify_fields(shrunk, fails), fails)
         if out_of_time:
             return shrunk
         try:

@@ -1,5 +1,5 @@
 """Shrinking failing traces by deleting steps (ddmin, then one step at a time with renumbering),
-then truncating at the failing step.
+simplifying the fields of the steps left, then truncating at the failing step.
 
 Hypothesis's own shrinker re-runs the whole state machine for every candidate and, on this
 machine's long stateful examples, spent minutes per failure. Deleting steps from the recorded trace
@@ -82,6 +82,7 @@ def shrink_model_trace(cfg: Config, steps: Sequence[Op]) -> list[Op]:
         return found is not None and found.invariant == original.invariant
 
     shrunk = delete_with_renumbering(cfg, ddmin(steps[: original.step], fails), fails)
+    shrunk = delete_with_renumbering(cfg, simplify_fields(shrunk, fails), fails)
     final = model_failure(cfg, shrunk)
     assert final is not None
     return _drop_refused(cfg, shrunk[: final.step], fails)
@@ -146,6 +147,41 @@ def delete_with_renumbering(
                 current = candidate
                 changed = True
                 break
+    return current
+
+
+def _simpler_values(value: object) -> Sequence[object]:
+    """Simpler values of one field, simplest first: a tuple without one of its items (an empty
+    one first), an integer moved toward 0. Booleans and None are left as they are."""
+    if isinstance(value, tuple):
+        simpler: list[object] = [()] if len(value) > 1 else []
+        return simpler + [value[:i] + value[i + 1 :] for i in range(len(value))]
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return sorted({0, 1, value // 2} - {value})
+    return []
+
+
+def simplify_fields(steps: Sequence[Op], fails: Callable[[Sequence[Op]], bool]) -> list[Op]:
+    """Simplify each step's fields while the trace still fails: a call's arguments dropped, a slot
+    or a size moved toward 0. Deletion alone leaves whatever values the search drew, so one bug
+    shrinks to traces that differ only in them (`WasmCallHost(args=(0, 2), ret_slot=1)` and
+    `WasmCallHost(args=(0,), ret_slot=2)`); simplified, they meet in one trace, read and
+    deduplicated as one. A candidate the op refuses to build is skipped."""
+    current = list(steps)
+    changed = True
+    while changed:
+        changed = False
+        for i, op in enumerate(current):
+            for field in dataclasses.fields(op):
+                for value in _simpler_values(getattr(op, field.name)):
+                    try:
+                        simpler = dataclasses.replace(op, **{field.name: value})
+                    except (TypeError, ValueError):
+                        continue
+                    candidate = [*current[:i], simpler, *current[i + 1 :]]
+                    if fails(candidate):
+                        current, op, changed = candidate, simpler, True
+                        break
     return current
 
 

@@ -212,7 +212,7 @@ def test_a_printed_failure_marks_the_teardown(tmp_path: Path, capsys: Capture) -
     assert main([*argv, "--failures", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     steps = out[out.index("Steps:") : out.index("State diff")].splitlines()
-    assert steps[1].startswith("  1. New(size=8, align=8)")
+    assert steps[1].startswith("  1. New(size=0, align=1)")
     assert "-- teardown from here" in steps[2] and steps[3].startswith(">>2. Drop(h=0)")
     assert "heap[0]: ref_count 1 -> 0, freed False -> True" in out
 

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from externref_harness.model import ops
 from externref_harness.model.ops import Op
 from externref_harness.model.state import Config
-from externref_harness.search.shrink import ddmin, model_failure, shrink_model_trace, without_step
+from externref_harness.search.shrink import (
+    ddmin,
+    model_failure,
+    shrink_model_trace,
+    simplify_fields,
+    without_step,
+)
 
 
 def test_ddmin_finds_a_one_minimal_failing_subsequence() -> None:
@@ -60,3 +66,23 @@ def test_shrinking_removes_allocations_the_failure_does_not_need() -> None:
     assert model_failure(cfg, shrunk) is not None
     assert len(shrunk) == 5
     assert isinstance(shrunk[-1], ops.CallWasm) and shrunk[-1].args == (0, 1, 2)
+
+
+def test_simplifying_fields_drops_arguments_and_moves_values_toward_0() -> None:
+    def fails(steps: Sequence[Op]) -> bool:  # a host call returning to a slot above 0 (no model)
+        return any(isinstance(op, ops.WasmCallHost) and op.ret_slot >= 1 for op in steps)
+
+    steps: list[Op] = [ops.New(32, 16), ops.WasmCallHost((0, 2), 5, False)]
+    assert simplify_fields(steps, fails) == [ops.New(0, 0), ops.WasmCallHost((), 1, False)]
+    assert simplify_fields([ops.Gc()], fails) == [ops.Gc()]  # nothing to simplify, nothing asked
+
+
+def test_traces_of_one_bug_that_differ_only_in_drawn_values_shrink_to_one() -> None:
+    """What deletion alone leaves differs with the values the search drew; simplified, it is one
+    trace, so a campaign counts the second as a duplicate of the first."""
+    cfg = Config(chunk_size=2, slots=3, mutant="cve-2021-39216")
+    one: list[Op] = [ops.New(16, 8), ops.New(32, 16), ops.New(8, 8), ops.Gc(), ops.CallWasm((0, 1, 2))]
+    other: list[Op] = [ops.New(8, 8), ops.New(0, 1), ops.New(24, 8), ops.Gc(), ops.Gc()]
+    other.append(ops.CallWasm((0, 1, 2)))
+    assert model_failure(cfg, one) is not None and model_failure(cfg, other) is not None
+    assert shrink_model_trace(cfg, one) == shrink_model_trace(cfg, other)
