@@ -194,12 +194,13 @@ def native_lockstep_target(impl: Path, base: Config, base_bounds: Bounds, step_t
     `check --impl` uses, so both share example-database keys. Its `close` ends the children."""
     from dataclasses import replace
 
+    from externref_harness.isolation.pool import replay_args
     from externref_harness.lockstep.runner import LockstepOptions
     from externref_harness.lockstep.targets import bounds_for, open_isolated
 
     target, pool = open_isolated(impl, step_timeout)
     cfg = replace(target.config(base, None, None), mutant=base.mutant)
-    options = LockstepOptions(impl_name=target.name, replay_args=f"--impl {impl}")
+    options = LockstepOptions(impl_name=target.name, replay_args=replay_args(impl, step_timeout))
     return lockstep_target(
         cfg,
         bounds_for(cfg, base_bounds, target.description),

@@ -32,7 +32,7 @@ from externref_harness.campaign.campaign import (
 )
 from externref_harness.checks.plan import CHECKS
 from externref_harness.errors import UsageError
-from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT, replay_args
 from externref_harness.model.state import Build
 from externref_harness.search.databases import open_database
 from externref_harness.search.model_check import REQUIRED_EVENTS
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         for f in campaign.failures.values():
             if f.fingerprint not in shown:
                 shown.add(f.fingerprint)
-                print(failure_line(len(shown), f, options.impl), flush=True)
+                print(failure_line(len(shown), f, options.impl, options.step_timeout), flush=True)
 
     campaign.start()
     live = (
@@ -195,12 +195,15 @@ def run(args: argparse.Namespace) -> int:
     return 1 if campaign.failures else 0
 
 
-def failure_line(number: int, f: FailureRecord, impl: Path | None = None) -> str:
+def failure_line(
+    number: int, f: FailureRecord, impl: Path | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT
+) -> str:
     how = "replayed from the database" if f.source == "database" else "found"
     shrunk = f" (shrunk from {f.original_steps})" if f.original_steps else ""
     return (
         f"failure {number}: {f.check}: {f.invariant}: {f.steps} steps{shrunk}, {how} by worker {f.found_by}"
-        f" at {f.at:.1f}s; externref-harness replay {f.trace}" + ("" if impl is None else f" --impl {impl}")
+        f" at {f.at:.1f}s; externref-harness replay {f.trace}"
+        + ("" if impl is None else f" {replay_args(impl, step_timeout)}")
     )
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from externref_harness.gate import threads
 from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateReport, Status
 from externref_harness.isolation.describe import DESCRIBE_TIMEOUT, child_env, describe_library
-from externref_harness.isolation.pool import ChildPool, OutOfTime
+from externref_harness.isolation.pool import ChildPool, OutOfTime, replay_args
 from externref_harness.isolation.process import Limits
 from externref_harness.lockstep.memory_checks import CHECKS, STRICT, checks_ruled_out
 from externref_harness.lockstep.runner import (
@@ -103,7 +103,7 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         levels=levels,
         expected=opts.expectations.names,
         impl_name=f"{description.name} {description.version}",
-        replay_args=f"--impl {opts.library}",
+        replay_args=replay_args(opts.library, opts.step_timeout),
     )
     # With a budget, a child may also spend no more CPU time than the whole run may take.
     limits = Limits() if opts.time_limit is None else Limits(cpu_seconds=int(opts.time_limit) + CPU_MARGIN)

@@ -63,6 +63,14 @@ MAX_REFS = 1 << 20
 StepReply = tuple[StepOutcome, Probe, int, tuple[tuple[int, RefFacts], ...]]
 
 
+def replay_args(impl: Path, step_timeout: float) -> str:
+    """The arguments that replay a saved trace as it ran: on `impl`, at the same step timeout (a
+    hang saved at a short one is not waited for at the default)."""
+    if step_timeout == DEFAULT_STEP_TIMEOUT:
+        return f"--impl {impl}"
+    return f"--impl {impl} --step-timeout {step_timeout:g}"
+
+
 class ImplementationCrash(Exception):
     """The implementation's process died, hung or broke the protocol; the message says how, and
     what it printed."""

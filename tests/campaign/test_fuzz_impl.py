@@ -22,7 +22,8 @@ from externref_harness.native.build import build_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 FOUND = re.compile(
-    r"^failure \d+: lockstep: .* externref-harness replay (?P<trace>\S+) --impl (?P<impl>\S+)$"
+    r"^failure \d+: lockstep: .* externref-harness replay (?P<trace>\S+) --impl (?P<impl>\S+)"
+    r"(?: --step-timeout (?P<timeout>\S+))?$"
 )
 
 
@@ -90,7 +91,9 @@ def test_a_crash_and_a_hang_are_saved_shrunk_traces(
     assert shrunk is not None and int(shrunk[1]) <= int(shrunk[2]), out
     assert expected in saved["note"] and len(saved["steps"]) == int(shrunk[1]), out
     capsys.readouterr()
-    assert main(["replay", str(trace), "--impl", str(library), "--step-timeout", "2"]) == 1
+    # The line says how to replay it as it ran: at the campaign's step timeout.
+    assert found["timeout"] == "2", found.string
+    assert main(["replay", str(trace), "--impl", str(library), "--step-timeout", found["timeout"]]) == 1
     assert expected in capsys.readouterr().out
 
 

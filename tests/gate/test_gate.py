@@ -103,7 +103,8 @@ def test_a_crash_and_a_hang_become_saved_shrunk_traces(
     trace = Path(search["trace"])
     steps = json.loads(trace.read_text())["steps"]
     assert 1 <= len(steps) <= 10
-    capsys.readouterr()
+    # The printed replay command replays it as it ran: at the gate's step timeout.
+    assert f"--impl {library} --step-timeout 2" in capsys.readouterr().out
     # The saved trace replays to the same crash, in a child: the replaying process survives it.
     assert main(["replay", str(trace), "--impl", str(library), "--step-timeout", "2"]) == 1
     assert expected.split(" 2 s")[0] in capsys.readouterr().out
