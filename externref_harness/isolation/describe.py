@@ -105,7 +105,7 @@ def describe_library(
 
 
 def _tail(child: Confined) -> str:
-    text = child.tail(300).replace("\n", " | ")
+    text = child.capture.tail(300).replace("\n", " | ")
     return f" (it printed: {text})" if text else ""
 
 

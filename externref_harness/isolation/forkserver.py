@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
-from externref_harness.isolation.process import OUTPUT_TAIL, Capture, Confined, Limits, kill_group
+from externref_harness.isolation.process import Capture, Confined, Limits, kill_group
 
 #: One message from the server: a kind (b"R" ready, b"P" forked, b"S" ended), a pid, a status.
 MESSAGE = struct.Struct("<cqq")
@@ -171,7 +171,7 @@ class ForkedProc:
 
 
 class Forked:
-    """One worker of a `ForkServer`, with the interface of `process.Confined`."""
+    """One worker of a `ForkServer`, used as a `process.Confined` is: `proc`, `capture`, `kill`, `close`."""
 
     def __init__(self, proc: ForkedProc, capture: Capture) -> None:
         self.proc = proc
@@ -192,15 +192,6 @@ class Forked:
             self.proc.wait()
         except subprocess.TimeoutExpired:
             pass
-
-    def flooded(self) -> bool:
-        return self.capture.flooded()
-
-    def tail(self, limit: int = OUTPUT_TAIL) -> str:
-        return self.capture.tail(limit)
-
-    def printed(self) -> str:
-        return self.capture.printed()
 
     def close(self) -> None:
         self.kill()

@@ -156,7 +156,7 @@ class Child:
                 raise OutOfTime(f"the time limit ran out during {during}") from None
             raise ImplementationCrash(
                 f"the implementation did not answer within {timeout:g} s during {during} "
-                f"{HANG}; its process was killed{self._process.printed()}"
+                f"{HANG}; its process was killed{self._process.capture.printed()}"
             ) from None
         except (EOFError, OSError):
             raise self._died(f"during {during}") from None
@@ -164,13 +164,13 @@ class Child:
             self.kill()
             raise ImplementationCrash(
                 f"the implementation's process broke the protocol during {during}: {e}; "
-                f"its process was killed{self._process.printed()}"
+                f"its process was killed{self._process.capture.printed()}"
             ) from None
-        if self._process.flooded():
+        if self._process.capture.flooded():
             self.kill()
             raise ImplementationCrash(
                 f"the implementation printed more than {OUTPUT_LIMIT >> 20} MB during {during} (a flood); "
-                f"its process was killed{self._process.printed()}"
+                f"its process was killed{self._process.capture.printed()}"
             )
         try:
             status, value = tagged(frame, "response")
@@ -201,7 +201,8 @@ class Child:
                 "it does not own?); it was killed"
             )
         self.kill()
-        return ImplementationCrash(f"the implementation's process {how} {during}{self._process.printed()}")
+        printed = self._process.capture.printed()
+        return ImplementationCrash(f"the implementation's process {how} {during}{printed}")
 
     @property
     def alive(self) -> bool:

@@ -2,7 +2,7 @@
 
     parent                                    child's process group (pgid = child's pid)
     Confined.spawn ──fork/exec──────────────▶ python -m ... (the library loaded here)
-      .output: a temporary file  ◀─ stdout ──   └── anything it forks stays in the group
+      .capture: a temporary file ◀─ stdout ──   └── anything it forks stays in the group
       .kill()  ── SIGKILL to the whole group ─▶ nothing left behind, even after a clean exit
 
 The implementation under test is untrusted: it may fork (the group is killed when the run ends,
@@ -192,14 +192,13 @@ class Confined:
         stdin: int | IO[bytes] = subprocess.DEVNULL,
     ) -> None:
         self.capture = Capture()
-        self.output: IO[bytes] = self.capture.file
         nproc = None if limits.extra_tasks is None else _tasks_of_user() + limits.extra_tasks
         parent = os.getpid()
         self.proc = subprocess.Popen(
             list(args),
             pass_fds=tuple(pass_fds),
             stdin=stdin,
-            stdout=self.output,
+            stdout=self.capture.file,
             stderr=subprocess.STDOUT,
             env=None if env is None else {**os.environ, **env},
             process_group=0,
@@ -214,15 +213,6 @@ class Confined:
     def kill(self) -> None:
         """SIGKILL the child's whole group and wait for it (`kill_group`)."""
         kill_group(self.pid, self.proc.wait)
-
-    def flooded(self) -> bool:
-        return self.capture.flooded()
-
-    def tail(self, limit: int = OUTPUT_TAIL) -> str:
-        return self.capture.tail(limit)
-
-    def printed(self) -> str:
-        return self.capture.printed()
 
     def close(self) -> None:
         self.kill()

@@ -126,7 +126,7 @@ def _end(child: Confined, read_fd: int, how: str | None, lingered: str) -> Ended
         child.proc.wait(timeout=5)
     except Exception:
         how = how or lingered
-    ended = Ended(how, child.proc.returncode, child.flooded(), child.printed())
+    ended = Ended(how, child.proc.returncode, child.capture.flooded(), child.capture.printed())
     child.close()
     return ended
 

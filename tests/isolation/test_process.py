@@ -25,16 +25,16 @@ def test_the_cpu_limit_kills_a_spinning_child() -> None:
 def test_the_memory_limit_refuses_a_huge_allocation() -> None:
     child = _python("bytearray(16 << 30)", Limits(memory=2 << 30))
     child.proc.wait(timeout=30)
-    assert child.proc.returncode == 1 and "MemoryError" in child.tail()
+    assert child.proc.returncode == 1 and "MemoryError" in child.capture.tail()
     child.close()
 
 
 def test_a_flood_is_capped_and_noticed() -> None:
     child = _python("import sys\nwhile True: sys.stdout.write('x' * 65536)\n")
     deadline = time.monotonic() + 30
-    while not child.flooded() and time.monotonic() < deadline:
+    while not child.capture.flooded() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert child.flooded()
+    assert child.capture.flooded()
     child.close()
     assert child.proc.returncode is not None
 
@@ -46,7 +46,7 @@ def test_killing_the_child_kills_what_it_forked() -> None:
     )
     child = _python(code)
     deadline = time.monotonic() + 30
-    while not child.tail() and time.monotonic() < deadline:
+    while not child.capture.tail() and time.monotonic() < deadline:
         time.sleep(0.05)
     members = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == child.pid]
     assert len(members) == 2
@@ -58,7 +58,7 @@ def test_killing_the_child_kills_what_it_forked() -> None:
 def test_output_is_shown_escaped() -> None:
     child = _python("import sys; sys.stdout.write('\\x1b[2Jbell\\x07\\n')")
     child.proc.wait(timeout=30)
-    assert child.tail() == "\\x1b[2Jbell\\x07"
+    assert child.capture.tail() == "\\x1b[2Jbell\\x07"
     child.close()
 
 
