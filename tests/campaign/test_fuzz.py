@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from foreground import interruptible
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from externref_harness.campaign.campaign import fuzz_targets
@@ -79,12 +80,6 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-def _interruptible() -> None:
-    """The campaign runs as a terminal's foreground job would, where Ctrl-C reaches it: a CI
-    runner that starts the suite in the background hands its children SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def need_redis_server() -> None:
     if shutil.which("redis-server") is None:
         if os.environ.get("CI"):
@@ -114,7 +109,7 @@ class Fuzz:
              "--seed", "3", "--failures", "failures", "--progress-every", "1", "--json", "summary.json",
              *args],
             cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=_interruptible,
+            preexec_fn=interruptible,
         )  # fmt: skip
         self.cwd = cwd
         self.readers = [

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from crashing import crashing_gc_library
+from foreground import interruptible
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
@@ -33,6 +34,7 @@ def _fuzz(cwd: Path, library: Path, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "externref_harness.cli", "fuzz", "--impl", str(library), "--workers", "1",
          "--database", str(cwd.parent / "db"), "--failures", "failures", "--progress-every", "5", *args],
         cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=interruptible,  # `_first_failure` stops it with Ctrl-C
     )  # fmt: skip
 
 
