@@ -236,7 +236,9 @@ def test_a_long_replay_reports_its_step_off_a_terminal(tmp_path: Path) -> None:
     for h in range(300):
         steps += (ops.New(8, 8), ops.Drop(h))
     path = _save(tmp_path, steps)
-    env = {**os.environ, "EXTERNREF_HARNESS_PROGRESS_SECONDS": "0.1", "PYTHONPATH": os.getcwd()}
+    # A line every 10 ms: the 600 steps take about 0.1 s on a quiet machine, so a line every 0.1 s
+    # could come after the end.
+    env = {**os.environ, "EXTERNREF_HARNESS_PROGRESS_SECONDS": "0.01", "PYTHONPATH": os.getcwd()}
     out = subprocess.run(
         [sys.executable, "-m", "externref_harness.cli", "replay", str(path)],
         capture_output=True, text=True, timeout=120, env=env,
