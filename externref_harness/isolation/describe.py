@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from externref_harness.errors import UsageError, printable
+from externref_harness.isolation.forkserver import child_command
 from externref_harness.isolation.process import Confined, Limits, describe_status
 from externref_harness.isolation.wire import WireError, conform, read_frame
 from externref_harness.native.build import asan_runtime
@@ -65,14 +65,7 @@ def describe_library(
     read_fd, write_fd = os.pipe()
     limits = Limits() if env is None else Limits().without_memory_limit()
     child = Confined(
-        [
-            sys.executable,
-            "-m",
-            "externref_harness.isolation.child",
-            "--describe",
-            str(library),
-            str(write_fd),
-        ],
+        [*child_command(None), "--describe", str(library), str(write_fd)],
         (write_fd,),
         env,
         limits,

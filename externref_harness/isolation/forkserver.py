@@ -45,15 +45,18 @@ MESSAGE = struct.Struct("<cqq")
 REPLY_TIMEOUT = 10.0
 
 
+def child_command(impl: Path | None) -> list[str]:
+    """The command line of the harness's child process (`isolation.child`) for `impl`."""
+    args = [sys.executable, "-m", "externref_harness.isolation.child"]
+    return args if impl is None else [*args, "--impl", str(impl)]
+
+
 class ForkServer:
     """The parent's end of one fork server (for one library, environment and limits)."""
 
     def __init__(self, impl: Path | None, env: Mapping[str, str] | None, limits: Limits) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        args = [sys.executable, "-m", "externref_harness.isolation.child"]
-        if impl is not None:
-            args += ["--impl", str(impl)]
-        args += ["--fork-server", str(theirs.fileno())]
+        args = [*child_command(impl), "--fork-server", str(theirs.fileno())]
         self._process = Confined(args, (theirs.fileno(),), env, limits)
         theirs.close()
         self._sock = mine

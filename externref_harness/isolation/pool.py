@@ -26,7 +26,6 @@ every run its own child, as shrinking wants.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, StepOutcome
 from externref_harness.isolation.batch import ends_batch
-from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer
+from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
 from externref_harness.isolation.wire import WireError, conform, read_frame, tagged, write_frame
 
@@ -101,10 +100,8 @@ class Child:
         if server is not None:
             self._process = server.fork(req_r, resp_w)
         else:
-            args = [sys.executable, "-m", "externref_harness.isolation.child"]
-            if impl is not None:
-                args += ["--impl", str(impl)]
-            self._process = Confined([*args, str(req_r), str(resp_w)], (req_r, resp_w), env, limits)
+            args = [*child_command(impl), str(req_r), str(resp_w)]
+            self._process = Confined(args, (req_r, resp_w), env, limits)
         self.proc: Popen[bytes] | ForkedProc = self._process.proc
         os.close(req_r)
         os.close(resp_w)
