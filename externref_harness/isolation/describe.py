@@ -74,7 +74,7 @@ def describe_library(
     frame: Any = None
     problem = ""
     try:
-        frame = read_frame(read_fd, time.monotonic() + timeout)
+        frame = read_frame(read_fd, time.monotonic() + timeout, child.exit_watch())
     except TimeoutError:
         problem = f"loading it did not finish in {timeout:g} s (its process was killed)"
     except EOFError:

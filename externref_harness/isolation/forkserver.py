@@ -36,7 +36,14 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
-from externref_harness.isolation.process import Capture, Confined, Limits, kill_group
+from externref_harness.isolation.process import (
+    Capture,
+    Confined,
+    Limits,
+    close_fd,
+    kill_group,
+    open_exit_watch,
+)
 
 #: One message from the server: a kind (b"R" ready, b"P" forked, b"S" ended), a pid, a status.
 MESSAGE = struct.Struct("<cqq")
@@ -179,6 +186,15 @@ class Forked:
     def __init__(self, proc: ForkedProc, capture: Capture) -> None:
         self.proc = proc
         self.capture = capture
+        self._watch: int | None = None
+
+    def exit_watch(self) -> int | None:
+        """A pidfd readable once the worker has exited (`process.open_exit_watch`), open until
+        `close`. Asked for while the worker runs (its server reaps it, and then its pid could name
+        another process)."""
+        if self._watch is None:
+            self._watch = open_exit_watch(self.proc.resolved_pid())
+        return self._watch
 
     @property
     def alive(self) -> bool:
@@ -199,3 +215,5 @@ class Forked:
     def close(self) -> None:
         self.kill()
         self.capture.close()
+        close_fd(self._watch)
+        self._watch = None

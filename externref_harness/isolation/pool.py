@@ -106,6 +106,9 @@ class Child:
         os.close(req_r)
         os.close(resp_w)
         self._ready = False
+        #: The child's exit watch once it is up (`process.open_exit_watch`): its exit ends a read
+        #: even while a process it forked holds the response pipe open.
+        self._watch: int | None = None
         #: A `time.monotonic()` instant no read waits past (the pool's budget), or None.
         self.deadline = deadline
 
@@ -121,6 +124,7 @@ class Child:
             if reply != "ready":
                 self.kill()
                 raise ImplementationCrash(f"the child did not start: it answered {str(reply)[:200]!r}")
+            self._watch = self._process.exit_watch()
 
     def call(self, request: tuple[Any, ...], timeout: float) -> Any:
         self.send(request)
@@ -146,7 +150,7 @@ class Child:
             assert self.deadline is not None
             limit = self.deadline
         try:
-            frame = read_frame(self._resp_r, limit)
+            frame = read_frame(self._resp_r, limit, self._watch)
         except TimeoutError:
             self.kill()
             if budget_first:

@@ -161,6 +161,27 @@ class Capture:
         self.file.close()
 
 
+def open_exit_watch(pid: int | None) -> int | None:
+    """A pidfd of process `pid` (`os.pidfd_open`), readable once it has exited: `wire.read_frame`'s
+    `watch`. A pipe's end of file waits for every process holding its write end, and a child's own
+    children hold it too, so the child's exit is watched as well. None when it cannot be opened (no
+    such process any more): the reader then waits for the end of file or its deadline."""
+    if pid is None:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def kill_group(pgid: int, reap: Callable[[], object]) -> None:
     """SIGKILL the whole group `pgid` (what its leader forked too), `reap` the leader, and wait
     until no live member of the group is left (at most `GROUP_EXIT_TIMEOUT`): a library that forked
@@ -205,6 +226,12 @@ class Confined:
             preexec_fn=lambda: _set_limits(limits, nproc, parent),
         )
         self.pid = self.proc.pid
+        # Opened at once: the child is not reaped before `close`, so its pid names it until then.
+        self._watch = open_exit_watch(self.pid)
+
+    def exit_watch(self) -> int | None:
+        """A pidfd readable once the child has exited (`open_exit_watch`), open until `close`."""
+        return self._watch
 
     @property
     def alive(self) -> bool:
@@ -217,3 +244,5 @@ class Confined:
     def close(self) -> None:
         self.kill()
         self.capture.close()
+        close_fd(self._watch)
+        self._watch = None

@@ -60,28 +60,40 @@ def write_frame(fd: int, value: Any) -> None:
         sent += os.write(fd, view[sent:])
 
 
-def read_frame(fd: int, deadline: float | None = None) -> Any:
+def read_frame(fd: int, deadline: float | None = None, watch: int | None = None) -> Any:
     """One frame from `fd`, decoded (not yet conformed). EOFError when the other side has gone
     before a frame began; `WireError` for a partial, oversized or malformed frame, or for a frame
-    not complete by `deadline` (a `time.monotonic()` instant; None: wait as long as it takes)."""
-    header = _read_exactly(fd, HEADER.size, deadline, first=True)
+    not complete by `deadline` (a `time.monotonic()` instant; None: wait as long as it takes).
+
+    `watch` is a pidfd of the process that writes `fd`. The pipe's end of file comes only when
+    every holder of its write end has closed it, and a process the writer forked holds it too; so
+    once the writer has exited and nothing is waiting in the pipe, the other side has gone as
+    well (EOFError, or a partial frame), whoever else keeps the pipe open."""
+    header = _read_exactly(fd, HEADER.size, deadline, first=True, watch=watch)
     (size,) = HEADER.unpack(header)
     if size > MAX_FRAME:
         raise WireError(f"a frame header announced {size:,} bytes, more than the {MAX_FRAME:,} allowed")
-    return decode(_read_exactly(fd, size, deadline, first=False))
+    return decode(_read_exactly(fd, size, deadline, first=False, watch=watch))
 
 
-def _read_exactly(fd: int, size: int, deadline: float | None, first: bool) -> bytes:
+def _read_exactly(fd: int, size: int, deadline: float | None, first: bool, watch: int | None) -> bytes:
     chunks: list[bytes] = []
     got = 0
+    waited = [fd] if watch is None else [fd, watch]
     while got < size:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+        if deadline is not None or watch is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select(waited, [], [], left)
             if not ready:
                 if first and not got:
                     raise TimeoutError("no frame began in time")
                 raise WireError(f"a partial frame: {got} of {size} bytes arrived, then nothing in time")
+            # The writer has exited: what it wrote before is in the pipe already, so an empty
+            # pipe now stays empty (or is written by a process it forked, which speaks no protocol).
+            if fd not in ready and not select.select([fd], [], [], 0)[0]:
+                if first and not got:
+                    raise EOFError("the writer exited (a process it forked holds the pipe open)")
+                raise WireError(f"a partial frame: {got} of {size} bytes arrived, then the writer exited")
         chunk = os.read(fd, min(size - got, 1 << 20))
         if not chunk:
             if first and not got:

@@ -166,7 +166,9 @@ def run_isolated(
     try:
         while True:
             try:
-                kind, value = conform(read_frame(read_fd, deadline), tuple[str, Any], "frame")
+                kind, value = conform(
+                    read_frame(read_fd, deadline, child.exit_watch()), tuple[str, Any], "frame"
+                )
                 if kind == "program":
                     last, histories = conform(value, str, "program"), histories + 1
                     if watch is not None:
@@ -266,7 +268,9 @@ def rerun_isolated(
             allowance = run_timeout if ready else START_ALLOWANCE
             try:
                 kind, value = conform(
-                    read_frame(read_fd, time.monotonic() + allowance), tuple[str, Any], "frame"
+                    read_frame(read_fd, time.monotonic() + allowance, child.exit_watch()),
+                    tuple[str, Any],
+                    "frame",
                 )
                 if kind == "ready" and not ready:
                     ready = True

@@ -152,6 +152,31 @@ def test_what_a_library_prints_stays_out_of_the_gates_output(tmp_path: Path) -> 
     assert any(c["kind"] == "threads" and c["status"] == "pass" for c in report["cases"])  # type: ignore[attr-defined]
 
 
+def test_a_child_that_exits_while_what_it_forked_holds_the_pipe_is_an_exit_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """The library's 3rd `new` forks a sleeper, which inherits the response pipe, and exits: the
+    pipe's end of file would wait for the sleeper, so the child's exit is watched (a pidfd), and
+    the failure is the exit, reported at once, not a hang after the step timeout."""
+    from externref_harness import trace as tracefile
+    from externref_harness.model import ops
+    from externref_harness.model.state import Config
+
+    library = build(
+        tmp_path, "forks-then-exits", new_before="if (calls == 3) { if (fork() == 0) sleep(1000); exit(1); }"
+    )
+    trace = tracefile.save(
+        tracefile.Trace(Config(chunk_size=2, build="release"), (ops.New(8, 8),) * 3, ""),
+        tmp_path / "three-new.json",
+    )
+    run = harness("replay", str(trace), "--impl", str(library))
+    output = run.out + run.err
+    assert run.status == 1, output
+    assert "exited with status 1 during step" in output and "did not answer" not in output, output
+    assert "Traceback" not in output
+    assert leftovers(library) == []
+
+
 def test_a_library_whose_constructor_exits_is_refused_saying_so(tmp_path: Path) -> None:
     top = "#include <stdlib.h>\n__attribute__((constructor)) static void leave(void) { exit(0); }\n"
     library = build(tmp_path, "constructor-exits", top=top)

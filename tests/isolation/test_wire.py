@@ -127,3 +127,35 @@ def test_a_frame_is_written_once_whole_and_read_back_once() -> None:
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_a_writer_that_exits_ends_the_read_though_what_it_forked_holds_the_pipe() -> None:
+    """The writer sends a frame, forks a sleeper (which inherits the pipe's write end) and exits:
+    its frame is still read, then the read ends at its exit (watched through a pidfd), not at the
+    sleeper's, whose end of file would come only when it is killed."""
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    script = (
+        "import os, sys, time\n"
+        "from externref_harness.isolation.wire import write_frame\n"
+        "w = int(sys.argv[1])\n"
+        "write_frame(w, ['ok', 1])\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script, str(w)], pass_fds=(w,), start_new_session=True)
+    os.close(w)
+    watch = os.pidfd_open(writer.pid)
+    try:
+        assert read_frame(r, time.monotonic() + 30, watch) == ["ok", 1]
+        # Without the watch this waits for the deadline (TimeoutError) or the sleeper's 60 s.
+        with pytest.raises(EOFError, match="the writer exited"):
+            read_frame(r, time.monotonic() + 30, watch)
+    finally:
+        os.killpg(writer.pid, 9)
+        writer.wait()
+        os.close(watch)
+        os.close(r)
