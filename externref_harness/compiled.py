@@ -54,6 +54,10 @@ COMPILED_MODULES: tuple[str, ...] = (
     # crosses from the implementation's process (the gate's parent checks one per step).
     "externref_harness.changes",
     "externref_harness.isolation.wire",
+    # `--exhaustive`'s plan (a search over concrete states) and each run's chain of moves (a
+    # breadth-first walk per run): the parent's share of every exhaustive step.
+    "externref_harness.exhaustive.plan",
+    "externref_harness.exhaustive.chain",
 )
 #: Modules written in C (`<name>.c` beside where the `.py` would be), built by `setup.py` with the
 #: mypyc modules and used on the same terms: all of them, fresh, or none. Each has a pure-Python

@@ -1,21 +1,12 @@
 """Every transition of a plan executed on the implementation, in lockstep with the model.
 
-A run is one `Lockstep` from the initial state. It follows the tree path to a class whose moves
-are not all covered yet, takes an uncovered move there, and goes on from the class that move
-reached while there is something to cover nearby:
+A run is one `Lockstep` from the initial state along the moves `exhaustive.chain.plan_chain`
+chose: the tree path to a class whose moves are not all covered yet, uncovered moves from there,
+and short walks through covered moves to the next class with some. A covered transition is
+always a move, executed and compared, from a state of its class to a state of its target class
+(`chain.corresponding_move`).
 
-    root ──path(c)──▶ x_c ──uncovered──▶ y ──uncovered──▶ z ──covered──▶ ·──covered──▶ w ──uncovered──▶ …
-                                                          (a walk of at most WALK_RADIUS moves to the
-                                                           nearest class with uncovered moves; else stop)
-
-The states a run reaches after the first step need not be the plan's concrete states of their
-classes (a clone then its drop leaves a tombstone: same class, other handle numbers).
-`corresponding_move` makes the plan's move i of class d from such a state: the move at the same
-index, checked to be of the same kind and to lead to the class the plan's move i leads to, or
-the run stops there. A covered transition is therefore always a move, executed and compared, from
-a state of its class to a state of its target class.
-
-A run is planned on the model alone before it starts (`_plan_chain`: the path, the uncovered
+A run is planned on the model alone before it starts (`plan_chain`: the path, the uncovered
 moves, the walks, each chosen as the moves before it leave the coverage), so all its steps go to
 the implementation's process as one batch and are compared in order as their replies come back;
 its moves are counted covered when planned and taken back if the run fails before them. Classes
@@ -36,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from externref_harness.exhaustive.chain import Coverage, plan_chain
 from externref_harness.exhaustive.plan import Plan
 from externref_harness.isolation.pool import OutOfTime
 from externref_harness.lockstep.runner import (
@@ -46,15 +38,8 @@ from externref_harness.lockstep.runner import (
     StepCheck,
 )
 from externref_harness.model.ops import Op
-from externref_harness.model.state import State
-from externref_harness.model.transition import step
 from externref_harness.search.model_check import misuse_problem
 
-#: How far a run walks through covered moves to reach a class with uncovered ones, instead of
-#: ending (a new run's tree path is about as long as the class is deep).
-WALK_RADIUS = 4
-#: ... and gives up looking once it has seen this many classes (the search is Python, per run).
-WALK_SEARCH_LIMIT = 300
 #: Why an incomplete run stopped.
 TIME_LIMIT = "time limit"
 
@@ -104,46 +89,6 @@ class _Failed(Exception):
         self.divergence = divergence
 
 
-class _Coverage:
-    """Which transitions are covered: one byte per (class, move), offsets per class."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.offset = plan.offsets
-        self.done = bytearray(plan.transitions)
-        #: The lowest move index of each class that may still be uncovered.
-        self.cursor = [0] * plan.classes
-        #: How many moves of each class are not covered yet.
-        self.left = list(plan.moves)
-        self.covered = 0
-
-    def mark(self, c: int, move: int) -> bool:
-        """Count the move as covered; whether it was not already."""
-        i = self.offset[c] + move
-        if self.done[i]:
-            return False
-        self.done[i] = 1
-        self.covered += 1
-        self.left[c] -= 1
-        return True
-
-    def unmark(self, c: int, move: int) -> None:
-        i = self.offset[c] + move
-        if self.done[i]:
-            self.done[i] = 0
-            self.covered -= 1
-            self.left[c] += 1
-            self.cursor[c] = min(self.cursor[c], move)
-
-    def next_uncovered(self, c: int) -> int | None:
-        base, n = self.offset[c], self.plan.moves[c]
-        i = self.cursor[c]
-        while i < n and self.done[base + i]:
-            i += 1
-        self.cursor[c] = i
-        return i if i < n else None
-
-
 def run_exhaustive(
     plan: Plan,
     adapter_factory: AdapterFactory,
@@ -156,7 +101,7 @@ def run_exhaustive(
     `stop_at` (a `time.monotonic()` instant), or when the pool's budget runs out (`OutOfTime`)."""
     started = time.monotonic()
     stats = Stats(plan.transitions)
-    coverage = _Coverage(plan)
+    coverage = Coverage(plan)
     torn_down: set[int] = set()
     next_report = started + every
     try:
@@ -176,7 +121,7 @@ def run_exhaustive(
     return _done(plan, stats, coverage, started)
 
 
-def _snapshot(stats: Stats, coverage: _Coverage, started: float) -> Stats:
+def _snapshot(stats: Stats, coverage: Coverage, started: float) -> Stats:
     stats.covered = coverage.covered
     stats.elapsed = time.monotonic() - started
     return Stats(stats.transitions, stats.covered, stats.runs, stats.steps, stats.teardowns, stats.elapsed)
@@ -185,7 +130,7 @@ def _snapshot(stats: Stats, coverage: _Coverage, started: float) -> Stats:
 def _done(
     plan: Plan,
     stats: Stats,
-    coverage: _Coverage,
+    coverage: Coverage,
     started: float,
     divergence: Divergence | None = None,
     stopped: str | None = None,
@@ -198,7 +143,7 @@ def _one_run(
     c: int,
     adapter_factory: AdapterFactory,
     options: LockstepOptions,
-    coverage: _Coverage,
+    coverage: Coverage,
     torn_down: set[int],
     stats: Stats,
 ) -> None:
@@ -210,7 +155,7 @@ def _one_run(
     # elsewhere; a run that fails or runs out of time takes back those from the step that did not
     # pass on.
     marked = [i for i, (at, move) in enumerate(path) if coverage.mark(at, move)]
-    chain, state = _plan_chain(plan, coverage, c)
+    chain, state = plan_chain(plan, coverage, c)
     marked += [len(path) + i for i, (_, _, _, new) in enumerate(chain) if new]
     taken = [*path, *((at, move) for at, move, _, _ in chain)]
     run_ops = [*plan.ops_to(c), *(op for _, _, op, _ in chain)]
@@ -240,115 +185,6 @@ def _one_run(
         raise
     finally:
         run.close()
-
-
-def _plan_chain(
-    plan: Plan, coverage: _Coverage, c: int
-) -> tuple[list[tuple[int, int, Op, bool]], State]:
-    """From class `c`'s concrete state: the (class, move, op, newly covered) steps of uncovered
-    moves, each from the class the last one reached, and of walks through covered moves to a class
-    with uncovered ones (at most `WALK_RADIUS` moves); and the state they end in. Planned on the
-    model alone; the moves it takes are counted as covered (`_one_run` takes back those of a run
-    that does not pass)."""
-    search = plan.search
-    state = plan.states[c]
-    out: list[tuple[int, int, Op, bool]] = []
-
-    def take(at: int, move: int, op: Op) -> int:
-        nonlocal state
-        state = step(search.cfg, state, op)[0]
-        landed = plan.index.get(search.fingerprint(search.key(state)))
-        if landed != plan.target(at, move):
-            raise AssertionError(f"move {move} of class {at} did not reach its class")
-        out.append((at, move, op, coverage.mark(at, move)))
-        return landed
-
-    while coverage.next_uncovered(c) is not None:
-        move = _next_move(plan, coverage, c)
-        op = corresponding_move(plan, c, move, state)
-        if op is None:
-            break  # not the class's state, nor one whose moves correspond to it: a new run
-        c = take(c, move, op)
-        if coverage.next_uncovered(c) is not None:
-            continue
-        # Every move of this class is covered: walk (covered moves) to a nearby class with
-        # uncovered ones, when one is closer than a new run's tree path would be.
-        way = _way_to_uncovered(plan, coverage, c, WALK_RADIUS)
-        if way is None:
-            break
-        for at, move in way:
-            op = corresponding_move(plan, at, move, state)
-            if op is None:
-                return out, state
-            c = take(at, move, op)
-    return out, state
-
-
-def _way_to_uncovered(plan: Plan, coverage: _Coverage, c: int, radius: int) -> list[tuple[int, int]] | None:
-    """The (class, move) steps of a shortest way, at most `radius` moves, from class `c` to a class
-    with an uncovered move; None if there is none that close."""
-    targets, offsets, moves, left = plan.targets, plan.offsets, plan.moves, coverage.left
-    came: dict[int, tuple[int, int]] = {c: (c, -1)}
-    level = [c]
-    for _ in range(radius):
-        if len(came) > WALK_SEARCH_LIMIT:
-            return None  # nothing uncovered near a well-covered region: a new run is cheaper
-        grown: list[int] = []
-        for at in level:
-            base = offsets[at]
-            for move, to in enumerate(targets[base : base + moves[at]]):
-                if to in came:
-                    continue
-                came[to] = (at, move)
-                if left[to]:
-                    way = []
-                    while to != c:
-                        at, move = came[to]
-                        way.append((at, move))
-                        to = at
-                    way.reverse()
-                    return way
-                grown.append(to)
-        level = grown
-    return None
-
-
-def _next_move(plan: Plan, coverage: _Coverage, c: int) -> int:
-    """An uncovered move of class `c`: one into a class with uncovered moves of its own if there
-    is one (the run goes on there), else the first."""
-    first = coverage.next_uncovered(c)
-    assert first is not None
-    base = coverage.offset[c]
-    for move in range(first, plan.moves[c]):
-        if not coverage.done[base + move] and coverage.left[plan.target(c, move)]:
-            return move
-    return first
-
-
-def corresponding_move(plan: Plan, c: int, move: int, state: State) -> Op | None:
-    """Move `move` of class `c` as made from `state`, a concrete state of class `c`; None when it
-    cannot be told which of `state`'s moves that is.
-
-    The plan's moves of `c` are those of its concrete state `plan.states[c]`. Another state of the
-    class differs from it by the symmetry (`explore.symmetry`): renamed refs, tombstones, chunk
-    order, dead stack maps. `flat_moves` enumerates moves in an order those do not change (live
-    handles and raw pointers in order, slots by position), so the move at the same index is the
-    corresponding one. That is checked, not assumed: `state` must have as many moves, the move
-    must be of the same kind, and it must lead to the class the plan's move leads to; otherwise
-    the run stops there and a new one reaches the class by its tree path."""
-    search = plan.search
-    if state is plan.states[c] or state == plan.states[c]:
-        return plan.ops[c][move]
-    moves = search.moves(state)
-    if len(moves) != plan.moves[c]:
-        return None
-    op = moves[move]
-    if type(op) is not type(plan.ops[c][move]):
-        return None
-    successor = step(search.cfg, state, op)[0]
-    if plan.index.get(search.fingerprint(search.key(successor))) != plan.target(c, move):
-        return None
-    return op
 
 
 def _raise_on(check: StepCheck, op: Op, steps: list[Op], at_teardown: bool = False) -> None:

@@ -168,6 +168,10 @@ class Lockstep:
         #: Steps sent to the implementation's process ahead of this one, in order (a batch): each
         #: is under way there, its reply collected when `step` reaches it.
         self._under_way: deque[ops.Op] = deque()
+        #: The model's steps `_batch` computed ahead, `(op, before, after, observation)` in order:
+        #: `step` takes its own from here when it is that op from that very state (the model is
+        #: deterministic), instead of stepping the model a second time.
+        self._ahead: deque[tuple[ops.Op, State, State, Observation]] = deque()
         try:
             with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
                 adapter.start(plain_config(cfg))
@@ -190,7 +194,12 @@ class Lockstep:
             submitted: Submitted = True
         else:
             submitted = self._submit(op, before, following)
-        self.state, obs = model_step(self.cfg, before, op)
+        ahead = self._ahead
+        if ahead and ahead[0][0] is op and ahead[0][1] is before:
+            _, _, self.state, obs = ahead.popleft()
+        else:
+            ahead.clear()
+            self.state, obs = model_step(self.cfg, before, op)
         model_problem = None
         if isinstance(obs.result, Panic):
             model_problem = f"the model panicked: {obs.result.message}"
@@ -239,9 +248,12 @@ class Lockstep:
         (`_assertion_probe`). The child ends it at a step the implementation panics on."""
         batch: list[tuple[ops.Op, int | None]] = []
         state = before
+        self._ahead.clear()
         for o in (op, *following[: BATCH - 1]):
             batch.append((o, self._capacity(state)))
-            state, obs = model_step(self.cfg, state, o)
+            after, obs = model_step(self.cfg, state, o)
+            self._ahead.append((o, state, after, obs))
+            state = after
             if isinstance(obs.result, (Panic, Misuse)):
                 break
         return batch
