@@ -9,7 +9,10 @@ the database) stored since.
 A failure is shrunk once with the project's shrinker (`checks.fuzz_targets.FuzzTarget.shrink`) and named by
 its invariant and shrunk trace (`checks.fuzz_targets.Found.fingerprint`). A new one is saved as a trace file
 and in the database, beside the raw example Hypothesis saved itself; a duplicate only counts, and
-the raw example it added is deleted again so the database keeps one per failure.
+the raw example it added is deleted again so the database keeps one per failure. A native
+library's hang is the one failure whose shrink costs seconds (each candidate that still hangs
+waits out its step timeout), so a hang at the kind of step a hang the worker knows hangs at
+(`hang_site`) is counted as that failure's duplicate without a shrink, and its raw example is kept.
 
 If a Redis database goes away, each worker carries on with the local directory database and
 copies the failures it knows into it. The parent (`Campaign`) only collects what workers report
@@ -40,7 +43,8 @@ from externref_harness import trace as tracefile
 from externref_harness.checks.fuzz_targets import Found, FuzzTarget
 from externref_harness.checks.plan import CHECKS, CheckOptions
 from externref_harness.errors import UsageError
-from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT
+from externref_harness.isolation.pool import DEFAULT_STEP_TIMEOUT, HANG
+from externref_harness.model.ops import Op
 from externref_harness.model.state import Build
 from externref_harness.search.databases import (
     DEFAULT_DIRECTORY,
@@ -145,6 +149,15 @@ def _request_stop(signum: int, frame: object) -> None:
     _Stopped.requested = True
 
 
+def hang_site(check: str, problem: str, steps: Sequence[Op]) -> tuple[str, str] | None:
+    """Where a native library hung: the check and the kind of step that did not answer (None: the
+    failure is no such hang). Two hangs at one site are taken for one bug without shrinking the
+    second, which would cost a step timeout's share for every candidate that still hangs."""
+    if HANG not in problem or not steps:
+        return None
+    return check, type(steps[-1]).__name__
+
+
 class Worker:
     """One process's search: its database, what it has seen, and the failures it knows."""
 
@@ -162,6 +175,8 @@ class Worker:
         self.on_redis = opened.is_redis
         #: fingerprint -> failure, for every failure this worker found or replayed.
         self.known: dict[str, Found] = {}
+        #: `hang_site` -> the first known hang there (found or replayed).
+        self.hangs: dict[tuple[str, str], Found] = {}
         #: Stored entries already looked at, per target.
         self.seen: dict[str, set[bytes]] = {t.name: set() for t in self.targets}
         self.base = settings(
@@ -277,6 +292,12 @@ class Worker:
         source: str,
         saved_raw: list[tuple[bytes, bytes]],
     ) -> None:
+        site = hang_site(target.name, failure.problem, failure.steps)
+        if site is not None and site in self.hangs:
+            # Not shrunk: taken for the known hang at this site. Its raw example stays in the
+            # database (it is not proven a duplicate), so it is not lost either.
+            self.report_found(self.hangs[site], source, False, unshrunk_hang=True)
+            return
         found = target.shrink(failure)
         if target.replay(found.trace.steps) is None:
             self.send("unreproducible", check=target.name, problem=failure.problem)
@@ -291,11 +312,18 @@ class Worker:
         else:
             for key, value in saved_raw:
                 self.database.delete(key, value)
+        if site is not None:
+            # The site where this example hung, which its shrunk trace may not end at (a GC
+            # reached through another step): the next hang there is this failure too.
+            self.hangs.setdefault(site, self.known[fingerprint])
         self.report_found(found, source, new)
 
     def record(self, found: Found) -> None:
         """Keep a failure and save its trace file (a full disk is reported, and ends the campaign)."""
         self.known[found.fingerprint] = found
+        site = hang_site(found.check, found.trace.note, found.trace.steps)
+        if site is not None:
+            self.hangs.setdefault(site, found)
         path = trace_path(self.spec.options.failures, found, self.spec.options.impl)
         if not path.exists():
             try:
@@ -304,9 +332,10 @@ class Worker:
                 self.send("fatal", error=f"cannot save trace {path}: {e.strerror or e}")
                 raise SystemExit(2) from None
 
-    def report_found(self, found: Found, source: str, new: bool) -> None:
+    def report_found(self, found: Found, source: str, new: bool, unshrunk_hang: bool = False) -> None:
         self.send(
             "failure",
+            unshrunk_hang=unshrunk_hang,
             check=found.check,
             invariant=found.invariant,
             fingerprint=found.fingerprint,
@@ -392,6 +421,8 @@ class FailureRecord:
     at: float
     source: str
     duplicates: int = 0
+    #: Of the duplicates, hangs at this failure's site taken for it without a shrink (`hang_site`).
+    unshrunk_hangs: int = 0
 
 
 _FAILURE_FIELDS = ("check", "invariant", "fingerprint", "trace", "steps", "original_steps", "note", "source")
@@ -507,6 +538,7 @@ class Campaign:
             known = self.failures.get(msg["fingerprint"])
             if known is not None:
                 known.duplicates += 1
+                known.unshrunk_hangs += bool(msg.get("unshrunk_hang"))
             else:
                 self.failures[msg["fingerprint"]] = FailureRecord(
                     **{k: msg[k] for k in _FAILURE_FIELDS}, found_by=worker.index, at=round(at, 3)

@@ -246,7 +246,13 @@ def failure_table(c: Campaign) -> Table:
     table.add_column("trace", overflow="fold")  # a path to copy, never cut short
     for f in c.failures.values():
         table.add_row(
-            f.check, f.invariant, str(f.steps), str(f.found_by), f"{f.at:.1f}s", str(f.duplicates), f.trace
+            f.check,
+            f.invariant,
+            str(f.steps),
+            str(f.found_by),
+            f"{f.at:.1f}s",
+            str(f.duplicates) + (f" ({f.unshrunk_hangs} unshrunk hangs)" if f.unshrunk_hangs else ""),
+            f.trace,
         )
     return table
 

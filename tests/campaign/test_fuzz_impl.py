@@ -115,3 +115,42 @@ def test_bad_arguments_are_one_line_and_exit_2(
     library = str(build_reference("debug"))
     base = ["fuzz", "--impl", library, "--time-limit", "1", "--failures", str(tmp_path)]
     assert_one_line_exit_2([*base, *args], capsys, expected)
+
+
+@pytest.mark.slow
+def test_a_hang_where_a_known_hang_hung_is_its_duplicate_without_a_shrink(tmp_path: Path) -> None:
+    """A worker shrinks its first hang; a second example hanging at the same kind of step is
+    reported as that failure's duplicate at once, marked unshrunk (a shrink would cost a share of
+    the step timeout for every candidate that still hangs), and its raw example is not lost."""
+    import time
+    from multiprocessing import Pipe
+
+    from externref_harness.campaign.campaign import CampaignOptions, Worker, WorkerSpec
+    from externref_harness.lockstep.runner import drive
+    from externref_harness.lockstep.targets import open_isolated
+    from externref_harness.model.ops import CallWasm, New, WasmCallHost
+    from externref_harness.search.model_check import InvariantViolation
+
+    library = build_reference("release", bug="c-gc-hang")
+    options = CampaignOptions(
+        ("lockstep",), database=str(tmp_path / "db"), failures=tmp_path / "failures", build="release",
+        impl=library, step_timeout=2,
+    )  # fmt: skip
+    ours, theirs = Pipe()
+    worker = Worker(WorkerSpec(1, 1, options, time.time() + 600), theirs)
+    (target,) = worker.targets
+    _, pool = open_isolated(library, 2)
+    hang = (CallWasm(()), WasmCallHost((), 0, unwind_info=False))
+    try:
+        for steps in (hang, (New(8, 8), New(8, 8), *hang)):
+            first = drive(target.config, steps, pool.adapter(fresh=True), until_first=True).first
+            assert first is not None and "(a hang)" in first.problem, first
+            worker.handle(target, InvariantViolation("hung", steps, first.problem), "search", [])
+    finally:
+        pool.close()
+        target.close()
+    shrunk, again = ours.recv(), ours.recv()
+    assert shrunk["kind"] == again["kind"] == "failure"
+    assert shrunk["new"] and not shrunk["unshrunk_hang"], shrunk
+    assert not again["new"] and again["unshrunk_hang"], again
+    assert again["fingerprint"] == shrunk["fingerprint"]
