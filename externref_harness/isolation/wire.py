@@ -119,7 +119,7 @@ def _default(value: Any) -> Any:
 def encode(value: Any) -> bytes:
     """Tuples (NamedTuples included) and lists as arrays, dicts as objects, bytes tagged."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_default).encode()
+        return _ENCODER.encode(value).encode()
     except (TypeError, ValueError) as e:
         raise WireError(str(e)) from None
 
@@ -143,11 +143,16 @@ def _refuse_constant(text: str) -> Any:
 def decode(data: bytes) -> Any:
     """The JSON as Python (arrays still lists): only `conform` or `plain` make it the value."""
     try:
-        return json.loads(data.decode("utf-8"), object_hook=_object, parse_constant=_refuse_constant)
+        return _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         if isinstance(e, WireError):
             raise
         raise WireError(f"not a JSON frame ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+#: Made once: `json.dumps` and `json.loads` with options build a new encoder or decoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default)
+_DECODER = json.JSONDecoder(object_hook=_object, parse_constant=_refuse_constant)
 
 
 def plain(value: Any, depth: int = 0) -> Any:
@@ -226,11 +231,15 @@ def _exact(kind: type) -> Check:
 
 
 def _int(value: Any) -> Any:
-    if type(value) is not int:
-        raise _Mismatch(f"expected int, got {_kind(value)}")
-    if not INT_MIN <= value <= INT_MAX:
-        raise _Mismatch("an int outside 64 bits")
+    if type(value) is not int or not INT_MIN <= value <= INT_MAX:
+        raise _int_mismatch(value)
     return value
+
+
+def _int_mismatch(value: Any) -> _Mismatch:
+    if type(value) is not int:
+        return _Mismatch(f"expected int, got {_kind(value)}")
+    return _Mismatch("an int outside 64 bits")
 
 
 def _str(value: Any) -> Any:
@@ -323,11 +332,23 @@ def _checker(expected: Any) -> Check:
         return sequence
     if origin is tuple:
         items = [_checker(a) for a in args]
+        all_ints = all(a is int for a in args)
 
         def fixed(value: Any) -> Any:
             if not isinstance(value, (list, tuple)) or len(value) != len(items):
                 raise _Mismatch(f"expected {len(items)} items, got {_kind(value)}")
-            return _each(lambda pair: pair[0](pair[1]), tuple(zip(items, value, strict=True)), _index)
+            if all_ints and all(type(v) is int and INT_MIN <= v <= INT_MAX for v in value):
+                return tuple(value)
+            try:
+                return tuple([check(v) for check, v in zip(items, value, strict=True)])
+            except _Mismatch as e:
+                for i, (check, v) in enumerate(zip(items, value, strict=True)):  # only to name the item
+                    try:
+                        check(v)
+                    except _Mismatch:
+                        e.path.append(_index(i))
+                        break
+                raise
 
         return fixed
     raise TypeError(f"conform: no rule for {expected!r}")
@@ -337,13 +358,25 @@ def _record(cls: Any) -> Check:
     hints = typing.get_type_hints(cls)
     fields: tuple[str, ...] = cls._fields
     checks = [_checker(hints[f]) for f in fields]
-    make = cls._make
+    # The fast path (every reply's records): `int` fields checked in place, the others by their
+    # checkers, and the record built by `tuple.__new__` (what `_make` calls, without its Python frame).
+    ints = [i for i, f in enumerate(fields) if hints[f] is int]
+    others = [(i, checks[i]) for i, f in enumerate(fields) if hints[f] is not int]
+    n = len(checks)
+    new = tuple.__new__
 
     def record(value: Any) -> Any:
-        if not isinstance(value, (list, tuple)) or len(value) != len(checks):
-            raise _Mismatch(f"expected a {cls.__name__} of {len(checks)} fields, got {_kind(value)}")
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            raise _Mismatch(f"expected a {cls.__name__} of {n} fields, got {_kind(value)}")
         try:
-            return make([check(v) for check, v in zip(checks, value, strict=True)])
+            for i in ints:
+                v = value[i]
+                if type(v) is not int or not INT_MIN <= v <= INT_MAX:
+                    raise _int_mismatch(v)
+            items = list(value)
+            for i, check in others:
+                items[i] = check(items[i])
+            return new(cls, items)
         except _Mismatch as e:
             # The slow path, only to name the field.
             for name, check, v in zip(fields, checks, value, strict=True):
