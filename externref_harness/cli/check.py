@@ -405,10 +405,7 @@ def _exhaustive(args: argparse.Namespace) -> int:
         with full_output(args.full):
             result = exhaustive_check(
                 target, bounds, args.build, mutant, options, save_as, shrink,
-                progress=lambda s: print(
-                    f"check --exhaustive: {s.covered:,} of {s.transitions:,} transitions, "
-                    f"{s.runs:,} runs, {s.steps:,} steps, {s.elapsed:.0f}s", file=sys.stderr, flush=True,
-                ),
+                progress=lambda s: print(f"check --exhaustive: {s.describe()}", file=sys.stderr, flush=True),
             )  # fmt: skip
     finally:
         if pool is not None:

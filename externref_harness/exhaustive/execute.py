@@ -42,6 +42,8 @@ from externref_harness.search.model_check import misuse_problem
 
 #: Why an incomplete run stopped.
 TIME_LIMIT = "time limit"
+#: Seconds between two progress reports (`run_exhaustive`'s `progress`).
+PROGRESS_EVERY = 10.0
 
 
 @dataclass
@@ -54,6 +56,19 @@ class Stats:
     steps: int = 0
     teardowns: int = 0
     elapsed: float = 0.0
+
+    def describe(self) -> str:
+        """One progress line: coverage, cost, and the time left at the rate so far (runs cover
+        about as many transitions a second from the first to the last, the later ones by walking
+        further between them)."""
+        text = (
+            f"{self.covered:,} of {self.transitions:,} transitions, {self.runs:,} runs, "
+            f"{self.steps:,} steps, {self.elapsed:.0f}s"
+        )
+        if 0 < self.covered < self.transitions and self.elapsed > 0:
+            left = (self.transitions - self.covered) * self.elapsed / self.covered
+            text += f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f}s left"
+        return text
 
 
 @dataclass(frozen=True)
@@ -95,10 +110,12 @@ def run_exhaustive(
     options: LockstepOptions = DEFAULT_OPTIONS,
     stop_at: float | None = None,
     progress: ProgressHook | None = None,
-    every: float = 10.0,
+    every: float | None = None,
 ) -> Outcome:
     """Cover every transition of `plan` on the implementation; stop at the first divergence, at
-    `stop_at` (a `time.monotonic()` instant), or when the pool's budget runs out (`OutOfTime`)."""
+    `stop_at` (a `time.monotonic()` instant), or when the pool's budget runs out (`OutOfTime`).
+    `progress` is given the figures every `every` seconds (`PROGRESS_EVERY`)."""
+    every = PROGRESS_EVERY if every is None else every
     started = time.monotonic()
     stats = Stats(plan.transitions)
     coverage = Coverage(plan)

@@ -116,7 +116,9 @@ def run_gate(opts: GateOptions, progress: Callable[[str], None] = lambda _: None
         report.cases += corpus_cases
         if opts.exhaustive is not None:
             progress("exhaustive")
-            report.cases.append(_timed(lambda: _exhaustive_case(target, options, opts, pool, budget, report)))
+            report.cases.append(
+                _timed(lambda: _exhaustive_case(target, options, opts, pool, budget, report, progress))
+            )
         else:
             seed = search_seed(opts)
             progress("search" if seed is None else f"search (seed {seed})")
@@ -376,8 +378,10 @@ def _exhaustive_case(
     pool: ChildPool,
     budget: Budget,
     report: GateReport,
+    progress: Callable[[str], None],
 ) -> CaseResult:
-    """Every transition of the bounded model graph, in the pool's children (`exhaustive`)."""
+    """Every transition of the bounded model graph, in the pool's children (`exhaustive`); its
+    figures go to `progress` as it goes (a run at the default bounds takes minutes)."""
     from externref_harness.exhaustive.check import exhaustive_check
 
     assert opts.exhaustive is not None
@@ -390,6 +394,7 @@ def _exhaustive_case(
         save_as=save_as,
         shrink_factory=lambda: pool.adapter(fresh=True),
         stop_at=stop_at,
+        progress=lambda stats: progress(f"exhaustive: {stats.describe()}"),
     )
     figures = result.figures()
     if result.outcome.stopped is not None:

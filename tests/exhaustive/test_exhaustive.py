@@ -6,6 +6,7 @@ line and exit 2."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from crashing import crashing_gc_library
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
+from externref_harness.exhaustive import execute
 from externref_harness.exhaustive.chain import corresponding_move
 from externref_harness.exhaustive.plan import build_plan
 from externref_harness.explore.driver import explore
@@ -155,12 +157,28 @@ def _exhaustive_case(report: dict[str, object]) -> dict[str, object]:
     return case  # type: ignore[no-any-return]
 
 
-def test_the_gate_covers_every_transition_and_says_the_search_did_not_run(tmp_path: Path) -> None:
+def test_the_gate_covers_every_transition_and_says_the_search_did_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A progress line for every run (a run at the default bounds takes minutes: every 10 s).
+    monkeypatch.setattr(execute, "PROGRESS_EVERY", 0.0)
     status, report = _gate(tmp_path, build_reference("debug"))
     assert status == 0
     case = _exhaustive_case(report)
     assert case["status"] == "pass" and "2,686 of 2,686 transitions covered" in str(case["detail"])
     assert any("--exhaustive covered the bounded space" in line for line in report["not_checked"])  # type: ignore[attr-defined]
+    progress = [line for line in capsys.readouterr().out.splitlines() if "gate: exhaustive: " in line]
+    assert progress and all(re.search(r" of 2,686 transitions, [\d,]+ runs, ", line) for line in progress)
+    assert any(re.search(r", about \d+s left", line) for line in progress), progress
+
+
+def test_a_progress_line_says_how_long_is_left_at_the_rate_so_far() -> None:
+    stats = execute.Stats(transitions=1000, covered=250, runs=40, steps=900, teardowns=3, elapsed=60.0)
+    assert stats.describe() == "250 of 1,000 transitions, 40 runs, 900 steps, 60s, about 3 min left"
+    stats.elapsed = 20.0
+    assert stats.describe().endswith(", 20s, about 60s left")
+    stats.covered = 1000
+    assert stats.describe() == "1,000 of 1,000 transitions, 40 runs, 900 steps, 20s"
 
 
 @pytest.mark.slow
