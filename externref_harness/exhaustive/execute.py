@@ -58,9 +58,8 @@ class Stats:
     elapsed: float = 0.0
 
     def describe(self) -> str:
-        """One progress line: coverage, cost, and the time left at the rate so far (runs cover
-        about as many transitions a second from the first to the last, the later ones by walking
-        further between them)."""
+        """One progress line: coverage, cost, and the time left if the rest goes at the rate so
+        far (an estimate: runs into deeper classes take longer paths)."""
         text = (
             f"{self.covered:,} of {self.transitions:,} transitions, {self.runs:,} runs, "
             f"{self.steps:,} steps, {self.elapsed:.0f}s"
