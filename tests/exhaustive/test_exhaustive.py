@@ -168,17 +168,8 @@ def test_the_gate_covers_every_transition_and_says_the_search_did_not_run(
     assert case["status"] == "pass" and "2,686 of 2,686 transitions covered" in str(case["detail"])
     assert any("--exhaustive covered the bounded space" in line for line in report["not_checked"])  # type: ignore[attr-defined]
     progress = [line for line in capsys.readouterr().out.splitlines() if "gate: exhaustive: " in line]
-    assert progress and all(re.search(r" of 2,686 transitions, [\d,]+ runs, ", line) for line in progress)
-    assert any(re.search(r", about \d+s left", line) for line in progress), progress
-
-
-def test_a_progress_line_says_how_long_is_left_at_the_rate_so_far() -> None:
-    stats = execute.Stats(transitions=1000, covered=250, runs=40, steps=900, teardowns=3, elapsed=60.0)
-    assert stats.describe() == "250 of 1,000 transitions, 40 runs, 900 steps, 60s, about 3 min left"
-    stats.elapsed = 20.0
-    assert stats.describe().endswith(", 20s, about 60s left")
-    stats.covered = 1000
-    assert stats.describe() == "1,000 of 1,000 transitions, 40 runs, 900 steps, 20s"
+    line_format = re.compile(r"exhaustive: [\d,]+ of 2,686 transitions, [\d,]+ runs, [\d,]+ steps, \d+s")
+    assert progress and all(line_format.search(line) for line in progress), progress
 
 
 @pytest.mark.slow
