@@ -60,7 +60,8 @@ class Stats:
     def describe(self) -> str:
         """One progress line: coverage and cost so far. No time left is guessed: the rate falls as
         the runs reach deeper classes (at the default bounds, from 3,500 transitions a second in
-        the first 10 s to about 1,200 at the middle), so the rate so far would promise too little."""
+        the first 10 s to about 1,200 at the middle and 400 at the end), so the rate so far would
+        promise too little."""
         return (
             f"{self.covered:,} of {self.transitions:,} transitions, {self.runs:,} runs, "
             f"{self.steps:,} steps, {self.elapsed:.0f}s"
