@@ -11,8 +11,9 @@ its invariant and shrunk trace (`checks.fuzz_targets.Found.fingerprint`). A new 
 and in the database, beside the raw example Hypothesis saved itself; a duplicate only counts, and
 the raw example it added is deleted again so the database keeps one per failure. A native
 library's hang is the one failure whose shrink costs seconds (each candidate that still hangs
-waits out its step timeout), so a hang at the kind of step a hang the worker knows hangs at
-(`hang_site`) is counted as that failure's duplicate without a shrink, and its raw example is kept.
+waits a quarter of the step timeout), so a hang at the kind of step where a hang the worker knows
+hung (`hang_site`) is counted as that failure's duplicate without a shrink, and its raw example is
+kept.
 
 If a Redis database goes away, each worker carries on with the local directory database and
 copies the failures it knows into it. The parent (`Campaign`) only collects what workers report
