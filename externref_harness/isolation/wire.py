@@ -230,8 +230,17 @@ def _exact(kind: type) -> Check:
     return check
 
 
+def _is_int(value: Any) -> bool:
+    """An int of the wire: a plain `int` (no bool) within 64 bits."""
+    return type(value) is int and INT_MIN <= value <= INT_MAX
+
+
+def _all_ints(values: Sequence[Any]) -> bool:
+    return all(_is_int(v) for v in values)
+
+
 def _int(value: Any) -> Any:
-    if type(value) is not int or not INT_MIN <= value <= INT_MAX:
+    if not _is_int(value):
         raise _int_mismatch(value)
     return value
 
@@ -323,7 +332,7 @@ def _checker(expected: Any) -> Check:
         def sequence(value: Any) -> Any:
             if not isinstance(value, (list, tuple)):
                 raise _Mismatch(f"expected a sequence, got {_kind(value)}")
-            if ints and all(type(v) is int and INT_MIN <= v <= INT_MAX for v in value):
+            if ints and _all_ints(value):
                 return tuple(value)
             if bools and all(type(v) is bool for v in value):
                 return tuple(value)
@@ -337,7 +346,7 @@ def _checker(expected: Any) -> Check:
         def fixed(value: Any) -> Any:
             if not isinstance(value, (list, tuple)) or len(value) != len(items):
                 raise _Mismatch(f"expected {len(items)} items, got {_kind(value)}")
-            if all_ints and all(type(v) is int and INT_MIN <= v <= INT_MAX for v in value):
+            if all_ints and _all_ints(value):
                 return tuple(value)
             try:
                 return tuple([check(v) for check, v in zip(items, value, strict=True)])
@@ -371,7 +380,7 @@ def _record(cls: Any) -> Check:
         try:
             for i in ints:
                 v = value[i]
-                if type(v) is not int or not INT_MIN <= v <= INT_MAX:
+                if not _is_int(v):
                     raise _int_mismatch(v)
             items = list(value)
             for i, check in others:
