@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from externref_harness.changes import same
@@ -127,6 +127,15 @@ class Probe(NamedTuple):
     frames: tuple[FrameFacts, ...]
 
 
+class Replayed(NamedTuple):
+    """One step of a replay (`InProcessImpl.replay`): its outcome and the two stack facts its
+    projection reads (`lockstep.projection.project_impl`), without the rest of a probe."""
+
+    outcome: StepOutcome
+    stack_top: int
+    canary: int | None
+
+
 class ImplAdapter(Protocol):
     """What the lockstep machine needs from an implementation."""
 
@@ -192,15 +201,34 @@ class InProcessImpl:
         self._hashes: tuple[tuple[int, int], ...] = ()
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
+        return self._step(op, embedder_capacity, verify=True)
+
+    def _step(self, op: PlainOp, embedder_capacity: int | None, verify: bool) -> StepOutcome:
         world = self.world
         world.embedder_capacity = embedder_capacity
         result = world.apply(op_from_plain(op))
-        world.heap.verify()
+        if verify or result[0] not in ("ok", "err"):
+            world.heap.verify()
         dropped = world.dropped[self._dropped :]
         allocated = world.allocations[self._allocated :]
         self._dropped += len(dropped)
         self._allocated += len(allocated)
         return StepOutcome(result, tuple(dropped), tuple(allocated), self._new_reports())
+
+    def replay(self, steps: Sequence[tuple[PlainOp, int | None]]) -> Iterator[Replayed]:
+        """The steps, each as `step` runs it, without a probe between them (`probe()` after the
+        last one reads the memory they left): how the lockstep reaches a run's start again along
+        transitions already checked (`lockstep.runner.Lockstep.replay`). The caller stops taking
+        steps where it wants; a step is run only when it is taken.
+
+        The checking heap's `verify` (the writes its accessors did not see) runs after the last
+        step, and after any step that did not return (a panic), not after each: it compares the
+        heap with its shadow, so it finds at the end what a write left behind at any step. What
+        the accessors see (a use after free, a double free) is reported at its step, as ever."""
+        last = len(steps) - 1
+        for i, (op, capacity) in enumerate(steps):
+            outcome = self._step(op, capacity, verify=i == last)
+            yield Replayed(outcome, self.world.stack.top, self.world.stack_canary())
 
     def _new_reports(self) -> tuple[PlainReport, ...]:
         reports = self.world.heap.reports[self._reported :]

@@ -8,15 +8,21 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 _MISBEHAVING = Path(__file__).resolve().parent / "isolation" / "misbehaving.py"
 
 
-def crashing_gc_library(tmp_path: Path) -> Path:
+def load_misbehaving() -> ModuleType:
+    """`tests/isolation/misbehaving.py`, which builds libraries that misbehave in one way each."""
     spec = importlib.util.spec_from_file_location("misbehaving", _MISBEHAVING)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("misbehaving", module)  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    library: Path = module.build(tmp_path, "gc-segfaults", gc="raise(SIGSEGV)")
+    return module
+
+
+def crashing_gc_library(tmp_path: Path) -> Path:
+    library: Path = load_misbehaving().build(tmp_path, "gc-segfaults", gc="raise(SIGSEGV)")
     return library

@@ -11,6 +11,10 @@ behind an 8-byte length; no pickle: the parent runs no code a frame could carry)
                                                                                    n_refs, changed refs))
     ("steps", [[op, capacity], ...])      ──▶      each in turn        ──▶ one such frame per step,
                                                    ending after a panic or misuse (`batch`)
+    ("replay", [[op, capacity], ...])     ──▶      each in turn, no    ──▶ ("ok", (outcome, stack_top,
+                                                   probe between them          canary)) per step, same
+                                                                           end; then ("ok", (probe,
+                                                                           n_refs, changed refs))
     ("finish",) / ("close",) / ("exit",)  ──▶      ...                 ──▶ ("ok", value)
                                                    any exception       ──▶ ("error", "Type: text")
 
@@ -46,9 +50,17 @@ def _step(
     """One step and its reply; only the refs whose facts changed since `sent` cross (the parent
     keeps the rest)."""
     outcome = adapter.step(op, capacity)
+    probed, refs = _probe(adapter, sent)
+    return (outcome, *probed), refs
+
+
+def _probe(
+    adapter: InProcessImpl, sent: tuple[RefFacts, ...]
+) -> tuple[tuple[Probe, int, list[tuple[int, RefFacts]]], tuple[RefFacts, ...]]:
+    """The probe as it crosses: its refs apart, only those whose facts changed since `sent`."""
     probe = adapter.probe()
     changed = [(i, probe.refs[i]) for i in changed_positions(sent, probe.refs)]
-    return (outcome, probe._replace(refs=()), len(probe.refs), changed), probe.refs
+    return (probe._replace(refs=()), len(probe.refs), changed), probe.refs
 
 
 def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
@@ -77,6 +89,15 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
                     if ends_batch(reply[0]):
                         break
                 continue
+            elif kind == "replay":
+                # Steps already checked, taken again to reach a run's start (`Lockstep.replay`):
+                # a frame per step without a probe, ending after a step that panicked, as a batch
+                # does; then one frame with the probe of the memory they left.
+                for got in adapter.replay(request[1]):
+                    write_frame(responses, ("ok", got))
+                    if ends_batch(got.outcome):
+                        break
+                reply, sent = _probe(adapter, sent)
             elif kind == "finish":
                 reply = adapter.finish()
             elif kind == "close":

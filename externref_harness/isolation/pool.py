@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, StepOutcome
+from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, Replayed, StepOutcome
 from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
@@ -60,6 +60,8 @@ MAX_REFS = 1 << 20
 #: What a step's reply is: the outcome, the probe (its refs apart), the number of refs, and the
 #: facts of the refs that changed.
 StepReply = tuple[StepOutcome, Probe, int, tuple[tuple[int, RefFacts], ...]]
+#: What a replay's last frame is: a step's reply without the outcome (`ChildProcessImpl.replay`).
+ProbeReply = tuple[Probe, int, tuple[tuple[int, RefFacts], ...]]
 
 
 def replay_args(impl: Path, step_timeout: float) -> str:
@@ -341,6 +343,8 @@ class ChildProcessImpl:
         self._failed = False
         #: Steps sent whose replies are not yet read (a batch's, `submit_many`).
         self.pending = 0
+        #: A replay was sent whose frames are not all read yet (they come before a batch's).
+        self._replaying = False
         #: The step timeout of this adapter's calls (None: the pool's).
         self.step_timeout: float | None = None
 
@@ -366,6 +370,7 @@ class ChildProcessImpl:
         assert self._child is not None
         self._failed = True
         self.pending = 0
+        self._replaying = False
         self._pool.crashes += 1
         self._pool.retire(self._child)
 
@@ -375,6 +380,7 @@ class ChildProcessImpl:
         self._child = self._pool.take(self._fresh)
         self._failed = False
         self.pending = 0
+        self._replaying = False
         self._refs: list[RefFacts] = []
         self._call(("start", dict(config)), START_TIMEOUT)
 
@@ -409,14 +415,61 @@ class ChildProcessImpl:
     def collect(self) -> StepOutcome:
         assert self._child is not None, "start() first"
         assert self.pending, "collect() follows submit()"
+        assert not self._replaying, "a batch's replies come after the replay sent before it"
         try:
             reply = self._child.receive(self._timeout(), "step")
-            outcome, probe, n_refs, changed = self._checked(reply)
+            checked: StepReply = self._checked(reply, StepReply, "step reply")
+            outcome, probe, n_refs, changed = checked
+            # The child ends a batch at a step that panics: the rest were never run.
+            self.pending = 0 if ends_batch(outcome) else self.pending - 1
+            self._take_probe(probe, n_refs, changed)
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
-        # The child ends a batch at a step that panics: the rest were never run.
-        self.pending = 0 if ends_batch(outcome) else self.pending - 1
+        return outcome
+
+    def replay(self, steps: Sequence[tuple[PlainOp, int | None]]) -> Iterator[Replayed]:
+        """`InProcessImpl.replay` in the child: the request is sent at once, then the iterator
+        reads a frame per step as the child runs it (`Replayed`), then one frame with the probe of
+        the memory the last step left. The child ends the replay after a step that panics
+        (`batch.ends_batch`), as the iterator does. A batch may be sent (`submit_many`) before the
+        replay is read: the child runs it next, and `collect` reads it after the replay. A caller
+        that stops taking steps before the end (at a divergence) closes the iterator: the frames
+        still coming are not read, and the child is retired instead of reused."""
+        assert self._child is not None, "start() first"
+        assert not self.pending and not self._replaying, "a replay follows the replies before it"
+        try:
+            self._child.send(("replay", [list(step) for step in steps]))
+        except (ImplementationCrash, OutOfTime):
+            self._crashed()
+            raise
+        self._replaying = True
+        return self._replayed(self._child, len(steps))
+
+    def _replayed(self, child: Child, n: int) -> Iterator[Replayed]:
+        try:
+            for _ in range(n):
+                reply = child.receive(self._timeout(), "replay")
+                got: Replayed = self._checked(reply, Replayed, "replay reply")
+                yield got
+                if ends_batch(got.outcome):
+                    break
+            reply = child.receive(self._timeout(), "replay")
+            probe, n_refs, changed = self._checked(reply, ProbeReply, "replay's probe")
+            self._take_probe(probe, n_refs, changed)
+            self._replaying = False
+        except (ImplementationCrash, OutOfTime):
+            self._crashed()
+            raise
+        finally:
+            if self._replaying:
+                # Closed before its end: what the child still sends is not read, so it is not reused.
+                self._failed = True
+                self._replaying = False
+
+    def _take_probe(self, probe: Probe, n_refs: int, changed: tuple[tuple[int, RefFacts], ...]) -> None:
+        """The probe, its refs' facts rebuilt from those that changed (the child sends no others)."""
+        assert self._child is not None
         refs = self._refs
         del refs[n_refs:]
         missing = set(range(len(refs), n_refs))  # only new refs can lack facts
@@ -426,32 +479,34 @@ class ChildProcessImpl:
             missing.discard(i)
         if missing:
             self._child.kill()
-            self._crashed()
             raise ImplementationCrash(
                 "the implementation's process broke the protocol: facts of a ref never sent"
             )
         self._probe = probe._replace(refs=tuple(refs))
-        return outcome
 
-    def _checked(self, reply: Any) -> StepReply:
+    def _checked(self, reply: Any, expected: Any, where: str) -> Any:
+        """`reply` as `expected` (a reply type of this module's), or the child is killed and it is
+        the implementation's failure; a probe's ref count and ref positions checked too."""
         assert self._child is not None
         try:
-            outcome, probe, n_refs, changed = conform(reply, StepReply, "step reply")
-            if not 0 <= n_refs <= MAX_REFS:
-                raise WireError(f"step reply: {n_refs} refs, at most {MAX_REFS} are possible")
-            if any(not 0 <= i < n_refs for i, _ in changed):
-                raise WireError("step reply: facts of a ref past the number of refs")
+            value = conform(reply, expected, where)
+            if expected is not Replayed:
+                n_refs, changed = value[-2], value[-1]
+                if not 0 <= n_refs <= MAX_REFS:
+                    raise WireError(f"{where}: {n_refs} refs, at most {MAX_REFS} are possible")
+                if any(not 0 <= i < n_refs for i, _ in changed):
+                    raise WireError(f"{where}: facts of a ref past the number of refs")
         except WireError as e:
             self._child.kill()
             raise ImplementationCrash(f"the implementation's process broke the protocol: {e}") from None
-        return outcome, probe, n_refs, changed
+        return value
 
     def probe(self) -> Probe:
         assert self._probe is not None, "probe() follows a step"
         return self._probe
 
     def finish(self) -> tuple[PlainReport, ...]:
-        assert not self.pending, "finish() follows the replies of every step sent"
+        assert not self.pending and not self._replaying, "finish() follows the replies of every step sent"
         reply = self._call(("finish",))
         try:
             reports: tuple[PlainReport, ...] = conform(reply, tuple[PlainReport, ...], "finish reply")
@@ -466,7 +521,7 @@ class ChildProcessImpl:
         child, self._child = self._child, None
         if child is None:
             return
-        if self._failed or self._fresh or self._pool.out_of_time():
+        if self._failed or self._replaying or self._fresh or self._pool.out_of_time():
             self._pool.retire(child)
             return
         try:

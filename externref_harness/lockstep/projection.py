@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from externref_harness.impl import heap as checking_heap
-from externref_harness.impl.adapter import Probe, StepOutcome
+from externref_harness.impl.adapter import StepOutcome
 from externref_harness.model import ops
 from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
 from externref_harness.model.runtime import FAULT_DOUBLE_DROP, FAULT_USE_AFTER_FREE, FAULT_WILD_POINTER
@@ -118,7 +118,17 @@ def model_fault_of(report: tuple[str, int, str, str]) -> str:
     return kind
 
 
-def project_impl(op: ops.Op, outcome: StepOutcome, probe: Probe, refs: RefMap) -> Projection:
+class StackFacts(Protocol):
+    """What of the implementation's memory a projection reads: a `Probe` after a step, or a
+    replayed step's `Replayed`."""
+
+    @property
+    def stack_top(self) -> int: ...
+    @property
+    def canary(self) -> int | None: ...
+
+
+def project_impl(op: ops.Op, outcome: StepOutcome, probe: StackFacts, refs: RefMap) -> Projection:
     dropped = _sorted_ids(refs.value(v) for v in outcome.dropped)
     status = outcome.result[0]
     if status == "panic":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -33,7 +33,15 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, shown
-from externref_harness.impl.adapter import ImplAdapter, InProcessImpl, format_report, plain_config, plain_op
+from externref_harness.impl.adapter import (
+    ImplAdapter,
+    InProcessImpl,
+    Replayed,
+    StepOutcome,
+    format_report,
+    plain_config,
+    plain_op,
+)
 from externref_harness.isolation.pool import HANG, ImplementationCrash, OutOfTime
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.deadline import Timeout, time_limit
@@ -47,7 +55,7 @@ from externref_harness.lockstep.memory_checks import (
     memory_problems,
     new_ref_problems,
 )
-from externref_harness.lockstep.projection import FIELDS, RefMap, project_impl, project_model
+from externref_harness.lockstep.projection import FIELDS, RefMap, StackFacts, project_impl, project_model
 from externref_harness.model import ops
 from externref_harness.model.assertions import probed_assertion, release_outcome, walk_reaches_wasm
 from externref_harness.model.capabilities import OPAQUE_REFS
@@ -200,15 +208,114 @@ class Lockstep:
         else:
             ahead.clear()
             self.state, obs = model_step(self.cfg, before, op)
-        model_problem = None
-        if isinstance(obs.result, Panic):
-            model_problem = f"the model panicked: {obs.result.message}"
-        elif self.check_invariants:
-            violation = self._invariants.check(self.cfg, before, self.state)
-            if violation is not None:
-                model_problem = f"{violation[0].id} {violation[0].name}: {violation[1]}"
+        model_problem = self._model_problem(before, obs)
         problem, problems = self._impl_step(op, obs, before, submitted)
         return StepCheck(obs, model_problem, problem, problems)
+
+    def _model_problem(self, before: State, obs: Observation) -> str | None:
+        """The model's failure at the step from `before` to `self.state`: a panic, or a broken
+        invariant."""
+        if isinstance(obs.result, Panic):
+            return f"the model panicked: {obs.result.message}"
+        if self.check_invariants:
+            violation = self._invariants.check(self.cfg, before, self.state)
+            if violation is not None:
+                return f"{violation[0].id} {violation[0].name}: {violation[1]}"
+        return None
+
+    def replay(self, steps: Sequence[ops.Op], following: Sequence[ops.Op] = ()) -> list[StepCheck]:
+        """Reach a state again along transitions this implementation has already passed: `steps`
+        run in its process without a probe between them, and checked as they come back.
+
+        The exhaustive runs start each run at the root and follow the plan's tree path to the class
+        whose moves they cover next; every step of that path was executed and checked, every
+        check included, by an earlier run (`exhaustive.execute`). What a replayed step is held to:
+        the model's side as `step`'s (its panic, its invariants); the implementation's outcome as
+        `step`'s (`_outcome_problems`: allocations, the new refs' words, the projection of its
+        result, dropped values, canary and faults, the drop order, the checking heap's reports).
+        Not per replayed step: the identity checks of `Eq` and `Cmp` (they read a probe) and the
+        memory checks, which run once, on the memory the last replayed step left, against the
+        model's state there.
+
+        The replay ends before a step the model panics on or refuses (`_batch`'s rule: the state
+        after it depends on the implementation's answer) and at the first failing step; the
+        caller goes on from `self.state` with `step`. An adapter without `replay`, or a run
+        with steps under way, replays nothing (the empty list). `following` are the steps the
+        caller will `step` after the replay: an adapter in another process is sent their first
+        batch right behind the replay, so that it runs them while the replay is checked here."""
+        replay = getattr(self.adapter, "replay", None)
+        if replay is None or self.impl_broken is not None or self._under_way:
+            return []
+        planned: list[tuple[ops.Op, State, State, Observation]] = []
+        state = self.state
+        for op in steps:
+            after, obs = model_step(self.cfg, state, op)
+            if isinstance(obs.result, (Panic, Misuse)):
+                break
+            planned.append((op, state, after, obs))
+            state = after
+        self._ahead.clear()
+        if not planned:
+            return []
+        in_process = getattr(self.adapter, "submit", None) is None
+        checks: list[StepCheck] = []
+        taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _ in planned])
+        submit_many = getattr(self.adapter, "submit_many", None)
+        if following and submit_many is not None and len(planned) == len(steps):
+            batch = self._batch(following[0], state, following[1:])
+            try:
+                submit_many([(plain_op(o), capacity) for o, capacity in batch])
+            except Exception:
+                self._ahead.clear()  # the replay's first frame says what became of the process
+            else:
+                self._under_way.extend(o for o, _ in batch)
+        for i, (op, before, after, obs) in enumerate(planned):
+            self.state = after
+            model_problem = self._model_problem(before, obs)
+            last = i == len(planned) - 1
+            problem, problems = self._replayed(op, obs, before, taken, in_process, last)
+            checks.append(StepCheck(obs, model_problem, problem, problems))
+            if model_problem is not None or problem is not None:
+                break
+        return checks
+
+    def _replayed(
+        self,
+        op: ops.Op,
+        obs: Observation,
+        before: State,
+        taken: Iterator[Replayed],
+        in_process: bool,
+        last: bool,
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        """One replayed step's checks, and after the last one the memory checks (`replay`)."""
+        try:
+            # An implementation in another process has its own step time limit (the pool's).
+            with time_limit(deadline.STEP_SECONDS if in_process else 0, _StepName(op)):
+                return self._replayed_checked(op, obs, before, taken, last)
+        except Timeout as e:
+            self.impl_broken = f"the implementation hung: {e}"
+            return self.impl_broken, ()
+        except Exception as e:  # a check could not read what the implementation handed back
+            return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}", ()
+
+    def _replayed_checked(
+        self, op: ops.Op, obs: Observation, before: State, taken: Iterator[Replayed], last: bool
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        try:
+            got = next(taken)
+        except Exception as e:  # the implementation under test crashed: that is its failure
+            return raised(e), ()
+        problems, obs, complete = self._outcome_problems(op, obs, before, got.outcome, got)
+        if complete and last:
+            try:
+                if next(taken, None) is not None:
+                    raise RuntimeError("the replay ran more steps than it was given")
+                probe = self.adapter.probe()
+            except Exception as e:
+                return raised(e), ()
+            problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
+        return self._verdict(problems)
 
     def _capacity(self, before: State) -> int | None:
         """When capacity in another unit is an expected divergence (an expectations file), the
@@ -299,11 +406,25 @@ class Lockstep:
             probe = self.adapter.probe()
         except Exception as e:  # the implementation under test crashed: that is its failure
             return raised(e), ()
+        problems, obs, complete = self._outcome_problems(op, obs, before, outcome, probe)
+        if complete:
+            problems += self._identity.problems(op, outcome, probe, self.refs)
+            if not isinstance(obs.result, Panic):
+                problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
+        return self._verdict(problems)
+
+    def _outcome_problems(
+        self, op: ops.Op, obs: Observation, before: State, outcome: StepOutcome, stack: StackFacts
+    ) -> tuple[list[Problem], Observation, bool]:
+        """The checks of one step's outcome (the allocations, the new refs' words, the misuse probe,
+        the projection, the drop order, the checking heap's reports); whether the step's outcome was
+        whole enough for the memory checks (the model and the implementation allocated as many
+        refs). The observation is the model's, as `_assertion_probe` may have changed it."""
         new_refs = len(self.state.heap) - len(before.heap)
         if new_refs != len(outcome.allocated):
             text = f"the model allocated {new_refs} refs, the implementation {len(outcome.allocated)}"
             text += _panic_note(outcome.result)
-            return self._verdict([Problem("observed.allocations", text)])
+            return [Problem("observed.allocations", text)], obs, False
         problems: list[Problem] = new_ref_problems(before, outcome.allocated, self.refs)
         for word, value in outcome.allocated:
             self.refs.add(word, value)
@@ -311,7 +432,7 @@ class Lockstep:
             probed, obs = self._assertion_probe(op, obs, before, outcome.result[3])
             problems += probed
         model_view = project_model(op, obs, before, self.state)
-        impl_view = project_impl(op, outcome, probe, self.refs)
+        impl_view = project_impl(op, outcome, stack, self.refs)
         if outcome.result[0] == "unsupported":
             # The runtime lacks this optional function (`num_filled_in_bump_chunk`, `elements`).
             impl_view = dataclasses.replace(impl_view, result=model_view.result)
@@ -325,11 +446,8 @@ class Lockstep:
         problems = [_capacity_unit(op, p, model_view.result, impl_view.result) for p in problems]
         problems = [_with_panic_message(p, outcome.result) for p in problems]
         problems += drop_order_problems(before, outcome.dropped, self.refs)
-        problems += self._identity.problems(op, outcome, probe, self.refs)
         problems += [Problem("heap.report", format_report(r)) for r in outcome.reports]
-        if not isinstance(obs.result, Panic):
-            problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
-        return self._verdict(problems)
+        return problems, obs, True
 
     def _assertion_probe(
         self, op: ops.Op, obs: Observation, before: State, answer: object

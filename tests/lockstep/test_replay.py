@@ -1,0 +1,190 @@
+"""`Lockstep.replay`: a run's start reached again along transitions already checked, in the
+implementation's own process and in a child's. Each replayed step's outcome is checked as it comes
+back, the memory checks run on the memory the last one left; a crash is the failure of the step
+that crashed; a replay cut short by a divergence does not leave its child's frames to the next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from crashing import crashing_gc_library, load_misbehaving
+
+from externref_harness.isolation.pool import ChildPool
+from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, AdapterFactory, Lockstep, drive
+from externref_harness.lockstep.targets import native_target
+from externref_harness.model import ops
+from externref_harness.model.observation import Misuse
+from externref_harness.model.state import State
+from externref_harness.model.transition import step
+from externref_harness.native.build import build_reference
+
+CFG = replace(LOCKSTEP_CONFIG, build="debug")
+#: Two refs, one cloned and the clone dropped, its count asked, a GC, a Wasm call that takes a ref.
+TRACE: list[ops.Op] = [
+    ops.New(8, 8),
+    ops.New(8, 8),
+    ops.Clone(0),
+    ops.Drop(2),
+    ops.StrongCount(0),
+    ops.InsertWithGc(1),
+    ops.Gc(),
+    ops.StackCanary(),
+]
+WHERE = ["in process", "child process"]
+
+
+@pytest.fixture
+def adapters(request: pytest.FixtureRequest) -> Iterator[object]:
+    """`adapters(library)`: the library's adapter factory, in this process or in a pool's children."""
+    pools: list[ChildPool] = []
+
+    def make(library: Path) -> AdapterFactory:
+        if request.param == "in process":
+            return native_target(library).adapter_factory
+        pool = ChildPool(library, step_timeout=5.0)
+        pools.append(pool)
+        return pool.adapter
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def _model_state(steps: list[ops.Op]) -> State:
+    state = State.initial(CFG)
+    for op in steps:
+        state = step(CFG, state, op)[0]
+    return state
+
+
+@pytest.mark.parametrize("adapters", WHERE, indirect=True)
+def test_a_replay_reaches_the_models_state_and_the_run_goes_on(adapters) -> None:  # type: ignore[no-untyped-def]
+    run = Lockstep(CFG, adapters(build_reference("debug"))())
+    try:
+        after: list[ops.Op] = [ops.Drop(0), ops.Gc()]
+        # A child is sent the steps after the replay right behind it, and runs them next.
+        checks = run.replay(TRACE, after)
+        assert len(checks) == len(TRACE)
+        assert [(c.model_problem, c.impl_problem) for c in checks] == [(None, None)] * len(TRACE)
+        assert run.state == _model_state(TRACE)
+        for i, op in enumerate(after):
+            check = run.step(op, after[i + 1 :])
+            assert (check.model_problem, check.impl_problem) == (None, None)
+        quiesce = run.quiesce_ops()
+        for i, down in enumerate(quiesce):
+            assert run.step(down, quiesce[i + 1 :]).impl_problem is None
+        assert run.finish() is None
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize("adapters", WHERE, indirect=True)
+def test_a_replayed_step_whose_outcome_differs_fails_at_that_step(adapters) -> None:  # type: ignore[no-untyped-def]
+    """`c-early-free` frees a ref when one owner of two drops it: at step 4 (`Drop(2)`) the debug
+    build's assertion panics, which the step's own outcome shows, without the memory checks."""
+    run = Lockstep(CFG, adapters(build_reference("debug", bug="c-early-free"))())
+    try:
+        checks = run.replay(TRACE)
+        assert len(checks) == 4
+        assert [c.impl_problem for c in checks[:3]] == [None] * 3
+        problem = checks[3].impl_problem
+        assert problem is not None and "[observed.result]" in problem and "panicked" in problem
+    finally:
+        run.close()
+
+
+@pytest.mark.parametrize("adapters", WHERE, indirect=True)
+def test_a_replay_checks_the_memory_its_last_step_left(adapters) -> None:  # type: ignore[no-untyped-def]
+    """`c-wild-write-footer` decrements, in `gc`, the count of a ref the step does not touch: no
+    outcome shows it, only the memory. The memory checks run at the replay's end, so the replay
+    fails at its last step, and not before."""
+    steps = [ops.New(8, 8), ops.Gc(), ops.New(8, 8)]
+    run = Lockstep(CFG, adapters(build_reference("debug", bug="c-wild-write-footer"))())
+    try:
+        checks = run.replay(steps)
+        assert len(checks) == 3
+        assert [c.impl_problem for c in checks[:2]] == [None, None]
+        problem = checks[2].impl_problem
+        assert problem is not None and "[layout.ref-count-offset]" in problem
+    finally:
+        run.close()
+
+
+def test_a_crash_during_a_replay_fails_the_step_that_crashed(tmp_path: Path) -> None:
+    pool = ChildPool(crashing_gc_library(tmp_path), step_timeout=5.0)
+    run = Lockstep(CFG, pool.adapter())
+    try:
+        checks = run.replay([ops.New(8, 8), ops.Gc(), ops.New(8, 8)])
+        assert len(checks) == 2 and checks[0].impl_problem is None
+        problem = checks[1].impl_problem
+        assert problem is not None and "killed by SIGSEGV" in problem
+    finally:
+        run.close()
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    "bug,steps,failing", [("c-early-free", TRACE, 4), ("c-wild-write-footer", [ops.New(8, 8), ops.Gc()], 2)]
+)
+def test_a_failed_replay_leaves_no_frame_to_the_next_run(bug: str, steps: list[ops.Op], failing: int) -> None:
+    """The child ran the whole replay and the batch sent behind it; the parent stopped reading at
+    the divergence (`c-early-free`: a step's outcome), or after the replay (`c-wild-write-footer`:
+    its end's memory checks). The next run on the same pool gets a child that is not behind on
+    its frames."""
+    pool = ChildPool(build_reference("debug", bug=bug), step_timeout=5.0)
+    try:
+        first = Lockstep(CFG, pool.adapter())
+        try:
+            checks = first.replay(steps, [ops.New(8, 8), ops.Gc(), ops.New(8, 8)])
+            assert len(checks) == failing and checks[-1].impl_problem is not None
+        finally:
+            first.close()
+        second = Lockstep(CFG, pool.adapter())
+        try:
+            checks = second.replay(TRACE[:2])
+            assert [c.impl_problem for c in checks] == [None, None]
+        finally:
+            second.close()
+    finally:
+        pool.close()
+
+
+def test_a_replay_ends_before_a_step_the_model_refuses() -> None:
+    """After a refused misuse the model's state depends on the implementation's answer: such a
+    step is never replayed; the caller takes it with `step`."""
+    misuse = ops.Drop(0)
+    after = _model_state([ops.New(8, 8), misuse])
+    assert not isinstance(step(CFG, _model_state([ops.New(8, 8)]), misuse)[1].result, Misuse)
+    refused = ops.Drop(0)  # the handle was dropped: a second drop is a refused misuse
+    assert isinstance(step(CFG, after, refused)[1].result, Misuse)
+    run = Lockstep(CFG, native_target(build_reference("debug")).adapter_factory())
+    try:
+        checks = run.replay([ops.New(8, 8), misuse, refused, ops.New(8, 8)])
+        assert len(checks) == 2 and all(c.impl_problem is None for c in checks)
+        assert run.state == after
+    finally:
+        run.close()
+
+
+def test_a_write_no_accessor_saw_is_found_at_the_replays_end(tmp_path: Path) -> None:
+    """A library whose `xr_ref_new` writes a byte just past the footer (its block's redzone):
+    `drive` (the checking heap verified after every step) fails at step 1; a replay, which
+    verifies after its last step only, still fails, at that step, with the same report."""
+    past_the_footer = "if (status == 0) ((volatile unsigned char *)(uintptr_t)*out)[24] = 0x55"
+    library = load_misbehaving().build(tmp_path, "redzone-after-new", new_after=past_the_footer)
+    steps = [ops.New(8, 8), ops.Gc(), ops.Gc()]
+    cfg = replace(CFG, build="release")
+    first = drive(cfg, steps, native_target(library).adapter_factory(), until_first=True).first
+    assert first is not None and first.step == 1 and "redzone-written" in first.problem
+    run = Lockstep(cfg, native_target(library).adapter_factory())
+    try:
+        checks = run.replay(steps)
+        assert len(checks) == 3 and [c.impl_problem for c in checks[:2]] == [None, None]
+        problem = checks[2].impl_problem
+        assert problem is not None and "[heap.report] redzone-written" in problem
+    finally:
+        run.close()
