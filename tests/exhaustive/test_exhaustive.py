@@ -168,7 +168,9 @@ def test_the_gate_covers_every_transition_and_says_the_search_did_not_run(
     assert case["status"] == "pass" and "2,686 of 2,686 transitions covered" in str(case["detail"])
     assert any("--exhaustive covered the bounded space" in line for line in report["not_checked"])  # type: ignore[attr-defined]
     progress = [line for line in capsys.readouterr().out.splitlines() if "gate: exhaustive: " in line]
-    line_format = re.compile(r"exhaustive: [\d,]+ of 2,686 transitions, [\d,]+ runs, [\d,]+ steps, \d+s")
+    line_format = re.compile(
+        r"exhaustive: [\d,]+ of 2,686 transitions, [\d,]+ runs, [\d,]+ steps \([\d,]+ replayed\), \d+s"
+    )
     assert progress and all(line_format.search(line) for line in progress), progress
 
 
