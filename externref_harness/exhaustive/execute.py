@@ -43,6 +43,7 @@ from externref_harness.lockstep.runner import (
     StepCheck,
 )
 from externref_harness.model.ops import Op
+from externref_harness.model.state import State
 from externref_harness.search.model_check import misuse_problem
 
 #: Why an incomplete run stopped.
@@ -118,23 +119,41 @@ def run_exhaustive(
 ) -> Outcome:
     """Cover every transition of `plan` on the implementation; stop at the first divergence, at
     `stop_at` (a `time.monotonic()` instant), or when the pool's budget runs out (`OutOfTime`).
-    `progress` is given the figures every `every` seconds (`PROGRESS_EVERY`)."""
+    `progress` is given the figures every `every` seconds (`PROGRESS_EVERY`).
+
+    Each run is planned while the run before it is under way in the implementation's process
+    (`Lockstep.replay`'s `meanwhile`): planning is the model's alone, and a run's moves are
+    counted covered when it is planned, so the order of the runs and their moves is the same as
+    if each were planned when it starts. A planned run that does not pass takes its moves back."""
     every = PROGRESS_EVERY if every is None else every
     started = time.monotonic()
     stats = Stats(plan.transitions)
     coverage = Coverage(plan)
+    planner = _Planner(plan, coverage)
     torn_down: set[int] = set()
     next_report = started + every
+    #: The run planned while the one under way ran (at most one; None: there is no other).
+    ahead: list[_Run | None] = []
+    current = planner.next()
     try:
-        for c in range(plan.classes):
-            while coverage.next_uncovered(c) is not None:
-                now = time.monotonic()
-                if stop_at is not None and now >= stop_at:
-                    return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
-                if progress is not None and now >= next_report:
-                    next_report = now + every
-                    progress(_snapshot(stats, coverage, started))
-                _one_run(plan, c, adapter_factory, options, coverage, torn_down, stats)
+        while current is not None:
+            now = time.monotonic()
+            if stop_at is not None and now >= stop_at:
+                current.unplan(coverage, 0)
+                return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
+            if progress is not None and now >= next_report:
+                next_report = now + every
+                progress(_snapshot(stats, coverage, started))
+            ahead.clear()
+            try:
+                _one_run(plan, current, adapter_factory, options, coverage, torn_down, stats,
+                         lambda: ahead.append(planner.next()))
+            except BaseException:
+                for run in ahead:
+                    if run is not None:
+                        run.unplan(coverage, 0)
+                raise
+            current = ahead[0] if ahead else planner.next()
     except _Failed as e:
         return _done(plan, stats, coverage, started, divergence=e.divergence)
     except OutOfTime:
@@ -159,27 +178,69 @@ def _done(
     return Outcome(plan, _snapshot(stats, coverage, started), divergence, stopped)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """A run planned on the model: its class, its (class, move) steps and their operations, the
+    state they end in, and which of them it is the first to cover (indices into `taken`)."""
+
+    c: int
+    taken: list[tuple[int, int]]
+    ops: list[Op]
+    state: State
+    marked: list[int]
+    #: How many steps of the tree path come before its first newly covered one (replayed).
+    known: int
+
+    def unplan(self, coverage: Coverage, passed: int) -> None:
+        """Take back the moves this run was to cover from its step `passed` on."""
+        for i in self.marked:
+            if i >= passed:
+                coverage.unmark(*self.taken[i])
+
+
+class _Planner:
+    """The runs in the order they are made: classes breadth-first, each while it has uncovered
+    moves."""
+
+    def __init__(self, plan: Plan, coverage: Coverage) -> None:
+        self.plan = plan
+        self.coverage = coverage
+        self.c = 0
+
+    def next(self) -> _Run | None:
+        plan, coverage = self.plan, self.coverage
+        while self.c < plan.classes and coverage.next_uncovered(self.c) is None:
+            self.c += 1
+        if self.c == plan.classes:
+            return None
+        c = self.c
+        path = plan.path(c)
+        # Counted as covered as they are planned, so that the chain and the next run's plan go
+        # elsewhere; a run that fails or runs out of time takes back those from the step that
+        # did not pass on (`_Run.unplan`).
+        marked = [i for i, (at, move) in enumerate(path) if coverage.mark(at, move)]
+        chain, state = plan_chain(plan, coverage, c)
+        marked += [len(path) + i for i, (_, _, _, new) in enumerate(chain) if new]
+        taken = [*path, *((at, move) for at, move, _, _ in chain)]
+        run_ops = [*plan.ops_to(c), *(op for _, _, op, _ in chain)]
+        return _Run(c, taken, run_ops, state, marked, min([*marked, len(path)]))
+
+
 def _one_run(
     plan: Plan,
-    c: int,
+    planned: _Run,
     adapter_factory: AdapterFactory,
     options: LockstepOptions,
     coverage: Coverage,
     torn_down: set[int],
     stats: Stats,
+    meanwhile: Callable[[], object],
 ) -> None:
-    """One lockstep run: the tree path to class `c`, then uncovered moves (and short walks to
-    them) as far as they go, planned on the model and executed in one batch."""
+    """One lockstep run: the tree path to its class, then uncovered moves (and short walks to
+    them) as far as they go, planned on the model and executed in batches. `meanwhile` is called
+    once while the implementation's process runs the first of them."""
     search = plan.search
-    path = plan.path(c)
-    # Counted as covered as they are planned, so that the chain and the next run's plan go
-    # elsewhere; a run that fails or runs out of time takes back those from the step that did not
-    # pass on.
-    marked = [i for i, (at, move) in enumerate(path) if coverage.mark(at, move)]
-    chain, state = plan_chain(plan, coverage, c)
-    marked += [len(path) + i for i, (_, _, _, new) in enumerate(chain) if new]
-    taken = [*path, *((at, move) for at, move, _, _ in chain)]
-    run_ops = [*plan.ops_to(c), *(op for _, _, op, _ in chain)]
+    run_ops = planned.ops
     run = Lockstep(search.cfg, adapter_factory(), options=options)
     steps: list[Op] = []
     passed = 0
@@ -188,16 +249,25 @@ def _one_run(
         # The tree path's steps up to its first uncovered one were each executed and checked by an
         # earlier run (the classes are started in breadth-first order): they are replayed, to
         # reach the run's start cheaply (`Lockstep.replay`), with the memory checks at its end.
-        known = min([*marked, len(path)])
-        for check in run.replay(run_ops[:known], run_ops[known:]):
+        known = planned.known
+        called = False
+
+        def called_once() -> None:
+            nonlocal called
+            called = True
+            meanwhile()
+
+        for check in run.replay(run_ops[:known], run_ops[known:], called_once):
             op = run_ops[passed]
             steps.append(op)
             stats.steps += 1
             stats.replayed += 1
             _raise_on(check, op, steps)
             passed += 1
+        if not called:
+            meanwhile()
         # Every other step is known before it runs too: they go to the implementation's process
-        # in one batch (`Lockstep.step`'s `following`), each checked in order as it comes back.
+        # in batches (`Lockstep.step`'s `following`), each checked in order as it comes back.
         for i in range(passed, len(run_ops)):
             op = run_ops[i]
             check = run.step(op, run_ops[i + 1 :])
@@ -205,16 +275,14 @@ def _one_run(
             stats.steps += 1
             _raise_on(check, op, steps)
             passed += 1
-        if run.state != state:
-            raise AssertionError(f"a run from class {c} did not reach the state it was planned to")
-        end = search.fingerprint(search.key(state))
+        if run.state != planned.state:
+            raise AssertionError(f"a run from class {planned.c} did not reach the state it was planned to")
+        end = search.fingerprint(search.key(planned.state))
         if end not in torn_down and run.state.panic is None:
             torn_down.add(end)
             _teardown(run, steps, stats)
     except BaseException:
-        for i in marked:
-            if i >= passed:
-                coverage.unmark(*taken[i])
+        planned.unplan(coverage, passed)
         raise
     finally:
         run.close()

@@ -223,7 +223,12 @@ class Lockstep:
                 return f"{violation[0].id} {violation[0].name}: {violation[1]}"
         return None
 
-    def replay(self, steps: Sequence[ops.Op], following: Sequence[ops.Op] = ()) -> list[StepCheck]:
+    def replay(
+        self,
+        steps: Sequence[ops.Op],
+        following: Sequence[ops.Op] = (),
+        meanwhile: Callable[[], object] | None = None,
+    ) -> list[StepCheck]:
         """Reach a state again along transitions this implementation has already passed: `steps`
         run in its process without a probe between them, and checked as they come back.
 
@@ -233,16 +238,20 @@ class Lockstep:
         the model's side as `step`'s (its panic, its invariants); the implementation's outcome as
         `step`'s (`_outcome_problems`: allocations, the new refs' words, the projection of its
         result, dropped values, canary and faults, the drop order, the checking heap's reports).
-        Not per replayed step: the identity checks of `Eq` and `Cmp` (they read a probe) and the
-        memory checks, which run once, on the memory the last replayed step left, against the
-        model's state there.
+        Not per replayed step: the identity checks of `Eq` and `Cmp` (they read a probe), and the
+        memory checks and the checking heap's comparison with its shadow
+        (`InProcessImpl.replay`), which run once, on the memory the last replayed step left,
+        against the model's state there.
 
         The replay ends before a step the model panics on or refuses (`_batch`'s rule: the state
         after it depends on the implementation's answer) and at the first failing step; the
         caller goes on from `self.state` with `step`. An adapter without `replay`, or a run
         with steps under way, replays nothing (the empty list). `following` are the steps the
         caller will `step` after the replay: an adapter in another process is sent their first
-        batch right behind the replay, so that it runs them while the replay is checked here."""
+        batch right behind the replay, so that it runs them while the replay is checked here.
+        `meanwhile` is called once the replay is sent, before anything comes back: work of the
+        caller's that the implementation's process need not wait for (not called when nothing is
+        replayed)."""
         replay = getattr(self.adapter, "replay", None)
         if replay is None or self.impl_broken is not None or self._under_way:
             return []
@@ -269,6 +278,8 @@ class Lockstep:
                 self._ahead.clear()  # the replay's first frame says what became of the process
             else:
                 self._under_way.extend(o for o, _ in batch)
+        if meanwhile is not None:
+            meanwhile()
         for i, (op, before, after, obs) in enumerate(planned):
             self.state = after
             model_problem = self._model_problem(before, obs)

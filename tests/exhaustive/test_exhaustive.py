@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from externref_harness.exhaustive.chain import corresponding_move
 from externref_harness.exhaustive.plan import build_plan
 from externref_harness.explore.driver import explore
 from externref_harness.explore.explorer import NO_LIMITS, ExploreBounds
+from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.model.ops import Clone, Drop, New
 from externref_harness.model.state import State
 from externref_harness.model.transition import step
@@ -213,3 +215,15 @@ def test_bad_exhaustive_options_are_one_line_and_exit_2(
     assert_one_line_exit_2(["gate", library, "--exhaustive", "--seed", "0"], capsys, "--seed has no use")
     proof_bug = ["check", "--exhaustive", "--mutant", "proof-drop-roots-in-table-assumption"]
     assert_one_line_exit_2(proof_bug, capsys, "which --exhaustive does not run")
+
+
+def test_a_run_planned_but_not_made_covers_nothing() -> None:
+    """Runs are planned ahead (while the one before is under way), their moves counted covered
+    when planned: one stopped before it starts takes them back."""
+    search = ExploreBounds(refs=1, frames=1).search()
+    plan = build_plan(search)
+    outcome = execute.run_exhaustive(plan, InProcessImpl, stop_at=time.monotonic())
+    assert outcome.stopped == execute.TIME_LIMIT
+    assert (outcome.stats.runs, outcome.stats.covered) == (0, 0)
+    done = execute.run_exhaustive(plan, InProcessImpl, stop_at=time.monotonic() + 0.3)
+    assert done.stopped == execute.TIME_LIMIT and 0 < done.stats.covered < plan.transitions
