@@ -288,6 +288,9 @@ class Lockstep:
             checks.append(StepCheck(obs, model_problem, problem, problems))
             if model_problem is not None or problem is not None:
                 break
+        close = getattr(taken, "close", None)
+        if close is not None:
+            close()  # a replay stopped at a failure: its adapter knows it now, not at collection
         return checks
 
     def _replayed(
