@@ -8,7 +8,7 @@ read from its JSON report, and a run that did not cover them all, or failed, is 
 describe and corpus cases (a second or two) are part of its time, as they are of any gate run. The
 last line is `exhaustive_vs_explore=<gate seconds / explore seconds>` (target at most 30).
 
-    .venv/bin/python benchmarks/exhaustive.py [--refs N --frames N ...] [--build debug|release]
+    .venv/bin/python benchmarks/exhaustive.py [--refs N --frames N ...] [--build debug|release] [--log FILE]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_bound_arguments(parser)
     parser.add_argument("--build", choices=("debug", "release"), default="debug")
+    parser.add_argument("--log", type=Path, help="also write the gate's output (its progress lines) here")
     args = parser.parse_args()
     bounds = bound_options(args)
     library = build_reference(args.build)
@@ -62,6 +63,8 @@ def main() -> None:
             *CLI, "gate", str(library), "--exhaustive", *bounds, "--no-threads",
             "--json", str(report), "--failures", scratch,
         ])  # fmt: skip
+        if args.log is not None:
+            args.log.write_text(gated.stdout + gated.stderr)
         if gated.returncode != 0:
             raise SystemExit(f"the gate did not pass:\n{gated.stdout[-3000:]}{gated.stderr}")
         cases = json.loads(report.read_text())["cases"]
