@@ -303,15 +303,9 @@ class Lockstep:
         last: bool,
     ) -> tuple[str | None, tuple[Problem, ...]]:
         """One replayed step's checks, and after the last one the memory checks (`replay`)."""
-        try:
-            # An implementation in another process has its own step time limit (the pool's).
-            with time_limit(deadline.STEP_SECONDS if in_process else 0, _StepName(op)):
-                return self._replayed_checked(op, obs, before, taken, last)
-        except Timeout as e:
-            self.impl_broken = f"the implementation hung: {e}"
-            return self.impl_broken, ()
-        except Exception as e:  # a check could not read what the implementation handed back
-            return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}", ()
+        # An implementation in another process has its own step time limit (the pool's).
+        seconds = deadline.STEP_SECONDS if in_process else 0
+        return self._limited(op, seconds, lambda: self._replayed_checked(op, obs, before, taken, last))
 
     def _replayed_checked(
         self, op: ops.Op, obs: Observation, before: State, taken: Iterator[Replayed], last: bool
@@ -386,12 +380,18 @@ class Lockstep:
         a step that hung, the implementation is not run again (its state is unknown)."""
         if self.impl_broken is not None:
             return self.impl_broken, ()
+        # An implementation in its own process has its own step time limit.
+        seconds = 0 if submitted is not None else deadline.STEP_SECONDS
+        return self._limited(op, seconds, lambda: self._impl_step_checked(op, obs, before, submitted))
+
+    def _limited(
+        self, op: ops.Op, seconds: float, checked: Callable[[], tuple[str | None, tuple[Problem, ...]]]
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        """`checked` (the implementation's step and its checks) within a step time limit of
+        `seconds` (0: none here). A hang breaks the run: the implementation is not run again."""
         try:
-            if submitted is not None:
-                # The implementation runs in its own process, which has its own step time limit.
-                return self._impl_step_checked(op, obs, before, submitted)
-            with time_limit(deadline.STEP_SECONDS, _StepName(op)):
-                return self._impl_step_checked(op, obs, before, submitted)
+            with time_limit(seconds, _StepName(op)):
+                return checked()
         except Timeout as e:
             self.impl_broken = f"the implementation hung: {e}"
             return self.impl_broken, ()
