@@ -36,6 +36,7 @@ from externref_harness.errors import UsageError, shown
 from externref_harness.impl.adapter import (
     ImplAdapter,
     InProcessImpl,
+    PlainOp,
     Replayed,
     StepOutcome,
     format_report,
@@ -271,13 +272,10 @@ class Lockstep:
         taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _ in planned])
         submit_many = getattr(self.adapter, "submit_many", None)
         if following and submit_many is not None and len(planned) == len(steps):
-            batch = self._batch(following[0], state, following[1:])
             try:
-                submit_many([(plain_op(o), capacity) for o, capacity in batch])
+                self._under_way.extend(self._send_batch(submit_many, following[0], state, following[1:]))
             except Exception:
                 self._ahead.clear()  # the replay's first frame says what became of the process
-            else:
-                self._under_way.extend(o for o, _ in batch)
         if meanwhile is not None:
             meanwhile()
         for i, (op, before, after, obs) in enumerate(planned):
@@ -344,14 +342,24 @@ class Lockstep:
         submit_many = getattr(self.adapter, "submit_many", None)
         try:
             if following and submit_many is not None:
-                batch = self._batch(op, before, following)
-                submit_many([(plain_op(o), capacity) for o, capacity in batch])
-                self._under_way.extend(o for o, _ in batch[1:])
+                self._under_way.extend(self._send_batch(submit_many, op, before, following)[1:])
             else:
                 submit(plain_op(op), self._capacity(before))
         except Exception as e:
             return e
         return True
+
+    def _send_batch(
+        self,
+        submit_many: Callable[[list[tuple[PlainOp, int | None]]], None],
+        op: ops.Op,
+        before: State,
+        following: Sequence[ops.Op],
+    ) -> list[ops.Op]:
+        """Send the batch `_batch` cuts from `op` and `following`; the steps it holds."""
+        batch = self._batch(op, before, following)
+        submit_many([(plain_op(o), capacity) for o, capacity in batch])
+        return [o for o, _ in batch]
 
     def _batch(
         self, op: ops.Op, before: State, following: Sequence[ops.Op]
