@@ -6,7 +6,7 @@ that crashed; a replay cut short by a divergence does not leave its child's fram
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from externref_harness.model.transition import step
 from externref_harness.native.build import build_reference
 
 CFG = replace(LOCKSTEP_CONFIG, build="debug")
-#: Two refs, one cloned and the clone dropped, its count asked, a GC, a Wasm call that takes a ref.
+#: Two refs, one cloned and the clone dropped, its count asked, one moved into the table with a
+#: GC, a GC, the stack canary asked.
 TRACE: list[ops.Op] = [
     ops.New(8, 8),
     ops.New(8, 8),
@@ -35,10 +36,12 @@ TRACE: list[ops.Op] = [
     ops.StackCanary(),
 ]
 WHERE = ["in process", "child process"]
+#: The `adapters` fixture: a library's adapter factory, in this process or in a pool's children.
+Adapters = Callable[[Path], AdapterFactory]
 
 
 @pytest.fixture
-def adapters(request: pytest.FixtureRequest) -> Iterator[object]:
+def adapters(request: pytest.FixtureRequest) -> Iterator[Adapters]:
     """`adapters(library)`: the library's adapter factory, in this process or in a pool's children."""
     pools: list[ChildPool] = []
 
@@ -62,7 +65,7 @@ def _model_state(steps: list[ops.Op]) -> State:
 
 
 @pytest.mark.parametrize("adapters", WHERE, indirect=True)
-def test_a_replay_reaches_the_models_state_and_the_run_goes_on(adapters) -> None:  # type: ignore[no-untyped-def]
+def test_a_replay_reaches_the_models_state_and_the_run_goes_on(adapters: Adapters) -> None:
     run = Lockstep(CFG, adapters(build_reference("debug"))())
     try:
         after: list[ops.Op] = [ops.Drop(0), ops.Gc()]
@@ -83,7 +86,7 @@ def test_a_replay_reaches_the_models_state_and_the_run_goes_on(adapters) -> None
 
 
 @pytest.mark.parametrize("adapters", WHERE, indirect=True)
-def test_a_replayed_step_whose_outcome_differs_fails_at_that_step(adapters) -> None:  # type: ignore[no-untyped-def]
+def test_a_replayed_step_whose_outcome_differs_fails_at_that_step(adapters: Adapters) -> None:
     """`c-early-free` frees a ref when one owner of two drops it: at step 4 (`Drop(2)`) the debug
     build's assertion panics, which the step's own outcome shows, without the memory checks."""
     run = Lockstep(CFG, adapters(build_reference("debug", bug="c-early-free"))())
@@ -98,7 +101,7 @@ def test_a_replayed_step_whose_outcome_differs_fails_at_that_step(adapters) -> N
 
 
 @pytest.mark.parametrize("adapters", WHERE, indirect=True)
-def test_a_replay_checks_the_memory_its_last_step_left(adapters) -> None:  # type: ignore[no-untyped-def]
+def test_a_replay_checks_the_memory_its_last_step_left(adapters: Adapters) -> None:
     """`c-wild-write-footer` decrements, in `gc`, the count of a ref the step does not touch: no
     outcome shows it, only the memory. The memory checks run at the replay's end, so the replay
     fails at its last step, and not before."""
