@@ -36,7 +36,7 @@ from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts
 from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
-from externref_harness.isolation.wire import WireError, conform, read_frame, tagged, write_frame
+from externref_harness.isolation.wire import FrameReader, WireError, conform, tagged, write_frame
 
 __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
 
@@ -107,6 +107,8 @@ class Child:
         self.proc: Popen[bytes] | ForkedProc = self._process.proc
         os.close(req_r)
         os.close(resp_w)
+        #: The response pipe's frames: a batch's replies are read together (`wire.FrameReader`).
+        self._replies = FrameReader(self._resp_r)
         self._ready = False
         #: The child's exit watch once it is up (`process.open_exit_watch`): its exit ends a read
         #: even while a process it forked holds the response pipe open.
@@ -126,7 +128,7 @@ class Child:
             if reply != "ready":
                 self.kill()
                 raise ImplementationCrash(f"the child did not start: it answered {str(reply)[:200]!r}")
-            self._watch = self._process.exit_watch()
+            self._watch = self._replies.watch = self._process.exit_watch()
 
     def call(self, request: tuple[Any, ...], timeout: float) -> Any:
         self.send(request)
@@ -151,8 +153,9 @@ class Child:
         if budget_first:
             assert self.deadline is not None
             limit = self.deadline
+        reads = self._replies.reads
         try:
-            frame = read_frame(self._resp_r, limit, self._watch)
+            frame = self._replies.read(limit)
         except TimeoutError:
             self.kill()
             if budget_first:
@@ -169,7 +172,9 @@ class Child:
                 f"the implementation's process broke the protocol during {during}: {e}; "
                 f"its process was killed{self._process.capture.printed()}"
             ) from None
-        if self._process.capture.flooded():
+        # The child's output is measured after each read from its pipe, not for each frame that
+        # one read took: a flood shows at the next read.
+        if self._replies.reads != reads and self._process.capture.flooded():
             self.kill()
             raise ImplementationCrash(
                 f"the implementation printed more than {OUTPUT_LIMIT >> 20} MB during {during} (a flood); "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pickle
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,8 @@ from externref_harness.impl.adapter import Probe, RefFacts, StepOutcome, TableFa
 from externref_harness.isolation.pool import StepReply
 from externref_harness.isolation.wire import (
     HEADER,
+    READ_CHUNK,
+    FrameReader,
     WireError,
     conform,
     encode,
@@ -28,6 +32,15 @@ REPLY = (StepOutcome(("ok", 0), (), ((16, 0),), ()), PROBE, 1, ((0, FACTS),))
 
 def _frame(body: bytes) -> bytes:
     return HEADER.pack(len(body)) + body
+
+
+#: The two ways to read a pipe's frames, one frame each time or a reader's look-ahead: given a
+#: pipe (and a pidfd of its writer), a function from a deadline to the next frame.
+Reader = Callable[[float | None], Any]
+READERS: dict[str, Callable[[int, int | None], Reader]] = {
+    "read_frame": lambda fd, watch: lambda deadline: read_frame(fd, deadline, watch),
+    "FrameReader": lambda fd, watch: FrameReader(fd, watch).read,
+}
 
 
 def _pipe_with(data: bytes) -> int:
@@ -58,9 +71,11 @@ def test_a_step_reply_round_trips_and_is_rebuilt_as_its_types() -> None:
         (_frame(b'["ok", [[["ok", 18446744073709551616], [], [], []], 0, 0, []]]'), "outside 64 bits"),
     ],
 )
-def test_a_hostile_frame_is_a_wire_error(data: bytes, expected: str) -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_a_hostile_frame_is_a_wire_error(data: bytes, expected: str, reader: str) -> None:
+    read = READERS[reader](_pipe_with(data), None)
     with pytest.raises(WireError, match=expected):
-        _, value = tagged(read_frame(_pipe_with(data), time.monotonic() + 5))
+        _, value = tagged(read(time.monotonic() + 5))
         conform(value, StepReply, "step reply")
 
 
@@ -70,16 +85,58 @@ def test_a_pickle_is_not_a_frame(tmp_path: object) -> None:
         read_frame(_pipe_with(HEADER.pack(len(payload)) + payload), time.monotonic() + 5)
 
 
-def test_a_partial_frame_does_not_block_past_its_deadline() -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_a_partial_frame_does_not_block_past_its_deadline(reader: str) -> None:
     r, w = os.pipe()
     os.write(w, HEADER.pack(100) + b"x" * 10)  # the writer stays open and says no more
     started = time.monotonic()
     with pytest.raises(WireError, match="then nothing in time"):
-        read_frame(r, started + 0.5)
+        READERS[reader](r, None)(started + 0.5)
     assert time.monotonic() - started < 5
     with pytest.raises(TimeoutError):
-        read_frame(_pipe_open_empty(), time.monotonic() + 0.2)
+        READERS[reader](_pipe_open_empty(), None)(time.monotonic() + 0.2)
     os.close(w)
+
+
+def test_a_reader_takes_the_frames_waiting_in_one_read_and_gives_them_in_order() -> None:
+    """A batch's replies are in the pipe together: one read takes them all (`FrameReader.reads`
+    counts the reads), and they come back one by one, each whole, then the end of file."""
+    r, w = os.pipe()
+    values = [["ok", i, "x" * (i % 7)] for i in range(50)]
+    for value in values:
+        write_frame(w, value)
+    os.close(w)
+    reader = FrameReader(r)
+    assert [reader.read(time.monotonic() + 5) for _ in values] == values
+    assert reader.reads == 1 and reader.buffered() == 0
+    with pytest.raises(EOFError):
+        reader.read(time.monotonic() + 5)
+    os.close(r)
+
+
+def test_a_reader_reads_a_frame_larger_than_a_read_and_the_partial_frame_after_it() -> None:
+    """A frame of several reads is whole; the frames before a partial one are still read, and the
+    partial one is a `WireError` that says how much of it arrived."""
+    r, w = os.pipe()
+    big = ["ok", "y" * (READ_CHUNK * 2 + 5)]
+    writer = os.fork()
+    if writer == 0:  # the pipe holds 64 KiB: the big frame is written while the parent reads
+        os.close(r)
+        write_frame(w, ["ok", 1])
+        write_frame(w, big)
+        os.write(w, HEADER.pack(100) + b"z" * 10)
+        os._exit(0)
+    os.close(w)
+    try:
+        reader = FrameReader(r)
+        assert reader.read(time.monotonic() + 30) == ["ok", 1]
+        assert reader.read(time.monotonic() + 30) == big
+        assert reader.reads > 2
+        with pytest.raises(WireError, match="a partial frame: 10 of 100 bytes arrived, then the pipe closed"):
+            reader.read(time.monotonic() + 30)
+    finally:
+        os.waitpid(writer, 0)
+        os.close(r)
 
 
 def _pipe_open_empty() -> int:
@@ -129,7 +186,8 @@ def test_a_frame_is_written_once_whole_and_read_back_once() -> None:
             os.close(w)
 
 
-def test_a_writer_that_exits_ends_the_read_though_what_it_forked_holds_the_pipe() -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_a_writer_that_exits_ends_the_read_though_what_it_forked_holds_the_pipe(reader: str) -> None:
     """The writer sends a frame, forks a sleeper (which inherits the pipe's write end) and exits:
     its frame is still read, then the read ends at its exit (watched through a pidfd), not at the
     sleeper's, whose end of file would come only when it is killed."""
@@ -149,11 +207,12 @@ def test_a_writer_that_exits_ends_the_read_though_what_it_forked_holds_the_pipe(
     writer = subprocess.Popen([sys.executable, "-c", script, str(w)], pass_fds=(w,), start_new_session=True)
     os.close(w)
     watch = os.pidfd_open(writer.pid)
+    read = READERS[reader](r, watch)
     try:
-        assert read_frame(r, time.monotonic() + 30, watch) == ["ok", 1]
+        assert read(time.monotonic() + 30) == ["ok", 1]
         # Without the watch this waits for the deadline (TimeoutError) or the sleeper's 60 s.
         with pytest.raises(EOFError, match="the writer exited"):
-            read_frame(r, time.monotonic() + 30, watch)
+            read(time.monotonic() + 30)
     finally:
         os.killpg(writer.pid, 9)
         writer.wait()
