@@ -16,7 +16,13 @@ from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
 from externref_harness.exhaustive import execute
-from externref_harness.exhaustive.chain import corresponding_move
+from externref_harness.exhaustive.chain import (
+    WALK_RADIUS,
+    Coverage,
+    _way_to_uncovered,
+    corresponding_move,
+    plan_chain,
+)
 from externref_harness.exhaustive.plan import build_plan
 from externref_harness.explore.driver import explore
 from externref_harness.explore.explorer import NO_LIMITS, ExploreBounds
@@ -227,3 +233,27 @@ def test_a_run_planned_but_not_made_covers_nothing() -> None:
     assert (outcome.stats.runs, outcome.stats.covered) == (0, 0)
     done = execute.run_exhaustive(plan, InProcessImpl, stop_at=time.monotonic() + 0.3)
     assert done.stopped == execute.TIME_LIMIT and 0 < done.stats.covered < plan.transitions
+
+
+def test_a_class_remembered_stranded_has_no_way_to_an_uncovered_move() -> None:
+    """`Coverage.stranded` spares a run's end the walk search a run before it made from the same
+    class and that found nothing. It is sound while moves only become covered: at every run of a
+    whole planning, a fresh search from each remembered class (the memory set aside) still finds
+    nothing, and taking a move back forgets them all."""
+    plan = build_plan(ExploreBounds(refs=1, frames=1).search())
+    coverage, c, remembered = Coverage(plan), 0, 0
+    while True:
+        while c < plan.classes and coverage.next_uncovered(c) is None:
+            c += 1
+        if c == plan.classes:
+            break
+        for at, move in plan.path(c):
+            coverage.mark(at, move)
+        plan_chain(plan, coverage, c)
+        stranded, coverage.stranded = coverage.stranded, set()
+        assert all(_way_to_uncovered(plan, coverage, s, WALK_RADIUS) is None for s in stranded)
+        coverage.stranded = stranded
+        remembered = max(remembered, len(stranded))
+    assert coverage.covered == plan.transitions and remembered > 0
+    coverage.unmark(0, 0)
+    assert not coverage.stranded
