@@ -21,6 +21,12 @@ library's load take 130 ms of CPU; a library the server cannot copy gets exec'd 
 one spare child ready. During a search a child serves example after example (each `start` makes a
 fresh world, table and checking heap in it) and is replaced after any failure; `fresh=True` gives
 every run its own child, as shrinking wants.
+
+Frames go one way each in order, so a request need not wait for the reply before it: a run's
+`start` is sent and its reply read before the first step's (`_started`), batches and replays are
+sent ahead and read as they come back (`submit_many`, `replay`), and the replies waiting in the
+pipe are read together (`wire.FrameReader`). Which request a frame answers is known from the
+order, so a crash is still the failure of the request it interrupted.
 """
 
 from __future__ import annotations
@@ -350,6 +356,8 @@ class ChildProcessImpl:
         self.pending = 0
         #: A replay was sent whose frames are not all read yet (they come before a batch's).
         self._replaying = False
+        #: The start was sent and its reply is not read yet (it comes before any other).
+        self._starting = False
         #: The step timeout of this adapter's calls (None: the pool's).
         self.step_timeout: float | None = None
 
@@ -375,7 +383,7 @@ class ChildProcessImpl:
         assert self._child is not None
         self._failed = True
         self.pending = 0
-        self._replaying = False
+        self._replaying = self._starting = False
         self._pool.crashes += 1
         self._pool.retire(self._child)
 
@@ -387,7 +395,28 @@ class ChildProcessImpl:
         self.pending = 0
         self._replaying = False
         self._refs: list[RefFacts] = []
-        self._call(("start", dict(config)), START_TIMEOUT)
+        # Not waited for: the first steps go right behind it, and the child starts while this
+        # process does the run's first work (the model's side of a replay, the next run's plan).
+        # Its reply is read before any other (`_started`), so what the child did at the start is
+        # still told apart from what it did at a step.
+        try:
+            self._child.send(("start", dict(config)))
+        except (ImplementationCrash, OutOfTime):
+            self._crashed()
+            raise
+        self._starting = True
+
+    def _started(self, child: Child) -> None:
+        """Read the start's reply if it is still to come, within a step's time limit (the start
+        makes a table, as a step may): a crash, a hang or an error there is the implementation's
+        failure `at start` (as a start that was waited for says it)."""
+        if not self._starting:
+            return
+        self._starting = False
+        try:
+            child.receive(self._timeout(), "start")
+        except ImplementationCrash as e:
+            raise ImplementationCrash(f"{e} at start") from None
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
         self.submit(op, embedder_capacity)
@@ -422,6 +451,7 @@ class ChildProcessImpl:
         assert self.pending, "collect() follows submit()"
         assert not self._replaying, "a batch's replies come after the replay sent before it"
         try:
+            self._started(self._child)
             reply = self._child.receive(self._timeout(), "step")
             checked: StepReply = self._checked(reply, StepReply, "step reply")
             outcome, probe, n_refs, changed = checked
@@ -453,6 +483,7 @@ class ChildProcessImpl:
 
     def _replayed(self, child: Child, n: int) -> Iterator[Replayed]:
         try:
+            self._started(child)
             for _ in range(n):
                 reply = child.receive(self._timeout(), "replay")
                 got: Replayed = self._checked(reply, Replayed, "replay reply")
@@ -512,6 +543,13 @@ class ChildProcessImpl:
 
     def finish(self) -> tuple[PlainReport, ...]:
         assert not self.pending and not self._replaying, "finish() follows the replies of every step sent"
+        if self._starting:
+            assert self._child is not None, "start() first"
+            try:
+                self._started(self._child)
+            except (ImplementationCrash, OutOfTime):
+                self._crashed()
+                raise
         reply = self._call(("finish",))
         try:
             reports: tuple[PlainReport, ...] = conform(reply, tuple[PlainReport, ...], "finish reply")
@@ -530,6 +568,7 @@ class ChildProcessImpl:
             self._pool.retire(child)
             return
         try:
+            self._started(child)
             # A run that stopped (at a divergence) before the end of a batch: the rest of the
             # batch's replies are read and dropped, so the child serves the next run; a step of
             # them that crashes or takes longer than `DRAIN_TIMEOUT` retires it instead.

@@ -1,0 +1,64 @@
+"""A run's start in a child (`ChildProcessImpl.start`): sent and not waited for, so the child
+starts while the parent does the run's first work; a crash there is still the start's failure.
+Each library is the C reference behind a wrapper (`misbehaving.py`) whose `xr_set_hooks` (called
+by every start) misbehaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from misbehaving import build, leftovers
+
+from externref_harness.isolation.pool import ChildPool
+from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, Lockstep, drive
+from externref_harness.model.ops import Drop, Gc, New
+
+
+@pytest.mark.parametrize(
+    "name,hooks,expected",
+    [
+        ("start-segfaults", "raise(SIGSEGV)", "killed by SIGSEGV during start"),
+        ("start-hangs", "for (;;) pause()", "did not answer within 2 s during start"),
+    ],
+)
+def test_a_crash_or_hang_at_start_is_the_runs_failure_at_start_stepped_or_replayed(
+    tmp_path: Path, name: str, hooks: str, expected: str
+) -> None:
+    library = build(tmp_path, name, set_hooks=hooks)
+    pool = ChildPool(library, step_timeout=2.0)
+    try:
+        first = drive(LOCKSTEP_CONFIG, [New(8, 8), Gc()], pool.adapter(), until_first=True).first
+        assert first is not None and first.step == 1, first
+        assert expected in first.problem and first.problem.endswith(" at start"), first.problem
+        run = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
+        try:
+            (check,) = run.replay([New(8, 8), Gc()])
+        finally:
+            run.close()
+        assert check.impl_problem is not None and expected in check.impl_problem, check.impl_problem
+    finally:
+        pool.close()
+    assert leftovers(library) == []
+
+
+def test_a_runs_steps_are_sent_before_the_child_has_started(tmp_path: Path) -> None:
+    """`xr_set_hooks` waits for a file only the test makes, after the run has started: a start
+    that waited for the child would wait out its 60 s limit and fail the run instead."""
+    go = tmp_path / "go"
+    waits = f'while (access("{go}", F_OK) != 0) nanosleep(&(struct timespec){{0, 1000000}}, NULL)'
+    library = build(tmp_path, "start-waits", set_hooks=waits, top="#include <time.h>\n")
+    pool = ChildPool(library, step_timeout=5.0)
+    try:
+        run = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
+        try:
+            assert run.impl_broken is None
+            go.touch()
+            checks = [run.step(op) for op in (New(8, 8), Drop(0), Gc())]
+            assert all(c.impl_problem is None and c.model_problem is None for c in checks), checks
+            assert run.finish() is None
+        finally:
+            run.close()
+    finally:
+        pool.close()
+    assert leftovers(library) == []
