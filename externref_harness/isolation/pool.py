@@ -121,6 +121,8 @@ class Child:
         self._watch: int | None = None
         #: A `time.monotonic()` instant no read waits past (the pool's budget), or None.
         self.deadline = deadline
+        #: `close` has run: the pipes' descriptors are closed.
+        self.closed = False
 
     def ensure_ready(self) -> None:
         if not self._ready:
@@ -142,6 +144,7 @@ class Child:
 
     def send(self, request: tuple[Any, ...]) -> None:
         """Send a request without waiting for its answer (`receive` gets it)."""
+        self._refuse_closed(request[0])
         self.ensure_ready()
         try:
             write_frame(self._req_w, request)
@@ -151,8 +154,13 @@ class Child:
     def receive(self, timeout: float, during: str) -> Any:
         return self._receive(timeout, during)
 
+    def _refuse_closed(self, during: str) -> None:
+        if self.closed:
+            raise ImplementationCrash(f"the implementation's process was closed after it failed ({during})")
+
     def _receive(self, timeout: float, during: str) -> Any:
         """The value of the next response frame, within `timeout` and the pool's budget."""
+        self._refuse_closed(during)
         started = time.monotonic()
         limit = started + timeout
         budget_first = self.deadline is not None and self.deadline < limit
@@ -227,7 +235,12 @@ class Child:
         self._process.kill()
 
     def close(self) -> None:
-        """Ask the child to exit, then make sure it and everything it forked have."""
+        """Ask the child to exit, then make sure it and everything it forked have. Once: its
+        descriptors' numbers may name other files afterwards, so a closed child is not read,
+        written or closed again (`send` and `receive` refuse)."""
+        if self.closed:
+            return
+        self.closed = True
         if self.alive and self._ready:
             try:
                 write_frame(self._req_w, ("exit",))
@@ -372,20 +385,52 @@ class ChildProcessImpl:
         return self.step_timeout or self._pool.step_timeout
 
     def _call(self, request: tuple[Any, ...], timeout: float | None = None) -> Any:
+        """Send a request and wait for its reply (the start's first, if it is still to come)."""
         assert self._child is not None, "start() first"
         try:
+            self._started(self._child)
             return self._child.call(request, timeout or self._timeout())
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
+        except BaseException:
+            # Interrupted (the lockstep's own time limit, ^C): a reply may be half read, so the
+            # child's replies are no longer in step with its requests. It is not reused.
+            self._failed = True
+            raise
 
     def _crashed(self) -> None:
+        """The child failed: it is retired (once; its descriptors are closed then) and not used
+        again in this run."""
         assert self._child is not None
+        if self._failed and self._child.closed:
+            return
         self._failed = True
         self.pending = 0
         self._replaying = self._starting = False
         self._pool.crashes += 1
         self._pool.retire(self._child)
+
+    def _send(self, request: tuple[Any, ...]) -> None:
+        """Send a request whose reply is read later. When the send finds the child gone while
+        the start's reply is still to come, the start is what failed: its reply (or the end of the
+        pipe) says so."""
+        child = self._child
+        assert child is not None, "start() first"
+        try:
+            child.send(request)
+        except ImplementationCrash:
+            if self._starting:
+                try:
+                    self._started(child)
+                except (ImplementationCrash, OutOfTime):
+                    self._crashed()
+                    raise
+            self._crashed()
+            raise
+        except OutOfTime:
+            self._crashed()
+            raise
 
     def start(self, config: Mapping[str, Any]) -> None:
         if self._pool.out_of_time():
@@ -407,14 +452,15 @@ class ChildProcessImpl:
         self._starting = True
 
     def _started(self, child: Child) -> None:
-        """Read the start's reply if it is still to come, within a step's time limit (the start
-        makes a table, as a step may): a crash, a hang or an error there is the implementation's
-        failure `at start` (as a start that was waited for says it)."""
+        """Read the start's reply if it is still to come, within the pool's step time limit (the
+        start makes a table, as a step may; not the shorter limit of a hang being shrunk): a
+        crash, a hang or an error there is the implementation's failure `at start` (as a start
+        that was waited for says it)."""
         if not self._starting:
             return
         self._starting = False
         try:
-            child.receive(self._timeout(), "start")
+            child.receive(self._pool.step_timeout, "start")
         except ImplementationCrash as e:
             raise ImplementationCrash(f"{e} at start") from None
 
@@ -425,12 +471,7 @@ class ChildProcessImpl:
     def submit(self, op: PlainOp, embedder_capacity: int | None = None) -> None:
         """Start a step in the child and return at once: the lockstep runs the model's step while
         the child runs the implementation's (the two processes overlap), then `collect`s."""
-        assert self._child is not None, "start() first"
-        try:
-            self._child.send(("step", op, embedder_capacity))
-        except (ImplementationCrash, OutOfTime):
-            self._crashed()
-            raise
+        self._send(("step", op, embedder_capacity))
         self.pending = 1
 
     def submit_many(self, steps: Sequence[tuple[PlainOp, int | None]]) -> None:
@@ -439,11 +480,7 @@ class ChildProcessImpl:
         (`child.serve`), as `collect` does here, so `pending` says what is still under way."""
         assert self._child is not None, "start() first"
         assert not self.pending, "a batch follows the replies of the steps before it"
-        try:
-            self._child.send(("steps", [list(step) for step in steps]))
-        except (ImplementationCrash, OutOfTime):
-            self._crashed()
-            raise
+        self._send(("steps", [list(step) for step in steps]))
         self.pending = len(steps)
 
     def collect(self) -> StepOutcome:
@@ -461,6 +498,9 @@ class ChildProcessImpl:
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
+        except BaseException:
+            self._failed = True  # interrupted mid-read (`_call`): the child is not reused
+            raise
         return outcome
 
     def replay(self, steps: Sequence[tuple[PlainOp, int | None]]) -> Iterator[Replayed]:
@@ -473,11 +513,7 @@ class ChildProcessImpl:
         still coming are not read, and the child is retired instead of reused."""
         assert self._child is not None, "start() first"
         assert not self.pending and not self._replaying, "a replay follows the replies before it"
-        try:
-            self._child.send(("replay", [list(step) for step in steps]))
-        except (ImplementationCrash, OutOfTime):
-            self._crashed()
-            raise
+        self._send(("replay", [list(step) for step in steps]))
         self._replaying = True
         return self._replayed(self._child, len(steps))
 
@@ -543,13 +579,6 @@ class ChildProcessImpl:
 
     def finish(self) -> tuple[PlainReport, ...]:
         assert not self.pending and not self._replaying, "finish() follows the replies of every step sent"
-        if self._starting:
-            assert self._child is not None, "start() first"
-            try:
-                self._started(self._child)
-            except (ImplementationCrash, OutOfTime):
-                self._crashed()
-                raise
         reply = self._call(("finish",))
         try:
             reports: tuple[PlainReport, ...] = conform(reply, tuple[PlainReport, ...], "finish reply")

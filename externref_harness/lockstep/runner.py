@@ -269,7 +269,10 @@ class Lockstep:
             return []
         in_process = getattr(self.adapter, "submit", None) is None
         checks: list[StepCheck] = []
-        taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _ in planned])
+        try:
+            taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _ in planned])
+        except Exception as e:  # the implementation's process was gone: its first step's failure
+            taken = _raising(e)
         submit_many = getattr(self.adapter, "submit_many", None)
         if following and submit_many is not None and len(planned) == len(steps):
             try:
@@ -559,6 +562,12 @@ class Lockstep:
 
     def close(self) -> None:
         self.adapter.close()
+
+
+def _raising(e: Exception) -> Iterator[Replayed]:
+    """A replay that fails at its first step with `e`."""
+    raise e
+    yield  # a generator: `e` is raised by the first `next`
 
 
 def _capacity_unit(op: ops.Op, p: Problem, model: tuple[object, ...], impl: tuple[object, ...]) -> Problem:

@@ -42,6 +42,34 @@ def test_a_crash_or_hang_at_start_is_the_runs_failure_at_start_stepped_or_replay
     assert leftovers(library) == []
 
 
+@pytest.mark.parametrize("replayed", [False, True])
+def test_a_child_dead_at_start_before_the_run_writes_to_it_is_the_starts_failure(
+    tmp_path: Path, replayed: bool
+) -> None:
+    """The run's next request finds the child already gone (the write fails, nothing is read):
+    still the start's failure, at the run's first step, and nothing escapes `replay`. A child that
+    failed is then refused without its descriptors being used again."""
+    library = build(tmp_path, "start-segfaults", set_hooks="raise(SIGSEGV)")
+    pool = ChildPool(library, step_timeout=2.0)
+    adapter = pool.adapter()
+    run = Lockstep(LOCKSTEP_CONFIG, adapter)
+    try:
+        assert run.impl_broken is None
+        adapter._child.proc.wait(timeout=10)  # type: ignore[union-attr]  # dead before the run goes on
+        if replayed:
+            (check,) = run.replay([New(8, 8), Gc()])
+        else:
+            check = run.step(New(8, 8), [Gc()])
+        assert check.impl_problem == "the implementation's process killed by SIGSEGV during start at start"
+        later = run.step(Gc()).impl_problem
+        assert later is not None and "closed after it failed" in later, later
+        assert pool.crashes == 1
+    finally:
+        run.close()
+        pool.close()
+    assert leftovers(library) == []
+
+
 def test_a_runs_steps_are_sent_before_the_child_has_started(tmp_path: Path) -> None:
     """`xr_set_hooks` waits for a file only the test makes, after the run has started: a start
     that waited for the child would wait out its 60 s limit and fail the run instead."""
