@@ -166,7 +166,10 @@ class FrameReader:
             self._data, self._at = b"".join(pieces), 0
         start = self._at
         self._at = start + size
-        return self._data[start : self._at]
+        frame = self._data[start : self._at]
+        if self._at == len(self._data):
+            self._data, self._at = b"", 0  # nothing waits: a large frame's bytes are not kept
+        return frame
 
 
 # --- plain data <-> JSON -------------------------------------------------------------------------------
