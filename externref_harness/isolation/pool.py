@@ -419,17 +419,12 @@ class ChildProcessImpl:
         assert child is not None, "start() first"
         try:
             child.send(request)
-        except ImplementationCrash:
-            if self._starting:
-                try:
-                    self._started(child)
-                except (ImplementationCrash, OutOfTime):
-                    self._crashed()
-                    raise
-            self._crashed()
-            raise
-        except OutOfTime:
-            self._crashed()
+        except (ImplementationCrash, OutOfTime) as e:
+            try:
+                if isinstance(e, ImplementationCrash):
+                    self._started(child)  # raises the start's failure, if the start failed
+            finally:
+                self._crashed()
             raise
 
     def start(self, config: Mapping[str, Any]) -> None:
@@ -444,11 +439,7 @@ class ChildProcessImpl:
         # process does the run's first work (the model's side of a replay, the next run's plan).
         # Its reply is read before any other (`_started`), so what the child did at the start is
         # still told apart from what it did at a step.
-        try:
-            self._child.send(("start", dict(config)))
-        except (ImplementationCrash, OutOfTime):
-            self._crashed()
-            raise
+        self._send(("start", dict(config)))
         self._starting = True
 
     def _started(self, child: Child) -> None:
