@@ -1,159 +1,39 @@
-"""The narrow interface through which the lockstep machine drives an implementation: plain data only.
+"""`InProcessImpl`: the interface of `impl.interface` served in this process, by a runtime backend
+(the Python port, or a native library) and the host world on a fresh checking heap.
 
-An implementation is started with a plain config, given operations as plain tuples
-(`("New", 8, 8)`, `("CallWasm", (0, 1))`), and answers with `StepOutcome`s; `probe()` reports the
-raw memory facts the lockstep checks (footer words, table words, stack words), and `finish()` tears
-it down and returns what the checking heap found. Nothing but ints, strings, bools, None and tuples
-crosses, so the same machine can drive an implementation in another process through a C ABI.
+The gate's child process serves the same interface through one of these
+(`isolation.child`), so what it reports is what an in-process run reports.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from externref_harness.changes import same
 from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
-from externref_harness.impl.heap import LIVE, REDZONE, Block, CheckingHeap, Report
+from externref_harness.impl.heap import LIVE, REDZONE, Block, CheckingHeap
+from externref_harness.impl.interface import (
+    DROPPED,
+    FrameFacts,
+    PlainOp,
+    PlainReport,
+    Probe,
+    RefFacts,
+    Replayed,
+    StepOutcome,
+    TableFacts,
+    op_from_plain,
+    plain_report,
+)
 from externref_harness.impl.memory import reader
 from externref_harness.impl.stack import Frame
 from externref_harness.impl.world import World
 from externref_harness.model import layout
-from externref_harness.model.ops import OPS_BY_NAME, Op
 from externref_harness.model.state import Config
-
-PlainOp = tuple[Any, ...]
-#: `(kind, address, access, detail)`, see `impl.heap.Report`.
-PlainReport = tuple[str, int, str, str]
-
-_FIELDS: dict[type[Op], tuple[str, ...]] = {
-    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in OPS_BY_NAME.values()
-}
-
-
-def plain_op(op: Op) -> PlainOp:
-    return (type(op).__name__, *(getattr(op, name) for name in _FIELDS[type(op)]))
-
-
-def op_from_plain(plain: PlainOp) -> Op:
-    return OPS_BY_NAME[plain[0]](*plain[1:])
-
-
-def plain_config(cfg: Config) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Config)}
-
-
-def plain_report(report: Report) -> PlainReport:
-    return (report.kind, report.address, report.access, report.detail)
-
-
-def format_report(report: PlainReport) -> str:
-    return str(Report(*report))
-
-
-class StepOutcome(NamedTuple):
-    #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` (in a debug build, with a
-    #: fourth item `("panic", message)` or `("returned",)` when the misuse was also sent to the
-    #: runtime: `model.assertions`), `("panic", message)`, or
-    #: `("unsupported", name)` for an optional function the runtime does not offer.
-    result: tuple[Any, ...]
-    #: Addresses of the values whose destructor ran during the step, in order.
-    dropped: tuple[int, ...]
-    #: `(footer, value)` addresses of every ref the step created, in order.
-    allocated: tuple[tuple[int, int], ...]
-    #: What the checking heap reported during the step.
-    reports: tuple[PlainReport, ...]
-
-
-#: A `RefFacts.status` under `opaque-refs`: the value's destructor ran, its block (if the hooks
-#: gave it) is not freed yet.
-DROPPED = "dropped (value_dropped ran)"
-
-
-class RefFacts(NamedTuple):
-    """One allocation as memory shows it. The words are read at the canonical footer offsets.
-
-    Under `opaque-refs` `footer` is the ref's handle and nothing is read at it: `status` is `freed` once
-    the block holding the value is (if the hooks gave it), else `DROPPED` once the value's
-    destructor ran, else `live`; the footer words are 0."""
-
-    footer: int
-    value: int
-    #: `impl.heap` status of the footer's block: live, freed, ...
-    status: str
-    ref_count: int
-    value_ptr_data: int
-    value_ptr_vtable: int
-    #: `size` and `align` read from the vtable `value_ptr` points at (0, 0: not a vtable).
-    vtable_size: int
-    vtable_align: int
-    block_start: int
-    block_size: int
-    block_align: int
-
-
-class TableFacts(NamedTuple):
-    """The table's words at the seed's `repr(C)` offsets, and the chunk's bytes (None: unreadable)."""
-
-    next: int
-    end: int
-    chunk_ptr: int
-    chunk_len: int
-    chunk: bytes | None
-
-
-class FrameFacts(NamedTuple):
-    wasm: bool
-    sp: int
-    words: tuple[int, ...]
-    ref_typed: tuple[bool, ...]
-
-
-class Probe(NamedTuple):
-    stack_top: int
-    canary: int | None
-    table: TableFacts
-    refs: tuple[RefFacts, ...]
-    handles: tuple[int | None, ...]
-    #: `VMExternRef::hash` of the two refs the step's `Eq` / `Cmp` compared, as `(ref, hash)`.
-    hashes: tuple[tuple[int, int], ...]
-    raws: tuple[tuple[int, bool] | None, ...]
-    #: Each global's word; None for one instantiation never wrote.
-    globals: tuple[int | None, ...]
-    frames: tuple[FrameFacts, ...]
-
-
-class Replayed(NamedTuple):
-    """One step of a replay (`InProcessImpl.replay`): its outcome and the two stack facts its
-    projection reads (`lockstep.projection.project_impl`), without the rest of a probe."""
-
-    outcome: StepOutcome
-    stack_top: int
-    canary: int | None
-
-
-class ImplAdapter(Protocol):
-    """What the lockstep machine needs from an implementation."""
-
-    def start(self, config: Mapping[str, Any]) -> None: ...
-    def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
-        """Run one operation. `embedder_capacity`, when given, is what the embedder's pre-GC check
-        compares with instead of asking the runtime (see `World.embedder_capacity`)."""
-        ...
-
-    def probe(self) -> Probe: ...
-    def finish(self) -> tuple[PlainReport, ...]:
-        """Drop the runtime (table, chunk), check the heap is empty, and free everything."""
-        ...
-
-    def close(self) -> None:
-        """Free everything without checks (after a failure). Idempotent."""
-        ...
-
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ from externref_harness import trace as tracefile
 from externref_harness.cli import replay_dir
 from externref_harness.cli.numbers import whole_number
 from externref_harness.errors import UsageError, printable, shown_path, user_path
-from externref_harness.impl.adapter import ImplAdapter, PlainOp, PlainReport, Probe, StepOutcome
+from externref_harness.impl.interface import ImplAdapter, PlainOp, PlainReport, Probe, StepOutcome
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.model import capabilities
 from externref_harness.model.transition import run as run_model

@@ -24,7 +24,7 @@ from externref_harness.corpus.format import (
 )
 from externref_harness.corpus.write import shipped_corpus_dir
 from externref_harness.errors import UsageError
-from externref_harness.impl.adapter import ImplAdapter
+from externref_harness.impl.interface import ImplAdapter
 from externref_harness.lockstep import runner as lockstep
 from externref_harness.lockstep.targets import Target
 from externref_harness.model.moves import next_quiesce_op

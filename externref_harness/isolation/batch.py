@@ -10,7 +10,7 @@ expecting replies there; both read this one rule.
 
 from __future__ import annotations
 
-from externref_harness.impl.adapter import StepOutcome
+from externref_harness.impl.interface import StepOutcome
 
 
 def ends_batch(outcome: StepOutcome) -> bool:

@@ -1,7 +1,7 @@
 """The implementation's process: the host world, a runtime backend and the checking heap.
 
 `python -m externref_harness.isolation.child [--impl PATH.so] REQUEST_FD RESPONSE_FD` serves the plain-data
-adapter protocol (`impl.adapter.ImplAdapter`) to the parent (`isolation.ChildProcessImpl`): one
+adapter protocol (`impl.interface.ImplAdapter`) to the parent (`isolation.ChildProcessImpl`): one
 request frame in, one response frame out, each plain data as `isolation.wire` encodes it (JSON
 behind an 8-byte length; no pickle: the parent runs no code a frame could carry).
 
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from externref_harness.changes import changed_positions
-from externref_harness.impl.adapter import InProcessImpl, Probe, RefFacts, StepOutcome
+from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.impl.interface import Probe, RefFacts, StepOutcome
 from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.wire import decode_plain, read_frame, write_frame
 

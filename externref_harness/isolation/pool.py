@@ -38,7 +38,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from externref_harness.impl.adapter import PlainOp, PlainReport, Probe, RefFacts, Replayed, StepOutcome
+from externref_harness.impl.interface import PlainOp, PlainReport, Probe, RefFacts, Replayed, StepOutcome
 from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status

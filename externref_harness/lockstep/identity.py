@@ -23,7 +23,7 @@ moment (their lifetimes pairwise overlap), so a cycle through a dead ref is a re
 
 from __future__ import annotations
 
-from externref_harness.impl.adapter import Probe, StepOutcome
+from externref_harness.impl.interface import Probe, StepOutcome
 from externref_harness.lockstep.memory_checks import Problem
 from externref_harness.lockstep.projection import RefMap
 from externref_harness.model import ops

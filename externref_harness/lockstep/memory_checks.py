@@ -36,7 +36,7 @@ from typing import Literal
 
 from externref_harness.changes import changed_positions
 from externref_harness.impl import heap as checking_heap
-from externref_harness.impl.adapter import Probe, RefFacts
+from externref_harness.impl.interface import Probe, RefFacts
 from externref_harness.lockstep.projection import RefMap
 from externref_harness.model import capabilities, layout
 from externref_harness.model.capabilities import OPAQUE_REFS

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from externref_harness.impl import heap as checking_heap
-from externref_harness.impl.adapter import StepOutcome
+from externref_harness.impl.interface import StepOutcome
 from externref_harness.model import ops
 from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
 from externref_harness.model.runtime import FAULT_DOUBLE_DROP, FAULT_USE_AFTER_FREE, FAULT_WILD_POINTER

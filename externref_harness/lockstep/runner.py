@@ -33,9 +33,9 @@ from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_a
 
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, shown
-from externref_harness.impl.adapter import (
+from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.impl.interface import (
     ImplAdapter,
-    InProcessImpl,
     PlainOp,
     Replayed,
     StepOutcome,

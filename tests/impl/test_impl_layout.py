@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from externref_harness.impl import mutants
-from externref_harness.impl.adapter import InProcessImpl, plain_config, plain_op
+from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.code import WASM_CODE
 from externref_harness.impl.externref import (
     DANGLING,
@@ -20,6 +20,7 @@ from externref_harness.impl.externref import (
     VMExternRefTableAlloc,
 )
 from externref_harness.impl.heap import CheckingHeap
+from externref_harness.impl.interface import plain_config, plain_op
 from externref_harness.impl.stack import wasm_frame_bytes
 from externref_harness.impl.values import AnyVTable
 from externref_harness.impl.world import World

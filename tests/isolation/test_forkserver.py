@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from misbehaving import build, leftovers
 
-from externref_harness.impl.adapter import plain_config
+from externref_harness.impl.interface import plain_config
 from externref_harness.isolation.pool import ChildPool, ImplementationCrash
 from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, Failure, drive
 from externref_harness.lockstep.targets import open_isolated

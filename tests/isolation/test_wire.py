@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from externref_harness.impl.adapter import Probe, RefFacts, StepOutcome, TableFacts
+from externref_harness.impl.interface import Probe, RefFacts, StepOutcome, TableFacts
 from externref_harness.isolation.pool import StepReply
 from externref_harness.isolation.wire import (
     HEADER,

@@ -11,7 +11,8 @@ from hypothesis import settings
 
 from externref_harness import trace as tracefile
 from externref_harness.impl import mutants
-from externref_harness.impl.adapter import InProcessImpl, Probe, StepOutcome, op_from_plain, plain_op
+from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.impl.interface import Probe, StepOutcome, op_from_plain, plain_op
 from externref_harness.lockstep.projection import RefMap, project_impl, project_model
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
@@ -334,7 +335,7 @@ def test_refs_map_both_ways() -> None:
 def test_config_round_trips_through_plain_data() -> None:
     cfg = Config(chunk_size=4, build="release", slots=2, n_globals=1, mutant=mutants.EARLY_FREE)
     adapter = InProcessImpl()
-    from externref_harness.impl.adapter import plain_config
+    from externref_harness.impl.interface import plain_config
 
     adapter.start(plain_config(cfg))
     try:

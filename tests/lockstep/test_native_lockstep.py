@@ -18,7 +18,7 @@ from hypothesis import settings
 from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
-from externref_harness.impl.adapter import plain_config, plain_op
+from externref_harness.impl.interface import plain_config, plain_op
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,

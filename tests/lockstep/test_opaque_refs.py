@@ -13,14 +13,8 @@ import pytest
 from hypothesis import settings
 
 from externref_harness.impl import mutants
-from externref_harness.impl.adapter import (
-    InProcessImpl,
-    Probe,
-    StepOutcome,
-    TableFacts,
-    plain_config,
-    plain_op,
-)
+from externref_harness.impl.adapter import InProcessImpl
+from externref_harness.impl.interface import Probe, StepOutcome, TableFacts, plain_config, plain_op
 from externref_harness.lockstep.identity import IdentityChecks
 from externref_harness.lockstep.memory_checks import (
     CHECKS,
