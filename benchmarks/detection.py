@@ -103,12 +103,8 @@ def _run_lockstep(
 ) -> tuple[bool, int]:
     from hypothesis.stateful import run_state_machine_as_test
 
-    from externref_harness.lockstep.runner import (
-        LOCKSTEP_BOUNDS,
-        LOCKSTEP_CONFIG,
-        AdapterFactory,
-        make_lockstep_machine,
-    )
+    from externref_harness.lockstep.check import make_lockstep_machine
+    from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, AdapterFactory
     from externref_harness.lockstep.targets import PYTHON, bounds_for
     from externref_harness.search.model_check import InvariantViolation, RunStats
 

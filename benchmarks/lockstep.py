@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from externref_harness.lockstep.runner import make_lockstep_machine
+from externref_harness.lockstep.check import make_lockstep_machine
 from externref_harness.model.moves import KIND_ORDER
 
 

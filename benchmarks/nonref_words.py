@@ -23,12 +23,8 @@ from hypothesis import HealthCheck, Verbosity, settings
 from externref_harness.corpus.run import load_corpus, run_config, run_corpus_trace
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.world import World
-from externref_harness.lockstep.runner import (
-    LOCKSTEP_BOUNDS,
-    LOCKSTEP_CONFIG,
-    LockstepOptions,
-    run_lockstep_check,
-)
+from externref_harness.lockstep.check import run_lockstep_check
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, LockstepOptions
 from externref_harness.lockstep.targets import PYTHON, Target, bounds_for, native_target
 from externref_harness.native.build import build_reference
 

@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from externref_harness.isolation.pool import ChildPool
-from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, drive, shrink_lockstep_trace
+from externref_harness.lockstep.check import shrink_lockstep_trace
+from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, drive
 from externref_harness.model import ops
 from externref_harness.model.state import Config
 from externref_harness.native.build import build_reference

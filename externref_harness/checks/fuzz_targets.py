@@ -146,13 +146,8 @@ def lockstep_target(
     """The lockstep machine on the in-process ctypes implementation, or on `adapters` (a native
     library's children: `native_lockstep_target`), shrinking and replaying on `fresh_adapters`."""
     from externref_harness.impl.adapter import InProcessImpl
-    from externref_harness.lockstep.runner import (
-        DEFAULT_OPTIONS,
-        MODEL,
-        drive,
-        make_lockstep_machine,
-        shrink_lockstep_trace,
-    )
+    from externref_harness.lockstep.check import make_lockstep_machine, shrink_lockstep_trace
+    from externref_harness.lockstep.runner import DEFAULT_OPTIONS, MODEL, drive
 
     make = adapters or InProcessImpl
     fresh = fresh_adapters or make

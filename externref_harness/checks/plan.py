@@ -198,12 +198,8 @@ def _lockstep(opts: CheckOptions) -> CheckResult:
 
 
 def _lockstep_on(opts: CheckOptions, chosen: Target, shrink_adapters: AdapterFactory | None) -> CheckResult:
-    from externref_harness.lockstep.runner import (
-        LOCKSTEP_BOUNDS,
-        LOCKSTEP_CONFIG,
-        LockstepOptions,
-        run_lockstep_check,
-    )
+    from externref_harness.lockstep.check import run_lockstep_check
+    from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, LockstepOptions
     from externref_harness.lockstep.targets import bounds_for
 
     build = opts.build if opts.build_given or opts.impl is None else None

@@ -3,7 +3,7 @@
 The one entry point the gate and `check` share: the plan of `bounds` at the target's config (its
 build, capabilities and value layouts: `lockstep.targets`), every transition executed
 (`exhaustive.execute`), and on a divergence its trace shrunk and saved as any lockstep failure's
-(`lockstep.runner.report_lockstep_failure`, each candidate on `shrink_factory`'s adapters), so
+(`lockstep.check.report_lockstep_failure`, each candidate on `shrink_factory`'s adapters), so
 `replay` runs it.
 """
 
@@ -15,12 +15,8 @@ from pathlib import Path
 from externref_harness.exhaustive.execute import Outcome, ProgressHook, run_exhaustive
 from externref_harness.exhaustive.plan import build_plan
 from externref_harness.explore.explorer import ExploreBounds
-from externref_harness.lockstep.runner import (
-    DEFAULT_OPTIONS,
-    AdapterFactory,
-    LockstepOptions,
-    report_lockstep_failure,
-)
+from externref_harness.lockstep.check import report_lockstep_failure
+from externref_harness.lockstep.runner import DEFAULT_OPTIONS, AdapterFactory, LockstepOptions
 from externref_harness.lockstep.targets import Target, bounds_for
 from externref_harness.model.state import Build
 from externref_harness.search.model_check import InvariantViolation

@@ -11,7 +11,7 @@ moves, the walks, each chosen as the moves before it leave the coverage), so all
 the implementation's process as one batch and are compared in order as their replies come back;
 its moves are counted covered when planned and taken back if the run fails before them. Classes
 are started in breadth-first order; a divergence's trace (the run's steps up to the failing one)
-is shrunk and saved like any lockstep failure (`lockstep.runner.report_lockstep_failure`),
+is shrunk and saved like any lockstep failure (`lockstep.check.report_lockstep_failure`),
 `replay`-able. Every step that covers a transition is one lockstep step with every check a
 lockstep step has (projections, the memory checks, the checking heap's reports). The tree path
 that starts a run reaches its class again along transitions an earlier run has passed: it is

@@ -36,14 +36,9 @@ from externref_harness.gate.cases import LEVELS, CaseResult, GateOptions, GateRe
 from externref_harness.isolation.describe import DESCRIBE_TIMEOUT, child_env, describe_library
 from externref_harness.isolation.pool import ChildPool, OutOfTime, replay_args
 from externref_harness.isolation.process import Limits
+from externref_harness.lockstep.check import REPORT_GRACE, run_lockstep_check
 from externref_harness.lockstep.memory_checks import CHECKS, STRICT, checks_ruled_out
-from externref_harness.lockstep.runner import (
-    LOCKSTEP_BOUNDS,
-    LOCKSTEP_CONFIG,
-    REPORT_GRACE,
-    LockstepOptions,
-    run_lockstep_check,
-)
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, LockstepOptions
 from externref_harness.lockstep.targets import Target, bounds_for, isolated_target
 from externref_harness.model import capabilities
 from externref_harness.model.state import SEED_CHUNK_SIZE, Build

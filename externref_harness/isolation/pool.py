@@ -47,7 +47,7 @@ from externref_harness.isolation.wire import FrameReader, WireError, conform, ta
 __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
 
 
-#: How a step slower than the step timeout is named in its failure (`lockstep.runner` looks for it).
+#: How a step slower than the step timeout is named in its failure (`lockstep.check` looks for it).
 HANG = "(a hang)"
 #: While a hang is shrunk, a candidate's steps get this share of the step timeout, at least
 #: `SHRINK_STEP_FLOOR` seconds (`ChildProcessImpl.limit_steps_for_shrinking`).
@@ -377,7 +377,7 @@ class ChildProcessImpl:
     def limit_steps_for_shrinking(self) -> None:
         """A shorter step timeout, for the candidates of a hang being shrunk: each candidate that
         still hangs costs this instead of the whole timeout. The shrinker confirms its result at
-        the full timeout (`lockstep.runner.shrink_lockstep_trace`)."""
+        the full timeout (`lockstep.check.shrink_lockstep_trace`)."""
         full = self._pool.step_timeout
         self.step_timeout = min(full, max(SHRINK_STEP_FLOOR, full * SHRINK_STEP_SHARE))
 

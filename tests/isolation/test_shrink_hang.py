@@ -12,7 +12,8 @@ import pytest
 from misbehaving import build
 
 from externref_harness.isolation.pool import HANG
-from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, drive, shrink_lockstep_trace
+from externref_harness.lockstep.check import shrink_lockstep_trace
+from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, drive
 from externref_harness.lockstep.targets import open_isolated
 from externref_harness.model.ops import Gc, New
 

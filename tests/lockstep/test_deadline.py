@@ -18,8 +18,9 @@ from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.stack import NativeStack
 from externref_harness.impl.world import World
 from externref_harness.lockstep import deadline
+from externref_harness.lockstep.check import run_lockstep_check
 from externref_harness.lockstep.deadline import Timeout, time_limit
-from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, drive, run_lockstep_check
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, drive
 from externref_harness.model import ops
 
 #: How long the seeded endless walk really runs before it gives in: far past the test's limit, so

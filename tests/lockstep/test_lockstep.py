@@ -13,16 +13,9 @@ from externref_harness import trace as tracefile
 from externref_harness.impl import mutants
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.interface import Probe, StepOutcome, op_from_plain, plain_op
+from externref_harness.lockstep.check import make_lockstep_machine, run_lockstep_check
 from externref_harness.lockstep.projection import RefMap, project_impl, project_model
-from externref_harness.lockstep.runner import (
-    LOCKSTEP_BOUNDS,
-    LOCKSTEP_CONFIG,
-    Lockstep,
-    drive,
-    make_lockstep_machine,
-    replay,
-    run_lockstep_check,
-)
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, Lockstep, drive, replay
 from externref_harness.model import ops
 from externref_harness.model.capabilities import OPAQUE_REFS
 from externref_harness.model.runtime import CVE_2021_39218

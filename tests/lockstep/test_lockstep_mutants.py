@@ -16,7 +16,8 @@ from hypothesis import settings
 
 from externref_harness import trace as tracefile
 from externref_harness.catalogue import all_mutants
-from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, replay, run_lockstep_check
+from externref_harness.lockstep.check import run_lockstep_check
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, replay
 from externref_harness.model import protocol, runtime
 from externref_harness.model.state import Build
 

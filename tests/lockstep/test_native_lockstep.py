@@ -19,13 +19,13 @@ from one_line import assert_one_line_exit_2
 
 from externref_harness.cli.main import main
 from externref_harness.impl.interface import plain_config, plain_op
+from externref_harness.lockstep.check import run_lockstep_check
 from externref_harness.lockstep.runner import (
     LOCKSTEP_BOUNDS,
     LOCKSTEP_CONFIG,
     LockstepOptions,
     _panic_note,
     drive,
-    run_lockstep_check,
 )
 from externref_harness.lockstep.targets import bounds_for, native_target
 from externref_harness.model import ops

@@ -15,6 +15,7 @@ from hypothesis import settings
 from externref_harness.impl import mutants
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.interface import Probe, StepOutcome, TableFacts, plain_config, plain_op
+from externref_harness.lockstep.check import run_lockstep_check
 from externref_harness.lockstep.identity import IdentityChecks
 from externref_harness.lockstep.memory_checks import (
     CHECKS,
@@ -24,7 +25,7 @@ from externref_harness.lockstep.memory_checks import (
     new_ref_problems,
 )
 from externref_harness.lockstep.projection import RefMap
-from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, run_lockstep_check
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG
 from externref_harness.model import ops
 from externref_harness.model.capabilities import NAMES, OPAQUE_REFS
 from externref_harness.model.state import Box, Config, RawPtr, State

@@ -11,12 +11,8 @@ import pytest
 from hypothesis import settings
 
 from externref_harness.cli.main import main
-from externref_harness.lockstep.runner import (
-    LOCKSTEP_BOUNDS,
-    LOCKSTEP_CONFIG,
-    LockstepOptions,
-    run_lockstep_check,
-)
+from externref_harness.lockstep.check import run_lockstep_check
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, LockstepOptions
 from externref_harness.lockstep.targets import bounds_for, native_target
 from externref_harness.native.build import C_BUGS, build_reference, reference_flags
 from externref_harness.search.model_check import CheckOutcome
