@@ -58,6 +58,19 @@ COMPILED_MODULES: tuple[str, ...] = (
     # breadth-first walk per run): the parent's share of every exhaustive step.
     "externref_harness.exhaustive.plan",
     "externref_harness.exhaustive.chain",
+    # The lockstep's step: the host world that drives the runtime, the checking heap, the stack,
+    # the adapter's probe, the native library's calls, and the comparisons and memory checks of
+    # each step (`lockstep.check`, Hypothesis's side, stays interpreted).
+    "externref_harness.impl.memory",
+    "externref_harness.impl.heap",
+    "externref_harness.impl.stack",
+    "externref_harness.impl.world",
+    "externref_harness.impl.adapter",
+    "externref_harness.native.backend",
+    "externref_harness.lockstep.projection",
+    "externref_harness.lockstep.identity",
+    "externref_harness.lockstep.memory_checks",
+    "externref_harness.lockstep.runner",
 )
 #: Modules written in C (`<name>.c` beside where the `.py` would be), built by `setup.py` with the
 #: mypyc modules and used on the same terms: all of them, fresh, or none. Each has a pure-Python

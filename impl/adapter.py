@@ -12,6 +12,8 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from externref_harness.changes import same
 from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
@@ -43,6 +45,7 @@ _FOOTER = struct.Struct("<3Q")
 MAX_PROBED_CHUNK_SLOTS = 1 << 16
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests derive lying adapters from it
 class InProcessImpl:
     """A runtime backend (the Python port by default) driven by the host world in this process, on
     a fresh checking heap per run."""

@@ -44,6 +44,8 @@ import ctypes
 import ctypes.util
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from externref_harness.changes import changed_pages
 
 WORD = 8
@@ -98,6 +100,7 @@ PAGE = 4096
 _WORD_FROM = ctypes.c_uint64.from_address
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no subclass of a builtin exception but Exception's
 class HeapExhausted(MemoryError):
     pass
 

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 
+from mypy_extensions import mypyc_attr
+
 from externref_harness.impl.code import code_layout, map_records
 from externref_harness.model.state import WORD, Config, HostFrame, StackMap, WasmFrame, frame_bytes
 from externref_harness.model.world import lookup_stack_map
@@ -50,6 +52,7 @@ def wasm_frame_bytes(slots: int) -> int:
     return size
 
 
+@mypyc_attr(native_class=False)  # mypyc compiles no subclass of a builtin exception but Exception's
 class StackOverflow(RuntimeError):
     pass
 

@@ -244,13 +244,14 @@ class World(protocol.RuntimeApi[int]):
             if assertion is None:
                 return ("misuse", e.kind, e.detail)
             return ("misuse", e.kind, e.detail, assertion)
-        except SeedErr as e:
-            return ("err", str(e))
-        except Unsupported as e:
+        # Each clause names its exception differently: compiled, one name keeps the first type.
+        except SeedErr as err:
+            return ("err", str(err))
+        except Unsupported as missing:
             # An optional function the runtime does not offer: nothing to compare.
-            return ("unsupported", str(e))
-        except DebugAssertion as e:
-            self.panic = str(e)
+            return ("unsupported", str(missing))
+        except DebugAssertion as fired:
+            self.panic = str(fired)
             return ("panic", self.panic)
 
     def _probe_assertion(self, op: ops.Op, kind: str) -> tuple[str, ...] | None:

@@ -5,10 +5,7 @@ model, the Python port and the C reference, and that it catches what both sides 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -17,9 +14,10 @@ from typing import Any
 
 import jsonschema
 import pytest
+from interpreted import ran_interpreted
 from one_line import assert_one_line_exit_2
 
-from externref_harness import catalogue, compiled
+from externref_harness import catalogue
 from externref_harness.cli.main import main
 from externref_harness.corpus import scenarios
 from externref_harness.corpus import write as corpus
@@ -272,19 +270,11 @@ def _skip_the_pre_gc(
 
 
 def test_a_change_to_the_shared_protocol_fails_the_expectations_though_the_lockstep_agrees(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """The edit is a patched module global, which a compiled model (calling the protocol
     directly) never sees: a compiled process runs this test again in an interpreted child."""
-    if compiled.is_compiled():
-        name = "test_a_change_to_the_shared_protocol_fails_the_expectations_though_the_lockstep_agrees"
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{name}"],
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, compiled.ENV_INTERPRETED: "1"},
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "1 passed" in done.stdout
+    if ran_interpreted(request):
         return
     trace = BY_ID["debug/path-gc-wasm-frame-without-stack-map"]
     assert run_corpus_trace(trace, InProcessImpl()).passed
