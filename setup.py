@@ -39,9 +39,11 @@ def ext_modules() -> list[Any]:
     from mypyc.build import mypycify
 
     sources = {m: compiled["source_path"](m, PACKAGE) for m in compiled["BUILT_MODULES"]}
-    extensions = mypycify(
-        [str(sources[m].relative_to(ROOT)) for m in compiled["COMPILED_MODULES"]], opt_level="3"
-    )
+    def paths(modules: tuple[str, ...]) -> list[str]:
+        return [str(sources[m].relative_to(ROOT)) for m in modules]
+
+    groups = [(paths(modules), name) for name, modules in compiled["COMPILED_GROUPS"].items()]
+    extensions = mypycify(paths(compiled["COMPILED_MODULES"]), opt_level="3", separate=groups)
     extensions += [
         Extension(m, [str(sources[m].relative_to(ROOT))], extra_compile_args=["-O2"])
         for m in compiled["C_MODULES"]
@@ -51,4 +53,5 @@ def ext_modules() -> list[Any]:
     return list(extensions)
 
 
-setup(ext_modules=ext_modules())
+# The groups' extensions (and the C modules) compile side by side.
+setup(ext_modules=ext_modules(), options={"build_ext": {"parallel": 2}})

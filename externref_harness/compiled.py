@@ -32,46 +32,54 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-#: The modules compiled, as `setup.py` passes them to mypyc (all or none: they call each other
-#: directly, so a test that patches one of their globals runs interpreted, see `ENV_INTERPRETED`).
-COMPILED_MODULES: tuple[str, ...] = (
-    "externref_harness.model.state",
-    "externref_harness.model.observation",
-    "externref_harness.model.runtime",
-    "externref_harness.model.host",
-    "externref_harness.model.protocol",
-    "externref_harness.model.world",
-    "externref_harness.model.moves",
-    "externref_harness.model.transition",
-    # The explorer's per-transition path: canonical form, seen-set, path labels, invariants and
-    # the search core that calls them all (`partition`).
-    "externref_harness.explore.symmetry",
-    "externref_harness.explore.fingerprints",
-    "externref_harness.search.path_labels",
-    "externref_harness.specs.invariants",
-    "externref_harness.explore.partition",
-    # The lockstep's per-step diff of heap-sized tuples, and the check of every reply that
-    # crosses from the implementation's process (the gate's parent checks one per step).
-    "externref_harness.changes",
-    "externref_harness.isolation.wire",
-    # `--exhaustive`'s plan (a search over concrete states) and each run's chain of moves (a
-    # breadth-first walk per run): the parent's share of every exhaustive step.
-    "externref_harness.exhaustive.plan",
-    "externref_harness.exhaustive.chain",
+#: The modules compiled, in the groups `setup.py` passes to mypyc: a group is one C extension whose
+#: modules call each other directly; calls between groups go through mypyc's exported tables, a
+#: little slower, so each group holds a hot path whole. The two groups compile in parallel.
+#: All or none are used (they call each other directly, so a test that patches one of their
+#: globals runs interpreted, see `ENV_INTERPRETED`).
+COMPILED_GROUPS: dict[str, tuple[str, ...]] = {
+    "model": (
+        "externref_harness.model.state",
+        "externref_harness.model.observation",
+        "externref_harness.model.runtime",
+        "externref_harness.model.host",
+        "externref_harness.model.protocol",
+        "externref_harness.model.world",
+        "externref_harness.model.moves",
+        "externref_harness.model.transition",
+        # The explorer's per-transition path: canonical form, seen-set, path labels, invariants
+        # and the search core that calls them all (`partition`).
+        "externref_harness.explore.symmetry",
+        "externref_harness.explore.fingerprints",
+        "externref_harness.search.path_labels",
+        "externref_harness.specs.invariants",
+        "externref_harness.explore.partition",
+        # The lockstep's per-step diff of heap-sized tuples, and the check of every reply that
+        # crosses from the implementation's process (the gate's parent checks one per step).
+        "externref_harness.changes",
+        "externref_harness.isolation.wire",
+        # `--exhaustive`'s plan (a search over concrete states) and each run's chain of moves (a
+        # breadth-first walk per run): the parent's share of every exhaustive step.
+        "externref_harness.exhaustive.plan",
+        "externref_harness.exhaustive.chain",
+    ),
     # The lockstep's step: the host world that drives the runtime, the checking heap, the stack,
     # the adapter's probe, the native library's calls, and the comparisons and memory checks of
     # each step (`lockstep.check`, Hypothesis's side, stays interpreted).
-    "externref_harness.impl.memory",
-    "externref_harness.impl.heap",
-    "externref_harness.impl.stack",
-    "externref_harness.impl.world",
-    "externref_harness.impl.adapter",
-    "externref_harness.native.backend",
-    "externref_harness.lockstep.projection",
-    "externref_harness.lockstep.identity",
-    "externref_harness.lockstep.memory_checks",
-    "externref_harness.lockstep.runner",
-)
+    "lockstep": (
+        "externref_harness.impl.memory",
+        "externref_harness.impl.heap",
+        "externref_harness.impl.stack",
+        "externref_harness.impl.world",
+        "externref_harness.impl.adapter",
+        "externref_harness.native.backend",
+        "externref_harness.lockstep.projection",
+        "externref_harness.lockstep.identity",
+        "externref_harness.lockstep.memory_checks",
+        "externref_harness.lockstep.runner",
+    ),
+}
+COMPILED_MODULES: tuple[str, ...] = tuple(m for group in COMPILED_GROUPS.values() for m in group)
 #: Modules written in C (`<name>.c` beside where the `.py` would be), built by `setup.py` with the
 #: mypyc modules and used on the same terms: all of them, fresh, or none. Each has a pure-Python
 #: fallback in the module that imports it, which computes the same thing more slowly.
