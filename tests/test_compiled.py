@@ -7,6 +7,7 @@ process, when `externref_harness` is first imported.
 
 from __future__ import annotations
 
+import ast
 import importlib.machinery
 import json
 import os
@@ -192,3 +193,27 @@ def test_the_packages_of_compiled_modules_import_only_compiled_modules_in_their_
             imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
             imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
             assert imported <= allowed, f"{init} imports {sorted(imported - allowed)}"
+
+
+def _except_names_of_two_types(source: str) -> list[str]:
+    """Functions where one name is bound by `except` clauses of different types: compiled, the
+    name keeps the first clause's type, and binding the second raises `TypeError` at run time."""
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        types: dict[str, set[str]] = {}
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ExceptHandler) and node.name and node.type is not None:
+                types.setdefault(node.name, set()).add(ast.unparse(node.type))
+        found += [f"{fn.name}:{fn.lineno} {name}" for name, kinds in types.items() if len(kinds) > 1]
+    return found
+
+
+def test_no_compiled_function_binds_one_name_to_two_exception_types() -> None:
+    assert _except_names_of_two_types(
+        "def f():\n    try:\n        pass\n    except KeyError as e:\n        pass\n"
+        "    except OSError as e:\n        pass\n"
+    ) == ["f:1 e"], "the scan misses the pattern it is for"
+    sources = {m: compiled.source_path(m).read_text() for m in compiled.COMPILED_MODULES}
+    assert not {m: found for m, source in sources.items() if (found := _except_names_of_two_types(source))}

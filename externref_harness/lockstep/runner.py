@@ -164,8 +164,8 @@ class Lockstep:
         try:
             with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
                 adapter.start(plain_config(cfg))
-        except Timeout as e:
-            self.impl_broken = f"the implementation hung: {e}"
+        except Timeout as hung:
+            self.impl_broken = f"the implementation hung: {hung}"
         except Exception as e:
             self.impl_broken = raised(e, " at start")
 
@@ -383,8 +383,8 @@ class Lockstep:
         try:
             with time_limit(seconds, _StepName(op)):
                 return checked()
-        except Timeout as e:
-            self.impl_broken = f"the implementation hung: {e}"
+        except Timeout as hung:
+            self.impl_broken = f"the implementation hung: {hung}"
             return self.impl_broken, ()
         except Exception as e:  # a check could not read what the implementation handed back
             return f"the lockstep checks raised {type(e).__name__} on the implementation's outcome: {e}", ()
@@ -529,8 +529,8 @@ class Lockstep:
         try:
             with time_limit(deadline.STEP_SECONDS, "the implementation's teardown"):
                 reports = self.adapter.finish()
-        except Timeout as e:
-            return f"the implementation hung: {e}"
+        except Timeout as hung:
+            return f"the implementation hung: {hung}"
         except Exception as e:
             return raised(e, " at teardown")
         if self.gave_up is not None:
