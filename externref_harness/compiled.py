@@ -76,6 +76,7 @@ COMPILED_GROUPS: dict[str, tuple[str, ...]] = {
         "externref_harness.lockstep.projection",
         "externref_harness.lockstep.identity",
         "externref_harness.lockstep.memory_checks",
+        "externref_harness.lockstep.deadline",
         "externref_harness.lockstep.runner",
     ),
 }

@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 #: `ref_count`, `value_ptr.data`, `value_ptr.vtable`: the footer's three words.
 _FOOTER = struct.Struct("<3Q")
+#: The table's first four words, as `TableFacts` names them: `next`, `end`, the chunk's pointer and length.
+_TABLE = struct.Struct("<4Q")
 #: Largest chunk the probe reads (a wild chunk length must not make it read the address space).
 MAX_PROBED_CHUNK_SLOTS = 1 << 16
 
@@ -231,14 +233,22 @@ class InProcessImpl:
             self._vtables[address] = got
         return got
 
+    def _read(self, address: int, size: int) -> bytes | None:
+        """`size` bytes at `address` (None: not all mapped readable). Straight from memory when
+        this run's checking heap maps them all (`CheckingHeap.maps`: the table and chunk of a
+        runtime that allocates through the hooks), else through `/proc/self/mem`
+        (`impl.memory`), which answers None for an address nothing maps."""
+        if size > 0 and self.world.heap.maps(address, size):
+            return ctypes.string_at(address, size)
+        return reader().read(address, size)
+
     def _table_facts(self) -> TableFacts:
-        memory = reader()
-        words = memory.words(self.world.rt.table_address, 4) or (0, 0, 0, 0)
-        next_, end, chunk_ptr, chunk_len = words
+        table = self._read(self.world.rt.table_address, _TABLE.size)
+        next_, end, chunk_ptr, chunk_len = (0, 0, 0, 0) if table is None else _TABLE.unpack(table)
         chunk = b""
         if chunk_len:
             ok = chunk_len <= MAX_PROBED_CHUNK_SLOTS
-            chunk = (memory.read(chunk_ptr, chunk_len * 8) if ok else None) or b""
+            chunk = (self._read(chunk_ptr, chunk_len * 8) if ok else None) or b""
             if len(chunk) != chunk_len * 8:
                 return TableFacts(next_, end, chunk_ptr, chunk_len, None)
         return TableFacts(next_, end, chunk_ptr, chunk_len, chunk)

@@ -239,6 +239,15 @@ class CheckingHeap:
         global allocator must free anything else by its own means ("not mine")."""
         return start in self._blocks
 
+    def maps(self, address: int, size: int) -> bool:
+        """Whether `size` bytes at `address` all lie in one segment of this heap: memory it mapped
+        readable and keeps mapped until `release`, whatever the blocks in it (freed ones are
+        quarantined, never unmapped), so the harness may read it directly."""
+        for seg in self._segments:
+            if seg.base <= address and address + size <= seg.base + seg.size:
+                return True
+        return False
+
     def block_at(self, address: int) -> Block | None:
         """The block whose user bytes or redzone cover `address`."""
         i = bisect.bisect_right(self._starts, address) - 1

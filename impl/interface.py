@@ -10,7 +10,8 @@ crosses, so the same machine can drive an implementation in another process thro
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from externref_harness.impl.heap import Report
@@ -18,16 +19,29 @@ from externref_harness.model.ops import OPS_BY_NAME, Op
 from externref_harness.model.state import Config
 
 PlainOp = tuple[Any, ...]
+
+
+def _fields_getter(names: tuple[str, ...]) -> Callable[[Op], tuple[Any, ...]]:
+    """`op`'s fields `names` as a tuple (`attrgetter` gives a bare value for one name)."""
+    if not names:
+        return lambda op: ()
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda op: (one(op),)
+    return operator.attrgetter(*names)
 #: `(kind, address, access, detail)`, see `impl.heap.Report`.
 PlainReport = tuple[str, int, str, str]
 
-_FIELDS: dict[type[Op], tuple[str, ...]] = {
-    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in OPS_BY_NAME.values()
+#: Each op class's name, and a getter of its fields as a tuple, in declaration order.
+_PLAIN: dict[type[Op], tuple[str, Callable[[Op], tuple[Any, ...]]]] = {
+    cls: (cls.__name__, _fields_getter(tuple(f.name for f in dataclasses.fields(cls))))
+    for cls in OPS_BY_NAME.values()
 }
 
 
 def plain_op(op: Op) -> PlainOp:
-    return (type(op).__name__, *(getattr(op, name) for name in _FIELDS[type(op)]))
+    name, fields = _PLAIN[type(op)]
+    return (name, *fields(op))
 
 
 def op_from_plain(plain: PlainOp) -> Op:

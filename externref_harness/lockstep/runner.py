@@ -161,6 +161,13 @@ class Lockstep:
         #: `step` takes its own from here when it is that op from that very state (the model is
         #: deterministic), instead of stepping the model a second time.
         self._ahead: deque[tuple[ops.Op, State, State, Observation]] = deque()
+        # What an adapter in another process offers besides `ImplAdapter` (`isolation.pool`),
+        # looked up once: a failed `getattr` on an in-process adapter costs an exception per step.
+        self._replay_on: Callable[[list[tuple[PlainOp, int | None]]], Iterator[Replayed]] | None
+        self._replay_on = getattr(adapter, "replay", None)
+        self._submit_one: Callable[[PlainOp, int | None], None] | None = getattr(adapter, "submit", None)
+        self._submit_many: Callable[[list[tuple[PlainOp, int | None]]], None] | None
+        self._submit_many = getattr(adapter, "submit_many", None)
         try:
             with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
                 adapter.start(plain_config(cfg))
@@ -233,7 +240,7 @@ class Lockstep:
         `meanwhile` is called once the replay is sent, before anything comes back: work of the
         caller's that the implementation's process need not wait for (not called when nothing is
         replayed)."""
-        replay = getattr(self.adapter, "replay", None)
+        replay = self._replay_on
         if replay is None or self.impl_broken is not None or self._under_way:
             return []
         planned: list[tuple[ops.Op, State, State, Observation]] = []
@@ -247,13 +254,13 @@ class Lockstep:
         self._ahead.clear()
         if not planned:
             return []
-        in_process = getattr(self.adapter, "submit", None) is None
+        in_process = self._submit_one is None
         checks: list[StepCheck] = []
         try:
             taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _ in planned])
         except Exception as e:  # the implementation's process was gone: its first step's failure
             taken = _raising(e)
-        submit_many = getattr(self.adapter, "submit_many", None)
+        submit_many = self._submit_many
         if following and submit_many is not None and len(planned) == len(steps):
             try:
                 self._under_way.extend(self._send_batch(submit_many, following[0], state, following[1:]))
@@ -319,10 +326,10 @@ class Lockstep:
     def _submit(self, op: ops.Op, before: State, following: Sequence[ops.Op] = ()) -> Submitted:
         """An adapter in another process starts the step now, and runs it while the model steps;
         with `following`, it starts the batch `_batch` cuts from `op` and them."""
-        submit = getattr(self.adapter, "submit", None)
+        submit = self._submit_one
         if submit is None or self.impl_broken is not None:
             return None
-        submit_many = getattr(self.adapter, "submit_many", None)
+        submit_many = self._submit_many
         try:
             if following and submit_many is not None:
                 self._under_way.extend(self._send_batch(submit_many, op, before, following)[1:])
