@@ -80,13 +80,8 @@ def _dev_settings() -> settings:
 def _run_model(bug: str, seed: int) -> tuple[bool, int]:
     from hypothesis.stateful import run_state_machine_as_test
 
-    from externref_harness.search.model_check import (
-        MACHINE_BOUNDS,
-        MACHINE_CONFIG,
-        InvariantViolation,
-        RunStats,
-        make_model_machine,
-    )
+    from externref_harness.search.model_check import InvariantViolation, RunStats, make_model_machine
+    from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 
     stats = RunStats()
     machine = make_model_machine(replace(MACHINE_CONFIG, mutant=bug), MACHINE_BOUNDS, stats)

@@ -15,7 +15,8 @@ from externref_harness.model.moves import flat_moves, next_quiesce_op
 from externref_harness.model.state import State
 from externref_harness.model.transition import step
 from externref_harness.search import profiles  # noqa: F401  (registers the profiles)
-from externref_harness.search.model_check import MACHINE_BOUNDS, MACHINE_CONFIG, run_model_check
+from externref_harness.search.model_check import run_model_check
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 from externref_harness.specs.invariants import first_violation
 
 

@@ -14,14 +14,13 @@ from externref_harness.errors import UsageError
 from externref_harness.model.mutants import model_mutant_names
 from externref_harness.model.state import Build, Config
 from externref_harness.search.model_check import (
-    MACHINE_BOUNDS,
-    MACHINE_CONFIG,
     REQUIRED_EVENTS,
     CheckOutcome,
     RunStats,
     required_events,
     run_model_check,
 )
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 from externref_harness.trace import failures_dir
 
 if TYPE_CHECKING:

@@ -53,7 +53,7 @@ from externref_harness.model.ops import (
     WasmScalar,
 )
 from externref_harness.model.state import SEED_CHUNK_SIZE, Config
-from externref_harness.search.model_check import MACHINE_CONFIG
+from externref_harness.search.space import MACHINE_CONFIG
 
 
 @dataclass(frozen=True)

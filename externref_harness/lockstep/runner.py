@@ -59,7 +59,7 @@ from externref_harness.model.observation import Misuse, Observation, Panic
 from externref_harness.model.runtime import SeedRuntime
 from externref_harness.model.state import Config, State
 from externref_harness.model.transition import step as model_step
-from externref_harness.search.model_check import MACHINE_BOUNDS, MACHINE_CONFIG
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 from externref_harness.specs.invariants import Incremental, first_violation
 
 LOCKSTEP_CONFIG = MACHINE_CONFIG

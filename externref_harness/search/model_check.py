@@ -38,18 +38,8 @@ from externref_harness.report import format_failure, save_and_format
 from externref_harness.search.databases import KeyedDatabase
 from externref_harness.search.path_labels import MISUSE, step_labels
 from externref_harness.search.shrink import model_failure, shrink_model_trace
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 from externref_harness.specs.invariants import first_violation
-
-#: Configuration of the model-only machine: tiny chunk, so every slow path is near.
-MACHINE_CONFIG = Config(chunk_size=2, slots=3, n_globals=2)
-MACHINE_BOUNDS = Bounds(
-    refs=6,
-    handles=4,
-    raws=2,
-    frames=3,
-    args=3,
-    layouts=((8, 8), (16, 8), (0, 1), (1, 1), (24, 8), (32, 16)),
-)
 
 #: Paths every CI run must reach (upstream's fuzzer never reached the stack-map scan).
 REQUIRED_EVENTS = (

@@ -417,7 +417,8 @@ def test_each_config_has_its_own_examples_in_the_database(tmp_path: Path) -> Non
 
     from hypothesis import settings
 
-    from externref_harness.search.model_check import MACHINE_BOUNDS, MACHINE_CONFIG, run_model_check
+    from externref_harness.search.model_check import run_model_check
+    from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 
     db = DirectoryBasedExampleDatabase(str(tmp_path / "db"))
     budget = settings(settings.get_profile("ci"), database=db)  # as `check --database` builds it

@@ -29,7 +29,7 @@ from externref_harness.lockstep.projection import RefMap
 from externref_harness.model import layout, ops
 from externref_harness.model.state import STACK_TOP, Config, HostFrame, WasmFrame, frame_sps
 from externref_harness.model.transition import run
-from externref_harness.search.model_check import MACHINE_BOUNDS
+from externref_harness.search.space import MACHINE_BOUNDS
 
 CFG = Config(chunk_size=2, slots=3, n_globals=2)
 

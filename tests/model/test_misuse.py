@@ -104,7 +104,7 @@ def test_bounds_refuse_impossible_values(kwargs: dict[str, object], message: str
 
 
 def test_bounds_accept_the_drivers_own() -> None:
-    from externref_harness.search.model_check import MACHINE_BOUNDS
+    from externref_harness.search.space import MACHINE_BOUNDS
 
     assert Bounds(**{f: getattr(MACHINE_BOUNDS, f) for f in MACHINE_BOUNDS.__dataclass_fields__})
     assert Bounds(refs=0, handles=0, raws=0, frames=0, args=0, layouts=())

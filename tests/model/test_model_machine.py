@@ -8,13 +8,8 @@ import pytest
 from hypothesis import settings
 
 from externref_harness.model.state import Build
-from externref_harness.search.model_check import (
-    MACHINE_BOUNDS,
-    MACHINE_CONFIG,
-    REQUIRED_EVENTS,
-    make_model_machine,
-    run_model_check,
-)
+from externref_harness.search.model_check import REQUIRED_EVENTS, make_model_machine, run_model_check
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 
 #: The pytest-native form of the machine (Hypothesis shrinks and prints on failure), at the seed's
 #: own CHUNK_SIZE; the tiny-chunk configuration runs below through `run_model_check`.

@@ -11,8 +11,9 @@ from hypothesis import settings
 from externref_harness import trace as tracefile
 from externref_harness.model.mutants import MODEL_MUTANTS, Mutant
 from externref_harness.model.state import Build
-from externref_harness.search.model_check import MACHINE_BOUNDS, MACHINE_CONFIG, run_model_check
+from externref_harness.search.model_check import run_model_check
 from externref_harness.search.shrink import model_failure
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 
 #: (build, mutant) cases over ten seconds: left out of the quick loop (`pytest -m "not slow"`).
 SLOW = {

@@ -16,7 +16,7 @@ from externref_harness.model.moves import Bounds, flat_moves
 from externref_harness.model.mutants import MODEL_MUTANTS
 from externref_harness.model.state import Box, State
 from externref_harness.model.transition import step
-from externref_harness.search.model_check import MACHINE_BOUNDS, MACHINE_CONFIG
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 from externref_harness.specs.invariants import Incremental, first_violation
 
 WIDE = Bounds(refs=24, handles=12, raws=3, frames=2, args=2, observers=True)

@@ -31,7 +31,7 @@ from externref_harness.model.runtime import (
 from externref_harness.model.state import Build, Config, HostFrame, State
 from externref_harness.model.transition import step
 from externref_harness.model.world import Machine
-from externref_harness.search.model_check import MACHINE_BOUNDS, MACHINE_CONFIG
+from externref_harness.search.space import MACHINE_BOUNDS, MACHINE_CONFIG
 from externref_harness.specs import invariants
 from externref_harness.specs.counterexamples import find_counterexample, replay_on_model, scenario_trace
 from externref_harness.specs.mutants import DROP_ROOTS_IN_TABLE
