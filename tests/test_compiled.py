@@ -217,3 +217,49 @@ def test_no_compiled_function_binds_one_name_to_two_exception_types() -> None:
     ) == ["f:1 e"], "the scan misses the pattern it is for"
     sources = {m: compiled.source_path(m).read_text() for m in compiled.COMPILED_MODULES}
     assert not {m: found for m, source in sources.items() if (found := _except_names_of_two_types(source))}
+
+
+#: Third-party packages mypyc may meet in pip's build environment (`pyproject.toml`'s
+#: `[build-system]`), and z3, which the mypy configuration lets be missing.
+_BUILD_ENVIRONMENT = {"mypy_extensions", "typing_extensions", "z3"}
+
+
+def _third_party_closure(modules: tuple[str, ...]) -> dict[str, str]:
+    """Each third-party package imported by `modules` or any module of the package they import
+    (mypyc type-checks them all), with a module that imports it."""
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        module = todo.pop()
+        path = compiled.source_path(module)
+        if path.suffix != ".py" or module in seen:
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "externref_harness":
+                    parts = name.split(".")
+                    for k in range(2, len(parts) + 1):
+                        sub = ".".join(parts[:k])
+                        if compiled.source_path(sub).is_file():
+                            todo.append(sub)
+                        elif (PACKAGE.joinpath(*parts[1:k]) / "__init__.py").is_file():
+                            todo.append(f"{sub}.__init__")
+                elif top not in sys.stdlib_module_names:
+                    found.setdefault(top, module)
+    return found
+
+
+def test_the_compiled_modules_import_only_what_the_build_environment_has() -> None:
+    """pip builds in an environment of setuptools and mypy alone: a compiled module that imports
+    (through any module of the package) Hypothesis, redis or rich fails a fresh install, though a
+    developer's venv, which has them, builds it."""
+    assert "hypothesis" in _third_party_closure(("externref_harness.search.model_check",))
+    found = _third_party_closure(compiled.COMPILED_MODULES)
+    extra = {package: module for package, module in found.items() if package not in _BUILD_ENVIRONMENT}
+    assert not extra, f"imported by compiled modules, missing at build time: {extra}"
