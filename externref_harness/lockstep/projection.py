@@ -9,10 +9,8 @@ internals. What `eq`, `cmp` and `hash` must answer is `identity.py`'s.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from externref_harness.impl import heap as checking_heap
 from externref_harness.impl.interface import StepOutcome
@@ -59,9 +57,10 @@ class RefMap:
 # --- the observable projection -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Projection:
-    """What one step shows, the same plain shape for both sides."""
+class Projection(NamedTuple):
+    """What one step shows, the same plain shape for both sides. A NamedTuple, not a frozen
+    dataclass: two are made every step, and compiled a frozen dataclass's `__init__` costs twice
+    a NamedTuple's (it sets each field through `object.__setattr__`)."""
 
     #: `("ok", value)`, `("err", kind)`, `("misuse", kind)` or `("panic",)`; refs as model ids.
     result: tuple[Any, ...]
@@ -74,7 +73,7 @@ class Projection:
 
 
 #: The projection's fields, in order: what a step's comparison goes through, name by name.
-FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Projection))
+FIELDS: tuple[str, ...] = Projection._fields
 
 
 def _sorted_ids(ids: Iterator[int | str]) -> tuple[int | str, ...]:

@@ -20,10 +20,10 @@ failure (shrinking, the report) and Hypothesis's machine are in `lockstep.check`
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from externref_harness import trace as tracefile
 from externref_harness.errors import UsageError, shown
@@ -93,8 +93,9 @@ DEFAULT_OPTIONS = LockstepOptions()
 # --- one run on both sides -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StepCheck:
+class StepCheck(NamedTuple):
+    """Both sides' verdict on one step (a NamedTuple: one is made every step, see `Projection`)."""
+
     observation: Observation
     #: The model panicked or broke an invariant.
     model_problem: str | None
@@ -447,7 +448,7 @@ class Lockstep:
         impl_view = project_impl(op, outcome, stack, self.refs)
         if outcome.result[0] == "unsupported":
             # The runtime lacks this optional function (`num_filled_in_bump_chunk`, `elements`).
-            impl_view = dataclasses.replace(impl_view, result=model_view.result)
+            impl_view = impl_view._replace(result=model_view.result)
         problems += [
             Problem(
                 f"observed.{name}", f"model {getattr(model_view, name)!r}, impl {getattr(impl_view, name)!r}"
