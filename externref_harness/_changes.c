@@ -39,6 +39,10 @@ static Py_ssize_t
 walk(PyObject *old, PyObject *new, PyObject *out)
 {
     Py_ssize_t found = 0;
+    if (old == new) {
+        /* One sequence (a tuple a step left alone is the very one): no position differs. */
+        return found;
+    }
     for (Py_ssize_t i = 0;; i++) {
         Py_ssize_t common = Py_MIN(PySequence_Fast_GET_SIZE(old), PySequence_Fast_GET_SIZE(new));
         PyObject **a = PySequence_Fast_ITEMS(old);

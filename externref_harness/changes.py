@@ -80,6 +80,8 @@ def python_changed_positions(old: Sequence[Any], new: Sequence[Any]) -> list[int
 
 
 def _changed(old: tuple[Any, ...], new: tuple[Any, ...]) -> list[int]:
+    if old is new:
+        return []  # one tuple (a step left it alone): nothing differs, as the C loop says
     common = min(len(old), len(new))
     out: list[int] = []
     for i in range(common):
