@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 #: `ref_count`, `value_ptr.data`, `value_ptr.vtable`: the footer's three words.
 _FOOTER = struct.Struct("<3Q")
+#: A vtable's `size` and `align` words, after its `drop_in_place` pointer.
+_VTABLE = struct.Struct("<2Q")
 #: The table's first four words, as `TableFacts` names them: `next`, `end`, the chunk's pointer and length.
 _TABLE = struct.Struct("<4Q")
 #: Largest chunk the probe reads (a wild chunk length must not make it read the address space).
@@ -176,8 +178,9 @@ class InProcessImpl:
 
     def _ref_facts(self, i: int, footer: int, value: int) -> RefFacts:
         """One allocation's facts. Its block is looked up once (blocks never move: freed ones are
-        quarantined); the footer words of a live block are read directly, and a vtable's size and
-        align once per vtable address (vtables are static)."""
+        quarantined); the footer words of a live block are read as `_read` reads (directly where
+        the checking heap maps them), and a vtable's size and align once per vtable address
+        (vtables are static)."""
         heap = self.world.heap
         if i == len(self._blocks):
             self._blocks.append(heap.block_at(value if self.world.opaque else footer))
@@ -191,14 +194,9 @@ class InProcessImpl:
             return RefFacts(footer, value, heap.status(footer), 0, 0, 0, 0, 0, 0, 0, 0)
         status = LIVE if block.live else heap.status(footer)
         count = data = vtab = size = align = 0
-        if status == LIVE and footer + _FOOTER.size <= block.start + block.size:
-            count, data, vtab = _FOOTER.unpack(
-                ctypes.string_at(footer + layout.REF_COUNT_OFFSET, _FOOTER.size)
-            )
-            size, align = self._vtable(vtab)
-        elif status == LIVE:
-            words = reader().words(footer + layout.REF_COUNT_OFFSET, 3) or (0, 0, 0)
-            count, data, vtab = words[0], words[1], words[2]
+        if status == LIVE:
+            words = self._read(footer + layout.REF_COUNT_OFFSET, _FOOTER.size)
+            count, data, vtab = (0, 0, 0) if words is None else _FOOTER.unpack(words)
             size, align = self._vtable(vtab)
         facts = RefFacts(
             footer, value, status, count, data, vtab, size, align, block.start, block.size, block.align
@@ -228,8 +226,8 @@ class InProcessImpl:
         """`size` and `align` of the vtable at `address` ((0, 0): not readable)."""
         got = self._vtables.get(address)
         if got is None:
-            words = reader().words(address + 8, 2) if address else None
-            got = (0, 0) if words is None else (words[0], words[1])
+            words = self._read(address + 8, _VTABLE.size) if address else None
+            got = (0, 0) if words is None else _VTABLE.unpack(words)
             self._vtables[address] = got
         return got
 
