@@ -40,9 +40,10 @@ from typing import Any
 
 from externref_harness.impl.interface import PlainOp, PlainReport, Probe, RefFacts, Replayed, StepOutcome
 from externref_harness.isolation.batch import ends_batch
+from externref_harness.isolation.fast_wire import conform_reply, split_ok, write_plain
 from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
-from externref_harness.isolation.wire import FrameReader, WireError, conform, tagged, write_frame
+from externref_harness.isolation.wire import FrameReader, WireError, conform, decode, tagged, write_frame
 
 __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
 
@@ -147,18 +148,20 @@ class Child:
         self._refuse_closed(request[0])
         self.ensure_ready()
         try:
-            write_frame(self._req_w, request)
+            write_plain(self._req_w, request)
         except OSError:
             raise self._died(f"during {request[0]}") from None
 
-    def receive(self, timeout: float, during: str) -> Any:
-        return self._receive(timeout, during)
+    def receive(self, timeout: float, during: str, encoded: bool = False) -> Any:
+        """The value of the next response frame. `encoded`: an `ok` frame's value may come back
+        not yet decoded (`fast_wire.Encoded`), for `fast_wire.conform_reply` to decode as its type."""
+        return self._receive(timeout, during, encoded)
 
     def _refuse_closed(self, during: str) -> None:
         if self.closed:
             raise ImplementationCrash(f"the implementation's process was closed after it failed ({during})")
 
-    def _receive(self, timeout: float, during: str) -> Any:
+    def _receive(self, timeout: float, during: str, encoded: bool = False) -> Any:
         """The value of the next response frame, within `timeout` and the pool's budget."""
         self._refuse_closed(during)
         started = time.monotonic()
@@ -169,7 +172,7 @@ class Child:
             limit = self.deadline
         reads = self._replies.reads
         try:
-            frame = self._replies.read(limit)
+            body = self._replies.read_body(limit)
         except TimeoutError:
             self.kill()
             if budget_first:
@@ -194,6 +197,18 @@ class Child:
                 f"the implementation printed more than {OUTPUT_LIMIT >> 20} MB during {during} (a flood); "
                 f"its process was killed{self._process.capture.printed()}"
             )
+        if encoded:
+            ok = split_ok(body)
+            if ok is not None:
+                return ok
+        try:
+            frame = decode(body)
+        except WireError as e:
+            self.kill()
+            raise ImplementationCrash(
+                f"the implementation's process broke the protocol during {during}: {e}; "
+                f"its process was killed{self._process.capture.printed()}"
+            ) from None
         try:
             status, value = tagged(frame, "response")
             if status == "error":
@@ -480,7 +495,7 @@ class ChildProcessImpl:
         assert not self._replaying, "a batch's replies come after the replay sent before it"
         try:
             self._started(self._child)
-            reply = self._child.receive(self._timeout(), "step")
+            reply = self._child.receive(self._timeout(), "step", encoded=True)
             checked: StepReply = self._checked(reply, StepReply, "step reply")
             outcome, probe, n_refs, changed = checked
             # The child ends a batch at a step that panics: the rest were never run.
@@ -512,12 +527,12 @@ class ChildProcessImpl:
         try:
             self._started(child)
             for _ in range(n):
-                reply = child.receive(self._timeout(), "replay")
+                reply = child.receive(self._timeout(), "replay", encoded=True)
                 got: Replayed = self._checked(reply, Replayed, "replay reply")
                 yield got
                 if ends_batch(got.outcome):
                     break
-            reply = child.receive(self._timeout(), "replay")
+            reply = child.receive(self._timeout(), "replay", encoded=True)
             probe, n_refs, changed = self._checked(reply, ProbeReply, "replay's probe")
             self._take_probe(probe, n_refs, changed)
             self._replaying = False
@@ -552,7 +567,7 @@ class ChildProcessImpl:
         the implementation's failure; a probe's ref count and ref positions checked too."""
         assert self._child is not None
         try:
-            value = conform(reply, expected, where)
+            value = conform_reply(reply, expected, where)
             if expected is not Replayed:
                 n_refs, changed = value[-2], value[-1]
                 if not 0 <= n_refs <= MAX_REFS:

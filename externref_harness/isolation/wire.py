@@ -15,12 +15,15 @@ reported at that step.
 
 Plain data maps onto JSON as: None, bools, ints, floats and strings as themselves; tuples (and
 lists) as arrays, made tuples again by `conform` or `plain`; a dict with string keys as an object;
-`bytes` as `{"__bytes__": HEX}`. Floats must be finite (NaN and infinities are refused); ints are
-bounded to 64 bits and strings to `MAX_TEXT`, checked as the value is conformed.
+`bytes` as a base64 string (standard alphabet, padded), made bytes again where the declared type
+is `bytes`. Floats must be finite (NaN and infinities are refused); ints are bounded to 64 bits
+and strings to `MAX_TEXT`, checked as the value is conformed. The parent decodes the replies of
+steps and replays straight into their types (`isolation.typed`), with this module's rules.
 """
 
 from __future__ import annotations
 
+import binascii
 import functools
 import json
 import os
@@ -51,7 +54,11 @@ class WireError(Exception):
 
 
 def write_frame(fd: int, value: Any) -> None:
-    data = encode(value)
+    write_encoded(fd, encode(value))
+
+
+def write_encoded(fd: int, data: bytes) -> None:
+    """A frame of `data`, the JSON of a value (`encode`'s, or `fast_wire.encode_plain`'s)."""
     frame = HEADER.pack(len(data)) + data
     view = memoryview(frame)
     # Counted, not `while view:`: compiled (mypyc), a memoryview's truth is not its length.
@@ -145,10 +152,14 @@ class FrameReader:
 
     def read(self, deadline: float | None = None) -> Any:
         """The next frame, decoded (`read_frame`'s value and errors)."""
+        return decode(self.read_body(deadline))
+
+    def read_body(self, deadline: float | None = None) -> bytes:
+        """The next frame's body, its size checked, not decoded (`read`'s errors but decoding's)."""
         (size,) = HEADER.unpack(self._take(HEADER.size, deadline, first=True))
         if size > MAX_FRAME:
             raise WireError(f"a frame header announced {size:,} bytes, more than the {MAX_FRAME:,} allowed")
-        return decode(self._take(size, deadline, first=False))
+        return self._take(size, deadline, first=False)
 
     def _take(self, size: int, deadline: float | None, first: bool) -> bytes:
         got = len(self._data) - self._at
@@ -174,13 +185,9 @@ class FrameReader:
 
 # --- plain data <-> JSON -------------------------------------------------------------------------------
 
-#: The one JSON object key that is not a dict's: `{"__bytes__": HEX}` is a `bytes`.
-BYTES_KEY = "__bytes__"
-
-
 def _default(value: Any) -> Any:
     if isinstance(value, bytes):
-        return {BYTES_KEY: value.hex()}
+        return binascii.b2a_base64(value, newline=False).decode("ascii")
     raise TypeError(f"not plain data: {type(value).__name__}")
 
 
@@ -190,18 +197,6 @@ def encode(value: Any) -> bytes:
         return _ENCODER.encode(value).encode()
     except (TypeError, ValueError) as e:
         raise WireError(str(e)) from None
-
-
-def _object(pairs: dict[str, Any]) -> Any:
-    if len(pairs) == 1 and BYTES_KEY in pairs:
-        text = pairs[BYTES_KEY]
-        if not isinstance(text, str):
-            raise WireError("tagged bytes that are not a hex string")
-        try:
-            return bytes.fromhex(text)
-        except ValueError:
-            raise WireError("tagged bytes that are not hex") from None
-    return pairs
 
 
 def _refuse_constant(text: str) -> Any:
@@ -220,7 +215,7 @@ def decode(data: bytes) -> Any:
 
 #: Made once: `json.dumps` and `json.loads` with options build a new encoder or decoder per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default)
-_DECODER = json.JSONDecoder(object_hook=_object, parse_constant=_refuse_constant)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def plain(value: Any, depth: int = 0) -> Any:
@@ -327,6 +322,17 @@ def _str(value: Any) -> Any:
     return value
 
 
+def _bytes(value: Any) -> Any:
+    if type(value) is bytes:  # a value conformed again, not one read from the wire
+        return value
+    if type(value) is not str:
+        raise _Mismatch(f"expected bytes as base64, got {_kind(value)}")
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise _Mismatch("bytes that are not base64") from None
+
+
 def _number(value: Any) -> Any:
     if type(value) is not int and type(value) is not float:
         raise _Mismatch(f"expected a number, got {_kind(value)}")
@@ -371,8 +377,10 @@ def _checker(expected: Any) -> Check:
         return _int
     if expected is str:
         return _str
-    if expected in (bool, bytes):
-        return _exact(expected)
+    if expected is bool:
+        return _exact(bool)
+    if expected is bytes:
+        return _bytes
     origin = typing.get_origin(expected)
     args = typing.get_args(expected)
     if origin in (Union, types.UnionType):
