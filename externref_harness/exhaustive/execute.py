@@ -40,6 +40,7 @@ from externref_harness.lockstep.runner import (
     AdapterFactory,
     Lockstep,
     LockstepOptions,
+    ModelSteps,
     StepCheck,
 )
 from externref_harness.model.ops import Op
@@ -131,6 +132,8 @@ def run_exhaustive(
     coverage = Coverage(plan)
     planner = _Planner(plan, coverage)
     torn_down: set[int] = set()
+    #: The model's side of the tree paths' replayed steps, computed once for all runs.
+    kept = ModelSteps(plan.search.cfg)
     next_report = started + every
     #: The run planned while the one under way ran (at most one; None: there is no other).
     ahead: list[_Run | None] = []
@@ -146,7 +149,7 @@ def run_exhaustive(
                 progress(_snapshot(stats, coverage, started))
             ahead.clear()
             try:
-                _one_run(plan, current, adapter_factory, options, coverage, torn_down, stats,
+                _one_run(plan, current, adapter_factory, options, coverage, torn_down, kept, stats,
                          lambda: ahead.append(planner.next()))
             except BaseException:
                 for run in ahead:
@@ -233,6 +236,7 @@ def _one_run(
     options: LockstepOptions,
     coverage: Coverage,
     torn_down: set[int],
+    kept: ModelSteps,
     stats: Stats,
     meanwhile: Callable[[], object],
 ) -> None:
@@ -241,7 +245,7 @@ def _one_run(
     once while the implementation's process runs the first of them."""
     search = plan.search
     run_ops = planned.ops
-    run = Lockstep(search.cfg, adapter_factory(), options=options)
+    run = Lockstep(search.cfg, adapter_factory(), options=options, model_steps=kept)
     steps: list[Op] = []
     passed = 0
     stats.runs += 1

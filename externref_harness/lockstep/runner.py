@@ -125,6 +125,37 @@ def raised(e: Exception, at: str = "") -> str:
     return f"the implementation raised {type(e).__name__}{at}: {e}"
 
 
+class ModelSteps:
+    """The model's side of replayed steps, kept across the runs of one search (`Lockstep.replay`).
+
+    The exhaustive runs each replay a tree path from the root, and the paths share their
+    prefixes, so the model would step the same state by the same op, and check the same
+    invariants, once per run that passes there. The model is a pure function: a step taken before
+    from the very same state object is looked up, not computed again, with its invariants (they
+    held, or it would not be kept). Lookups are by identity, so each run starts from the one
+    `root` object and follows the kept objects; the kept states keep their ids from being reused.
+    The implementation's side of each replayed step is run and checked as always."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.root = State.initial(cfg)
+        self._steps: dict[tuple[int, ops.Op], tuple[State, State, Observation]] = {}
+        #: Replayed model steps looked up rather than computed (for the search's statistics).
+        self.hits = 0
+
+    def get(self, state: State, op: ops.Op) -> tuple[State, Observation] | None:
+        kept = self._steps.get((id(state), op))
+        if kept is None:
+            return None
+        assert kept[0] is state, "a kept state keeps its id"
+        self.hits += 1
+        return kept[1], kept[2]
+
+    def keep(self, state: State, op: ops.Op, after: State, obs: Observation) -> None:
+        """A replayed step whose model side passed (no panic, no misuse, its invariants held)."""
+        self._steps[(id(state), op)] = (state, after, obs)
+
+
 class Lockstep:
     """One run: the model's state and an implementation, stepped together."""
 
@@ -134,9 +165,13 @@ class Lockstep:
         adapter: ImplAdapter,
         check_invariants: bool = True,
         options: LockstepOptions = DEFAULT_OPTIONS,
+        model_steps: ModelSteps | None = None,
     ) -> None:
         self.cfg = cfg
-        self.state = State.initial(cfg)
+        assert model_steps is None or model_steps.cfg == cfg, "the kept steps are of another config"
+        self.state = State.initial(cfg) if model_steps is None else model_steps.root
+        #: The model's replayed steps kept across runs (None: each computed and checked).
+        self._model_steps = model_steps
         self.adapter = adapter
         self.refs = RefMap()
         self.check_invariants = check_invariants
@@ -224,7 +259,8 @@ class Lockstep:
         The exhaustive runs start each run at the root and follow the plan's tree path to the class
         whose moves they cover next; every step of that path was executed and checked, every
         check included, by an earlier run (`exhaustive.execute`). What a replayed step is held to:
-        the model's side as `step`'s (its panic, its invariants); the implementation's outcome as
+        the model's side as `step`'s (its panic, its invariants; or, for a step the model took
+        before from the very same state, looked up: `ModelSteps`); the implementation's outcome as
         `step`'s (`_outcome_problems`: allocations, the new refs' words, the projection of its
         result, dropped values, canary and faults, the drop order, the checking heap's reports).
         Not per replayed step: the identity checks of `Eq` and `Cmp` (they read a probe), and the
@@ -244,13 +280,18 @@ class Lockstep:
         replay = self._replay_on
         if replay is None or self.impl_broken is not None or self._under_way:
             return []
-        planned: list[tuple[ops.Op, State, State, Observation]] = []
+        planned: list[tuple[ops.Op, State, State, Observation, bool]] = []
         state = self.state
+        kept = self._model_steps
         for op in steps:
-            after, obs = model_step(self.cfg, state, op)
-            if isinstance(obs.result, (Panic, Misuse)):
-                break
-            planned.append((op, state, after, obs))
+            known = None if kept is None else kept.get(state, op)
+            if known is None:
+                after, obs = model_step(self.cfg, state, op)
+                if isinstance(obs.result, (Panic, Misuse)):
+                    break
+            else:
+                after, obs = known
+            planned.append((op, state, after, obs, known is not None))
             state = after
         self._ahead.clear()
         if not planned:
@@ -258,7 +299,7 @@ class Lockstep:
         in_process = self._submit_one is None
         checks: list[StepCheck] = []
         try:
-            taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _ in planned])
+            taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _, _ in planned])
         except Exception as e:  # the implementation's process was gone: its first step's failure
             taken = _raising(e)
         submit_many = self._submit_many
@@ -269,9 +310,11 @@ class Lockstep:
                 self._ahead.clear()  # the replay's first frame says what became of the process
         if meanwhile is not None:
             meanwhile()
-        for i, (op, before, after, obs) in enumerate(planned):
+        for i, (op, before, after, obs, looked_up) in enumerate(planned):
             self.state = after
-            model_problem = self._model_problem(before, obs)
+            model_problem = None if looked_up else self._model_problem(before, obs)
+            if kept is not None and not looked_up and model_problem is None:
+                kept.keep(before, op, after, obs)
             last = i == len(planned) - 1
             problem, problems = self._replayed(op, obs, before, taken, in_process, last)
             checks.append(StepCheck(obs, model_problem, problem, problems))

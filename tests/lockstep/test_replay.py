@@ -14,7 +14,7 @@ import pytest
 from crashing import crashing_gc_library, load_misbehaving
 
 from externref_harness.isolation.pool import ChildPool
-from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, AdapterFactory, Lockstep, drive
+from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, AdapterFactory, Lockstep, ModelSteps, drive
 from externref_harness.lockstep.targets import native_target
 from externref_harness.model import ops
 from externref_harness.model.observation import Misuse
@@ -83,6 +83,38 @@ def test_a_replay_reaches_the_models_state_and_the_run_goes_on(adapters: Adapter
         assert run.finish() is None
     finally:
         run.close()
+
+
+def test_the_model_steps_of_a_replay_are_kept_and_the_implementation_still_checked() -> None:
+    """`ModelSteps`: the second replay of a path looks its model steps up (the same state
+    objects), the states are the model's, and a seeded bug in the implementation is still caught
+    on a replayed step whose model side was looked up."""
+    kept = ModelSteps(CFG)
+    first = Lockstep(CFG, native_target(build_reference("debug")).adapter_factory(), model_steps=kept)
+    try:
+        assert first.state is kept.root
+        assert [c.impl_problem for c in first.replay(TRACE)] == [None] * len(TRACE)
+        assert kept.hits == 0 and first.state == _model_state(TRACE)
+    finally:
+        first.close()
+    broken = native_target(build_reference("debug", bug="c-early-free")).adapter_factory()
+    second = Lockstep(CFG, broken, model_steps=kept)
+    try:
+        checks = second.replay(TRACE)
+        assert kept.hits == len(TRACE)  # every step's model side, looked up before it is sent
+        assert len(checks) == 4 and [c.impl_problem for c in checks[:3]] == [None] * 3
+        assert checks[3].impl_problem is not None and "[observed.result]" in checks[3].impl_problem
+    finally:
+        second.close()
+    third = Lockstep(CFG, native_target(build_reference("debug")).adapter_factory(), model_steps=kept)
+    try:
+        third.replay(TRACE)
+        assert kept.hits == 2 * len(TRACE)
+        assert third.state == _model_state(TRACE)
+        # The run goes on from a looked-up state: its invariants are checked again in full.
+        assert third.step(ops.Drop(0)).model_problem is None
+    finally:
+        third.close()
 
 
 @pytest.mark.parametrize("adapters", WHERE, indirect=True)
