@@ -94,20 +94,57 @@ class WalkedFrame:
         )
 
 
+@mypyc_attr(acyclic=True)
+class HeapView:
+    """A step's heap: the state's tuple, read in place until the first write thaws it into a list.
+
+    Every write goes through `writable` and replaces a `Box` with a new object, so a heap that was
+    written is never, position for position, the very objects of the state's: `frozen` makes it a
+    tuple without comparing. Its own object (not the runtime's attributes) so that a closure can
+    read the heap as it is during a step (the host's `is_freed`) without a reference cycle."""
+
+    __slots__ = ("base", "thawed")
+
+    def __init__(self, base: tuple[Box, ...]) -> None:
+        self.base = base
+        self.thawed: list[Box] | None = None
+
+    def box(self, r: int) -> Box:
+        thawed = self.thawed
+        return self.base[r] if thawed is None else thawed[r]
+
+    def __len__(self) -> int:
+        thawed = self.thawed
+        return len(self.base) if thawed is None else len(thawed)
+
+    def writable(self) -> list[Box]:
+        thawed = self.thawed
+        if thawed is None:
+            thawed = self.thawed = list(self.base)
+        return thawed
+
+    def frozen(self) -> tuple[Box, ...]:
+        """The heap after the step: the state's own tuple if nothing was written."""
+        thawed = self.thawed
+        return self.base if thawed is None else tuple(thawed)
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class SeedRuntime(RuntimeApi[int]):
     """Mutable working copy of the runtime half of a `State`.
 
     Copy-on-write: the bump chunk, the two root sets and the faults are thawed into a list or a set
     the first time the step reads them (the properties below), and `frozen_table` gives the
-    thawed table back untouched when the step left it alone. The heap is thawed eagerly: most
-    steps touch it, and a list copy is cheaper than the first-access check.
+    thawed table back untouched when the step left it alone. The heap is read in place
+    (`heap_view.box`) and thawed at its first write (`HeapView.writable`): a step that only
+    reads it (a count asked, a GC that frees nothing) copies nothing, and at 4,096 refs each copy,
+    comparison and release of the heap is a pass over 4,096 pointers.
     """
 
     def __init__(self, cfg: Config, state: State) -> None:
         self.cfg = cfg
         self._thawed = state
-        self.heap: list[Box] = list(state.heap)
+        self.heap_view = HeapView(state.heap)
         t = self._thawed_table = state.table
         self.next = t.next
         self._stack_canary = t.stack_canary
@@ -216,15 +253,16 @@ class SeedRuntime(RuntimeApi[int]):
             raise DebugAssertion("round_up_to_align(..).unwrap() on None in layout_for")
         if self.cfg.debug and not layout.layout_is_valid(lay.alloc_size, lay.alloc_align):
             raise DebugAssertion("Layout::from_size_align(alloc_size, alloc_align).is_ok()")
-        self.heap.append(Box(size=size, align=align))
-        return len(self.heap) - 1
+        heap = self.heap_view.writable()
+        heap.append(Box(size=size, align=align))
+        return len(heap) - 1
 
     def increment_ref_count(self, r: int) -> None:
-        box = self.heap[r]
+        box = self.heap_view.box(r)
         if box.freed:
             self.fault(FAULT_USE_AFTER_FREE, f"ref_count of freed ref {r} incremented")
             return
-        self.heap[r] = Box(box.size, box.align, box.ref_count + 1, False)
+        self.heap_view.writable()[r] = Box(box.size, box.align, box.ref_count + 1, False)
 
     def clone(self, r: int) -> int:
         self.increment_ref_count(r)
@@ -232,19 +270,19 @@ class SeedRuntime(RuntimeApi[int]):
 
     def drop(self, r: int) -> None:
         """`Drop for VMExternRef`: `fetch_sub(1) == 1` runs `drop_and_dealloc`."""
-        box = self.heap[r]
+        box = self.heap_view.box(r)
         if box.freed:
             self.fault(FAULT_DOUBLE_DROP, f"ref_count of freed ref {r} decremented")
             return
         if box.ref_count != 1:
-            self.heap[r] = Box(box.size, box.align, box.ref_count - 1, False)
+            self.heap_view.writable()[r] = Box(box.size, box.align, box.ref_count - 1, False)
             return
         # `drop_and_dealloc`: the value is dropped, then the allocation freed.
-        self.heap[r] = Box(box.size, box.align, 0, True)
+        self.heap_view.writable()[r] = Box(box.size, box.align, 0, True)
         self.dropped.append(r)
 
     def strong_count(self, r: int) -> int:
-        return self.heap[r].ref_count
+        return self.heap_view.box(r).ref_count
 
     def clone_from_raw(self, word: Slot) -> int | None:
         """`VMExternRef::clone_from_raw` on a word read from memory: bumps whatever it points at."""

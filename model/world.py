@@ -119,10 +119,10 @@ class Machine(SeedRuntime):
     @property
     def host(self) -> HostBookkeeping:
         if self._host is None:
-            heap = self.heap
+            heap = self.heap_view
             # A closure over the heap, not a bound method: no cycle for a disabled collector.
             self._host = HostBookkeeping(
-                list(self._thawed.handles), list(self._thawed.raws), lambda r: heap[r].freed
+                list(self._thawed.handles), list(self._thawed.raws), lambda r: heap.box(r).freed
             )
         return self._host
 
@@ -153,7 +153,7 @@ class Machine(SeedRuntime):
         frames = s.frames if self._frames is None else _same(self._frames, s.frames)
         faults = self.faults_if_touched()
         return State(
-            s.heap if same(self.heap, s.heap) else tuple(self.heap),
+            self.heap_view.frozen(),
             self.frozen_table(),
             handles,
             raws,
@@ -273,7 +273,7 @@ class Machine(SeedRuntime):
 
     def op_Deref(self, op: ops.Deref) -> Result:
         r = self.host.handle(op.h)
-        box = self.heap[r]
+        box = self.heap_view.box(r)
         if box.freed:
             self.fault(FAULT_USE_AFTER_FREE, f"deref of freed ref {r}")
         return Ok((r, box.size, box.align))
