@@ -184,11 +184,7 @@ class Child:
         except (EOFError, OSError):
             raise self._died(f"during {during}") from None
         except WireError as e:
-            self.kill()
-            raise ImplementationCrash(
-                f"the implementation's process broke the protocol during {during}: {e}; "
-                f"its process was killed{self._process.capture.printed()}"
-            ) from None
+            raise self._broke(during, e) from None
         # The child's output is measured after each read from its pipe, not for each frame that
         # one read took: a flood shows at the next read.
         if self._replies.reads != reads and self._process.capture.flooded():
@@ -204,11 +200,7 @@ class Child:
         try:
             frame = decode(body)
         except WireError as e:
-            self.kill()
-            raise ImplementationCrash(
-                f"the implementation's process broke the protocol during {during}: {e}; "
-                f"its process was killed{self._process.capture.printed()}"
-            ) from None
+            raise self._broke(during, e) from None
         try:
             status, value = tagged(frame, "response")
             if status == "error":
@@ -227,6 +219,14 @@ class Child:
                 f"a {str(status)[:40]!r} frame"
             )
         return value
+
+    def _broke(self, during: str, e: WireError) -> ImplementationCrash:
+        """A frame that is not one (partial, oversized, no JSON): the child is killed."""
+        self.kill()
+        return ImplementationCrash(
+            f"the implementation's process broke the protocol during {during}: {e}; "
+            f"its process was killed{self._process.capture.printed()}"
+        )
 
     def _died(self, during: str) -> ImplementationCrash:
         try:
