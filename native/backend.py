@@ -101,6 +101,16 @@ class NativeRuntime:
                 f"({list(desc.capabilities)}): the host world would not register its modules as it expects"
             )
         self._xr_stack = XrStack(None, self._trace, LookupFn() if self._own_registry else self._lookup)
+        self._xr_stack_ref = ctypes.byref(self._xr_stack)
+        # Out-parameters, made once (a pair of ctypes objects and their `byref`s per call cost more
+        # than the call): each is read right after the call that wrote it, and the hooks the
+        # library calls back into never call the library, so no other call writes it meanwhile.
+        self._int_out, self._flag_out = ctypes.c_int(), ctypes.c_int()
+        self._size_out, self._u64_out = ctypes.c_size_t(), ctypes.c_uint64()
+        self._ref_out, self._word_out = XrRef(), ctypes.c_void_p()
+        self._int_ref, self._flag_ref = ctypes.byref(self._int_out), ctypes.byref(self._flag_out)
+        self._size_ref, self._u64_ref = ctypes.byref(self._size_out), ctypes.byref(self._u64_out)
+        self._ref_ref, self._word_ref = ctypes.byref(self._ref_out), ctypes.byref(self._word_out)
         self._installed = True
         self._cdll.xr_set_hooks(ctypes.byref(self._hooks))
         table = ctypes.c_void_p()
@@ -119,6 +129,13 @@ class NativeRuntime:
             self.close()
             raise ContractViolation("xr_table_new gave a NULL table")
         self._table: int | None = table.value
+
+    @staticmethod
+    def _out(cell: Any, ref: Any) -> Any:
+        """`ref`, its cell zeroed first: a library that answers without writing an out-parameter
+        is read as 0, as a fresh cell read, never as an earlier call's answer."""
+        cell.value = 0
+        return ref
 
     # --- the hooks ------------------------------------------------------------------------------
 
@@ -194,9 +211,8 @@ class NativeRuntime:
         must be the footer of a live block it allocated through the hooks). Under `opaque-refs`
         the word is a handle and only NULL is invalid here: the harness never reads at it, and
         whether it names the right box is judged by behaviour (`refs.distinct`, the drops)."""
-        out = XrRef()
-        self._check(name, getattr(self._cdll, name)(*args, ctypes.byref(out)))
-        r = int(out.value)
+        self._check(name, getattr(self._cdll, name)(*args, self._out(self._ref_out, self._ref_ref)))
+        r = int(self._ref_out.value)
         if r == 0:
             raise ContractViolation(f"{name} returned an invalid ref: NULL")
         if self._opaque:
@@ -210,9 +226,8 @@ class NativeRuntime:
         return r
 
     def _word(self, name: str, *args: Any) -> int:
-        out = ctypes.c_void_p()
-        self._check(name, getattr(self._cdll, name)(*args, ctypes.byref(out)))
-        return int(out.value or 0)
+        self._check(name, getattr(self._cdll, name)(*args, self._out(self._word_out, self._word_ref)))
+        return int(self._word_out.value or 0)
 
     @property
     def table(self) -> int:
@@ -248,28 +263,27 @@ class NativeRuntime:
         return self._ref("xr_ref_clone_from_raw", raw)
 
     def strong_count(self, r: int) -> int | None:
-        out = ctypes.c_size_t()
-        self._check("xr_ref_strong_count", self._cdll.xr_ref_strong_count(r, ctypes.byref(out)))
-        return int(out.value)
+        status = self._cdll.xr_ref_strong_count(r, self._out(self._size_out, self._size_ref))
+        self._check("xr_ref_strong_count", status)
+        return int(self._size_out.value)
 
     def eq(self, a: int, b: int) -> bool:
-        out = ctypes.c_int()
-        self._check("xr_ref_eq", self._cdll.xr_ref_eq(a, b, ctypes.byref(out)))
-        if out.value not in (0, 1):
-            raise ContractViolation(f"xr_ref_eq answered {out.value}, not 0 or 1")
-        return bool(out.value)
+        self._check("xr_ref_eq", self._cdll.xr_ref_eq(a, b, self._out(self._int_out, self._int_ref)))
+        answer = self._int_out.value
+        if answer not in (0, 1):
+            raise ContractViolation(f"xr_ref_eq answered {answer}, not 0 or 1")
+        return bool(answer)
 
     def hash(self, r: int) -> int:
-        out = ctypes.c_uint64()
-        self._check("xr_ref_hash", self._cdll.xr_ref_hash(r, ctypes.byref(out)))
-        return int(out.value)
+        self._check("xr_ref_hash", self._cdll.xr_ref_hash(r, self._out(self._u64_out, self._u64_ref)))
+        return int(self._u64_out.value)
 
     def cmp(self, a: int, b: int) -> int:
-        out = ctypes.c_int()
-        self._check("xr_ref_cmp", self._cdll.xr_ref_cmp(a, b, ctypes.byref(out)))
-        if out.value not in (-1, 0, 1):
-            raise ContractViolation(f"xr_ref_cmp answered {out.value}, not -1, 0 or 1")
-        return int(out.value)
+        self._check("xr_ref_cmp", self._cdll.xr_ref_cmp(a, b, self._out(self._int_out, self._int_ref)))
+        answer = self._int_out.value
+        if answer not in (-1, 0, 1):
+            raise ContractViolation(f"xr_ref_cmp answered {answer}, not -1, 0 or 1")
+        return int(answer)
 
     def deref(self, r: int) -> int | None:
         return self._word("xr_ref_deref", r)
@@ -277,10 +291,10 @@ class NativeRuntime:
     # --- VMExternRefActivationsTable ------------------------------------------------------------
 
     def bump_capacity_remaining(self) -> int:
-        out = ctypes.c_size_t()
-        status = self._cdll.xr_table_bump_capacity_remaining(self.table, ctypes.byref(out))
+        size = self._out(self._size_out, self._size_ref)
+        status = self._cdll.xr_table_bump_capacity_remaining(self.table, size)
         self._check("xr_table_bump_capacity_remaining", status)
-        return int(out.value)
+        return int(self._size_out.value)
 
     def try_insert(self, r: int) -> bool:
         return self._check(
@@ -290,7 +304,7 @@ class NativeRuntime:
     def insert_with_gc(self, r: int, stack: StackView) -> None:
         self._stack = stack
         try:
-            status = self._cdll.xr_table_insert_with_gc(self.table, r, ctypes.byref(self._xr_stack))
+            status = self._cdll.xr_table_insert_with_gc(self.table, r, self._xr_stack_ref)
         finally:
             self._stack = None
         self._check("xr_table_insert_with_gc", status)
@@ -299,10 +313,10 @@ class NativeRuntime:
         self._check("xr_table_insert_without_gc", self._cdll.xr_table_insert_without_gc(self.table, r))
 
     def stack_canary(self) -> int | None:
-        is_some, canary = ctypes.c_int(), ctypes.c_size_t()
-        status = self._cdll.xr_table_stack_canary(self.table, ctypes.byref(is_some), ctypes.byref(canary))
+        is_some, canary = self._out(self._flag_out, self._flag_ref), self._out(self._size_out, self._size_ref)
+        status = self._cdll.xr_table_stack_canary(self.table, is_some, canary)
         self._check("xr_table_stack_canary", status)
-        return int(canary.value) if is_some.value else None
+        return int(self._size_out.value) if self._flag_out.value else None
 
     def set_stack_canary(self, canary: int | None) -> None:
         status = self._cdll.xr_table_set_stack_canary(self.table, int(canary is not None), canary or 0)
@@ -315,15 +329,15 @@ class NativeRuntime:
         self._check("xr_table_leave_wasm", self._cdll.xr_table_leave_wasm(self.table))
 
     def set_gc_okay(self, okay: bool) -> bool:
-        previous = ctypes.c_int()
-        status = self._cdll.xr_table_set_gc_okay(self.table, int(okay), ctypes.byref(previous))
+        previous = self._out(self._int_out, self._int_ref)
+        status = self._cdll.xr_table_set_gc_okay(self.table, int(okay), previous)
         self._check("xr_table_set_gc_okay", status)
-        return bool(previous.value)
+        return bool(self._int_out.value)
 
     def gc(self, stack: StackView) -> None:
         self._stack = stack
         try:
-            status = self._cdll.xr_gc(ctypes.byref(self._xr_stack), self.table)
+            status = self._cdll.xr_gc(self._xr_stack_ref, self.table)
         finally:
             self._stack = None
         self._check("xr_gc", status)
@@ -331,10 +345,10 @@ class NativeRuntime:
     def num_filled_in_bump_chunk(self) -> int:
         if not self.description.has_num_filled_in_bump_chunk:
             raise Unsupported("xr_table_num_filled_in_bump_chunk")
-        out = ctypes.c_size_t()
-        status = self._cdll.xr_table_num_filled_in_bump_chunk(self.table, ctypes.byref(out))
+        size = self._out(self._size_out, self._size_ref)
+        status = self._cdll.xr_table_num_filled_in_bump_chunk(self.table, size)
         self._check("xr_table_num_filled_in_bump_chunk", status)
-        return int(out.value)
+        return int(self._size_out.value)
 
     def elements(self) -> list[int]:
         if not self.description.has_elements:
