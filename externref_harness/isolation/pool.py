@@ -124,6 +124,9 @@ class Child:
         self.deadline = deadline
         #: `close` has run: the pipes' descriptors are closed.
         self.closed = False
+        #: A run's `close` was sent and its reply not read yet: the next run reads it before its
+        #: start's (`ChildProcessImpl._started`).
+        self.closing = False
 
     def ensure_ready(self) -> None:
         if not self._ready:
@@ -403,8 +406,8 @@ class ChildProcessImpl:
         """Send a request and wait for its reply (the start's first, if it is still to come)."""
         assert self._child is not None, "start() first"
         try:
-            self._started(self._child)
-            return self._child.call(request, timeout or self._timeout())
+            child = self._started(self._child)
+            return child.call(request, timeout or self._timeout())
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
@@ -429,18 +432,27 @@ class ChildProcessImpl:
     def _send(self, request: tuple[Any, ...]) -> None:
         """Send a request whose reply is read later. When the send finds the child gone while
         the start's reply is still to come, the start is what failed: its reply (or the end of the
-        pipe) says so."""
+        pipe) says so; or the last run's close did, and the run goes on in another child."""
         child = self._child
         assert child is not None, "start() first"
         try:
             child.send(request)
         except (ImplementationCrash, OutOfTime) as e:
-            try:
-                if isinstance(e, ImplementationCrash):
-                    self._started(child)  # raises the start's failure, if the start failed
-            finally:
-                self._crashed()
+            if isinstance(e, ImplementationCrash):
+                try:
+                    if self._starting:
+                        self._sent.append(request)  # sent again if the run goes on in another child
+                    # Raises the start's failure, if the start failed; or the last run's close
+                    # had failed, and the run went on in another child, sent this request too.
+                    if self._started(child) is not child:
+                        return
+                except BaseException:
+                    self._crashed()
+                    raise
+            self._crashed()
             raise
+        if self._starting:
+            self._sent.append(request)
 
     def start(self, config: Mapping[str, Any]) -> None:
         if self._pool.out_of_time():
@@ -453,22 +465,42 @@ class ChildProcessImpl:
         # Not waited for: the first steps go right behind it, and the child starts while this
         # process does the run's first work (the model's side of a replay, the next run's plan).
         # Its reply is read before any other (`_started`), so what the child did at the start is
-        # still told apart from what it did at a step.
+        # still told apart from what it did at a step. While the child's last close is still to be
+        # read, the requests are kept (`_sent`), to be sent again to another child if that close
+        # turns out to have failed; then a send that fails may be the close's doing too (`_send`).
+        child = self._child
+        self._sent: list[tuple[Any, ...]] = []
+        self._starting = child.closing
         self._send(("start", dict(config)))
-        self._starting = True
+        if self._child is child:  # else the run went on in another child, its start read (`_send`)
+            self._starting = True
 
-    def _started(self, child: Child) -> None:
+    def _started(self, child: Child) -> Child:
         """Read the start's reply if it is still to come, within the pool's step time limit (the
         start makes a table, as a step may; not the shorter limit of a hang being shrunk): a
         crash, a hang or an error there is the implementation's failure `at start` (as a start
-        that was waited for says it)."""
+        that was waited for says it). The child to read from is returned: before the start's
+        reply comes the last run's close's, and a close that failed (a crash, a hang, an error,
+        a broken frame) retires the child, as a close that was waited for did, and this run goes
+        on in another, sent what it was sent."""
         if not self._starting:
-            return
+            return child
         self._starting = False
+        sent, self._sent = self._sent, []
+        if child.closing:
+            child.closing = False
+            try:
+                child.receive(self._pool.step_timeout, "close")
+            except (ImplementationCrash, WireError):
+                self._pool.retire(child)
+                child = self._child = self._pool.take(self._fresh)
+                for request in sent:
+                    child.send(request)
         try:
             child.receive(self._pool.step_timeout, "start")
         except ImplementationCrash as e:
             raise ImplementationCrash(f"{e} at start") from None
+        return child
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
         self.submit(op, embedder_capacity)
@@ -494,8 +526,8 @@ class ChildProcessImpl:
         assert self.pending, "collect() follows submit()"
         assert not self._replaying, "a batch's replies come after the replay sent before it"
         try:
-            self._started(self._child)
-            reply = self._child.receive(self._timeout(), "step", encoded=True)
+            child = self._started(self._child)
+            reply = child.receive(self._timeout(), "step", encoded=True)
             checked: StepReply = self._checked(reply, StepReply, "step reply")
             outcome, probe, n_refs, changed = checked
             # The child ends a batch at a step that panics: the rest were never run.
@@ -525,7 +557,7 @@ class ChildProcessImpl:
 
     def _replayed(self, child: Child, n: int) -> Iterator[Replayed]:
         try:
-            self._started(child)
+            child = self._started(child)
             for _ in range(n):
                 reply = child.receive(self._timeout(), "replay", encoded=True)
                 got: Replayed = self._checked(reply, Replayed, "replay reply")
@@ -603,7 +635,9 @@ class ChildProcessImpl:
             self._pool.retire(child)
             return
         try:
-            self._started(child)
+            self._child = child
+            child = self._started(child)
+            self._child = None
             # A run that stopped (at a divergence) before the end of a batch: the rest of the
             # batch's replies are read and dropped, so the child serves the next run; a step of
             # them that crashes or takes longer than `DRAIN_TIMEOUT` retires it instead.
@@ -612,6 +646,13 @@ class ChildProcessImpl:
                 if ends_batch(conform(reply, StepReply, "step reply")[0]):
                     break
             self.pending = 0
-            child.call(("close",), self._timeout())
+            # Not waited for: the child closes while this process goes on to the next run, which
+            # reads the reply before its start's (`_started`; a close that failed retires it).
+            child.send(("close",))
+            child.closing = True
         except (ImplementationCrash, OutOfTime, WireError):
-            self._pool.retire(child)
+            # The child this run ended in, and the one it had begun in if they differ (`_started`).
+            for used in (child, self._child):
+                if used is not None:
+                    self._pool.retire(used)
+            self._child = None

@@ -90,3 +90,42 @@ def test_a_runs_steps_are_sent_before_the_child_has_started(tmp_path: Path) -> N
     finally:
         pool.close()
     assert leftovers(library) == []
+
+
+@pytest.mark.parametrize(
+    "name,hooks",
+    [
+        ("close-segfaults", "if (h == NULL) raise(SIGSEGV)"),
+        ("close-hangs", "if (h == NULL) for (;;) pause()"),
+    ],
+)
+def test_a_close_that_fails_retires_its_child_and_the_next_run_goes_on_in_another(
+    tmp_path: Path, name: str, hooks: str
+) -> None:
+    """A run's close is sent and not waited for; the next run reads its reply before its start's.
+    A close that crashes or hangs retires the child, as a close that was waited for did, and is no
+    failure: the next run, stepped or replayed, goes on in another child, sent what it had sent
+    (the crashed child's pipe refuses the start; the hung one takes the requests, never answering).
+    Only a run closed before it finished has a close that calls the library (`finish` closes the
+    adapter itself): its close uninstalls the hooks, `xr_set_hooks(NULL)`, where this one fails."""
+    library = build(tmp_path, name, set_hooks=hooks)
+    pool = ChildPool(library, step_timeout=2.0)
+    try:
+        for _ in range(2):
+            run = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
+            try:
+                assert run.step(New(8, 8)).impl_problem is None
+                assert run.step(Gc()).impl_problem is None
+            finally:
+                run.close()
+        run = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
+        try:
+            checks = run.replay([New(8, 8), Gc()])
+            assert [c.impl_problem for c in checks] == [None, None]
+        finally:
+            run.close()
+        assert pool.crashes == 0
+        assert pool.started >= 4  # each run after the first in a child started for it
+    finally:
+        pool.close()
+    assert leftovers(library) == []
