@@ -113,10 +113,6 @@ class HeapView:
         thawed = self.thawed
         return self.base[r] if thawed is None else thawed[r]
 
-    def __len__(self) -> int:
-        thawed = self.thawed
-        return len(self.base) if thawed is None else len(thawed)
-
     def writable(self) -> list[Box]:
         thawed = self.thawed
         if thawed is None:

@@ -54,6 +54,7 @@ from externref_harness.isolation.wire import (
     conform,
     decode,
     encode,
+    is_record,
     write_encoded,
 )
 
@@ -127,9 +128,7 @@ def conform_reply(value: Any, expected: Any, where: str = "frame") -> Any:
     if fast is not None:
         try:
             return fast(value.raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
-        except _NotPlain:
+        except (msgspec.DecodeError, msgspec.ValidationError, _NotPlain):
             pass
     return conform(decode(bytes(value.raw)), expected, where)
 
@@ -159,7 +158,7 @@ def _fast(expected: Any) -> Callable[[msgspec.Raw], Any] | None:
 def _has_any(expected: Any) -> bool:
     if expected is Any:
         return True
-    if isinstance(expected, type) and issubclass(expected, tuple) and hasattr(expected, "_fields"):
+    if is_record(expected):
         return any(_has_any(t) for t in typing.get_type_hints(expected).values())
     return any(_has_any(t) for t in typing.get_args(expected) if t is not Ellipsis)
 
@@ -171,7 +170,7 @@ def _plain_parts(expected: Any) -> Callable[[Any], Any] | None:
     whole through `conform`, which takes tuples as it takes lists."""
     if not _has_any(expected):
         return None
-    if isinstance(expected, type) and issubclass(expected, tuple) and hasattr(expected, "_fields"):
+    if is_record(expected):
         hints = typing.get_type_hints(expected)
         return _rebuilt([_plain_parts(hints[name]) for name in expected._fields], expected)
     origin = typing.get_origin(expected)

@@ -363,13 +363,18 @@ def _index(i: int) -> str:
     return f"[{i}]"
 
 
+def is_record(expected: Any) -> bool:
+    """Whether a declared type is a NamedTuple class (a record, an array of its fields)."""
+    return isinstance(expected, type) and issubclass(expected, tuple) and hasattr(expected, "_fields")
+
+
 @functools.cache
 def _checker(expected: Any) -> Check:
     if expected is Any:
         return plain
     if expected is None or expected is type(None):
         return _none
-    if isinstance(expected, type) and issubclass(expected, tuple) and hasattr(expected, "_fields"):
+    if is_record(expected):
         return _record(expected)
     if expected is float:
         return _number

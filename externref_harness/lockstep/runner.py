@@ -140,7 +140,7 @@ class ModelSteps:
         self.cfg = cfg
         self.root = State.initial(cfg)
         self._steps: dict[tuple[int, ops.Op], tuple[State, State, Observation]] = {}
-        #: Replayed model steps looked up rather than computed (for the search's statistics).
+        #: Replayed model steps looked up rather than computed (what a test counts).
         self.hits = 0
 
     def get(self, state: State, op: ops.Op) -> tuple[State, Observation] | None:
