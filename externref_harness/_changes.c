@@ -1,6 +1,7 @@
 /* The C core of `externref_harness.changes`: which positions of two sequences differ, identity
- * first and by value only where the identities differ; and which pages of a memory range differ
- * from its shadow copy (the checking heap's write record, `impl/heap.py`).
+ * first and by value only where the identities differ; which pages of a memory range differ
+ * from its shadow copy (the checking heap's write record, `impl/heap.py`); and a persistent
+ * vector's leaves joined into one tuple (`externref_harness.vec`).
  *
  * A step of the lockstep changes a handful of positions of tuples as long as the heap and leaves
  * every other position the very same object (`changes`' docstring says why). Comparing two
@@ -201,7 +202,53 @@ changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+PyDoc_STRVAR(joined_doc,
+"joined(parts) -> tuple\n\n"
+"The items of the tuples in the tuple parts, in order, as one tuple (a persistent vector's\n"
+"leaves, `externref_harness.vec`): one allocation and one pass over the items.");
+
+static PyObject *
+joined(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "joined() takes 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *parts = args[0];
+    if (!PyTuple_Check(parts)) {
+        PyErr_SetString(PyExc_TypeError, "joined: parts must be a tuple of tuples");
+        return NULL;
+    }
+    Py_ssize_t n_parts = PyTuple_GET_SIZE(parts), total = 0;
+    for (Py_ssize_t k = 0; k < n_parts; k++) {
+        PyObject *part = PyTuple_GET_ITEM(parts, k);
+        if (!PyTuple_Check(part)) {
+            PyErr_SetString(PyExc_TypeError, "joined: parts must be a tuple of tuples");
+            return NULL;
+        }
+        total += PyTuple_GET_SIZE(part);
+    }
+    /* Tuples are immutable, so the sizes counted above are the sizes copied below. */
+    PyObject *out = PyTuple_New(total);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t at = 0;
+    for (Py_ssize_t k = 0; k < n_parts; k++) {
+        PyObject *part = PyTuple_GET_ITEM(parts, k);
+        Py_ssize_t size = PyTuple_GET_SIZE(part);
+        for (Py_ssize_t j = 0; j < size; j++) {
+            PyObject *item = PyTuple_GET_ITEM(part, j);
+            Py_INCREF(item);
+            PyTuple_SET_ITEM(out, at + j, item);
+        }
+        at += size;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"joined", (PyCFunction)(void (*)(void))joined, METH_FASTCALL, joined_doc},
     {"changed_pages", (PyCFunction)(void (*)(void))changed_pages, METH_FASTCALL, changed_pages_doc},
     {"changed_positions", (PyCFunction)(void (*)(void))changed_positions, METH_FASTCALL,
      changed_positions_doc},

@@ -57,6 +57,8 @@ COMPILED_GROUPS: dict[str, tuple[str, ...]] = {
         # The lockstep's per-step diff of heap-sized tuples, and the check of every reply that
         # crosses from the implementation's process (the gate's parent checks one per step).
         "externref_harness.changes",
+        # The model's heap: a persistent vector, read and written at every step.
+        "externref_harness.vec",
         "externref_harness.isolation.wire",
         # `--exhaustive`'s plan (a search over concrete states) and each run's chain of moves (a
         # breadth-first walk per run): the parent's share of every exhaustive step.

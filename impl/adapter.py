@@ -36,6 +36,7 @@ from externref_harness.impl.stack import Frame
 from externref_harness.impl.world import World
 from externref_harness.model import layout
 from externref_harness.model.state import Config
+from externref_harness.vec import Vec
 
 T = TypeVar("T")
 
@@ -84,6 +85,7 @@ class InProcessImpl:
         self._reported = self._dropped = self._allocated = 0
         #: The last probe's heap-sized tuples, shared by the next probe while they are unchanged.
         self._refs: tuple[RefFacts, ...] | None = None
+        self._handles_of: Vec[int | None] = Vec()
         self._handles: tuple[int | None, ...] = ()
         self._hashes: tuple[tuple[int, int], ...] = ()
 
@@ -148,9 +150,11 @@ class InProcessImpl:
                 self._unblocked.append(i)
         if read or self._refs is None:
             self._refs = tuple(facts)
-        # The heap-sized parts are frozen again only when they changed (compared in place, a
-        # pointer per position): at 4,096 live refs a copy costs more than the rest of a probe.
-        self._handles = world.handles_frozen = _frozen(world.host.handles, self._handles)
+        # The heap-sized parts are made a tuple again only when they changed: the handles are a
+        # persistent vector (a new one when a step changed them), the hashes compared in place.
+        if world.host.handles is not self._handles_of:
+            self._handles_of = world.host.handles
+            self._handles = self._handles_of.as_tuple()
         self._hashes = _frozen(world.hashes, self._hashes)
         frames = tuple(
             FrameFacts(

@@ -30,7 +30,6 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from externref_harness.changes import same
 from externref_harness.impl.backend import (
     BackendFactory,
     ContractViolation,
@@ -68,6 +67,7 @@ from externref_harness.model.observation import (
 from externref_harness.model.runtime import CVE_2022_23636, DebugAssertion, MisuseError
 from externref_harness.model.state import SCALAR, WORD, Config, Slot
 from externref_harness.model.world import emit_stack_map
+from externref_harness.vec import Vec
 
 __all__ = ["SCALAR_WORD", "World"]
 #: The bytes of a `VMGlobalDefinition` instantiation never wrote.
@@ -99,9 +99,7 @@ class World(protocol.RuntimeApi[int]):
         #: Under `canary-guard`: the canary of the scope the host entered (None: not entered).
         self.guard_canary: int | None = None
         self.rt: RuntimeBackend = runtime(cfg, Hooks(heap, self._value_dropped))
-        self.host = HostBookkeeping([], [], self._is_freed)
-        #: The host's handles as a tuple, as the adapter's last probe froze them (`apply`'s copy).
-        self.handles_frozen: tuple[int | None, ...] = ()
+        self.host = HostBookkeeping(Vec(), [], self._is_freed)
         n = cfg.n_globals
         self.globals_memory = (ctypes.c_uint64 * max(n, 1))(*[UNINIT_GLOBAL_WORD] * n)
         self.global_initialised = [False] * n
@@ -224,12 +222,9 @@ class World(protocol.RuntimeApi[int]):
         if self.panic is not None:
             return ("panic", self.panic)
         self.hashes = []
-        # Put back if the host refuses the op (misuse). The handles are as many as the live refs:
-        # the adapter's last probe froze them already (`handles_frozen`), and while they are still
-        # those, that tuple is the copy.
-        frozen = self.handles_frozen
-        handles = frozen if same(self.host.handles, frozen) else tuple(self.host.handles)
-        saved = (handles, list(self.host.raws), list(self.global_initialised))
+        # Put back if the host refuses the op (misuse); the handles are a persistent vector, so
+        # the one before the op is the copy.
+        saved = (self.host.handles, list(self.host.raws), list(self.global_initialised))
         try:
             if op.WASM:
                 self._wasm_frame()
@@ -238,7 +233,7 @@ class World(protocol.RuntimeApi[int]):
             handler: Callable[[Any], Any] = getattr(self, "op_" + type(op).__name__)
             return ("ok", handler(op))
         except MisuseError as e:
-            self.host.handles = list(saved[0])
+            self.host.handles = saved[0]
             self.host.raws, self.global_initialised = saved[1], saved[2]
             assertion = self._probe_assertion(op, e.kind)
             if assertion is None:
@@ -443,7 +438,7 @@ class World(protocol.RuntimeApi[int]):
     def op_TryInsert(self, op: ops.TryInsert) -> None:
         if not self.rt.try_insert(self.host.handle(op.h)):
             raise SeedErr("chunk-full")
-        self.host.handles[op.h] = None
+        self.host.clear(op.h)
 
     def op_InsertWithGc(self, op: ops.InsertWithGc) -> None:
         self.insert_with_gc(self.host.take(op.h))

@@ -25,6 +25,7 @@ from externref_harness.model.observation import (
 )
 from externref_harness.model.runtime import MisuseError
 from externref_harness.model.state import RawPtr
+from externref_harness.vec import Vec
 
 #: Largest value the harness will allocate for real (the implementation allocates every value).
 MAX_VALUE_SIZE = 1 << 16
@@ -101,10 +102,13 @@ class HostBookkeeping:
 
     def __init__(
         self,
-        handles: list[int | None],
+        handles: Vec[int | None],
         raws: list[RawPtr | None],
         is_freed: Callable[[int], bool],
     ) -> None:
+        #: As long as the refs the host ever held: a persistent vector (`externref_harness.vec`),
+        #: so a step that moves or adds one handle copies one leaf, and the model's state and the
+        #: adapter's probe take it as it is.
         self.handles = handles
         self.raws = raws
         self.is_freed = is_freed
@@ -120,11 +124,15 @@ class HostBookkeeping:
     def take(self, h: int) -> int:
         """Move the ref out of handle `h` (it is gone from the host afterwards)."""
         r = self.handle(h)
-        self.handles[h] = None
+        self.clear(h)
         return r
 
+    def clear(self, h: int) -> None:
+        """Handle `h` no longer holds its ref (moved into the table)."""
+        self.handles = self.handles.set(h, None)
+
     def new_handle(self, r: int) -> int:
-        self.handles.append(r)
+        self.handles = self.handles.append(r)
         return len(self.handles) - 1
 
     def raw(self, p: int) -> RawPtr:

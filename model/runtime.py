@@ -27,6 +27,7 @@ from externref_harness.model.capabilities import CAPACITY_SLOTS
 from externref_harness.model.observation import GC_NOT_OKAY
 from externref_harness.model.protocol import RuntimeApi
 from externref_harness.model.state import WORD, Box, Config, Scalar, Slot, State, Table
+from externref_harness.vec import Vec
 
 # Model-level seeded bugs (see `model.mutants`).
 CVE_2021_39218 = "cve-2021-39218"
@@ -96,33 +97,30 @@ class WalkedFrame:
 
 @mypyc_attr(acyclic=True)
 class HeapView:
-    """A step's heap: the state's tuple, read in place until the first write thaws it into a list.
+    """A step's heap: the state's `Vec`, replaced by a new one at each write (which copies one leaf
+    and the spine, `externref_harness.vec`). Its own object (not the runtime's attributes) so that
+    a closure can read the heap as it is during a step (the host's `is_freed`) without a
+    reference cycle."""
 
-    Every write goes through `writable` and replaces a `Box` with a new object, so a heap that was
-    written is never, position for position, the very objects of the state's: `frozen` makes it a
-    tuple without comparing. Its own object (not the runtime's attributes) so that a closure can
-    read the heap as it is during a step (the host's `is_freed`) without a reference cycle."""
+    __slots__ = ("heap",)
 
-    __slots__ = ("base", "thawed")
-
-    def __init__(self, base: tuple[Box, ...]) -> None:
-        self.base = base
-        self.thawed: list[Box] | None = None
+    def __init__(self, base: Vec[Box]) -> None:
+        self.heap = base
 
     def box(self, r: int) -> Box:
-        thawed = self.thawed
-        return self.base[r] if thawed is None else thawed[r]
+        return self.heap[r]
 
-    def writable(self) -> list[Box]:
-        thawed = self.thawed
-        if thawed is None:
-            thawed = self.thawed = list(self.base)
-        return thawed
+    def put(self, r: int, box: Box) -> None:
+        self.heap = self.heap.set(r, box)
 
-    def frozen(self) -> tuple[Box, ...]:
-        """The heap after the step: the state's own tuple if nothing was written."""
-        thawed = self.thawed
-        return self.base if thawed is None else tuple(thawed)
+    def add(self, box: Box) -> int:
+        """Allocate: the new box's ref id."""
+        self.heap = self.heap.append(box)
+        return len(self.heap) - 1
+
+    def frozen(self) -> Vec[Box]:
+        """The heap after the step: the state's own `Vec` if nothing was written."""
+        return self.heap
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -131,10 +129,10 @@ class SeedRuntime(RuntimeApi[int]):
 
     Copy-on-write: the bump chunk, the two root sets and the faults are thawed into a list or a set
     the first time the step reads them (the properties below), and `frozen_table` gives the
-    thawed table back untouched when the step left it alone. The heap is read in place
-    (`heap_view.box`) and thawed at its first write (`HeapView.writable`): a step that only
-    reads it (a count asked, a GC that frees nothing) copies nothing, and at 4,096 refs each copy,
-    comparison and release of the heap is a pass over 4,096 pointers.
+    thawed table back untouched when the step left it alone. The heap is a persistent vector
+    (`HeapView`): a step that only reads it (a count asked, a GC that frees nothing) copies
+    nothing, and a write copies one leaf of it, where a copy, comparison or release of the whole
+    heap is a pass over 4,096 pointers at 4,096 refs.
     """
 
     def __init__(self, cfg: Config, state: State) -> None:
@@ -249,16 +247,14 @@ class SeedRuntime(RuntimeApi[int]):
             raise DebugAssertion("round_up_to_align(..).unwrap() on None in layout_for")
         if self.cfg.debug and not layout.layout_is_valid(lay.alloc_size, lay.alloc_align):
             raise DebugAssertion("Layout::from_size_align(alloc_size, alloc_align).is_ok()")
-        heap = self.heap_view.writable()
-        heap.append(Box(size=size, align=align))
-        return len(heap) - 1
+        return self.heap_view.add(Box(size=size, align=align))
 
     def increment_ref_count(self, r: int) -> None:
         box = self.heap_view.box(r)
         if box.freed:
             self.fault(FAULT_USE_AFTER_FREE, f"ref_count of freed ref {r} incremented")
             return
-        self.heap_view.writable()[r] = Box(box.size, box.align, box.ref_count + 1, False)
+        self.heap_view.put(r, Box(box.size, box.align, box.ref_count + 1, False))
 
     def clone(self, r: int) -> int:
         self.increment_ref_count(r)
@@ -271,10 +267,10 @@ class SeedRuntime(RuntimeApi[int]):
             self.fault(FAULT_DOUBLE_DROP, f"ref_count of freed ref {r} decremented")
             return
         if box.ref_count != 1:
-            self.heap_view.writable()[r] = Box(box.size, box.align, box.ref_count - 1, False)
+            self.heap_view.put(r, Box(box.size, box.align, box.ref_count - 1, False))
             return
         # `drop_and_dealloc`: the value is dropped, then the allocation freed.
-        self.heap_view.writable()[r] = Box(box.size, box.align, 0, True)
+        self.heap_view.put(r, Box(box.size, box.align, 0, True))
         self.dropped.append(r)
 
     def strong_count(self, r: int) -> int:

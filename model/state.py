@@ -3,14 +3,15 @@
 A `State` is everything the seed's runtime and the world around it hold between two operations:
 
     State
-    ├── heap: (Box, ...)                   every `VMExternRef` allocation, by ref id (allocation order)
+    ├── heap: Vec[Box]                     every `VMExternRef` allocation, by ref id (allocation order;
+    │                                        a persistent vector, `externref_harness.vec`)
     ├── table: Table                       the `VMExternRefActivationsTable`
     │     ├── chunk: (ref|None, ...)       the bump chunk; `()` until the first `sweep` (lazy;
     │     │                                  full-size from the start under `eager-chunk`)
     │     ├── next                         bump finger, as a slot index into `chunk`
     │     ├── over_approximated_stack_roots, precise_stack_roots
     │     └── stack_canary, gc_okay
-    ├── handles: (ref|None, ...)           host-owned `VMExternRef`s; None marks a dropped handle
+    ├── handles: Vec[ref|None]             host-owned `VMExternRef`s; None marks a dropped handle
     ├── raws: (RawPtr|None, ...)           raw pointers the host got from `as_raw` / `into_raw`
     ├── globals: (ref|None|UNINIT, ...)    externref globals (`VMGlobalDefinition`)
     ├── frames: (HostFrame|WasmFrame, ...) the native stack, oldest first; frames[0] is the host's main
@@ -36,13 +37,14 @@ at higher addresses, exactly as `backtrace::trace` sees them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypeVar
 
 from mypy_extensions import mypyc_attr
 
 from externref_harness.model.capabilities import EAGER_CHUNK, NAMES, canonical
+from externref_harness.vec import Vec
 
 WORD = 8
 #: Highest stack address of the model's native stack; frames are carved below it.
@@ -442,18 +444,19 @@ class State:
 
     def __init__(
         self,
-        heap: tuple[Box, ...] = (),
+        heap: Iterable[Box] = (),
         table: Table | None = None,
-        handles: tuple[int | None, ...] = (),
+        handles: Iterable[int | None] = (),
         raws: tuple[RawPtr | None, ...] = (),
         globals: tuple[GlobalValue, ...] = (),
         frames: tuple[Frame, ...] = (_HOST_MAIN,),
         faults: tuple[str, ...] = (),
         panic: str | None = None,
     ) -> None:
-        self.heap: Final = heap
+        # `Vec`s (any other sequence is made one): a step writes one of their leaves, not all.
+        self.heap: Final[Vec[Box]] = Vec.of(heap)
         self.table: Final[Table] = Table() if table is None else table
-        self.handles: Final = handles
+        self.handles: Final[Vec[int | None]] = Vec.of(handles)
         self.raws: Final = raws
         self.globals: Final = globals
         self.frames: Final = frames

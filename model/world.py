@@ -122,7 +122,7 @@ class Machine(SeedRuntime):
             heap = self.heap_view
             # A closure over the heap, not a bound method: no cycle for a disabled collector.
             self._host = HostBookkeeping(
-                list(self._thawed.handles), list(self._thawed.raws), lambda r: heap.box(r).freed
+                self._thawed.handles, list(self._thawed.raws), lambda r: heap.box(r).freed
             )
         return self._host
 
@@ -147,7 +147,7 @@ class Machine(SeedRuntime):
         state's own objects, so successive states share them and compare fast."""
         s = self._thawed
         host = self._host
-        handles = s.handles if host is None else _same(host.handles, s.handles)
+        handles = s.handles if host is None else host.handles
         raws = s.raws if host is None else _same(host.raws, s.raws)
         globals_ = s.globals if self._globals is None else _same(self._globals, s.globals)
         frames = s.frames if self._frames is None else _same(self._frames, s.frames)
@@ -284,7 +284,7 @@ class Machine(SeedRuntime):
         r = self.host.handle(op.h)
         if not self.try_insert(r):
             return Err("chunk-full")
-        self.host.handles[op.h] = None
+        self.host.clear(op.h)
         return Ok()
 
     def op_InsertWithGc(self, op: ops.InsertWithGc) -> Result:

@@ -61,9 +61,10 @@ def reachable_refs(state: State) -> set[int]:
 def is_reachable(state: State, r: int) -> bool:
     """`r in reachable_refs(state)`, without building the set: the handles, as many as the live
     refs, are searched in place (a lockstep step asks this of one ref it saw freed)."""
-    for h in state.handles:  # compiled: an unboxed comparison per handle, not a rich one
-        if h is not None and h == r:
-            return True
+    for leaf in state.handles.leaves:  # compiled: an unboxed comparison per handle, not a rich one
+        for h in leaf:
+            if h is not None and h == r:
+                return True
     return r in _reachable_beyond_handles(state)
 
 
@@ -255,7 +256,7 @@ class Incremental:
                 owners[r] += by
                 changed.append(r)
 
-        for i in changed_positions(before.handles, after.handles):
+        for i in after.handles.changed_positions(before.handles):
             if i < len(before.handles):
                 old = before.handles[i]
                 if old is not None:
@@ -285,7 +286,7 @@ class Incremental:
             return self._restart(cfg, after)  # never done by a step: count it all again
         in_wasm = set(wasm_live_refs(after.frames))
         candidates = set(changed)
-        candidates.update(changed_positions(before.heap, after.heap))
+        candidates.update(after.heap.changed_positions(before.heap))
         candidates.update(in_wasm)
         heap = after.heap
         suspect = False

@@ -101,3 +101,17 @@ def test_changed_pages_refuses_bad_sizes() -> None:
     buffer = ctypes.create_string_buffer(16)
     with pytest.raises(ValueError, match="page > 0"):
         changes.changed_pages(ctypes.addressof(buffer), ctypes.addressof(buffer), 16, 0)
+
+
+@given(st.lists(st.lists(items, max_size=5), max_size=6))
+def test_both_joins_are_the_parts_in_order(parts: list[list[Any]]) -> None:
+    as_tuples = tuple(tuple(part) for part in parts)
+    expected = tuple(item for part in parts for item in part)
+    assert changes.joined(as_tuples) == expected
+    assert changes.python_joined(as_tuples) == expected
+
+
+def test_joined_refuses_what_is_not_a_tuple_of_tuples() -> None:
+    for bad in ([(1,)], ((1,), [2])):
+        with pytest.raises(TypeError):
+            changes.joined(bad)  # type: ignore[arg-type]

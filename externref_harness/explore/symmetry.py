@@ -29,6 +29,7 @@ from externref_harness.model.state import (
     WasmFrame,
 )
 from externref_harness.model.world import live_stack_maps
+from externref_harness.vec import Vec
 
 #: What `canonical` orders the refs only the heap or the table holds by (`_description`).
 _Described = tuple[int, bool, int, int, int, bool, bool, int]
@@ -85,14 +86,14 @@ def canonical(cfg: Config, state: State) -> State:
     precise_roots = table.precise_stack_roots
     if identity:
         if None in handles:
-            handles = tuple([h for h in handles if h is not None])
+            handles = Vec.of([h for h in handles if h is not None])
         if None in raws:
             raws = tuple([p for p in raws if p is not None])
     else:
-        handles = tuple([order[h] for h in handles if h is not None])
+        handles = Vec.of([order[h] for h in handles if h is not None])
         raws = tuple([RawPtr(order[p.ref], p.owned) for p in raws if p is not None])
         globals_ = _renamed_globals(globals_, order)
-        new_heap = tuple([heap[old] for old in first])
+        new_heap = Vec.of([heap[old] for old in first])
         new_filled = tuple([None if r is None else order[r] for r in filled])
         if over_roots:
             over_roots = frozenset([order[r] for r in over_roots])

@@ -54,6 +54,7 @@ from externref_harness.model.state import (
 )
 from externref_harness.report import slot_runs
 from externref_harness.specs.invariants import is_reachable, reachable_refs
+from externref_harness.vec import Vec
 
 Level = Literal["conformant", "strict"]
 CONFORMANT: Level = "conformant"
@@ -186,12 +187,12 @@ class ChunkCompare:
         #: Ref id -> the (facts, box) that last passed; the same pair again needs no re-check.
         self.verified: dict[int, tuple[RefFacts, Box]] = {}
         #: The model's heap and the implementation's facts the last step checked.
-        self.last_heap: Sequence[Box] = ()
+        self.last_heap: Vec[Box] = Vec()
         self.last_facts: Sequence[RefFacts] = ()
         #: Refs checked last step that did not pass.
         self.unverified: set[int] = set()
         #: The (model, implementation) handles that last matched, if the last step's did.
-        self.last_handles: tuple[Sequence[object], Sequence[int | None]] | None = None
+        self.last_handles: tuple[Vec[int | None], Sequence[int | None]] | None = None
 
     def problems(
         self, chunk: bytes, model_chunk: Sequence[object], filled: int, refs: RefMap
@@ -275,7 +276,7 @@ def _handle_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompa
     last = chunk.last_handles
     chunk.last_handles = None
     if last is not None and len(state.handles) == len(probe.handles):
-        positions = set(changed_positions(last[0], state.handles))
+        positions = set(state.handles.changed_positions(last[0]))
         positions.update(changed_positions(last[1], probe.handles))
         if all(_handle(probe.handles[i], refs) == state.handles[i] for i in positions):
             chunk.last_handles = (state.handles, probe.handles)
@@ -318,7 +319,7 @@ def _ref_problems(
         return is_reachable(state, r)
 
     heap, facts_now = state.heap, probe.refs
-    candidates = set(changed_positions(chunk.last_heap, heap))
+    candidates = set(heap.changed_positions(chunk.last_heap))
     candidates.update(changed_positions(chunk.last_facts, facts_now))
     candidates |= chunk.unverified
     chunk.last_heap, chunk.last_facts = heap, facts_now

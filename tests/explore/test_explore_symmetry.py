@@ -155,7 +155,7 @@ def test_canonical_keeps_counts_and_live_maps_apart() -> None:
     states = walk_states(knobs)
     assert 1 < len({canonical(cfg, s) for s in states}) < len(set(states))
     s = next(s for s in states if s.heap and not s.heap[0].freed)
-    bumped = replaced(s, heap=(replaced(s.heap[0], ref_count=s.heap[0].ref_count + 1), *s.heap[1:]))
+    bumped = replaced(s, heap=(replaced(s.heap[0], ref_count=s.heap[0].ref_count + 1), *tuple(s.heap)[1:]))
     assert canonical(cfg, bumped) != canonical(cfg, s)
     suspended = next(
         s for s in states

@@ -51,7 +51,7 @@ def _new(world: World, size: int, align: int) -> int:
     h = world.op_New(ops.New(size, align))
     r = world.host.handles[h]
     assert r is not None
-    world.host.handles[h] = None
+    world.host.clear(h)
     return r
 
 
