@@ -22,6 +22,7 @@ from externref_harness.model.moves import next_quiesce_op
 from externref_harness.model.observation import Observation, Ok
 from externref_harness.model.ops import Op
 from externref_harness.model.state import Config, State, Table, WasmFrame, record_fields
+from externref_harness.vec import Vec
 
 #: Lists longer than this print as `[first 3, ..., last 3] (N values)`.
 LIST_LIMIT = 8
@@ -52,6 +53,8 @@ def summarised(values: Sequence[object]) -> str:
 
 
 def _value(v: object) -> str:
+    if isinstance(v, Vec):
+        v = v.as_tuple()  # shown as the tuple it stands for
     if isinstance(v, tuple) and len(v) > LIST_LIMIT:
         return "(" + summarised(v)[1:].replace("]", ")", 1)
     if isinstance(v, frozenset | set):
@@ -169,6 +172,8 @@ def state_diff(before: State, after: State) -> list[str]:
         a, b = getattr(before, name), getattr(after, name)
         if a == b:
             continue
+        if isinstance(a, Vec) and isinstance(b, Vec):
+            a, b = a.as_tuple(), b.as_tuple()  # the heap and the handles, position by position
         if name == "table":
             for tname in Table.FIELDS:
                 ta, tb = getattr(a, tname), getattr(b, tname)
