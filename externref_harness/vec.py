@@ -64,19 +64,25 @@ class Vec(Generic[T]):
         return self.n > 0
 
     def __getitem__(self, i: int) -> T:
+        leaves = self.leaves
+        if len(leaves) == 1:  # the explorer's states: one leaf, indexed as a tuple is
+            return leaves[0][i]
         n = self.n
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError("Vec index out of range")
-        return self.leaves[i // LEAF][i % LEAF]
+        return leaves[i // LEAF][i % LEAF]
 
     def __iter__(self) -> Iterator[T]:
         # A tuple's own iterator (a generator here costs a resumption per item).
         return iter(self.as_tuple())
 
     def __contains__(self, item: object) -> bool:
-        return any(item in leaf for leaf in self.leaves)
+        for leaf in self.leaves:
+            if item in leaf:
+                return True
+        return False
 
     def as_tuple(self) -> tuple[T, ...]:
         leaves = self.leaves
@@ -88,16 +94,63 @@ class Vec(Generic[T]):
         """This vector with item `i` replaced (`0 <= i < n`)."""
         if not 0 <= i < self.n:
             raise IndexError("Vec index out of range")
-        k, j = divmod(i, LEAF)
         leaves = self.leaves
-        leaf = leaves[k]
-        return Vec((*leaves[:k], (*leaf[:j], item, *leaf[j + 1 :]), *leaves[k + 1 :]), self.n)
+        k = i // LEAF
+        leaf = list(leaves[k])
+        leaf[i % LEAF] = item
+        if len(leaves) == 1:
+            return Vec((tuple(leaf),), self.n)
+        spine = list(leaves)
+        spine[k] = tuple(leaf)
+        return Vec(tuple(spine), self.n)
+
+    def updated(self, writes: dict[int, T], added: list[T]) -> Vec[T]:
+        """This vector with items replaced (`writes`, index to item, each `0 <= i < n`) and then
+        `added` appended: every leaf written copied once, however many of its items changed (a
+        step's writes made one by one with `set` would copy a leaf per write)."""
+        n = self.n
+        if n + len(added) <= LEAF:  # one leaf before and after: the explorer's states
+            one: list[T] = list(self.leaves[0]) if n else []
+            for i, item in writes.items():
+                if not 0 <= i < n:
+                    raise IndexError("Vec index out of range")
+                one[i] = item
+            one.extend(added)
+            return Vec((tuple(one),), len(one)) if one else self
+        leaves = list(self.leaves)
+        touched: dict[int, list[T]] = {}
+        for i, item in writes.items():
+            if not 0 <= i < n:
+                raise IndexError("Vec index out of range")
+            k = i // LEAF
+            leaf = touched.get(k)
+            if leaf is None:
+                leaf = touched[k] = list(leaves[k])
+            leaf[i % LEAF] = item
+        if added:
+            at = 0
+            if n % LEAF:  # fill the last leaf first
+                k = len(leaves) - 1
+                leaf = touched.get(k)
+                if leaf is None:
+                    leaf = touched[k] = list(leaves[k])
+                at = LEAF - len(leaf)
+                leaf.extend(added[:at])
+            for start in range(at, len(added), LEAF):
+                touched[len(leaves)] = added[start : start + LEAF]
+                leaves.append(())
+        for k, leaf in touched.items():
+            leaves[k] = tuple(leaf)
+        return Vec(tuple(leaves), n + len(added))
 
     def append(self, item: T) -> Vec[T]:
         leaves = self.leaves
         if self.n % LEAF == 0:
-            return Vec((*leaves, (item,)), self.n + 1)
-        return Vec((*leaves[:-1], (*leaves[-1], item)), self.n + 1)
+            return Vec(leaves + ((item,),), self.n + 1)  # noqa: RUF005 (one allocation, compiled)
+        last = leaves[-1] + (item,)
+        if len(leaves) == 1:
+            return Vec((last,), self.n + 1)
+        return Vec(leaves[:-1] + (last,), self.n + 1)  # noqa: RUF005
 
     def changed_positions(self, old: Vec[T]) -> list[int]:
         """The indices `i < len(self)` where `self[i] != old[i]`, or `old` has no index `i`,
@@ -125,7 +178,10 @@ class Vec(Generic[T]):
         if isinstance(other, Vec):
             if self.n != other.n:
                 return False
-            return all(a is b or a == b for a, b in zip(self.leaves, other.leaves, strict=True))
+            for a, b in zip(self.leaves, other.leaves, strict=True):
+                if a is not b and a != b:
+                    return False
+            return True
         if isinstance(other, (tuple, list)):
             return len(other) == self.n and self.as_tuple() == tuple(other)
         return NotImplemented

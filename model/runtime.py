@@ -97,30 +97,58 @@ class WalkedFrame:
 
 @mypyc_attr(acyclic=True)
 class HeapView:
-    """A step's heap: the state's `Vec`, replaced by a new one at each write (which copies one leaf
-    and the spine, `externref_harness.vec`). Its own object (not the runtime's attributes) so that
-    a closure can read the heap as it is during a step (the host's `is_freed`) without a
-    reference cycle."""
+    """A step's heap: the state's `Vec`, read in place, with the step's writes kept apart (a box
+    replaced, by ref id; boxes allocated, in order) until `frozen` makes the next state's `Vec`
+    from them in one go (each leaf written copied once, `Vec.updated`). Its own object (not the
+    runtime's attributes) so that a closure can read the heap as it is during a step (the host's
+    `is_freed`) without a reference cycle."""
 
-    __slots__ = ("heap",)
+    __slots__ = ("added", "base", "writes")
 
     def __init__(self, base: Vec[Box]) -> None:
-        self.heap = base
+        self.base = base
+        #: Boxes the step replaced, by ref id (ids of the base only); None until the first.
+        self.writes: dict[int, Box] | None = None
+        #: Boxes the step allocated: ref ids `len(base)` on; None until the first.
+        self.added: list[Box] | None = None
 
     def box(self, r: int) -> Box:
-        return self.heap[r]
+        added = self.added
+        if added is not None and r >= self.base.n:
+            return added[r - self.base.n]
+        writes = self.writes
+        if writes is not None:
+            box = writes.get(r)
+            if box is not None:
+                return box
+        return self.base[r]
 
     def put(self, r: int, box: Box) -> None:
-        self.heap = self.heap.set(r, box)
+        n = self.base.n
+        if r >= n:
+            added = self.added
+            if added is None:
+                raise IndexError(f"no ref {r}")
+            added[r - n] = box
+        elif self.writes is None:
+            self.writes = {r: box}
+        else:
+            self.writes[r] = box
 
     def add(self, box: Box) -> int:
         """Allocate: the new box's ref id."""
-        self.heap = self.heap.append(box)
-        return len(self.heap) - 1
+        if self.added is None:
+            self.added = [box]
+        else:
+            self.added.append(box)
+        return self.base.n + len(self.added) - 1
 
     def frozen(self) -> Vec[Box]:
         """The heap after the step: the state's own `Vec` if nothing was written."""
-        return self.heap
+        writes, added = self.writes, self.added
+        if writes is None and added is None:
+            return self.base
+        return self.base.updated(writes or {}, added or [])
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

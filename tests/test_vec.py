@@ -44,6 +44,26 @@ def test_a_vec_is_the_tuple_of_its_edits(start: list[int], changes: list[tuple[i
     assert vec.changed_positions(before) == python_changed_positions(tuple(start), model)
 
 
+@given(
+    st.lists(st.integers(-3, 3), max_size=3 * LEAF),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(-3, 3)), max_size=LEAF + 3),
+    st.lists(st.integers(-3, 3), max_size=2 * LEAF + 3),
+)
+def test_updated_is_the_writes_then_the_appends(
+    start: list[int], writes: list[tuple[int, int]], added: list[int]
+) -> None:
+    vec, model = Vec.of(start), list(start)
+    by_index = {at % len(start): value for at, value in writes} if start else {}
+    for i, value in by_index.items():
+        model[i] = value
+    model += added
+    got = vec.updated(by_index, added)
+    assert got == tuple(model) and tuple(vec) == tuple(start)
+    assert all(0 < len(leaf) <= LEAF for leaf in got.leaves)
+    assert all(len(leaf) == LEAF for leaf in got.leaves[:-1])
+    assert got.changed_positions(vec) == python_changed_positions(tuple(start), tuple(model))
+
+
 def test_an_edit_shares_the_leaves_it_did_not_write() -> None:
     vec = Vec.of(range(10 * LEAF))
     written = vec.set(3 * LEAF + 1, -1)
