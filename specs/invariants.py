@@ -12,9 +12,10 @@ violation is built only when there is one, and is the same either way.
 I1 and I2 look at every ref, so a run that checks every state of a long walk over a large heap
 (the lockstep) pays for the heap at every step. `Incremental` checks a step's state against the
 one before it instead, at the cost of what the step changed: it keeps each ref's owner count up
-to date from the positions of the owner tuples that changed (`changes.changed_positions`, an
-identity comparison per position) and looks again only at refs whose box, owners or Wasm slots
-changed. Whatever it finds is then described by the full check, so its verdicts and messages are
+to date from the positions of the owners that changed (`Vec.changed_positions` for the heap and
+the handles, which skips the leaves two states share; `changes.changed_positions` for the other
+tuples, an identity comparison per position) and looks again only at refs whose box, owners or
+Wasm slots changed. Whatever it finds is then described by the full check, so its verdicts and messages are
 exactly `first_violation`'s (a test compares the two on every state of random walks, mutants
 included):
 
