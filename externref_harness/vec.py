@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, Generic, TypeVar
 
-from externref_harness.changes import joined
+from externref_harness.changes import changed_positions, joined
 
 T = TypeVar("T")
 
@@ -154,22 +154,19 @@ class Vec(Generic[T]):
 
     def changed_positions(self, old: Vec[T]) -> list[int]:
         """The indices `i < len(self)` where `self[i] != old[i]`, or `old` has no index `i`,
-        ascending. Leaves the two share are skipped whole."""
+        ascending. Leaves the two share are skipped whole; the others are compared by
+        `changes.changed_positions` (identity first, then value)."""
         out: list[int] = []
         if old is self:
             return out
         mine, theirs = self.leaves, old.leaves
-        common = min(self.n, old.n)
         for k in range(min(len(mine), len(theirs))):
             a, b = theirs[k], mine[k]
-            if a is b:
-                continue
-            base = k * LEAF
-            for j in range(min(len(a), len(b))):
-                x, y = a[j], b[j]
-                if x is not y and x != y:
-                    out.append(base + j)
-        out.extend(range(common, self.n))
+            if a is not b:
+                base = k * LEAF
+                out.extend([base + j for j in changed_positions(a, b)])
+        if len(mine) > len(theirs):
+            out.extend(range(len(theirs) * LEAF, self.n))
         return out
 
     def __eq__(self, other: object) -> bool:
