@@ -592,7 +592,10 @@ class Lockstep:
         return "at teardown the checking heap reports:\n" + "\n".join(lines)
 
     def close(self) -> None:
-        self.adapter.close()
+        try:
+            self.adapter.close()
+        finally:
+            deadline.release()  # the timer the steps' limits left running (`deadline`)
 
 
 def _raising(e: Exception) -> Iterator[Replayed]:

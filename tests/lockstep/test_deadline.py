@@ -6,6 +6,8 @@ never reaches the canary, a GC that raises), applied with monkeypatch for one te
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,15 +31,87 @@ HANG_SECONDS = 4.0
 LIMIT = 0.3
 
 
-def test_time_limit_interrupts_a_busy_loop_and_leaves_no_timer_behind() -> None:
+def test_time_limit_interrupts_a_busy_loop() -> None:
     started = time.monotonic()
     with pytest.raises(Timeout, match=r"the loop did not finish within 0\.2 s"), time_limit(0.2, "the loop"):
         while time.monotonic() - started < HANG_SECONDS:
             pass
     assert time.monotonic() - started < HANG_SECONDS / 2
+
+
+def _busy(seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+
+
+@pytest.fixture
+def recorded_alarms() -> Iterator[list[int]]:
+    """`SIGALRM` handled by a recorder before the limits' handler is installed over it (as code
+    that had its own handler before a lockstep ran would see it), restored afterwards."""
+    seen: list[int] = []
+    before = signal.signal(signal.SIGALRM, lambda signum, frame: seen.append(signum))
+    try:
+        yield seen
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_the_timer_a_limit_leaves_running_is_dropped_when_it_fires_outside_a_limit(
+    recorded_alarms: list[int],
+) -> None:
     with time_limit(0.2, "a quick step"):
         pass
-    time.sleep(0.3)  # a timer left armed would raise here
+    assert signal.getitimer(signal.ITIMER_REAL)[0] > 0, "the timer lingers for the next limit"
+    time.sleep(0.3)  # it fires here: neither a Timeout nor the handler from before sees it
+    assert recorded_alarms == []
+    os.kill(os.getpid(), signal.SIGALRM)  # anyone else's alarm outside a limit is passed on
+    assert recorded_alarms == [signal.SIGALRM]
+
+
+def test_release_stops_the_timer_a_limit_left_running(recorded_alarms: list[int]) -> None:
+    with time_limit(5.0, "a quick step"):
+        pass
+    deadline.release()
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_limit_is_enforced_at_its_own_deadline_whatever_timer_lingers(recorded_alarms: list[int]) -> None:
+    # A shorter limit after a longer one: the lingering timer would fire too late, so it is armed again.
+    with time_limit(5.0, "a quick step"):
+        pass
+    started = time.monotonic()
+    with pytest.raises(Timeout, match=r"the short step did not finish within 0\.2 s"), time_limit(
+        0.2, "the short step"
+    ):
+        _busy(HANG_SECONDS)
+    assert time.monotonic() - started < 1.0
+    # A longer limit after a shorter one: the lingering timer fires first, finds nothing expired,
+    # and is armed again for this limit's deadline: not a Timeout before it.
+    with time_limit(0.2, "a quick step"):
+        pass
+    started = time.monotonic()
+    with pytest.raises(Timeout, match=r"the long step did not finish within 0\.6 s"), time_limit(
+        0.6, "the long step"
+    ):
+        _busy(HANG_SECONDS)
+    assert 0.55 <= time.monotonic() - started < 2.0
+    assert recorded_alarms == []
+
+
+def test_a_timer_running_before_a_limit_gets_its_time_back(recorded_alarms: list[int]) -> None:
+    deadline.release()
+    signal.setitimer(signal.ITIMER_REAL, 3.0)  # someone else's timer
+    with time_limit(0.2, "a quick step"):
+        pass
+    left = signal.getitimer(signal.ITIMER_REAL)[0]
+    assert 2.5 < left <= 3.0, "the other timer runs on with what was left of it, and ours is gone"
+
+
+def test_a_closed_lockstep_leaves_no_timer_running() -> None:
+    drive(LOCKSTEP_CONFIG, [ops.New(8, 8), ops.Gc(), ops.Drop(0)], InProcessImpl(), until_first=True)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def _endless_walk(monkeypatch: pytest.MonkeyPatch) -> None:
