@@ -53,9 +53,14 @@ class Timeout(BaseException):
     """
 
 
+#: Whether this platform has `setitimer` (and `SIGALRM`).
+_HAS_TIMER = hasattr(signal, "setitimer")
+
+
 def available() -> bool:
-    """Whether limits are enforced here: `SIGALRM` exists and this is the main thread."""
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    """Whether limits are enforced here: `SIGALRM` exists and this is the main thread (asked by
+    thread id: `threading.current_thread()` costs a Python call a step)."""
+    return _HAS_TIMER and threading.get_ident() == threading.main_thread().ident
 
 
 #: The armed limits, innermost last (empty: no limit is running).
