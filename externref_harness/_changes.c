@@ -1,6 +1,6 @@
 /* The C core of `externref_harness.changes`: which positions of two sequences differ, identity
  * first and by value only where the identities differ; which pages of a memory range differ
- * from its shadow copy (the checking heap's write record, `impl/heap.py`); and a persistent
+ * from its shadow copy, and where in a page (the checking heap's write record, `impl/heap.py`); and a persistent
  * vector's leaves joined into one tuple (`externref_harness.vec`).
  *
  * A step of the lockstep changes a handful of positions of tuples as long as the heap and leaves
@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* 1 if `a` and `b` differ (not the same object and not equal), 0 if not, -1 on an error. */
@@ -157,29 +158,43 @@ PyDoc_STRVAR(changed_pages_doc,
 "The offsets (multiples of page, below length) of the pages whose bytes differ between the\n"
 "memory at address now and at address then, ascending. Both ranges must be mapped.");
 
-static PyObject *
-changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* The two addresses and two sizes of `changed_pages` and `first_difference` (the sizes >= 0,
+ * the second > 0 if `positive`); 0, or -1 with an exception set. */
+static int
+memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs, size_t addresses[2],
+            Py_ssize_t sizes[2], int positive)
 {
     if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "changed_pages() takes 4 arguments (%zd given)", nargs);
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s() takes 4 arguments (%zd given)", name, nargs);
+        return -1;
     }
-    size_t addresses[2];
     for (int k = 0; k < 2; k++) {
         addresses[k] = PyLong_AsSize_t(args[k]);
         if (addresses[k] == (size_t)-1 && PyErr_Occurred()) {
-            return NULL;
+            return -1;
+        }
+        sizes[k] = PyLong_AsSsize_t(args[2 + k]);
+        if (sizes[k] == -1 && PyErr_Occurred()) {
+            return -1;
         }
     }
-    Py_ssize_t length = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t page = PyLong_AsSsize_t(args[3]);
-    if ((length == -1 || page == -1) && PyErr_Occurred()) {
+    if (sizes[0] < 0 || sizes[1] < (positive ? 1 : 0)) {
+        PyErr_Format(PyExc_ValueError, "%s: %s", name,
+                     positive ? "length must be >= 0 and page > 0" : "length and start must be >= 0");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    size_t addresses[2];
+    Py_ssize_t sizes[2];
+    if (memory_args("changed_pages", args, nargs, addresses, sizes, 1) < 0) {
         return NULL;
     }
-    if (length < 0 || page <= 0) {
-        PyErr_SetString(PyExc_ValueError, "changed_pages: length must be >= 0 and page > 0");
-        return NULL;
-    }
+    Py_ssize_t length = sizes[0], page = sizes[1];
     const char *now = (const char *)addresses[0];
     const char *then = (const char *)addresses[1];
     PyObject *out = PyList_New(0);
@@ -200,6 +215,40 @@ changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(index);
     }
     return out;
+}
+
+PyDoc_STRVAR(first_difference_doc,
+"first_difference(now, then, length, start) -> int\n\n"
+"The first offset at or after start, below length, at which the bytes at address now and at\n"
+"address then differ; -1 if there is none. Both ranges must be mapped.");
+
+static PyObject *
+first_difference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    size_t addresses[2];
+    Py_ssize_t sizes[2];
+    if (memory_args("first_difference", args, nargs, addresses, sizes, 0) < 0) {
+        return NULL;
+    }
+    Py_ssize_t length = sizes[0], at = sizes[1];
+    const unsigned char *now = (const unsigned char *)addresses[0];
+    const unsigned char *then = (const unsigned char *)addresses[1];
+    /* A word at a time, then the bytes of the word that differs (or of the tail). */
+    while (at + 8 <= length) {
+        uint64_t a, b;
+        memcpy(&a, now + at, 8);
+        memcpy(&b, then + at, 8);
+        if (a != b) {
+            break;
+        }
+        at += 8;
+    }
+    for (; at < length; at++) {
+        if (now[at] != then[at]) {
+            return PyLong_FromSsize_t(at);
+        }
+    }
+    return PyLong_FromSsize_t(-1);
 }
 
 PyDoc_STRVAR(joined_doc,
@@ -250,6 +299,8 @@ joined(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"joined", (PyCFunction)(void (*)(void))joined, METH_FASTCALL, joined_doc},
     {"changed_pages", (PyCFunction)(void (*)(void))changed_pages, METH_FASTCALL, changed_pages_doc},
+    {"first_difference", (PyCFunction)(void (*)(void))first_difference, METH_FASTCALL,
+     first_difference_doc},
     {"changed_positions", (PyCFunction)(void (*)(void))changed_positions, METH_FASTCALL,
      changed_positions_doc},
     {"same", (PyCFunction)(void (*)(void))same, METH_FASTCALL, same_doc},

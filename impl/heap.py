@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from mypy_extensions import mypyc_attr
 
-from externref_harness.changes import changed_pages
+from externref_harness.changes import changed_pages, first_difference
 
 WORD = 8
 REDZONE = 32
@@ -380,23 +380,19 @@ class CheckingHeap:
         return changed_pages(seg.base, ctypes.addressof(seg.shadow), seg.used, PAGE)
 
     def _changed_blocks(self, seg: _Segment, offset: int, into: set[int]) -> None:
-        """Add the blocks covering the bytes of page `offset` that differ from the shadow."""
+        """Add the blocks covering the bytes of page `offset` that differ from the shadow: the
+        first difference, then the first past the end of the block (and redzone) it fell in."""
         length = min(PAGE, seg.used - offset)
-        now = ctypes.string_at(seg.base + offset, length)
-        then = ctypes.string_at(ctypes.addressof(seg.shadow) + offset, length)
-        diff = int.from_bytes(now, "little") ^ int.from_bytes(then, "little")
-        at = seg.base + offset
-        while diff:
-            skip = ((diff & -diff).bit_length() - 1) >> 3
-            at += skip
-            diff >>= skip * 8
-            block = self.block_at(at)
+        now = seg.base + offset
+        then = ctypes.addressof(seg.shadow) + offset
+        at = first_difference(now, then, length, 0)
+        while at >= 0:
+            block = self.block_at(now + at)
             step = 1
             if block is not None:
                 into.add(block.start)
-                step = block.start + block.size + REDZONE - at
-            at += step
-            diff >>= step * 8
+                step = block.start + block.size + REDZONE - (now + at)
+            at = first_difference(now, then, length, at + step)
 
     def _refresh(self, start: int) -> None:
         """Copy a block's bytes (user bytes and redzone) into its segment's shadow."""

@@ -97,6 +97,25 @@ def test_both_loops_find_the_same_changed_pages(length: int, written: set[int]) 
     assert changes.python_changed_pages(*addresses) == expected
 
 
+@given(st.integers(0, 300), st.sets(st.integers(0, 299), max_size=6), st.integers(0, 310))
+def test_both_loops_find_the_same_first_difference(length: int, written: set[int], start: int) -> None:
+    now = ctypes.create_string_buffer(b"\x55" * length, length)
+    then = ctypes.create_string_buffer(b"\x55" * length, length)
+    for at in written:
+        if at < length:
+            now[at] = b"\x66"
+    expected = min((at for at in written if start <= at < length), default=-1)
+    addresses = (ctypes.addressof(now), ctypes.addressof(then), length, start)
+    assert changes.first_difference(*addresses) == expected
+    assert changes.python_first_difference(*addresses) == expected
+
+
+def test_first_difference_refuses_bad_sizes() -> None:
+    buffer = ctypes.create_string_buffer(16)
+    with pytest.raises(ValueError, match="length and start must be >= 0"):
+        changes.first_difference(ctypes.addressof(buffer), ctypes.addressof(buffer), 16, -1)
+
+
 def test_changed_pages_refuses_bad_sizes() -> None:
     buffer = ctypes.create_string_buffer(16)
     with pytest.raises(ValueError, match="page > 0"):
