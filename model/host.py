@@ -34,10 +34,30 @@ MAX_VALUE_ALIGN = 1 << 12
 
 def check_value_layout(size: int, align: int) -> None:
     """`VMExternRef::new` takes a Rust value: its size and alignment must be a type's."""
+    problem = _LAYOUT_PROBLEMS.get((size, align), _NOT_JUDGED)
+    if problem is _NOT_JUDGED:
+        problem = _layout_problem(size, align)
+        if len(_LAYOUT_PROBLEMS) < MAX_JUDGED_LAYOUTS:
+            _LAYOUT_PROBLEMS[(size, align)] = problem
+    if problem is not None:
+        raise MisuseError(BAD_LAYOUT, problem)
+
+
+def _layout_problem(size: int, align: int) -> str | None:
     if not layout.rust_type_layout_admissible(size, align):
-        raise MisuseError(BAD_LAYOUT, f"no Rust type has size {size}, align {align}")
+        return f"no Rust type has size {size}, align {align}"
     if size > MAX_VALUE_SIZE or align > MAX_VALUE_ALIGN:
-        raise MisuseError(BAD_LAYOUT, "larger than the harness allocates for real")
+        return "larger than the harness allocates for real"
+    return None
+
+
+#: `check_value_layout`'s verdicts by `(size, align)`. Every `New` of the model and of the host
+#: world asks, a run asks of a handful of layouts, and judging one (`layout`'s rules, written for
+#: ints and z3 terms alike) costs 2.3 µs: about a bare model step. At most `MAX_JUDGED_LAYOUTS`
+#: are kept (the sizes of generated ops are not bounded); the rest are judged each time.
+_LAYOUT_PROBLEMS: dict[tuple[int, int], str | None] = {}
+MAX_JUDGED_LAYOUTS = 4096
+_NOT_JUDGED = "not judged yet"
 
 
 #: The most clones one `InsertMany` host loop moves into the table.
