@@ -62,6 +62,8 @@ class InProcessImpl:
         self._reported = 0
         self._dropped = 0
         self._allocated = 0
+        #: The last config given to `start`, and the `Config` made of it.
+        self._given: tuple[dict[str, Any], Config] | None = None
 
     @property
     def world(self) -> World:
@@ -72,7 +74,7 @@ class InProcessImpl:
     def start(self, config: Mapping[str, Any]) -> None:
         self.close()
         self._heap = CheckingHeap()
-        self._world = World(Config.from_untyped(config), self._heap, self._runtime)
+        self._world = World(self._config(config), self._heap, self._runtime)
         self._blocks: list[Block | None] = []
         self._vtables: dict[int, tuple[int, int]] = {}
         self._freed: dict[int, RefFacts] = {}
@@ -88,6 +90,13 @@ class InProcessImpl:
         self._handles_of: Vec[int | None] = Vec()
         self._handles: tuple[int | None, ...] = ()
         self._hashes: tuple[tuple[int, int], ...] = ()
+
+    def _config(self, config: Mapping[str, Any]) -> Config:
+        """`config` checked and made a `Config`; the last one again when it is given again (every
+        run of a search, and a child serves many: checking one costs a quarter of a start)."""
+        if self._given is None or config != self._given[0]:
+            self._given = (dict(config), Config.from_untyped(config))
+        return self._given[1]
 
     def step(self, op: PlainOp, embedder_capacity: int | None = None) -> StepOutcome:
         return self._step(op, embedder_capacity, verify=True)
