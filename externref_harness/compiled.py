@@ -80,6 +80,8 @@ COMPILED_GROUPS: dict[str, tuple[str, ...]] = {
         "externref_harness.lockstep.memory_checks",
         "externref_harness.lockstep.deadline",
         "externref_harness.lockstep.runner",
+        # The gate's side of the implementation's process: every request and reply of a run.
+        "externref_harness.isolation.pool",
     ),
 }
 COMPILED_MODULES: tuple[str, ...] = tuple(m for group in COMPILED_GROUPS.values() for m in group)
