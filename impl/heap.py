@@ -24,8 +24,9 @@ directly, a wild pointer), are found by comparing the segment with its shadow:
 
     segment  |blk 0|rz|blk 1|rz|  ...  |blk k|rz|              (bump-allocated, never reused)
     shadow   |     copy after the last verify()   |
-      memcmp per 4 KiB page (`changes.changed_pages`, one C loop) -> the differing bytes of a
-      page (one XOR of the page as two integers) -> the blocks that cover them
+      memcmp per 4 KiB page (`changes.changed_pages`, one C loop) -> the first differing byte
+      of a changed page, then the first past the end of the block it fell in, and so on
+      (`changes.first_difference`, C) -> the blocks that cover them
 
 Only the blocks whose bytes (user bytes or redzone) changed, or that were allocated, freed or
 given a watched value since the last `verify()`, are checked again; every other block is
