@@ -158,21 +158,22 @@ PyDoc_STRVAR(changed_pages_doc,
 "The offsets (multiples of page, below length) of the pages whose bytes differ between the\n"
 "memory at address now and at address then, ascending. Both ranges must be mapped.");
 
-/* The two addresses and two sizes of `changed_pages` and `first_difference` (the sizes >= 0,
- * the second > 0 if `positive`); 0, or -1 with an exception set. */
+/* The two memory ranges' addresses and two sizes of `changed_pages` and `first_difference` (the
+ * sizes >= 0, the second > 0 if `positive`); 0, or -1 with an exception set. */
 static int
-memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs, size_t addresses[2],
-            Py_ssize_t sizes[2], int positive)
+memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs,
+            const unsigned char *memory[2], Py_ssize_t sizes[2], int positive)
 {
     if (nargs != 4) {
         PyErr_Format(PyExc_TypeError, "%s() takes 4 arguments (%zd given)", name, nargs);
         return -1;
     }
     for (int k = 0; k < 2; k++) {
-        addresses[k] = PyLong_AsSize_t(args[k]);
-        if (addresses[k] == (size_t)-1 && PyErr_Occurred()) {
+        size_t address = PyLong_AsSize_t(args[k]);
+        if (address == (size_t)-1 && PyErr_Occurred()) {
             return -1;
         }
+        memory[k] = (const unsigned char *)address;
         sizes[k] = PyLong_AsSsize_t(args[2 + k]);
         if (sizes[k] == -1 && PyErr_Occurred()) {
             return -1;
@@ -189,14 +190,13 @@ memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs, size_t ad
 static PyObject *
 changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    size_t addresses[2];
+    const unsigned char *memory[2];
     Py_ssize_t sizes[2];
-    if (memory_args("changed_pages", args, nargs, addresses, sizes, 1) < 0) {
+    if (memory_args("changed_pages", args, nargs, memory, sizes, 1) < 0) {
         return NULL;
     }
+    const unsigned char *now = memory[0], *then = memory[1];
     Py_ssize_t length = sizes[0], page = sizes[1];
-    const char *now = (const char *)addresses[0];
-    const char *then = (const char *)addresses[1];
     PyObject *out = PyList_New(0);
     if (out == NULL) {
         return NULL;
@@ -225,14 +225,13 @@ PyDoc_STRVAR(first_difference_doc,
 static PyObject *
 first_difference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    size_t addresses[2];
+    const unsigned char *memory[2];
     Py_ssize_t sizes[2];
-    if (memory_args("first_difference", args, nargs, addresses, sizes, 0) < 0) {
+    if (memory_args("first_difference", args, nargs, memory, sizes, 0) < 0) {
         return NULL;
     }
+    const unsigned char *now = memory[0], *then = memory[1];
     Py_ssize_t length = sizes[0], at = sizes[1];
-    const unsigned char *now = (const unsigned char *)addresses[0];
-    const unsigned char *then = (const unsigned char *)addresses[1];
     /* A word at a time, then the bytes of the word that differs (or of the tail). */
     while (at + 8 <= length) {
         uint64_t a, b;
