@@ -8,12 +8,15 @@ divergence. `misuse_moves` must offer each case to the machines, and `Bounds` is
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, drive
-from externref_harness.model import ops
+from externref_harness.model import host, layout, ops
 from externref_harness.model.moves import Bounds, misuse_moves, moves
-from externref_harness.model.observation import Misuse, Ok
+from externref_harness.model.observation import BAD_LAYOUT, Misuse, Ok
+from externref_harness.model.runtime import MisuseError
 from externref_harness.model.state import State
 from externref_harness.model.transition import run
 
@@ -108,3 +111,23 @@ def test_bounds_accept_the_drivers_own() -> None:
 
     assert Bounds(**{f: getattr(MACHINE_BOUNDS, f) for f in MACHINE_BOUNDS.__dataclass_fields__})
     assert Bounds(refs=0, handles=0, raws=0, frames=0, args=0, layouts=())
+
+
+#: Sizes and alignments around the rules' edges (multiples, powers of two, the harness's caps),
+#: few enough that pairs recur and come swapped.
+_LAYOUT_NUMBERS = st.sampled_from([0, 1, 2, 3, 4, 8, 12, 16, 24, 4096, 8192, 1 << 16, (1 << 16) + 8])
+
+
+@given(st.lists(st.tuples(_LAYOUT_NUMBERS, _LAYOUT_NUMBERS), max_size=30))
+def test_check_value_layout_keeps_the_verdicts_layout_gives(pairs: list[tuple[int, int]]) -> None:
+    # Each pair asked twice: the second answer comes from the kept verdicts.
+    for size, align in pairs + pairs:
+        admissible = bool(layout.rust_type_layout_admissible(size, align))
+        fits = size <= host.MAX_VALUE_SIZE and align <= host.MAX_VALUE_ALIGN
+        if admissible and fits:
+            host.check_value_layout(size, align)
+        else:
+            with pytest.raises(MisuseError) as raised:
+                host.check_value_layout(size, align)
+            assert raised.value.kind == BAD_LAYOUT
+            assert (f"no Rust type has size {size}, align {align}" in str(raised.value)) == (not admissible)
