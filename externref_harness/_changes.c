@@ -161,9 +161,11 @@ PyDoc_STRVAR(changed_pages_doc,
 /* The two memory ranges' addresses and two sizes of `changed_pages` and `first_difference` (the
  * sizes >= 0, the second > 0 if `positive`); 0, or -1 with an exception set. */
 static int
-memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs,
-            const unsigned char *memory[2], Py_ssize_t sizes[2], int positive)
+memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs, const unsigned char **now,
+            const unsigned char **then, Py_ssize_t *length, Py_ssize_t *second, int positive)
 {
+    const unsigned char **memory[2] = {now, then};
+    Py_ssize_t *sizes[2] = {length, second};
     if (nargs != 4) {
         PyErr_Format(PyExc_TypeError, "%s() takes 4 arguments (%zd given)", name, nargs);
         return -1;
@@ -173,13 +175,13 @@ memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs,
         if (address == (size_t)-1 && PyErr_Occurred()) {
             return -1;
         }
-        memory[k] = (const unsigned char *)address;
-        sizes[k] = PyLong_AsSsize_t(args[2 + k]);
-        if (sizes[k] == -1 && PyErr_Occurred()) {
+        *memory[k] = (const unsigned char *)address;
+        *sizes[k] = PyLong_AsSsize_t(args[2 + k]);
+        if (*sizes[k] == -1 && PyErr_Occurred()) {
             return -1;
         }
     }
-    if (sizes[0] < 0 || sizes[1] < (positive ? 1 : 0)) {
+    if (*length < 0 || *second < (positive ? 1 : 0)) {
         PyErr_Format(PyExc_ValueError, "%s: %s", name,
                      positive ? "length must be >= 0 and page > 0" : "length and start must be >= 0");
         return -1;
@@ -190,13 +192,11 @@ memory_args(const char *name, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *
 changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    const unsigned char *memory[2];
-    Py_ssize_t sizes[2];
-    if (memory_args("changed_pages", args, nargs, memory, sizes, 1) < 0) {
+    const unsigned char *now, *then;
+    Py_ssize_t length, page;
+    if (memory_args("changed_pages", args, nargs, &now, &then, &length, &page, 1) < 0) {
         return NULL;
     }
-    const unsigned char *now = memory[0], *then = memory[1];
-    Py_ssize_t length = sizes[0], page = sizes[1];
     PyObject *out = PyList_New(0);
     if (out == NULL) {
         return NULL;
@@ -225,13 +225,11 @@ PyDoc_STRVAR(first_difference_doc,
 static PyObject *
 first_difference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    const unsigned char *memory[2];
-    Py_ssize_t sizes[2];
-    if (memory_args("first_difference", args, nargs, memory, sizes, 0) < 0) {
+    const unsigned char *now, *then;
+    Py_ssize_t length, at;
+    if (memory_args("first_difference", args, nargs, &now, &then, &length, &at, 0) < 0) {
         return NULL;
     }
-    const unsigned char *now = memory[0], *then = memory[1];
-    Py_ssize_t length = sizes[0], at = sizes[1];
     /* A word at a time, then the bytes of the word that differs (or of the tail). */
     while (at + 8 <= length) {
         uint64_t a, b;
