@@ -205,12 +205,18 @@ class Lockstep:
         self._submit_many: Callable[[list[tuple[PlainOp, int | None]]], None] | None
         self._submit_many = getattr(adapter, "submit_many", None)
         try:
-            with time_limit(deadline.STEP_SECONDS, "the implementation's start"):
+            with time_limit(self._own_limit(), "the implementation's start"):
                 adapter.start(plain_config(cfg))
         except Timeout as hung:
             self.impl_broken = f"the implementation hung: {hung}"
         except Exception as e:
             self.impl_broken = raised(e, " at start")
+
+    def _own_limit(self) -> float:
+        """The seconds the lockstep gives a call of the implementation (`deadline.time_limit`):
+        none for one in another process, whose pool limits every read of its replies (and whose
+        start or batch is only sent here, not waited for), so no timer is armed for it."""
+        return 0 if self._submit_one is not None else deadline.STEP_SECONDS
 
     def step(self, op: ops.Op, following: Sequence[ops.Op] = ()) -> StepCheck:
         """Step both sides by `op` and check them.
@@ -296,7 +302,6 @@ class Lockstep:
         self._ahead.clear()
         if not planned:
             return []
-        in_process = self._submit_one is None
         checks: list[StepCheck] = []
         try:
             taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _, _ in planned])
@@ -316,7 +321,7 @@ class Lockstep:
             if kept is not None and not looked_up and model_problem is None:
                 kept.keep(before, op, after, obs)
             last = i == len(planned) - 1
-            problem, problems = self._replayed(op, obs, before, taken, in_process, last)
+            problem, problems = self._replayed(op, obs, before, taken, last)
             checks.append(StepCheck(obs, model_problem, problem, problems))
             if model_problem is not None or problem is not None:
                 break
@@ -331,13 +336,12 @@ class Lockstep:
         obs: Observation,
         before: State,
         taken: Iterator[Replayed],
-        in_process: bool,
         last: bool,
     ) -> tuple[str | None, tuple[Problem, ...]]:
         """One replayed step's checks, and after the last one the memory checks (`replay`)."""
-        # An implementation in another process has its own step time limit (the pool's).
-        seconds = deadline.STEP_SECONDS if in_process else 0
-        return self._limited(op, seconds, lambda: self._replayed_checked(op, obs, before, taken, last))
+        return self._limited(
+            op, self._own_limit(), lambda: self._replayed_checked(op, obs, before, taken, last)
+        )
 
     def _replayed_checked(
         self, op: ops.Op, obs: Observation, before: State, taken: Iterator[Replayed], last: bool
@@ -418,13 +422,13 @@ class Lockstep:
     def _impl_step(
         self, op: ops.Op, obs: Observation, before: State, submitted: Submitted = None
     ) -> tuple[str | None, tuple[Problem, ...]]:
-        """The implementation's step and every check of it, under `deadline.STEP_SECONDS`. After
+        """The implementation's step and every check of it, within `_own_limit`. After
         a step that hung, the implementation is not run again (its state is unknown)."""
         if self.impl_broken is not None:
             return self.impl_broken, ()
-        # An implementation in its own process has its own step time limit.
-        seconds = 0 if submitted is not None else deadline.STEP_SECONDS
-        return self._limited(op, seconds, lambda: self._impl_step_checked(op, obs, before, submitted))
+        return self._limited(
+            op, self._own_limit(), lambda: self._impl_step_checked(op, obs, before, submitted)
+        )
 
     def _limited(
         self, op: ops.Op, seconds: float, checked: Callable[[], tuple[str | None, tuple[Problem, ...]]]
@@ -578,7 +582,7 @@ class Lockstep:
         if self.impl_broken is not None:
             return self.impl_broken
         try:
-            with time_limit(deadline.STEP_SECONDS, "the implementation's teardown"):
+            with time_limit(self._own_limit(), "the implementation's teardown"):
                 reports = self.adapter.finish()
         except Timeout as hung:
             return f"the implementation hung: {hung}"

@@ -19,11 +19,13 @@ from externref_harness import trace as tracefile
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.stack import NativeStack
 from externref_harness.impl.world import World
+from externref_harness.isolation.pool import ChildPool
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.check import run_lockstep_check
 from externref_harness.lockstep.deadline import Timeout, time_limit
-from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, drive
+from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, Lockstep, drive
 from externref_harness.model import ops
+from externref_harness.native.build import build_reference
 
 #: How long the seeded endless walk really runs before it gives in: far past the test's limit, so
 #: without the limit the step ends (and the test fails) instead of hanging the suite.
@@ -111,6 +113,47 @@ def test_a_timer_running_before_a_limit_gets_its_time_back(recorded_alarms: list
 def test_a_closed_lockstep_leaves_no_timer_running() -> None:
     drive(LOCKSTEP_CONFIG, [ops.New(8, 8), ops.Gc(), ops.Drop(0)], InProcessImpl(), until_first=True)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_start_that_hangs_in_process_is_the_locksteps_to_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = InProcessImpl.start
+
+    def slow_start(self: InProcessImpl, config: object) -> None:
+        until = time.monotonic() + HANG_SECONDS
+        while time.monotonic() < until:
+            pass
+        original(self, config)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InProcessImpl, "start", slow_start)
+    monkeypatch.setattr(deadline, "STEP_SECONDS", LIMIT)
+    started = time.monotonic()
+    run = Lockstep(LOCKSTEP_CONFIG, InProcessImpl())
+    try:
+        hung = "the implementation hung: the implementation's start did not finish within 0.3 s"
+        assert run.impl_broken == hung
+    finally:
+        run.close()
+    assert time.monotonic() - started < HANG_SECONDS
+
+
+def test_an_implementation_in_another_process_starts_and_finishes_without_a_timer_of_the_locksteps() -> None:
+    """Its pool limits every read of its replies (`isolation.pool`), and its start is only sent
+    here: a timer armed around it would guard a write (and cost two `setitimer` calls a run)."""
+    pool = ChildPool(build_reference("debug"), step_timeout=5.0)
+    try:
+        run = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
+        try:
+            assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the start armed a timer"
+            check = run.step(ops.New(8, 8))
+            assert check.impl_problem is None and check.model_problem is None
+            for op in run.quiesce_ops():
+                run.step(op)
+            assert run.finish() is None
+            assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "a step or the finish armed one"
+        finally:
+            run.close()
+    finally:
+        pool.close()
 
 
 def _endless_walk(monkeypatch: pytest.MonkeyPatch) -> None:
