@@ -85,10 +85,9 @@ class InProcessImpl:
         #: Refs whose footer words no single block covers: read again by every probe.
         self._unblocked: list[int] = []
         self._reported = self._dropped = self._allocated = 0
-        #: The last probe's heap-sized tuples, shared by the next probe while they are unchanged.
-        self._refs: tuple[RefFacts, ...] | None = None
-        self._handles_of: Vec[int | None] = Vec()
-        self._handles: tuple[int | None, ...] = ()
+        #: The last probe's facts of every ref (`Probe.refs`): each probe changes the items it read
+        #: again and shares the rest.
+        self._refs: Vec[RefFacts] = Vec()
         self._hashes: tuple[tuple[int, int], ...] = ()
 
     def _config(self, config: Mapping[str, Any]) -> Config:
@@ -142,28 +141,27 @@ class InProcessImpl:
         world = self.world
         facts = self._facts
         allocations = world.allocations
-        read = bool(self._unblocked) or len(facts) < len(allocations)
+        read: dict[int, RefFacts] = {}
         for start in world.heap.take_changed():
             for i in self._refs_in.get(start, ()):
-                facts[i] = self._ref_facts(i, *allocations[i])
-                read = True
+                facts[i] = read[i] = self._ref_facts(i, *allocations[i])
         for i in self._unblocked:
-            facts[i] = self._ref_facts(i, *allocations[i])
+            facts[i] = read[i] = self._ref_facts(i, *allocations[i])
+        added: list[RefFacts] = []
         for i in range(len(facts), len(allocations)):
             footer, value = allocations[i]
             facts.append(self._ref_facts(i, footer, value))
+            added.append(facts[i])
             block = self._blocks[i]
             if block is not None and footer + _FOOTER.size <= block.start + block.size + REDZONE:
                 self._refs_in.setdefault(block.start, []).append(i)
             else:
                 self._unblocked.append(i)
-        if read or self._refs is None:
-            self._refs = tuple(facts)
-        # The heap-sized parts are made a tuple again only when they changed: the handles are a
-        # persistent vector (a new one when a step changed them), the hashes compared in place.
-        if world.host.handles is not self._handles_of:
-            self._handles_of = world.host.handles
-            self._handles = self._handles_of.as_tuple()
+        # The heap-sized parts are persistent vectors: the refs' facts with the items read again
+        # written (the leaves they fall in copied), the handles the host world's own; the
+        # hashes are compared in place.
+        if read or added:
+            self._refs = self._refs.updated(read, added)
         self._hashes = _frozen(world.hashes, self._hashes)
         frames = tuple(
             FrameFacts(
@@ -179,7 +177,7 @@ class InProcessImpl:
             canary=world.stack_canary(),
             table=self._table_facts(),
             refs=self._refs,
-            handles=self._handles,
+            handles=world.host.handles,
             hashes=self._hashes,
             raws=tuple(None if p is None else (p.ref, p.owned) for p in world.host.raws),
             globals=tuple(

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 from externref_harness.impl.heap import Report
 from externref_harness.model.ops import OPS_BY_NAME, Op
 from externref_harness.model.state import Config
+from externref_harness.vec import Vec
 
 PlainOp = tuple[Any, ...]
 
@@ -119,15 +120,40 @@ class FrameFacts(NamedTuple):
 
 
 class Probe(NamedTuple):
+    """What an adapter read of the implementation's memory after a step (`ImplAdapter.probe`).
+
+    The two parts as large as the heap are persistent vectors (`vec.Vec`), each the last probe's
+    with the items the step changed: every ref's facts (the adapter reads a footer again only where
+    the checking heap saw a write) and the host's handles. So neither making a probe nor finding
+    what changed since the last one (`Vec.changed_positions`, in the memory checks) is a pass over
+    every ref: as tuples, at 4,096 live refs, the copies and the comparisons cost a fifth of a
+    step. Between processes a probe crosses as a `ProbeFrame`."""
+
+    stack_top: int
+    canary: int | None
+    table: TableFacts
+    refs: Vec[RefFacts]
+    handles: Vec[int | None]
+    #: `VMExternRef::hash` of the two refs the step's `Eq` / `Cmp` compared, as `(ref, hash)`.
+    hashes: tuple[tuple[int, int], ...]
+    raws: tuple[tuple[int, bool] | None, ...]
+    #: Each global's word; None for one instantiation never wrote.
+    globals: tuple[int | None, ...]
+    frames: tuple[FrameFacts, ...]
+
+
+class ProbeFrame(NamedTuple):
+    """A `Probe` as the child process sends it (`isolation`): its fields in its order (the frame
+    is the array of them), the two vectors as tuples, and `refs` empty: the facts of the refs
+    whose facts changed cross beside it, and the parent keeps the others."""
+
     stack_top: int
     canary: int | None
     table: TableFacts
     refs: tuple[RefFacts, ...]
     handles: tuple[int | None, ...]
-    #: `VMExternRef::hash` of the two refs the step's `Eq` / `Cmp` compared, as `(ref, hash)`.
     hashes: tuple[tuple[int, int], ...]
     raws: tuple[tuple[int, bool] | None, ...]
-    #: Each global's word; None for one instantiation never wrote.
     globals: tuple[int | None, ...]
     frames: tuple[FrameFacts, ...]
 

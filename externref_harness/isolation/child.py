@@ -31,12 +31,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from externref_harness.changes import changed_positions
 from externref_harness.impl.adapter import InProcessImpl
-from externref_harness.impl.interface import Probe, RefFacts, StepOutcome
+from externref_harness.impl.interface import ProbeFrame, RefFacts, StepOutcome
 from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.fast_wire import write_plain
 from externref_harness.isolation.wire import decode_plain, read_frame, write_frame
+from externref_harness.vec import Vec
 
 
 def _adapter(impl: str | None) -> InProcessImpl:
@@ -47,28 +47,43 @@ def _adapter(impl: str | None) -> InProcessImpl:
     return InProcessImpl(native_runtime(open_library(Path(impl))))
 
 
+class _Sent:
+    """What the parent holds of the last probe sent: every ref's facts (a probe sends only those
+    that changed), and the handles as the tuple they crossed as (made again only when the
+    adapter's vector is another: the host world makes a new one when a step changes them)."""
+
+    def __init__(self) -> None:
+        self.refs: Vec[RefFacts] = Vec()
+        self.handles_of: Vec[int | None] = Vec()
+        self.handles: tuple[int | None, ...] = ()
+
+
 def _step(
-    adapter: InProcessImpl, op: Any, capacity: Any, sent: tuple[RefFacts, ...]
-) -> tuple[tuple[StepOutcome, Probe, int, list[tuple[int, RefFacts]]], tuple[RefFacts, ...]]:
-    """One step and its reply; only the refs whose facts changed since `sent` cross (the parent
-    keeps the rest)."""
+    adapter: InProcessImpl, op: Any, capacity: Any, sent: _Sent
+) -> tuple[StepOutcome, ProbeFrame, int, list[tuple[int, RefFacts]]]:
+    """One step and its reply; only the refs whose facts changed since the last probe sent cross
+    (the parent keeps the rest)."""
     outcome = adapter.step(op, capacity)
-    probed, refs = _probe(adapter, sent)
-    return (outcome, *probed), refs
+    return (outcome, *_probe(adapter, sent))
 
 
-def _probe(
-    adapter: InProcessImpl, sent: tuple[RefFacts, ...]
-) -> tuple[tuple[Probe, int, list[tuple[int, RefFacts]]], tuple[RefFacts, ...]]:
-    """The probe as it crosses: its refs apart, only those whose facts changed since `sent`."""
+def _probe(adapter: InProcessImpl, sent: _Sent) -> tuple[ProbeFrame, int, list[tuple[int, RefFacts]]]:
+    """The probe as it crosses (`ProbeFrame`): its refs apart, only those whose facts changed."""
     probe = adapter.probe()
-    changed = [(i, probe.refs[i]) for i in changed_positions(sent, probe.refs)]
-    return (probe._replace(refs=()), len(probe.refs), changed), probe.refs
+    refs = probe.refs
+    changed = [(i, refs[i]) for i in refs.changed_positions(sent.refs)]
+    sent.refs = refs
+    if probe.handles is not sent.handles_of:
+        sent.handles_of, sent.handles = probe.handles, probe.handles.as_tuple()
+    frame = ProbeFrame(
+        probe.stack_top, probe.canary, probe.table, (), sent.handles, *probe[5:]
+    )
+    return frame, len(refs), changed
 
 
 def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
-    #: The ref facts the parent holds (it is sent only what changes).
-    sent: tuple[RefFacts, ...] = ()
+    #: What the parent holds of the last probe (it is sent only what changes).
+    sent = _Sent()
     while True:
         try:
             request = decode_plain(read_frame(requests))
@@ -78,16 +93,16 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
         try:
             if kind == "start":
                 adapter.start(request[1])
-                sent = ()
+                sent = _Sent()
                 reply: Any = None
             elif kind == "step":
-                reply, sent = _step(adapter, request[1], request[2], sent)
+                reply = _step(adapter, request[1], request[2], sent)
             elif kind == "steps":
                 # A batch: one reply frame per step, as each is done; it ends after a step that
                 # panicked or was a misuse (`batch.ends_batch`), and at an exception (which the
                 # error frame below reports at that step).
                 for op, capacity in request[1]:
-                    reply, sent = _step(adapter, op, capacity, sent)
+                    reply = _step(adapter, op, capacity, sent)
                     write_plain(responses, ("ok", reply))
                     if ends_batch(reply[0]):
                         break
@@ -100,7 +115,7 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
                     write_plain(responses, ("ok", got))
                     if ends_batch(got.outcome):
                         break
-                reply, sent = _probe(adapter, sent)
+                reply = _probe(adapter, sent)
             elif kind == "finish":
                 reply = adapter.finish()
             elif kind == "close":

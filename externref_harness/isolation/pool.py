@@ -38,12 +38,21 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from externref_harness.impl.interface import PlainOp, PlainReport, Probe, RefFacts, Replayed, StepOutcome
+from externref_harness.impl.interface import (
+    PlainOp,
+    PlainReport,
+    Probe,
+    ProbeFrame,
+    RefFacts,
+    Replayed,
+    StepOutcome,
+)
 from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.fast_wire import conform_reply, split_ok, write_plain
 from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
 from externref_harness.isolation.wire import FrameReader, WireError, conform, decode, tagged, write_frame
+from externref_harness.vec import Vec
 
 __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
 
@@ -66,9 +75,9 @@ START_TIMEOUT = 60.0
 MAX_REFS = 1 << 20
 #: What a step's reply is: the outcome, the probe (its refs apart), the number of refs, and the
 #: facts of the refs that changed.
-StepReply = tuple[StepOutcome, Probe, int, tuple[tuple[int, RefFacts], ...]]
+StepReply = tuple[StepOutcome, ProbeFrame, int, tuple[tuple[int, RefFacts], ...]]
 #: What a replay's last frame is: a step's reply without the outcome (`ChildProcessImpl.replay`).
-ProbeReply = tuple[Probe, int, tuple[tuple[int, RefFacts], ...]]
+ProbeReply = tuple[ProbeFrame, int, tuple[tuple[int, RefFacts], ...]]
 
 
 def replay_args(impl: Path, step_timeout: float) -> str:
@@ -461,7 +470,7 @@ class ChildProcessImpl:
         self._failed = False
         self.pending = 0
         self._replaying = False
-        self._refs: list[RefFacts] = []
+        self._refs: Vec[RefFacts] = Vec()
         # Not waited for: the first steps go right behind it, and the child starts while this
         # process does the run's first work (the model's side of a replay, the next run's plan).
         # Its reply is read before any other (`_started`), so what the child did at the start is
@@ -577,22 +586,25 @@ class ChildProcessImpl:
                 self._failed = True
                 self._replaying = False
 
-    def _take_probe(self, probe: Probe, n_refs: int, changed: tuple[tuple[int, RefFacts], ...]) -> None:
-        """The probe, its refs' facts rebuilt from those that changed (the child sends no others)."""
+    def _take_probe(self, frame: ProbeFrame, n_refs: int, changed: tuple[tuple[int, RefFacts], ...]) -> None:
+        """The probe, its refs' facts those of the last probe with the ones that changed written
+        (the child sends no others), and its handles a vector again (`Probe`)."""
         assert self._child is not None
         refs = self._refs
-        del refs[n_refs:]
-        missing = set(range(len(refs), n_refs))  # only new refs can lack facts
-        refs.extend([None] * (n_refs - len(refs)))  # type: ignore[list-item]
-        for i, facts in changed:
-            refs[i] = facts
-            missing.discard(i)
-        if missing:
+        if n_refs < len(refs):  # (a child that says it holds fewer refs than before)
+            refs = Vec.of(refs.as_tuple()[:n_refs])
+        known = len(refs)
+        written = {i: facts for i, facts in changed if i < known}
+        new = {i: facts for i, facts in changed if i >= known}
+        if len(new) != n_refs - known:  # only new refs can lack facts, and each must have them
             self._child.kill()
             raise ImplementationCrash(
                 "the implementation's process broke the protocol: facts of a ref never sent"
             )
-        self._probe = probe._replace(refs=tuple(refs))
+        self._refs = refs.updated(written, [new[i] for i in range(known, n_refs)])
+        self._probe = Probe(
+            frame.stack_top, frame.canary, frame.table, self._refs, Vec.of(frame.handles), *frame[5:]
+        )
 
     def _checked(self, reply: Any, expected: Any, where: str) -> Any:
         """`reply` as `expected` (a reply type of this module's), or the child is killed and it is

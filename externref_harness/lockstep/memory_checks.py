@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from externref_harness.changes import changed_positions
 from externref_harness.impl import heap as checking_heap
 from externref_harness.impl.interface import Probe, RefFacts
 from externref_harness.lockstep.projection import RefMap
@@ -177,7 +176,7 @@ class ChunkCompare:
     Invariant relied on: a ref whose (facts, box) pair passed the per-ref checks passes them again
     while the pair is unchanged (the checks are functions of the pair, and of reachability only
     for a ref that fails). So a step re-checks only the refs whose box or facts changed since the
-    last step (`changes.changed_positions` of the two heaps and the two fact tuples) and the refs
+    last step (`Vec.changed_positions` of the two heaps and the two facts vectors) and the refs
     that did not pass last time: its cost follows what it touched, not the heap's size. Every
     other ref was checked with the same pair before, which is what `verified` used to re-confirm
     one ref at a time."""
@@ -188,11 +187,11 @@ class ChunkCompare:
         self.verified: dict[int, tuple[RefFacts, Box]] = {}
         #: The model's heap and the implementation's facts the last step checked.
         self.last_heap: Vec[Box] = Vec()
-        self.last_facts: Sequence[RefFacts] = ()
+        self.last_facts: Vec[RefFacts] = Vec()
         #: Refs checked last step that did not pass.
         self.unverified: set[int] = set()
         #: The (model, implementation) handles that last matched, if the last step's did.
-        self.last_handles: tuple[Vec[int | None], Sequence[int | None]] | None = None
+        self.last_handles: tuple[Vec[int | None], Vec[int | None]] | None = None
 
     def problems(
         self, chunk: bytes, model_chunk: Sequence[object], filled: int, refs: RefMap
@@ -277,7 +276,7 @@ def _handle_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompa
     chunk.last_handles = None
     if last is not None and len(state.handles) == len(probe.handles):
         positions = set(state.handles.changed_positions(last[0]))
-        positions.update(changed_positions(last[1], probe.handles))
+        positions.update(probe.handles.changed_positions(last[1]))
         if all(_handle(probe.handles[i], refs) == state.handles[i] for i in positions):
             chunk.last_handles = (state.handles, probe.handles)
             return []
@@ -320,7 +319,7 @@ def _ref_problems(
 
     heap, facts_now = state.heap, probe.refs
     candidates = set(heap.changed_positions(chunk.last_heap))
-    candidates.update(changed_positions(chunk.last_facts, facts_now))
+    candidates.update(facts_now.changed_positions(chunk.last_facts))
     candidates |= chunk.unverified
     chunk.last_heap, chunk.last_facts = heap, facts_now
     unverified: set[int] = set()

@@ -11,9 +11,9 @@ import pytest
 from test_wire import REPLY
 
 from externref_harness.impl.adapter import InProcessImpl
-from externref_harness.impl.interface import RefFacts, plain_config, plain_op
+from externref_harness.impl.interface import plain_config, plain_op
 from externref_harness.isolation import fast_wire
-from externref_harness.isolation.child import _step
+from externref_harness.isolation.child import _Sent, _step
 from externref_harness.isolation.fast_wire import Encoded, conform_reply, encode_plain, split_ok
 from externref_harness.isolation.pool import ProbeReply, StepReply
 from externref_harness.isolation.wire import MAX_TEXT, WireError, conform, decode, encode, tagged
@@ -44,10 +44,10 @@ def _replies() -> list[bytes]:
     adapter = InProcessImpl()
     adapter.start(plain_config(LOCKSTEP_CONFIG))
     bodies: list[bytes] = []
-    sent: tuple[RefFacts, ...] = ()
+    sent = _Sent()
     try:
         for op in PROGRAM:
-            reply, sent = _step(adapter, plain_op(op), None, sent)
+            reply = _step(adapter, plain_op(op), None, sent)
             body = encode_plain(("ok", reply))
             assert body == encode(("ok", reply))  # msgspec's bytes are `wire.encode`'s
             bodies.append(body)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from externref_harness.impl.interface import Probe, RefFacts, StepOutcome, TableFacts
+from externref_harness.impl.interface import ProbeFrame, RefFacts, StepOutcome, TableFacts
 from externref_harness.isolation.pool import StepReply
 from externref_harness.isolation.wire import (
     HEADER,
@@ -26,7 +26,9 @@ from externref_harness.isolation.wire import (
 )
 
 FACTS = RefFacts(16, 0, "live", 1, 0, 0, 8, 8, 0, 32, 8)
-PROBE = Probe(1, None, TableFacts(0, 0, 0, 2, b"\0" * 16), (), (16, None), (), ((8, True), None), (None,), ())
+PROBE = ProbeFrame(
+    1, None, TableFacts(0, 0, 0, 2, b"\0" * 16), (), (16, None), (), ((8, True), None), (None,), ()
+)
 REPLY = (StepOutcome(("ok", 0), (), ((16, 0),), ()), PROBE, 1, ((0, FACTS),))
 
 

@@ -13,6 +13,7 @@ from externref_harness import trace as tracefile
 from externref_harness.impl import mutants
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.interface import Probe, StepOutcome, op_from_plain, plain_op
+from externref_harness.isolation.child import _probe, _Sent
 from externref_harness.lockstep.check import make_lockstep_machine, run_lockstep_check
 from externref_harness.lockstep.projection import RefMap, project_impl, project_model
 from externref_harness.lockstep.runner import LOCKSTEP_BOUNDS, LOCKSTEP_CONFIG, Lockstep, drive, replay
@@ -22,6 +23,7 @@ from externref_harness.model.runtime import CVE_2021_39218
 from externref_harness.model.state import Build, Config
 from externref_harness.model.transition import run
 from externref_harness.search.model_check import REQUIRED_EVENTS, RunStats
+from externref_harness.vec import Vec
 
 CI = settings(settings.get_profile("ci"))
 
@@ -312,7 +314,14 @@ def test_the_adapter_interface_is_plain_data() -> None:
             outcome = adapter.step(plain_op(op))
             assert _plain(tuple(outcome)), outcome
         probe: Probe = adapter.probe()
-        assert _plain(tuple(probe)), probe
+        # Its two heap-sized parts are persistent vectors of plain data (`Probe`), and what
+        # crosses to another process is its frame: plain data throughout.
+        assert isinstance(probe.refs, Vec) and isinstance(probe.handles, Vec)
+        parts = (*probe[:3], probe.refs.as_tuple(), probe.handles.as_tuple(), *probe[5:])
+        assert _plain(parts), probe
+        frame, n_refs, changed = _probe(adapter, _Sent())
+        assert _plain(tuple(frame)) and _plain(tuple(changed)), frame
+        assert frame.handles == probe.handles and n_refs == len(changed) == len(probe.refs)
     finally:
         adapter.close()
 

@@ -30,6 +30,7 @@ from externref_harness.model import ops
 from externref_harness.model.capabilities import NAMES, OPAQUE_REFS
 from externref_harness.model.state import Box, Config, RawPtr, State
 from externref_harness.model.transition import run
+from externref_harness.vec import Vec
 
 CFG = Config(chunk_size=2, slots=3, n_globals=2)
 OPAQUE = replace(CFG, capabilities=(OPAQUE_REFS,))
@@ -85,7 +86,7 @@ def test_a_misplaced_footer_fails_the_layout_checks_unless_refs_are_opaque(
 
 
 def _probe(handles: tuple[int | None, ...], hashes: tuple[tuple[int, int], ...] = ()) -> Probe:
-    return Probe(0, None, TableFacts(0, 0, 0, 0, b""), (), handles, hashes, (), (), ())
+    return Probe(0, None, TableFacts(0, 0, 0, 0, b""), Vec(), Vec.of(handles), hashes, (), (), ())
 
 
 def _outcome(value: Any) -> StepOutcome:
