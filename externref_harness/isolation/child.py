@@ -48,14 +48,12 @@ def _adapter(impl: str | None) -> InProcessImpl:
 
 
 class _Sent:
-    """What the parent holds of the last probe sent: every ref's facts (a probe sends only those
-    that changed), and the handles as the tuple they crossed as (made again only when the
-    adapter's vector is another: the host world makes a new one when a step changes them)."""
+    """What the parent holds of the last probe sent: every ref's facts and every handle (a probe
+    sends only those that changed, `ProbeFrame`)."""
 
     def __init__(self) -> None:
         self.refs: Vec[RefFacts] = Vec()
-        self.handles_of: Vec[int | None] = Vec()
-        self.handles: tuple[int | None, ...] = ()
+        self.handles: Vec[int | None] = Vec()
 
 
 def _step(
@@ -68,15 +66,15 @@ def _step(
 
 
 def _probe(adapter: InProcessImpl, sent: _Sent) -> tuple[ProbeFrame, int, list[tuple[int, RefFacts]]]:
-    """The probe as it crosses (`ProbeFrame`): its refs apart, only those whose facts changed."""
+    """The probe as it crosses (`ProbeFrame`): of its refs' facts and its handles, only those that
+    changed since the last probe sent."""
     probe = adapter.probe()
-    refs = probe.refs
+    refs, handles = probe.refs, probe.handles
     changed = [(i, refs[i]) for i in refs.changed_positions(sent.refs)]
-    sent.refs = refs
-    if probe.handles is not sent.handles_of:
-        sent.handles_of, sent.handles = probe.handles, probe.handles.as_tuple()
+    changed_handles = tuple([(i, handles[i]) for i in handles.changed_positions(sent.handles)])
+    sent.refs, sent.handles = refs, handles
     frame = ProbeFrame(
-        probe.stack_top, probe.canary, probe.table, (), sent.handles, *probe[5:]
+        probe.stack_top, probe.canary, probe.table, (), len(handles), changed_handles, *probe[5:]
     )
     return frame, len(refs), changed
 

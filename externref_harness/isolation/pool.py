@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from subprocess import Popen
-from typing import Any
+from typing import Any, TypeVar
 
 from externref_harness.impl.interface import (
     PlainOp,
@@ -73,6 +73,9 @@ DRAIN_TIMEOUT = 1.0
 START_TIMEOUT = 60.0
 #: The most refs a step's reply may say the implementation holds (a search makes thousands at most).
 MAX_REFS = 1 << 20
+
+T = TypeVar("T")
+
 #: What a step's reply is: the outcome, the probe (its refs apart), the number of refs, and the
 #: facts of the refs that changed.
 StepReply = tuple[StepOutcome, ProbeFrame, int, tuple[tuple[int, RefFacts], ...]]
@@ -471,6 +474,7 @@ class ChildProcessImpl:
         self.pending = 0
         self._replaying = False
         self._refs: Vec[RefFacts] = Vec()
+        self._handles: Vec[int | None] = Vec()
         # Not waited for: the first steps go right behind it, and the child starts while this
         # process does the run's first work (the model's side of a replay, the next run's plan).
         # Its reply is read before any other (`_started`), so what the child did at the start is
@@ -587,24 +591,29 @@ class ChildProcessImpl:
                 self._replaying = False
 
     def _take_probe(self, frame: ProbeFrame, n_refs: int, changed: tuple[tuple[int, RefFacts], ...]) -> None:
-        """The probe, its refs' facts those of the last probe with the ones that changed written
-        (the child sends no others), and its handles a vector again (`Probe`)."""
-        assert self._child is not None
-        refs = self._refs
-        if n_refs < len(refs):  # (a child that says it holds fewer refs than before)
-            refs = Vec.of(refs.as_tuple()[:n_refs])
-        known = len(refs)
-        written = {i: facts for i, facts in changed if i < known}
-        new = {i: facts for i, facts in changed if i >= known}
-        if len(new) != n_refs - known:  # only new refs can lack facts, and each must have them
-            self._child.kill()
-            raise ImplementationCrash(
-                "the implementation's process broke the protocol: facts of a ref never sent"
-            )
-        self._refs = refs.updated(written, [new[i] for i in range(known, n_refs)])
+        """The probe: its refs' facts and its handles those of the last probe, with the ones that
+        changed written (the child sends no others, `ProbeFrame`)."""
+        self._refs = self._rebuilt(self._refs, n_refs, changed, "facts of a ref")
+        self._handles = self._rebuilt(self._handles, frame.n_handles, frame.changed_handles, "a handle")
         self._probe = Probe(
-            frame.stack_top, frame.canary, frame.table, self._refs, Vec.of(frame.handles), *frame[5:]
+            frame.stack_top, frame.canary, frame.table, self._refs, self._handles, *frame[6:]
         )
+
+    def _rebuilt(self, last: Vec[T], n: int, changed: Sequence[tuple[int, T]], what: str) -> Vec[T]:
+        """`last` cut or grown to `n` items, with `changed` (`(position, item)`, each below `n`:
+        `_checked`) written: every position past `last` must be among them."""
+        assert self._child is not None
+        if not changed and n == len(last):  # (most steps change no handle)
+            return last
+        if n < len(last):  # (what the child holds shrank)
+            last = Vec.of(last.as_tuple()[:n])
+        known = len(last)
+        written = {i: item for i, item in changed if i < known}
+        new = {i: item for i, item in changed if i >= known}
+        if len(new) != n - known:
+            self._child.kill()
+            raise ImplementationCrash(f"the implementation's process broke the protocol: {what} never sent")
+        return last.updated(written, [new[i] for i in range(known, n)])
 
     def _checked(self, reply: Any, expected: Any, where: str) -> Any:
         """`reply` as `expected` (a reply type of this module's), or the child is killed and it is
@@ -613,11 +622,15 @@ class ChildProcessImpl:
         try:
             value = conform_reply(reply, expected, where)
             if expected is not Replayed:
-                n_refs, changed = value[-2], value[-1]
-                if not 0 <= n_refs <= MAX_REFS:
-                    raise WireError(f"{where}: {n_refs} refs, at most {MAX_REFS} are possible")
-                if any(not 0 <= i < n_refs for i, _ in changed):
-                    raise WireError(f"{where}: facts of a ref past the number of refs")
+                frame: ProbeFrame = value[-3]
+                for n, changed, what in (
+                    (value[-2], value[-1], "refs"),
+                    (frame.n_handles, frame.changed_handles, "handles"),
+                ):
+                    if not 0 <= n <= MAX_REFS:
+                        raise WireError(f"{where}: {n} {what}, at most {MAX_REFS} are possible")
+                    if any(not 0 <= i < n for i, _ in changed):
+                        raise WireError(f"{where}: {what} changed past the number of {what}")
         except WireError as e:
             self._child.kill()
             raise ImplementationCrash(f"the implementation's process broke the protocol: {e}") from None

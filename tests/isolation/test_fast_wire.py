@@ -81,7 +81,7 @@ def test_real_replies_decode_fast_to_conforms_value(monkeypatch: pytest.MonkeyPa
     for value in got:  # the same types, not only equal values: records are records, arrays tuples
         outcome, probe, _, changed = value
         assert type(outcome) is type(REPLY[0]) and type(probe.table) is type(REPLY[1].table)
-        assert all(type(part) is tuple for part in (outcome.result, probe.handles, changed))
+        assert all(type(part) is tuple for part in (outcome.result, probe.changed_handles, changed))
         assert all(type(item) is not list for item in outcome.result)
 
 

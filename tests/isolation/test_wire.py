@@ -27,7 +27,7 @@ from externref_harness.isolation.wire import (
 
 FACTS = RefFacts(16, 0, "live", 1, 0, 0, 8, 8, 0, 32, 8)
 PROBE = ProbeFrame(
-    1, None, TableFacts(0, 0, 0, 2, b"\0" * 16), (), (16, None), (), ((8, True), None), (None,), ()
+    1, None, TableFacts(0, 0, 0, 2, b"\0" * 16), (), 2, ((0, 16),), (), ((8, True), None), (None,), ()
 )
 REPLY = (StepOutcome(("ok", 0), (), ((16, 0),), ()), PROBE, 1, ((0, FACTS),))
 

@@ -321,7 +321,8 @@ def test_the_adapter_interface_is_plain_data() -> None:
         assert _plain(parts), probe
         frame, n_refs, changed = _probe(adapter, _Sent())
         assert _plain(tuple(frame)) and _plain(tuple(changed)), frame
-        assert frame.handles == probe.handles and n_refs == len(changed) == len(probe.refs)
+        assert n_refs == len(changed) == len(probe.refs) and frame.n_handles == len(probe.handles)
+        assert [word for _, word in frame.changed_handles] == list(probe.handles)  # all new
     finally:
         adapter.close()
 
