@@ -161,6 +161,11 @@ class ProbeFrame(NamedTuple):
     frames: tuple[FrameFacts, ...]
 
 
+# The child and the parent copy the fields after the handles as one slice (`isolation.child`,
+# `isolation.pool`): they are the same, in the same order, in a probe and in its frame.
+assert ProbeFrame._fields[:4] == Probe._fields[:4] and ProbeFrame._fields[6:] == Probe._fields[5:]
+
+
 class Replayed(NamedTuple):
     """One step of a replay (`InProcessImpl.replay`): its outcome and the two stack facts its
     projection reads (`lockstep.projection.project_impl`), without the rest of a probe."""

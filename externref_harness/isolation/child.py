@@ -59,8 +59,8 @@ class _Sent:
 def _step(
     adapter: InProcessImpl, op: Any, capacity: Any, sent: _Sent
 ) -> tuple[StepOutcome, ProbeFrame, int, list[tuple[int, RefFacts]]]:
-    """One step and its reply; only the refs whose facts changed since the last probe sent cross
-    (the parent keeps the rest)."""
+    """One step and its reply; of the refs' facts and the handles, only those that changed since
+    the last probe sent cross (the parent keeps the rest)."""
     outcome = adapter.step(op, capacity)
     return (outcome, *_probe(adapter, sent))
 

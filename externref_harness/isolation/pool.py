@@ -76,8 +76,8 @@ MAX_REFS = 1 << 20
 
 T = TypeVar("T")
 
-#: What a step's reply is: the outcome, the probe (its refs apart), the number of refs, and the
-#: facts of the refs that changed.
+#: What a step's reply is: the outcome, the probe's frame (`ProbeFrame`: its refs apart, and of its
+#: handles those that changed), the number of refs, and the facts of the refs that changed.
 StepReply = tuple[StepOutcome, ProbeFrame, int, tuple[tuple[int, RefFacts], ...]]
 #: What a replay's last frame is: a step's reply without the outcome (`ChildProcessImpl.replay`).
 ProbeReply = tuple[ProbeFrame, int, tuple[tuple[int, RefFacts], ...]]
