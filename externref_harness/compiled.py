@@ -80,8 +80,10 @@ COMPILED_GROUPS: dict[str, tuple[str, ...]] = {
         "externref_harness.lockstep.memory_checks",
         "externref_harness.lockstep.deadline",
         "externref_harness.lockstep.runner",
-        # The gate's side of the implementation's process: every request and reply of a run.
+        # The gate's side of the implementation's process: every request and reply of a run,
+        # and their frames through msgspec (both processes, every step).
         "externref_harness.isolation.pool",
+        "externref_harness.isolation.fast_wire",
     ),
 }
 COMPILED_MODULES: tuple[str, ...] = tuple(m for group in COMPILED_GROUPS.values() for m in group)

@@ -34,8 +34,8 @@ from typing import Any
 from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.interface import ProbeFrame, RefFacts, StepOutcome
 from externref_harness.isolation.batch import ends_batch
-from externref_harness.isolation.fast_wire import write_plain
-from externref_harness.isolation.wire import decode_plain, read_frame, write_frame
+from externref_harness.isolation.fast_wire import decode_any, write_plain
+from externref_harness.isolation.wire import decode_plain, read_frame_body, write_frame
 from externref_harness.vec import Vec
 
 
@@ -84,7 +84,7 @@ def serve(adapter: InProcessImpl, requests: int, responses: int) -> None:
     sent = _Sent()
     while True:
         try:
-            request = decode_plain(read_frame(requests))
+            request = decode_plain(decode_any(read_frame_body(requests)))
         except EOFError:
             return
         kind = request[0]

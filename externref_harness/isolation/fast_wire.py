@@ -5,6 +5,9 @@ batch's), and its reply of about 370 bytes. With `wire`'s stdlib JSON, encoding 
 12 µs in the child, and decoding and checking it (`wire.conform`) 21 µs in the parent: the
 largest single costs of either side per step. msgspec does both in C.
 
+The child's requests (`decode_any`): msgspec parses them into the stdlib's values, for
+`wire.plain` to judge as before (about 1 µs against 5 µs for a run's replay request).
+
 Encoding (`encode_plain`, `write_plain`): msgspec writes the same bytes as `wire.encode` for plain
 data without floats (it writes NaN as null, which `wire.encode` refuses), and the lockstep's
 requests and replies hold none (ops, configs, probes and outcomes are ints, strings, bools,
@@ -32,8 +35,9 @@ where it provably gives `conform`'s value:
 
 The tag is split off with `msgspec.Raw` (the value's bytes, syntax checked, not decoded), so the
 reader (`pool.Child`) still answers for the frame's shape and the pool for its value's type. This
-module is interpreted (not compiled with `wire`): the build environment has no msgspec, and the
-work is msgspec's.
+module is compiled with `isolation.pool` (`compiled.COMPILED_GROUPS`): both processes call it for
+every frame of a step, and each call's own Python (the split, the fix-ups) is what is left of
+its cost; mypyc type-checks it against msgspec's stubs, which the build requires.
 """
 
 from __future__ import annotations
@@ -73,6 +77,20 @@ def encode_plain(value: Any) -> bytes:
 def write_plain(fd: int, value: Any) -> None:
     """`wire.write_frame` for plain data without floats (`encode_plain`)."""
     write_encoded(fd, encode_plain(value))
+
+
+_ANY = msgspec.json.Decoder()
+
+
+def decode_any(body: bytes) -> Any:
+    """`wire.decode(body)` (the JSON as Python, arrays still lists) by msgspec: a frame msgspec
+    refuses (NaN, a lone surrogate, nesting past its limit, ...) is `wire.decode`'s, with its
+    value or its `WireError`. For frames `wire.plain` judges next (the child's requests): msgspec
+    builds the same value for every frame it takes (ints of any size, as the stdlib does)."""
+    try:
+        return _ANY.decode(body)
+    except msgspec.DecodeError:
+        return decode(body)
 
 
 #: Every digit as "9", every other byte as it is: a run of digits is a run of "9"s, found by `find`.
@@ -124,7 +142,7 @@ def conform_reply(value: Any, expected: Any, where: str = "frame") -> Any:
     as `expected` when it can be, else the slow way (`WireError` as `conform` raises it)."""
     if type(value) is not Encoded:
         return conform(value, expected, where)
-    fast = _fast(expected)
+    fast = fast_decoder(expected)
     if fast is not None:
         try:
             return fast(value.raw)
@@ -138,7 +156,7 @@ class _NotPlain(Exception):
 
 
 @functools.cache
-def _fast(expected: Any) -> Callable[[msgspec.Raw], Any] | None:
+def fast_decoder(expected: Any) -> Callable[[msgspec.Raw], Any] | None:
     """msgspec's decoder for `expected`, with the `Any` parts made plain; None if msgspec does not
     take the type."""
     try:

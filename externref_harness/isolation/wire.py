@@ -76,11 +76,17 @@ def read_frame(fd: int, deadline: float | None = None, watch: int | None = None)
     every holder of its write end has closed it, and a process the writer forked holds it too; so
     once the writer has exited and nothing is waiting in the pipe, the other side has gone as
     well (EOFError, or a partial frame), whoever else keeps the pipe open."""
+    return decode(read_frame_body(fd, deadline, watch))
+
+
+def read_frame_body(fd: int, deadline: float | None = None, watch: int | None = None) -> bytes:
+    """`read_frame`'s frame, not yet decoded: its JSON's bytes (for a decoder of the caller's,
+    `fast_wire.decode_any`). The same errors."""
     header = _read_exactly(fd, HEADER.size, deadline, first=True, watch=watch)
     (size,) = HEADER.unpack(header)
     if size > MAX_FRAME:
         raise WireError(f"a frame header announced {size:,} bytes, more than the {MAX_FRAME:,} allowed")
-    return decode(_read_exactly(fd, size, deadline, first=False, watch=watch))
+    return _read_exactly(fd, size, deadline, first=False, watch=watch)
 
 
 def _read_exactly(fd: int, size: int, deadline: float | None, first: bool, watch: int | None) -> bytes:
@@ -234,7 +240,7 @@ def plain(value: Any, depth: int = 0) -> Any:
     if value is None or kind is bool or kind is float or kind is bytes:
         return value
     if kind is list or kind is tuple:
-        return tuple(plain(v, depth + 1) for v in value)
+        return tuple([plain(v, depth + 1) for v in value])
     if kind is dict:
         return {k: plain(v, depth + 1) for k, v in value.items()}
     raise _Mismatch(f"not plain data: {kind.__name__}")

@@ -14,9 +14,17 @@ from externref_harness.impl.adapter import InProcessImpl
 from externref_harness.impl.interface import plain_config, plain_op
 from externref_harness.isolation import fast_wire
 from externref_harness.isolation.child import _Sent, _step
-from externref_harness.isolation.fast_wire import Encoded, conform_reply, encode_plain, split_ok
+from externref_harness.isolation.fast_wire import Encoded, conform_reply, decode_any, encode_plain, split_ok
 from externref_harness.isolation.pool import ProbeReply, StepReply
-from externref_harness.isolation.wire import MAX_TEXT, WireError, conform, decode, encode, tagged
+from externref_harness.isolation.wire import (
+    MAX_TEXT,
+    WireError,
+    conform,
+    decode,
+    decode_plain,
+    encode,
+    tagged,
+)
 from externref_harness.lockstep.runner import LOCKSTEP_CONFIG
 from externref_harness.model import ops
 
@@ -71,13 +79,17 @@ def test_what_msgspec_refuses_is_left_to_wire_and_its_error() -> None:
         encode_plain(("ok", object()))
 
 
-def test_real_replies_decode_fast_to_conforms_value(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_replies_decode_fast_to_conforms_value() -> None:
     bodies = _replies()
     expected = [_slow(body, StepReply) for body in bodies]
-    # The fast path, and only it: the slow decoding is not there to fall back on.
-    monkeypatch.setattr(fast_wire, "decode", lambda data: pytest.fail("took the slow path"))
-    got = [_fast(body, StepReply) for body in bodies]
-    assert got == expected
+    # The fast path, and only it: msgspec's decoder alone, with no slow decoding to fall back on
+    # (called directly: the module may be compiled, where no patch of its globals would take).
+    decoder = fast_wire.fast_decoder(StepReply)
+    assert decoder is not None
+    splits = [split_ok(body) for body in bodies]
+    got = [decoder(ok.raw) for ok in splits if ok is not None]
+    assert len(got) == len(bodies) and got == expected
+    assert [_fast(body, StepReply) for body in bodies] == expected
     for value in got:  # the same types, not only equal values: records are records, arrays tuples
         outcome, probe, _, changed = value
         assert type(outcome) is type(REPLY[0]) and type(probe.table) is type(REPLY[1].table)
@@ -157,6 +169,29 @@ def test_a_type_msgspec_does_not_take_goes_the_slow_way() -> None:
     two_records = tuple[int, int] | tuple[int, int, int]
     ok = split_ok(b'["ok",[1,2]]')
     assert ok is not None
-    assert fast_wire._fast(two_records) is None
+    assert fast_wire.fast_decoder(two_records) is None
     assert conform_reply(ok, two_records) == (1, 2)
     assert conform_reply(split_ok(encode(("ok", REPLY[1:]))), ProbeReply) == REPLY[1:]
+
+
+def test_requests_decode_by_msgspec_to_the_stdlibs_value() -> None:
+    """The child's requests (`decode_any`, then `wire.plain`): msgspec's value is the stdlib's,
+    and what msgspec refuses is `wire.decode`'s, with its error."""
+    requests = [
+        ("start", plain_config(LOCKSTEP_CONFIG)),
+        ("replay", [(plain_op(op), None) for op in PROGRAM]),
+        ("steps", [(plain_op(op), 3) for op in PROGRAM]),
+        ("exit",),
+    ]
+    for request in requests:
+        body = encode(request)
+        assert decode_any(body) == decode(body)
+        assert decode_plain(decode_any(body)) == decode_plain(decode(body))
+    assert decode_any(b'[1,[2,{"a":18446744073709551616}]]') == [1, [2, {"a": 1 << 64}]]
+    with pytest.raises(WireError) as slow:
+        decode(b"[NaN]")
+    with pytest.raises(WireError) as fast:
+        decode_any(b"[NaN]")
+    assert str(fast.value) == str(slow.value)
+    # A lone surrogate: the stdlib reads it (msgspec may not), and so does `decode_any`.
+    assert decode_any(b'["\\ud800"]') == decode(b'["\\ud800"]')
