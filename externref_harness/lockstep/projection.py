@@ -9,7 +9,7 @@ internals. What `eq`, `cmp` and `hash` must answer is `identity.py`'s.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, NamedTuple, Protocol
 
 from externref_harness.impl import heap as checking_heap
@@ -80,11 +80,24 @@ def _sorted_ids(ids: Iterator[int | str]) -> tuple[int | str, ...]:
     return tuple(sorted(ids, key=lambda r: (1, 0, r) if isinstance(r, str) else (0, r, "")))
 
 
+def _dropped_ids(
+    ids: Collection[int], named: Callable[[int], int | str] | None = None
+) -> tuple[int | str, ...]:
+    """`ids` (each `named`, if given) in `_sorted_ids`' order. Most steps drop nothing, and a drop
+    mostly drops one: neither is sorted (two of each step's projections, one per side)."""
+    if not ids:
+        return ()
+    if len(ids) == 1:
+        (only,) = ids
+        return (only if named is None else named(only),)
+    return _sorted_ids(iter(ids) if named is None else (named(i) for i in ids))
+
+
 def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> Projection:
     result = obs.result
     if isinstance(result, Panic):
         # A panicking step keeps the pre-step state: no canary or fault of its own to compare.
-        return Projection(("panic",), _sorted_ids(iter(obs.dropped)), None, ())
+        return Projection(("panic",), _dropped_ids(obs.dropped), None, ())
     if isinstance(result, Ok):
         value = result.value
         if isinstance(op, ops.StackCanary) and value is not None:
@@ -96,10 +109,11 @@ def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> 
         assert isinstance(result, Misuse)
         shown = ("misuse", result.kind)
     canary = after.table.stack_canary
-    faults = tuple(sorted(f.split(":", 1)[0] for f in after.faults[len(before.faults) :]))
+    new_faults = after.faults[len(before.faults) :]
+    faults = tuple(sorted([f.split(":", 1)[0] for f in new_faults])) if new_faults else ()
     return Projection(
         shown,
-        _sorted_ids(iter(obs.dropped)),
+        _dropped_ids(obs.dropped),
         None if canary is None else STACK_TOP - canary,
         faults,
     )
@@ -128,7 +142,7 @@ class StackFacts(Protocol):
 
 
 def project_impl(op: ops.Op, outcome: StepOutcome, probe: StackFacts, refs: RefMap) -> Projection:
-    dropped = _sorted_ids(refs.value(v) for v in outcome.dropped)
+    dropped = _dropped_ids(outcome.dropped, refs.value)
     status = outcome.result[0]
     if status == "panic":
         return Projection(("panic",), dropped, None, ())
@@ -149,7 +163,7 @@ def project_impl(op: ops.Op, outcome: StepOutcome, probe: StackFacts, refs: RefM
         shown,
         dropped,
         None if probe.canary is None else probe.stack_top - probe.canary,
-        tuple(sorted(model_fault_of(r) for r in outcome.reports)),
+        tuple(sorted([model_fault_of(r) for r in outcome.reports])) if outcome.reports else (),
     )
 
 
