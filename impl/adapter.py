@@ -273,6 +273,7 @@ class InProcessImpl:
     def close(self) -> None:
         if self._world is not None:
             self._world.rt.close()
+            self._world.stack.release()
         if self._heap is not None:
             self._heap.release()
         self._heap = None

@@ -86,15 +86,33 @@ class Frame:
         return entry[0] if entry is not None and entry[1] == word else word
 
 
+#: Regions of stacks released (`NativeStack.release`), for the next stack of this process to use.
+_SPARE_REGIONS: list[ctypes.Array[ctypes.c_uint64]] = []
+
+
 class NativeStack:
     def __init__(self, size: int = STACK_BYTES) -> None:
-        self._region = (ctypes.c_uint64 * (size // WORD))()
+        # The region a released stack left, zeroed as a new one is: one process's runs of the same
+        # steps then put their frames at the same addresses, and their replies repeat byte for
+        # byte (`lockstep.runner.ModelSteps`).
+        spare = _SPARE_REGIONS.pop() if _SPARE_REGIONS and len(_SPARE_REGIONS[-1]) * WORD == size else None
+        if spare is not None:
+            ctypes.memset(spare, 0, size)
+        self._region = (ctypes.c_uint64 * (size // WORD))() if spare is None else spare
+        self._released = False
         #: The region as unsigned 64-bit words (`words`): no ctypes object per word read.
         self._words = memoryview(self._region).cast("B").cast("Q")
         self.base = ctypes.addressof(self._region)
         self.top = self.base + size
         self.frames: list[Frame] = []
         self._push(wasm=False, nbytes=HOST_BYTES, pc=HOST_CODE, words=(0, 0))
+
+    def release(self) -> None:
+        """The run is over: the region goes to the next stack of this process. This stack is not
+        used again."""
+        if not self._released and not _SPARE_REGIONS:
+            _SPARE_REGIONS.append(self._region)
+        self._released = True
 
     def load(self, address: int) -> int:
         self._bounds(address)

@@ -63,6 +63,9 @@ class Stats:
     steps: int = 0
     #: Of `steps`, those that reached a run's start again (`Lockstep.replay`).
     replayed: int = 0
+    #: Of `replayed`, those whose reply repeated one already checked from the same lockstep state
+    #: (`ModelSteps`: not decoded or checked again).
+    known: int = 0
     teardowns: int = 0
     elapsed: float = 0.0
 
@@ -156,6 +159,8 @@ def run_exhaustive(
                     if run is not None:
                         run.unplan(coverage, 0)
                 raise
+            finally:
+                stats.known = kept.known_replies
             current = ahead[0] if ahead else planner.next()
     except _Failed as e:
         return _done(plan, stats, coverage, started, divergence=e.divergence)

@@ -48,7 +48,7 @@ from externref_harness.impl.interface import (
     StepOutcome,
 )
 from externref_harness.isolation.batch import ends_batch
-from externref_harness.isolation.fast_wire import conform_reply, split_ok, write_plain
+from externref_harness.isolation.fast_wire import Encoded, conform_reply, split_ok, write_plain
 from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
 from externref_harness.isolation.wire import FrameReader, WireError, conform, decode, tagged, write_frame
@@ -382,6 +382,32 @@ class ChildPool:
         return ChildProcessImpl(self, fresh)
 
 
+class ReplayFrame:
+    """A replayed step's reply as it came from the child, its value not yet decoded (`decoded`).
+
+    The lockstep keys the steps it has already checked by these bytes (`lockstep.runner.ModelSteps`):
+    a replayed step whose reply repeats, byte for byte, one it checked from the same lockstep state
+    needs no decoding. It says so (`known`), and the replay then reads the step as the one it
+    repeats: not one that ends the replay (`batch.ends_batch`)."""
+
+    __slots__ = ("_adapter", "_encoded", "_value", "known", "raw")
+
+    def __init__(self, adapter: ChildProcessImpl, encoded: Encoded) -> None:
+        self._adapter = adapter
+        self._encoded = encoded
+        self._value: Replayed | None = None
+        self.raw = bytes(encoded.raw)
+        #: The lockstep found these bytes to be a step it checked and passed.
+        self.known = False
+
+    def decoded(self) -> Replayed:
+        """The reply as `Replayed`; one of the wrong shape kills the child and is the
+        implementation's failure (`ImplementationCrash`), as any reply's is."""
+        if self._value is None:
+            self._value = self._adapter._decode_replayed(self._encoded)
+        return self._value
+
+
 class ChildProcessImpl:
     """An `ImplAdapter` whose implementation runs in a child process of `pool`.
 
@@ -554,9 +580,10 @@ class ChildProcessImpl:
             raise
         return outcome
 
-    def replay(self, steps: Sequence[tuple[PlainOp, int | None]]) -> Iterator[Replayed]:
+    def replay(self, steps: Sequence[tuple[PlainOp, int | None]]) -> Iterator[Replayed | ReplayFrame]:
         """`InProcessImpl.replay` in the child: the request is sent at once, then the iterator
-        reads a frame per step as the child runs it (`Replayed`), then one frame with the probe of
+        reads a frame per step as the child runs it (`Replayed`, or a `ReplayFrame` to decode when
+        it is needed), then one frame with the probe of
         the memory the last step left. The child ends the replay after a step that panics
         (`batch.ends_batch`), as the iterator does. A batch may be sent (`submit_many`) before the
         replay is read: the child runs it next, and `collect` reads it after the replay. A caller
@@ -568,11 +595,17 @@ class ChildProcessImpl:
         self._replaying = True
         return self._replayed(self._child, len(steps))
 
-    def _replayed(self, child: Child, n: int) -> Iterator[Replayed]:
+    def _replayed(self, child: Child, n: int) -> Iterator[Replayed | ReplayFrame]:
         try:
             child = self._started(child)
             for _ in range(n):
                 reply = child.receive(self._timeout(), "replay", encoded=True)
+                if type(reply) is Encoded:
+                    frame = ReplayFrame(self, reply)
+                    yield frame
+                    if not frame.known and ends_batch(frame.decoded().outcome):
+                        break
+                    continue
                 got: Replayed = self._checked(reply, Replayed, "replay reply")
                 yield got
                 if ends_batch(got.outcome):
@@ -589,6 +622,15 @@ class ChildProcessImpl:
                 # Closed before its end: what the child still sends is not read, so it is not reused.
                 self._failed = True
                 self._replaying = False
+
+    def _decode_replayed(self, encoded: Encoded) -> Replayed:
+        """A replay's step reply decoded (`ReplayFrame.decoded`): a broken one retires the child."""
+        try:
+            got: Replayed = self._checked(encoded, Replayed, "replay reply")
+        except ImplementationCrash:
+            self._crashed()
+            raise
+        return got
 
     def _take_probe(self, frame: ProbeFrame, n_refs: int, changed: tuple[tuple[int, RefFacts], ...]) -> None:
         """The probe: its refs' facts and its handles those of the last probe, with the ones that

@@ -37,7 +37,7 @@ from externref_harness.impl.interface import (
     plain_config,
     plain_op,
 )
-from externref_harness.isolation.pool import ImplementationCrash
+from externref_harness.isolation.pool import ImplementationCrash, ReplayFrame
 from externref_harness.lockstep import deadline
 from externref_harness.lockstep.deadline import Timeout, time_limit
 from externref_harness.lockstep.identity import IdentityChecks
@@ -125,8 +125,27 @@ def raised(e: Exception, at: str = "") -> str:
     return f"the implementation raised {type(e).__name__}{at}: {e}"
 
 
+#: The node of `ModelSteps`' tree of replies at a run's start, before any reply.
+REPLY_ROOT = 0
+
+
+class KeptStep:
+    """A replayed step whose model side passed, from one kept state by one op (`ModelSteps`), and
+    the implementation's replies to it that passed every check, by the lockstep state they came in."""
+
+    __slots__ = ("after", "observation", "replies", "state")
+
+    def __init__(self, state: State, after: State, observation: Observation) -> None:
+        self.state = state
+        self.after = after
+        self.observation = observation
+        #: `(node before, reply's bytes)` -> `(node after, the reply's allocations)` (`ModelSteps`).
+        self.replies: dict[tuple[int, bytes], tuple[int, tuple[tuple[int, int], ...]]] = {}
+
+
 class ModelSteps:
-    """The model's side of replayed steps, kept across the runs of one search (`Lockstep.replay`).
+    """The model's side of replayed steps, kept across the runs of one search (`Lockstep.replay`),
+    and the implementation's replies to them that were checked and passed.
 
     The exhaustive runs each replay a tree path from the root, and the paths share their
     prefixes, so the model would step the same state by the same op, and check the same
@@ -134,26 +153,49 @@ class ModelSteps:
     from the very same state object is looked up, not computed again, with its invariants (they
     held, or it would not be kept). Lookups are by identity, so each run starts from the one
     `root` object and follows the kept objects; the kept states keep their ids from being reused.
-    The implementation's side of each replayed step is run and checked as always."""
+
+    The implementation's side of each replayed step is run in its process, and its reply read,
+    every time. The checks of a reply (`Lockstep._outcome_problems`) are a function of the op,
+    the model's step, the reply and the lockstep's state before it, which in a replay is a function
+    of the replies before it in the run: so a run's lockstep state is a node of a tree of replies,
+    the root a run's start (`REPLY_ROOT`), and a reply that repeats, byte for byte, one that passed every
+    check from the same node and by the same kept step passes them again, with the same
+    allocations. It is not decoded or checked again (`ReplayFrame.known`). A reply that differs in
+    any byte is checked in full, and so is every step after it in that run. A child process puts
+    each run's stack where the last one's was (`impl.stack.NativeStack.release`), and the kernel
+    hands a released heap's mappings back to the next heap, so a deterministic implementation
+    repeats its replies."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.root = State.initial(cfg)
-        self._steps: dict[tuple[int, ops.Op], tuple[State, State, Observation]] = {}
+        self._steps: dict[tuple[int, ops.Op], KeptStep] = {}
         #: Replayed model steps looked up rather than computed (what a test counts).
         self.hits = 0
+        #: Replies known, byte for byte, to pass (not decoded or checked again), and replies that
+        #: were checked in full: what a test and the figures count.
+        self.known_replies = 0
+        self.checked_replies = 0
+        self._nodes = REPLY_ROOT
 
-    def get(self, state: State, op: ops.Op) -> tuple[State, Observation] | None:
+    def get(self, state: State, op: ops.Op) -> KeptStep | None:
         kept = self._steps.get((id(state), op))
         if kept is None:
             return None
-        assert kept[0] is state, "a kept state keeps its id"
+        assert kept.state is state, "a kept state keeps its id"
         self.hits += 1
-        return kept[1], kept[2]
+        return kept
 
-    def keep(self, state: State, op: ops.Op, after: State, obs: Observation) -> None:
+    def keep(self, state: State, op: ops.Op, after: State, obs: Observation) -> KeptStep:
         """A replayed step whose model side passed (no panic, no misuse, its invariants held)."""
-        self._steps[(id(state), op)] = (state, after, obs)
+        kept = self._steps[(id(state), op)] = KeptStep(state, after, obs)
+        return kept
+
+    def passed(self, step: KeptStep, node: int, raw: bytes, allocated: tuple[tuple[int, int], ...]) -> int:
+        """The reply `raw` to `step` from lockstep state `node` passed every check: the node after it."""
+        self._nodes += 1
+        step.replies[(node, raw)] = (self._nodes, allocated)
+        return self._nodes
 
 
 class Lockstep:
@@ -172,6 +214,8 @@ class Lockstep:
         self.state = State.initial(cfg) if model_steps is None else model_steps.root
         #: The model's replayed steps kept across runs (None: each computed and checked).
         self._model_steps = model_steps
+        #: The node of `ModelSteps`' tree of replies this run's lockstep state is at (None: off it).
+        self._reply_node: int | None = None
         self.adapter = adapter
         self.refs = RefMap()
         self.check_invariants = check_invariants
@@ -199,7 +243,7 @@ class Lockstep:
         self._ahead: deque[tuple[ops.Op, State, State, Observation]] = deque()
         # What an adapter in another process offers besides `ImplAdapter` (`isolation.pool`),
         # looked up once: a failed `getattr` on an in-process adapter costs an exception per step.
-        self._replay_on: Callable[[list[tuple[PlainOp, int | None]]], Iterator[Replayed]] | None
+        self._replay_on: Callable[[list[tuple[PlainOp, int | None]]], Iterator[Replayed | ReplayFrame]] | None
         self._replay_on = getattr(adapter, "replay", None)
         self._submit_one: Callable[[PlainOp, int | None], None] | None = getattr(adapter, "submit", None)
         self._submit_many: Callable[[list[tuple[PlainOp, int | None]]], None] | None
@@ -286,7 +330,7 @@ class Lockstep:
         replay = self._replay_on
         if replay is None or self.impl_broken is not None or self._under_way:
             return []
-        planned: list[tuple[ops.Op, State, State, Observation, bool]] = []
+        planned: list[tuple[ops.Op, State, State, Observation, KeptStep | None]] = []
         state = self.state
         kept = self._model_steps
         for op in steps:
@@ -296,8 +340,8 @@ class Lockstep:
                 if isinstance(obs.result, (Panic, Misuse)):
                     break
             else:
-                after, obs = known
-            planned.append((op, state, after, obs, known is not None))
+                after, obs = known.after, known.observation
+            planned.append((op, state, after, obs, known))
             state = after
         self._ahead.clear()
         if not planned:
@@ -315,16 +359,20 @@ class Lockstep:
                 self._ahead.clear()  # the replay's first frame says what became of the process
         if meanwhile is not None:
             meanwhile()
-        for i, (op, before, after, obs, looked_up) in enumerate(planned):
+        # A run's start is the root of the replies' tree (`ModelSteps`); any other state is off it.
+        at_start = kept is not None and self.state is kept.root and not self.refs.footers
+        self._reply_node = REPLY_ROOT if at_start else None
+        for i, (op, before, after, obs, known) in enumerate(planned):
             self.state = after
-            model_problem = None if looked_up else self._model_problem(before, obs)
-            if kept is not None and not looked_up and model_problem is None:
-                kept.keep(before, op, after, obs)
+            model_problem = None if known is not None else self._model_problem(before, obs)
+            if kept is not None and known is None and model_problem is None:
+                known = kept.keep(before, op, after, obs)
             last = i == len(planned) - 1
-            problem, problems = self._replayed(op, obs, before, taken, last)
+            problem, problems = self._replayed(op, obs, before, taken, last, known)
             checks.append(StepCheck(obs, model_problem, problem, problems))
             if model_problem is not None or problem is not None:
                 break
+        self._reply_node = None
         close = getattr(taken, "close", None)
         if close is not None:
             close()  # a replay stopped at a failure: its adapter knows it now, not at collection
@@ -335,31 +383,81 @@ class Lockstep:
         op: ops.Op,
         obs: Observation,
         before: State,
-        taken: Iterator[Replayed],
+        taken: Iterator[Replayed | ReplayFrame],
         last: bool,
+        known: KeptStep | None,
     ) -> tuple[str | None, tuple[Problem, ...]]:
         """One replayed step's checks, and after the last one the memory checks (`replay`)."""
         return self._limited(
-            op, self._own_limit(), lambda: self._replayed_checked(op, obs, before, taken, last)
+            op, self._own_limit(), lambda: self._replayed_checked(op, obs, before, taken, last, known)
         )
 
     def _replayed_checked(
-        self, op: ops.Op, obs: Observation, before: State, taken: Iterator[Replayed], last: bool
+        self,
+        op: ops.Op,
+        obs: Observation,
+        before: State,
+        taken: Iterator[Replayed | ReplayFrame],
+        last: bool,
+        known: KeptStep | None,
     ) -> tuple[str | None, tuple[Problem, ...]]:
+        node = self._reply_node
         try:
             got = next(taken)
+            frame = got if type(got) is ReplayFrame else None
+            if frame is not None:
+                passed = None if node is None or known is None else known.replies.get((node, frame.raw))
+                if passed is not None:
+                    return self._known_reply(frame, passed, taken, last)
+                got = frame.decoded()
         except Exception as e:  # the implementation under test crashed: that is its failure
             return raised(e), ()
+        assert type(got) is Replayed
         problems, obs, complete = self._outcome_problems(op, obs, before, got.outcome, got)
+        kept = self._model_steps
+        if node is not None and kept is not None:
+            kept.checked_replies += 1
+            passed_all = not problems and known is not None and frame is not None
+            self._reply_node = None
+            if passed_all:
+                assert known is not None and frame is not None
+                self._reply_node = kept.passed(known, node, frame.raw, tuple(got.outcome.allocated))
         if complete and last:
             try:
-                if next(taken, None) is not None:
-                    raise RuntimeError("the replay ran more steps than it was given")
-                probe = self.adapter.probe()
+                problems += self._replay_end(taken)
             except Exception as e:
                 return raised(e), ()
-            problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
         return self._verdict(problems)
+
+    def _known_reply(
+        self,
+        frame: ReplayFrame,
+        passed: tuple[int, tuple[tuple[int, int], ...]],
+        taken: Iterator[Replayed | ReplayFrame],
+        last: bool,
+    ) -> tuple[str | None, tuple[Problem, ...]]:
+        """A reply that repeats one that passed every check from this lockstep state (`ModelSteps`):
+        the same allocations are added, and it passes again."""
+        assert self._model_steps is not None
+        self._model_steps.known_replies += 1
+        frame.known = True
+        self._reply_node, allocated = passed
+        for word, value in allocated:
+            self.refs.add(word, value)
+        problems: list[Problem] = []
+        if last:
+            try:
+                problems = self._replay_end(taken)
+            except Exception as e:
+                return raised(e), ()
+        return self._verdict(problems)
+
+    def _replay_end(self, taken: Iterator[Replayed | ReplayFrame]) -> list[Problem]:
+        """After a replay's last step: the probe of the memory it left, and the memory checks."""
+        if next(taken, None) is not None:
+            raise RuntimeError("the replay ran more steps than it was given")
+        probe = self.adapter.probe()
+        return memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
 
     def _capacity(self, before: State) -> int | None:
         """When capacity in another unit is an expected divergence (an expectations file), the

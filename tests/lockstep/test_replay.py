@@ -223,3 +223,72 @@ def test_a_write_no_accessor_saw_is_found_at_the_replays_end(tmp_path: Path) -> 
         assert problem is not None and "[heap.report] redzone-written" in problem
     finally:
         run.close()
+
+
+def _replayed_in_runs(
+    library: Path, steps: list[ops.Op], runs: int
+) -> tuple[ModelSteps, list[list[str | None]]]:
+    """`steps` replayed from the start in `runs` runs, one after another in one pool's child,
+    sharing one `ModelSteps`: the kept steps and each run's replayed steps' problems."""
+    kept = ModelSteps(CFG)
+    problems: list[list[str | None]] = []
+    pool = ChildPool(library, step_timeout=5.0)
+    try:
+        for _ in range(runs):
+            run = Lockstep(CFG, pool.adapter(), model_steps=kept)
+            try:
+                problems.append([c.impl_problem for c in run.replay(steps)])
+            finally:
+                run.close()
+    finally:
+        pool.close()
+    return kept, problems
+
+
+def test_a_reply_that_repeats_one_checked_from_the_same_state_is_known_and_the_run_goes_on() -> None:
+    """`ModelSteps`' tree of replies: the second run's replies repeat the first's byte for byte (the
+    child's heap and stack are where they were), so none is decoded or checked again; the run
+    reaches the model's state with the refs it had, and goes on to a clean teardown."""
+    kept = ModelSteps(CFG)
+    pool = ChildPool(build_reference("debug"), step_timeout=5.0)
+    try:
+        for known in (0, len(TRACE)):
+            run = Lockstep(CFG, pool.adapter(), model_steps=kept)
+            try:
+                assert [c.impl_problem for c in run.replay(TRACE)] == [None] * len(TRACE)
+                assert (kept.known_replies, kept.checked_replies) == (known, len(TRACE))
+                assert run.state == _model_state(TRACE) and run.refs.footers
+                assert run.step(ops.Drop(0)).impl_problem is None
+                quiesce = run.quiesce_ops()
+                for i, down in enumerate(quiesce):
+                    assert run.step(down, quiesce[i + 1 :]).impl_problem is None
+                assert run.finish() is None
+            finally:
+                run.close()
+    finally:
+        pool.close()
+
+
+def test_a_known_last_reply_still_has_the_memory_checks(tmp_path: Path) -> None:
+    """The third `xr_ref_new` of the process (the second run's first step) adds one to its new
+    ref's count, which no reply shows: every reply of the second run is known, and the memory
+    checks at the replay's end still find the count."""
+    wrong_count = "if (status == 0 && calls == 3) ((volatile uint64_t *)(uintptr_t)*out)[0] += 1"
+    library = load_misbehaving().build(tmp_path, "count-in-second-run", new_after=wrong_count)
+    steps = [ops.New(8, 8), ops.New(8, 8), ops.StackCanary()]
+    kept, problems = _replayed_in_runs(library, steps, 2)
+    assert kept.known_replies == len(steps) and problems[0] == [None] * len(steps)
+    assert problems[1][:2] == [None, None]
+    assert problems[1][2] is not None and "[layout.ref-count-offset]" in problems[1][2]
+
+
+def test_after_a_reply_that_differs_every_reply_is_checked_in_full(tmp_path: Path) -> None:
+    """The fourth `xr_ref_new` of the process (the second run's second step) allocates a ref of
+    its own first, so its reply names another address: from there on the lockstep's state is not
+    the first run's, and the steps after it are checked in full even where their bytes repeat."""
+    extra = "if (calls == 4) { xr_ref leaked; real_xr_ref_new(size, align, fill, &leaked); }"
+    library = load_misbehaving().build(tmp_path, "extra-ref-in-second-run", new_before=extra)
+    steps = [ops.New(8, 8), ops.New(8, 8), ops.Gc(), ops.StackCanary()]
+    kept, problems = _replayed_in_runs(library, steps, 2)
+    assert problems == [[None] * len(steps)] * 2  # nothing a replayed step sees (a leak, at teardown)
+    assert (kept.known_replies, kept.checked_replies) == (1, len(steps) + 3)
