@@ -77,12 +77,17 @@ def test_a_replay_reaches_the_models_state_and_the_run_goes_on(adapters: Adapter
         for i, op in enumerate(after):
             check = run.step(op, after[i + 1 :])
             assert (check.model_problem, check.impl_problem) == (None, None)
-        quiesce = run.quiesce_ops()
-        for i, down in enumerate(quiesce):
-            assert run.step(down, quiesce[i + 1 :]).impl_problem is None
-        assert run.finish() is None
+        _torn_down_clean(run)
     finally:
         run.close()
+
+
+def _torn_down_clean(run: Lockstep) -> None:
+    """The run's teardown passes: quiescence, each step checked, then the leak check."""
+    quiesce = run.quiesce_ops()
+    for i, down in enumerate(quiesce):
+        assert run.step(down, quiesce[i + 1 :]).impl_problem is None
+    assert run.finish() is None
 
 
 def test_the_model_steps_of_a_replay_are_kept_and_the_implementation_still_checked() -> None:
@@ -259,10 +264,7 @@ def test_a_reply_that_repeats_one_checked_from_the_same_state_is_known_and_the_r
                 assert (kept.known_replies, kept.checked_replies) == (known, len(TRACE))
                 assert run.state == _model_state(TRACE) and run.refs.footers
                 assert run.step(ops.Drop(0)).impl_problem is None
-                quiesce = run.quiesce_ops()
-                for i, down in enumerate(quiesce):
-                    assert run.step(down, quiesce[i + 1 :]).impl_problem is None
-                assert run.finish() is None
+                _torn_down_clean(run)
             finally:
                 run.close()
     finally:
