@@ -22,8 +22,8 @@ from collections import Counter
 
 from externref_harness.cli.explore import add_bound_arguments, bounds_given
 from externref_harness.exhaustive.chain import WALK_RADIUS, WALK_SEARCH_LIMIT, Coverage
+from externref_harness.exhaustive.execute import _Planner
 from externref_harness.exhaustive.plan import Plan, build_plan
-from externref_harness.exhaustive.planner import Planner
 from externref_harness.explore.explorer import ExploreBounds
 
 
@@ -94,7 +94,7 @@ def main() -> None:
         f"{crossing:,} transitions lead from one component to another"
     )
     coverage = Coverage(plan)
-    planner = Planner(plan, coverage)
+    planner = _Planner(plan, coverage)
     runs = steps = ended_with_moves_left = 0
     started = time.process_time()
     while (run := planner.next()) is not None:

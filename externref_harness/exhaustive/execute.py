@@ -7,8 +7,7 @@ always a move, executed and compared, from a state of its class to a state of it
 (`chain.corresponding_move`).
 
 A run is planned on the model alone before it starts (`plan_chain`: the path, the uncovered
-moves, the walks, each chosen as the moves before it leave the coverage; in a process of its
-own, `exhaustive.planner`, ahead of the runs under way), so all its steps go to
+moves, the walks, each chosen as the moves before it leave the coverage), so all its steps go to
 the implementation's process as one batch and are compared in order as their replies come back;
 its moves are counted covered when planned and taken back if the run fails before them. Classes
 are started in breadth-first order; a divergence's trace (the run's steps up to the failing one)
@@ -33,9 +32,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from externref_harness.exhaustive.chain import Coverage
+from externref_harness.exhaustive.chain import Coverage, plan_chain
 from externref_harness.exhaustive.plan import Plan
-from externref_harness.exhaustive.planner import PlannedAhead, Run
 from externref_harness.isolation.pool import OutOfTime
 from externref_harness.lockstep.runner import (
     DEFAULT_OPTIONS,
@@ -46,6 +44,7 @@ from externref_harness.lockstep.runner import (
     StepCheck,
 )
 from externref_harness.model.ops import Op
+from externref_harness.model.state import State
 from externref_harness.search.model_check import misuse_problem
 
 #: Why an incomplete run stopped.
@@ -126,48 +125,47 @@ def run_exhaustive(
     `stop_at` (a `time.monotonic()` instant), or when the pool's budget runs out (`OutOfTime`).
     `progress` is given the figures every `every` seconds (`PROGRESS_EVERY`).
 
-    The runs are planned in a process of their own (`planner.PlannedAhead`: planning is the
-    model's alone, and the runs are a function of the plan while they pass), and each is read
-    while the run before it is under way in the implementation's process (`Lockstep.replay`'s
-    `meanwhile`). A run's moves are counted covered when it is read; a run that does not pass
-    takes its moves back, and the check stops there."""
+    Each run is planned while the run before it is under way in the implementation's process
+    (`Lockstep.replay`'s `meanwhile`): planning is the model's alone, and a run's moves are
+    counted covered when it is planned, so the order of the runs and their moves is the same as
+    if each were planned when it starts. A planned run that does not pass takes its moves back."""
     every = PROGRESS_EVERY if every is None else every
     started = time.monotonic()
     stats = Stats(plan.transitions)
     coverage = Coverage(plan)
+    planner = _Planner(plan, coverage)
     torn_down: set[int] = set()
     #: The model's side of the tree paths' replayed steps, computed once for all runs.
     kept = ModelSteps(plan.search.cfg)
     next_report = started + every
-    #: The run read while the one under way ran (at most one; None: there is no other).
-    ahead: list[Run | None] = []
-    with PlannedAhead(plan, coverage) as planner:
-        current = planner.next()
-        try:
-            while current is not None:
-                now = time.monotonic()
-                if stop_at is not None and now >= stop_at:
-                    current.unplan(coverage, 0)
-                    return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
-                if progress is not None and now >= next_report:
-                    next_report = now + every
-                    progress(_snapshot(stats, coverage, started))
-                ahead.clear()
-                try:
-                    _one_run(plan, current, adapter_factory, options, coverage, torn_down, kept, stats,
-                             lambda: ahead.append(planner.next()))
-                except BaseException:
-                    for run in ahead:
-                        if run is not None:
-                            run.unplan(coverage, 0)
-                    raise
-                finally:
-                    stats.known = kept.known_replies
-                current = ahead[0] if ahead else planner.next()
-        except _Failed as e:
-            return _done(plan, stats, coverage, started, divergence=e.divergence)
-        except OutOfTime:
-            return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
+    #: The run planned while the one under way ran (at most one; None: there is no other).
+    ahead: list[_Run | None] = []
+    current = planner.next()
+    try:
+        while current is not None:
+            now = time.monotonic()
+            if stop_at is not None and now >= stop_at:
+                current.unplan(coverage, 0)
+                return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
+            if progress is not None and now >= next_report:
+                next_report = now + every
+                progress(_snapshot(stats, coverage, started))
+            ahead.clear()
+            try:
+                _one_run(plan, current, adapter_factory, options, coverage, torn_down, kept, stats,
+                         lambda: ahead.append(planner.next()))
+            except BaseException:
+                for run in ahead:
+                    if run is not None:
+                        run.unplan(coverage, 0)
+                raise
+            finally:
+                stats.known = kept.known_replies
+            current = ahead[0] if ahead else planner.next()
+    except _Failed as e:
+        return _done(plan, stats, coverage, started, divergence=e.divergence)
+    except OutOfTime:
+        return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
     return _done(plan, stats, coverage, started)
 
 
@@ -188,9 +186,57 @@ def _done(
     return Outcome(plan, _snapshot(stats, coverage, started), divergence, stopped)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """A run planned on the model: its class, its (class, move) steps and their operations, the
+    state they end in, and which of them it is the first to cover (indices into `taken`)."""
+
+    c: int
+    taken: list[tuple[int, int]]
+    ops: list[Op]
+    state: State
+    marked: list[int]
+    #: How many steps of the tree path come before its first newly covered one (replayed).
+    known: int
+
+    def unplan(self, coverage: Coverage, passed: int) -> None:
+        """Take back the moves this run was to cover from its step `passed` on."""
+        for i in self.marked:
+            if i >= passed:
+                coverage.unmark(*self.taken[i])
+
+
+class _Planner:
+    """The runs in the order they are made: classes breadth-first, each while it has uncovered
+    moves."""
+
+    def __init__(self, plan: Plan, coverage: Coverage) -> None:
+        self.plan = plan
+        self.coverage = coverage
+        self.c = 0
+
+    def next(self) -> _Run | None:
+        plan, coverage = self.plan, self.coverage
+        while self.c < plan.classes and coverage.next_uncovered(self.c) is None:
+            self.c += 1
+        if self.c == plan.classes:
+            return None
+        c = self.c
+        path = plan.path(c)
+        # Counted as covered as they are planned, so that the chain and the next run's plan go
+        # elsewhere; a run that fails or runs out of time takes back those from the step that
+        # did not pass on (`_Run.unplan`).
+        marked = [i for i, (at, move) in enumerate(path) if coverage.mark(at, move)]
+        chain, state = plan_chain(plan, coverage, c)
+        marked += [len(path) + i for i, (_, _, _, new) in enumerate(chain) if new]
+        taken = [*path, *((at, move) for at, move, _, _ in chain)]
+        run_ops = [*plan.ops_to(c), *(op for _, _, op, _ in chain)]
+        return _Run(c, taken, run_ops, state, marked, min([*marked, len(path)]))
+
+
 def _one_run(
     plan: Plan,
-    planned: Run,
+    planned: _Run,
     adapter_factory: AdapterFactory,
     options: LockstepOptions,
     coverage: Coverage,
@@ -238,10 +284,11 @@ def _one_run(
             stats.steps += 1
             _raise_on(check, op, steps)
             passed += 1
-        if hash(run.state) != planned.end_hash:
+        if run.state != planned.state:
             raise AssertionError(f"a run from class {planned.c} did not reach the state it was planned to")
-        if planned.end_class not in torn_down and run.state.panic is None:
-            torn_down.add(planned.end_class)
+        end = search.fingerprint(search.key(planned.state))
+        if end not in torn_down and run.state.panic is None:
+            torn_down.add(end)
             _teardown(run, steps, stats)
     except BaseException:
         planned.unplan(coverage, passed)
