@@ -127,6 +127,12 @@ def raised(e: Exception, at: str = "") -> str:
 
 #: The node of `ModelSteps`' tree of replies at a run's start, before any reply.
 REPLY_ROOT = 0
+#: `ModelSteps.reply_limit`: a remembered reply costs the lockstep's process a few hundred bytes.
+#: The C reference's replies at the exhaustive default bounds leave at most 31,560 (the replayed
+#: steps not known; the 2.28 million known are what they save); a library whose replies differ
+#: from run to run (a serial number in a value, say) would leave one per replayed step, 2.3
+#: million, and match none.
+REPLY_LIMIT = 250_000
 
 
 class KeptStep:
@@ -166,9 +172,13 @@ class ModelSteps:
     hands a released heap's mappings back to the next heap, so a deterministic implementation
     repeats its replies."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, reply_limit: int = REPLY_LIMIT) -> None:
         self.cfg = cfg
         self.root = State.initial(cfg)
+        #: How many replies are remembered at most (`passed`): past it, a run's lockstep state
+        #: leaves the tree at its next checked reply, and what follows is checked in full.
+        self.reply_limit = reply_limit
+        self.replies_kept = 0
         self._steps: dict[tuple[int, ops.Op], KeptStep] = {}
         #: Replayed model steps looked up rather than computed (what a test counts).
         self.hits = 0
@@ -191,8 +201,14 @@ class ModelSteps:
         kept = self._steps[(id(state), op)] = KeptStep(state, after, obs)
         return kept
 
-    def passed(self, step: KeptStep, node: int, raw: bytes, allocated: tuple[tuple[int, int], ...]) -> int:
-        """The reply `raw` to `step` from lockstep state `node` passed every check: the node after it."""
+    def passed(
+        self, step: KeptStep, node: int, raw: bytes, allocated: tuple[tuple[int, int], ...]
+    ) -> int | None:
+        """The reply `raw` to `step` from lockstep state `node` passed every check: the node after
+        it, or None when `reply_limit` replies are remembered already (the run leaves the tree)."""
+        if self.replies_kept >= self.reply_limit:
+            return None
+        self.replies_kept += 1
         self._nodes += 1
         step.replies[(node, raw)] = (self._nodes, allocated)
         return self._nodes

@@ -231,11 +231,12 @@ def test_a_write_no_accessor_saw_is_found_at_the_replays_end(tmp_path: Path) -> 
 
 
 def _replayed_in_runs(
-    library: Path, steps: list[ops.Op], runs: int
+    library: Path, steps: list[ops.Op], runs: int, kept: ModelSteps | None = None
 ) -> tuple[ModelSteps, list[list[str | None]]]:
     """`steps` replayed from the start in `runs` runs, one after another in one pool's child,
-    sharing one `ModelSteps`: the kept steps and each run's replayed steps' problems."""
-    kept = ModelSteps(CFG)
+    sharing one `ModelSteps` (`kept`, a new one by default): the kept steps and each run's
+    replayed steps' problems."""
+    kept = ModelSteps(CFG) if kept is None else kept
     problems: list[list[str | None]] = []
     pool = ChildPool(library, step_timeout=5.0)
     try:
@@ -294,3 +295,22 @@ def test_after_a_reply_that_differs_every_reply_is_checked_in_full(tmp_path: Pat
     kept, problems = _replayed_in_runs(library, steps, 2)
     assert problems == [[None] * len(steps)] * 2  # nothing a replayed step sees (a leak, at teardown)
     assert (kept.known_replies, kept.checked_replies) == (1, len(steps) + 3)
+
+
+def test_a_reply_that_failed_is_not_remembered() -> None:
+    """`c-early-free` panics at the replay's fourth step in every run: the second run knows the
+    three replies before it, and checks the fourth again, and fails there again."""
+    kept, problems = _replayed_in_runs(build_reference("debug", bug="c-early-free"), TRACE, 2)
+    for run in problems:
+        assert len(run) == 4 and run[:3] == [None] * 3
+        assert run[3] is not None and "panicked" in run[3]
+    assert (kept.known_replies, kept.checked_replies, kept.replies_kept) == (3, 4 + 1, 3)
+
+
+def test_past_the_reply_limit_a_run_leaves_the_tree_and_is_checked_in_full() -> None:
+    """At most `reply_limit` replies are remembered: the first run's third reply is checked but
+    not remembered, so the run leaves the tree there; the second knows the first two replies
+    and checks the rest in full, the third counted as checked on the tree (`checked_replies`)."""
+    kept, problems = _replayed_in_runs(build_reference("debug"), TRACE, 2, ModelSteps(CFG, reply_limit=2))
+    assert problems == [[None] * len(TRACE)] * 2
+    assert (kept.known_replies, kept.checked_replies, kept.replies_kept) == (2, 3 + 1, 2)
