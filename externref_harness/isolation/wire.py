@@ -102,10 +102,60 @@ def _read_exactly(fd: int, size: int, deadline: float | None, first: bool, watch
     return b"".join(chunks)
 
 
+#: The environment variable that sets `SPIN_SECONDS`, in microseconds (0: a reader never polls).
+ENV_SPIN = "EXTERNREF_HARNESS_SPIN_US"
+#: How long a reader polls its pipe before it sleeps until the pipe can be read. The two sides of
+#: a lockstep answer each other within tens of microseconds (a step, a replay, a run's start),
+#: and a sleep's wake-up on this project's 2-core virtual machine took longer than that: at
+#: `--refs 2 --frames 1`, `gate --exhaustive` with the two processes polling ran in about three
+#: quarters of the time (README, "Exhaustive conformance").
+SPIN_SECONDS = float(os.environ.get(ENV_SPIN, "300")) / 1e6
+#: After a poll that ran out (the other side was busy longer, or had no core), the next waits of
+#: this process sleep at once: a reader that shares its core with more busy processes (a test
+#: run's workers, a campaign's) polls about one wait in this many, not every one.
+SPIN_BACKOFF = 4
+
+
+class _Polling:
+    """This process's polling before a wait (`_ready_soon`): the waits still to sleep at once."""
+
+    def __init__(self) -> None:
+        self.skip = 0
+        #: Waits that polls ended (the pipe became readable), and polls that ran out: for tests.
+        self.caught = 0
+        self.ran_out = 0
+
+
+_POLLING = _Polling()
+
+
+def _ready_soon(fd: int) -> bool:
+    """Whether `fd` became readable within `SPIN_SECONDS` of polling (see `SPIN_BACKOFF`)."""
+    polling = _POLLING
+    if SPIN_SECONDS <= 0:
+        return False
+    if polling.skip:
+        polling.skip -= 1
+        return False
+    until = time.perf_counter() + SPIN_SECONDS
+    while True:
+        if select.select([fd], [], [], 0)[0]:
+            polling.caught += 1
+            return True
+        if time.perf_counter() >= until:
+            polling.ran_out += 1
+            polling.skip = SPIN_BACKOFF
+            return False
+
+
 def _wait(fd: int, deadline: float | None, watch: int | None, first: bool, got: int, size: int) -> None:
     """Until `fd` can be read: `TimeoutError` (no frame began) or `WireError` (a partial frame of
     which `got` of `size` bytes arrived) at `deadline`, and `EOFError` or `WireError` once the
-    writer `watch` is a pidfd of has exited with nothing left in the pipe."""
+    writer `watch` is a pidfd of has exited with nothing left in the pipe. It polls the pipe for
+    a while before it sleeps (`_ready_soon`): readable, the read that follows has data or the end
+    of file, whatever the deadline and the writer."""
+    if _ready_soon(fd):
+        return
     if deadline is None and watch is None:
         return  # a blocking read: it ends with data or with the end of file
     waited = [fd] if watch is None else [fd, watch]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from externref_harness.impl.interface import ProbeFrame, RefFacts, StepOutcome, TableFacts
+from externref_harness.isolation import wire
 from externref_harness.isolation.pool import StepReply
 from externref_harness.isolation.wire import (
     HEADER,
@@ -220,3 +222,50 @@ def test_a_writer_that_exits_ends_the_read_though_what_it_forked_holds_the_pipe(
         writer.wait()
         os.close(watch)
         os.close(r)
+
+
+def _write_later(w: int, seconds: float) -> threading.Thread:
+    def write() -> None:
+        time.sleep(seconds)
+        write_frame(w, ["ok", seconds])
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(wire.SPIN_SECONDS <= 0, reason=f"{wire.ENV_SPIN}=0: readers do not poll")
+def test_a_reader_polls_before_it_sleeps_and_backs_off_after_a_poll_that_ran_out() -> None:
+    """A frame written as the reader begins to wait is caught by its polling (no sleep); one
+    written later than `SPIN_SECONDS` is read after a sleep, and then the next `SPIN_BACKOFF`
+    waits sleep at once, and the one after polls again. The frames are read the same either way.
+    (A `FrameReader` waits once for a frame that arrives whole.)"""
+    polling = wire._POLLING
+    polling.skip = 0
+    r, w = os.pipe()
+    reader = FrameReader(r)
+
+    def counts() -> tuple[int, int, int]:
+        return polling.caught, polling.ran_out, polling.skip
+
+    try:
+        before = counts()
+        writer = _write_later(w, 0.0)
+        assert reader.read(time.monotonic() + 5) == ["ok", 0.0]
+        writer.join()
+        assert counts() == (before[0] + 1, before[1], 0)
+        late = wire.SPIN_SECONDS * 20 + 0.05
+        writer = _write_later(w, late)
+        assert reader.read(time.monotonic() + 5) == ["ok", late]
+        writer.join()
+        assert counts() == (before[0] + 1, before[1] + 1, wire.SPIN_BACKOFF)
+        for left in range(wire.SPIN_BACKOFF, 0, -1):
+            write_frame(w, ["ok", left])
+            assert reader.read(time.monotonic() + 5) == ["ok", left]
+            assert counts() == (before[0] + 1, before[1] + 1, left - 1)
+        write_frame(w, ["ok", "polled"])
+        assert reader.read(time.monotonic() + 5) == ["ok", "polled"]
+        assert counts() == (before[0] + 2, before[1] + 1, 0)
+    finally:
+        os.close(r)
+        os.close(w)
