@@ -117,9 +117,11 @@ SPIN_BACKOFF = 4
 
 
 class _Polling:
-    """This process's polling before a wait (`_ready_soon`): the waits still to sleep at once."""
+    """This process's polling before a wait (`_ready_soon`): for how long (`poll_for`), and the
+    waits still to sleep at once."""
 
     def __init__(self) -> None:
+        self.seconds = SPIN_SECONDS
         self.skip = 0
         #: Waits that polls ended (the pipe became readable), and polls that ran out: for tests.
         self.caught = 0
@@ -129,15 +131,26 @@ class _Polling:
 _POLLING = _Polling()
 
 
+def poll_for(seconds: float) -> None:
+    """This process's readers poll for `seconds` before they sleep (0: never), and so do the
+    processes it starts from now on (`ENV_SPIN`). For a process that knows it shares the cores
+    with more busy processes than there are cores (a campaign's workers), where a poll takes a
+    core another process was waiting for."""
+    _POLLING.seconds = seconds
+    _POLLING.skip = 0
+    os.environ[ENV_SPIN] = repr(seconds * 1e6)
+
+
 def _ready_soon(fd: int) -> bool:
-    """Whether `fd` became readable within `SPIN_SECONDS` of polling (see `SPIN_BACKOFF`)."""
+    """Whether `fd` became readable within this process's time of polling (`SPIN_SECONDS`, or
+    `poll_for`'s; see `SPIN_BACKOFF`)."""
     polling = _POLLING
-    if SPIN_SECONDS <= 0:
+    if polling.seconds <= 0:
         return False
     if polling.skip:
         polling.skip -= 1
         return False
-    until = time.perf_counter() + SPIN_SECONDS
+    until = time.perf_counter() + polling.seconds
     while True:
         if select.select([fd], [], [], 0)[0]:
             polling.caught += 1

@@ -234,10 +234,10 @@ def _write_later(w: int, seconds: float) -> threading.Thread:
     return thread
 
 
-@pytest.mark.skipif(wire.SPIN_SECONDS <= 0, reason=f"{wire.ENV_SPIN}=0: readers do not poll")
+@pytest.mark.skipif(wire._POLLING.seconds <= 0, reason=f"{wire.ENV_SPIN}=0: readers do not poll")
 def test_a_reader_polls_before_it_sleeps_and_backs_off_after_a_poll_that_ran_out() -> None:
     """A frame written as the reader begins to wait is caught by its polling (no sleep); one
-    written later than `SPIN_SECONDS` is read after a sleep, and then the next `SPIN_BACKOFF`
+    written later than the polling time is read after a sleep, and then the next `SPIN_BACKOFF`
     waits sleep at once, and the one after polls again. The frames are read the same either way.
     (A `FrameReader` waits once for a frame that arrives whole.)"""
     polling = wire._POLLING
@@ -254,7 +254,7 @@ def test_a_reader_polls_before_it_sleeps_and_backs_off_after_a_poll_that_ran_out
         assert reader.read(time.monotonic() + 5) == ["ok", 0.0]
         writer.join()
         assert counts() == (before[0] + 1, before[1], 0)
-        late = wire.SPIN_SECONDS * 20 + 0.05
+        late = wire._POLLING.seconds * 20 + 0.05
         writer = _write_later(w, late)
         assert reader.read(time.monotonic() + 5) == ["ok", late]
         writer.join()
@@ -269,3 +269,30 @@ def test_a_reader_polls_before_it_sleeps_and_backs_off_after_a_poll_that_ran_out
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_process_told_not_to_poll_sleeps_at_once_as_its_children_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`poll_for(0)` (a campaign's workers that outnumber the cores): no wait polls, and the
+    processes started from then on read `ENV_SPIN` as 0."""
+    monkeypatch.setattr(wire._POLLING, "seconds", wire._POLLING.seconds)
+    monkeypatch.setenv(wire.ENV_SPIN, os.environ.get(wire.ENV_SPIN, "300"))
+    wire.poll_for(0.0)
+    counted = wire._POLLING.caught + wire._POLLING.ran_out
+    r, w = os.pipe()
+    try:
+        write_frame(w, ["ok", 1])
+        assert FrameReader(r).read(time.monotonic() + 5) == ["ok", 1]
+    finally:
+        os.close(r)
+        os.close(w)
+    assert wire._POLLING.caught + wire._POLLING.ran_out == counted
+    import subprocess
+    import sys
+
+    child = subprocess.run(
+        [sys.executable, "-c", "from externref_harness.isolation import wire; print(wire._POLLING.seconds)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert float(child.stdout) == 0.0
