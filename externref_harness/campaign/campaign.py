@@ -365,20 +365,17 @@ class Worker:
             self.report_found(stored, "database", False)
 
 
-def _oversubscribed(workers: int) -> bool:
-    """Whether the workers' lockstep processes outnumber the cores: a worker and the child that
-    runs its implementation are two busy processes, and a frame's reader that polls
-    (`isolation.wire.poll_for`) would take a core another worker's process was waiting for (two
-    workers on two cores: 48 examples/s polling against 62 not; one worker: 37 against 29)."""
-    return 2 * workers > (os.cpu_count() or 1)
-
-
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """A worker process: Ctrl-C is the parent's to handle; SIGTERM stops after the current batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _request_stop)
-    if _oversubscribed(spec.options.workers):
-        poll_for(0.0)
+    # A worker and the child that runs its implementation are two busy processes; a frame's
+    # reader that polls (`isolation.wire.poll_for`) keeps both on a core, so a campaign of one
+    # worker would take the machine's two cores and more workers would fight over them
+    # (`benchmarks/fuzz.py --impl`: one worker polling, 36.6 examples/s against 28.7 not; two,
+    # 47.8-49.2 polling against 60.9-64.2 not). A campaign's throughput is meant to grow with its
+    # workers, a core each, so its workers do not poll.
+    poll_for(0.0)
     fatal: tuple[type[BaseException], ...] = (UsageError, *database_errors())
     worker = None
     try:

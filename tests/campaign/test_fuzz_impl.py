@@ -18,7 +18,6 @@ from crashing import crashing_gc_library
 from foreground import interruptible
 from one_line import assert_one_line_exit_2
 
-from externref_harness.campaign import campaign
 from externref_harness.cli.main import main
 from externref_harness.native.build import build_reference
 
@@ -156,11 +155,3 @@ def test_a_hang_where_a_known_hang_hung_is_its_duplicate_without_a_shrink(tmp_pa
     assert not again["new"] and again["unshrunk_hang"], again
     assert again["fingerprint"] == shrunk["fingerprint"]
 
-
-def test_workers_that_outnumber_the_cores_do_not_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker and its implementation's child are two busy processes: one worker on two cores
-    polls its pipes (`isolation.wire.poll_for`), two do not."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert [campaign._oversubscribed(n) for n in (1, 2, 3)] == [False, True, True]
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert [campaign._oversubscribed(n) for n in (1, 4, 5)] == [False, False, True]
