@@ -154,4 +154,3 @@ def test_a_hang_where_a_known_hang_hung_is_its_duplicate_without_a_shrink(tmp_pa
     assert shrunk["new"] and not shrunk["unshrunk_hang"], shrunk
     assert not again["new"] and again["unshrunk_hang"], again
     assert again["fingerprint"] == shrunk["fingerprint"]
-
