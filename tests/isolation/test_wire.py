@@ -234,14 +234,16 @@ def _write_later(w: int, seconds: float) -> threading.Thread:
     return thread
 
 
-@pytest.mark.skipif(wire._POLLING.seconds <= 0, reason=f"{wire.ENV_SPIN}=0: readers do not poll")
-def test_a_reader_polls_before_it_sleeps_and_backs_off_after_a_poll_that_ran_out() -> None:
-    """A frame written as the reader begins to wait is caught by its polling (no sleep); one
-    written later than the polling time is read after a sleep, and then the next `SPIN_BACKOFF`
-    waits sleep at once, and the one after polls again. The frames are read the same either way.
-    (A `FrameReader` waits once for a frame that arrives whole.)"""
+def test_a_reader_polls_before_it_sleeps_and_backs_off_after_a_poll_that_ran_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame already in the pipe, or written while the reader polls, is caught by the polling
+    (no sleep); one written later than the polling time is read after a sleep, and then the next
+    `SPIN_BACKOFF` waits sleep at once, and the one after polls again. The frames are read the
+    same either way. (A `FrameReader` waits once for a frame that arrives whole.)"""
     polling = wire._POLLING
-    polling.skip = 0
+    monkeypatch.setattr(polling, "seconds", 300e-6)
+    monkeypatch.setattr(polling, "skip", 0)
     r, w = os.pipe()
     reader = FrameReader(r)
 
@@ -249,23 +251,21 @@ def test_a_reader_polls_before_it_sleeps_and_backs_off_after_a_poll_that_ran_out
         return polling.caught, polling.ran_out, polling.skip
 
     try:
-        before = counts()
-        writer = _write_later(w, 0.0)
-        assert reader.read(time.monotonic() + 5) == ["ok", 0.0]
+        caught, ran_out, _ = counts()
+        write_frame(w, ["ok", "waiting"])
+        assert reader.read(time.monotonic() + 5) == ["ok", "waiting"]
+        assert counts() == (caught + 1, ran_out, 0)
+        writer = _write_later(w, 0.3)  # a thousand times the polling time
+        assert reader.read(time.monotonic() + 5) == ["ok", 0.3]
         writer.join()
-        assert counts() == (before[0] + 1, before[1], 0)
-        late = wire._POLLING.seconds * 20 + 0.05
-        writer = _write_later(w, late)
-        assert reader.read(time.monotonic() + 5) == ["ok", late]
-        writer.join()
-        assert counts() == (before[0] + 1, before[1] + 1, wire.SPIN_BACKOFF)
+        assert counts() == (caught + 1, ran_out + 1, wire.SPIN_BACKOFF)
         for left in range(wire.SPIN_BACKOFF, 0, -1):
             write_frame(w, ["ok", left])
             assert reader.read(time.monotonic() + 5) == ["ok", left]
-            assert counts() == (before[0] + 1, before[1] + 1, left - 1)
+            assert counts() == (caught + 1, ran_out + 1, left - 1)
         write_frame(w, ["ok", "polled"])
         assert reader.read(time.monotonic() + 5) == ["ok", "polled"]
-        assert counts() == (before[0] + 2, before[1] + 1, 0)
+        assert counts() == (caught + 2, ran_out + 1, 0)
     finally:
         os.close(r)
         os.close(w)
