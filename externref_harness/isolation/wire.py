@@ -112,7 +112,7 @@ ENV_SPIN = "EXTERNREF_HARNESS_SPIN_US"
 SPIN_SECONDS = float(os.environ.get(ENV_SPIN, "300")) / 1e6
 #: After a poll that ran out (the other side was busy longer, or had no core), the next waits of
 #: this process sleep at once: a reader that shares its core with more busy processes (a test
-#: run's workers, a campaign's) polls about one wait in this many, not every one.
+#: run's workers) polls about one wait in this many, not every one.
 SPIN_BACKOFF = 4
 
 
@@ -133,9 +133,9 @@ _POLLING = _Polling()
 
 def poll_for(seconds: float) -> None:
     """This process's readers poll for `seconds` before they sleep (0: never), and so do the
-    processes it starts from now on (`ENV_SPIN`). For a process that knows it shares the cores
-    with more busy processes than there are cores (a campaign's workers), where a poll takes a
-    core another process was waiting for."""
+    processes it starts from now on (`ENV_SPIN`). For a process whose polling would take a core
+    that another of its kind was waiting for: a campaign's workers, each meant to add a core's
+    worth of throughput (`campaign.worker_main`)."""
     _POLLING.seconds = seconds
     _POLLING.skip = 0
     os.environ[ENV_SPIN] = repr(seconds * 1e6)
