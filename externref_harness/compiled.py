@@ -69,6 +69,8 @@ COMPILED_GROUPS: dict[str, tuple[str, ...]] = {
     # the adapter's probe, the native library's calls, and the comparisons and memory checks of
     # each step (`lockstep.check`, Hypothesis's side, stays interpreted).
     "lockstep": (
+        "externref_harness.impl.code",
+        "externref_harness.impl.nonref",
         "externref_harness.impl.memory",
         "externref_harness.impl.heap",
         "externref_harness.impl.stack",

@@ -48,12 +48,19 @@ class BackendDescription:
     has_set_chunk_size: bool
 
 
-@dataclass(frozen=True, slots=True)
 class StackMapRecord:
-    """A stack map in memory: `mapped_words`, then the bitmap words from `bits_address`."""
+    """A stack map in memory: `mapped_words`, then the bitmap words from `bits_address`. Never
+    changed once made; a plain class, not a dataclass: one is made per lookup during a GC, and a
+    compiled dataclass's `__init__` is generated Python that runs interpreted."""
 
-    mapped_words: int
-    bits_address: int
+    __slots__ = ("bits_address", "mapped_words")
+
+    def __init__(self, mapped_words: int, bits_address: int) -> None:
+        self.mapped_words = mapped_words
+        self.bits_address = bits_address
+
+    def __repr__(self) -> str:
+        return f"StackMapRecord(mapped_words={self.mapped_words}, bits_address={self.bits_address:#x})"
 
 
 #: `lookup(pc)` for a Wasm pc without a stack map.

@@ -120,13 +120,23 @@ class Report:
         return f"{text}: {self.detail}" if self.detail else text
 
 
-@dataclass(slots=True)
 class Block:
-    start: int
-    size: int
-    align: int
-    tag: str
-    live: bool = True
+    """One allocation: its user bytes `[start, start + size)`, then its redzone. A plain class, not
+    a dataclass: one is made per allocation, and a compiled dataclass's `__init__` is generated
+    Python that runs interpreted."""
+
+    __slots__ = ("align", "live", "size", "start", "tag")
+
+    def __init__(self, start: int, size: int, align: int, tag: str, live: bool = True) -> None:
+        self.start = start
+        self.size = size
+        self.align = align
+        self.tag = tag
+        self.live = live
+
+    def __repr__(self) -> str:
+        shown = f"start={self.start:#x}, size={self.size}, align={self.align}, tag={self.tag!r}"
+        return f"Block({shown}, live={self.live})"
 
 
 @dataclass(slots=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import cache
 
 from mypy_extensions import mypyc_attr
@@ -57,27 +56,37 @@ class StackOverflow(RuntimeError):
     pass
 
 
-@dataclass(slots=True)
 class Frame:
-    """The host's bookkeeping of one frame; its words live in the stack region."""
+    """The host's bookkeeping of one frame; its words live in the stack region. A plain class, not
+    a dataclass: one is made per call, and a compiled dataclass's `__init__` is generated Python
+    that runs interpreted."""
 
-    wasm: bool
-    sp: int
-    fp: int
-    #: Where this frame is suspended (for the youngest, where it runs).
-    pc: int
-    called_from_wasm: bool = False
-    ret_slot: int | None = None
-    #: This call set the canary (the RAII guard of `invoke_wasm_and_catch_traps`).
-    resets_canary: bool = False
-    #: The compiler's static type of each slot: True for externref, False for i64.
-    ref_typed: list[bool] = field(default_factory=list)
-    #: The function of the code layout this frame runs (an index into `CodeLayout.functions`).
-    function: int = 0
-    #: The map of this frame's last call site that had one (where its next call without one is).
-    last_map: StackMap | None = None
-    #: While suspended: slot -> (its own word, the non-ref word left there, that word's kind).
-    planted: dict[int, tuple[int, int, str]] = field(default_factory=dict)
+    __slots__ = (
+        "called_from_wasm", "fp", "function", "last_map", "pc", "planted", "ref_typed", "resets_canary",
+        "ret_slot", "sp", "wasm",
+    )
+
+    def __init__(self, wasm: bool, sp: int, fp: int, pc: int) -> None:
+        self.wasm = wasm
+        self.sp = sp
+        self.fp = fp
+        #: Where this frame is suspended (for the youngest, where it runs).
+        self.pc = pc
+        self.called_from_wasm = False
+        self.ret_slot: int | None = None
+        #: This call set the canary (the RAII guard of `invoke_wasm_and_catch_traps`).
+        self.resets_canary = False
+        #: The compiler's static type of each slot: True for externref, False for i64.
+        self.ref_typed: list[bool] = []
+        #: The function of the code layout this frame runs (an index into `CodeLayout.functions`).
+        self.function = 0
+        #: The map of this frame's last call site that had one (where its next call without one is).
+        self.last_map: StackMap | None = None
+        #: While suspended: slot -> (its own word, the non-ref word left there, that word's kind).
+        self.planted: dict[int, tuple[int, int, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"Frame(wasm={self.wasm}, sp={self.sp:#x}, fp={self.fp:#x}, pc={self.pc:#x})"
 
     def own_word(self, slot: int, word: int) -> int:
         """What slot `slot` holds for the program, given the word in memory: its own word while a
