@@ -89,6 +89,11 @@ class InProcessImpl:
         #: again and shares the rest.
         self._refs: Vec[RefFacts] = Vec()
         self._hashes: tuple[tuple[int, int], ...] = ()
+        #: The last probe's table facts, and the blocks of the checking heap that hold all of them
+        #: (the table's words, the chunk's slots); None: they are not all in blocks of this heap.
+        self._table: TableFacts | None = None
+        self._table_blocks: frozenset[int] | None = None
+        self._table_at = 0
 
     def _config(self, config: Mapping[str, Any]) -> Config:
         """`config` checked and made a `Config`; the last one again when it is given again (every
@@ -142,7 +147,8 @@ class InProcessImpl:
         facts = self._facts
         allocations = world.allocations
         read: dict[int, RefFacts] = {}
-        for start in world.heap.take_changed():
+        changed = world.heap.take_changed()
+        for start in changed:
             for i in self._refs_in.get(start, ()):
                 facts[i] = read[i] = self._ref_facts(i, *allocations[i])
         for i in self._unblocked:
@@ -175,7 +181,7 @@ class InProcessImpl:
         return Probe(
             stack_top=world.stack.top,
             canary=world.stack_canary(),
-            table=self._table_facts(),
+            table=self._table_facts(changed),
             refs=self._refs,
             handles=world.host.handles,
             hashes=self._hashes,
@@ -251,16 +257,40 @@ class InProcessImpl:
             return ctypes.string_at(address, size)
         return reader().read(address, size)
 
-    def _table_facts(self) -> TableFacts:
-        table = self._read(self.world.rt.table_address, _TABLE.size)
+    def _table_facts(self, changed: set[int]) -> TableFacts:
+        """The table's words and its chunk's slots. Read again only when the checking heap's write
+        record says a block holding them changed (`changed`, as for the footers in `probe`):
+        otherwise they hold the bytes they held at the last probe, and its facts are the same."""
+        address = self.world.rt.table_address
+        last, blocks = self._table, self._table_blocks
+        if last is not None and blocks is not None and address == self._table_at:
+            if blocks.isdisjoint(changed):
+                return last
+        self._table_at = address
+        table = self._read(address, _TABLE.size)
         next_, end, chunk_ptr, chunk_len = (0, 0, 0, 0) if table is None else _TABLE.unpack(table)
         chunk = b""
+        held: frozenset[int] | None = None
+        if table is not None:
+            held = self._held_by(address, _TABLE.size, frozenset())
         if chunk_len:
             ok = chunk_len <= MAX_PROBED_CHUNK_SLOTS
             chunk = (self._read(chunk_ptr, chunk_len * 8) if ok else None) or b""
             if len(chunk) != chunk_len * 8:
+                self._table, self._table_blocks = None, None
                 return TableFacts(next_, end, chunk_ptr, chunk_len, None)
-        return TableFacts(next_, end, chunk_ptr, chunk_len, chunk)
+            held = None if held is None else self._held_by(chunk_ptr, chunk_len * 8, held)
+        facts = TableFacts(next_, end, chunk_ptr, chunk_len, chunk)
+        self._table, self._table_blocks = facts, held
+        return facts
+
+    def _held_by(self, address: int, size: int, blocks: frozenset[int]) -> frozenset[int] | None:
+        """`blocks` and the block of this run's checking heap whose user bytes and redzone hold
+        all `size` bytes at `address` (its writes are in the write record); None if none does."""
+        block = self.world.heap.block_at(address)
+        if block is None or address + size > block.start + block.size + REDZONE:
+            return None
+        return blocks | {block.start}
 
     def finish(self) -> tuple[PlainReport, ...]:
         world = self.world
