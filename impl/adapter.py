@@ -140,9 +140,10 @@ class InProcessImpl:
     def probe(self) -> Probe:
         """Memory by address and offset: footers, vtables, the table's words, the stack.
 
-        A ref's footer is read again only when the checking heap's write record says its block
-        changed (`CheckingHeap.take_changed`, after the step's `verify`): any other footer holds
-        the bytes it held when last read, so its facts are the same."""
+        A ref's footer, and the table's words and chunk (`_table_facts`), are read again only when
+        the checking heap's write record says a block holding them changed
+        (`CheckingHeap.take_changed`, after the step's `verify`): any other holds the bytes it held
+        when last read, so its facts are the same."""
         world = self.world
         facts = self._facts
         allocations = world.allocations
