@@ -51,7 +51,15 @@ from externref_harness.isolation.batch import ends_batch
 from externref_harness.isolation.fast_wire import Encoded, conform_reply, split_ok, write_plain
 from externref_harness.isolation.forkserver import Forked, ForkedProc, ForkServer, child_command
 from externref_harness.isolation.process import OUTPUT_LIMIT, Confined, Limits, describe_status
-from externref_harness.isolation.wire import FrameReader, WireError, conform, decode, tagged, write_frame
+from externref_harness.isolation.wire import (
+    FrameReader,
+    PartialFrameTimeout,
+    WireError,
+    conform,
+    decode,
+    tagged,
+    write_frame,
+)
 from externref_harness.vec import Vec
 
 __all__ = ["ChildPool", "ChildProcessImpl", "ImplementationCrash", "OutOfTime", "describe_status"]
@@ -198,6 +206,13 @@ class Child:
             ) from None
         except (EOFError, OSError):
             raise self._died(f"during {during}") from None
+        except PartialFrameTimeout as cut:  # (not `as e`: compiled, one name gets one type)
+            # A frame's second half was still to be written when the budget ran out: the budget's
+            # doing, as a reply that had not begun would be; past its own time limit, the child's.
+            if budget_first:
+                self.kill()
+                raise OutOfTime(f"the time limit ran out during {during}") from None
+            raise self._broke(during, cut) from None
         except WireError as e:
             raise self._broke(during, e) from None
         # The child's output is measured after each read from its pipe, not for each frame that

@@ -50,6 +50,12 @@ class WireError(Exception):
     """A frame that is not what the protocol says: the other side's failure, with what was wrong."""
 
 
+class PartialFrameTimeout(WireError):
+    """A frame began and was not whole by the reader's deadline. The other side's failure when the
+    deadline was the time it was given; not when it was the reader's own budget, which may run out
+    between two writes of one frame (`pool.Child._receive` tells them apart)."""
+
+
 # --- frames ----------------------------------------------------------------------------------------
 
 
@@ -177,7 +183,7 @@ def _wait(fd: int, deadline: float | None, watch: int | None, first: bool, got: 
     if not ready:
         if first and not got:
             raise TimeoutError("no frame began in time")
-        raise WireError(f"a partial frame: {got} of {size} bytes arrived, then nothing in time")
+        raise PartialFrameTimeout(f"a partial frame: {got} of {size} bytes arrived, then nothing in time")
     # The writer has exited: what it wrote before is in the pipe already, so an empty pipe now
     # stays empty (or is written by a process it forked, which speaks no protocol).
     if fd not in ready and not select.select([fd], [], [], 0)[0]:
