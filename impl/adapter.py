@@ -17,7 +17,7 @@ from mypy_extensions import mypyc_attr
 from externref_harness.changes import same
 from externref_harness.impl.backend import BackendFactory
 from externref_harness.impl.externref import PythonRuntime
-from externref_harness.impl.heap import LIVE, REDZONE, Block, CheckingHeap
+from externref_harness.impl.heap import LIVE, Block, CheckingHeap
 from externref_harness.impl.interface import (
     DROPPED,
     FrameFacts,
@@ -160,7 +160,7 @@ class InProcessImpl:
             facts.append(self._ref_facts(i, footer, value))
             added.append(facts[i])
             block = self._blocks[i]
-            if block is not None and footer + _FOOTER.size <= block.start + block.size + REDZONE:
+            if block is not None and block.holds_to(footer, _FOOTER.size):
                 self._refs_in.setdefault(block.start, []).append(i)
             else:
                 self._unblocked.append(i)
@@ -289,7 +289,7 @@ class InProcessImpl:
         """`blocks` and the block of this run's checking heap whose user bytes and redzone hold
         all `size` bytes at `address` (its writes are in the write record); None if none does."""
         block = self.world.heap.block_at(address)
-        if block is None or address + size > block.start + block.size + REDZONE:
+        if block is None or not block.holds_to(address, size):
             return None
         return blocks | {block.start}
 

@@ -134,6 +134,12 @@ class Block:
         self.tag = tag
         self.live = live
 
+    def holds_to(self, address: int, size: int) -> bool:
+        """Whether `size` bytes from `address`, an address in this block (`CheckingHeap.block_at`'s),
+        end within its user bytes and redzone: then every write to them is in the heap's write
+        record under this block (`verify`, `take_changed`), which the probe relies on."""
+        return address + size <= self.start + self.size + REDZONE
+
     def __repr__(self) -> str:
         shown = f"start={self.start:#x}, size={self.size}, align={self.align}, tag={self.tag!r}"
         return f"Block({shown}, live={self.live})"
