@@ -92,7 +92,7 @@ COMPILED_MODULES: tuple[str, ...] = tuple(m for group in COMPILED_GROUPS.values(
 #: Modules written in C (`<name>.c` beside where the `.py` would be), built by `setup.py` with the
 #: mypyc modules and used on the same terms: all of them, fresh, or none. Each has a pure-Python
 #: fallback in the module that imports it, which computes the same thing more slowly.
-C_MODULES: tuple[str, ...] = ("externref_harness._changes",)
+C_MODULES: tuple[str, ...] = ("externref_harness._changes", "externref_harness.native._calls")
 #: Everything the install builds, whose sources the manifest records.
 BUILT_MODULES: tuple[str, ...] = COMPILED_MODULES + C_MODULES
 #: Written by `setup.py` beside this file: {module: sha256 of the source it was compiled from}.

@@ -1,7 +1,7 @@
 """A native implementation behind the C ABI as a `RuntimeBackend` the host world drives.
 
-    World ──(RuntimeBackend calls)──▶ NativeRuntime ──ctypes──▶ xr_* in the library
-      ▲                                    │
+    World ──(RuntimeBackend calls)──▶ NativeRuntime ──native.calls──▶ xr_* in the library
+      ▲                                    │   (C when built, else ctypes; once-a-run calls: ctypes)
       └──── xr_hooks: alloc / dealloc ─────┤  (the checking heap; "not mine" for foreign blocks)
       └──── xr_hooks: value_dropped ───────┤  (the World's drop log)
       └──── xr_stack: trace / lookup ──────┘  (the World's StackView, during gc and insert_with_gc)
@@ -34,6 +34,7 @@ from externref_harness.impl.heap import LIVE, WILD, HeapExhausted
 from externref_harness.model.capabilities import OPAQUE_REFS, OWN_REGISTRY
 from externref_harness.model.runtime import DebugAssertion
 from externref_harness.model.state import Config
+from externref_harness.native.calls import library_calls
 from externref_harness.native.library import (
     XR_ERR,
     XR_OK,
@@ -52,7 +53,6 @@ from externref_harness.native.library import (
     XrFunction,
     XrHooks,
     XrModule,
-    XrRef,
     XrStack,
     XrStackMap,
     load_library,
@@ -101,19 +101,10 @@ class NativeRuntime:
                 f"({list(desc.capabilities)}): the host world would not register its modules as it expects"
             )
         self._xr_stack = XrStack(None, self._trace, LookupFn() if self._own_registry else self._lookup)
-        # Out-parameters, made once (a pair of ctypes objects and their `byref`s per call cost more
-        # than the call): each is read right after the call that wrote it, and the hooks the
-        # library calls back into never call the library, so no other call writes it meanwhile.
-        # Only cells outside this object's reference cycle (self, its callbacks, `_xr_stack`) get
-        # a kept `byref`: a `byref` is invisible to the cycle collector, so one kept of
-        # `_xr_stack` made the cycle look referenced from outside, and no runtime was ever freed
-        # (about 77 KB a run in a child serving many).
-        self._int_out, self._flag_out = ctypes.c_int(), ctypes.c_int()
-        self._size_out, self._u64_out = ctypes.c_size_t(), ctypes.c_uint64()
-        self._ref_out, self._word_out = XrRef(), ctypes.c_void_p()
-        self._int_ref, self._flag_ref = ctypes.byref(self._int_out), ctypes.byref(self._flag_out)
-        self._size_ref, self._u64_ref = ctypes.byref(self._size_out), ctypes.byref(self._u64_out)
-        self._ref_ref, self._word_ref = ctypes.byref(self._ref_out), ctypes.byref(self._word_out)
+        #: The struct's address, as the calls take it (the struct is kept alive by `self`).
+        self._stack_address = ctypes.addressof(self._xr_stack)
+        #: Every call of a step goes through these (`native.calls`: C when built, else ctypes).
+        self._calls = library_calls(library)
         self._installed = True
         self._cdll.xr_set_hooks(ctypes.byref(self._hooks))
         table = ctypes.c_void_p()
@@ -132,13 +123,6 @@ class NativeRuntime:
             self.close()
             raise ContractViolation("xr_table_new gave a NULL table")
         self._table: int | None = table.value
-
-    @staticmethod
-    def _out(cell: Any, ref: Any) -> Any:
-        """`ref`, its cell zeroed first: a library that answers without writing an out-parameter
-        is read as 0, as a fresh cell read, never as an earlier call's answer."""
-        cell.value = 0
-        return ref
 
     # --- the hooks ------------------------------------------------------------------------------
 
@@ -208,29 +192,30 @@ class NativeRuntime:
             return False
         raise ContractViolation(f"{name} returned status {status}")
 
-    def _ref(self, name: str, *args: Any) -> int:
+    def _ref(self, name: str, answer: tuple[int, int]) -> int:
         """A ref the library returned, checked before anything uses it: a NULL or wild pointer is
         the implementation's invalid ref, never a fault of the harness that reads it (a new ref
         must be the footer of a live block it allocated through the hooks). Under `opaque-refs`
         the word is a handle and only NULL is invalid here: the harness never reads at it, and
         whether it names the right box is judged by behaviour (`refs.distinct`, the drops)."""
-        self._check(name, getattr(self._cdll, name)(*args, self._out(self._ref_out, self._ref_ref)))
-        r = int(self._ref_out.value)
+        status, r = answer
+        self._check(name, status)
         if r == 0:
             raise ContractViolation(f"{name} returned an invalid ref: NULL")
         if self._opaque:
             return r
-        status = self._heap.status(r, _FOOTER_BYTES)
-        if status == WILD or (name == "xr_ref_new" and status != LIVE):
-            where = "in no block" if status == WILD else f"{status} memory"
+        held = self._heap.status(r, _FOOTER_BYTES)
+        if held == WILD or (name == "xr_ref_new" and held != LIVE):
+            where = "in no block" if held == WILD else f"{held} memory"
             raise ContractViolation(
                 f"{name} returned an invalid ref {r:#x}: {where} of those it allocated through the hooks"
             )
         return r
 
-    def _word(self, name: str, *args: Any) -> int:
-        self._check(name, getattr(self._cdll, name)(*args, self._out(self._word_out, self._word_ref)))
-        return int(self._word_out.value or 0)
+    def _word(self, name: str, answer: tuple[int, int]) -> int:
+        status, word = answer
+        self._check(name, status)
+        return word
 
     @property
     def table(self) -> int:
@@ -245,102 +230,100 @@ class NativeRuntime:
     # --- VMExternRef --------------------------------------------------------------------------------
 
     def new(self, size: int, align: int, fill: int) -> int:
-        return self._ref("xr_ref_new", size, align, fill)
+        return self._ref("xr_ref_new", self._calls.ref_new(size, align, fill))
 
     def clone(self, r: int) -> int:
-        return self._ref("xr_ref_clone", r)
+        return self._ref("xr_ref_clone", self._calls.ref_clone(r))
 
     def drop(self, r: int) -> None:
-        self._check("xr_ref_drop", self._cdll.xr_ref_drop(r))
+        self._check("xr_ref_drop", self._calls.ref_drop(r))
 
     def as_raw(self, r: int) -> int:
-        return self._word("xr_ref_as_raw", r)
+        return self._word("xr_ref_as_raw", self._calls.ref_as_raw(r))
 
     def into_raw(self, r: int) -> int:
-        return self._word("xr_ref_into_raw", r)
+        return self._word("xr_ref_into_raw", self._calls.ref_into_raw(r))
 
     def from_raw(self, raw: int) -> int:
-        return self._ref("xr_ref_from_raw", raw)
+        return self._ref("xr_ref_from_raw", self._calls.ref_from_raw(raw))
 
     def clone_from_raw(self, raw: int) -> int:
-        return self._ref("xr_ref_clone_from_raw", raw)
+        return self._ref("xr_ref_clone_from_raw", self._calls.ref_clone_from_raw(raw))
 
     def strong_count(self, r: int) -> int | None:
-        status = self._cdll.xr_ref_strong_count(r, self._out(self._size_out, self._size_ref))
+        status, count = self._calls.ref_strong_count(r)
         self._check("xr_ref_strong_count", status)
-        return int(self._size_out.value)
+        return count
 
     def eq(self, a: int, b: int) -> bool:
-        self._check("xr_ref_eq", self._cdll.xr_ref_eq(a, b, self._out(self._int_out, self._int_ref)))
-        answer = self._int_out.value
+        status, answer = self._calls.ref_eq(a, b)
+        self._check("xr_ref_eq", status)
         if answer not in (0, 1):
             raise ContractViolation(f"xr_ref_eq answered {answer}, not 0 or 1")
         return bool(answer)
 
     def hash(self, r: int) -> int:
-        self._check("xr_ref_hash", self._cdll.xr_ref_hash(r, self._out(self._u64_out, self._u64_ref)))
-        return int(self._u64_out.value)
+        status, hashed = self._calls.ref_hash(r)
+        self._check("xr_ref_hash", status)
+        return hashed
 
     def cmp(self, a: int, b: int) -> int:
-        self._check("xr_ref_cmp", self._cdll.xr_ref_cmp(a, b, self._out(self._int_out, self._int_ref)))
-        answer = self._int_out.value
+        status, answer = self._calls.ref_cmp(a, b)
+        self._check("xr_ref_cmp", status)
         if answer not in (-1, 0, 1):
             raise ContractViolation(f"xr_ref_cmp answered {answer}, not -1, 0 or 1")
         return int(answer)
 
     def deref(self, r: int) -> int | None:
-        return self._word("xr_ref_deref", r)
+        return self._word("xr_ref_deref", self._calls.ref_deref(r))
 
     # --- VMExternRefActivationsTable ------------------------------------------------------------
 
     def bump_capacity_remaining(self) -> int:
-        size = self._out(self._size_out, self._size_ref)
-        status = self._cdll.xr_table_bump_capacity_remaining(self.table, size)
+        status, remaining = self._calls.table_bump_capacity_remaining(self.table)
         self._check("xr_table_bump_capacity_remaining", status)
-        return int(self._size_out.value)
+        return remaining
 
     def try_insert(self, r: int) -> bool:
         return self._check(
-            "xr_table_try_insert", self._cdll.xr_table_try_insert(self.table, r), allow_err=True
+            "xr_table_try_insert", self._calls.table_try_insert(self.table, r), allow_err=True
         )
 
     def insert_with_gc(self, r: int, stack: StackView) -> None:
         self._stack = stack
         try:
-            status = self._cdll.xr_table_insert_with_gc(self.table, r, ctypes.byref(self._xr_stack))
+            status = self._calls.table_insert_with_gc(self.table, r, self._stack_address)
         finally:
             self._stack = None
         self._check("xr_table_insert_with_gc", status)
 
     def insert_without_gc(self, r: int) -> None:
-        self._check("xr_table_insert_without_gc", self._cdll.xr_table_insert_without_gc(self.table, r))
+        self._check("xr_table_insert_without_gc", self._calls.table_insert_without_gc(self.table, r))
 
     def stack_canary(self) -> int | None:
-        is_some, canary = self._out(self._flag_out, self._flag_ref), self._out(self._size_out, self._size_ref)
-        status = self._cdll.xr_table_stack_canary(self.table, is_some, canary)
+        status, is_some, canary = self._calls.table_stack_canary(self.table)
         self._check("xr_table_stack_canary", status)
-        return int(self._size_out.value) if self._flag_out.value else None
+        return canary if is_some else None
 
     def set_stack_canary(self, canary: int | None) -> None:
-        status = self._cdll.xr_table_set_stack_canary(self.table, int(canary is not None), canary or 0)
+        status = self._calls.table_set_stack_canary(self.table, int(canary is not None), canary or 0)
         self._check("xr_table_set_stack_canary", status)
 
     def enter_wasm(self, canary: int) -> None:
-        self._check("xr_table_enter_wasm", self._cdll.xr_table_enter_wasm(self.table, canary))
+        self._check("xr_table_enter_wasm", self._calls.table_enter_wasm(self.table, canary))
 
     def leave_wasm(self) -> None:
-        self._check("xr_table_leave_wasm", self._cdll.xr_table_leave_wasm(self.table))
+        self._check("xr_table_leave_wasm", self._calls.table_leave_wasm(self.table))
 
     def set_gc_okay(self, okay: bool) -> bool:
-        previous = self._out(self._int_out, self._int_ref)
-        status = self._cdll.xr_table_set_gc_okay(self.table, int(okay), previous)
+        status, previous = self._calls.table_set_gc_okay(self.table, int(okay))
         self._check("xr_table_set_gc_okay", status)
-        return bool(self._int_out.value)
+        return bool(previous)
 
     def gc(self, stack: StackView) -> None:
         self._stack = stack
         try:
-            status = self._cdll.xr_gc(ctypes.byref(self._xr_stack), self.table)
+            status = self._calls.gc(self._stack_address, self.table)
         finally:
             self._stack = None
         self._check("xr_gc", status)
@@ -348,10 +331,9 @@ class NativeRuntime:
     def num_filled_in_bump_chunk(self) -> int:
         if not self.description.has_num_filled_in_bump_chunk:
             raise Unsupported("xr_table_num_filled_in_bump_chunk")
-        size = self._out(self._size_out, self._size_ref)
-        status = self._cdll.xr_table_num_filled_in_bump_chunk(self.table, size)
+        status, filled = self._calls.table_num_filled_in_bump_chunk(self.table)
         self._check("xr_table_num_filled_in_bump_chunk", status)
-        return int(self._size_out.value)
+        return filled
 
     def elements(self) -> list[int]:
         if not self.description.has_elements:
@@ -382,7 +364,7 @@ class NativeRuntime:
 
     def drop_table(self) -> None:
         table, self._table = self.table, None
-        self._check("xr_table_drop", self._cdll.xr_table_drop(table))
+        self._check("xr_table_drop", self._calls.table_drop(table))
 
     def close(self) -> None:
         """Uninstall the hooks (the library then allocates on its own again)."""
