@@ -147,7 +147,8 @@ present(const void *function, const char *name)
 /* The prologue of every method: its arity, its function, and its arguments as words a0..a2. */
 #define ARGS(name, field, n)                                                                      \
     uint64_t a[3] = {0, 0, 0};                                                                    \
-    if (arity(name, nargs, n) < 0 || present((const void *)self->field, name) < 0) {             \
+    __typeof__(self->field) fn = self->field; /* read once: the call runs without the GIL */    \
+    if (arity(name, nargs, n) < 0 || present((const void *)fn, name) < 0) {                      \
         return NULL;                                                                              \
     }                                                                                             \
     for (Py_ssize_t i = 0; i < n; i++) {                                                          \
@@ -196,44 +197,44 @@ present(const void *function, const char *name)
 #define STACK(i) ((const xr_stack *)(uintptr_t)a[i])
 
 OUT_METHOD(ref_new, ref_new, "xr_ref_new", 3, xr_ref,
-           self->ref_new((size_t)a[0], (size_t)a[1], (uint8_t)a[2], &out))
-OUT_METHOD(ref_clone, ref_clone, "xr_ref_clone", 1, xr_ref, self->ref_clone(REF(0), &out))
-STATUS_METHOD(ref_drop, ref_drop, "xr_ref_drop", 1, self->ref_drop(REF(0)))
-OUT_METHOD(ref_as_raw, ref_as_raw, "xr_ref_as_raw", 1, void *, self->ref_as_raw(REF(0), &out))
+           fn((size_t)a[0], (size_t)a[1], (uint8_t)a[2], &out))
+OUT_METHOD(ref_clone, ref_clone, "xr_ref_clone", 1, xr_ref, fn(REF(0), &out))
+STATUS_METHOD(ref_drop, ref_drop, "xr_ref_drop", 1, fn(REF(0)))
+OUT_METHOD(ref_as_raw, ref_as_raw, "xr_ref_as_raw", 1, void *, fn(REF(0), &out))
 OUT_METHOD(ref_into_raw, ref_into_raw, "xr_ref_into_raw", 1, void *,
-           self->ref_into_raw(REF(0), &out))
+           fn(REF(0), &out))
 OUT_METHOD(ref_from_raw, ref_from_raw, "xr_ref_from_raw", 1, xr_ref,
-           self->ref_from_raw(PTR(0), &out))
+           fn(PTR(0), &out))
 OUT_METHOD(ref_clone_from_raw, ref_clone_from_raw, "xr_ref_clone_from_raw", 1, xr_ref,
-           self->ref_clone_from_raw(PTR(0), &out))
+           fn(PTR(0), &out))
 OUT_METHOD(ref_strong_count, ref_strong_count, "xr_ref_strong_count", 1, size_t,
-           self->ref_strong_count(REF(0), &out))
-INT_OUT_METHOD(ref_eq, ref_eq, "xr_ref_eq", 2, self->ref_eq(REF(0), REF(1), &out))
-OUT_METHOD(ref_hash, ref_hash, "xr_ref_hash", 1, uint64_t, self->ref_hash(REF(0), &out))
-INT_OUT_METHOD(ref_cmp, ref_cmp, "xr_ref_cmp", 2, self->ref_cmp(REF(0), REF(1), &out))
-OUT_METHOD(ref_deref, ref_deref, "xr_ref_deref", 1, void *, self->ref_deref(REF(0), &out))
-STATUS_METHOD(table_drop, table_drop, "xr_table_drop", 1, self->table_drop(TABLE(0)))
+           fn(REF(0), &out))
+INT_OUT_METHOD(ref_eq, ref_eq, "xr_ref_eq", 2, fn(REF(0), REF(1), &out))
+OUT_METHOD(ref_hash, ref_hash, "xr_ref_hash", 1, uint64_t, fn(REF(0), &out))
+INT_OUT_METHOD(ref_cmp, ref_cmp, "xr_ref_cmp", 2, fn(REF(0), REF(1), &out))
+OUT_METHOD(ref_deref, ref_deref, "xr_ref_deref", 1, void *, fn(REF(0), &out))
+STATUS_METHOD(table_drop, table_drop, "xr_table_drop", 1, fn(TABLE(0)))
 OUT_METHOD(table_bump_capacity_remaining, table_bump_capacity_remaining,
            "xr_table_bump_capacity_remaining", 1, size_t,
-           self->table_bump_capacity_remaining(TABLE(0), &out))
+           fn(TABLE(0), &out))
 STATUS_METHOD(table_try_insert, table_try_insert, "xr_table_try_insert", 2,
-              self->table_try_insert(TABLE(0), REF(1)))
+              fn(TABLE(0), REF(1)))
 STATUS_METHOD(table_insert_with_gc, table_insert_with_gc, "xr_table_insert_with_gc", 3,
-              self->table_insert_with_gc(TABLE(0), REF(1), STACK(2)))
+              fn(TABLE(0), REF(1), STACK(2)))
 STATUS_METHOD(table_insert_without_gc, table_insert_without_gc, "xr_table_insert_without_gc", 2,
-              self->table_insert_without_gc(TABLE(0), REF(1)))
+              fn(TABLE(0), REF(1)))
 STATUS_METHOD(table_set_stack_canary, table_set_stack_canary, "xr_table_set_stack_canary", 3,
-              self->table_set_stack_canary(TABLE(0), (int)a[1], (uintptr_t)a[2]))
+              fn(TABLE(0), (int)a[1], (uintptr_t)a[2]))
 INT_OUT_METHOD(table_set_gc_okay, table_set_gc_okay, "xr_table_set_gc_okay", 2,
-               self->table_set_gc_okay(TABLE(0), (int)a[1], &out))
-STATUS_METHOD(gc, gc, "xr_gc", 2, self->gc(STACK(0), TABLE(1)))
+               fn(TABLE(0), (int)a[1], &out))
+STATUS_METHOD(gc, gc, "xr_gc", 2, fn(STACK(0), TABLE(1)))
 STATUS_METHOD(table_enter_wasm, table_enter_wasm, "xr_table_enter_wasm", 2,
-              self->table_enter_wasm(TABLE(0), (uintptr_t)a[1]))
+              fn(TABLE(0), (uintptr_t)a[1]))
 STATUS_METHOD(table_leave_wasm, table_leave_wasm, "xr_table_leave_wasm", 1,
-              self->table_leave_wasm(TABLE(0)))
+              fn(TABLE(0)))
 OUT_METHOD(table_num_filled_in_bump_chunk, table_num_filled_in_bump_chunk,
            "xr_table_num_filled_in_bump_chunk", 1, size_t,
-           self->table_num_filled_in_bump_chunk(TABLE(0), &out))
+           fn(TABLE(0), &out))
 
 /* (status, is_some, canary): the one call with two out-parameters. */
 static PyObject *
@@ -242,7 +243,7 @@ table_stack_canary(Calls *self, PyObject *const *args, Py_ssize_t nargs)
     ARGS("xr_table_stack_canary", table_stack_canary, 1)
     int is_some = 0;
     uintptr_t canary = 0;
-    CALL(self->table_stack_canary(TABLE(0), &is_some, &canary))
+    CALL(fn(TABLE(0), &is_some, &canary))
     return Py_BuildValue("(iiK)", status, is_some, (unsigned long long)canary);
 }
 
