@@ -146,3 +146,36 @@ def test_the_write_record_finds_a_write_to_any_block_after_a_clean_verify(heap: 
     assert sorted(kinds(heap)) == sorted([h.REDZONE_WRITTEN, h.FREED_BLOCK_WRITTEN])
     heap.verify()  # repaired, and the shadow follows: nothing new
     assert len(heap.reports) == 2 and heap.take_changed() == set()
+
+
+def test_a_kept_segment_is_given_again_as_mmap_gives_one() -> None:
+    """`release` keeps segments of the first size for the next heap (at most `SPARE_SEGMENTS`):
+    what the last heap wrote anywhere in one, inside its blocks or past them, is gone, and so is
+    its shadow's copy, so the next heap's write record starts from zero bytes as with a fresh
+    `mmap`."""
+    for base, _ in h._spare:  # kept by earlier tests: this one counts from none
+        h._munmap(base, h.SEGMENT)
+    h._spare.clear()
+    first = CheckingHeap()
+    block = first.alloc(64, 8, "VMExternData")
+    ctypes.memset(block, 0x5A, 64)
+    ctypes.memset(block + 4096, 0x77, 8)  # past every block: no check looks there
+    first.verify()
+    first.release()
+    assert len(h._spare) == 1
+    second = CheckingHeap()
+    again = second.alloc(8, 8, "VMExternData")
+    assert again == block and h._spare == []  # the kept segment, at its address
+    seg = second._segments[0]
+    rest = h.SEGMENT - 8 - h.REDZONE  # past the new block and its redzone
+    assert ctypes.string_at(seg.base + 8 + h.REDZONE, rest) == b"\0" * rest
+    assert bytes(seg.shadow) == b"\0" * h.SEGMENT
+    second.verify()
+    assert second.reports == []
+    second.release()
+    heaps = [CheckingHeap() for _ in range(h.SPARE_SEGMENTS + 2)]
+    for each in heaps:
+        each.alloc(8, 8, "VMExternData")
+    for each in heaps:
+        each.release()
+    assert len(h._spare) == h.SPARE_SEGMENTS  # the others were unmapped
