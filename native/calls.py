@@ -17,9 +17,12 @@ ctypes in `native.backend`.
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from externref_harness.native.library import NativeLibrary, XrStack
+
+if TYPE_CHECKING:  # (the C module may not be used, or not built: `make_calls`)
+    from externref_harness.native._calls import Calls
 
 #: Every function the calls cover, by the library's symbol name (the method drops the `xr_`).
 SYMBOLS: tuple[str, ...] = (
@@ -50,37 +53,9 @@ SYMBOLS: tuple[str, ...] = (
 )
 
 
-class LibraryCalls(Protocol):
-    """What both kinds of calls offer: one method per function, named as it without `xr_`."""
-
-    def ref_new(self, size: int, align: int, fill: int, /) -> tuple[int, int]: ...
-    def ref_clone(self, r: int, /) -> tuple[int, int]: ...
-    def ref_drop(self, r: int, /) -> int: ...
-    def ref_as_raw(self, r: int, /) -> tuple[int, int]: ...
-    def ref_into_raw(self, r: int, /) -> tuple[int, int]: ...
-    def ref_from_raw(self, raw: int, /) -> tuple[int, int]: ...
-    def ref_clone_from_raw(self, raw: int, /) -> tuple[int, int]: ...
-    def ref_strong_count(self, r: int, /) -> tuple[int, int]: ...
-    def ref_eq(self, a: int, b: int, /) -> tuple[int, int]: ...
-    def ref_hash(self, r: int, /) -> tuple[int, int]: ...
-    def ref_cmp(self, a: int, b: int, /) -> tuple[int, int]: ...
-    def ref_deref(self, r: int, /) -> tuple[int, int]: ...
-    def table_drop(self, table: int, /) -> int: ...
-    def table_bump_capacity_remaining(self, table: int, /) -> tuple[int, int]: ...
-    def table_try_insert(self, table: int, r: int, /) -> int: ...
-    def table_insert_with_gc(self, table: int, r: int, stack: int, /) -> int: ...
-    def table_insert_without_gc(self, table: int, r: int, /) -> int: ...
-    def table_stack_canary(self, table: int, /) -> tuple[int, int, int]: ...
-    def table_set_stack_canary(self, table: int, is_some: int, canary: int, /) -> int: ...
-    def table_set_gc_okay(self, table: int, okay: int, /) -> tuple[int, int]: ...
-    def gc(self, stack: int, table: int, /) -> int: ...
-    def table_enter_wasm(self, table: int, canary: int, /) -> int: ...
-    def table_leave_wasm(self, table: int, /) -> int: ...
-    def table_num_filled_in_bump_chunk(self, table: int, /) -> tuple[int, int]: ...
-
-
 class CtypesCalls:
-    """`LibraryCalls` through the CDLL's typed functions (`native.library` sets their types)."""
+    """`_calls.Calls`' methods (`_calls.pyi`) through the CDLL's typed functions (`native.library`
+    sets their types): a status, then each out-parameter."""
 
     def __init__(self, library: NativeLibrary) -> None:
         self._cdll: Any = library.cdll
@@ -164,6 +139,10 @@ class CtypesCalls:
         return self._out("xr_table_num_filled_in_bump_chunk", ctypes.c_size_t(), table)
 
 
+#: Either kind: one method per function, named as it without `xr_` (`_calls.pyi` lists them).
+LibraryCalls: TypeAlias = "Calls | CtypesCalls"
+
+
 def _stack(address: int) -> Any:
     """A `struct xr_stack *` argument, from the struct's address (the caller keeps it alive)."""
     return ctypes.cast(address, ctypes.POINTER(XrStack))
@@ -202,13 +181,13 @@ def make_calls(library: NativeLibrary, use_c: bool = True) -> LibraryCalls:
     return CtypesCalls(library)
 
 
-#: Each loaded library's calls, made once (by identity, the library kept with them).
-_MADE: dict[int, tuple[NativeLibrary, LibraryCalls]] = {}
+#: Each loaded library's calls, made once (a `NativeLibrary` is hashed by identity).
+_MADE: dict[NativeLibrary, LibraryCalls] = {}
 
 
 def library_calls(library: NativeLibrary) -> LibraryCalls:
     """`make_calls(library)`, once per library per process."""
-    entry = _MADE.get(id(library))
-    if entry is None or entry[0] is not library:
-        entry = _MADE[id(library)] = (library, make_calls(library))
-    return entry[1]
+    made = _MADE.get(library)
+    if made is None:
+        made = _MADE[library] = make_calls(library)
+    return made
