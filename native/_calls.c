@@ -309,5 +309,25 @@ PyInit__calls(void)
         Py_DECREF(m);
         return NULL;
     }
+    /* The symbol names of the table above: `calls.addresses` looks each up in a library. */
+    PyObject *symbols = PyTuple_New((Py_ssize_t)N_SYMBOLS);
+    if (symbols == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (size_t i = 0; i < N_SYMBOLS; i++) {
+        PyObject *name = PyUnicode_FromString(SYMBOLS[i].symbol);
+        if (name == NULL) {
+            Py_DECREF(symbols);
+            Py_DECREF(m);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(symbols, (Py_ssize_t)i, name);
+    }
+    if (PyModule_AddObject(m, "SYMBOLS", symbols) < 0) {
+        Py_DECREF(symbols);
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

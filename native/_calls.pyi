@@ -1,5 +1,8 @@
 """The C calls of `externref_harness.native.calls` (`_calls.c`): `calls.LibraryCalls`."""
 
+#: The library's symbol names the calls cover (a method is named as its symbol without `xr_`).
+SYMBOLS: tuple[str, ...]
+
 class Calls:
     def __init__(self, addresses: dict[str, int]) -> None: ...
     def ref_new(self, size: int, align: int, fill: int, /) -> tuple[int, int]: ...

@@ -24,35 +24,6 @@ from externref_harness.native.library import NativeLibrary, XrStack
 if TYPE_CHECKING:  # (the C module may not be used, or not built: `make_calls`)
     from externref_harness.native._calls import Calls
 
-#: Every function the calls cover, by the library's symbol name (the method drops the `xr_`).
-SYMBOLS: tuple[str, ...] = (
-    "xr_ref_new",
-    "xr_ref_clone",
-    "xr_ref_drop",
-    "xr_ref_as_raw",
-    "xr_ref_into_raw",
-    "xr_ref_from_raw",
-    "xr_ref_clone_from_raw",
-    "xr_ref_strong_count",
-    "xr_ref_eq",
-    "xr_ref_hash",
-    "xr_ref_cmp",
-    "xr_ref_deref",
-    "xr_table_drop",
-    "xr_table_bump_capacity_remaining",
-    "xr_table_try_insert",
-    "xr_table_insert_with_gc",
-    "xr_table_insert_without_gc",
-    "xr_table_stack_canary",
-    "xr_table_set_stack_canary",
-    "xr_table_set_gc_okay",
-    "xr_gc",
-    "xr_table_enter_wasm",
-    "xr_table_leave_wasm",
-    "xr_table_num_filled_in_bump_chunk",
-)
-
-
 class CtypesCalls:
     """`_calls.Calls`' methods (`_calls.pyi`) through the CDLL's typed functions (`native.library`
     sets their types): a status, then each out-parameter."""
@@ -158,7 +129,10 @@ def c_calls_available() -> bool:
 
 
 def addresses(library: NativeLibrary) -> dict[str, int]:
-    """The address of each function of `SYMBOLS` the harness may call in `library`."""
+    """The address of each function the C calls cover (`_calls.SYMBOLS`, from the C module's own
+    table) that the harness may call in `library`."""
+    from externref_harness.native._calls import SYMBOLS
+
     out: dict[str, int] = {}
     for name in SYMBOLS:
         if library.has(name):
