@@ -428,7 +428,8 @@ def _exhaustive(args: argparse.Namespace) -> int:
             "implementation": target.name, "mutant": mutant,
             "states": o.plan.classes, "transitions": o.plan.transitions, "covered": o.stats.covered,
             "runs": o.stats.runs, "steps": o.stats.steps, "teardowns": o.stats.teardowns,
-            "seconds": round(seconds, 3), "trace": None if result.passed else str(save_as),
+            "behind": o.stats.behind, "seconds": round(seconds, 3),
+            "trace": None if result.passed else str(save_as),
             "failure": result.failure,
         })  # fmt: skip
     return status

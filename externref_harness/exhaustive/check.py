@@ -40,7 +40,8 @@ class ExhaustiveResult:
         cfg = plan.search.cfg
         text = (
             f"{s.covered:,} of {plan.transitions:,} transitions covered ({plan.classes:,} states, "
-            f"{s.runs:,} runs, {s.steps:,} steps ({s.replayed:,} replayed, {s.known:,} of them known "
+            f"{s.runs:,} runs ({s.behind:,} sent behind the one before), "
+            f"{s.steps:,} steps ({s.replayed:,} replayed, {s.known:,} of them known "
             f"replies), {s.teardowns:,} teardowns, "
             f"{s.elapsed:.1f}s; "
             f"chunk {cfg.chunk_size}, {cfg.build})"

@@ -41,6 +41,7 @@ from externref_harness.lockstep.runner import (
     Lockstep,
     LockstepOptions,
     ModelSteps,
+    ReplaySent,
     StepCheck,
 )
 from externref_harness.model.ops import Op
@@ -67,6 +68,9 @@ class Stats:
     #: (`ModelSteps`: not decoded or checked again).
     known: int = 0
     teardowns: int = 0
+    #: Of `runs`, those sent to the implementation's process behind the run before while that one
+    #: was still being checked (`Lockstep.close_ahead`).
+    behind: int = 0
     elapsed: float = 0.0
 
     def describe(self) -> str:
@@ -125,43 +129,75 @@ def run_exhaustive(
     `stop_at` (a `time.monotonic()` instant), or when the pool's budget runs out (`OutOfTime`).
     `progress` is given the figures every `every` seconds (`PROGRESS_EVERY`).
 
-    Each run is planned while the run before it is under way in the implementation's process
-    (`Lockstep.replay`'s `meanwhile`): planning is the model's alone, and a run's moves are
-    counted covered when it is planned, so the order of the runs and their moves is the same as
-    if each were planned when it starts. A planned run that does not pass takes its moves back."""
+    Runs overlap in two ways. Each run is planned while the run before it is under way in the
+    implementation's process: planning is the model's alone, and a run's moves are counted
+    covered when it is planned, so the order of the runs and their moves is the same as if each
+    were planned when it starts. And a run all of whose requests are sent once its replay is
+    checked (its steps fit one batch, no teardown) is closed ahead (`Lockstep.close_ahead`): the
+    next run is sent behind it at once, so the implementation's process goes on to it while this
+    process checks the rest of the run before. A planned run that does not pass takes its moves
+    back; a run sent behind one that fails is closed unread."""
     every = PROGRESS_EVERY if every is None else every
     started = time.monotonic()
     stats = Stats(plan.transitions)
     coverage = Coverage(plan)
     planner = _Planner(plan, coverage)
-    torn_down: set[int] = set()
     #: The model's side of the tree paths' replayed steps, computed once for all runs.
     kept = ModelSteps(plan.search.cfg)
     next_report = started + every
-    #: The run planned while the one under way ran (at most one; None: there is no other).
+
+    def send(planned: _Run) -> _Sent:
+        return _send_run(plan, planned, adapter_factory, options, kept)
+
+    #: The run planned while the one being checked runs (at most one; None: there is no other),
+    #: and the same run sent behind it if that one was closed ahead.
     ahead: list[_Run | None] = []
-    current = planner.next()
+    behind: list[_Sent] = []
+
+    def plan_next() -> None:
+        ahead.append(planner.next())
+
+    def send_behind(sent: _Sent, remaining: int) -> None:
+        nxt = ahead[0] if ahead else None
+        run = sent.run
+        if nxt is None or run.steps_under_way != remaining:
+            return
+        if sent.planned.teardown and not run.send_finish():
+            return
+        if run.close_ahead():
+            behind.append(send(nxt))
+            stats.behind += 1
+
+    first = planner.next()
+    current = None if first is None else send(first)
     try:
         while current is not None:
             now = time.monotonic()
             if stop_at is not None and now >= stop_at:
-                current.unplan(coverage, 0)
+                current.run.close()
+                current.planned.unplan(coverage, 0)
                 return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
             if progress is not None and now >= next_report:
                 next_report = now + every
                 progress(_snapshot(stats, coverage, started))
             ahead.clear()
+            behind.clear()
             try:
-                _one_run(plan, current, adapter_factory, options, coverage, torn_down, kept, stats,
-                         lambda: ahead.append(planner.next()))
+                _check_run(current, coverage, stats, plan_next, send_behind)
             except BaseException:
+                for sent in behind:
+                    sent.run.close()  # never read: its child is retired
                 for run in ahead:
                     if run is not None:
                         run.unplan(coverage, 0)
                 raise
             finally:
                 stats.known = kept.known_replies
-            current = ahead[0] if ahead else planner.next()
+            if behind:
+                current = behind[0]
+            else:
+                nxt = ahead[0] if ahead else planner.next()
+                current = None if nxt is None else send(nxt)
     except _Failed as e:
         return _done(plan, stats, coverage, started, divergence=e.divergence)
     except OutOfTime:
@@ -198,6 +234,9 @@ class _Run:
     marked: list[int]
     #: How many steps of the tree path come before its first newly covered one (replayed).
     known: int
+    #: Its end state is torn down (quiescence, then the leak check): no run planned before it
+    #: ended in that class.
+    teardown: bool
 
     def unplan(self, coverage: Coverage, passed: int) -> None:
         """Take back the moves this run was to cover from its step `passed` on."""
@@ -214,6 +253,8 @@ class _Planner:
         self.plan = plan
         self.coverage = coverage
         self.c = 0
+        #: The end classes of the runs planned to be torn down (fingerprints).
+        self.torn_down: set[int] = set()
 
     def next(self) -> _Run | None:
         plan, coverage = self.plan, self.coverage
@@ -231,65 +272,91 @@ class _Planner:
         marked += [len(path) + i for i, (_, _, _, new) in enumerate(chain) if new]
         taken = [*path, *((at, move) for at, move, _, _ in chain)]
         run_ops = [*plan.ops_to(c), *(op for _, _, op, _ in chain)]
-        return _Run(c, taken, run_ops, state, marked, min([*marked, len(path)]))
+        end = plan.search.fingerprint(plan.search.key(state))
+        teardown = end not in self.torn_down and state.panic is None
+        if teardown:
+            self.torn_down.add(end)
+        return _Run(c, taken, run_ops, state, marked, min([*marked, len(path)]), teardown)
 
 
-def _one_run(
-    plan: Plan,
-    planned: _Run,
-    adapter_factory: AdapterFactory,
-    options: LockstepOptions,
+@dataclass(frozen=True)
+class _Sent:
+    """A run whose lockstep is started and whose replay (with the first batch behind it) is sent
+    to the implementation's process; nothing of it read yet."""
+
+    planned: _Run
+    run: Lockstep
+    #: None: nothing to replay (its first step covers a move), every step goes by `Lockstep.step`.
+    replay: ReplaySent | None
+    #: The steps after the replay: the run's own, then its teardown's (`quiesce`), in one list
+    #: (`Lockstep.step`'s `following`: they go in batches, the first behind the replay).
+    tail: list[Op]
+    quiesce: int
+
+
+def _send_run(
+    plan: Plan, planned: _Run, adapter_factory: AdapterFactory, options: LockstepOptions, kept: ModelSteps
+) -> _Sent:
+    """Start a run's lockstep and send its tree path's steps up to its first uncovered one, each
+    executed and checked by an earlier run (the classes are started in breadth-first order), to
+    be replayed (`Lockstep.replay`) with the first batch of the others behind them."""
+    run = Lockstep(plan.search.cfg, adapter_factory(), options=options, model_steps=kept)
+    try:
+        known = planned.known
+        quiesce = run.quiesce_ops(planned.state) if planned.teardown else []
+        tail = [*planned.ops[known:], *quiesce]
+        return _Sent(planned, run, run.send_replay(planned.ops[:known], tail), tail, len(quiesce))
+    except BaseException:
+        run.close()
+        raise
+
+
+def _check_run(
+    sent: _Sent,
     coverage: Coverage,
-    torn_down: set[int],
-    kept: ModelSteps,
     stats: Stats,
     meanwhile: Callable[[], object],
+    replayed: Callable[[_Sent, int], object],
 ) -> None:
-    """One lockstep run: the tree path to its class, then uncovered moves (and short walks to
-    them) as far as they go, planned on the model and executed in batches. `meanwhile` is called
-    once while the implementation's process runs the first of them."""
-    search = plan.search
+    """One lockstep run, sent by `_send_run`: the tree path's replayed steps, then uncovered moves
+    (and short walks to them) as far as they go, planned on the model and executed in batches.
+    `meanwhile` is called once before anything is read (the implementation's process runs the
+    replay meanwhile); `replayed` once the replay is checked and passed, with the run and the
+    number of its steps (the teardown's included) still to be stepped (whether they are all under
+    way already)."""
+    planned, run, tail = sent.planned, sent.run, sent.tail
     run_ops = planned.ops
-    run = Lockstep(search.cfg, adapter_factory(), options=options, model_steps=kept)
     steps: list[Op] = []
     passed = 0
     stats.runs += 1
     try:
-        # The tree path's steps up to its first uncovered one were each executed and checked by an
-        # earlier run (the classes are started in breadth-first order): they are replayed, to
-        # reach the run's start cheaply (`Lockstep.replay`), with the memory checks at its end.
-        known = planned.known
-        called = False
-
-        def called_once() -> None:
-            nonlocal called
-            called = True
-            meanwhile()
-
-        for check in run.replay(run_ops[:known], run_ops[known:], called_once):
-            op = run_ops[passed]
-            steps.append(op)
-            stats.steps += 1
-            stats.replayed += 1
-            _raise_on(check, op, steps)
-            passed += 1
-        if not called:
-            meanwhile()
+        meanwhile()
+        if sent.replay is not None:
+            for check in run.check_replay(sent.replay):
+                op = run_ops[passed]
+                steps.append(op)
+                stats.steps += 1
+                stats.replayed += 1
+                _raise_on(check, op, steps)
+                passed += 1
+        # A replay ends before a step the model panics on (`Lockstep.replay`): that step and
+        # those after it are stepped, in front of the tail (which then was not sent behind it).
+        rest = tail if passed == planned.known else [*run_ops[passed : planned.known], *tail]
+        replayed(sent, len(rest))
         # Every other step is known before it runs too: they go to the implementation's process
         # in batches (`Lockstep.step`'s `following`), each checked in order as it comes back.
-        for i in range(passed, len(run_ops)):
-            op = run_ops[i]
-            check = run.step(op, run_ops[i + 1 :])
+        stepped = len(rest) - sent.quiesce
+        for i in range(stepped):
+            op = rest[i]
+            check = run.step(op, rest[i + 1 :])
             steps.append(op)
             stats.steps += 1
             _raise_on(check, op, steps)
             passed += 1
         if run.state != planned.state:
             raise AssertionError(f"a run from class {planned.c} did not reach the state it was planned to")
-        end = search.fingerprint(search.key(planned.state))
-        if end not in torn_down and run.state.panic is None:
-            torn_down.add(end)
-            _teardown(run, steps, stats)
+        if planned.teardown:
+            _teardown(run, steps, stats, rest[stepped:])
     except BaseException:
         planned.unplan(coverage, passed)
         raise
@@ -305,12 +372,12 @@ def _raise_on(check: StepCheck, op: Op, steps: list[Op], at_teardown: bool = Fal
         raise _Failed(Divergence(tuple(steps), check.impl_problem, "implementation", at_teardown))
 
 
-def _teardown(run: Lockstep, steps: list[Op], stats: Stats) -> None:
-    """Quiescence (each step checked), then the checking heap's leak check. The saved trace is the
-    run's own steps: `drive` (replay, shrinking) runs the same teardown after them."""
+def _teardown(run: Lockstep, steps: list[Op], stats: Stats, quiesce: list[Op]) -> None:
+    """Quiescence (`quiesce`, worked out when the run was sent: each step checked), then the
+    checking heap's leak check. The saved trace is the run's own steps: `drive` (replay,
+    shrinking) runs the same teardown after them."""
     stats.teardowns += 1
     run_steps = tuple(steps)
-    quiesce = run.quiesce_ops()
     for i, op in enumerate(quiesce):
         check = run.step(op, quiesce[i + 1 :])
         stats.steps += 1

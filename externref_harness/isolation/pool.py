@@ -147,6 +147,9 @@ class Child:
         #: A run's `close` was sent and its reply not read yet: the next run reads it before its
         #: start's (`ChildProcessImpl._started`).
         self.closing = False
+        #: Runs closed ahead (`ChildProcessImpl.close_ahead`) whose replies are still being read:
+        #: a run started now is behind them, and must not read from the pipe until they are done.
+        self.unread_runs = 0
 
     def ensure_ready(self) -> None:
         if not self._ready:
@@ -369,6 +372,10 @@ class ChildPool:
     def take(self, fresh: bool) -> Child:
         """A live child: the current one, unless it died or `fresh` asks for a new one."""
         current = self._current
+        if current is not None and current.unread_runs and not fresh:
+            # A run closed ahead is still reading this child's replies: the next run goes behind
+            # it, dead or alive (its reads, or that run's, say what became of it).
+            return current
         if current is not None and (fresh or not current.alive):
             current.close()
             current = self._current = None
@@ -442,6 +449,12 @@ class ChildProcessImpl:
         self._replaying = False
         #: The start was sent and its reply is not read yet (it comes before any other).
         self._starting = False
+        #: The last run's close was sent and its reply comes before this run's start's.
+        self._after_close = False
+        #: This run's close was sent before its replies were all read (`close_ahead`).
+        self._closed_ahead = False
+        #: The teardown's `finish` was sent and its reply is not read yet (`send_finish`).
+        self._finish_sent = False
         #: The step timeout of this adapter's calls (None: the pool's).
         self.step_timeout: float | None = None
 
@@ -457,10 +470,17 @@ class ChildProcessImpl:
 
     def _call(self, request: tuple[Any, ...], timeout: float | None = None) -> Any:
         """Send a request and wait for its reply (the start's first, if it is still to come)."""
+        return self._read_reply(request, timeout, send=True)
+
+    def _read_reply(self, request: tuple[Any, ...], timeout: float | None = None, send: bool = False) -> Any:
+        """The reply to `request`, sent now (`send`) or before (the start's first, if it is still
+        to come)."""
         assert self._child is not None, "start() first"
         try:
             child = self._started(self._child)
-            return child.call(request, timeout or self._timeout())
+            if send:
+                return child.call(request, timeout or self._timeout())
+            return child.receive(timeout or self._timeout(), request[0])
         except (ImplementationCrash, OutOfTime):
             self._crashed()
             raise
@@ -491,6 +511,12 @@ class ChildProcessImpl:
         try:
             child.send(request)
         except (ImplementationCrash, OutOfTime) as e:
+            if child.unread_runs and self._starting:
+                # Behind a run closed ahead whose replies are not read yet: nothing may be read
+                # now. The request is kept; the close's reply (or its absence) says at `_started`
+                # whether the run goes on in another child, sent what it was sent.
+                self._sent.append(request)
+                return
             if isinstance(e, ImplementationCrash):
                 try:
                     if self._starting:
@@ -524,7 +550,9 @@ class ChildProcessImpl:
         # turns out to have failed; then a send that fails may be the close's doing too (`_send`).
         child = self._child
         self._sent: list[tuple[Any, ...]] = []
-        self._starting = child.closing
+        self._closed_ahead = self._finish_sent = False
+        self._after_close = self._starting = child.closing
+        child.closing = False
         self._send(("start", dict(config)))
         if self._child is child:  # else the run went on in another child, its start read (`_send`)
             self._starting = True
@@ -541,8 +569,8 @@ class ChildProcessImpl:
             return child
         self._starting = False
         sent, self._sent = self._sent, []
-        if child.closing:
-            child.closing = False
+        if self._after_close:
+            self._after_close = False
             try:
                 child.receive(self._pool.step_timeout, "close")
             except (ImplementationCrash, WireError):
@@ -697,9 +725,26 @@ class ChildProcessImpl:
         assert self._probe is not None, "probe() follows a step"
         return self._probe
 
+    def send_finish(self) -> bool:
+        """Send `finish` behind the steps sent, without waiting: every step of the run is sent
+        (the lockstep knows; `Lockstep.send_finish`). `finish` reads its reply. Not while the
+        start's reply is to be read (so it is never sent again to another child)."""
+        if self._child is None or self._failed or self._starting or self._finish_sent:
+            return False
+        try:
+            self._child.send(("finish",))
+        except (ImplementationCrash, OutOfTime):
+            return False  # this run's own reads say what became of the child
+        self._finish_sent = True
+        return True
+
     def finish(self) -> tuple[PlainReport, ...]:
         assert not self.pending and not self._replaying, "finish() follows the replies of every step sent"
-        reply = self._call(("finish",))
+        if self._finish_sent:
+            self._finish_sent = False
+            reply = self._read_reply(("finish",))
+        else:
+            reply = self._call(("finish",))
         try:
             reports: tuple[PlainReport, ...] = conform(reply, tuple[PlainReport, ...], "finish reply")
         except WireError as e:
@@ -709,11 +754,41 @@ class ChildProcessImpl:
             raise ImplementationCrash(f"the implementation's process broke the protocol: {e}") from None
         return reports
 
+    def close_ahead(self) -> bool:
+        """Send the run's close now, before its replies are all read: every request of the run
+        has been sent (the lockstep knows; `Lockstep.close_ahead`), and the child then goes on
+        to the next run's requests, sent behind it, while this process still checks this run's
+        replies. Only once the start's and the replay's replies are read (so nothing this run
+        sent is ever to be sent again to another child, `_started`). The next run's start
+        reads the close's reply (`_after_close`); `close` then only lets the child go.
+        False: not now (the close is sent by `close` as usual)."""
+        child = self._child
+        if (child is None or self._failed or self._starting or self._replaying or self._fresh
+                or self._closed_ahead or child.closing):
+            return False
+        try:
+            child.send(("close",))
+        except (ImplementationCrash, OutOfTime):
+            return False  # this run's own reads say what became of the child
+        child.closing = True
+        child.unread_runs += 1
+        self._closed_ahead = True
+        return True
+
     def close(self) -> None:
         child, self._child = self._child, None
         if child is None:
             return
-        if self._failed or self._replaying or self._fresh or self._pool.out_of_time():
+        if self._closed_ahead:
+            # The close was sent; the next run, started behind this one, reads its reply. A run
+            # that stopped before reading all its replies leaves the pipe out of step: retired
+            # (the run behind it then fails to read, and is not the gate's verdict: it is
+            # closed too, at this run's failure).
+            child.unread_runs -= 1
+            if self._failed or self._replaying or self.pending or self._finish_sent:
+                self._pool.retire(child)
+            return
+        if self._failed or self._replaying or self._finish_sent or self._fresh or self._pool.out_of_time():
             self._pool.retire(child)
             return
         try:

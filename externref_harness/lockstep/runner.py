@@ -105,6 +105,14 @@ class StepCheck(NamedTuple):
     impl_problems: tuple[Problem, ...] = ()
 
 
+class ReplaySent(NamedTuple):
+    """A replay sent and not yet read (`Lockstep.send_replay`): each planned step
+    `(op, before, after, observation, kept step)` and the adapter's iterator of its replies."""
+
+    planned: list[tuple[ops.Op, State, State, Observation, KeptStep | None]]
+    taken: Iterator[Replayed | ReplayFrame]
+
+
 class _StepName:
     """"the implementation's OP", formatted only if a time limit needs it."""
 
@@ -343,9 +351,20 @@ class Lockstep:
         `meanwhile` is called once the replay is sent, before anything comes back: work of the
         caller's that the implementation's process need not wait for (not called when nothing is
         replayed)."""
+        sent = self.send_replay(steps, following)
+        if sent is None:
+            return []
+        if meanwhile is not None:
+            meanwhile()
+        return self.check_replay(sent)
+
+    def send_replay(self, steps: Sequence[ops.Op], following: Sequence[ops.Op] = ()) -> ReplaySent | None:
+        """`replay`'s first half: the model's side planned and the replay (and `following`'s first
+        batch) sent, nothing read. `check_replay` reads and checks it; until then this run's
+        state is the one before the replay. None: nothing to replay (`replay`'s empty list)."""
         replay = self._replay_on
         if replay is None or self.impl_broken is not None or self._under_way:
-            return []
+            return None
         planned: list[tuple[ops.Op, State, State, Observation, KeptStep | None]] = []
         state = self.state
         kept = self._model_steps
@@ -361,8 +380,7 @@ class Lockstep:
             state = after
         self._ahead.clear()
         if not planned:
-            return []
-        checks: list[StepCheck] = []
+            return None
         try:
             taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _, _ in planned])
         except Exception as e:  # the implementation's process was gone: its first step's failure
@@ -373,8 +391,14 @@ class Lockstep:
                 self._under_way.extend(self._send_batch(submit_many, following[0], state, following[1:]))
             except Exception:
                 self._ahead.clear()  # the replay's first frame says what became of the process
-        if meanwhile is not None:
-            meanwhile()
+        return ReplaySent(planned, taken)
+
+    def check_replay(self, sent: ReplaySent) -> list[StepCheck]:
+        """`replay`'s second half: each replayed step's reply read and checked, in order (see
+        `replay`), after `send_replay` sent them."""
+        planned, taken = sent.planned, sent.taken
+        kept = self._model_steps
+        checks: list[StepCheck] = []
         # A run's start is the root of the replies' tree (`ModelSteps`); any other state is off it.
         at_start = kept is not None and self.state is kept.root and not self.refs.footers
         self._reply_node = REPLY_ROOT if at_start else None
@@ -393,6 +417,23 @@ class Lockstep:
         if close is not None:
             close()  # a replay stopped at a failure: its adapter knows it now, not at collection
         return checks
+
+    @property
+    def steps_under_way(self) -> int:
+        """How many of the steps a `following` named are in the implementation's process, not yet
+        stepped here."""
+        return len(self._under_way)
+
+    def close_ahead(self) -> bool:
+        """Every request of this run is sent (the caller knows no step follows those under way
+        and no teardown): the implementation's process is told now to close the run, so that it
+        goes on to the next run's requests while this one's replies are still being checked
+        here. False when the adapter cannot (it steps in this process) or the run is broken;
+        `close` then closes it as it would have."""
+        close_ahead: Callable[[], bool] | None = getattr(self.adapter, "close_ahead", None)
+        if close_ahead is None or self.impl_broken is not None:
+            return False
+        return close_ahead()
 
     def _replayed(
         self,
@@ -670,15 +711,17 @@ class Lockstep:
         lines = "\n".join(f"    {p}" for p in failing)
         return "the implementation fails the lockstep checks:\n" + lines, tuple(failing)
 
-    def quiesce_ops(self) -> list[ops.Op]:
-        """The shared teardown: unwind, drop everything, GC (`model.moves.next_quiesce_op`), within
-        the steps the state needs (`quiesce_step_bound`); past that `finish` says it gave up.
+    def quiesce_ops(self, state: State | None = None) -> list[ops.Op]:
+        """The shared teardown from `state` (by default this run's state now): unwind, drop
+        everything, GC (`model.moves.next_quiesce_op`), within the steps the state needs
+        (`quiesce_step_bound`); past that `finish` says it gave up.
 
         Worked out on the model before any runs (the lockstep steps the model by the same rule),
         so the caller can hand the implementation's process the whole teardown as one batch
-        (`step`'s `following`)."""
-        bound = quiesce_step_bound(self.state)
-        state = self.state
+        (`step`'s `following`), even behind the run's own steps when it knows the state they
+        reach."""
+        state = self.state if state is None else state
+        bound = quiesce_step_bound(state)
         out: list[ops.Op] = []
         for _ in range(bound):
             op = next_quiesce_op(state)
@@ -689,6 +732,15 @@ class Lockstep:
         if next_quiesce_op(state) is not None:
             self.gave_up = f"the teardown gave up: {bound} steps did not reach quiescence"
         return out
+
+    def send_finish(self) -> bool:
+        """Send the teardown's `finish` now, behind every step sent (the caller knows they are all
+        of the run's), for `finish` to read; False when the adapter cannot (it steps in this
+        process) or the run is broken."""
+        send_finish: Callable[[], bool] | None = getattr(self.adapter, "send_finish", None)
+        if send_finish is None or self.impl_broken is not None:
+            return False
+        return send_finish()
 
     def finish(self) -> str | None:
         """Drop the runtime and check that the checking heap is empty (not if teardown gave up:

@@ -176,6 +176,11 @@ def test_the_gate_covers_every_transition_and_says_the_search_did_not_run(
     assert case["status"] == "pass" and "2,686 of 2,686 transitions covered" in str(case["detail"])
     # The runs' replayed steps repeat replies already checked (`ModelSteps`): most are known.
     assert re.search(r"[\d,]+ replayed, [1-9][\d,]* of them known replies", str(case["detail"]))
+    # Most runs are sent behind the run before, while it is checked (`Lockstep.close_ahead`).
+    behind = re.search(r"([\d,]+) runs \(([\d,]+) sent behind the one before\)", str(case["detail"]))
+    assert behind is not None
+    runs, sent_behind = (int(n.replace(",", "")) for n in behind.groups())
+    assert runs // 2 < sent_behind < runs, case["detail"]
     assert any("--exhaustive covered the bounded space" in line for line in report["not_checked"])  # type: ignore[attr-defined]
     progress = [line for line in capsys.readouterr().out.splitlines() if "gate: exhaustive: " in line]
     line_format = re.compile(
