@@ -248,6 +248,110 @@ first_difference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(-1);
 }
 
+/* An address argument (a mapped range's start): 0, or -1 with an exception set. */
+static int
+address_arg(PyObject *arg, unsigned char **out)
+{
+    size_t address = PyLong_AsSize_t(arg);
+    if (address == (size_t)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = (unsigned char *)address;
+    return 0;
+}
+
+/* A size argument, >= 0: 0, or -1 with an exception set. */
+static int
+size_arg(const char *name, PyObject *arg, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(arg);
+    if (*out == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (*out < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: length must be >= 0", name);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(filled_doc,
+"filled(address, length, byte) -> bool\n\n"
+"Whether each of the length bytes at address is byte (0-255). The range must be mapped.");
+
+static PyObject *
+filled(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char *at;
+    Py_ssize_t length;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "filled() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (address_arg(args[0], &at) < 0 || size_arg("filled", args[1], &length) < 0) {
+        return NULL;
+    }
+    long byte = PyLong_AsLong(args[2]);
+    if (byte == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (byte < 0 || byte > 255) {
+        PyErr_SetString(PyExc_ValueError, "filled: byte must be between 0 and 255");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (at[i] != (unsigned char)byte) {
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(holds_doc,
+"holds(address, data) -> bool\n\n"
+"Whether the len(data) bytes at address are the bytes data. The range must be mapped.");
+
+static PyObject *
+holds(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char *at;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "holds() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (address_arg(args[0], &at) < 0) {
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "holds: data must be bytes");
+        return NULL;
+    }
+    Py_ssize_t length = PyBytes_GET_SIZE(args[1]);
+    return PyBool_FromLong(memcmp(at, PyBytes_AS_STRING(args[1]), (size_t)length) == 0);
+}
+
+PyDoc_STRVAR(copy_doc,
+"copy(to, from, length) -> None\n\n"
+"Copy the length bytes at address from to address to (memmove: the ranges may overlap). Both\n"
+"ranges must be mapped.");
+
+static PyObject *
+copy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned char *to, *from;
+    Py_ssize_t length;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "copy() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (address_arg(args[0], &to) < 0 || address_arg(args[1], &from) < 0
+        || size_arg("copy", args[2], &length) < 0) {
+        return NULL;
+    }
+    memmove(to, from, (size_t)length);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(joined_doc,
 "joined(parts) -> tuple\n\n"
 "The items of the tuples in the tuple parts, in order, as one tuple (a persistent vector's\n"
@@ -301,6 +405,9 @@ static PyMethodDef methods[] = {
     {"changed_positions", (PyCFunction)(void (*)(void))changed_positions, METH_FASTCALL,
      changed_positions_doc},
     {"same", (PyCFunction)(void (*)(void))same, METH_FASTCALL, same_doc},
+    {"filled", (PyCFunction)(void (*)(void))filled, METH_FASTCALL, filled_doc},
+    {"holds", (PyCFunction)(void (*)(void))holds, METH_FASTCALL, holds_doc},
+    {"copy", (PyCFunction)(void (*)(void))copy, METH_FASTCALL, copy_doc},
     {NULL, NULL, 0, NULL},
 };
 

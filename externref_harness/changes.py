@@ -27,9 +27,12 @@ _Same = Callable[[Sequence[Any], Sequence[Any]], bool]
 _Pages = Callable[[int, int, int, int], list[int]]
 _Joined = Callable[[tuple[tuple[Any, ...], ...]], tuple[Any, ...]]
 _First = Callable[[int, int, int, int], int]
+_Filled = Callable[[int, int, int], bool]
+_Holds = Callable[[int, bytes], bool]
+_Copy = Callable[[int, int, int], None]
 
 
-def _c_loop() -> tuple[_Changed, _Same, _Pages, _Joined, _First] | None:
+def _c_loop() -> tuple[_Changed, _Same, _Pages, _Joined, _First, _Filled, _Holds, _Copy] | None:
     try:
         from externref_harness import _changes
     except ImportError:  # not built, stale, or this process runs interpreted (`compiled.py`)
@@ -40,6 +43,9 @@ def _c_loop() -> tuple[_Changed, _Same, _Pages, _Joined, _First] | None:
         _changes.changed_pages,
         _changes.joined,
         _changes.first_difference,
+        _changes.filled,
+        _changes.holds,
+        _changes.copy,
     )
 
 
@@ -103,6 +109,54 @@ def python_first_difference(now: int, then: int, length: int, start: int) -> int
         return -1
     diff = int.from_bytes(a, "little") ^ int.from_bytes(b, "little")
     return start + (((diff & -diff).bit_length() - 1) >> 3)
+
+
+def filled(address: int, length: int, byte: int) -> bool:
+    """Whether each of the `length` bytes at `address` (a mapped range) is `byte`: a redzone, a
+    freed block's poison (`impl.heap.CheckingHeap.verify`). Through ctypes a compare of a few
+    bytes cost about a microsecond of argument conversion and a copy; here it is a C loop."""
+    if length < 0 or not 0 <= byte <= 255:
+        raise ValueError("filled: length must be >= 0 and byte between 0 and 255")
+    c = _C_LOOP
+    if c is not None:
+        return c[5](address, length, byte)
+    return python_filled(address, length, byte)
+
+
+def python_filled(address: int, length: int, byte: int) -> bool:
+    """`filled` through ctypes."""
+    return ctypes.string_at(address, length) == bytes((byte,)) * length
+
+
+def holds(address: int, data: bytes) -> bool:
+    """Whether the `len(data)` bytes at `address` (a mapped range) are `data`: a watched value
+    (`impl.heap`), without copying them out."""
+    c = _C_LOOP
+    if c is not None:
+        return c[6](address, data)
+    return python_holds(address, data)
+
+
+def python_holds(address: int, data: bytes) -> bool:
+    """`holds` through ctypes."""
+    return ctypes.string_at(address, len(data)) == data
+
+
+def copy(to: int, source: int, length: int) -> None:
+    """`memmove` of `length` bytes from address `source` to address `to` (both mapped): a changed
+    page into the checking heap's shadow, after every step that wrote one."""
+    if length < 0:
+        raise ValueError("copy: length must be >= 0")
+    c = _C_LOOP
+    if c is not None:
+        c[7](to, source, length)
+        return
+    python_copy(to, source, length)
+
+
+def python_copy(to: int, source: int, length: int) -> None:
+    """`copy` through ctypes."""
+    ctypes.memmove(to, source, length)
 
 
 def joined(parts: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:

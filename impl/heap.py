@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 from mypy_extensions import mypyc_attr
 
-from externref_harness.changes import changed_pages, first_difference
+from externref_harness.changes import changed_pages, copy, filled, first_difference, holds
 
 WORD = 8
 REDZONE = 32
@@ -373,7 +373,7 @@ class CheckingHeap:
         data = self._values.pop(address, None)
         block = self.block_at(address)
         self._values_in.get(-1 if block is None else block.start, set()).discard(address)
-        if data is not None and ctypes.string_at(address, len(data)) != data:
+        if data is not None and not holds(address, data):
             self.report(VALUE_CORRUPTED, address, access, "value bytes changed while alive")
 
     def watch_foreign(self, address: int, data: bytes, what: str) -> None:
@@ -389,7 +389,7 @@ class CheckingHeap:
         given a watched value, are looked at (see the module's docstring): the others passed
         these checks with the bytes they still have."""
         for address, (data, what) in self._foreign.items():
-            if ctypes.string_at(address, len(data)) != data:
+            if not holds(address, data):
                 self.report(WILD_ACCESS, address, "verify", f"{what} written")
                 ctypes.memmove(address, data, len(data))
         dirty_pages: list[tuple[_Segment, int]] = []
@@ -405,7 +405,7 @@ class CheckingHeap:
             self._check_value(address)
         for seg, offset in dirty_pages:
             length = min(PAGE, seg.used - offset)
-            ctypes.memmove(ctypes.addressof(seg.shadow) + offset, seg.base + offset, length)
+            copy(ctypes.addressof(seg.shadow) + offset, seg.base + offset, length)
         for start in blocks:
             # A block allocated, freed or repaired: its pages go into the shadow as they are now.
             self._refresh(start)
@@ -441,41 +441,27 @@ class CheckingHeap:
         block = self._blocks[start]
         for seg in self._segments:
             if seg.base <= start < seg.base + seg.size:
-                ctypes.memmove(
-                    ctypes.addressof(seg.shadow) + (start - seg.base), start, block.size + REDZONE
-                )
+                copy(ctypes.addressof(seg.shadow) + (start - seg.base), start, block.size + REDZONE)
                 return
 
     def _check_block(self, block: Block) -> None:
         for address in self._values_in.get(block.start, ()):
             self._check_value(address)
         end = block.start + block.size
-        if ctypes.string_at(end, REDZONE) != _REDZONE_BYTES:
+        if not filled(end, REDZONE, REDZONE_BYTE):
             self.report(REDZONE_WRITTEN, end, "verify", f"behind a {block.tag} block")
             ctypes.memset(end, REDZONE_BYTE, REDZONE)
-        if not block.live and ctypes.string_at(block.start, block.size) != _freed(block.size):
+        if not block.live and not filled(block.start, block.size, FREED_BYTE):
             self.report(FREED_BLOCK_WRITTEN, block.start, "verify", f"freed {block.tag} block")
             ctypes.memset(block.start, FREED_BYTE, block.size)
 
     def _check_value(self, address: int) -> None:
         data = self._values.get(address)
-        if data is None:
+        if data is None or holds(address, data):
             return
-        now = ctypes.string_at(address, len(data))
-        if now != data:
-            self.report(VALUE_CORRUPTED, address, "verify", "value bytes changed while alive")
-            self._values[address] = now
+        self.report(VALUE_CORRUPTED, address, "verify", "value bytes changed while alive")
+        self._values[address] = ctypes.string_at(address, len(data))
 
     def report(self, kind: str, address: int, access: str, detail: str = "") -> None:
         self.reports.append(Report(kind, address, access, detail))
 
-
-_REDZONE_BYTES = bytes([REDZONE_BYTE]) * REDZONE
-_FREED_CACHE: dict[int, bytes] = {}
-
-
-def _freed(size: int) -> bytes:
-    data = _FREED_CACHE.get(size)
-    if data is None:
-        data = _FREED_CACHE[size] = bytes([FREED_BYTE]) * size
-    return data

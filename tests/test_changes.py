@@ -134,3 +134,49 @@ def test_joined_refuses_what_is_not_a_tuple_of_tuples() -> None:
     for bad in ([(1,)], ((1,), [2])):
         with pytest.raises(TypeError):
             changes.joined(bad)  # type: ignore[arg-type]
+
+
+@given(st.integers(0, 200), st.sets(st.integers(0, 199), max_size=4), st.integers(0, 255))
+def test_both_loops_tell_a_filled_range_and_the_bytes_it_holds(
+    length: int, written: set[int], byte: int
+) -> None:
+    """`filled` and `holds` (the checking heap's redzones, poison and watched values): a range of
+    one byte is filled with it, and holds its own bytes, until a byte of it is written."""
+    buffer = ctypes.create_string_buffer(bytes((byte,)) * length, length)
+    address = ctypes.addressof(buffer)
+    before = buffer.raw
+    changed = False
+    for at in written:
+        if at < length:
+            buffer[at] = bytes(((byte + 1) % 256,))
+            changed = True
+    for check in (changes.filled, changes.python_filled):
+        assert check(address, length, byte) == (not changed)
+    for compare in (changes.holds, changes.python_holds):
+        assert compare(address, before) == (not changed)
+        assert compare(address, buffer.raw)
+
+
+@given(st.binary(max_size=300), st.integers(0, 40))
+def test_both_copies_copy_the_bytes_and_nothing_past_them(data: bytes, shift: int) -> None:
+    for copy in (changes.copy, changes.python_copy):
+        source = ctypes.create_string_buffer(data, len(data))
+        target = ctypes.create_string_buffer(b"\x77" * (len(data) + shift + 8), len(data) + shift + 8)
+        copy(ctypes.addressof(target) + shift, ctypes.addressof(source), len(data))
+        assert target.raw == b"\x77" * shift + data + b"\x77" * 8
+
+
+def test_filled_holds_and_copy_refuse_bad_arguments() -> None:
+    buffer = ctypes.create_string_buffer(16)
+    address = ctypes.addressof(buffer)
+    with pytest.raises(ValueError, match="byte between 0 and 255"):
+        changes.filled(address, 16, 256)
+    with pytest.raises(ValueError, match="length must be >= 0"):
+        changes.filled(address, -1, 0)
+    with pytest.raises(ValueError, match="length must be >= 0"):
+        changes.copy(address, address, -1)
+    if changes.uses_c_loop():
+        from externref_harness import _changes
+
+        with pytest.raises(TypeError, match="data must be bytes"):
+            _changes.holds(address, bytearray(4))  # type: ignore[arg-type]
