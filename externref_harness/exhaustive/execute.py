@@ -7,19 +7,26 @@ always a move, executed and compared, from a state of its class to a state of it
 (`chain.corresponding_move`).
 
 A run is planned on the model alone before it starts (`plan_chain`: the path, the uncovered
-moves, the walks, each chosen as the moves before it leave the coverage), so all its steps go to
-the implementation's process as one batch and are compared in order as their replies come back;
-its moves are counted covered when planned and taken back if the run fails before them. Classes
-are started in breadth-first order; a divergence's trace (the run's steps up to the failing one)
+moves, the walks, each chosen as the moves before it leave the coverage; whether its end state is
+torn down), so all its steps go to the implementation's process as one batch, its teardown's
+steps and `finish` behind them, and are compared in order as their replies come back; its moves
+are counted covered when planned and taken back if the run fails before them. Once a run's
+replay is checked and everything it will send is sent, it closes ahead and the next run is sent
+behind it, so the implementation's process runs on while this one checks:
+
+    child:   [start₁ replay₁ batch₁ finish₁ close₁][start₂ replay₂ batch₂ close₂][start₃ ...
+    parent:   plan₂  check replay₁ ─send₂─▶ check batch₁, finish₁ │ plan₃ check replay₂ ─send₃─▶ ...
+
+Classes are started in breadth-first order; a divergence's trace (the run's steps up to the failing one)
 is shrunk and saved like any lockstep failure (`lockstep.check.report_lockstep_failure`),
 `replay`-able. Every step that covers a transition is one lockstep step with every check a
 lockstep step has (projections, the memory checks, the checking heap's reports). The tree path
 that starts a run reaches its class again along transitions an earlier run has passed: it is
 replayed in the implementation's process (`Lockstep.replay`: each step's outcome checked as it
 comes back, the memory checks once at its end), the way to each run's start at a fraction of a
-checked step's cost. A run's end state is torn down (quiescence, also
-one batch, then the checking heap's leak check) when no run ended in its class before, so each
-class reached as an end state has the teardown's checks once.
+checked step's cost. A run's end state is torn down (quiescence, then the checking heap's
+leak check) when no run planned before it ends in its class, so each class reached as an end
+state has the teardown's checks once.
 
 The cost is the steps of the runs (`Stats.steps`): at `--refs 1`, 3.4 per transition, where
 runs that went on only from exact concrete states took 7.5.
