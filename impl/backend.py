@@ -79,6 +79,12 @@ class StackView:
         """`(pc, sp)` of each frame, youngest first, as far as the unwinder can go."""
         return self._stack.walk(self._registry.has_unwind_info)
 
+    def top_frame(self) -> tuple[int, int, int, int, int]:
+        """The youngest frame's pc, sp and fp, and the stack region's base and top: where a walk
+        made in C (`native._calls.Walker`) starts, to go as `trace` goes."""
+        top = self._stack.youngest
+        return top.pc, top.sp, top.fp, self._stack.base, self._stack.top
+
     def lookup(self, pc: int) -> StackMapRecord | None:
         """None: a host pc. `NO_STACK_MAP`: Wasm code with no map at `pc`. Else the map."""
         if not self._registry.is_wasm(pc):

@@ -286,6 +286,282 @@ static PyTypeObject CallsType = {
     .tp_methods = Calls_methods,
 };
 
+
+/* ---- the harness's stack, walked in C ----------------------------------------------------------
+ *
+ *     xr_gc(&walker.stack, table) ──▶ trace(ctx = walker) ──▶ visit(pc, sp) for each frame
+ *                                                            └─▶ lookup(pc): cached, or classify(view, pc)
+ *
+ * `Walker` is the `xr_stack` the harness hands `xr_gc` and `xr_table_insert_with_gc`: its trace
+ * follows the saved frame pointers in the stack region from the youngest frame, as
+ * `impl.stack.NativeStack.walk` does (stop after a frame suspended at `opaque_pc`, whose code has
+ * no unwind info, or at a return address of 0), without a callback into Python per frame. Its
+ * lookup asks Python (`classify(view, pc)`, the code registry) once per pc and per view, and keeps
+ * the answer: the registry of a run is fixed, and the bits it points at stay where they are.
+ * Reading a word outside the region ends the walk and is kept (`take`), as the Python walk's
+ * `IndexError` is; so is anything `classify` raised, and a trace or lookup outside a call. */
+
+#define WALK_CACHE 64
+
+typedef struct {
+    uintptr_t pc;
+    int kind;
+    size_t mapped_words;
+    const uint64_t *bits;
+} CachedPc;
+
+typedef struct {
+    PyObject_HEAD
+    xr_stack stack;
+    PyObject *classify; /* classify(view, pc) -> (kind, mapped_words, bits address) */
+    PyObject *view;     /* the view walked last: the cache is its answers */
+    uintptr_t opaque_pc;
+    uintptr_t base, top; /* the stack region of the walk under way */
+    int active;         /* between `walk_from` and `take` */
+    uintptr_t fault;    /* the first word outside the region the walk had to read (0: none) */
+    PyObject *error;    /* the first exception a hook met (NULL: none) */
+    int cached;
+    CachedPc cache[WALK_CACHE];
+} Walker;
+
+/* Keep `error` (an exception instance) if it is the first; takes the reference. */
+static void
+walker_keep(Walker *w, PyObject *error)
+{
+    if (w->error == NULL) {
+        w->error = error;
+    } else {
+        Py_XDECREF(error);
+    }
+}
+
+/* With the GIL: keep the exception being raised. */
+static void
+walker_keep_raised(Walker *w)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    walker_keep(w, value);
+}
+
+/* A hook called outside gc / insert_with_gc (the library kept the stack and used it later). */
+static void
+walker_outside(Walker *w, const char *hook)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyErr_Format(PyExc_AssertionError, "%s called outside gc / insert_with_gc", hook);
+    walker_keep_raised(w);
+    PyGILState_Release(gil);
+}
+
+static int
+walker_readable(const Walker *w, uintptr_t address)
+{
+    return address >= w->base && w->top >= 8 && address <= w->top - 8 && address % 8 == 0;
+}
+
+static void
+walker_trace(void *ctx, xr_frame_fn visit, void *walk_ctx)
+{
+    Walker *w = (Walker *)ctx;
+    if (!w->active) {
+        walker_outside(w, "trace");
+        return;
+    }
+    /* The youngest frame and the region, asked of the view only when the runtime walks (a gc
+     * with no Wasm frame on the stack, or no canary, does not). */
+    unsigned long long frame[5];
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *top = PyObject_CallMethod(w->view, "top_frame", NULL);
+    int ok = top != NULL && PyArg_ParseTuple(top, "KKKKK", &frame[0], &frame[1], &frame[2], &frame[3],
+                                             &frame[4]);
+    Py_XDECREF(top);
+    if (!ok) {
+        walker_keep_raised(w);
+    }
+    PyGILState_Release(gil);
+    if (!ok) {
+        return;
+    }
+    uintptr_t pc = (uintptr_t)frame[0], sp = (uintptr_t)frame[1], fp = (uintptr_t)frame[2];
+    w->base = (uintptr_t)frame[3];
+    w->top = (uintptr_t)frame[4];
+    for (;;) {
+        if (!visit(walk_ctx, pc, sp)) {
+            return;
+        }
+        if (pc == w->opaque_pc) {
+            return; /* no unwind info: the walk cannot step past this frame */
+        }
+        if (!walker_readable(w, fp + 8)) {
+            w->fault = fp + 8;
+            return;
+        }
+        uintptr_t ret = (uintptr_t) * (const uint64_t *)(fp + 8);
+        if (ret == 0) {
+            return;
+        }
+        if (!walker_readable(w, fp)) {
+            w->fault = fp;
+            return;
+        }
+        uintptr_t caller_fp = (uintptr_t) * (const uint64_t *)fp;
+        pc = ret;
+        sp = fp + 16;
+        fp = caller_fp;
+    }
+}
+
+static int
+walker_answer(const CachedPc *c, xr_stack_map *map)
+{
+    if (c->kind == XR_PC_WASM_MAPPED) {
+        map->mapped_words = c->mapped_words;
+        map->bits = c->bits;
+    }
+    return c->kind;
+}
+
+static int
+walker_lookup(void *ctx, uintptr_t pc, xr_stack_map *map)
+{
+    Walker *w = (Walker *)ctx;
+    if (!w->active) {
+        walker_outside(w, "lookup");
+        return XR_PC_HOST;
+    }
+    for (int i = 0; i < w->cached; i++) {
+        if (w->cache[i].pc == pc) {
+            return walker_answer(&w->cache[i], map);
+        }
+    }
+    CachedPc got = {pc, XR_PC_HOST, 0, NULL};
+    int ok = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *result = PyObject_CallFunction(w->classify, "OK", w->view, (unsigned long long)pc);
+    if (result != NULL) {
+        int kind;
+        unsigned long long words, bits;
+        if (PyArg_ParseTuple(result, "iKK", &kind, &words, &bits)) {
+            got.kind = kind;
+            got.mapped_words = (size_t)words;
+            got.bits = (const uint64_t *)(uintptr_t)bits;
+            ok = 1;
+        }
+        Py_DECREF(result);
+    }
+    if (!ok) {
+        walker_keep_raised(w);
+    }
+    PyGILState_Release(gil);
+    if (!ok) {
+        return XR_PC_HOST;
+    }
+    if (w->cached < WALK_CACHE) {
+        w->cache[w->cached++] = got;
+    }
+    return walker_answer(&got, map);
+}
+
+static int
+Walker_init(Walker *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *classify;
+    unsigned long long opaque_pc;
+    int with_lookup;
+    static char *kwlist[] = {"classify", "opaque_pc", "with_lookup", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKp:Walker", kwlist, &classify, &opaque_pc,
+                                     &with_lookup)) {
+        return -1;
+    }
+    Py_INCREF(classify);
+    Py_XSETREF(self->classify, classify);
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->error);
+    self->opaque_pc = (uintptr_t)opaque_pc;
+    self->stack.ctx = self;
+    self->stack.trace = walker_trace;
+    self->stack.lookup = with_lookup ? walker_lookup : NULL;
+    self->active = 0;
+    self->fault = 0;
+    self->cached = 0;
+    return 0;
+}
+
+static void
+Walker_dealloc(Walker *self)
+{
+    Py_CLEAR(self->classify);
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->error);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* walk_from(view): the next call's stack (`view.top_frame()` is asked if the runtime walks it,
+ * `classify(view, pc)` for a pc not yet classified for this view). */
+static PyObject *
+Walker_walk_from(Walker *self, PyObject *view)
+{
+    if (view != self->view) {
+        Py_INCREF(view);
+        Py_XSETREF(self->view, view);
+        self->cached = 0;
+    }
+    self->active = 1;
+    Py_RETURN_NONE;
+}
+
+/* take() -> None, or (fault address or 0, the first exception or None); cleared, and the walk is
+ * over. */
+static PyObject *
+Walker_take(Walker *self, PyObject *Py_UNUSED(ignored))
+{
+    self->active = 0;
+    if (self->fault == 0 && self->error == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *error = self->error != NULL ? self->error : Py_None;
+    PyObject *out = Py_BuildValue("(KO)", (unsigned long long)self->fault, error);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_CLEAR(self->error);
+    self->fault = 0;
+    return out;
+}
+
+static PyObject *
+Walker_address(Walker *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)&self->stack);
+}
+
+static PyMethodDef Walker_methods[] = {
+    {"walk_from", (PyCFunction)Walker_walk_from, METH_O, NULL},
+    {"take", (PyCFunction)Walker_take, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Walker_getset[] = {
+    {"address", (getter)Walker_address, NULL, "the address of its xr_stack", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject WalkerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "externref_harness.native._calls.Walker",
+    .tp_doc = PyDoc_STR("The harness's stack as an xr_stack walked in C (see _calls.c)."),
+    .tp_basicsize = sizeof(Walker),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Walker_init,
+    .tp_dealloc = (destructor)Walker_dealloc,
+    .tp_methods = Walker_methods,
+    .tp_getset = Walker_getset,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "externref_harness.native._calls",
@@ -296,7 +572,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__calls(void)
 {
-    if (PyType_Ready(&CallsType) < 0) {
+    if (PyType_Ready(&CallsType) < 0 || PyType_Ready(&WalkerType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&module);
@@ -306,6 +582,12 @@ PyInit__calls(void)
     Py_INCREF(&CallsType);
     if (PyModule_AddObject(m, "Calls", (PyObject *)&CallsType) < 0) {
         Py_DECREF(&CallsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&WalkerType);
+    if (PyModule_AddObject(m, "Walker", (PyObject *)&WalkerType) < 0) {
+        Py_DECREF(&WalkerType);
         Py_DECREF(m);
         return NULL;
     }

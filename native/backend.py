@@ -4,7 +4,9 @@
       ▲                                    │   (C when built, else ctypes; once-a-run calls: ctypes)
       └──── xr_hooks: alloc / dealloc ─────┤  (the checking heap; "not mine" for foreign blocks)
       └──── xr_hooks: value_dropped ───────┤  (the World's drop log)
-      └──── xr_stack: trace / lookup ──────┘  (the World's StackView, during gc and insert_with_gc)
+      └──── xr_stack: trace / lookup ──────┘  (the World's StackView, during gc and insert_with_gc:
+                                               walked in C by `_calls.Walker` where it is built,
+                                               its pcs classified once each; else these hooks)
 
 The hooks are installed when the runtime is made and uninstalled by `close()`. A status of
 `XR_PANIC` becomes `DebugAssertion` with the library's message, which the World maps to the
@@ -31,10 +33,11 @@ from externref_harness.impl.backend import (
 )
 from externref_harness.impl.code import Module
 from externref_harness.impl.heap import LIVE, WILD, HeapExhausted
+from externref_harness.impl.stack import OPAQUE_HOST_CODE
 from externref_harness.model.capabilities import OPAQUE_REFS, OWN_REGISTRY
 from externref_harness.model.runtime import DebugAssertion
 from externref_harness.model.state import Config
-from externref_harness.native.calls import library_calls
+from externref_harness.native.calls import library_calls, stack_walker
 from externref_harness.native.library import (
     XR_ERR,
     XR_OK,
@@ -61,6 +64,17 @@ from externref_harness.native.library import (
 _U64P = ctypes.POINTER(ctypes.c_uint64)
 #: A ref points at its `VMExternData` footer: `ref_count`, then the fat `value_ptr`.
 _FOOTER_BYTES = 24
+
+
+def classify(stack: StackView, pc: int) -> tuple[int, int, int]:
+    """What `StackView.lookup` says of `pc`, as the C walker keeps it (`native._calls.Walker`):
+    the `XR_PC_*`, and a map's words and bits address. The same answer `_on_lookup` gives."""
+    record = stack.lookup(pc)
+    if record is None:
+        return XR_PC_HOST, 0, 0
+    if record == NO_STACK_MAP:
+        return XR_PC_WASM, 0, 0
+    return XR_PC_WASM_MAPPED, record.mapped_words, record.bits_address
 
 
 class NativeRuntime:
@@ -101,8 +115,13 @@ class NativeRuntime:
                 f"({list(desc.capabilities)}): the host world would not register its modules as it expects"
             )
         self._xr_stack = XrStack(None, self._trace, LookupFn() if self._own_registry else self._lookup)
+        #: The stack walked in C, where this process uses the C calls (`native.calls`); else the
+        #: ctypes struct above, whose hooks call back into this object.
+        self._walker = stack_walker(classify, OPAQUE_HOST_CODE, not self._own_registry)
         #: The struct's address, as the calls take it (the struct is kept alive by `self`).
-        self._stack_address = ctypes.addressof(self._xr_stack)
+        self._stack_address = (
+            ctypes.addressof(self._xr_stack) if self._walker is None else self._walker.address
+        )
         #: Every call of a step goes through these (`native.calls`: C when built, else ctypes).
         self._calls = library_calls(library)
         self._installed = True
@@ -290,11 +309,11 @@ class NativeRuntime:
         )
 
     def insert_with_gc(self, r: int, stack: StackView) -> None:
-        self._stack = stack
+        self._walk_from(stack)
         try:
             status = self._calls.table_insert_with_gc(self.table, r, self._stack_address)
         finally:
-            self._stack = None
+            self._walked()
         self._check("xr_table_insert_with_gc", status)
 
     def insert_without_gc(self, r: int) -> None:
@@ -321,12 +340,32 @@ class NativeRuntime:
         return bool(previous)
 
     def gc(self, stack: StackView) -> None:
-        self._stack = stack
+        self._walk_from(stack)
         try:
             status = self._calls.gc(self._stack_address, self.table)
         finally:
-            self._stack = None
+            self._walked()
         self._check("xr_gc", status)
+
+    def _walk_from(self, stack: StackView) -> None:
+        """The stack the next call may walk: the hooks' (`_on_trace`, `_on_lookup`), or the C
+        walker's (`stack.top_frame()` where it starts, `classify(stack, pc)` for its pcs)."""
+        self._stack = stack
+        if self._walker is not None:
+            self._walker.walk_from(stack)
+
+    def _walked(self) -> None:
+        """The call is over: what the C walker met is kept as the hooks keep what they raise (a
+        word outside the stack region, as `NativeStack.load` refuses it; what `classify` raised;
+        a hook called outside a call), for `_check` to raise."""
+        self._stack = None
+        problem = None if self._walker is None else self._walker.take()
+        if problem is not None:
+            fault, error = problem
+            if error is not None:
+                self._errors.append(error)
+            if fault:
+                self._errors.append(IndexError(f"{fault:#x} is not a word of the stack region"))
 
     def num_filled_in_bump_chunk(self) -> int:
         if not self.description.has_num_filled_in_bump_chunk:

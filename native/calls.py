@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from externref_harness.native.library import NativeLibrary, XrStack
 
 if TYPE_CHECKING:  # (the C module may not be used, or not built: `make_calls`)
-    from externref_harness.native._calls import Calls
+    from externref_harness.native._calls import Calls, Walker
 
 class CtypesCalls:
     """`_calls.Calls`' methods (`_calls.pyi`) through the CDLL's typed functions (`native.library`
@@ -153,6 +153,18 @@ def make_calls(library: NativeLibrary, use_c: bool = True) -> LibraryCalls:
             made: LibraryCalls = Calls(addresses(library))
             return made
     return CtypesCalls(library)
+
+
+def stack_walker(classify: object, opaque_pc: int, with_lookup: bool) -> Walker | None:
+    """The harness's stack as an `xr_stack` walked in C (`_calls.Walker`: no callback into Python
+    per frame, pcs classified once by `classify(view, pc)`), where this process uses the C calls;
+    None where it does not (the ctypes hooks walk it then). `with_lookup` false: the struct's
+    `lookup` is NULL (`own-registry`)."""
+    try:
+        from externref_harness.native._calls import Walker
+    except ImportError:
+        return None
+    return Walker(classify, opaque_pc, with_lookup)
 
 
 #: Each loaded library's calls, made once (a `NativeLibrary` is hashed by identity).
