@@ -468,11 +468,7 @@ class ChildProcessImpl:
     def _timeout(self) -> float:
         return self.step_timeout or self._pool.step_timeout
 
-    def _call(self, request: tuple[Any, ...], timeout: float | None = None) -> Any:
-        """Send a request and wait for its reply (the start's first, if it is still to come)."""
-        return self._read_reply(request, timeout, send=True)
-
-    def _read_reply(self, request: tuple[Any, ...], timeout: float | None = None, send: bool = False) -> Any:
+    def _reply(self, request: tuple[Any, ...], send: bool, timeout: float | None = None) -> Any:
         """The reply to `request`, sent now (`send`) or before (the start's first, if it is still
         to come)."""
         assert self._child is not None, "start() first"
@@ -619,7 +615,7 @@ class ChildProcessImpl:
             self._crashed()
             raise
         except BaseException:
-            self._failed = True  # interrupted mid-read (`_call`): the child is not reused
+            self._failed = True  # interrupted mid-read (`_reply`): the child is not reused
             raise
         return outcome
 
@@ -740,11 +736,8 @@ class ChildProcessImpl:
 
     def finish(self) -> tuple[PlainReport, ...]:
         assert not self.pending and not self._replaying, "finish() follows the replies of every step sent"
-        if self._finish_sent:
-            self._finish_sent = False
-            reply = self._read_reply(("finish",))
-        else:
-            reply = self._call(("finish",))
+        sent, self._finish_sent = self._finish_sent, False
+        reply = self._reply(("finish",), send=not sent)
         try:
             reports: tuple[PlainReport, ...] = conform(reply, tuple[PlainReport, ...], "finish reply")
         except WireError as e:
