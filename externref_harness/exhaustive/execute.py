@@ -140,7 +140,8 @@ def run_exhaustive(
     implementation's process: planning is the model's alone, and a run's moves are counted
     covered when it is planned, so the order of the runs and their moves is the same as if each
     were planned when it starts. And a run all of whose requests are sent once its replay is
-    checked (its steps fit one batch, no teardown) is closed ahead (`Lockstep.close_ahead`): the
+    checked (its steps and its teardown's fit one batch) is closed ahead (`Lockstep.close_ahead`,
+    its teardown's `finish` sent first): the
     next run is sent behind it at once, so the implementation's process goes on to it while this
     process checks the rest of the run before. A planned run that does not pass takes its moves
     back; a run sent behind one that fails is closed unread."""
@@ -167,11 +168,8 @@ def run_exhaustive(
     def send_behind(sent: _Sent, remaining: int) -> None:
         nxt = ahead[0] if ahead else None
         run = sent.run
-        if nxt is None or run.steps_under_way != remaining:
-            return
-        if sent.planned.teardown and not run.send_finish():
-            return
-        if run.close_ahead():
+        all_sent = run.steps_under_way == remaining
+        if nxt is not None and all_sent and run.close_ahead(finish=sent.planned.teardown):
             behind.append(send(nxt))
             stats.behind += 1
 

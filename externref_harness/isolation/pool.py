@@ -723,7 +723,7 @@ class ChildProcessImpl:
 
     def send_finish(self) -> bool:
         """Send `finish` behind the steps sent, without waiting: every step of the run is sent
-        (the lockstep knows; `Lockstep.send_finish`). `finish` reads its reply. Not while the
+        (the lockstep knows; `Lockstep.close_ahead`). `finish` reads its reply. Not while the
         start's reply is to be read (so it is never sent again to another child)."""
         if self._child is None or self._failed or self._starting or self._finish_sent:
             return False

@@ -424,14 +424,18 @@ class Lockstep:
         stepped here."""
         return len(self._under_way)
 
-    def close_ahead(self) -> bool:
-        """Every request of this run is sent (the caller knows no step follows those under way
-        and no teardown): the implementation's process is told now to close the run, so that it
-        goes on to the next run's requests while this one's replies are still being checked
-        here. False when the adapter cannot (it steps in this process) or the run is broken;
-        `close` then closes it as it would have."""
+    def close_ahead(self, finish: bool = False) -> bool:
+        """Every request of this run is sent (the caller knows no step follows those under way;
+        with `finish`, its teardown's steps are among them and the leak check's `finish` is sent
+        first, for `finish` to read): the implementation's process is told now to close the run,
+        so that it goes on to the next run's requests while this one's replies are still being
+        checked here. False when the adapter cannot (it steps in this process) or the run is
+        broken; `close` (and `finish`) then do as they would have."""
         close_ahead: Callable[[], bool] | None = getattr(self.adapter, "close_ahead", None)
+        send_finish: Callable[[], bool] | None = getattr(self.adapter, "send_finish", None)
         if close_ahead is None or self.impl_broken is not None:
+            return False
+        if finish and (send_finish is None or not send_finish()):
             return False
         return close_ahead()
 
@@ -732,15 +736,6 @@ class Lockstep:
         if next_quiesce_op(state) is not None:
             self.gave_up = f"the teardown gave up: {bound} steps did not reach quiescence"
         return out
-
-    def send_finish(self) -> bool:
-        """Send the teardown's `finish` now, behind every step sent (the caller knows they are all
-        of the run's), for `finish` to read; False when the adapter cannot (it steps in this
-        process) or the run is broken."""
-        send_finish: Callable[[], bool] | None = getattr(self.adapter, "send_finish", None)
-        if send_finish is None or self.impl_broken is not None:
-            return False
-        return send_finish()
 
     def finish(self) -> str | None:
         """Drop the runtime and check that the checking heap is empty (not if teardown gave up:

@@ -164,7 +164,7 @@ def test_a_finish_sent_ahead_is_read_by_the_run_and_the_run_behind_goes_on(dropp
         assert sent is not None
         assert [c.impl_problem for c in ahead.check_replay(sent)] == [None]
         assert ahead.steps_under_way == len(tail)
-        assert ahead.send_finish() and ahead.close_ahead()
+        assert ahead.close_ahead(finish=True)
         behind = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
         behind_sent = behind.send_replay(REPLAYED)
         assert behind_sent is not None
