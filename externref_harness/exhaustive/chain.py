@@ -10,17 +10,22 @@ reached, and short walks through covered moves to the nearest class with uncover
 
 The states a run reaches after the first step need not be the plan's concrete states of their
 classes (a clone then its drop leaves a tombstone: same class, other handle numbers), so
-`corresponding_move` makes the plan's move i of class d from such a state: the move at the same
-index, checked to be of the same kind and to lead to the class the plan's move i leads to, or
-the run stops there. Planning is the parent's share of every step of the run (a breadth-first
-search per walk, not made again from a class where one found nothing: `Coverage.stranded`), so
-this module is compiled with the model (`compiled.COMPILED_MODULES`).
+`corresponding_move` makes the plan's move i of class d from such a state: the plan's move with its
+handles and raw pointers renamed to those at the same live positions, checked not to be refused
+and to lead to the class the plan's move i leads to, or the run stops there. Planning is the
+parent's share of every step of the run (a breadth-first search per walk, not made again from a
+class where one found nothing: `Coverage.stranded`), so this module is compiled with the model
+(`compiled.COMPILED_MODULES`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
+
 from externref_harness.exhaustive.plan import Plan
-from externref_harness.model.ops import Op
+from externref_harness.model.observation import Misuse
+from externref_harness.model.ops import HANDLE_FIELDS, RAW_FIELDS, Op
 from externref_harness.model.state import State
 from externref_harness.model.transition import step
 
@@ -170,22 +175,87 @@ def corresponding_move(plan: Plan, c: int, move: int, state: State) -> tuple[Op,
     The plan's moves of `c` are those of its concrete state `plan.states[c]`, and from that state
     each leads where the plan says by construction (`build_plan` made that very step). Another
     state of the class differs from it by the symmetry (`explore.symmetry`): renamed refs,
-    tombstones, chunk order, dead stack maps. `flat_moves` enumerates moves in an order those do
-    not change (live handles and raw pointers in order, slots by position), so the move at the
-    same index is the corresponding one. That is checked, not assumed: `state` must have as many
-    moves, the move must be of the same kind, and it must lead to the class the plan's move leads
-    to; otherwise the run stops there and a new one reaches the class by its tree path."""
+    tombstones, chunk order, dead stack maps. `flat_moves` names handles and raw pointers by
+    position among the live ones and everything else (slots, globals, frames, layouts) alike in
+    both, so the corresponding move is the plan's with each handle and raw pointer renamed to the
+    one at the same live position in `state` (`_renamed`): the move `flat_moves` lists at the same
+    index, without listing them all (`tests/exhaustive` checks that it is). That it corresponds is
+    checked, not assumed: the model must not refuse it (`Misuse`: a refused move leaves the state
+    as it was, which a move that loops would not tell apart) and it must lead to the class the
+    plan's move leads to; otherwise the run stops there and a new one reaches the class by its tree
+    path."""
     search = plan.search
-    if state is plan.states[c] or state == plan.states[c]:
-        op = plan.ops[c][move]
+    base = plan.states[c]
+    op = plan.ops[c][move]
+    if state is base:
         return op, step(search.cfg, state, op)[0]
-    moves = search.moves(state)
-    if len(moves) != plan.moves[c]:
+    made = _renamed(op, base, state)
+    if made is None:
         return None
-    op = moves[move]
-    if type(op) is not type(plan.ops[c][move]):
+    successor, observed = step(search.cfg, state, made)
+    if type(observed.result) is Misuse:
         return None
-    successor = step(search.cfg, state, op)[0]
     if plan.index.get(search.fingerprint(search.key(successor))) != plan.target(c, move):
         return None
-    return op, successor
+    return made, successor
+
+
+#: Renamed moves, by (move, its new handle and raw pointer fields): a move is a frozen value, and
+#: building one (an interpreted dataclass) costs more than the look-up.
+_RENAMED: dict[tuple[Op, tuple[object, ...]], Op] = {}
+
+
+def _renamed(op: Op, base: State, state: State) -> Op | None:
+    """`op`, a move of `base`, with its handles and raw pointers (`ops.HANDLE_FIELDS`,
+    `ops.RAW_FIELDS`) renamed to those at the same live position in `state`; None if `state` has
+    none there."""
+    kind = type(op)
+    handle_fields = HANDLE_FIELDS.get(kind, ())
+    raw_fields = RAW_FIELDS.get(kind, ())
+    if not handle_fields and not raw_fields:
+        return op
+    names: list[str] = []
+    values: list[object] = []
+    for fields, before, after in (
+        (handle_fields, base.handles, state.handles),
+        (raw_fields, base.raws, state.raws),
+    ):
+        if not fields:
+            continue
+        rename = _live_renaming(before, after)
+        for name in fields:
+            value = getattr(op, name)
+            if isinstance(value, tuple):
+                renamed: list[int] = []
+                for v in value:
+                    to = rename.get(v)
+                    if to is None:
+                        return None
+                    renamed.append(to)
+                values.append(tuple(renamed))
+            elif value is None:
+                values.append(None)
+            else:
+                to = rename.get(value)
+                if to is None:
+                    return None
+                values.append(to)
+            names.append(name)
+    key = (op, tuple(values))
+    made = _RENAMED.get(key)
+    if made is None:
+        made = _RENAMED[key] = replace(op, **dict(zip(names, values, strict=True)))
+    return made
+
+
+def _live_renaming(before: Iterable[object | None], after: Iterable[object | None]) -> dict[int, int]:
+    """Position in `before` to position in `after` of the k-th live (not None) entry, for each k."""
+    live_after = [i for i, x in enumerate(after) if x is not None]
+    out: dict[int, int] = {}
+    k = 0
+    for i, x in enumerate(before):
+        if x is not None:
+            if k < len(live_after):
+                out[i] = live_after[k]
+            k += 1
+    return out

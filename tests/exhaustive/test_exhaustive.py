@@ -6,6 +6,7 @@ line and exit 2."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -82,11 +83,35 @@ def test_a_move_is_made_from_another_state_of_its_class_only_where_it_correspond
         made = corresponding_move(plan, c, move, state)
         assert made is not None
         op, after = made
+        assert op == search.moves(state)[move]
         assert after == step(cfg, state, op)[0]
         assert plan.index[search.fingerprint(search.key(after))] == plan.target(c, move)
     other = next(d for d in range(plan.classes) if d != c and plan.moves[d] == plan.moves[c])
     refused = [corresponding_move(plan, other, move, state) for move in range(plan.moves[c])]
     assert None in refused
+
+
+def test_the_corresponding_move_is_the_one_listed_at_the_same_index_in_every_state_walked() -> None:
+    """`corresponding_move` renames the plan's move rather than listing the state's moves: from
+    states random walks reach (tombstones among handles and raw pointers, refs in the table), the
+    renamed move is `flat_moves`' move at the same index, and leads where the plan says."""
+    search = ExploreBounds(refs=2, frames=1).search()
+    plan = build_plan(search)
+    cfg, rng = search.cfg, random.Random(5)
+    made_elsewhere = 0
+    for _ in range(60):
+        state = State.initial(cfg)
+        for _ in range(14):
+            key = plan.index.get(search.fingerprint(search.key(state)))
+            moves = search.moves(state)
+            if key is None or not moves:
+                break
+            for move in range(plan.moves[key]):
+                made = corresponding_move(plan, key, move, state)
+                assert made is not None and made[0] == moves[move], (state, move)
+            made_elsewhere += state is not plan.states[key]
+            state = step(cfg, state, rng.choice(moves))[0]
+    assert made_elsewhere > 100
 
 
 def _check(tmp_path: Path, library: Path, *extra: str) -> tuple[int, dict[str, object]]:
