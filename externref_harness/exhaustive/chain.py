@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from externref_harness.exhaustive.plan import Plan
-from externref_harness.model.observation import Misuse
+from externref_harness.model.observation import Misuse, Observation
 from externref_harness.model.ops import HANDLE_FIELDS, RAW_FIELDS, Op
 from externref_harness.model.state import State
 from externref_harness.model.transition import step
@@ -83,21 +83,24 @@ class Coverage:
         return i if i < n else None
 
 
-def plan_chain(
-    plan: Plan, coverage: Coverage, c: int
-) -> tuple[list[tuple[int, int, Op, bool]], State]:
-    """From class `c`'s concrete state: the (class, move, op, newly covered) steps of uncovered
-    moves, each from the class the last one reached, and of walks through covered moves to a class
-    with uncovered ones (at most `WALK_RADIUS` moves); and the state they end in. Planned on the
-    model alone; the moves it takes are counted as covered (`execute` takes back those of a run
-    that does not pass)."""
-    state = plan.states[c]
-    out: list[tuple[int, int, Op, bool]] = []
+#: A step of a run's chain: its class and move, the operation, whether it is the first to cover
+#: the move, and the model's step (the state after it and its observation: the lockstep looks
+#: them up instead of stepping the model again, `Lockstep.foresee`).
+Planned = tuple[int, int, Op, bool, State, Observation]
 
-    def take(at: int, move: int, made: tuple[Op, State]) -> int:
+
+def plan_chain(plan: Plan, coverage: Coverage, c: int) -> tuple[list[Planned], State]:
+    """From class `c`'s concrete state: the steps of uncovered moves, each from the class the last
+    one reached, and of walks through covered moves to a class with uncovered ones (at most
+    `WALK_RADIUS` moves); and the state they end in. Planned on the model alone; the moves it
+    takes are counted as covered (`execute` takes back those of a run that does not pass)."""
+    state = plan.states[c]
+    out: list[Planned] = []
+
+    def take(at: int, move: int, made: tuple[Op, State, Observation]) -> int:
         nonlocal state
-        op, state = made
-        out.append((at, move, op, coverage.mark(at, move)))
+        op, state, observed = made
+        out.append((at, move, op, coverage.mark(at, move), state, observed))
         return plan.target(at, move)
 
     while coverage.next_uncovered(c) is not None:
@@ -167,10 +170,10 @@ def _next_move(plan: Plan, coverage: Coverage, c: int) -> int:
     return first
 
 
-def corresponding_move(plan: Plan, c: int, move: int, state: State) -> tuple[Op, State] | None:
-    """Move `move` of class `c` as made from `state`, a concrete state of class `c`, and the state
-    it leads to (a state of the class the plan's move leads to); None when it cannot be told which
-    of `state`'s moves that is.
+def corresponding_move(plan: Plan, c: int, move: int, state: State) -> tuple[Op, State, Observation] | None:
+    """Move `move` of class `c` as made from `state`, a concrete state of class `c`, and the model's
+    step by it (the state it leads to, of the class the plan's move leads to, and what the model
+    observed); None when it cannot be told which of `state`'s moves that is.
 
     The plan's moves of `c` are those of its concrete state `plan.states[c]`, and from that state
     each leads where the plan says by construction (`build_plan` made that very step). Another
@@ -188,7 +191,8 @@ def corresponding_move(plan: Plan, c: int, move: int, state: State) -> tuple[Op,
     base = plan.states[c]
     op = plan.ops[c][move]
     if state is base:
-        return op, step(search.cfg, state, op)[0]
+        after, observed = step(search.cfg, state, op)
+        return op, after, observed
     made = _renamed(op, base, state)
     if made is None:
         return None
@@ -197,7 +201,7 @@ def corresponding_move(plan: Plan, c: int, move: int, state: State) -> tuple[Op,
         return None
     if plan.index.get(search.fingerprint(search.key(successor))) != plan.target(c, move):
         return None
-    return made, successor
+    return made, successor, observed
 
 
 #: Renamed moves, by (move, its new handle and raw pointer fields): a move is a frozen value, and

@@ -51,6 +51,7 @@ from externref_harness.lockstep.runner import (
     ReplaySent,
     StepCheck,
 )
+from externref_harness.model.observation import Observation
 from externref_harness.model.ops import Op
 from externref_harness.model.state import State
 from externref_harness.search.model_check import misuse_problem
@@ -242,6 +243,9 @@ class _Run:
     #: Its end state is torn down (quiescence, then the leak check): no run planned before it
     #: ended in that class.
     teardown: bool
+    #: The model's steps planning took after the tree path, from class `c`'s concrete state:
+    #: `(op, after, observation)` (`Lockstep.foresee`).
+    foreseen: list[tuple[Op, State, Observation]]
 
     def unplan(self, coverage: Coverage, passed: int) -> None:
         """Take back the moves this run was to cover from its step `passed` on."""
@@ -274,14 +278,15 @@ class _Planner:
         # did not pass on (`_Run.unplan`).
         marked = [i for i, (at, move) in enumerate(path) if coverage.mark(at, move)]
         chain, state = plan_chain(plan, coverage, c)
-        marked += [len(path) + i for i, (_, _, _, new) in enumerate(chain) if new]
-        taken = [*path, *((at, move) for at, move, _, _ in chain)]
-        run_ops = [*plan.ops_to(c), *(op for _, _, op, _ in chain)]
+        marked += [len(path) + i for i, (_, _, _, new, _, _) in enumerate(chain) if new]
+        taken = [*path, *((at, move) for at, move, _, _, _, _ in chain)]
+        run_ops = [*plan.ops_to(c), *(op for _, _, op, _, _, _ in chain)]
+        foreseen = [(op, after, observed) for _, _, op, _, after, observed in chain]
         end = plan.search.fingerprint(plan.search.key(state))
         teardown = end not in self.torn_down and state.panic is None
         if teardown:
             self.torn_down.add(end)
-        return _Run(c, taken, run_ops, state, marked, min([*marked, len(path)]), teardown)
+        return _Run(c, taken, run_ops, state, marked, min([*marked, len(path)]), teardown, foreseen)
 
 
 @dataclass(frozen=True)
@@ -307,6 +312,7 @@ def _send_run(
     be replayed (`Lockstep.replay`) with the first batch of the others behind them."""
     run = Lockstep(plan.search.cfg, adapter_factory(), options=options, model_steps=kept)
     try:
+        run.foresee(plan.states[planned.c], planned.foreseen)
         known = planned.known
         quiesce = run.quiesce_ops(planned.state) if planned.teardown else []
         tail = [*planned.ops[known:], *quiesce]

@@ -265,6 +265,10 @@ class Lockstep:
         #: `step` takes its own from here when it is that op from that very state (the model is
         #: deterministic), instead of stepping the model a second time.
         self._ahead: deque[tuple[ops.Op, State, State, Observation]] = deque()
+        #: The model's steps the caller computed before the run (`foresee`), by (id of the state
+        #: before, id of the op): `(before, op, after, observation)`.
+        self._foreseen: dict[tuple[int, int], tuple[State, ops.Op, State, Observation]] = {}
+        self._foreseen_start: State | None = None
         # What an adapter in another process offers besides `ImplAdapter` (`isolation.pool`),
         # looked up once: a failed `getattr` on an in-process adapter costs an exception per step.
         self._replay_on: Callable[[list[tuple[PlainOp, int | None]]], Iterator[Replayed | ReplayFrame]] | None
@@ -305,10 +309,31 @@ class Lockstep:
             _, _, self.state, obs = ahead.popleft()
         else:
             ahead.clear()
-            self.state, obs = model_step(self.cfg, before, op)
+            self.state, obs = self._model_step(before, op)
         model_problem = self._model_problem(before, obs)
         problem, problems = self._impl_step(op, obs, before, submitted)
         return StepCheck(obs, model_problem, problem, problems)
+
+    def foresee(self, start: State, steps: Sequence[tuple[ops.Op, State, Observation]]) -> None:
+        """The model's steps by the ops that follow from `start`, as the caller already computed
+        them with the same pure function (`model.transition.step`; the exhaustive planner steps the
+        model to choose a run's moves): the lockstep looks them up, by identity, instead of
+        stepping the model again, and still checks each one (its panic, its invariants) as its
+        own. A replay that ends in a state equal to `start` goes on from `start` itself, so that
+        the look-ups find it (`send_replay`)."""
+        self._foreseen_start = start
+        self._foreseen = {}
+        before = start
+        for op, after, obs in steps:
+            self._foreseen[(id(before), id(op))] = (before, op, after, obs)
+            before = after
+
+    def _model_step(self, before: State, op: ops.Op) -> tuple[State, Observation]:
+        """The model's step from `before` by `op`: looked up if the caller foresaw it (`foresee`)."""
+        foreseen = self._foreseen.get((id(before), id(op)))
+        if foreseen is not None and foreseen[0] is before and foreseen[1] is op:
+            return foreseen[2], foreseen[3]
+        return model_step(self.cfg, before, op)
 
     def _model_problem(self, before: State, obs: Observation) -> str | None:
         """The model's failure at the step from `before` to `self.state`: a panic, or a broken
@@ -381,6 +406,13 @@ class Lockstep:
         self._ahead.clear()
         if not planned:
             return None
+        start = self._foreseen_start
+        if start is not None and state is not start and state == start:
+            # The replay ends where the caller's foreseen steps start: go on from that very
+            # object (equal states, one pure model), so that `_model_step` finds them.
+            op, before, _, obs, known = planned[-1]
+            planned[-1] = (op, before, start, obs, known)
+            state = start
         try:
             taken = replay([(plain_op(op), self._capacity(before)) for op, before, _, _, _ in planned])
         except Exception as e:  # the implementation's process was gone: its first step's failure
@@ -571,7 +603,7 @@ class Lockstep:
         self._ahead.clear()
         for o in (op, *following[: BATCH - 1]):
             batch.append((o, self._capacity(state)))
-            after, obs = model_step(self.cfg, state, o)
+            after, obs = self._model_step(state, o)
             self._ahead.append((o, state, after, obs))
             state = after
             if isinstance(obs.result, (Panic, Misuse)):

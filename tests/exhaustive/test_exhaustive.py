@@ -82,7 +82,7 @@ def test_a_move_is_made_from_another_state_of_its_class_only_where_it_correspond
     for move in range(plan.moves[c]):
         made = corresponding_move(plan, c, move, state)
         assert made is not None
-        op, after = made
+        op, after, _ = made
         assert op == search.moves(state)[move]
         assert after == step(cfg, state, op)[0]
         assert plan.index[search.fingerprint(search.key(after))] == plan.target(c, move)

@@ -123,6 +123,39 @@ def test_the_model_steps_of_a_replay_are_kept_and_the_implementation_still_check
 
 
 @pytest.mark.parametrize("adapters", WHERE, indirect=True)
+def test_foreseen_model_steps_are_taken_from_the_state_the_replay_ends_in(adapters: Adapters) -> None:
+    """`Lockstep.foresee`: a replay that ends in a state equal to the foreseen start goes on from
+    that very object, and the steps after it take the model's side from what was foreseen (shown
+    by foreseeing a wrong observation: the implementation's step is held to it and fails), while
+    an op that was not foreseen is stepped on the model as before."""
+    start = _model_state(TRACE)
+    later = [ops.StrongCount(0), ops.Drop(0), ops.Gc()]
+    after_count, count = step(CFG, start, later[0])
+    after_drop = step(CFG, after_count, later[1])[0]
+    # `Gc`'s observation given to `Drop`: foreseen, so believed.
+    wrong = step(CFG, after_drop, later[2])[1]
+    run = Lockstep(CFG, adapters(build_reference("debug"))(), model_steps=ModelSteps(CFG))
+    try:
+        run.foresee(start, [(later[0], after_count, count), (later[1], after_drop, wrong)])
+        checks = run.replay(TRACE, later)
+        assert [c.impl_problem for c in checks] == [None] * len(TRACE)
+        assert run.state is start
+        assert run.step(later[0], later[1:]).impl_problem is None
+        assert run.state is after_count
+        assert run.step(later[1], later[2:]).impl_problem is not None
+    finally:
+        run.close()
+    unforeseen = Lockstep(CFG, adapters(build_reference("debug"))(), model_steps=ModelSteps(CFG))
+    try:
+        unforeseen.foresee(start, [(later[1], after_drop, wrong)])  # not from `start`: never found
+        unforeseen.replay(TRACE, later)
+        for i, op in enumerate(later):
+            assert unforeseen.step(op, later[i + 1 :]).impl_problem is None
+    finally:
+        unforeseen.close()
+
+
+@pytest.mark.parametrize("adapters", WHERE, indirect=True)
 def test_a_replayed_step_whose_outcome_differs_fails_at_that_step(adapters: Adapters) -> None:
     """`c-early-free` frees a ref when one owner of two drops it: at step 4 (`Drop(2)`) the debug
     build's assertion panics, which the step's own outcome shows, without the memory checks."""
