@@ -84,6 +84,8 @@ class Stats:
     #: Of `runs`, those sent to the implementation's process behind the run before while that one
     #: was still being checked (`Lockstep.close_ahead`).
     behind: int = 0
+    #: Runs planned while this process would have waited for the implementation's (`meanwhile`).
+    planned_waiting: int = 0
     elapsed: float = 0.0
 
     def describe(self) -> str:
@@ -181,6 +183,7 @@ def run_exhaustive(
         if len(queued) >= PLANNED_AHEAD or (queued and queued[-1] is None):
             return False
         queued.append(planner.next())
+        stats.planned_waiting += 1
         return True
 
     def send_behind(sent: _Sent, remaining: int) -> None:
