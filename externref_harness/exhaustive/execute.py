@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from externref_harness.exhaustive.chain import Coverage, plan_chain
 from externref_harness.exhaustive.plan import Plan
 from externref_harness.isolation.pool import OutOfTime
-from externref_harness.isolation.wire import meanwhile
 from externref_harness.lockstep.runner import (
     DEFAULT_OPTIONS,
     AdapterFactory,
@@ -62,9 +60,6 @@ from externref_harness.search.model_check import misuse_problem
 TIME_LIMIT = "time limit"
 #: Seconds between two progress reports (`run_exhaustive`'s `progress`).
 PROGRESS_EVERY = 10.0
-#: How many runs may be planned ahead while this process waits for the implementation's
-#: (`run_exhaustive`'s `plan_ahead`): a run that fails takes back the moves of those too.
-PLANNED_AHEAD = 64
 
 
 @dataclass
@@ -84,8 +79,6 @@ class Stats:
     #: Of `runs`, those sent to the implementation's process behind the run before while that one
     #: was still being checked (`Lockstep.close_ahead`).
     behind: int = 0
-    #: Runs planned while this process would have waited for the implementation's (`meanwhile`).
-    planned_waiting: int = 0
     elapsed: float = 0.0
 
     def describe(self) -> str:
@@ -145,11 +138,9 @@ def run_exhaustive(
     `progress` is given the figures every `every` seconds (`PROGRESS_EVERY`).
 
     Runs overlap in two ways. Each run is planned while the run before it is under way in the
-    implementation's process, and further runs (up to `PLANNED_AHEAD`) while this process would
-    otherwise wait for a reply (`wire.meanwhile`): planning is the model's alone, and a run's moves
-    are counted covered when it is planned, so the order of the runs and their moves is the same
-    as if each were planned when it starts (and a stop takes back those of the runs planned and
-    not run). And a run all of whose requests are sent once its replay is
+    implementation's process: planning is the model's alone, and a run's moves are counted
+    covered when it is planned, so the order of the runs and their moves is the same as if each
+    were planned when it starts. And a run all of whose requests are sent once its replay is
     checked (its steps and its teardown's fit one batch) is closed ahead (`Lockstep.close_ahead`,
     its teardown's `finish` sent first): the
     next run is sent behind it at once, so the implementation's process goes on to it while this
@@ -167,81 +158,55 @@ def run_exhaustive(
     def send(planned: _Run) -> _Sent:
         return _send_run(plan, planned, adapter_factory, options, kept)
 
-    #: The runs planned and not yet started, in order (None: the planner has no other): planned
-    #: while the run being checked runs, and ahead of it while this process would wait for the
-    #: implementation's (`plan_ahead`). The first may be sent behind the run being checked.
-    queued: deque[_Run | None] = deque()
+    #: The run planned while the one being checked runs (at most one; None: there is no other),
+    #: and the same run sent behind it if that one was closed ahead.
+    ahead: list[_Run | None] = []
     behind: list[_Sent] = []
 
     def plan_next() -> None:
-        if not queued:
-            queued.append(planner.next())
-
-    def plan_ahead() -> bool:
-        """One more run planned, while this process would wait for a reply (`wire.meanwhile`);
-        False when enough are (`PLANNED_AHEAD`) or there is none left."""
-        if len(queued) >= PLANNED_AHEAD or (queued and queued[-1] is None):
-            return False
-        queued.append(planner.next())
-        stats.planned_waiting += 1
-        return True
+        ahead.append(planner.next())
 
     def send_behind(sent: _Sent, remaining: int) -> None:
-        nxt = queued[0] if queued else None
+        nxt = ahead[0] if ahead else None
         run = sent.run
         all_sent = run.steps_under_way == remaining
         if nxt is not None and all_sent and run.close_ahead(finish=sent.planned.teardown):
             behind.append(send(nxt))
             stats.behind += 1
 
-    def unplan_queued() -> None:
-        for run in queued:
-            if run is not None:
-                run.unplan(coverage, 0)
-        queued.clear()
-
-    def send_next() -> _Sent | None:
-        """The next planned run, started and sent (None: there is none); it leaves the queue only
-        once it is sent, so that a failure to send it takes its moves back (`unplan_queued`)."""
-        plan_next()
-        nxt = queued[0]
-        sent = None if nxt is None else send(nxt)
-        queued.popleft()
-        return sent
-
+    first = planner.next()
+    current = None if first is None else send(first)
     try:
-        current = send_next()
-        with meanwhile(plan_ahead):
-            while current is not None:
-                now = time.monotonic()
-                if stop_at is not None and now >= stop_at:
-                    current.run.close()
-                    current.planned.unplan(coverage, 0)
-                    unplan_queued()
-                    return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
-                if progress is not None and now >= next_report:
-                    next_report = now + every
-                    progress(_snapshot(stats, coverage, started))
-                behind.clear()
-                try:
-                    _check_run(current, coverage, stats, plan_next, send_behind)
-                except BaseException:
-                    for sent in behind:
-                        sent.run.close()  # never read: its child is retired
-                    unplan_queued()  # the run sent behind is the first of them
-                    raise
-                finally:
-                    stats.known = kept.known_replies
-                if behind:
-                    queued.popleft()
-                    current = behind[0]
-                else:
-                    current = send_next()
+        while current is not None:
+            now = time.monotonic()
+            if stop_at is not None and now >= stop_at:
+                current.run.close()
+                current.planned.unplan(coverage, 0)
+                return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
+            if progress is not None and now >= next_report:
+                next_report = now + every
+                progress(_snapshot(stats, coverage, started))
+            ahead.clear()
+            behind.clear()
+            try:
+                _check_run(current, coverage, stats, plan_next, send_behind)
+            except BaseException:
+                for sent in behind:
+                    sent.run.close()  # never read: its child is retired
+                for run in ahead:
+                    if run is not None:
+                        run.unplan(coverage, 0)
+                raise
+            finally:
+                stats.known = kept.known_replies
+            if behind:
+                current = behind[0]
+            else:
+                nxt = ahead[0] if ahead else planner.next()
+                current = None if nxt is None else send(nxt)
     except _Failed as e:
-        unplan_queued()
         return _done(plan, stats, coverage, started, divergence=e.divergence)
     except OutOfTime:
-        unplan_queued()
         return _done(plan, stats, coverage, started, stopped=TIME_LIMIT)
     return _done(plan, stats, coverage, started)
 

@@ -32,8 +32,7 @@ import struct
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, Union
 
 HEADER = struct.Struct("<Q")
@@ -168,42 +167,14 @@ def _ready_soon(fd: int) -> bool:
             return False
 
 
-#: Work this process does while a pipe it reads has nothing in it (`meanwhile`), innermost last.
-_MEANWHILE: list[Callable[[], bool]] = []
-
-
-@contextmanager
-def meanwhile(work: Callable[[], bool]) -> Iterator[None]:
-    """Within it, a read that would sleep until the other side answers (its polling ran out,
-    `_ready_soon`) calls `work` first, again and again while it returns True (it did a piece of
-    work: each should take well under a millisecond) and the pipe is still empty; then it sleeps
-    as it would have. The waiting process's own work that does not depend on the reply (the
-    exhaustive runs' planning, `exhaustive.execute`) is done in the time it would have slept,
-    not in the polling that answers the common quick reply at once. The deadline is unchanged:
-    the work's time counts."""
-    _MEANWHILE.append(work)
-    try:
-        yield
-    finally:
-        _MEANWHILE.pop()
-
-
 def _wait(fd: int, deadline: float | None, watch: int | None, first: bool, got: int, size: int) -> None:
     """Until `fd` can be read: `TimeoutError` (no frame began) or `WireError` (a partial frame of
     which `got` of `size` bytes arrived) at `deadline`, and `EOFError` or `WireError` once the
-    writer `watch` is a pidfd of has exited with nothing left in the pipe. It polls the pipe for a
-    while (`_ready_soon`: most replies come within it), then does the work it is given
-    `meanwhile`, then sleeps: readable, the read that follows has data or the end of file,
-    whatever the deadline and the writer."""
+    writer `watch` is a pidfd of has exited with nothing left in the pipe. It polls the pipe for
+    a while before it sleeps (`_ready_soon`): readable, the read that follows has data or the end
+    of file, whatever the deadline and the writer."""
     if _ready_soon(fd):
         return
-    if _MEANWHILE:
-        work = _MEANWHILE[-1]
-        while not select.select([fd], [], [], 0)[0]:
-            if not work():
-                break
-        else:
-            return
     if deadline is None and watch is None:
         return  # a blocking read: it ends with data or with the end of file
     waited = [fd] if watch is None else [fd, watch]

@@ -28,8 +28,6 @@ from externref_harness.exhaustive.plan import build_plan
 from externref_harness.explore.driver import explore
 from externref_harness.explore.explorer import NO_LIMITS, ExploreBounds
 from externref_harness.impl.adapter import InProcessImpl
-from externref_harness.isolation.pool import ChildPool
-from externref_harness.lockstep.targets import native_target
 from externref_harness.model.ops import Clone, Drop, New
 from externref_harness.model.state import State
 from externref_harness.model.transition import step
@@ -267,33 +265,6 @@ def test_a_run_planned_but_not_made_covers_nothing() -> None:
     assert (outcome.stats.runs, outcome.stats.covered) == (0, 0)
     done = execute.run_exhaustive(plan, InProcessImpl, stop_at=time.monotonic() + 0.3)
     assert done.stopped == execute.TIME_LIMIT and 0 < done.stats.covered < plan.transitions
-
-
-@pytest.mark.parametrize("bug", [None, "c-leak-chunk"])
-def test_runs_planned_while_waiting_for_the_child_change_neither_runs_nor_coverage(bug: str | None) -> None:
-    """Through a child process the lockstep plans runs ahead while it would wait for a reply
-    (`wire.meanwhile`); in process it never waits. The two make the same runs, reach the same
-    divergence of a seeded bug, and count the same transitions covered: the runs planned ahead
-    and not made take their moves back."""
-    plan = build_plan(ExploreBounds(refs=2, frames=1).search())
-    library = build_reference("debug", bug=bug)
-    in_process = execute.run_exhaustive(plan, native_target(library).adapter_factory)
-    pool = ChildPool(library, step_timeout=10.0)
-    try:
-        in_child = execute.run_exhaustive(plan, pool.adapter)
-    finally:
-        pool.close()
-    assert in_process.stats.planned_waiting == 0 < in_child.stats.planned_waiting
-    for outcome in (in_process, in_child):
-        assert (outcome.divergence is None) == (bug is None)
-    assert in_child.stats.covered == in_process.stats.covered
-    assert in_child.stats.runs == in_process.stats.runs
-    if bug is None:
-        assert in_child.stats.covered == plan.transitions
-    else:
-        assert in_child.divergence is not None and in_process.divergence is not None
-        assert in_child.divergence.steps == in_process.divergence.steps
-        assert in_child.stats.covered < plan.transitions
 
 
 def test_a_class_remembered_stranded_has_no_way_to_an_uncovered_move() -> None:

@@ -296,37 +296,3 @@ def test_a_process_told_not_to_poll_sleeps_at_once_as_its_children_do(
         capture_output=True, text=True, check=True,
     )
     assert float(child.stdout) == 0.0
-
-
-@pytest.mark.parametrize("reader", READERS)
-def test_a_read_that_would_sleep_does_the_work_given_meanwhile_until_the_reply_comes(reader: str) -> None:
-    """`wire.meanwhile`: a read of an empty pipe (its polling over) calls the work while it
-    returns True and the pipe stays empty (here the work's third piece writes the reply), not
-    once the reply is there; work that has nothing left (False) leaves the read to sleep as
-    before, deadline and all."""
-    r, w = os.pipe()
-    done: list[int] = []
-
-    def work() -> bool:
-        done.append(len(done))
-        if len(done) == 3:
-            write_frame(w, ["ok", "reply"])
-        return True
-
-    with wire.meanwhile(work):
-        assert READERS[reader](r, None)(time.monotonic() + 5) == ["ok", "reply"]
-        assert done == [0, 1, 2]
-        write_frame(w, ["ok", "waiting"])
-        assert READERS[reader](r, None)(time.monotonic() + 5) == ["ok", "waiting"]
-        assert done == [0, 1, 2]  # the reply was there: no work
-    def nothing_left() -> bool:
-        done.append(-1)
-        return False
-
-    with wire.meanwhile(nothing_left):
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            READERS[reader](r, None)(started + 0.2)
-        assert done[3:] == [-1] and time.monotonic() - started >= 0.15
-    os.close(r)
-    os.close(w)
