@@ -97,7 +97,7 @@ def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> 
     result = obs.result
     if isinstance(result, Panic):
         # A panicking step keeps the pre-step state: no canary or fault of its own to compare.
-        return Projection(("panic",), _dropped_ids(obs.dropped), None, ())
+        return _record(Projection, (("panic",), _dropped_ids(obs.dropped), None, ()))
     if isinstance(result, Ok):
         value = result.value
         if isinstance(op, ops.StackCanary) and value is not None:
@@ -111,11 +111,9 @@ def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> 
     canary = after.table.stack_canary
     new_faults = after.faults[len(before.faults) :]
     faults = tuple(sorted([f.split(":", 1)[0] for f in new_faults])) if new_faults else ()
-    return Projection(
-        shown,
-        _dropped_ids(obs.dropped),
-        None if canary is None else STACK_TOP - canary,
-        faults,
+    return _record(
+        Projection,
+        (shown, _dropped_ids(obs.dropped), None if canary is None else STACK_TOP - canary, faults),
     )
 
 
@@ -129,6 +127,11 @@ def model_fault_of(report: tuple[str, int, str, str]) -> str:
     if kind == checking_heap.DOUBLE_FREE:
         return FAULT_DOUBLE_DROP
     return kind
+
+
+#: Makes a `Projection` as `tuple` does: a NamedTuple's own `__new__` is a lambda the interpreter
+#: runs (about twice the cost), and two are made every step.
+_record = tuple.__new__
 
 
 class StackFacts(Protocol):
@@ -145,7 +148,7 @@ def project_impl(op: ops.Op, outcome: StepOutcome, probe: StackFacts, refs: RefM
     dropped = _dropped_ids(outcome.dropped, refs.value)
     status = outcome.result[0]
     if status == "panic":
-        return Projection(("panic",), dropped, None, ())
+        return _record(Projection, (("panic",), dropped, None, ()))
     if status == "ok":
         value = outcome.result[1]
         if isinstance(op, ops.StackCanary) and value is not None:
@@ -159,11 +162,14 @@ def project_impl(op: ops.Op, outcome: StepOutcome, probe: StackFacts, refs: RefM
         shown: tuple[Any, ...] = ("ok", value)
     else:
         shown = (status, outcome.result[1])
-    return Projection(
-        shown,
-        dropped,
-        None if probe.canary is None else probe.stack_top - probe.canary,
-        tuple(sorted([model_fault_of(r) for r in outcome.reports])) if outcome.reports else (),
+    return _record(
+        Projection,
+        (
+            shown,
+            dropped,
+            None if probe.canary is None else probe.stack_top - probe.canary,
+            tuple(sorted([model_fault_of(r) for r in outcome.reports])) if outcome.reports else (),
+        ),
     )
 
 

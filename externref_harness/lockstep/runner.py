@@ -105,6 +105,13 @@ class StepCheck(NamedTuple):
     impl_problems: tuple[Problem, ...] = ()
 
 
+#: `InProcessImpl.step`, as an adapter's class has it when it does not change it.
+_IN_PROCESS_STEP = InProcessImpl.step
+#: Makes a `StepCheck` as `tuple` does: a NamedTuple's own `__new__` is a lambda the interpreter
+#: runs (about twice the cost).
+_record = tuple.__new__
+
+
 class ReplaySent(NamedTuple):
     """A replay sent and not yet read (`Lockstep.send_replay`): each planned step
     `(op, before, after, observation, kept step)` and the adapter's iterator of its replies."""
@@ -276,6 +283,12 @@ class Lockstep:
         self._submit_one: Callable[[PlainOp, int | None], None] | None = getattr(adapter, "submit", None)
         self._submit_many: Callable[[list[tuple[PlainOp, int | None]]], None] | None
         self._submit_many = getattr(adapter, "submit_many", None)
+        #: An adapter in this process may take the op itself (`InProcessImpl.step_op`): its plain
+        #: form, made here and read back there, would only be the same op again. Not when a
+        #: subclass changes `step`: what it answers there is what the lockstep must see.
+        self._step_op: Callable[[ops.Op, int | None], StepOutcome] | None = None
+        if getattr(type(adapter), "step", None) is _IN_PROCESS_STEP:
+            self._step_op = getattr(adapter, "step_op", None)
         try:
             with time_limit(self._own_limit(), "the implementation's start"):
                 adapter.start(plain_config(cfg))
@@ -312,7 +325,7 @@ class Lockstep:
             self.state, obs = self._model_step(before, op)
         model_problem = self._model_problem(before, obs)
         problem, problems = self._impl_step(op, obs, before, submitted)
-        return StepCheck(obs, model_problem, problem, problems)
+        return _record(StepCheck, (obs, model_problem, problem, problems))
 
     def foresee(self, start: State, steps: Sequence[tuple[ops.Op, State, Observation]]) -> None:
         """The model's steps by the ops that follow from `start`, as the caller already computed
@@ -441,7 +454,7 @@ class Lockstep:
                 known = kept.keep(before, op, after, obs)
             last = i == len(planned) - 1
             problem, problems = self._replayed(op, obs, before, taken, last, known)
-            checks.append(StepCheck(obs, model_problem, problem, problems))
+            checks.append(_record(StepCheck, (obs, model_problem, problem, problems)))
             if model_problem is not None or problem is not None:
                 break
         self._reply_node = None
@@ -650,6 +663,8 @@ class Lockstep:
                     # panic (the child ended the batch there) or a crash.
                     for _ in range(len(self._under_way) - getattr(self.adapter, "pending", 0)):
                         self._under_way.pop()
+            elif self._step_op is not None:
+                outcome = self._step_op(op, capacity)
             elif capacity is None:
                 outcome = self.adapter.step(plain_op(op))
             else:
