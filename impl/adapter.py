@@ -30,6 +30,7 @@ from externref_harness.impl.interface import (
     TableFacts,
     op_from_plain,
     plain_report,
+    record,
 )
 from externref_harness.impl.memory import reader
 from externref_harness.impl.stack import Frame
@@ -49,10 +50,6 @@ _VTABLE = struct.Struct("<2Q")
 _TABLE = struct.Struct("<4Q")
 #: Largest chunk the probe reads (a wild chunk length must not make it read the address space).
 MAX_PROBED_CHUNK_SLOTS = 1 << 16
-#: Makes the records of `impl.interface` (NamedTuples, fields in declaration order) as `tuple`
-#: does: their own `__new__` is a lambda the interpreter runs (0.39 µs against 0.17 for
-#: `RefFacts`), and a step makes several.
-_record = tuple.__new__
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # tests derive lying adapters from it
@@ -124,7 +121,7 @@ class InProcessImpl:
         allocated = world.allocations[self._allocated :]
         self._dropped += len(dropped)
         self._allocated += len(allocated)
-        return _record(StepOutcome, (result, tuple(dropped), tuple(allocated), self._new_reports()))
+        return record(StepOutcome, (result, tuple(dropped), tuple(allocated), self._new_reports()))
 
     def replay(self, steps: Sequence[tuple[PlainOp, int | None]]) -> Iterator[Replayed]:
         """The steps, each as `step` runs it, without a probe between them (`probe()` after the
@@ -139,7 +136,7 @@ class InProcessImpl:
         last = len(steps) - 1
         for i, (op, capacity) in enumerate(steps):
             outcome = self._step(op_from_plain(op), capacity, verify=i == last)
-            yield _record(Replayed, (outcome, self.world.stack.top, self.world.stack_canary()))
+            yield record(Replayed, (outcome, self.world.stack.top, self.world.stack_canary()))
 
     def _new_reports(self) -> tuple[PlainReport, ...]:
         reports = self.world.heap.reports[self._reported :]
@@ -180,7 +177,7 @@ class InProcessImpl:
             self._refs = self._refs.updated(read, added)
         self._hashes = _frozen(world.hashes, self._hashes)
         frames = tuple(
-            _record(
+            record(
                 FrameFacts,
                 (
                     f.wasm,
@@ -191,7 +188,7 @@ class InProcessImpl:
             )
             for f in world.stack.frames
         )
-        return _record(
+        return record(
             Probe,
             (
                 world.stack.top,  # stack_top
@@ -224,14 +221,14 @@ class InProcessImpl:
         if self.world.opaque:
             return self._handle_facts(i, footer, value, block)
         if block is None:
-            return _record(RefFacts, (footer, value, heap.status(footer), 0, 0, 0, 0, 0, 0, 0, 0))
+            return record(RefFacts, (footer, value, heap.status(footer), 0, 0, 0, 0, 0, 0, 0, 0))
         status = LIVE if block.live else heap.status(footer)
         count = data = vtab = size = align = 0
         if status == LIVE:
             words = self._read(footer + layout.REF_COUNT_OFFSET, _FOOTER.size)
             count, data, vtab = (0, 0, 0) if words is None else _FOOTER.unpack(words)
             size, align = self._vtable(vtab)
-        facts = _record(
+        facts = record(
             RefFacts,
             (footer, value, status, count, data, vtab, size, align, block.start, block.size, block.align),
         )
@@ -251,7 +248,7 @@ class InProcessImpl:
         else:
             status = LIVE
         start, size, align = (0, 0, 0) if block is None else (block.start, block.size, block.align)
-        facts = _record(RefFacts, (handle, value, status, 0, 0, 0, 0, 0, start, size, align))
+        facts = record(RefFacts, (handle, value, status, 0, 0, 0, 0, 0, start, size, align))
         if block is not None and not block.live:
             self._freed[i] = facts
         return facts
@@ -295,9 +292,9 @@ class InProcessImpl:
             chunk = (self._read(chunk_ptr, chunk_len * 8) if ok else None) or b""
             if len(chunk) != chunk_len * 8:
                 self._table, self._table_blocks = None, None
-                return _record(TableFacts, (next_, end, chunk_ptr, chunk_len, None))
+                return record(TableFacts, (next_, end, chunk_ptr, chunk_len, None))
             held = None if held is None else self._held_by(chunk_ptr, chunk_len * 8, held)
-        facts = _record(TableFacts, (next_, end, chunk_ptr, chunk_len, chunk))
+        facts = record(TableFacts, (next_, end, chunk_ptr, chunk_len, chunk))
         self._table, self._table_blocks = facts, held
         return facts
 

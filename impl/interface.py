@@ -61,6 +61,13 @@ def format_report(report: PlainReport) -> str:
     return str(Report(*report))
 
 
+#: Makes one of the records below (or any NamedTuple) as `tuple` does, its fields in declaration
+#: order: a NamedTuple's own `__new__` is a lambda `collections.namedtuple` makes with `eval`, so it
+#: runs interpreted under compiled callers (0.39 µs to make a `RefFacts`, 0.17 µs this way). For
+#: the records every step makes (`impl.adapter`, `lockstep.projection`, `lockstep.runner`).
+record = tuple.__new__
+
+
 class StepOutcome(NamedTuple):
     #: `("ok", value)`, `("err", kind)`, `("misuse", kind, detail)` (in a debug build, with a
     #: fourth item `("panic", message)` or `("returned",)` when the misuse was also sent to the

@@ -168,6 +168,30 @@ def flat_moves(cfg: Config, bounds: Bounds, state: State) -> list[ops.Op]:
 _INTERNED: dict[tuple[object, ...], ops.Op] = {}
 
 
+def renamed_indices(
+    op: ops.Op, fields: tuple[str, ...], rename: Callable[[int], int | None]
+) -> dict[str, object] | None:
+    """The values of `op`'s index `fields` (`ops.HANDLE_FIELDS` or `ops.RAW_FIELDS`: each an int, None
+    or a tuple of ints) with every index renamed by `rename`; None if `rename` has no name for one
+    (None: a field's None stays). What the shrinker's renumbering after a removed step and the
+    exhaustive runs' corresponding moves share; compiled with the moves, for the planner's sake."""
+    out: dict[str, object] = {}
+    for name in fields:
+        value = getattr(op, name)
+        values = value if isinstance(value, tuple) else (value,)
+        renamed: list[int | None] = []
+        for v in values:
+            if v is None:
+                renamed.append(None)
+                continue
+            to = rename(v)
+            if to is None:
+                return None
+            renamed.append(to)
+        out[name] = tuple(renamed) if isinstance(value, tuple) else renamed[0]
+    return out
+
+
 def _op(kind: Callable[..., ops.Op], *fields: object) -> ops.Op:
     """The move `kind(*fields)`, built once. Fields are positional and of one type per position
     (a bool field always gets a bool), so equal keys are equal moves."""

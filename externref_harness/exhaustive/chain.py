@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from externref_harness.exhaustive.plan import Plan
+from externref_harness.model.moves import renamed_indices
 from externref_harness.model.observation import Misuse, Observation
 from externref_harness.model.ops import HANDLE_FIELDS, RAW_FIELDS, Op
 from externref_harness.model.state import State
@@ -218,37 +219,21 @@ def _renamed(op: Op, base: State, state: State) -> Op | None:
     raw_fields = RAW_FIELDS.get(kind, ())
     if not handle_fields and not raw_fields:
         return op
-    names: list[str] = []
-    values: list[object] = []
+    changes: dict[str, object] = {}
     for fields, before, after in (
         (handle_fields, base.handles, state.handles),
         (raw_fields, base.raws, state.raws),
     ):
         if not fields:
             continue
-        rename = _live_renaming(before, after)
-        for name in fields:
-            value = getattr(op, name)
-            if isinstance(value, tuple):
-                renamed: list[int] = []
-                for v in value:
-                    to = rename.get(v)
-                    if to is None:
-                        return None
-                    renamed.append(to)
-                values.append(tuple(renamed))
-            elif value is None:
-                values.append(None)
-            else:
-                to = rename.get(value)
-                if to is None:
-                    return None
-                values.append(to)
-            names.append(name)
-    key = (op, tuple(values))
+        renamed = renamed_indices(op, fields, _live_renaming(before, after).get)
+        if renamed is None:
+            return None
+        changes.update(renamed)
+    key = (op, tuple(changes.values()))
     made = _RENAMED.get(key)
     if made is None:
-        made = _RENAMED[key] = replace(op, **dict(zip(names, values, strict=True)))
+        made = _RENAMED[key] = replace(op, **changes)
     return made
 
 

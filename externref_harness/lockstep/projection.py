@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any, NamedTuple, Protocol
 
 from externref_harness.impl import heap as checking_heap
-from externref_harness.impl.interface import StepOutcome
+from externref_harness.impl.interface import StepOutcome, record
 from externref_harness.model import ops
 from externref_harness.model.observation import Err, Misuse, Observation, Ok, Panic
 from externref_harness.model.runtime import FAULT_DOUBLE_DROP, FAULT_USE_AFTER_FREE, FAULT_WILD_POINTER
@@ -97,7 +97,7 @@ def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> 
     result = obs.result
     if isinstance(result, Panic):
         # A panicking step keeps the pre-step state: no canary or fault of its own to compare.
-        return _record(Projection, (("panic",), _dropped_ids(obs.dropped), None, ()))
+        return record(Projection, (("panic",), _dropped_ids(obs.dropped), None, ()))
     if isinstance(result, Ok):
         value = result.value
         if isinstance(op, ops.StackCanary) and value is not None:
@@ -111,7 +111,7 @@ def project_model(op: ops.Op, obs: Observation, before: State, after: State) -> 
     canary = after.table.stack_canary
     new_faults = after.faults[len(before.faults) :]
     faults = tuple(sorted([f.split(":", 1)[0] for f in new_faults])) if new_faults else ()
-    return _record(
+    return record(
         Projection,
         (shown, _dropped_ids(obs.dropped), None if canary is None else STACK_TOP - canary, faults),
     )
@@ -129,11 +129,6 @@ def model_fault_of(report: tuple[str, int, str, str]) -> str:
     return kind
 
 
-#: Makes a `Projection` as `tuple` does: a NamedTuple's own `__new__` is a lambda the interpreter
-#: runs (about twice the cost), and two are made every step.
-_record = tuple.__new__
-
-
 class StackFacts(Protocol):
     """What of the implementation's memory a projection reads: a `Probe` after a step, or a
     replayed step's `Replayed`."""
@@ -148,7 +143,7 @@ def project_impl(op: ops.Op, outcome: StepOutcome, probe: StackFacts, refs: RefM
     dropped = _dropped_ids(outcome.dropped, refs.value)
     status = outcome.result[0]
     if status == "panic":
-        return _record(Projection, (("panic",), dropped, None, ()))
+        return record(Projection, (("panic",), dropped, None, ()))
     if status == "ok":
         value = outcome.result[1]
         if isinstance(op, ops.StackCanary) and value is not None:
@@ -162,7 +157,7 @@ def project_impl(op: ops.Op, outcome: StepOutcome, probe: StackFacts, refs: RefM
         shown: tuple[Any, ...] = ("ok", value)
     else:
         shown = (status, outcome.result[1])
-    return _record(
+    return record(
         Projection,
         (
             shown,

@@ -36,6 +36,7 @@ from externref_harness.impl.interface import (
     format_report,
     plain_config,
     plain_op,
+    record,
 )
 from externref_harness.isolation.pool import ImplementationCrash, ReplayFrame
 from externref_harness.lockstep import deadline
@@ -107,9 +108,6 @@ class StepCheck(NamedTuple):
 
 #: `InProcessImpl.step`, as an adapter's class has it when it does not change it.
 _IN_PROCESS_STEP = InProcessImpl.step
-#: Makes a `StepCheck` as `tuple` does: a NamedTuple's own `__new__` is a lambda the interpreter
-#: runs (about twice the cost).
-_record = tuple.__new__
 
 
 class ReplaySent(NamedTuple):
@@ -325,7 +323,7 @@ class Lockstep:
             self.state, obs = self._model_step(before, op)
         model_problem = self._model_problem(before, obs)
         problem, problems = self._impl_step(op, obs, before, submitted)
-        return _record(StepCheck, (obs, model_problem, problem, problems))
+        return record(StepCheck, (obs, model_problem, problem, problems))
 
     def foresee(self, start: State, steps: Sequence[tuple[ops.Op, State, Observation]]) -> None:
         """The model's steps by the ops that follow from `start`, as the caller already computed
@@ -454,7 +452,7 @@ class Lockstep:
                 known = kept.keep(before, op, after, obs)
             last = i == len(planned) - 1
             problem, problems = self._replayed(op, obs, before, taken, last, known)
-            checks.append(_record(StepCheck, (obs, model_problem, problem, problems)))
+            checks.append(record(StepCheck, (obs, model_problem, problem, problems)))
             if model_problem is not None or problem is not None:
                 break
         self._reply_node = None

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from externref_harness.model.moves import renamed_indices
 from externref_harness.model.observation import Misuse
 from externref_harness.model.ops import HANDLE_FIELDS, RAW_FIELDS, Op
 from externref_harness.model.state import Config, State
@@ -101,19 +102,15 @@ def _created(cfg: Config, steps: Sequence[Op]) -> list[tuple[int, int, int, int]
 
 def _renumber(op: Op, fields: tuple[str, ...], first: int, removed: int) -> Op | None:
     """`op` with indices at or past `first + removed` moved down; None if it named a removed one."""
-    changes: dict[str, object] = {}
-    for name in fields:
-        value = getattr(op, name)
-        values = value if isinstance(value, tuple) else (value,)
-        moved = []
-        for v in values:
-            if v is None or v < first:
-                moved.append(v)
-            elif v < first + removed:
-                return None
-            else:
-                moved.append(v - removed)
-        changes[name] = tuple(moved) if isinstance(value, tuple) else moved[0]
+
+    def moved(v: int) -> int | None:
+        if v < first:
+            return v
+        return None if v < first + removed else v - removed
+
+    changes = renamed_indices(op, fields, moved)
+    if changes is None:
+        return None
     return dataclasses.replace(op, **changes) if changes else op
 
 
