@@ -37,7 +37,7 @@ from externref_harness.impl.stack import Frame
 from externref_harness.impl.world import World
 from externref_harness.model import layout
 from externref_harness.model.ops import Op
-from externref_harness.model.state import Config
+from externref_harness.model.state import Config, RawPtr
 from externref_harness.vec import Vec
 
 T = TypeVar("T")
@@ -96,6 +96,9 @@ class InProcessImpl:
         self._table: TableFacts | None = None
         self._table_blocks: frozenset[int] | None = None
         self._table_at = 0
+        #: The host's raw pointers and the globals as the last probe read them, and its facts of them.
+        self._raws: tuple[tuple[RawPtr | None, ...], tuple[tuple[int, bool] | None, ...]] = ((), ())
+        self._globals: tuple[list[int], tuple[bool, ...], tuple[int | None, ...]] = ([], (), ())
 
     def _config(self, config: Mapping[str, Any]) -> Config:
         """`config` checked and made a `Config`; the last one again when it is given again (every
@@ -197,14 +200,34 @@ class InProcessImpl:
                 self._refs,  # refs
                 world.host.handles,  # handles
                 self._hashes,  # hashes
-                tuple(None if p is None else (p.ref, p.owned) for p in world.host.raws),  # raws
-                tuple(  # globals
-                    int(world.globals_memory[g]) if init else None
-                    for g, init in enumerate(world.global_initialised)
-                ),
+                self._raw_facts(world.host.raws),  # raws
+                self._global_facts(world),  # globals
                 frames,
             ),
         )
+
+    def _raw_facts(self, raws: list[RawPtr | None]) -> tuple[tuple[int, bool] | None, ...]:
+        """The host's raw pointers as `(word, owned)`: the last probe's while the host holds the
+        same `RawPtr`s (they are immutable, and the host's own: no memory of the implementation's)."""
+        last, facts = self._raws
+        if same(raws, last):
+            return facts
+        facts = tuple(None if p is None else (p.ref, p.owned) for p in raws)
+        self._raws = (tuple(raws), facts)
+        return facts
+
+    def _global_facts(self, world: World) -> tuple[int | None, ...]:
+        """Each global's word as the instance's memory holds it (None: never initialised), read
+        again every probe; the last probe's tuple while the words and what is initialised are
+        the same."""
+        words = world.globals_memory[: len(world.global_initialised)]
+        last_words, last_init, facts = self._globals
+        if words == last_words and same(world.global_initialised, last_init):
+            return facts
+        initialised = tuple(world.global_initialised)
+        facts = tuple(w if init else None for w, init in zip(words, initialised, strict=True))
+        self._globals = (words, initialised, facts)
+        return facts
 
     def _ref_facts(self, i: int, footer: int, value: int) -> RefFacts:
         """One allocation's facts. Its block is looked up once (blocks never move: freed ones are

@@ -35,7 +35,7 @@ from functools import cache
 from typing import Literal
 
 from externref_harness.impl import heap as checking_heap
-from externref_harness.impl.interface import Probe, RefFacts
+from externref_harness.impl.interface import FrameFacts, Probe, RefFacts
 from externref_harness.lockstep.projection import RefMap
 from externref_harness.model import capabilities, layout
 from externref_harness.model.capabilities import OPAQUE_REFS
@@ -46,6 +46,8 @@ from externref_harness.model.state import (
     WORD,
     Box,
     Config,
+    Frame,
+    GlobalValue,
     RawPtr,
     State,
     WasmFrame,
@@ -192,6 +194,13 @@ class ChunkCompare:
         self.unverified: set[int] = set()
         #: The (model, implementation) handles that last matched, if the last step's did.
         self.last_handles: tuple[Vec[int | None], Vec[int | None]] | None = None
+        #: The (model, implementation) raw pointers that last matched, if the last step's did.
+        self.last_raws: tuple[tuple[RawPtr | None, ...], tuple[tuple[int, bool] | None, ...]] | None = None
+        #: The globals that last matched, if the last step's did, and `RefMap.remapped` then.
+        self.last_globals: tuple[tuple[GlobalValue, ...], tuple[int | None, ...], int] | None = None
+        #: The stack that last matched, if the last step's did: the model's frames, the probe's
+        #: frames and stack top, and `RefMap.remapped` then (`_stack_problems`).
+        self.last_stack: tuple[tuple[Frame, ...], tuple[FrameFacts, ...], int, int] | None = None
 
     def problems(
         self, chunk: bytes, model_chunk: Sequence[object], filled: int, refs: RefMap
@@ -239,19 +248,43 @@ def memory_problems(
     out = _ref_problems(state, probe, chunk, seed_layout=not cfg.has(OPAQUE_REFS))
     out += _table_problems(cfg, state, probe, refs, chunk)
     out += _handle_problems(state, probe, refs, chunk)
-    if not _same_raws(state.raws, probe.raws, refs):
-        # Shown as the model's `RawPtr`s are; a word no ref has reads as `?0x...`.
-        raws = ", ".join(
-            "None" if p is None else f"RawPtr(ref={refs.ref(p[0])}, owned={p[1]})" for p in probe.raws
-        )
-        out.append(
-            Problem("host.raws", f"model {state.raws}, impl ({raws}{',' if len(probe.raws) == 1 else ''})")
-        )
+    out += _raw_problems(state, probe, refs, chunk)
+    out += _global_problems(state, probe, refs, chunk)
+    out += _stack_problems(state, probe, refs, chunk)
+    return out
+
+
+def _raw_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare) -> list[Problem]:
+    """`host.raws`. Raw pointers that matched at the last step match again while both sides' are
+    the same objects: the check compares words with `RefMap.footers`, which only grows."""
+    last = chunk.last_raws
+    if last is not None and last[0] is state.raws and last[1] is probe.raws:
+        return []
+    chunk.last_raws = None
+    if _same_raws(state.raws, probe.raws, refs):
+        chunk.last_raws = (state.raws, probe.raws)
+        return []
+    # Shown as the model's `RawPtr`s are; a word no ref has reads as `?0x...`.
+    raws = ", ".join(
+        "None" if p is None else f"RawPtr(ref={refs.ref(p[0])}, owned={p[1]})" for p in probe.raws
+    )
+    return [Problem("host.raws", f"model {state.raws}, impl ({raws}{',' if len(probe.raws) == 1 else ''})")]
+
+
+def _global_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare) -> list[Problem]:
+    """`host.globals`. Globals that matched at the last step match again while both sides' are
+    the same objects and no known word was given to another ref (`RefMap.remapped`, as for the
+    stack in `_stack_problems`)."""
+    key = (state.globals, probe.globals, refs.remapped)
+    last = chunk.last_globals
+    if last is not None and last[0] is key[0] and last[1] is key[1] and last[2] == key[2]:
+        return []
+    chunk.last_globals = None
     globals_ = tuple(UNINIT if g is None else refs.slot(g) for g in probe.globals)
     if globals_ != state.globals:
-        out.append(Problem("host.globals", f"model {state.globals}, impl {globals_}"))
-    out += _stack_problems(state, probe, refs)
-    return out
+        return [Problem("host.globals", f"model {state.globals}, impl {globals_}")]
+    chunk.last_globals = key
+    return []
 
 
 def _same_raws(model: Sequence[RawPtr | None], impl: Sequence[tuple[int, bool] | None], refs: RefMap) -> bool:
@@ -480,7 +513,26 @@ def _table_problems(
     return out
 
 
-def _stack_problems(state: State, probe: Probe, refs: RefMap) -> list[Problem]:
+def _stack_problems(
+    state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare | None = None
+) -> list[Problem]:
+    """`stack.frames` and `stack.slots`. A stack that matched at the last step matches again while
+    the model's frames are the same object, the probe's frames and stack top are equal, and no
+    known word was given to another ref (`RefMap.remapped`: a handle given out again under
+    `opaque-refs`). The checks are functions of those and of what `RefMap` says of the frames'
+    words, and in a stack that matched every word is null, a scalar, or a known ref's: a ref
+    added under a new word changes what no such word says."""
+    key = (state.frames, probe.frames, probe.stack_top, refs.remapped)
+    last = None if chunk is None else chunk.last_stack
+    if last is not None and last[0] is key[0] and last[1:] == key[1:]:
+        return []
+    out = _stack_problems_now(state, probe, refs)
+    if chunk is not None:
+        chunk.last_stack = None if out else key
+    return out
+
+
+def _stack_problems_now(state: State, probe: Probe, refs: RefMap) -> list[Problem]:
     if len(probe.frames) != len(state.frames):
         return [
             Problem(

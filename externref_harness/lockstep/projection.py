@@ -33,9 +33,13 @@ class RefMap:
         self.footers: list[int] = []
         self._by_footer: dict[int, int] = {}
         self._by_value: dict[int, int] = {}
+        #: How many times `add` gave a known word to another ref: a word's meaning changes only then.
+        self.remapped = 0
 
     def add(self, footer: int, value: int) -> None:
         r = len(self.footers)
+        if footer in self._by_footer:
+            self.remapped += 1
         self.footers.append(footer)
         self._by_footer[footer] = r
         self._by_value[value] = r

@@ -16,7 +16,7 @@ from externref_harness.lockstep.memory_checks import ChunkCompare, memory_proble
 from externref_harness.lockstep.projection import RefMap
 from externref_harness.lockstep.runner import LOCKSTEP_CONFIG
 from externref_harness.model import ops
-from externref_harness.model.state import State
+from externref_harness.model.state import State, WasmFrame
 from externref_harness.model.transition import run
 
 STEPS = [ops.New(8, 8), ops.New(8, 8), ops.New(8, 8)]
@@ -57,3 +57,80 @@ def test_a_ref_whose_facts_only_the_implementation_changed_is_checked_again(
     problems = memory_problems(LOCKSTEP_CONFIG, state, wrong, refs, chunk)
     assert [p.check for p in problems] == ["refs.reachable-freed"] and "ref 2" in problems[0].text
 
+
+
+#: A run with a raw pointer, an initialised global and a Wasm frame whose slot 0 holds ref 1.
+HOST_STEPS = [
+    ops.New(8, 8),
+    ops.New(8, 8),
+    ops.AsRaw(0),
+    ops.InitGlobals(2),
+    ops.HostGlobalSet(0, 0),
+    ops.CallWasm((1,)),
+]
+
+
+@pytest.fixture
+def passed_host() -> Iterator[tuple[State, Probe, RefMap, ChunkCompare]]:
+    """`HOST_STEPS` on the Python port, its probe checked once (and passing) with `chunk`."""
+    impl = InProcessImpl()
+    impl.start(plain_config(LOCKSTEP_CONFIG))
+    try:
+        refs = RefMap()
+        for op in HOST_STEPS:
+            for word, value in impl.step(plain_op(op)).allocated:
+                refs.add(word, value)
+        state = run(LOCKSTEP_CONFIG, HOST_STEPS)[-1][0]
+        probe, chunk = impl.probe(), ChunkCompare()
+        frame = state.frames[-1]
+        assert isinstance(frame, WasmFrame) and frame.slots[0] == 1, "the Wasm frame holds ref 1"
+        assert memory_problems(LOCKSTEP_CONFIG, state, probe, refs, chunk) == []
+        yield state, probe, refs, chunk
+    finally:
+        impl.close()
+
+
+def test_the_same_memory_passes_again(passed_host: tuple[State, Probe, RefMap, ChunkCompare]) -> None:
+    state, probe, refs, chunk = passed_host
+    assert memory_problems(LOCKSTEP_CONFIG, state, probe, refs, chunk) == []
+    assert chunk.last_stack is not None and chunk.last_raws is not None and chunk.last_globals is not None
+
+
+def test_a_stack_word_only_the_implementation_changed_is_found(
+    passed_host: tuple[State, Probe, RefMap, ChunkCompare],
+) -> None:
+    state, probe, refs, chunk = passed_host
+    frame = probe.frames[-1]
+    wrong = probe._replace(frames=(*probe.frames[:-1], frame._replace(words=(0, *frame.words[1:]))))
+    problems = memory_problems(LOCKSTEP_CONFIG, state, wrong, refs, chunk)
+    assert [p.check for p in problems] == ["stack.slots"]
+
+
+def test_a_raw_pointer_only_the_implementation_changed_is_found(
+    passed_host: tuple[State, Probe, RefMap, ChunkCompare],
+) -> None:
+    state, probe, refs, chunk = passed_host
+    (raw,) = probe.raws
+    assert raw is not None
+    wrong = probe._replace(raws=((raw[0], not raw[1]),))
+    assert [p.check for p in memory_problems(LOCKSTEP_CONFIG, state, wrong, refs, chunk)] == ["host.raws"]
+
+
+def test_a_global_only_the_implementation_changed_is_found(
+    passed_host: tuple[State, Probe, RefMap, ChunkCompare],
+) -> None:
+    state, probe, refs, chunk = passed_host
+    wrong = probe._replace(globals=(probe.globals[1], probe.globals[0]))
+    assert [p.check for p in memory_problems(LOCKSTEP_CONFIG, state, wrong, refs, chunk)] == ["host.globals"]
+
+
+def test_a_word_given_to_another_ref_is_checked_again(
+    passed_host: tuple[State, Probe, RefMap, ChunkCompare],
+) -> None:
+    """The very same probe and state, but the words of refs 0 and 1 now name a third ref (a handle
+    given out again, as `opaque-refs` may): the global and the frame's slot are checked again."""
+    state, probe, refs, chunk = passed_host
+    for word in refs.footers[:2]:
+        refs.add(word, 0x1000 + word)
+    problems = memory_problems(LOCKSTEP_CONFIG, state, probe, refs, chunk)
+    assert {"host.globals", "stack.slots"} <= {p.check for p in problems}
