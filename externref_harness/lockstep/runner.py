@@ -270,8 +270,9 @@ class Lockstep:
         #: `step` takes its own from here when it is that op from that very state (the model is
         #: deterministic), instead of stepping the model a second time.
         self._ahead: deque[tuple[ops.Op, State, State, Observation]] = deque()
-        #: The model's steps the caller computed before the run (`foresee`), by (id of the state
-        #: before, id of the op): `(before, op, after, observation)`.
+        #: The model's steps the caller computed before the run (`foresee`) and the teardown's
+        #: (`quiesce_ops`), by (id of the state before, id of the op): `(before, op, after,
+        #: observation)`.
         self._foreseen: dict[tuple[int, int], tuple[State, ops.Op, State, Observation]] = {}
         self._foreseen_start: State | None = None
         # What an adapter in another process offers besides `ImplAdapter` (`isolation.pool`),
@@ -768,7 +769,8 @@ class Lockstep:
         Worked out on the model before any runs (the lockstep steps the model by the same rule),
         so the caller can hand the implementation's process the whole teardown as one batch
         (`step`'s `following`), even behind the run's own steps when it knows the state they
-        reach."""
+        reach. The model's steps are foreseen (`foresee`), so that stepping the teardown looks them
+        up rather than computing them a second time."""
         state = self.state if state is None else state
         bound = quiesce_step_bound(state)
         out: list[ops.Op] = []
@@ -777,7 +779,9 @@ class Lockstep:
             if op is None:
                 return out
             out.append(op)
-            state = model_step(self.cfg, state, op)[0]
+            after, obs = model_step(self.cfg, state, op)
+            self._foreseen[(id(state), id(op))] = (state, op, after, obs)
+            state = after
         if next_quiesce_op(state) is not None:
             self.gave_up = f"the teardown gave up: {bound} steps did not reach quiescence"
         return out
