@@ -59,28 +59,34 @@ class NonRefWords:
 
     def words(self, turns: Sequence[int]) -> list[tuple[str, int]]:
         """The choice for each turn: its kind, and the word (the next kind when one has no
-        candidate now). The candidates are read once, from the heap as it is."""
-        candidates = self._candidates()
+        candidate now). Each kind's candidates are read once, from the heap as it is, and only
+        when a turn needs them (the decoy and the scalar always have one: no heap to read)."""
+        found: dict[str, list[int]] = {}
         out = []
         for turn in turns:
             for k in range(len(KINDS)):
                 kind = KINDS[(turn + k) % len(KINDS)]
-                if candidates[kind]:
-                    out.append((kind, candidates[kind][turn % len(candidates[kind])]))
+                candidates = found.get(kind)
+                if candidates is None:
+                    candidates = found[kind] = self._candidates(kind)
+                if candidates:
+                    out.append((kind, candidates[turn % len(candidates)]))
                     break
         return out
 
-    def _candidates(self) -> dict[str, list[int]]:
+    def _candidates(self, kind: str) -> list[int]:
+        if kind == "decoy":
+            return [self.decoy_address + WORD * i for i in range(DECOY_WORDS)]
+        if kind == "scalar":
+            return [SCALAR_WORD]
+        if kind == "stale":
+            return [footer for footer, _ in self._allocations if self._status(footer) == FREED]
         live = [(f, v) for f, v in self._allocations if self._status(f) == LIVE]
+        if kind == "value":
+            return [v for f, v in live if v != f]
         # interior: a word inside the value past its first, or the footer's `value_ptr`.
         inside: list[int] = []
         for footer, value in live:
             inside += range(value + WORD, value + min(self._size(footer), 4 * WORD), WORD)
             inside.append(footer + VALUE_PTR_OFFSET)
-        return {
-            "stale": [footer for footer, _ in self._allocations if self._status(footer) == FREED],
-            "decoy": [self.decoy_address + WORD * i for i in range(DECOY_WORDS)],
-            "interior": inside,
-            "value": [v for f, v in live if v != f],
-            "scalar": [SCALAR_WORD],
-        }
+        return inside
