@@ -112,6 +112,12 @@ class OutOfTime(BaseException):
     the driver that set the budget catches it and says what it cut short."""
 
 
+class PoolInUse(BaseException):
+    """A run was started on a pool whose child runs another adapter's run, not closed
+    (`ChildPool.take`): a harness bug, not the implementation's failure. A `BaseException`, as
+    `OutOfTime` is, so that the lockstep's handlers do not make it the implementation's."""
+
+
 class Child:
     """One running child process (its own process group) and its two protocol pipes."""
 
@@ -150,6 +156,9 @@ class Child:
         #: Runs closed ahead (`ChildProcessImpl.close_ahead`) whose replies are still being read:
         #: a run started now is behind them, and must not read from the pipe until they are done.
         self.unread_runs = 0
+        #: The adapter whose run is under way here: started, and neither closed nor closed ahead.
+        #: Another adapter's run may not start on this child meanwhile (`ChildPool.take`).
+        self.running: object | None = None
 
     def ensure_ready(self) -> None:
         if not self._ready:
@@ -369,9 +378,18 @@ class ChildPool:
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def take(self, fresh: bool) -> Child:
-        """A live child: the current one, unless it died or `fresh` asks for a new one."""
+    def take(self, fresh: bool, runner: object = None) -> Child:
+        """A live child for `runner`'s run: the current one, unless it died or `fresh` asks for a
+        new one. Refused (`PoolInUse`) while another adapter's run is under way in the current
+        child and not closed ahead: the two runs' requests and replies would interleave on one
+        pipe, or the fresh child would end the other run, and either run's verdict would be
+        wrong. A pool's adapters run one at a time, or each behind one closed ahead."""
         current = self._current
+        if current is not None and current.running not in (None, runner) and current.alive:
+            raise PoolInUse(
+                "a run was started on this pool while another run on its child had not been "
+                "closed: a pool's adapters run one at a time (open a pool per concurrent run)"
+            )
         if current is not None and current.unread_runs and not fresh:
             # A run closed ahead is still reading this child's replies: the next run goes behind
             # it, dead or alive (its reads, or that run's, say what became of it).
@@ -532,7 +550,8 @@ class ChildProcessImpl:
     def start(self, config: Mapping[str, Any]) -> None:
         if self._pool.out_of_time():
             raise OutOfTime("the time limit ran out before a run could start")
-        self._child = self._pool.take(self._fresh)
+        self._child = self._pool.take(self._fresh, self)
+        self._child.running = self
         self._failed = False
         self.pending = 0
         self._replaying = False
@@ -571,7 +590,8 @@ class ChildProcessImpl:
                 child.receive(self._pool.step_timeout, "close")
             except (ImplementationCrash, WireError):
                 self._pool.retire(child)
-                child = self._child = self._pool.take(self._fresh)
+                child = self._child = self._pool.take(self._fresh, self)
+                child.running = self
                 for request in sent:
                     child.send(request)
         try:
@@ -765,6 +785,7 @@ class ChildProcessImpl:
             return False  # this run's own reads say what became of the child
         child.closing = True
         child.unread_runs += 1
+        child.running = None
         self._closed_ahead = True
         return True
 
@@ -772,6 +793,8 @@ class ChildProcessImpl:
         child, self._child = self._child, None
         if child is None:
             return
+        if child.running is self:
+            child.running = None
         if self._closed_ahead:
             # The close was sent; the next run, started behind this one, reads its reply. A run
             # that stopped before reading all its replies leaves the pipe out of step: retired
@@ -800,6 +823,7 @@ class ChildProcessImpl:
             # reads the reply before its start's (`_started`; a close that failed retires it).
             child.send(("close",))
             child.closing = True
+            child.running = None  # the child `_started` gave, if not the one this run began in
         except (ImplementationCrash, OutOfTime, WireError):
             # The child this run ended in, and the one it had begun in if they differ (`_started`).
             for used in (child, self._child):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from misbehaving import build, leftovers
 
-from externref_harness.isolation.pool import ChildPool
+from externref_harness.isolation.pool import ChildPool, PoolInUse
 from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, Lockstep
 from externref_harness.model.ops import Drop, Gc, InsertWithGc, New, Op
 from externref_harness.native.build import build_reference
@@ -179,5 +179,25 @@ def test_a_finish_sent_ahead_is_read_by_the_run_and_the_run_behind_goes_on(dropp
         finally:
             behind.close()
         assert (pool.started, pool.crashes) == (2, 0)
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_second_run_on_a_pool_whose_child_runs_one_not_closed_is_refused(fresh: bool) -> None:
+    """Two runs under way on one child would read each other's replies (or a fresh child would end
+    the first run): the second start is refused, and once the first is closed it goes ahead."""
+    pool = ChildPool(build_reference("debug"), step_timeout=5.0)
+    try:
+        first = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
+        assert first.step(New(8, 8)).impl_problem is None
+        second = pool.adapter(fresh=fresh)
+        with pytest.raises(PoolInUse, match="another run on its child had not been closed"):
+            Lockstep(LOCKSTEP_CONFIG, second)
+        assert first.step(Gc()).impl_problem is None, "the first run goes on undisturbed"
+        first.close()
+        again = Lockstep(LOCKSTEP_CONFIG, pool.adapter(fresh=fresh))
+        assert again.impl_broken is None and again.step(New(8, 8)).impl_problem is None
+        again.close()
     finally:
         pool.close()
