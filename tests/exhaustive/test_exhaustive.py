@@ -257,8 +257,9 @@ def test_bad_exhaustive_options_are_one_line_and_exit_2(
 
 def test_a_run_planned_but_not_made_covers_nothing() -> None:
     """Runs are planned ahead (while the one before is under way), their moves counted covered
-    when planned: one stopped before it starts takes them back."""
-    search = ExploreBounds(refs=1, frames=1).search()
+    when planned: one stopped before it starts takes them back. (Bounds whose whole execution
+    takes seconds, so that 0.3 s stops it part way on a quick machine too.)"""
+    search = ExploreBounds(refs=2, frames=1).search()
     plan = build_plan(search)
     outcome = execute.run_exhaustive(plan, InProcessImpl, stop_at=time.monotonic())
     assert outcome.stopped == execute.TIME_LIMIT
