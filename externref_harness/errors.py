@@ -20,6 +20,15 @@ class UsageError(Exception):
     """Bad arguments or bad input from the user."""
 
 
+class RunsOverlap(BaseException):
+    """A run was started where another run, not closed, holds what it needs: a pool's child
+    (`isolation.pool.ChildPool.take`) or a native library's hooks, which are one per process
+    (`native.backend.NativeRuntime`). The two runs would share one pipe or one checking heap, and
+    either verdict could be wrong: a bug of the code driving the harness, not input, and not the
+    implementation's failure. A `BaseException`, as `isolation.pool.OutOfTime` is, so that the
+    lockstep's handlers (which make any exception of a step the implementation's) let it through."""
+
+
 def printable(text: str) -> str:
     """`text` on one line that any stream can encode: control characters and lone surrogates
     (a non-UTF-8 file name decoded with `surrogateescape`) become backslash escapes."""

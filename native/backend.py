@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from externref_harness.errors import RunsOverlap
 from externref_harness.impl.backend import (
     NO_STACK_MAP,
     BackendDescription,
@@ -77,8 +78,19 @@ def classify(stack: StackView, pc: int) -> tuple[int, int, int]:
     return XR_PC_WASM_MAPPED, record.mapped_words, record.bits_address
 
 
+#: The runtime whose hooks each loaded library has installed, by the library's handle: the hooks
+#: are one per library in a process (`xr_set_hooks`), so one run at a time may have them.
+_HOOKED: dict[int, NativeRuntime] = {}
+
+
 class NativeRuntime:
-    """One run's table in a loaded library, with the harness's hooks installed."""
+    """One run's table in a loaded library, with the harness's hooks installed.
+
+    The library's hooks are one per process: a second run of the same library in this process
+    while one is open would take them over, and the first run's allocations would go to the
+    second's checking heap. So that start is refused (`errors.RunsOverlap`) until the first is
+    closed; runs of one library in one process go one after another (the gate's child processes
+    each have their own)."""
 
     def __init__(self, cfg: Config, hooks: Hooks, library: NativeLibrary) -> None:
         self.lib = library
@@ -124,6 +136,15 @@ class NativeRuntime:
         )
         #: Every call of a step goes through these (`native.calls`: C when built, else ctypes).
         self._calls = library_calls(library)
+        self._installed = False
+        self._handle: int = self._cdll._handle
+        holder = _HOOKED.get(self._handle)
+        if holder is not None and holder._installed:
+            raise RunsOverlap(
+                f"a run of {desc.name} was started in this process while another run of it had not "
+                "been closed: its hooks are one per process (close the first, or run each in a child)"
+            )
+        _HOOKED[self._handle] = self
         self._installed = True
         self._cdll.xr_set_hooks(ctypes.byref(self._hooks))
         table = ctypes.c_void_p()
@@ -410,6 +431,8 @@ class NativeRuntime:
         if self._installed:
             self._installed = False
             self._cdll.xr_set_hooks(None)
+            if _HOOKED.get(self._handle) is self:
+                del _HOOKED[self._handle]
 
 
 class _ModuleStructs:

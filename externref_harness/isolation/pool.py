@@ -38,6 +38,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any, TypeVar
 
+from externref_harness.errors import RunsOverlap
 from externref_harness.impl.interface import (
     PlainOp,
     PlainReport,
@@ -110,12 +111,6 @@ class OutOfTime(BaseException):
     A `BaseException`, as `KeyboardInterrupt` is: it passes through the lockstep's handlers (which
     would make any exception the implementation's failure) and ends a Hypothesis run at once, and
     the driver that set the budget catches it and says what it cut short."""
-
-
-class PoolInUse(BaseException):
-    """A run was started on a pool whose child runs another adapter's run, not closed
-    (`ChildPool.take`): a harness bug, not the implementation's failure. A `BaseException`, as
-    `OutOfTime` is, so that the lockstep's handlers do not make it the implementation's."""
 
 
 class Child:
@@ -380,13 +375,13 @@ class ChildPool:
 
     def take(self, fresh: bool, runner: object = None) -> Child:
         """A live child for `runner`'s run: the current one, unless it died or `fresh` asks for a
-        new one. Refused (`PoolInUse`) while another adapter's run is under way in the current
+        new one. Refused (`errors.RunsOverlap`) while another adapter's run is under way in the current
         child and not closed ahead: the two runs' requests and replies would interleave on one
         pipe, or the fresh child would end the other run, and either run's verdict would be
         wrong. A pool's adapters run one at a time, or each behind one closed ahead."""
         current = self._current
         if current is not None and current.running not in (None, runner) and current.alive:
-            raise PoolInUse(
+            raise RunsOverlap(
                 "a run was started on this pool while another run on its child had not been "
                 "closed: a pool's adapters run one at a time (open a pool per concurrent run)"
             )

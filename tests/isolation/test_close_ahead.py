@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from misbehaving import build, leftovers
 
-from externref_harness.isolation.pool import ChildPool, PoolInUse
+from externref_harness.errors import RunsOverlap
+from externref_harness.isolation.pool import ChildPool
 from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, Lockstep
 from externref_harness.model.ops import Drop, Gc, InsertWithGc, New, Op
 from externref_harness.native.build import build_reference
@@ -192,7 +193,7 @@ def test_a_second_run_on_a_pool_whose_child_runs_one_not_closed_is_refused(fresh
         first = Lockstep(LOCKSTEP_CONFIG, pool.adapter())
         assert first.step(New(8, 8)).impl_problem is None
         second = pool.adapter(fresh=fresh)
-        with pytest.raises(PoolInUse, match="another run on its child had not been closed"):
+        with pytest.raises(RunsOverlap, match="another run on its child had not been closed"):
             Lockstep(LOCKSTEP_CONFIG, second)
         assert first.step(Gc()).impl_problem is None, "the first run goes on undisturbed"
         first.close()
