@@ -306,6 +306,8 @@ def _handle_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompa
     """`host.handles`; after a step whose handles matched, only the positions either side changed
     are translated and compared (an address names one ref for the whole run)."""
     last = chunk.last_handles
+    if last is not None and last[0] is state.handles and last[1] is probe.handles:
+        return []  # neither side changed: the same pair matched last step
     chunk.last_handles = None
     if last is not None and len(state.handles) == len(probe.handles):
         positions = set(state.handles.changed_positions(last[0]))
@@ -336,6 +338,9 @@ def _ref_problems(
                 f"the model allocated {len(state.heap)} refs, the implementation {len(probe.refs)}",
             )
         )
+    heap, facts_now = state.heap, probe.refs
+    if heap is chunk.last_heap and facts_now is chunk.last_facts and not chunk.unverified:
+        return out  # neither side changed, and every ref passed last step
     asked: list[int] = []
     reachable_set: list[set[int]] = []
 
@@ -350,7 +355,6 @@ def _ref_problems(
             return r in reachable_set[0]
         return is_reachable(state, r)
 
-    heap, facts_now = state.heap, probe.refs
     candidates = set(heap.changed_positions(chunk.last_heap))
     candidates.update(facts_now.changed_positions(chunk.last_facts))
     candidates |= chunk.unverified
