@@ -1,6 +1,7 @@
 /* The C core of `externref_harness.changes`: which positions of two sequences differ, identity
  * first and by value only where the identities differ; which pages of a memory range differ
- * from its shadow copy, and where in a page (the checking heap's write record, `impl/heap.py`); and a persistent
+ * from its shadow copy, and where in a page (the checking heap's write record, `impl/heap.py`); which
+ * words of two byte strings differ (a chunk read twice); and a persistent
  * vector's leaves joined into one tuple (`externref_harness.vec`).
  *
  * A step of the lockstep changes a handful of positions of tuples as long as the heap and leaves
@@ -352,6 +353,44 @@ copy(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(changed_words_doc,
+"changed_words(old, new) -> list\n\n"
+"The indices i of the 8-byte words of the bytes new that differ from old's word i, or that old\n"
+"has no word i, ascending (a chunk's slots, read twice: `lockstep.memory_checks`).");
+
+static PyObject *
+changed_words(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "changed_words() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "changed_words: old and new must be bytes");
+        return NULL;
+    }
+    /* Bytes are immutable, and nothing below runs Python code that could free them. */
+    const char *old = PyBytes_AS_STRING(args[0]), *new = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n_old = PyBytes_GET_SIZE(args[0]) / 8, n_new = PyBytes_GET_SIZE(args[1]) / 8;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n_new; i++) {
+        if (i < n_old && memcmp(old + 8 * i, new + 8 * i, 8) == 0) {
+            continue;
+        }
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(out, index) < 0) {
+            Py_XDECREF(index);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(index);
+    }
+    return out;
+}
+
 PyDoc_STRVAR(joined_doc,
 "joined(parts) -> tuple\n\n"
 "The items of the tuples in the tuple parts, in order, as one tuple (a persistent vector's\n"
@@ -408,6 +447,7 @@ static PyMethodDef methods[] = {
     {"filled", (PyCFunction)(void (*)(void))filled, METH_FASTCALL, filled_doc},
     {"holds", (PyCFunction)(void (*)(void))holds, METH_FASTCALL, holds_doc},
     {"copy", (PyCFunction)(void (*)(void))copy, METH_FASTCALL, copy_doc},
+    {"changed_words", (PyCFunction)(void (*)(void))changed_words, METH_FASTCALL, changed_words_doc},
     {NULL, NULL, 0, NULL},
 };
 

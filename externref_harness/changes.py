@@ -30,9 +30,10 @@ _First = Callable[[int, int, int, int], int]
 _Filled = Callable[[int, int, int], bool]
 _Holds = Callable[[int, bytes], bool]
 _Copy = Callable[[int, int, int], None]
+_Words = Callable[[bytes, bytes], list[int]]
 
 
-def _c_loop() -> tuple[_Changed, _Same, _Pages, _Joined, _First, _Filled, _Holds, _Copy] | None:
+def _c_loop() -> tuple[_Changed, _Same, _Pages, _Joined, _First, _Filled, _Holds, _Copy, _Words] | None:
     try:
         from externref_harness import _changes
     except ImportError:  # not built, stale, or this process runs interpreted (`compiled.py`)
@@ -46,6 +47,7 @@ def _c_loop() -> tuple[_Changed, _Same, _Pages, _Joined, _First, _Filled, _Holds
         _changes.filled,
         _changes.holds,
         _changes.copy,
+        _changes.changed_words,
     )
 
 
@@ -109,6 +111,24 @@ def python_first_difference(now: int, then: int, length: int, start: int) -> int
         return -1
     diff = int.from_bytes(a, "little") ^ int.from_bytes(b, "little")
     return start + (((diff & -diff).bit_length() - 1) >> 3)
+
+
+def changed_words(old: bytes, new: bytes) -> list[int]:
+    """The indices `i` of `new`'s 8-byte words that differ from `old`'s word `i`, or that `old`
+    has no word `i`, ascending: the slots of a chunk read at two steps that changed
+    (`lockstep.memory_checks.ChunkCompare`), without making an integer of each of its words."""
+    c = _C_LOOP
+    if c is not None:
+        return c[8](old, new)
+    return python_changed_words(old, new)
+
+
+def python_changed_words(old: bytes, new: bytes) -> list[int]:
+    """`changed_words` by slicing."""
+    n_old = len(old) // 8
+    return [
+        i for i in range(len(new) // 8) if i >= n_old or old[8 * i : 8 * i + 8] != new[8 * i : 8 * i + 8]
+    ]
 
 
 def filled(address: int, length: int, byte: int) -> bool:

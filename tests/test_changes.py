@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from typing import Any
 
 import pytest
@@ -180,3 +181,23 @@ def test_filled_holds_and_copy_refuse_bad_arguments() -> None:
 
         with pytest.raises(TypeError, match="data must be bytes"):
             _changes.holds(address, bytearray(4))  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=200), st.binary(max_size=200))
+def test_both_loops_find_the_same_changed_words(old: bytes, new: bytes) -> None:
+    a = struct.unpack(f"<{len(old) // 8}Q", old[: len(old) // 8 * 8])
+    b = struct.unpack(f"<{len(new) // 8}Q", new[: len(new) // 8 * 8])
+    expected = [i for i in range(len(b)) if i >= len(a) or a[i] != b[i]]
+    assert changes.changed_words(old, new) == expected
+    assert changes.python_changed_words(old, new) == expected
+
+
+@given(st.integers(0, 64), st.sets(st.integers(0, 63), max_size=5))
+def test_changed_words_are_the_words_written(words: int, written: set[int]) -> None:
+    old = bytes(8 * words)
+    new = bytearray(old)
+    for i in written:
+        if i < words:
+            new[8 * i + 7] = 1
+    assert changes.changed_words(old, bytes(new)) == sorted(i for i in written if i < words)
+

@@ -5,6 +5,7 @@ implementation's side alone (the model's vectors the very same objects) must sti
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -134,3 +135,56 @@ def test_a_word_given_to_another_ref_is_checked_again(
         refs.add(word, 0x1000 + word)
     problems = memory_problems(LOCKSTEP_CONFIG, state, probe, refs, chunk)
     assert {"host.globals", "stack.slots"} <= {p.check for p in problems}
+
+
+def _chunk(*words: int) -> bytes:
+    return struct.pack(f"<{len(words)}Q", *words)
+
+
+@pytest.fixture
+def chunk_passed() -> tuple[ChunkCompare, RefMap]:
+    """A chunk of 6 slots holding refs 0 and 1 in its first two (the bump finger at 2), compared
+    once and matching."""
+    refs = RefMap()
+    refs.add(0x1000, 0x1008)
+    refs.add(0x2000, 0x2008)
+    chunk = ChunkCompare()
+    assert chunk.problems(_chunk(0x1000, 0x2000, 0, 0, 0, 0), (0, 1, None, None, None, None), 2, refs) == []
+    return chunk, refs
+
+
+@pytest.mark.parametrize(
+    "impl,model,filled,fails",
+    [
+        ((0x1000, 0x2000, 0, 0, 0, 0), (0, 1, None, None, None, None), 2, False),
+        ((0x1000, 0x2000, 0x1000, 0, 0, 0), (0, 1, 0, None, None, None), 3, False),  # a slot filled
+        ((0x1000, 0x2000, 0, 0, 0, 0x2000), (0, 1, None, None, None, None), 2, True),  # a wild word
+        ((0x1000, 0x1000, 0, 0, 0, 0), (0, 1, None, None, None, None), 2, True),  # the impl's slot
+        ((0x1000, 0x2000, 0, 0, 0, 0), (0, 0, None, None, None, None), 2, True),  # the model's slot
+        ((0x1000, 0x2000, 0, 0, 0, 0), (0, 1, None, None, None, None), 1, True),  # the finger moved back
+        ((0x1000, 0x2000, 0, 0, 0, 0), (0, 1, None, None, None, None), 4, False),  # forward, empty slots
+    ],
+)
+def test_a_chunk_that_changed_since_one_matched_is_compared_where_it_changed(
+    chunk_passed: tuple[ChunkCompare, RefMap],
+    impl: tuple[int, ...],
+    model: tuple[int | None, ...],
+    filled: int,
+    fails: bool,
+) -> None:
+    """Each verdict is the whole comparison's, made by a fresh `ChunkCompare` (`fails`)."""
+    chunk, refs = chunk_passed
+    whole = ChunkCompare().problems(_chunk(*impl), model, filled, refs)
+    assert bool(whole) == fails
+    assert [p.check for p in chunk.problems(_chunk(*impl), model, filled, refs)] == [p.check for p in whole]
+
+
+def test_a_chunk_word_given_to_another_ref_is_compared_again(
+    chunk_passed: tuple[ChunkCompare, RefMap],
+) -> None:
+    """The same bytes and slots, but the word in slot 1 now names a third ref (a handle given out
+    again under `opaque-refs`): the slot no longer holds the model's ref 1."""
+    chunk, refs = chunk_passed
+    refs.add(0x2000, 0x3008)
+    problems = chunk.problems(_chunk(0x1000, 0x2000, 0, 0, 0, 0), (0, 1, None, None, None, None), 2, refs)
+    assert [p.check for p in problems] == ["table.chunk-slots"]
