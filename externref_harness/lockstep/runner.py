@@ -259,6 +259,9 @@ class Lockstep:
         self._invariants = Incremental()
         #: Checks the declared capabilities rule out: never run, never failing.
         self.ruled_out = frozenset(r.check for r in checks_ruled_out(cfg.capabilities))
+        #: The model's state last checked by `_model_problem` whose invariants held (None: none,
+        #: or not checked): the memory checks may rely on them there (`memory_problems`).
+        self._sound: State | None = None
         #: Why the teardown stopped before quiescence, if it did.
         self.gave_up: str | None = None
         #: Why the implementation is no longer stepped (it hung, or could not start).
@@ -349,13 +352,15 @@ class Lockstep:
 
     def _model_problem(self, before: State, obs: Observation) -> str | None:
         """The model's failure at the step from `before` to `self.state`: a panic, or a broken
-        invariant."""
+        invariant. A state whose invariants were checked and held is `_sound`."""
+        self._sound = None
         if isinstance(obs.result, Panic):
             return f"the model panicked: {obs.result.message}"
         if self.check_invariants:
             violation = self._invariants.check(self.cfg, before, self.state)
             if violation is not None:
                 return f"{violation[0].id} {violation[0].name}: {violation[1]}"
+            self._sound = self.state
         return None
 
     def replay(
@@ -562,7 +567,9 @@ class Lockstep:
         if next(taken, None) is not None:
             raise RuntimeError("the replay ran more steps than it was given")
         probe = self.adapter.probe()
-        return memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
+        return memory_problems(
+            self.cfg, self.state, probe, self.refs, self._chunk, model_sound=self._sound is self.state
+        )
 
     def _capacity(self, before: State) -> int | None:
         """When capacity in another unit is an expected divergence (an expectations file), the
@@ -675,7 +682,9 @@ class Lockstep:
         if complete:
             problems += self._identity.problems(op, outcome, probe, self.refs)
             if not isinstance(obs.result, Panic):
-                problems += memory_problems(self.cfg, self.state, probe, self.refs, self._chunk)
+                problems += memory_problems(
+                    self.cfg, self.state, probe, self.refs, self._chunk, model_sound=self._sound is self.state
+                )
         return self._verdict(problems)
 
     def _outcome_problems(

@@ -49,13 +49,16 @@ def test_a_handle_only_the_implementation_changed_is_found(
     assert "host.handles" in {p.check for p in memory_problems(LOCKSTEP_CONFIG, state, wrong, refs, chunk)}
 
 
+@pytest.mark.parametrize("model_sound", [False, True])
 def test_a_ref_whose_facts_only_the_implementation_changed_is_checked_again(
-    passed: tuple[State, Probe, RefMap, ChunkCompare],
+    passed: tuple[State, Probe, RefMap, ChunkCompare], model_sound: bool
 ) -> None:
+    """Whether or not the model's invariants held (`model_sound`: a ref the model freed is not
+    searched for), a ref the model has live and the implementation freed is found."""
     state, probe, refs, chunk = passed
     freed = probe.refs[2]._replace(status=checking_heap.FREED)
     wrong = probe._replace(refs=probe.refs.set(2, freed))
-    problems = memory_problems(LOCKSTEP_CONFIG, state, wrong, refs, chunk)
+    problems = memory_problems(LOCKSTEP_CONFIG, state, wrong, refs, chunk, model_sound=model_sound)
     assert [p.check for p in problems] == ["refs.reachable-freed"] and "ref 2" in problems[0].text
 
 
