@@ -36,6 +36,19 @@ differ(PyObject *a, PyObject *b)
     return equal < 0 ? -1 : !equal;
 }
 
+/* Append the index `i` to the list `out`: 0, or -1 with an exception set. */
+static int
+append_index(PyObject *out, Py_ssize_t i)
+{
+    PyObject *index = PyLong_FromSsize_t(i);
+    if (index == NULL) {
+        return -1;
+    }
+    int status = PyList_Append(out, index);
+    Py_DECREF(index);
+    return status;
+}
+
 /* Walk the common prefix of `old` and `new`; add each differing index to `out` (a list), or, if
  * `out` is NULL, stop at the first. Returns the number found (0 or 1 without `out`), -1 on error. */
 static Py_ssize_t
@@ -65,12 +78,9 @@ walk(PyObject *old, PyObject *new, PyObject *out)
             if (out == NULL) {
                 return found;
             }
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL || PyList_Append(out, index) < 0) {
-                Py_XDECREF(index);
+            if (append_index(out, i) < 0) {
                 return -1;
             }
-            Py_DECREF(index);
         }
     }
 }
@@ -113,12 +123,9 @@ changed_positions(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n_old = PySequence_Fast_GET_SIZE(old);
     Py_ssize_t n_new = PySequence_Fast_GET_SIZE(new);
     for (Py_ssize_t i = n_old; i < n_new; i++) {
-        PyObject *index = PyLong_FromSsize_t(i);
-        if (index == NULL || PyList_Append(out, index) < 0) {
-            Py_XDECREF(index);
+        if (append_index(out, i) < 0) {
             goto error;
         }
-        Py_DECREF(index);
     }
     Py_DECREF(old);
     Py_DECREF(new);
@@ -207,13 +214,10 @@ changed_pages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (memcmp(now + offset, then + offset, (size_t)size) == 0) {
             continue;
         }
-        PyObject *index = PyLong_FromSsize_t(offset);
-        if (index == NULL || PyList_Append(out, index) < 0) {
-            Py_XDECREF(index);
+        if (append_index(out, offset) < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(index);
     }
     return out;
 }
@@ -380,13 +384,10 @@ changed_words(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (i < n_old && memcmp(old + 8 * i, new + 8 * i, 8) == 0) {
             continue;
         }
-        PyObject *index = PyLong_FromSsize_t(i);
-        if (index == NULL || PyList_Append(out, index) < 0) {
-            Py_XDECREF(index);
+        if (append_index(out, i) < 0) {
             Py_DECREF(out);
             return NULL;
         }
-        Py_DECREF(index);
     }
     return out;
 }
