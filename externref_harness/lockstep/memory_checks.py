@@ -177,7 +177,8 @@ class Problem:
 
 class ChunkCompare:
     """What the last steps verified, so unchanged memory costs one comparison: the last chunk
-    compared, each ref whose facts and model box passed every check, and the handles.
+    compared, each ref whose facts and model box passed every check, and the handles, raw
+    pointers, globals and stack that last matched (the name is the first of these it kept).
 
     Invariant relied on: a ref whose (facts, box) pair passed the per-ref checks passes them again
     while the pair is unchanged (the checks are functions of the pair, and of reachability only
@@ -551,9 +552,7 @@ def _table_problems(
     return out
 
 
-def _stack_problems(
-    state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare | None = None
-) -> list[Problem]:
+def _stack_problems(state: State, probe: Probe, refs: RefMap, chunk: ChunkCompare) -> list[Problem]:
     """`stack.frames` and `stack.slots`. A stack that matched at the last step matches again while
     the model's frames are the same object, the probe's frames and stack top are equal, and no
     known word was given to another ref (`RefMap.remapped`: a handle given out again under
@@ -561,12 +560,11 @@ def _stack_problems(
     words, and in a stack that matched every word is null, a scalar, or a known ref's: a ref
     added under a new word changes what no such word says."""
     key = (state.frames, probe.frames, probe.stack_top, refs.remapped)
-    last = None if chunk is None else chunk.last_stack
+    last = chunk.last_stack
     if last is not None and last[0] is key[0] and last[1:] == key[1:]:
         return []
     out = _stack_problems_now(state, probe, refs)
-    if chunk is not None:
-        chunk.last_stack = None if out else key
+    chunk.last_stack = None if out else key
     return out
 
 
