@@ -130,7 +130,11 @@ class World(protocol.RuntimeApi[int]):
         #: With `own-registry`: the id the runtime gave each registered module (`register_modules`).
         self.module_ids: list[int] = []
         if cfg.has(OWN_REGISTRY):
-            self.register_modules(self.registry.layout.modules)
+            try:
+                self.register_modules(self.registry.layout.modules)
+            except BaseException:
+                self.rt.close()  # a start that failed leaves the library's hooks to the next run
+                raise
 
     def _value_dropped(self, address: int) -> None:
         """The runtime ran a value's destructor: its bytes must still be intact."""

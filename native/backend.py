@@ -48,6 +48,7 @@ from externref_harness.native.library import (
     XR_PC_WASM_MAPPED,
     AllocFn,
     DeallocFn,
+    Description,
     ElementsFn,
     LookupFn,
     NativeLibrary,
@@ -146,6 +147,14 @@ class NativeRuntime:
             )
         _HOOKED[self._handle] = self
         self._installed = True
+        try:
+            self._table: int | None = self._new_table(cfg, desc)
+        except BaseException:
+            self.close()  # a start that failed leaves the hooks to the next run
+            raise
+
+    def _new_table(self, cfg: Config, desc: Description) -> int:
+        """Install the hooks and make the run's table (its chunk as `cfg` asks)."""
         self._cdll.xr_set_hooks(ctypes.byref(self._hooks))
         table = ctypes.c_void_p()
         if cfg.chunk_size == desc.chunk_size:
@@ -154,15 +163,13 @@ class NativeRuntime:
             status = self._cdll.xr_table_new_with_chunk_size(cfg.chunk_size, ctypes.byref(table))
             self._check("xr_table_new_with_chunk_size", status)
         else:
-            self.close()
             raise ContractViolation(
                 f"{desc.name} has a fixed chunk of {desc.chunk_size} slots and no "
                 f"xr_table_new_with_chunk_size; the run asked for {cfg.chunk_size}"
             )
         if not table.value:
-            self.close()
             raise ContractViolation("xr_table_new gave a NULL table")
-        self._table: int | None = table.value
+        return table.value
 
     # --- the hooks ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from misbehaving import build, leftovers
 
 from externref_harness.isolation.pool import ChildPool
 from externref_harness.lockstep.runner import LOCKSTEP_CONFIG, Lockstep, drive
+from externref_harness.lockstep.targets import native_target
 from externref_harness.model.ops import Drop, Gc, InsertWithGc, New
 from externref_harness.native.build import build_reference
 
@@ -166,3 +167,29 @@ def test_a_child_serving_many_runs_does_not_grow() -> None:
         assert after - before < 8 * 1024, f"{before} KB after 50 runs, {after} KB after 450"
     finally:
         pool.close()
+
+
+def test_a_start_that_fails_in_process_leaves_the_hooks_to_the_next_run(tmp_path: Path) -> None:
+    """In this process, a library's first table cannot be made (its hooks' allocator answers NULL
+    at the first start): that run fails at start, and the next run of the library is not refused
+    as overlapping it (`errors.RunsOverlap`): the failed start uninstalled its hooks."""
+    top = (
+        "static void *no_memory(void *ctx, size_t size, size_t align) {"
+        " (void)ctx; (void)size; (void)align; return NULL; }"
+    )
+    first_start_fails = (
+        "static int starts; static xr_hooks starved;"
+        " if (h != NULL && starts++ == 0) { starved = *h; starved.alloc = no_memory; h = &starved; }"
+    )
+    target = native_target(build(tmp_path, "first-table-fails", top=top, set_hooks=first_start_fails))
+    failed = Lockstep(LOCKSTEP_CONFIG, target.adapter_factory())
+    try:
+        assert failed.impl_broken is not None and "at start" in failed.impl_broken, failed.impl_broken
+    finally:
+        failed.close()
+    again = Lockstep(LOCKSTEP_CONFIG, target.adapter_factory())
+    try:
+        assert again.impl_broken is None
+        assert again.step(New(8, 8)).impl_problem is None
+    finally:
+        again.close()
