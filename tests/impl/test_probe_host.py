@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from probed import probed
 
 from externref_harness.impl.adapter import InProcessImpl
-from externref_harness.impl.interface import plain_config, plain_op
-from externref_harness.lockstep.runner import LOCKSTEP_CONFIG
+from externref_harness.impl.interface import plain_op
 from externref_harness.model import ops
 
 SETUP = [ops.New(8, 8), ops.AsRaw(0), ops.InitGlobals(2), ops.HostGlobalSet(0, 0)]
@@ -21,15 +21,7 @@ SETUP = [ops.New(8, 8), ops.AsRaw(0), ops.InitGlobals(2), ops.HostGlobalSet(0, 0
 @pytest.fixture
 def impl() -> Iterator[InProcessImpl]:
     """The Python port after `SETUP`, probed once."""
-    adapter = InProcessImpl()
-    adapter.start(plain_config(LOCKSTEP_CONFIG))
-    try:
-        for op in SETUP:
-            adapter.step(plain_op(op))
-        adapter.probe()
-        yield adapter
-    finally:
-        adapter.close()
+    yield from probed(InProcessImpl(), SETUP)
 
 
 def test_a_step_that_changes_neither_keeps_the_last_probes_tuples(impl: InProcessImpl) -> None:

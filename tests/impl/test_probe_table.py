@@ -10,10 +10,10 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from probed import probed
 
 from externref_harness.impl.adapter import InProcessImpl
-from externref_harness.impl.interface import plain_config, plain_op
-from externref_harness.lockstep.runner import LOCKSTEP_CONFIG
+from externref_harness.impl.interface import plain_op
 from externref_harness.lockstep.targets import native_target
 from externref_harness.model import ops
 from externref_harness.native.build import build_reference
@@ -28,14 +28,7 @@ def impl() -> Iterator[InProcessImpl]:
     after `SETUP`, probed once."""
     adapter = native_target(build_reference("debug")).adapter_factory()
     assert isinstance(adapter, InProcessImpl)
-    adapter.start(plain_config(LOCKSTEP_CONFIG))
-    try:
-        for op in SETUP:
-            adapter.step(plain_op(op))
-        adapter.probe()
-        yield adapter
-    finally:
-        adapter.close()
+    yield from probed(adapter, SETUP)
 
 
 def test_a_step_that_writes_neither_the_table_nor_its_chunk_leaves_them_unread(
